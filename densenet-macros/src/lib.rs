@@ -1,0 +1,167 @@
+//! The `densenet!` and `densenet_yaml!` macros: a thin shell over `densenet-spec`.
+//!
+//! Each macro runs the same pipeline: parse → check → plan → expand. All errors of a
+//! spec are reported at once, each at the offending token (or, for YAML, naming
+//! `file:line:column` at the macro call), followed by a stub of the struct so that
+//! later uses of the name do not add a cascade of errors.
+//!
+//! Use them through the `densenet` crate, which re-exports them with the runtime the
+//! generated code needs.
+#![deny(missing_docs)]
+
+use std::path::Path;
+
+use densenet_spec::expand::{default_runtime_path, expand_model, ItemInfo};
+use densenet_spec::{check, parse_specs, parse_yaml, Plan, RawSpec, Span, SpecError};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// Declares one or more DenseNet models inline.
+///
+/// ```ignore
+/// densenet!(pub DenseNet121<growth: 32, blocks: [6, 12, 24, 16], theta: 0.5>);
+/// ```
+///
+/// See the `densenet` crate for the keys and what the generated struct offers.
+#[proc_macro]
+pub fn densenet(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    let specs = match parse_specs(input.into()) {
+        Ok(specs) => specs,
+        Err(e) => return rust_error(&e).to_compile_error().into(),
+    };
+    specs
+        .iter()
+        .map(|spec| expand_spec(spec, rust_error))
+        .collect::<TokenStream>()
+        .into()
+}
+
+/// Declares a DenseNet model from a YAML spec file, read at build time.
+///
+/// ```ignore
+/// densenet_yaml!("specs/densenet121.yaml");
+/// ```
+///
+/// The path is relative to the crate's `CARGO_MANIFEST_DIR`; Cargo rebuilds when the
+/// file changes. The model's name is the file's `name` key, or the file name in
+/// UpperCamelCase.
+#[proc_macro]
+pub fn densenet_yaml(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    let lit = match syn::parse::<syn::LitStr>(input) {
+        Ok(lit) => lit,
+        Err(e) => {
+            let msg = format!(
+                "{e}; expected a path string, e.g. `densenet_yaml!(\"specs/densenet121.yaml\")`"
+            );
+            return syn::Error::new(e.span(), msg).to_compile_error().into();
+        }
+    };
+    match expand_yaml(&lit) {
+        Ok(tokens) | Err(tokens) => tokens.into(),
+    }
+}
+
+fn expand_yaml(lit: &syn::LitStr) -> Result<TokenStream, TokenStream> {
+    let fail = |msg: String| syn::Error::new(lit.span(), msg).to_compile_error();
+    let rel = lit.value();
+    if Path::new(&rel).is_absolute() {
+        return Err(fail(format!(
+            "absolute path `{rel}`: give the spec's path relative to the crate root (CARGO_MANIFEST_DIR), \
+             e.g. \"specs/densenet121.yaml\""
+        )));
+    }
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let full = Path::new(&root).join(&rel);
+    let text = std::fs::read_to_string(&full).map_err(|e| {
+        fail(format!(
+            "cannot read spec file `{rel}` ({e}); paths are relative to the crate root {root}"
+        ))
+    })?;
+    let stem = full.file_stem().and_then(|s| s.to_str()).unwrap_or("Model");
+    let spec = parse_yaml(&text, &camel_case(stem)).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| fail(located(&rel, e)).into_iter().collect::<TokenStream>())
+            .collect::<TokenStream>()
+    })?;
+    let model = expand_spec(&spec, |e| syn::Error::new(lit.span(), located(&rel, e)));
+    let full = full.to_string_lossy().into_owned();
+    // Makes Cargo rebuild when the spec changes.
+    Ok(quote! {
+        const _: &str = ::core::include_str!(#full);
+        #model
+    })
+}
+
+/// `file:line:column: message` for YAML errors.
+fn located(path: &str, e: &SpecError) -> String {
+    match e.span {
+        Span::Yaml { line, column } => format!("{path}:{line}:{column}: {}", e.message),
+        Span::Rust(_) => format!("{path}: {}", e.message),
+    }
+}
+
+fn rust_error(e: &SpecError) -> syn::Error {
+    match e.span {
+        Span::Rust(span) => syn::Error::new(span, &e.message),
+        Span::Yaml { .. } => syn::Error::new(proc_macro2::Span::call_site(), e.to_string()),
+    }
+}
+
+/// check → plan → expand, or all errors plus a stub struct.
+fn expand_spec(spec: &RawSpec, to_error: impl Fn(&SpecError) -> syn::Error) -> TokenStream {
+    let name = syn::parse_str::<syn::Ident>(&spec.name.value)
+        .ok()
+        .map(|mut ident| {
+            if let Span::Rust(span) = spec.name.span {
+                ident.set_span(span);
+            }
+            ident
+        });
+    match (check(spec), name) {
+        (Ok(arch), Some(name)) => {
+            let plan = Plan::new(&arch);
+            let item = ItemInfo {
+                name: &name,
+                attrs: &spec.attrs,
+                vis: &spec.vis,
+            };
+            expand_model(&item, &arch, &plan, &default_runtime_path())
+        }
+        (result, name) => {
+            let mut errors = result.err().unwrap_or_default();
+            if errors.is_empty() {
+                let message = format!(
+                    "`{}` cannot name a Rust type; choose another model name",
+                    spec.name.value
+                );
+                errors.push(SpecError::new(spec.name.span, message));
+            }
+            let mut errors: TokenStream = errors
+                .iter()
+                .map(|e| to_error(e).to_compile_error())
+                .collect();
+            if let Some(name) = name {
+                let vis = &spec.vis;
+                errors.extend(quote!(#vis struct #name;));
+            }
+            errors
+        }
+    }
+}
+
+/// `densenet_bc100` → `DensenetBc100`.
+fn camel_case(stem: &str) -> String {
+    stem.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase())
+                .into_iter()
+                .chain(chars)
+                .collect::<String>()
+        })
+        .collect()
+}

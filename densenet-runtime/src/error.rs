@@ -1,0 +1,33 @@
+//! The runtime's one error type.
+
+use thiserror::Error;
+
+/// What can go wrong when running or building a model.
+///
+/// Every variant carries structured fields, so callers can match on them and the
+/// message names what was wrong and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An input batch whose per-image shape is not the model's.
+    #[error("input shape mismatch: expected (N, {}, {}, {}) (NCHW), got {actual:?}", expected[0], expected[1], expected[2])]
+    InputShape {
+        /// The model's per-image input shape `[C, H, W]`.
+        expected: [usize; 3],
+        /// The shape that was passed in.
+        actual: Vec<usize>,
+    },
+    /// A batch of zero images.
+    #[error("empty batch: the input has N = 0 images")]
+    EmptyBatch,
+    /// A tensor handed to a layer constructor has the wrong shape.
+    #[error("{name}: expected shape {expected:?}, got {actual:?}")]
+    TensorShape {
+        /// Which tensor (e.g. `conv.weight`).
+        name: String,
+        /// The shape the layer needs.
+        expected: Vec<usize>,
+        /// The shape that was given.
+        actual: Vec<usize>,
+    },
+}

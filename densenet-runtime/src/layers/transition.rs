@@ -1,0 +1,35 @@
+//! Transition between dense blocks: BN → ReLU → 1x1 conv → 2x2 average pool.
+
+use ndarray::{Array4, ArrayView4};
+
+use crate::layers::{avg_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
+use crate::rng::Rng;
+
+/// A transition from `C_IN` to `C_OUT = floor(θ·C_IN)` channels, halving height and width.
+#[derive(Clone, Debug)]
+pub struct Transition<const C_IN: usize, const C_OUT: usize> {
+    /// BatchNorm over the block output.
+    pub norm: BatchNorm2d,
+    /// The 1x1 compression conv.
+    pub conv: Conv2d,
+}
+
+impl<const C_IN: usize, const C_OUT: usize> Transition<C_IN, C_OUT> {
+    /// A freshly initialised transition.
+    pub fn init(rng: &mut Rng, eps: f32) -> Self {
+        Transition {
+            norm: BatchNorm2d::init(C_IN, eps),
+            conv: Conv2d::init(C_IN, C_OUT, 1, Conv2dConfig::default(), rng),
+        }
+    }
+
+    /// NHWC in, NHWC out.
+    ///
+    /// Pools before the 1x1 conv: both are linear per pixel, so the order does not
+    /// change the result, and the conv then runs on a quarter of the pixels.
+    pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array4<f32> {
+        let x = self.norm.forward_relu(x);
+        let x = avg_pool2d(x.view(), 2, 2);
+        self.conv.forward(x.view())
+    }
+}

@@ -1,0 +1,27 @@
+//! The runtime that `densenet!`-generated models compile against.
+//!
+//! Activations flow through the network as NHWC tensors (`Array4<f32>` in standard
+//! layout, often viewed as an `(N·H·W) × C` matrix): output pixels become the GEMM's
+//! rows, which measured fastest for DenseNet's narrow 3x3 convolutions, and a dense
+//! block's concatenation becomes a column range of one preallocated buffer.
+//! The public model API (`forward`) takes and returns NCHW, like torchvision.
+//!
+//! - [`kernels`]: GEMM and im2col, the only `unsafe` code;
+//! - [`layers`]: conv, batch norm, pooling, linear, and the building blocks generated
+//!   models are made of (stems, dense blocks, transitions, heads);
+//! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints.
+#![deny(missing_docs)]
+
+mod error;
+pub mod kernels;
+pub mod layers;
+mod model;
+pub mod rng;
+mod summary;
+
+pub use densenet_spec as spec;
+pub use error::Error;
+pub use model::{input_to_nhwc, softmax};
+pub use ndarray;
+pub use rng::Rng;
+pub use summary::Summary;

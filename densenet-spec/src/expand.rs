@@ -1,0 +1,274 @@
+//! Code generation: a checked [`Architecture`] and its [`Plan`] become a named struct
+//! whose fields are the runtime's building blocks, sized by const generics.
+//!
+//! Never reports user errors (those are `check.rs`'s job). The output grows with the
+//! number of blocks, not layers: a dense block is one field whose type carries its size.
+
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+
+use crate::arch::{Architecture, Head, Stem};
+use crate::plan::Plan;
+
+/// How the generated item is declared: name, attributes, visibility.
+pub struct ItemInfo<'a> {
+    /// The struct's name.
+    pub name: &'a syn::Ident,
+    /// Attributes and doc comments passed through.
+    pub attrs: &'a [syn::Attribute],
+    /// Visibility of the struct.
+    pub vis: &'a syn::Visibility,
+}
+
+/// The default path generated code uses to reach the runtime.
+pub fn default_runtime_path() -> TokenStream {
+    quote!(::densenet::runtime)
+}
+
+fn lit(n: usize) -> Literal {
+    Literal::usize_unsuffixed(n)
+}
+
+/// Generates the model struct and its impl. `rt` is the path of the runtime crate.
+pub fn expand_model(
+    item: &ItemInfo<'_>,
+    arch: &Architecture,
+    plan: &Plan,
+    rt: &TokenStream,
+) -> TokenStream {
+    let ItemInfo { name, attrs, vis } = item;
+    let growth = lit(arch.growth);
+    let bn_size = lit(arch.bottleneck.unwrap_or(0));
+
+    let mut fields = Vec::new();
+    let mut inits = Vec::new();
+    let mut forwards = Vec::new();
+
+    let (c_in, c_out) = (lit(plan.stem.c_in), lit(plan.stem.c_out));
+    let (stem_ty, stem_doc) = match arch.stem {
+        Stem::ImageNet => (
+            quote!(#rt::layers::ImageNetStem<#c_in, #c_out>),
+            "Stem: 7x7/2 conv, BN, ReLU, 3x3/2 max pool",
+        ),
+        Stem::Cifar => (
+            quote!(#rt::layers::CifarStem<#c_in, #c_out>),
+            "Stem: 3x3 conv",
+        ),
+    };
+    let stem_doc = format!(
+        "{stem_doc}; {} → {} channels, {}x{}.",
+        plan.stem.c_in, plan.stem.c_out, plan.stem.height, plan.stem.width
+    );
+    fields.push(quote!(#[doc = #stem_doc] pub stem: #stem_ty));
+    inits.push(quote!(stem: <#stem_ty>::init(&mut rng, eps)));
+    forwards.push(quote!(let x = self.stem.forward(x.view());));
+
+    for (i, block) in plan.blocks.iter().enumerate() {
+        let field = format_ident!("block{}", i + 1);
+        let (c_in, layers) = (lit(block.c_in), lit(block.layers));
+        let ty = quote!(#rt::layers::DenseBlock<#c_in, #layers, #growth, #bn_size>);
+        let doc = format!(
+            "Dense block {}: {} layers, {} → {} channels at {}x{}.",
+            i + 1,
+            block.layers,
+            block.c_in,
+            block.c_out,
+            block.height,
+            block.width
+        );
+        fields.push(quote!(#[doc = #doc] pub #field: #ty));
+        inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
+        forwards.push(quote!(let x = self.#field.forward(x.view());));
+        if let Some(t) = plan.transitions.get(i) {
+            let field = format_ident!("transition{}", i + 1);
+            let (c_in, c_out) = (lit(t.c_in), lit(t.c_out));
+            let ty = quote!(#rt::layers::Transition<#c_in, #c_out>);
+            let doc = format!(
+                "Transition {}: BN, ReLU, 1x1 conv, 2x2 average pool; {} → {} channels, {}x{}.",
+                i + 1,
+                t.c_in,
+                t.c_out,
+                t.height,
+                t.width
+            );
+            fields.push(quote!(#[doc = #doc] pub #field: #ty));
+            inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
+            forwards.push(quote!(let x = self.#field.forward(x.view());));
+        }
+    }
+
+    let c = lit(plan.head_channels);
+    let classes = lit(arch.classes);
+    let (head_ty, head_doc, output_ty) = match arch.head {
+        Head::Classifier => (
+            quote!(#rt::layers::ClassifierHead<#c, #classes>),
+            format!(
+                "Head: BN, ReLU, global average pool, linear {} → {}.",
+                plan.head_channels, arch.classes
+            ),
+            quote!(#rt::ndarray::Array2<f32>),
+        ),
+        Head::Avg => (
+            quote!(#rt::layers::AvgPoolHead<#c>),
+            format!(
+                "Head: BN, ReLU, global average pool to {} features.",
+                plan.head_channels
+            ),
+            quote!(#rt::ndarray::Array2<f32>),
+        ),
+        Head::Max => (
+            quote!(#rt::layers::MaxPoolHead<#c>),
+            format!(
+                "Head: BN, ReLU, global max pool to {} features.",
+                plan.head_channels
+            ),
+            quote!(#rt::ndarray::Array2<f32>),
+        ),
+        Head::None => (
+            quote!(#rt::layers::FeatureMapHead<#c>),
+            format!(
+                "Head: BN, ReLU; the output is the final {}-channel feature map (NCHW).",
+                plan.head_channels
+            ),
+            quote!(#rt::ndarray::Array4<f32>),
+        ),
+    };
+    fields.push(quote!(#[doc = #head_doc] pub head: #head_ty));
+    inits.push(quote!(head: <#head_ty>::init(&mut rng, eps)));
+
+    let arch_const = architecture_const(arch, rt);
+    let [ic, ih, iw] = arch.input.map(lit);
+    let output = plan.output.iter().map(|&d| lit(d));
+    let (params, buffers, macs) = (
+        Literal::u64_unsuffixed(plan.params),
+        Literal::u64_unsuffixed(plan.buffers),
+        Literal::u64_unsuffixed(plan.macs),
+    );
+    let name_str = name.to_string();
+
+    let classifier_items = (arch.head == Head::Classifier).then(|| {
+        quote! {
+            /// Number of output classes.
+            pub const CLASSES: usize = #classes;
+
+            /// Softmax probabilities for an NCHW batch: `forward` followed by a softmax per row.
+            pub fn predict(
+                &self,
+                x: #rt::ndarray::ArrayView4<'_, f32>,
+            ) -> ::core::result::Result<#rt::ndarray::Array2<f32>, #rt::Error> {
+                self.forward(x).map(#rt::softmax)
+            }
+        }
+    });
+
+    quote! {
+        #(#attrs)*
+        #[derive(Clone, Debug)]
+        #vis struct #name {
+            #(#fields,)*
+        }
+
+        #[automatically_derived]
+        #[allow(clippy::all)]
+        impl #name {
+            /// The checked architecture this model was generated from.
+            pub const ARCHITECTURE: #rt::spec::Architecture = #arch_const;
+            /// Per-image input shape `[C, H, W]`; `forward` takes `(N, C, H, W)`.
+            pub const INPUT: [usize; 3] = [#ic, #ih, #iw];
+            /// Per-image output shape.
+            pub const OUTPUT: &'static [usize] = &[#(#output),*];
+            /// Trainable parameters.
+            pub const PARAMS: u64 = #params;
+            /// Non-trainable buffers (BatchNorm running mean and variance).
+            pub const BUFFERS: u64 = #buffers;
+            /// Multiply-accumulates per image (convolutions and the linear layer).
+            pub const MACS: u64 = #macs;
+
+            #classifier_items
+
+            /// Every shape and count, layer by layer (Keras-style names).
+            pub fn plan() -> &'static #rt::spec::Plan {
+                static PLAN: ::std::sync::OnceLock<#rt::spec::Plan> = ::std::sync::OnceLock::new();
+                PLAN.get_or_init(|| #rt::spec::Plan::new(&Self::ARCHITECTURE))
+            }
+
+            /// The per-layer table: name, kind, output shape, parameters.
+            pub fn layers() -> &'static [#rt::spec::LayerPlan] {
+                &Self::plan().layers
+            }
+
+            /// A Keras-style summary table; print it with `{}`.
+            pub fn summary() -> #rt::Summary<'static> {
+                #rt::Summary::new(#name_str, Self::plan())
+            }
+
+            /// A model with deterministic initial weights: Kaiming-normal convs, BatchNorm
+            /// gamma 1 and beta 0, linear bias 0.
+            pub fn init(seed: u64) -> Self {
+                let mut rng = #rt::Rng::new(seed);
+                let eps = Self::ARCHITECTURE.eps;
+                Self { #(#inits,)* }
+            }
+
+            /// Runs the network on an NCHW batch of any size.
+            ///
+            /// # Errors
+            /// [`Error::InputShape`](#rt::Error::InputShape) when a per-image shape is not
+            /// [`Self::INPUT`].
+            pub fn forward(
+                &self,
+                x: #rt::ndarray::ArrayView4<'_, f32>,
+            ) -> ::core::result::Result<#output_ty, #rt::Error> {
+                let x = #rt::input_to_nhwc(x, Self::INPUT)?;
+                #(#forwards)*
+                ::core::result::Result::Ok(self.head.forward(x.view()))
+            }
+        }
+    }
+}
+
+/// `Architecture { … }` as a const expression.
+fn architecture_const(arch: &Architecture, rt: &TokenStream) -> TokenStream {
+    let name = arch.name.as_ref();
+    let [ic, ih, iw] = arch.input.map(lit);
+    let stem = match arch.stem {
+        Stem::ImageNet => quote!(#rt::spec::Stem::ImageNet),
+        Stem::Cifar => quote!(#rt::spec::Stem::Cifar),
+    };
+    let head = match arch.head {
+        Head::Classifier => quote!(#rt::spec::Head::Classifier),
+        Head::Avg => quote!(#rt::spec::Head::Avg),
+        Head::Max => quote!(#rt::spec::Head::Max),
+        Head::None => quote!(#rt::spec::Head::None),
+    };
+    let blocks = arch.blocks.iter().map(|&b| lit(b));
+    let bottleneck = match arch.bottleneck {
+        Some(b) => {
+            let b = lit(b);
+            quote!(::core::option::Option::Some(#b))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let init_features = lit(arch.init_features);
+    let growth = lit(arch.growth);
+    let classes = lit(arch.classes);
+    let theta = Literal::f64_suffixed(arch.theta);
+    let dropout = Literal::f32_suffixed(arch.dropout);
+    let eps = Literal::f32_suffixed(arch.eps);
+    quote! {
+        #rt::spec::Architecture {
+            name: ::std::borrow::Cow::Borrowed(#name),
+            input: [#ic, #ih, #iw],
+            stem: #stem,
+            init_features: #init_features,
+            growth: #growth,
+            blocks: ::std::borrow::Cow::Borrowed(&[#(#blocks),*]),
+            bottleneck: #bottleneck,
+            theta: #theta,
+            classes: #classes,
+            head: #head,
+            dropout: #dropout,
+            eps: #eps,
+        }
+    }
+}

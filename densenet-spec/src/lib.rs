@@ -1,0 +1,44 @@
+//! The DenseNet spec language, shared by the `densenet!` macros, build scripts and tools.
+//!
+//! The pipeline, one module a phase:
+//!
+//! ```text
+//! parse (inline tokens) ─┐
+//!                        ├─> RawSpec ─check─> Architecture ─plan─> Plan ─expand─> Rust
+//! yaml (spec files) ─────┘   (ast.rs)  (check.rs) (arch.rs)  (plan.rs)  (expand.rs)
+//! ```
+//!
+//! Every parsed value keeps its [`Span`], so each [`SpecError`] points at the
+//! offending token or YAML line; all errors of a spec are reported together.
+//!
+//! ```
+//! use densenet_spec::{check, parse_yaml, Plan};
+//!
+//! let spec = parse_yaml("name: DenseNet121\ngrowth: 32\nblocks: [6, 12, 24, 16]\ntheta: 0.5\n", "x")
+//!     .unwrap();
+//! let arch = check(&spec).unwrap();
+//! assert_eq!(Plan::new(&arch).params, 7_978_856);
+//! ```
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod ast;
+pub mod check;
+pub mod error;
+#[cfg(feature = "codegen")]
+pub mod expand;
+#[cfg(feature = "codegen")]
+pub mod parse;
+pub mod plan;
+#[cfg(feature = "yaml")]
+pub mod yaml;
+
+pub use arch::{Architecture, Head, Stem};
+pub use ast::{Entry, RawSpec, Value};
+pub use check::check;
+pub use error::{Sp, Span, SpecError, SpecFileError};
+#[cfg(feature = "codegen")]
+pub use parse::parse_specs;
+pub use plan::{LayerKind, LayerPlan, Plan};
+#[cfg(feature = "yaml")]
+pub use yaml::parse_yaml;

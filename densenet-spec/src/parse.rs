@@ -1,0 +1,187 @@
+//! The inline syntax of `densenet!`:
+//!
+//! ```text
+//! specs := (attribute* visibility Ident '<' entries '>' ';'?)*
+//! entries := (Ident ':' value),* ','?
+//! value := '-'? literal | Ident | '[' value,* ','? ']'
+//! ```
+//!
+//! Values are read token by token rather than as Rust expressions, so `theta: 0.5>`
+//! never parses as a comparison.
+
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::{Attribute, Ident, Lit, Token, Visibility};
+
+use crate::ast::{Entry, RawSpec, Value};
+use crate::error::{Sp, Span, SpecError};
+
+/// Parses the input of one `densenet!` call: one or more model declarations.
+pub fn parse_specs(tokens: TokenStream) -> Result<Vec<RawSpec>, SpecError> {
+    let parser = |input: ParseStream| {
+        let mut specs = Vec::new();
+        while !input.is_empty() {
+            specs.push(input.parse::<SpecItem>()?.0);
+            if input.peek(Token![;]) {
+                input.parse::<Token![;]>()?;
+            }
+        }
+        if specs.is_empty() {
+            return Err(input.error(
+                "expected a model, e.g. `pub DenseNet121<growth: 32, blocks: [6, 12, 24, 16], theta: 0.5>`",
+            ));
+        }
+        Ok(specs)
+    };
+    parser
+        .parse2(tokens)
+        .map_err(|e| SpecError::new(Span::Rust(e.span()), e.to_string()))
+}
+
+struct SpecItem(RawSpec);
+
+impl Parse for SpecItem {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let name: Ident = input.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "expected the model's name, e.g. `pub DenseNet121<growth: 32, …>`",
+            )
+        })?;
+        if !input.peek(Token![<]) {
+            return Err(input.error(format!(
+                "expected `<` after `{name}`: write the spec as `{name}<growth: 32, blocks: [6, 12, 24, 16]>`"
+            )));
+        }
+        input.parse::<Token![<]>()?;
+        let mut entries = Vec::new();
+        while !input.peek(Token![>]) {
+            if input.is_empty() {
+                return Err(input.error("expected `>` to close the spec"));
+            }
+            let key: Ident = input
+                .call(Ident::parse_any)
+                .map_err(|e| syn::Error::new(e.span(), "expected a key, like `growth`"))?;
+            input
+                .parse::<Token![:]>()
+                .map_err(|e| syn::Error::new(e.span(), format!("expected `:` after `{key}`")))?;
+            let value = parse_value(input)?;
+            entries.push(Entry {
+                key: Sp::new(key.to_string(), Span::Rust(key.span())),
+                value,
+            });
+            if input.peek(Token![,]) {
+                input.parse::<Token![,]>()?;
+            } else if !input.peek(Token![>]) {
+                return Err(input.error("expected `,` or `>` after a value"));
+            }
+        }
+        input.parse::<Token![>]>()?;
+        Ok(SpecItem(RawSpec {
+            span: Span::Rust(name.span()),
+            name: Sp::new(name.to_string(), Span::Rust(name.span())),
+            attrs,
+            vis,
+            entries,
+        }))
+    }
+}
+
+fn parse_value(input: ParseStream) -> syn::Result<Sp<Value>> {
+    if input.peek(Token![-]) {
+        let minus: Token![-] = input.parse()?;
+        let inner = parse_value(input)?;
+        let value = match inner.value {
+            Value::Int(i) => Value::Int(-i),
+            Value::Float(x) => Value::Float(-x),
+            _ => {
+                return Err(syn::Error::new(
+                    minus.span,
+                    "`-` must be followed by a number",
+                ))
+            }
+        };
+        return Ok(Sp::new(value, Span::Rust(minus.span)));
+    }
+    let tt: TokenTree = input
+        .parse()
+        .map_err(|e| syn::Error::new(e.span(), "expected a value"))?;
+    let span = Span::Rust(tt.span());
+    let value = match &tt {
+        TokenTree::Group(g) if g.delimiter() == Delimiter::Bracket => {
+            let items = (|input: ParseStream| {
+                let mut items = Vec::new();
+                while !input.is_empty() {
+                    items.push(parse_value(input)?);
+                    if !input.is_empty() {
+                        input.parse::<Token![,]>()?;
+                    }
+                }
+                Ok(items)
+            })
+            .parse2(g.stream())?;
+            Value::List(items)
+        }
+        TokenTree::Ident(i) if i == "true" => Value::Bool(true),
+        TokenTree::Ident(i) if i == "false" => Value::Bool(false),
+        TokenTree::Ident(i) => Value::Ident(i.to_string()),
+        TokenTree::Literal(l) => match Lit::new(l.clone()) {
+            Lit::Int(i) => Value::Int(i.base10_parse::<i128>()?),
+            Lit::Float(f) => Value::Float(f.base10_parse::<f64>()?),
+            Lit::Str(s) => Value::Str(s.value()),
+            Lit::Bool(b) => Value::Bool(b.value),
+            _ => Value::Other("a literal of another kind"),
+        },
+        TokenTree::Group(_) => {
+            return Err(syn::Error::new(
+                tt.span(),
+                "expected a value; lists use square brackets: `[6, 12, 24, 16]`",
+            ))
+        }
+        TokenTree::Punct(_) => return Err(syn::Error::new(tt.span(), "expected a value")),
+    };
+    Ok(Sp::new(value, span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    #[test]
+    fn parses_several_models_with_attributes() {
+        let specs = parse_specs(quote! {
+            /// Docs.
+            pub DenseNet121<growth: 32, blocks: [6, 12, 24, 16], theta: 0.5>;
+            #[allow(dead_code)]
+            Tiny<growth: 4, depth: 10, stem: cifar, bottleneck: false, eps: -1e-3,>
+        })
+        .unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].name.value, "DenseNet121");
+        assert_eq!(specs[0].attrs.len(), 1);
+        assert_eq!(specs[0].entries[2].value.value, Value::Float(0.5));
+        assert_eq!(specs[1].entries[3].value.value, Value::Bool(false));
+        assert_eq!(specs[1].entries[4].value.value, Value::Float(-1e-3));
+        match &specs[0].entries[1].value.value {
+            Value::List(items) => assert_eq!(items.len(), 4),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_errors() {
+        for bad in [
+            quote!(),
+            quote!(pub X),
+            quote!(X<growth 32>),
+            quote!(X<growth: 32),
+            quote!(X<growth: (1)>),
+        ] {
+            assert!(parse_specs(bad).is_err());
+        }
+    }
+}

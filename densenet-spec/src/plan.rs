@@ -1,0 +1,371 @@
+//! Shape inference: channels and spatial size after every layer, and exact parameter,
+//! buffer and MAC counts.
+//!
+//! The one planner: the macro calls it at compile time to emit `PARAMS`, `MACS`, …, and
+//! generated models call it at run time for their per-layer table and `summary()`.
+//! Layer names follow Keras (`conv2_block1_0_bn`, `pool2_conv`, …) so a summary reads
+//! like `keras.applications.DenseNet121().summary()`. Counts use saturating arithmetic so
+//! that absurd specs cannot overflow; `check.rs` rejects those before code is generated.
+
+use crate::arch::{Architecture, Head, Stem};
+
+/// What a planned layer does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// The input batch.
+    Input,
+    /// A bias-free 2-D convolution with a square kernel.
+    Conv2d {
+        /// Kernel size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Zero padding on each side.
+        padding: usize,
+    },
+    /// Batch normalisation (2 trainable and 2 running-statistic values per channel).
+    BatchNorm,
+    /// ReLU.
+    Relu,
+    /// Max pooling (padding acts as -inf).
+    MaxPool {
+        /// Window size.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding on each side.
+        padding: usize,
+    },
+    /// Average pooling without padding, floor mode.
+    AvgPool {
+        /// Window and stride.
+        kernel: usize,
+    },
+    /// Channel concatenation of a dense layer's input and output.
+    Concat,
+    /// Global average pooling to one value per channel.
+    GlobalAvgPool,
+    /// Global max pooling to one value per channel.
+    GlobalMaxPool,
+    /// Fully connected layer with bias.
+    Linear,
+}
+
+impl LayerKind {
+    /// The Keras class name a Keras summary would show.
+    pub fn keras_class(&self) -> &'static str {
+        match self {
+            LayerKind::Input => "InputLayer",
+            LayerKind::Conv2d { .. } => "Conv2D",
+            LayerKind::BatchNorm => "BatchNormalization",
+            LayerKind::Relu => "Activation",
+            LayerKind::MaxPool { .. } => "MaxPooling2D",
+            LayerKind::AvgPool { .. } => "AveragePooling2D",
+            LayerKind::Concat => "Concatenate",
+            LayerKind::GlobalAvgPool => "GlobalAveragePooling2D",
+            LayerKind::GlobalMaxPool => "GlobalMaxPooling2D",
+            LayerKind::Linear => "Dense",
+        }
+    }
+}
+
+/// One row of the per-layer table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerPlan {
+    /// Keras-style layer name.
+    pub name: String,
+    /// What the layer does.
+    pub kind: LayerKind,
+    /// Per-image output shape: `[C, H, W]`, or `[C]` after global pooling.
+    pub output: Vec<usize>,
+    /// Trainable parameters.
+    pub params: u64,
+    /// Non-trainable buffers (BatchNorm running mean and variance).
+    pub buffers: u64,
+    /// Multiply-accumulates per image (convolutions and the linear layer).
+    pub macs: u64,
+}
+
+/// The stem's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StemPlan {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Output height.
+    pub height: usize,
+    /// Output width.
+    pub width: usize,
+}
+
+/// A dense block's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPlan {
+    /// Channels in.
+    pub c_in: usize,
+    /// Dense layers.
+    pub layers: usize,
+    /// Channels out: `c_in + layers · k`.
+    pub c_out: usize,
+    /// Height (unchanged by the block).
+    pub height: usize,
+    /// Width (unchanged by the block).
+    pub width: usize,
+}
+
+/// A transition's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionPlan {
+    /// Channels in.
+    pub c_in: usize,
+    /// Channels out: `floor(θ · c_in)`.
+    pub c_out: usize,
+    /// Height after the 2x2 average pool.
+    pub height: usize,
+    /// Width after the 2x2 average pool.
+    pub width: usize,
+}
+
+/// Every shape and count of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The stem.
+    pub stem: StemPlan,
+    /// The dense blocks, in order.
+    pub blocks: Vec<BlockPlan>,
+    /// The transitions, one after each block but the last.
+    pub transitions: Vec<TransitionPlan>,
+    /// Channels into the head.
+    pub head_channels: usize,
+    /// Per-image output shape of the model.
+    pub output: Vec<usize>,
+    /// Every layer, Keras-style.
+    pub layers: Vec<LayerPlan>,
+    /// Trainable parameters.
+    pub params: u64,
+    /// Non-trainable buffers (BatchNorm running statistics).
+    pub buffers: u64,
+    /// Multiply-accumulates per image.
+    pub macs: u64,
+}
+
+/// Output size of a sliding window: `floor((n + 2p - k) / s) + 1`, or 0 when it does not fit.
+pub fn window_output(n: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    match (n + 2 * padding).checked_sub(kernel) {
+        Some(d) if n > 0 => d / stride.max(1) + 1,
+        _ => 0,
+    }
+}
+
+fn m(a: usize, b: usize) -> u64 {
+    (a as u64).saturating_mul(b as u64)
+}
+
+/// Builds the table row by row.
+struct Rows {
+    layers: Vec<LayerPlan>,
+    shape: [usize; 3],
+}
+
+impl Rows {
+    fn push(&mut self, name: String, kind: LayerKind, output: Vec<usize>, params: u64, macs: u64) {
+        let buffers = if kind == LayerKind::BatchNorm {
+            params
+        } else {
+            0
+        };
+        self.layers.push(LayerPlan {
+            name,
+            kind,
+            output,
+            params,
+            buffers,
+            macs,
+        });
+    }
+
+    fn conv(&mut self, name: String, c_out: usize, kernel: usize, stride: usize, padding: usize) {
+        let [c, h, w] = self.shape;
+        let (oh, ow) = (
+            window_output(h, kernel, stride, padding),
+            window_output(w, kernel, stride, padding),
+        );
+        let params = m(c, kernel * kernel).saturating_mul(c_out as u64);
+        let macs = params.saturating_mul(m(oh, ow));
+        self.shape = [c_out, oh, ow];
+        let kind = LayerKind::Conv2d {
+            kernel,
+            stride,
+            padding,
+        };
+        self.push(name, kind, self.shape.to_vec(), params, macs);
+    }
+
+    fn bn_relu(&mut self, prefix: &str) {
+        let c = self.shape[0];
+        self.push(
+            format!("{prefix}bn"),
+            LayerKind::BatchNorm,
+            self.shape.to_vec(),
+            m(2, c),
+            0,
+        );
+        self.push(
+            format!("{prefix}relu"),
+            LayerKind::Relu,
+            self.shape.to_vec(),
+            0,
+            0,
+        );
+    }
+}
+
+impl Plan {
+    /// Plans `arch`. Never panics; sizes that shrink to nothing come out as 0
+    /// (`check.rs` turns that into an error before code is generated).
+    pub fn new(arch: &Architecture) -> Plan {
+        let mut rows = Rows {
+            layers: Vec::new(),
+            shape: arch.input,
+        };
+        rows.push("input".into(), LayerKind::Input, arch.input.to_vec(), 0, 0);
+        match arch.stem {
+            Stem::ImageNet => {
+                rows.conv("conv1_conv".into(), arch.init_features, 7, 2, 3);
+                rows.bn_relu("conv1_");
+                let [c, h, w] = rows.shape;
+                rows.shape = [c, window_output(h, 3, 2, 1), window_output(w, 3, 2, 1)];
+                let kind = LayerKind::MaxPool {
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                };
+                rows.push("pool1".into(), kind, rows.shape.to_vec(), 0, 0);
+            }
+            Stem::Cifar => rows.conv("conv1_conv".into(), arch.init_features, 3, 1, 1),
+        }
+        let stem = StemPlan {
+            c_in: arch.input[0],
+            c_out: rows.shape[0],
+            height: rows.shape[1],
+            width: rows.shape[2],
+        };
+
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        for (b, &layers) in arch.blocks.iter().enumerate() {
+            let stage = b + 2;
+            let [c_in, height, width] = rows.shape;
+            for j in 1..=layers {
+                let [c, h, w] = rows.shape;
+                let prefix = format!("conv{stage}_block{j}_");
+                rows.bn_relu(&format!("{prefix}0_"));
+                match arch.bottleneck {
+                    Some(bn_size) => {
+                        rows.conv(
+                            format!("{prefix}1_conv"),
+                            bn_size.saturating_mul(arch.growth),
+                            1,
+                            1,
+                            0,
+                        );
+                        rows.bn_relu(&format!("{prefix}1_"));
+                        rows.conv(format!("{prefix}2_conv"), arch.growth, 3, 1, 1);
+                    }
+                    None => rows.conv(format!("{prefix}1_conv"), arch.growth, 3, 1, 1),
+                }
+                rows.shape = [c.saturating_add(arch.growth), h, w];
+                rows.push(
+                    format!("{prefix}concat"),
+                    LayerKind::Concat,
+                    rows.shape.to_vec(),
+                    0,
+                    0,
+                );
+            }
+            blocks.push(BlockPlan {
+                c_in,
+                layers,
+                c_out: rows.shape[0],
+                height,
+                width,
+            });
+            if b + 1 < arch.blocks.len() {
+                let c_in = rows.shape[0];
+                let prefix = format!("pool{stage}_");
+                rows.bn_relu(&prefix);
+                rows.conv(format!("{prefix}conv"), arch.compress(c_in), 1, 1, 0);
+                let [c, h, w] = rows.shape;
+                rows.shape = [c, h / 2, w / 2];
+                rows.push(
+                    format!("{prefix}pool"),
+                    LayerKind::AvgPool { kernel: 2 },
+                    rows.shape.to_vec(),
+                    0,
+                    0,
+                );
+                transitions.push(TransitionPlan {
+                    c_in,
+                    c_out: c,
+                    height: h / 2,
+                    width: w / 2,
+                });
+            }
+        }
+
+        let head_channels = rows.shape[0];
+        rows.bn_relu("");
+        match arch.head {
+            Head::Classifier => {
+                rows.push(
+                    "avg_pool".into(),
+                    LayerKind::GlobalAvgPool,
+                    vec![head_channels],
+                    0,
+                    0,
+                );
+                let params = m(head_channels, arch.classes).saturating_add(arch.classes as u64);
+                let macs = m(head_channels, arch.classes);
+                rows.push(
+                    "predictions".into(),
+                    LayerKind::Linear,
+                    vec![arch.classes],
+                    params,
+                    macs,
+                );
+            }
+            Head::Avg => rows.push(
+                "avg_pool".into(),
+                LayerKind::GlobalAvgPool,
+                vec![head_channels],
+                0,
+                0,
+            ),
+            Head::Max => rows.push(
+                "max_pool".into(),
+                LayerKind::GlobalMaxPool,
+                vec![head_channels],
+                0,
+                0,
+            ),
+            Head::None => {}
+        }
+
+        let layers = rows.layers;
+        let sum =
+            |f: fn(&LayerPlan) -> u64| layers.iter().fold(0u64, |acc, l| acc.saturating_add(f(l)));
+        let (params, buffers, macs) = (sum(|l| l.params), sum(|l| l.buffers), sum(|l| l.macs));
+        Plan {
+            stem,
+            blocks,
+            transitions,
+            head_channels,
+            output: layers.last().map(|l| l.output.clone()).unwrap_or_default(),
+            layers,
+            params,
+            buffers,
+            macs,
+        }
+    }
+}

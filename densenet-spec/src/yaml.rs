@@ -1,0 +1,255 @@
+//! YAML spec files: the same keys as the inline syntax, plus `name`.
+//!
+//! The only file that knows the YAML crate. serde_yaml reports where syntax errors are,
+//! but its values carry no positions, so a small scanner over the text finds the line
+//! and column of each top-level key and list item for the checks' messages.
+
+use crate::ast::{Entry, RawSpec, Value};
+use crate::error::{Sp, Span, SpecError};
+
+/// Parses the text of a YAML spec. `default_name` names the model when the file has no
+/// `name` key (callers derive it from the file name).
+pub fn parse_yaml(text: &str, default_name: &str) -> Result<RawSpec, Vec<SpecError>> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| vec![syntax_error(&e)])?;
+    let serde_yaml::Value::Mapping(map) = doc else {
+        return Err(vec![SpecError::new(
+            at(1, 1),
+            "a spec file must be a mapping of keys, like `growth: 32` on its own line",
+        )]);
+    };
+    let index = KeyIndex::new(text);
+    let mut entries = Vec::new();
+    let mut name = Sp::new(default_name.to_string(), at(1, 1));
+    let mut errors = Vec::new();
+    for (key, value) in &map {
+        let Some(key) = key.as_str() else {
+            errors.push(SpecError::new(
+                at(1, 1),
+                "keys must be plain words like `growth`",
+            ));
+            continue;
+        };
+        let (key_pos, value_pos) = index.find(key);
+        if key == "name" {
+            match value.as_str() {
+                Some(s) => name = Sp::new(s.to_string(), at(value_pos.0, value_pos.1)),
+                None => errors.push(SpecError::new(
+                    at(value_pos.0, value_pos.1),
+                    "`name` must be a string, the model's type name, e.g. `name: DenseNet121`",
+                )),
+            }
+            continue;
+        }
+        let items = index.list_items(key);
+        entries.push(Entry {
+            key: Sp::new(key.to_string(), at(key_pos.0, key_pos.1)),
+            value: convert(value, at(value_pos.0, value_pos.1), &items),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RawSpec {
+        span: at(1, 1),
+        name,
+        #[cfg(feature = "codegen")]
+        attrs: Vec::new(),
+        #[cfg(feature = "codegen")]
+        vis: syn::parse_quote!(pub),
+        entries,
+    })
+}
+
+fn at(line: usize, column: usize) -> Span {
+    Span::Yaml { line, column }
+}
+
+fn syntax_error(e: &serde_yaml::Error) -> SpecError {
+    let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+    let mut message = e.to_string();
+    // serde_yaml appends the position we report separately.
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    SpecError::new(at(line, column), format!("invalid YAML: {message}"))
+}
+
+fn convert(value: &serde_yaml::Value, span: Span, items: &[(usize, usize)]) -> Sp<Value> {
+    use serde_yaml::Value as Y;
+    let v = match value {
+        Y::Null => Value::Other("nothing (null)"),
+        Y::Bool(b) => Value::Bool(*b),
+        Y::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::Int(i.into()),
+            (_, Some(u), _) => Value::Int(u.into()),
+            (_, _, Some(x)) => Value::Float(x),
+            _ => Value::Other("a number"),
+        },
+        Y::String(s) => Value::Str(s.clone()),
+        Y::Sequence(seq) => Value::List(
+            seq.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let span = items.get(i).map_or(span, |&(l, c)| at(l, c));
+                    convert(v, span, &[])
+                })
+                .collect(),
+        ),
+        Y::Mapping(_) => Value::Other("a mapping"),
+        Y::Tagged(_) => Value::Other("a tagged value"),
+    };
+    Sp::new(v, span)
+}
+
+/// Positions of top-level keys, their values and list items, read off the raw text.
+struct KeyIndex<'a> {
+    lines: Vec<&'a str>,
+}
+
+impl<'a> KeyIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        KeyIndex {
+            lines: text.lines().collect(),
+        }
+    }
+
+    /// The 0-based line of top-level `key:` and the byte offset just past its colon.
+    fn key_line(&self, key: &str) -> Option<(usize, usize)> {
+        self.lines.iter().enumerate().find_map(|(i, line)| {
+            let rest = line
+                .strip_prefix(key)
+                .or_else(|| line.strip_prefix(&format!("\"{key}\"")))
+                .or_else(|| line.strip_prefix(&format!("'{key}'")))?;
+            let colon = rest.len() - rest.trim_start().len();
+            rest.trim_start()
+                .starts_with(':')
+                .then(|| (i, line.len() - rest.len() + colon + 1))
+        })
+    }
+
+    /// 1-based positions of the key and of its value.
+    fn find(&self, key: &str) -> ((usize, usize), (usize, usize)) {
+        let Some((i, after_colon)) = self.key_line(key) else {
+            return ((1, 1), (1, 1));
+        };
+        let line = self.lines[i];
+        let rest = &line[after_colon..];
+        let value_col = after_colon + (rest.len() - rest.trim_start().len());
+        let value_pos = if rest.trim().is_empty() || rest.trim_start().starts_with('#') {
+            // Block value on the next lines.
+            self.next_content_line(i)
+                .unwrap_or((i + 1, after_colon + 1))
+        } else {
+            (i + 1, column(line, value_col))
+        };
+        ((i + 1, 1), value_pos)
+    }
+
+    fn next_content_line(&self, i: usize) -> Option<(usize, usize)> {
+        (i + 1..self.lines.len()).find_map(|j| {
+            let line = self.lines[j];
+            let trimmed = line.trim_start();
+            (!trimmed.is_empty() && !trimmed.starts_with('#'))
+                .then(|| (j + 1, column(line, line.len() - trimmed.len())))
+        })
+    }
+
+    /// Positions of the items of a list value, flow (`[6, 12]`) or block (`- 6`).
+    fn list_items(&self, key: &str) -> Vec<(usize, usize)> {
+        let Some((i, after_colon)) = self.key_line(key) else {
+            return Vec::new();
+        };
+        let line = self.lines[i];
+        let rest = &line[after_colon..];
+        let trimmed = rest.trim_start();
+        if trimmed.starts_with('[') {
+            let open = after_colon + (rest.len() - trimmed.len());
+            let mut items = Vec::new();
+            let mut expect_item = true;
+            for (off, ch) in line[open + 1..].char_indices() {
+                let byte = open + 1 + off;
+                match ch {
+                    ']' | '#' => break,
+                    ',' => expect_item = true,
+                    c if c.is_whitespace() => {}
+                    _ if expect_item => {
+                        items.push((i + 1, column(line, byte)));
+                        expect_item = false;
+                    }
+                    _ => {}
+                }
+            }
+            return items;
+        }
+        let mut items = Vec::new();
+        for (j, line) in self.lines.iter().enumerate().skip(i + 1) {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = line.len() - trimmed.len();
+            match trimmed.strip_prefix('-') {
+                Some(item) => {
+                    let col = indent + 1 + (item.len() - item.trim_start().len());
+                    items.push((j + 1, column(line, col)));
+                }
+                None if indent == 0 => break,
+                None => {}
+            }
+        }
+        items
+    }
+}
+
+/// 1-based character column of a byte offset.
+fn column(line: &str, byte: usize) -> usize {
+    line[..byte.min(line.len())].chars().count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(span: Span) -> (usize, usize) {
+        match span {
+            Span::Yaml { line, column } => (line, column),
+            Span::Rust(_) => panic!("not a yaml span"),
+        }
+    }
+
+    #[test]
+    fn keys_values_and_items_have_positions() {
+        let text =
+            "# comment\nname: Net\ngrowth: 32\nblocks: [6, 0, 24]\ninput:\n  - 3\n  - 64\n  - 64\n";
+        let spec = parse_yaml(text, "Default").unwrap();
+        assert_eq!(spec.name.value, "Net");
+        assert_eq!(pos(spec.name.span), (2, 7));
+        assert_eq!(pos(spec.entries[0].key.span), (3, 1));
+        assert_eq!(pos(spec.entries[0].value.span), (3, 9));
+        let Value::List(items) = &spec.entries[1].value.value else {
+            panic!()
+        };
+        assert_eq!(pos(items[1].span), (4, 13));
+        let Value::List(items) = &spec.entries[2].value.value else {
+            panic!()
+        };
+        assert_eq!(pos(items[2].span), (8, 5));
+    }
+
+    #[test]
+    fn syntax_errors_carry_their_position() {
+        let errors = parse_yaml("growth: 32\nblocks: [6, 12\n", "X").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].message.starts_with("invalid YAML"),
+            "{}",
+            errors[0].message
+        );
+        assert!(pos(errors[0].span).0 >= 2);
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        assert!(parse_yaml("growth: 32\ngrowth: 12\nblocks: [1]\n", "X").is_err());
+    }
+}
