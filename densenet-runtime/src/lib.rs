@@ -9,6 +9,7 @@
 //! - [`kernels`]: GEMM and im2col, the only `unsafe` code;
 //! - [`layers`]: conv, batch norm, pooling, linear, and the building blocks generated
 //!   models are made of (stems, dense blocks, transitions, heads);
+//! - [`weights`]: safetensors in torchvision/timm or Keras naming;
 //! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints.
 #![deny(missing_docs)]
 
@@ -18,10 +19,14 @@ pub mod layers;
 mod model;
 pub mod rng;
 mod summary;
+mod visit;
+pub mod weights;
 
 pub use densenet_spec as spec;
-pub use error::Error;
+pub use error::{Error, LoadError};
 pub use model::{input_to_nhwc, softmax};
 pub use ndarray;
 pub use rng::Rng;
 pub use summary::Summary;
+pub use visit::{LayerMut, LayerName, LayerRef, Model, Site};
+pub use weights::Naming;

@@ -43,6 +43,7 @@ pub fn expand_model(
     let mut fields = Vec::new();
     let mut inits = Vec::new();
     let mut forwards = Vec::new();
+    let mut visits = Vec::new();
 
     let (c_in, c_out) = (lit(plan.stem.c_in), lit(plan.stem.c_out));
     let (stem_ty, stem_doc) = match arch.stem {
@@ -62,6 +63,7 @@ pub fn expand_model(
     fields.push(quote!(#[doc = #stem_doc] pub stem: #stem_ty));
     inits.push(quote!(stem: <#stem_ty>::init(&mut rng, eps)));
     forwards.push(quote!(let x = self.stem.forward(x.view());));
+    visits.push((quote!(stem), None));
 
     for (i, block) in plan.blocks.iter().enumerate() {
         let field = format_ident!("block{}", i + 1);
@@ -79,6 +81,7 @@ pub fn expand_model(
         fields.push(quote!(#[doc = #doc] pub #field: #ty));
         inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
         forwards.push(quote!(let x = self.#field.forward(x.view());));
+        visits.push((quote!(#field), Some(lit(i + 1))));
         if let Some(t) = plan.transitions.get(i) {
             let field = format_ident!("transition{}", i + 1);
             let (c_in, c_out) = (lit(t.c_in), lit(t.c_out));
@@ -94,8 +97,19 @@ pub fn expand_model(
             fields.push(quote!(#[doc = #doc] pub #field: #ty));
             inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
             forwards.push(quote!(let x = self.#field.forward(x.view());));
+            visits.push((quote!(#field), Some(lit(i + 1))));
         }
     }
+    visits.push((quote!(head), None));
+    let visit = visits.iter().map(|(field, index)| match index {
+        Some(i) => quote!(self.#field.visit(#i, f);),
+        None => quote!(self.#field.visit(f);),
+    });
+    let visit_mut = visits.iter().map(|(field, index)| match index {
+        Some(i) => quote!(self.#field.visit_mut(#i, f);),
+        None => quote!(self.#field.visit_mut(f);),
+    });
+    let blocks = arch.blocks.iter().map(|&b| lit(b));
 
     let c = lit(plan.head_channels);
     let classes = lit(arch.classes);
@@ -210,6 +224,63 @@ pub fn expand_model(
                 Self { #(#inits,)* }
             }
 
+            /// Loads weights from a safetensors file in torchvision/timm or Keras naming
+            /// (detected from the keys).
+            ///
+            /// # Errors
+            /// A [`LoadError`](#rt::LoadError) naming the tensor and what was wrong.
+            pub fn load_safetensors(
+                path: impl ::core::convert::AsRef<::std::path::Path>,
+            ) -> ::core::result::Result<Self, #rt::LoadError> {
+                #rt::weights::load_file(path, #rt::Naming::Auto)
+            }
+
+            /// [`load_safetensors`](Self::load_safetensors) with the naming scheme forced.
+            ///
+            /// # Errors
+            /// A [`LoadError`](#rt::LoadError) naming the tensor and what was wrong.
+            pub fn load_safetensors_with(
+                path: impl ::core::convert::AsRef<::std::path::Path>,
+                naming: #rt::Naming,
+            ) -> ::core::result::Result<Self, #rt::LoadError> {
+                #rt::weights::load_file(path, naming)
+            }
+
+            /// Loads weights from safetensors bytes, e.g. embedded with `include_bytes!`.
+            ///
+            /// # Errors
+            /// A [`LoadError`](#rt::LoadError) naming the tensor and what was wrong.
+            pub fn from_safetensors_bytes(bytes: &[u8]) -> ::core::result::Result<Self, #rt::LoadError> {
+                #rt::weights::from_bytes(bytes, #rt::Naming::Auto)
+            }
+
+            /// [`from_safetensors_bytes`](Self::from_safetensors_bytes) with the naming scheme forced.
+            ///
+            /// # Errors
+            /// A [`LoadError`](#rt::LoadError) naming the tensor and what was wrong.
+            pub fn from_safetensors_bytes_with(
+                bytes: &[u8],
+                naming: #rt::Naming,
+            ) -> ::core::result::Result<Self, #rt::LoadError> {
+                #rt::weights::from_bytes(bytes, naming)
+            }
+
+            /// Writes the weights as safetensors in torchvision naming.
+            ///
+            /// # Errors
+            /// [`LoadError::Io`](#rt::LoadError::Io) if the file cannot be written.
+            pub fn save_safetensors(
+                &self,
+                path: impl ::core::convert::AsRef<::std::path::Path>,
+            ) -> ::core::result::Result<(), #rt::LoadError> {
+                #rt::weights::save_file(self, path)
+            }
+
+            /// The weights as safetensors bytes in torchvision naming.
+            pub fn to_safetensors_bytes(&self) -> ::std::vec::Vec<u8> {
+                #rt::weights::to_bytes(self)
+            }
+
             /// Runs the network on an NCHW batch of any size.
             ///
             /// # Errors
@@ -222,6 +293,24 @@ pub fn expand_model(
                 let x = #rt::input_to_nhwc(x, Self::INPUT)?;
                 #(#forwards)*
                 ::core::result::Result::Ok(self.head.forward(x.view()))
+            }
+        }
+
+        #[automatically_derived]
+        impl #rt::Model for #name {
+            const NAME: &'static str = #name_str;
+            const BLOCKS: &'static [usize] = &[#(#blocks),*];
+
+            fn init(seed: u64) -> Self {
+                <#name>::init(seed)
+            }
+
+            fn visit_layers(&self, f: &mut dyn FnMut(#rt::LayerName, #rt::LayerRef<'_>)) {
+                #(#visit)*
+            }
+
+            fn visit_layers_mut(&mut self, f: &mut dyn FnMut(#rt::LayerName, #rt::LayerMut<'_>)) {
+                #(#visit_mut)*
             }
         }
     }

@@ -4,6 +4,10 @@ use ndarray::{Array2, Array4, ArrayView4};
 
 use crate::layers::{global_avg_pool, global_max_pool, BatchNorm2d, Linear};
 use crate::rng::Rng;
+use crate::visit::{LayerMut, LayerName, LayerRef, Site};
+
+/// The final BatchNorm: torchvision's `features.norm5` whatever the number of blocks.
+const NORM: LayerName = LayerName::new(Site::Head, "norm5");
 
 /// BN → ReLU → global average pool → linear: logits for `CLASSES` classes.
 #[derive(Clone, Debug)]
@@ -21,6 +25,24 @@ impl<const C_IN: usize, const CLASSES: usize> ClassifierHead<C_IN, CLASSES> {
             norm: BatchNorm2d::init(C_IN, eps),
             classifier: Linear::init(C_IN, CLASSES, rng),
         }
+    }
+
+    /// Calls `f` on each layer with weights.
+    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        f(NORM, LayerRef::BatchNorm(&self.norm));
+        f(
+            LayerName::new(Site::Head, "classifier"),
+            LayerRef::Linear(&self.classifier),
+        );
+    }
+
+    /// [`visit`](Self::visit), mutably.
+    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        f(NORM, LayerMut::BatchNorm(&mut self.norm));
+        f(
+            LayerName::new(Site::Head, "classifier"),
+            LayerMut::Linear(&mut self.classifier),
+        );
     }
 
     /// NHWC in, `(N, CLASSES)` logits out.
@@ -45,6 +67,16 @@ impl<const C_IN: usize> AvgPoolHead<C_IN> {
         }
     }
 
+    /// Calls `f` on each layer with weights.
+    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        f(NORM, LayerRef::BatchNorm(&self.norm));
+    }
+
+    /// [`visit`](Self::visit), mutably.
+    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        f(NORM, LayerMut::BatchNorm(&mut self.norm));
+    }
+
     /// NHWC in, `(N, C_IN)` out.
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
         global_avg_pool(self.norm.forward_relu(x).view())
@@ -66,6 +98,16 @@ impl<const C_IN: usize> MaxPoolHead<C_IN> {
         }
     }
 
+    /// Calls `f` on each layer with weights.
+    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        f(NORM, LayerRef::BatchNorm(&self.norm));
+    }
+
+    /// [`visit`](Self::visit), mutably.
+    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        f(NORM, LayerMut::BatchNorm(&mut self.norm));
+    }
+
     /// NHWC in, `(N, C_IN)` out.
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
         global_max_pool(self.norm.forward_relu(x).view())
@@ -85,6 +127,16 @@ impl<const C_IN: usize> FeatureMapHead<C_IN> {
         FeatureMapHead {
             norm: BatchNorm2d::init(C_IN, eps),
         }
+    }
+
+    /// Calls `f` on each layer with weights.
+    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        f(NORM, LayerRef::BatchNorm(&self.norm));
+    }
+
+    /// [`visit`](Self::visit), mutably.
+    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        f(NORM, LayerMut::BatchNorm(&mut self.norm));
     }
 
     /// NHWC in, NCHW `(N, C_IN, H, W)` out.

@@ -4,6 +4,7 @@ use ndarray::{Array4, ArrayView4};
 
 use crate::layers::{max_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
+use crate::visit::{LayerMut, LayerName, LayerRef, Site};
 
 /// ImageNet stem: 7x7/2 conv (padding 3) → BN → ReLU → 3x3/2 max pool (padding 1).
 #[derive(Clone, Debug)]
@@ -25,6 +26,30 @@ impl<const C_IN: usize, const C_OUT: usize> ImageNetStem<C_IN, C_OUT> {
             conv: Conv2d::init(C_IN, C_OUT, 7, config, rng),
             norm: BatchNorm2d::init(C_OUT, eps),
         }
+    }
+
+    /// Calls `f` on each layer with weights.
+    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        f(
+            LayerName::new(Site::Stem, "conv0"),
+            LayerRef::Conv(&self.conv),
+        );
+        f(
+            LayerName::new(Site::Stem, "norm0"),
+            LayerRef::BatchNorm(&self.norm),
+        );
+    }
+
+    /// [`visit`](Self::visit), mutably.
+    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        f(
+            LayerName::new(Site::Stem, "conv0"),
+            LayerMut::Conv(&mut self.conv),
+        );
+        f(
+            LayerName::new(Site::Stem, "norm0"),
+            LayerMut::BatchNorm(&mut self.norm),
+        );
     }
 
     /// NHWC in, NHWC out.
@@ -52,6 +77,22 @@ impl<const C_IN: usize, const C_OUT: usize> CifarStem<C_IN, C_OUT> {
         CifarStem {
             conv: Conv2d::init(C_IN, C_OUT, 3, config, rng),
         }
+    }
+
+    /// Calls `f` on each layer with weights.
+    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        f(
+            LayerName::new(Site::Stem, "conv0"),
+            LayerRef::Conv(&self.conv),
+        );
+    }
+
+    /// [`visit`](Self::visit), mutably.
+    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        f(
+            LayerName::new(Site::Stem, "conv0"),
+            LayerMut::Conv(&mut self.conv),
+        );
     }
 
     /// NHWC in, NHWC out.

@@ -4,6 +4,7 @@ use ndarray::{Array4, ArrayView4};
 
 use crate::layers::{avg_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
+use crate::visit::{LayerMut, LayerName, LayerRef, Site};
 
 /// A transition from `C_IN` to `C_OUT = floor(θ·C_IN)` channels, halving height and width.
 #[derive(Clone, Debug)]
@@ -21,6 +22,26 @@ impl<const C_IN: usize, const C_OUT: usize> Transition<C_IN, C_OUT> {
             norm: BatchNorm2d::init(C_IN, eps),
             conv: Conv2d::init(C_IN, C_OUT, 1, Conv2dConfig::default(), rng),
         }
+    }
+
+    /// Calls `f` on each layer with weights; `index` is the transition's 1-based position.
+    pub fn visit(&self, index: usize, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        let site = Site::Transition { index };
+        f(
+            LayerName::new(site, "norm"),
+            LayerRef::BatchNorm(&self.norm),
+        );
+        f(LayerName::new(site, "conv"), LayerRef::Conv(&self.conv));
+    }
+
+    /// [`visit`](Self::visit), mutably.
+    pub fn visit_mut(&mut self, index: usize, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        let site = Site::Transition { index };
+        f(
+            LayerName::new(site, "norm"),
+            LayerMut::BatchNorm(&mut self.norm),
+        );
+        f(LayerName::new(site, "conv"), LayerMut::Conv(&mut self.conv));
     }
 
     /// NHWC in, NHWC out.

@@ -1,0 +1,385 @@
+//! Weights I/O: safetensors files in torchvision/timm or Keras naming.
+//!
+//! Loading is strict and all-or-nothing: every weight of the model must be in the file
+//! with the right shape, nothing else may be (bookkeeping such as `num_batches_tracked`
+//! aside), and the model is returned only when all of it loaded. Any byte string gives
+//! a [`LoadError`], never a panic.
+
+mod naming;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
+
+pub use naming::Naming;
+use naming::Tensor;
+
+use crate::error::LoadError;
+use crate::visit::{LayerMut, LayerName, LayerRef, Model};
+
+/// Reads a model from safetensors bytes (e.g. `include_bytes!`), in `naming`
+/// ([`Naming::Auto`] detects it from the keys).
+///
+/// # Errors
+/// A [`LoadError`] naming the tensor and what was wrong; the model is never half-loaded.
+pub fn from_bytes<M: Model>(bytes: &[u8], naming: Naming) -> Result<M, LoadError> {
+    let file = SafeTensors::deserialize(bytes).map_err(format_error)?;
+    let naming = match naming {
+        Naming::Auto => naming::detect(file.names()).ok_or_else(|| {
+            let mut sample: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+            sample.sort();
+            sample.truncate(3);
+            LoadError::UnknownNaming { sample }
+        })?,
+        forced => forced,
+    };
+    let mut tensors: BTreeMap<String, (String, TensorView<'_>)> = BTreeMap::new();
+    for (key, view) in file.iter() {
+        if !naming::is_bookkeeping(key) {
+            tensors.insert(naming::normalise(key, naming), (key.to_string(), view));
+        }
+    }
+
+    let all_keys: Vec<String> = tensors.values().map(|(key, _)| key.clone()).collect();
+    let mut model = M::init(0);
+    check_architecture::<M>(&model, &tensors, naming)?;
+    let mut result = Ok(());
+    model.visit_layers_mut(&mut |name, layer| {
+        if result.is_ok() {
+            result = load_layer(name, layer, &mut tensors, &all_keys, naming);
+        }
+    });
+    result?;
+    if let Some((_, (key, _))) = tensors.iter().next() {
+        return Err(LoadError::UnexpectedTensor {
+            name: key.clone(),
+            others: tensors.len() - 1,
+        });
+    }
+    Ok(model)
+}
+
+/// Reads a model from a safetensors file; see [`from_bytes`].
+///
+/// # Errors
+/// [`LoadError::Io`] if the file cannot be read, else as [`from_bytes`].
+pub fn load_file<M: Model>(path: impl AsRef<Path>, naming: Naming) -> Result<M, LoadError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_bytes(&bytes, naming)
+}
+
+/// Serialises a model's weights as safetensors in torchvision naming (conv weights
+/// OIHW, BN running statistics and `num_batches_tracked` included), loadable by
+/// `torchvision.models.DenseNet.load_state_dict` and by [`from_bytes`].
+pub fn to_bytes<M: Model>(model: &M) -> Vec<u8> {
+    let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut push = |name: LayerName,
+                    tensor: Tensor,
+                    shape: Vec<usize>,
+                    values: &mut dyn Iterator<Item = f32>| {
+        let bytes = values.flat_map(f32::to_le_bytes).collect();
+        entries.push((
+            naming::key(name, tensor, Naming::Torchvision),
+            Dtype::F32,
+            shape,
+            bytes,
+        ));
+    };
+    model.visit_layers(&mut |name, layer| match layer {
+        LayerRef::Conv(conv) => {
+            let oihw = conv.weight().view().permuted_axes([3, 2, 0, 1]);
+            let shape = oihw.shape().to_vec();
+            push(name, Tensor::ConvWeight, shape, &mut oihw.iter().copied());
+        }
+        LayerRef::BatchNorm(bn) => {
+            let c = vec![bn.channels()];
+            push(
+                name,
+                Tensor::BnGamma,
+                c.clone(),
+                &mut bn.gamma().iter().copied(),
+            );
+            push(
+                name,
+                Tensor::BnBeta,
+                c.clone(),
+                &mut bn.beta().iter().copied(),
+            );
+            push(
+                name,
+                Tensor::BnMean,
+                c.clone(),
+                &mut bn.running_mean().iter().copied(),
+            );
+            push(
+                name,
+                Tensor::BnVar,
+                c,
+                &mut bn.running_var().iter().copied(),
+            );
+        }
+        LayerRef::Linear(linear) => {
+            let w = linear.weight();
+            push(
+                name,
+                Tensor::LinearWeight,
+                w.shape().to_vec(),
+                &mut w.iter().copied(),
+            );
+            let b = linear.bias();
+            push(
+                name,
+                Tensor::LinearBias,
+                vec![b.len()],
+                &mut b.iter().copied(),
+            );
+        }
+    });
+    // torch's BatchNorm keeps a step counter; strict loaders expect the key.
+    let counters: Vec<_> = entries
+        .iter()
+        .filter_map(|(key, ..)| key.strip_suffix(".running_var"))
+        .map(|layer| {
+            (
+                format!("{layer}.num_batches_tracked"),
+                Dtype::I64,
+                Vec::new(),
+                0i64.to_le_bytes().to_vec(),
+            )
+        })
+        .collect();
+    entries.extend(counters);
+    let views = entries.iter().map(|(key, dtype, shape, bytes)| {
+        let view = TensorView::new(*dtype, shape.clone(), bytes)
+            .expect("shape and byte length agree by construction");
+        (key.as_str(), view)
+    });
+    safetensors::serialize(views, None).expect("in-memory serialisation of valid views cannot fail")
+}
+
+/// Writes [`to_bytes`] to `path`.
+///
+/// # Errors
+/// [`LoadError::Io`] if the file cannot be written.
+pub fn save_file<M: Model>(model: &M, path: impl AsRef<Path>) -> Result<(), LoadError> {
+    let path = path.as_ref();
+    std::fs::write(path, to_bytes(model)).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn format_error(e: SafeTensorError) -> LoadError {
+    use SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall | E::InvalidHeaderLength => LoadError::Truncated {
+            reason: "the file ends inside its header".into(),
+        },
+        E::MetadataIncompleteBuffer => LoadError::Truncated {
+            reason: "the data section is not as long as the header says".into(),
+        },
+        E::InvalidOffset(tensor) => LoadError::BadOffsets { tensor },
+        E::TensorInvalidInfo
+        | E::ValidationOverflow
+        | E::MisalignedSlice
+        | E::InvalidTensorView(..) => LoadError::BadOffsets {
+            tensor: "(unnamed)".into(),
+        },
+        other => LoadError::NotSafetensors {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Refuses, in one line, a file whose blocks differ from the model's (e.g. DenseNet-169
+/// weights into a DenseNet-121) instead of reporting hundreds of missing tensors.
+fn check_architecture<M: Model>(
+    model: &M,
+    tensors: &BTreeMap<String, (String, TensorView<'_>)>,
+    naming: Naming,
+) -> Result<(), LoadError> {
+    let file_blocks = naming::blocks_in(tensors.keys().map(String::as_str));
+    if file_blocks == M::BLOCKS {
+        // Same layout: compare widths via the first conv of each kind the model expects.
+        let mut mismatched = 0;
+        model.visit_layers(&mut |name, layer| {
+            if let LayerRef::Conv(conv) = layer {
+                let key = naming::key(name, Tensor::ConvWeight, naming);
+                if let Some((_, view)) = tensors.get(&key) {
+                    if view.shape()
+                        != expected_shape(LayerRef::Conv(conv), Tensor::ConvWeight, naming)
+                    {
+                        mismatched += 1;
+                    }
+                }
+            }
+        });
+        if mismatched <= 1 {
+            return Ok(());
+        }
+        return Err(LoadError::ArchitectureMismatch {
+            model: M::NAME.to_string(),
+            expected: format!("blocks {:?}", M::BLOCKS),
+            file: format!("blocks {file_blocks:?} but {mismatched} convolutions of other widths (another growth rate or stem?)"),
+        });
+    }
+    if file_blocks.is_empty() {
+        return Ok(()); // No dense-layer keys at all: let the per-tensor errors say what is missing.
+    }
+    Err(LoadError::ArchitectureMismatch {
+        model: M::NAME.to_string(),
+        expected: format!("blocks {:?}", M::BLOCKS),
+        file: format!("blocks {file_blocks:?}"),
+    })
+}
+
+/// The shape a tensor must have in the file, in the file's layout.
+fn expected_shape(layer: LayerRef<'_>, tensor: Tensor, naming: Naming) -> Vec<usize> {
+    let keras = naming == Naming::Keras;
+    match layer {
+        LayerRef::Conv(conv) => {
+            let [kh, kw, ci, co]: [usize; 4] = conv.weight().shape().try_into().expect("4-D");
+            if keras {
+                vec![kh, kw, ci, co]
+            } else {
+                vec![co, ci, kh, kw]
+            }
+        }
+        LayerRef::BatchNorm(bn) => vec![bn.channels()],
+        LayerRef::Linear(linear) => match tensor {
+            Tensor::LinearBias => vec![linear.out_features()],
+            _ if keras => vec![linear.in_features(), linear.out_features()],
+            _ => vec![linear.out_features(), linear.in_features()],
+        },
+    }
+}
+
+fn load_layer(
+    name: LayerName,
+    layer: LayerMut<'_>,
+    tensors: &mut BTreeMap<String, (String, TensorView<'_>)>,
+    all_keys: &[String],
+    naming: Naming,
+) -> Result<(), LoadError> {
+    let keras = naming == Naming::Keras;
+    let mut take = |tensor: Tensor, layer: LayerRef<'_>| -> Result<ArrayD<f32>, LoadError> {
+        let key = naming::key(name, tensor, naming);
+        let Some((file_key, view)) = tensors.remove(&key) else {
+            return Err(missing(&key, all_keys, naming));
+        };
+        let expected = expected_shape(layer, tensor, naming);
+        if view.shape() != expected.as_slice() {
+            return Err(LoadError::Shape {
+                name: file_key,
+                expected,
+                actual: view.shape().to_vec(),
+            });
+        }
+        let values = to_f32(&view).ok_or_else(|| LoadError::Dtype {
+            name: file_key.clone(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        Ok(ArrayD::from_shape_vec(IxDyn(&expected), values)
+            .expect("length checked against the shape"))
+    };
+    match layer {
+        LayerMut::Conv(conv) => {
+            let w = take(Tensor::ConvWeight, LayerRef::Conv(conv))?;
+            let w: Array4<f32> = w.into_dimensionality().expect("4-D by the shape check");
+            // Stored HWIO: Keras's own layout; torch's OIHW permuted.
+            let hwio = if keras {
+                w
+            } else {
+                w.permuted_axes([2, 3, 1, 0])
+            };
+            conv.weight_mut().assign(&hwio);
+        }
+        LayerMut::BatchNorm(bn) => {
+            let r = LayerRef::BatchNorm(bn);
+            let [gamma, beta, mean, var] = [
+                Tensor::BnGamma,
+                Tensor::BnBeta,
+                Tensor::BnMean,
+                Tensor::BnVar,
+            ]
+            .map(|t| take(t, r).map(|a| a.into_dimensionality::<ndarray::Ix1>().expect("1-D")));
+            let (gamma, beta, mean, var): (Array1<f32>, _, _, _) = (gamma?, beta?, mean?, var?);
+            bn.gamma_mut().assign(&gamma);
+            bn.beta_mut().assign(&beta);
+            bn.running_mean_mut().assign(&mean);
+            bn.running_var_mut().assign(&var);
+        }
+        LayerMut::Linear(linear) => {
+            let r = LayerRef::Linear(linear);
+            let w: Array2<f32> = take(Tensor::LinearWeight, r)?
+                .into_dimensionality()
+                .expect("2-D");
+            let b: Array1<f32> = take(Tensor::LinearBias, r)?
+                .into_dimensionality()
+                .expect("1-D");
+            // Stored (out, in) as torch; Keras's kernel is (in, out).
+            let w = if keras { w.reversed_axes() } else { w };
+            linear.weight_mut().assign(&w);
+            linear.bias_mut().assign(&b);
+        }
+    }
+    Ok(())
+}
+
+/// A missing-tensor error listing the file's closest keys.
+fn missing(key: &str, all_keys: &[String], naming: Naming) -> LoadError {
+    let mut close: Vec<(usize, &String)> = all_keys.iter().map(|k| (distance(key, k), k)).collect();
+    close.sort();
+    LoadError::MissingTensor {
+        name: key.to_string(),
+        naming,
+        close: close.into_iter().take(3).map(|(_, k)| k.clone()).collect(),
+    }
+}
+
+/// Edit distance, for "did you mean" lists.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Little-endian F32, F16, BF16 or F64 data as f32; `None` for other dtypes.
+fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
+    let data = view.data();
+    let values = match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    };
+    Some(values)
+}
