@@ -119,6 +119,9 @@ fn convert(data: &[u8], dtype: safetensors::Dtype) -> Vec<u8> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     match dtype {
         safetensors::Dtype::F64 => values.flat_map(|v| f64::from(v).to_le_bytes()).collect(),
+        safetensors::Dtype::F16 => values
+            .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
         // bf16: the top half of the f32 bits (round toward zero, fine for a test).
         safetensors::Dtype::BF16 => values
             .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
@@ -166,7 +169,7 @@ fn keras2_spelling_loads() {
 }
 
 #[test]
-fn f64_and_bf16_weights_convert() {
+fn f64_f16_and_bf16_weights_convert() {
     let bytes = std::fs::read(fixture("torchvision_small.safetensors")).unwrap();
     let (x, expected) = io("torchvision_small");
     let f64s = rewrite(
