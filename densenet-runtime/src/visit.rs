@@ -3,6 +3,8 @@
 //! A layer's [`LayerName`] is structural (which block, which layer, which part), so each
 //! naming scheme (torchvision/timm, Keras) is a function of it, in `weights/naming.rs`.
 
+use densenet_spec::Architecture;
+
 use crate::layers::{BatchNorm2d, Conv2d, Linear};
 
 /// Where a layer sits in the network.
@@ -67,10 +69,8 @@ pub enum LayerMut<'a> {
 
 /// What generated models implement so the runtime can load, save (and later train) them.
 pub trait Model: Sized {
-    /// The model's type name.
-    const NAME: &'static str;
-    /// Layers per dense block, for messages about mismatched weight files.
-    const BLOCKS: &'static [usize];
+    /// The checked architecture the model was generated from.
+    const ARCHITECTURE: Architecture;
 
     /// A model with deterministic initial weights.
     fn init(seed: u64) -> Self;

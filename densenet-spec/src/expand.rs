@@ -109,7 +109,6 @@ pub fn expand_model(
         Some(i) => quote!(self.#field.visit_mut(#i, f);),
         None => quote!(self.#field.visit_mut(f);),
     });
-    let blocks = arch.blocks.iter().map(|&b| lit(b));
 
     let c = lit(plan.head_channels);
     let classes = lit(arch.classes);
@@ -298,8 +297,7 @@ pub fn expand_model(
 
         #[automatically_derived]
         impl #rt::Model for #name {
-            const NAME: &'static str = #name_str;
-            const BLOCKS: &'static [usize] = &[#(#blocks),*];
+            const ARCHITECTURE: #rt::spec::Architecture = <#name>::ARCHITECTURE;
 
             fn init(seed: u64) -> Self {
                 <#name>::init(seed)

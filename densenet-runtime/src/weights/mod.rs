@@ -205,7 +205,7 @@ fn check_architecture<M: Model>(
     naming: Naming,
 ) -> Result<(), LoadError> {
     let file_blocks = naming::blocks_in(tensors.keys().map(String::as_str));
-    if file_blocks == M::BLOCKS {
+    if file_blocks == *M::ARCHITECTURE.blocks {
         // Same layout: compare widths via the first conv of each kind the model expects.
         let mut mismatched = 0;
         model.visit_layers(&mut |name, layer| {
@@ -224,8 +224,8 @@ fn check_architecture<M: Model>(
             return Ok(());
         }
         return Err(LoadError::ArchitectureMismatch {
-            model: M::NAME.to_string(),
-            expected: format!("blocks {:?}", M::BLOCKS),
+            model: M::ARCHITECTURE.name.to_string(),
+            expected: format!("blocks {:?}", M::ARCHITECTURE.blocks),
             file: format!("blocks {file_blocks:?} but {mismatched} convolutions of other widths (another growth rate or stem?)"),
         });
     }
@@ -233,8 +233,8 @@ fn check_architecture<M: Model>(
         return Ok(()); // No dense-layer keys at all: let the per-tensor errors say what is missing.
     }
     Err(LoadError::ArchitectureMismatch {
-        model: M::NAME.to_string(),
-        expected: format!("blocks {:?}", M::BLOCKS),
+        model: M::ARCHITECTURE.name.to_string(),
+        expected: format!("blocks {:?}", M::ARCHITECTURE.blocks),
         file: format!("blocks {file_blocks:?}"),
     })
 }
