@@ -28,5 +28,5 @@ pub use model::{input_to_nhwc, softmax};
 pub use ndarray;
 pub use rng::Rng;
 pub use summary::Summary;
-pub use visit::{LayerMut, LayerName, LayerRef, Model, Site};
+pub use visit::{LayerMut, LayerName, LayerRef, Model, Site, StageMut, StageRef};
 pub use weights::Naming;

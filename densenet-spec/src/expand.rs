@@ -5,7 +5,7 @@
 //! number of blocks, not layers: a dense block is one field whose type carries its size.
 
 use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, ToTokens};
 
 use crate::arch::{Architecture, Head, Stem};
 use crate::plan::Plan;
@@ -63,7 +63,7 @@ pub fn expand_model(
     fields.push(quote!(#[doc = #stem_doc] pub stem: #stem_ty));
     inits.push(quote!(stem: <#stem_ty>::init(&mut rng, eps)));
     forwards.push(quote!(let x = self.stem.forward(x.view());));
-    visits.push((quote!(stem), None));
+    visits.push((quote!(stem), quote!()));
 
     for (i, block) in plan.blocks.iter().enumerate() {
         let field = format_ident!("block{}", i + 1);
@@ -81,7 +81,7 @@ pub fn expand_model(
         fields.push(quote!(#[doc = #doc] pub #field: #ty));
         inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
         forwards.push(quote!(let x = self.#field.forward(x.view());));
-        visits.push((quote!(#field), Some(lit(i + 1))));
+        visits.push((quote!(#field), lit(i + 1).into_token_stream()));
         if let Some(t) = plan.transitions.get(i) {
             let field = format_ident!("transition{}", i + 1);
             let (c_in, c_out) = (lit(t.c_in), lit(t.c_out));
@@ -97,18 +97,16 @@ pub fn expand_model(
             fields.push(quote!(#[doc = #doc] pub #field: #ty));
             inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
             forwards.push(quote!(let x = self.#field.forward(x.view());));
-            visits.push((quote!(#field), Some(lit(i + 1))));
+            visits.push((quote!(#field), lit(i + 1).into_token_stream()));
         }
     }
-    visits.push((quote!(head), None));
-    let visit = visits.iter().map(|(field, index)| match index {
-        Some(i) => quote!(self.#field.visit(#i, f);),
-        None => quote!(self.#field.visit(f);),
-    });
-    let visit_mut = visits.iter().map(|(field, index)| match index {
-        Some(i) => quote!(self.#field.visit_mut(#i, f);),
-        None => quote!(self.#field.visit_mut(f);),
-    });
+    visits.push((quote!(head), quote!()));
+    let stages = visits
+        .iter()
+        .map(|(field, index)| quote!(self.#field.stage(#index)));
+    let stages_mut = visits
+        .iter()
+        .map(|(field, index)| quote!(self.#field.stage_mut(#index)));
 
     let c = lit(plan.head_channels);
     let classes = lit(arch.classes);
@@ -303,12 +301,12 @@ pub fn expand_model(
                 <#name>::init(seed)
             }
 
-            fn visit_layers(&self, f: &mut dyn FnMut(#rt::LayerName, #rt::LayerRef<'_>)) {
-                #(#visit)*
+            fn stages(&self) -> ::std::vec::Vec<#rt::StageRef<'_>> {
+                ::std::vec![#(#stages),*]
             }
 
-            fn visit_layers_mut(&mut self, f: &mut dyn FnMut(#rt::LayerName, #rt::LayerMut<'_>)) {
-                #(#visit_mut)*
+            fn stages_mut(&mut self) -> ::std::vec::Vec<#rt::StageMut<'_>> {
+                ::std::vec![#(#stages_mut),*]
             }
         }
     }

@@ -10,7 +10,7 @@ use ndarray::{Array4, ArrayView4};
 use crate::kernels::gemm::MatMut;
 use crate::layers::{BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
-use crate::visit::{LayerMut, LayerName, LayerRef, Site};
+use crate::visit::{StageMut, StageRef};
 
 /// One dense layer H_l.
 // Layers live in a Vec of one kind per block; boxing the larger variant buys nothing.
@@ -174,59 +174,19 @@ impl<const C_IN: usize, const LAYERS: usize, const GROWTH: usize, const BN_SIZE:
         &mut self.layers
     }
 
-    /// Calls `f` on each layer with weights; `index` is the block's 1-based position.
-    pub fn visit(&self, index: usize, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        for (j, layer) in self.layers.iter().enumerate() {
-            let site = Site::Dense {
-                block: index,
-                layer: j + 1,
-            };
-            let name = |part| LayerName::new(site, part);
-            match layer {
-                DenseLayer::Basic { norm1, conv1 } => {
-                    f(name("norm1"), LayerRef::BatchNorm(norm1));
-                    f(name("conv1"), LayerRef::Conv(conv1));
-                }
-                DenseLayer::Bottleneck {
-                    norm1,
-                    conv1,
-                    norm2,
-                    conv2,
-                } => {
-                    f(name("norm1"), LayerRef::BatchNorm(norm1));
-                    f(name("conv1"), LayerRef::Conv(conv1));
-                    f(name("norm2"), LayerRef::BatchNorm(norm2));
-                    f(name("conv2"), LayerRef::Conv(conv2));
-                }
-            }
+    /// This block as stage `index` (1-based) of a network.
+    pub fn stage(&self, index: usize) -> StageRef<'_> {
+        StageRef::Block {
+            index,
+            layers: &self.layers,
         }
     }
 
-    /// [`visit`](Self::visit), mutably.
-    pub fn visit_mut(&mut self, index: usize, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        for (j, layer) in self.layers.iter_mut().enumerate() {
-            let site = Site::Dense {
-                block: index,
-                layer: j + 1,
-            };
-            let name = |part| LayerName::new(site, part);
-            match layer {
-                DenseLayer::Basic { norm1, conv1 } => {
-                    f(name("norm1"), LayerMut::BatchNorm(norm1));
-                    f(name("conv1"), LayerMut::Conv(conv1));
-                }
-                DenseLayer::Bottleneck {
-                    norm1,
-                    conv1,
-                    norm2,
-                    conv2,
-                } => {
-                    f(name("norm1"), LayerMut::BatchNorm(norm1));
-                    f(name("conv1"), LayerMut::Conv(conv1));
-                    f(name("norm2"), LayerMut::BatchNorm(norm2));
-                    f(name("conv2"), LayerMut::Conv(conv2));
-                }
-            }
+    /// [`stage`](Self::stage), mutably.
+    pub fn stage_mut(&mut self, index: usize) -> StageMut<'_> {
+        StageMut::Block {
+            index,
+            layers: &mut self.layers,
         }
     }
 

@@ -4,10 +4,8 @@ use ndarray::{Array2, Array4, ArrayView4};
 
 use crate::layers::{global_avg_pool, global_max_pool, BatchNorm2d, Linear};
 use crate::rng::Rng;
-use crate::visit::{LayerMut, LayerName, LayerRef, Site};
-
-/// The final BatchNorm: torchvision's `features.norm5` whatever the number of blocks.
-const NORM: LayerName = LayerName::new(Site::Head, "norm5");
+use crate::visit::{StageMut, StageRef};
+use densenet_spec::Head;
 
 /// BN → ReLU → global average pool → linear: logits for `CLASSES` classes.
 #[derive(Clone, Debug)]
@@ -27,22 +25,22 @@ impl<const C_IN: usize, const CLASSES: usize> ClassifierHead<C_IN, CLASSES> {
         }
     }
 
-    /// Calls `f` on each layer with weights.
-    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        f(NORM, LayerRef::BatchNorm(&self.norm));
-        f(
-            LayerName::new(Site::Head, "classifier"),
-            LayerRef::Linear(&self.classifier),
-        );
+    /// This as a network stage.
+    pub fn stage(&self) -> StageRef<'_> {
+        StageRef::Head {
+            norm: &self.norm,
+            classifier: Some(&self.classifier),
+            head: Head::Classifier,
+        }
     }
 
-    /// [`visit`](Self::visit), mutably.
-    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        f(NORM, LayerMut::BatchNorm(&mut self.norm));
-        f(
-            LayerName::new(Site::Head, "classifier"),
-            LayerMut::Linear(&mut self.classifier),
-        );
+    /// [`stage`](Self::stage), mutably.
+    pub fn stage_mut(&mut self) -> StageMut<'_> {
+        StageMut::Head {
+            norm: &mut self.norm,
+            classifier: Some(&mut self.classifier),
+            head: Head::Classifier,
+        }
     }
 
     /// NHWC in, `(N, CLASSES)` logits out.
@@ -67,14 +65,22 @@ impl<const C_IN: usize> AvgPoolHead<C_IN> {
         }
     }
 
-    /// Calls `f` on each layer with weights.
-    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        f(NORM, LayerRef::BatchNorm(&self.norm));
+    /// This head as a network stage.
+    pub fn stage(&self) -> StageRef<'_> {
+        StageRef::Head {
+            norm: &self.norm,
+            classifier: None,
+            head: Head::Avg,
+        }
     }
 
-    /// [`visit`](Self::visit), mutably.
-    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        f(NORM, LayerMut::BatchNorm(&mut self.norm));
+    /// [`stage`](Self::stage), mutably.
+    pub fn stage_mut(&mut self) -> StageMut<'_> {
+        StageMut::Head {
+            norm: &mut self.norm,
+            classifier: None,
+            head: Head::Avg,
+        }
     }
 
     /// NHWC in, `(N, C_IN)` out.
@@ -98,14 +104,22 @@ impl<const C_IN: usize> MaxPoolHead<C_IN> {
         }
     }
 
-    /// Calls `f` on each layer with weights.
-    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        f(NORM, LayerRef::BatchNorm(&self.norm));
+    /// This head as a network stage.
+    pub fn stage(&self) -> StageRef<'_> {
+        StageRef::Head {
+            norm: &self.norm,
+            classifier: None,
+            head: Head::Max,
+        }
     }
 
-    /// [`visit`](Self::visit), mutably.
-    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        f(NORM, LayerMut::BatchNorm(&mut self.norm));
+    /// [`stage`](Self::stage), mutably.
+    pub fn stage_mut(&mut self) -> StageMut<'_> {
+        StageMut::Head {
+            norm: &mut self.norm,
+            classifier: None,
+            head: Head::Max,
+        }
     }
 
     /// NHWC in, `(N, C_IN)` out.
@@ -129,14 +143,22 @@ impl<const C_IN: usize> FeatureMapHead<C_IN> {
         }
     }
 
-    /// Calls `f` on each layer with weights.
-    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        f(NORM, LayerRef::BatchNorm(&self.norm));
+    /// This head as a network stage.
+    pub fn stage(&self) -> StageRef<'_> {
+        StageRef::Head {
+            norm: &self.norm,
+            classifier: None,
+            head: Head::None,
+        }
     }
 
-    /// [`visit`](Self::visit), mutably.
-    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        f(NORM, LayerMut::BatchNorm(&mut self.norm));
+    /// [`stage`](Self::stage), mutably.
+    pub fn stage_mut(&mut self) -> StageMut<'_> {
+        StageMut::Head {
+            norm: &mut self.norm,
+            classifier: None,
+            head: Head::None,
+        }
     }
 
     /// NHWC in, NCHW `(N, C_IN, H, W)` out.

@@ -4,7 +4,7 @@ use ndarray::{Array4, ArrayView4};
 
 use crate::layers::{max_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
-use crate::visit::{LayerMut, LayerName, LayerRef, Site};
+use crate::visit::{StageMut, StageRef};
 
 /// ImageNet stem: 7x7/2 conv (padding 3) → BN → ReLU → 3x3/2 max pool (padding 1).
 #[derive(Clone, Debug)]
@@ -28,28 +28,20 @@ impl<const C_IN: usize, const C_OUT: usize> ImageNetStem<C_IN, C_OUT> {
         }
     }
 
-    /// Calls `f` on each layer with weights.
-    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        f(
-            LayerName::new(Site::Stem, "conv0"),
-            LayerRef::Conv(&self.conv),
-        );
-        f(
-            LayerName::new(Site::Stem, "norm0"),
-            LayerRef::BatchNorm(&self.norm),
-        );
+    /// This as a network stage.
+    pub fn stage(&self) -> StageRef<'_> {
+        StageRef::Stem {
+            conv: &self.conv,
+            norm: Some(&self.norm),
+        }
     }
 
-    /// [`visit`](Self::visit), mutably.
-    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        f(
-            LayerName::new(Site::Stem, "conv0"),
-            LayerMut::Conv(&mut self.conv),
-        );
-        f(
-            LayerName::new(Site::Stem, "norm0"),
-            LayerMut::BatchNorm(&mut self.norm),
-        );
+    /// [`stage`](Self::stage), mutably.
+    pub fn stage_mut(&mut self) -> StageMut<'_> {
+        StageMut::Stem {
+            conv: &mut self.conv,
+            norm: Some(&mut self.norm),
+        }
     }
 
     /// NHWC in, NHWC out.
@@ -79,20 +71,20 @@ impl<const C_IN: usize, const C_OUT: usize> CifarStem<C_IN, C_OUT> {
         }
     }
 
-    /// Calls `f` on each layer with weights.
-    pub fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        f(
-            LayerName::new(Site::Stem, "conv0"),
-            LayerRef::Conv(&self.conv),
-        );
+    /// This as a network stage.
+    pub fn stage(&self) -> StageRef<'_> {
+        StageRef::Stem {
+            conv: &self.conv,
+            norm: None,
+        }
     }
 
-    /// [`visit`](Self::visit), mutably.
-    pub fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        f(
-            LayerName::new(Site::Stem, "conv0"),
-            LayerMut::Conv(&mut self.conv),
-        );
+    /// [`stage`](Self::stage), mutably.
+    pub fn stage_mut(&mut self) -> StageMut<'_> {
+        StageMut::Stem {
+            conv: &mut self.conv,
+            norm: None,
+        }
     }
 
     /// NHWC in, NHWC out.

@@ -4,7 +4,7 @@ use ndarray::{Array4, ArrayView4};
 
 use crate::layers::{avg_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
-use crate::visit::{LayerMut, LayerName, LayerRef, Site};
+use crate::visit::{StageMut, StageRef};
 
 /// A transition from `C_IN` to `C_OUT = floor(θ·C_IN)` channels, halving height and width.
 #[derive(Clone, Debug)]
@@ -24,24 +24,22 @@ impl<const C_IN: usize, const C_OUT: usize> Transition<C_IN, C_OUT> {
         }
     }
 
-    /// Calls `f` on each layer with weights; `index` is the transition's 1-based position.
-    pub fn visit(&self, index: usize, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        let site = Site::Transition { index };
-        f(
-            LayerName::new(site, "norm"),
-            LayerRef::BatchNorm(&self.norm),
-        );
-        f(LayerName::new(site, "conv"), LayerRef::Conv(&self.conv));
+    /// This transition as stage `index` (1-based) of a network.
+    pub fn stage(&self, index: usize) -> StageRef<'_> {
+        StageRef::Transition {
+            index,
+            norm: &self.norm,
+            conv: &self.conv,
+        }
     }
 
-    /// [`visit`](Self::visit), mutably.
-    pub fn visit_mut(&mut self, index: usize, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        let site = Site::Transition { index };
-        f(
-            LayerName::new(site, "norm"),
-            LayerMut::BatchNorm(&mut self.norm),
-        );
-        f(LayerName::new(site, "conv"), LayerMut::Conv(&mut self.conv));
+    /// [`stage`](Self::stage), mutably.
+    pub fn stage_mut(&mut self, index: usize) -> StageMut<'_> {
+        StageMut::Transition {
+            index,
+            norm: &mut self.norm,
+            conv: &mut self.conv,
+        }
     }
 
     /// NHWC in, NHWC out.
