@@ -57,7 +57,7 @@ pub fn expand_model(
         ),
     };
     let stem_doc = format!(
-        "{stem_doc}; {} → {} channels, {}x{}.",
+        " {stem_doc}; {} → {} channels, {}x{}.",
         plan.stem.c_in, plan.stem.c_out, plan.stem.height, plan.stem.width
     );
     fields.push(quote!(#[doc = #stem_doc] pub stem: #stem_ty));
@@ -70,7 +70,7 @@ pub fn expand_model(
         let (c_in, layers) = (lit(block.c_in), lit(block.layers));
         let ty = quote!(#rt::layers::DenseBlock<#c_in, #layers, #growth, #bn_size>);
         let doc = format!(
-            "Dense block {}: {} layers, {} → {} channels at {}x{}.",
+            " Dense block {}: {} layers, {} → {} channels at {}x{}.",
             i + 1,
             block.layers,
             block.c_in,
@@ -87,7 +87,7 @@ pub fn expand_model(
             let (c_in, c_out) = (lit(t.c_in), lit(t.c_out));
             let ty = quote!(#rt::layers::Transition<#c_in, #c_out>);
             let doc = format!(
-                "Transition {}: BN, ReLU, 1x1 conv, 2x2 average pool; {} → {} channels, {}x{}.",
+                " Transition {}: BN, ReLU, 1x1 conv, 2x2 average pool; {} → {} channels, {}x{}.",
                 i + 1,
                 t.c_in,
                 t.c_out,

@@ -24,6 +24,8 @@
 pub mod arch;
 pub mod ast;
 pub mod check;
+#[cfg(feature = "build")]
+pub mod config;
 pub mod error;
 #[cfg(feature = "codegen")]
 pub mod expand;
@@ -36,6 +38,8 @@ pub mod yaml;
 pub use arch::{Architecture, Head, Stem};
 pub use ast::{Entry, RawSpec, Value};
 pub use check::check;
+#[cfg(feature = "build")]
+pub use config::{CompileError, Config};
 pub use error::{Sp, Span, SpecError, SpecFileError};
 #[cfg(feature = "codegen")]
 pub use parse::parse_specs;

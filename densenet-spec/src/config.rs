@@ -1,0 +1,196 @@
+//! Build-time generation from YAML specs, for `build.rs` (in the manner of prost-build).
+//!
+//! ```no_run
+//! // build.rs
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     densenet_spec::Config::new().compile(&["specs/densenet121.yaml"])?;
+//!     Ok(())
+//! }
+//! // src/main.rs: include!(concat!(env!("OUT_DIR"), "/densenet121.rs"));
+//! ```
+//!
+//! The generated code is exactly what `densenet_yaml!` expands to (one code generator),
+//! formatted with prettyplease under a `// @generated` header, and written only when it
+//! changed so Cargo does not rebuild needlessly.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use proc_macro2::TokenStream;
+
+use crate::error::SpecFileError;
+use crate::expand::{default_runtime_path, expand_model, ItemInfo};
+use crate::{check, parse_yaml, Plan};
+
+/// Why a build-time compilation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// A spec could not be read or its output written.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A spec has mistakes; each carries `file:line:column`.
+    Spec(SpecFileError),
+    /// No output directory: not run from a build script and none given with [`Config::out_dir`].
+    NoOutDir,
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompileError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            CompileError::Spec(e) => e.fmt(f),
+            CompileError::NoOutDir => {
+                f.write_str("OUT_DIR is not set: run from build.rs or call Config::out_dir")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CompileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CompileError::Io { source, .. } => Some(source),
+            CompileError::Spec(e) => Some(e),
+            CompileError::NoOutDir => None,
+        }
+    }
+}
+
+/// Compiles YAML specs to Rust source files.
+#[derive(Clone, Debug)]
+pub struct Config {
+    out_dir: Option<PathBuf>,
+    runtime: String,
+    cargo_directives: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            out_dir: None,
+            runtime: default_runtime_path().to_string(),
+            cargo_directives: true,
+        }
+    }
+}
+
+impl Config {
+    /// Output to `$OUT_DIR`, code referring to the runtime as `::densenet::runtime`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes the files to `dir` instead of `$OUT_DIR`.
+    pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// The path generated code uses for the runtime, e.g. `::densenet_runtime` for a crate
+    /// that depends on `densenet-runtime` directly. Default: `::densenet::runtime`.
+    pub fn runtime_path(mut self, path: &str) -> Self {
+        self.runtime = path.to_string();
+        self
+    }
+
+    /// Whether to print `cargo:rerun-if-changed` for each spec (default: yes).
+    pub fn cargo_directives(mut self, print: bool) -> Self {
+        self.cargo_directives = print;
+        self
+    }
+
+    /// Compiles each spec to `<out_dir>/<file stem>.rs`; returns the written paths.
+    ///
+    /// # Errors
+    /// The first spec that cannot be read or has mistakes (all of its mistakes, with
+    /// `file:line:column`), or an output that cannot be written.
+    pub fn compile(&self, specs: &[impl AsRef<Path>]) -> Result<Vec<PathBuf>, CompileError> {
+        let out_dir = match &self.out_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::var_os("OUT_DIR")
+                .map(PathBuf::from)
+                .ok_or(CompileError::NoOutDir)?,
+        };
+        let mut written = Vec::new();
+        for spec in specs {
+            let spec = spec.as_ref();
+            if self.cargo_directives {
+                println!("cargo:rerun-if-changed={}", spec.display());
+            }
+            let text = std::fs::read_to_string(spec).map_err(|source| CompileError::Io {
+                path: spec.to_path_buf(),
+                source,
+            })?;
+            let stem = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+            let code = self.generate(&text, stem, &spec.display().to_string())?;
+            let out = out_dir.join(format!("{stem}.rs"));
+            if std::fs::read_to_string(&out).ok().as_deref() != Some(code.as_str()) {
+                std::fs::write(&out, code).map_err(|source| CompileError::Io {
+                    path: out.clone(),
+                    source,
+                })?;
+            }
+            written.push(out);
+        }
+        Ok(written)
+    }
+
+    /// The formatted Rust source for one YAML spec's text; `stem` names the model when
+    /// the spec has no `name`, `shown` is the path used in messages and the header.
+    ///
+    /// # Errors
+    /// [`CompileError::Spec`] with every mistake in the spec.
+    pub fn generate(&self, text: &str, stem: &str, shown: &str) -> Result<String, CompileError> {
+        let spec_error = |errors| {
+            CompileError::Spec(SpecFileError {
+                path: shown.to_string(),
+                errors,
+            })
+        };
+        let spec = parse_yaml(text, &upper_camel_case(stem)).map_err(spec_error)?;
+        let arch = check(&spec).map_err(spec_error)?;
+        let name = syn::parse_str::<syn::Ident>(&spec.name.value).map_err(|_| {
+            let message = format!(
+                "`{}` cannot name a Rust type; choose another model name",
+                spec.name.value
+            );
+            spec_error(vec![crate::SpecError::new(spec.name.span, message)])
+        })?;
+        let runtime: TokenStream = self.runtime.parse().map_err(|_| {
+            let message = format!("runtime path `{}` is not a Rust path", self.runtime);
+            spec_error(vec![crate::SpecError::new(spec.span, message)])
+        })?;
+        let item = ItemInfo {
+            name: &name,
+            attrs: &spec.attrs,
+            vis: &spec.vis,
+        };
+        let tokens = expand_model(&item, &arch, &Plan::new(&arch), &runtime);
+        let file: syn::File = syn::parse2(tokens).expect("generated code is valid Rust");
+        Ok(format!(
+            "// @generated by densenet-spec from {shown}. Do not edit: change the spec instead.\n\n{}",
+            prettyplease::unparse(&file)
+        ))
+    }
+}
+
+/// `densenet_bc100` → `DensenetBc100`: the model name of a spec without `name`.
+pub fn upper_camel_case(stem: &str) -> String {
+    stem.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase())
+                .into_iter()
+                .chain(chars)
+                .collect::<String>()
+        })
+        .collect()
+}
