@@ -2,17 +2,19 @@
 //!
 //! Each macro runs the same pipeline: parse → check → plan → expand. All errors of a
 //! spec are reported at once, each at the offending token (or, for YAML, naming
-//! `file:line:column` at the macro call), followed by a stub of the struct so that
-//! later uses of the name do not add a cascade of errors.
+//! `file:line:column` at the macro call), followed by a stub of the model (a tiny
+//! placeholder architecture with the same API) so that later uses of the name do not add
+//! a cascade of errors.
 //!
 //! Use them through the `densenet` crate, which re-exports them with the runtime the
 //! generated code needs.
 #![deny(missing_docs)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use densenet_spec::check::stub_architecture;
 use densenet_spec::expand::{default_runtime_path, expand_model, ItemInfo};
-use densenet_spec::{check, parse_specs, parse_yaml, Plan, RawSpec, Span, SpecError};
+use densenet_spec::{check, parse_specs, parse_yaml, Architecture, Plan, RawSpec, Span, SpecError};
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -42,17 +44,16 @@ pub fn densenet(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
 /// densenet_yaml!("specs/densenet121.yaml");
 /// ```
 ///
-/// The path is relative to the crate's `CARGO_MANIFEST_DIR`; Cargo rebuilds when the
-/// file changes. The model's name is the file's `name` key, or the file name in
+/// The path is relative to the crate's `CARGO_MANIFEST_DIR` (absolute paths are
+/// rejected); Cargo rebuilds when the file changes. The model's name is the file's `name` key, or the file name in
 /// UpperCamelCase.
 #[proc_macro]
 pub fn densenet_yaml(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     let lit = match syn::parse::<syn::LitStr>(input) {
         Ok(lit) => lit,
         Err(e) => {
-            let msg = format!(
-                "{e}; expected a path string, e.g. `densenet_yaml!(\"specs/densenet121.yaml\")`"
-            );
+            let msg = "expected the spec's path as a string, e.g. \
+                       `densenet_yaml!(\"specs/densenet121.yaml\")`";
             return syn::Error::new(e.span(), msg).to_compile_error().into();
         }
     };
@@ -70,12 +71,16 @@ fn expand_yaml(lit: &syn::LitStr) -> Result<TokenStream, TokenStream> {
              e.g. \"specs/densenet121.yaml\""
         )));
     }
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-    let full = Path::new(&root).join(&rel);
+    let full = spec_root().join(&rel);
     let text = std::fs::read_to_string(&full).map_err(|e| {
-        fail(format!(
-            "cannot read spec file `{rel}` ({e}); paths are relative to the crate root {root}"
-        ))
+        let shown = full.display();
+        fail(match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "spec file `{rel}` not found (looked for {shown}); \
+                 paths are relative to the crate root (CARGO_MANIFEST_DIR)"
+            ),
+            _ => format!("cannot read spec file `{rel}` at {shown}: {e}"),
+        })
     })?;
     let stem = full.file_stem().and_then(|s| s.to_str()).unwrap_or("Model");
     let spec = parse_yaml(&text, &camel_case(stem)).map_err(|errors| {
@@ -93,6 +98,18 @@ fn expand_yaml(lit: &syn::LitStr) -> Result<TokenStream, TokenStream> {
     })
 }
 
+/// The directory spec paths are relative to: the calling crate's root.
+///
+/// `DENSENET_MANIFEST_DIR`, when set, takes the place of `CARGO_MANIFEST_DIR`: harnesses
+/// such as trybuild compile test cases in a generated crate under `target/`, whose
+/// manifest directory does not hold the specs (the fix trybuild's author recommends,
+/// dtolnay/trybuild#202).
+fn spec_root() -> PathBuf {
+    std::env::var_os("DENSENET_MANIFEST_DIR")
+        .or_else(|| std::env::var_os("CARGO_MANIFEST_DIR"))
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+}
+
 /// `file:line:column: message` for YAML errors.
 fn located(path: &str, e: &SpecError) -> String {
     match e.span {
@@ -108,7 +125,7 @@ fn rust_error(e: &SpecError) -> syn::Error {
     }
 }
 
-/// check → plan → expand, or all errors plus a stub struct.
+/// check → plan → expand, or all errors plus a stub of the model.
 fn expand_spec(spec: &RawSpec, to_error: impl Fn(&SpecError) -> syn::Error) -> TokenStream {
     let name = syn::parse_str::<syn::Ident>(&spec.name.value)
         .ok()
@@ -118,16 +135,16 @@ fn expand_spec(spec: &RawSpec, to_error: impl Fn(&SpecError) -> syn::Error) -> T
             }
             ident
         });
+    let expand = |name: &syn::Ident, arch: &Architecture| {
+        let item = ItemInfo {
+            name,
+            attrs: &spec.attrs,
+            vis: &spec.vis,
+        };
+        expand_model(&item, arch, &Plan::new(arch), &default_runtime_path())
+    };
     match (check(spec), name) {
-        (Ok(arch), Some(name)) => {
-            let plan = Plan::new(&arch);
-            let item = ItemInfo {
-                name: &name,
-                attrs: &spec.attrs,
-                vis: &spec.vis,
-            };
-            expand_model(&item, &arch, &plan, &default_runtime_path())
-        }
+        (Ok(arch), Some(name)) => expand(&name, &arch),
         (result, name) => {
             let mut errors = result.err().unwrap_or_default();
             if errors.is_empty() {
@@ -137,15 +154,15 @@ fn expand_spec(spec: &RawSpec, to_error: impl Fn(&SpecError) -> syn::Error) -> T
                 );
                 errors.push(SpecError::new(spec.name.span, message));
             }
-            let mut errors: TokenStream = errors
+            let mut tokens: TokenStream = errors
                 .iter()
                 .map(|e| to_error(e).to_compile_error())
                 .collect();
+            // A stand-in with the same API, so uses of the model add no errors of their own.
             if let Some(name) = name {
-                let vis = &spec.vis;
-                errors.extend(quote!(#vis struct #name;));
+                tokens.extend(expand(&name, &stub_architecture(spec)));
             }
-            errors
+            tokens
         }
     }
 }

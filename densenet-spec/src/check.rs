@@ -53,46 +53,57 @@ const MAX_DEPTH: i128 = 6 * MAX_LAYERS + 4;
 const MAX_CLASSES: i128 = 10_000_000;
 
 /// Checks `spec` and resolves its defaults.
+///
+/// Errors come in the order the user wrote the offending keys, errors about missing
+/// keys first (they point at the model's name) and errors about the whole shape last.
 pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
     let mut cx = Checker::default();
     let keys = cx.check_keys(&spec.entries);
-    let get = |k: &str| keys.get(k).map(|e| &e.value);
 
     check_name(&mut cx, &spec.name);
-    let growth = match get("growth") {
+    let growth = match cx.get(&keys, "growth") {
         Some(v) => cx.int(v, "growth", 1, MAX_WIDTH),
         None => {
-            cx.error(
+            cx.missing(
                 spec.name.span,
+                &["growth"],
                 "missing key `growth` (channels each dense layer adds); add e.g. `growth: 32`",
             );
             None
         }
     };
-    let bottleneck = get("bottleneck").map_or(Some(Some(4)), |v| cx.check_bottleneck(v));
-    let theta = get("theta").map_or(Some(1.0), |v| cx.check_theta(v));
-    let stem = get("stem").map_or(Some(Stem::ImageNet), |v| {
-        cx.word(
-            v,
-            "stem",
-            &[("imagenet", Stem::ImageNet), ("cifar", Stem::Cifar)],
-        )
-    });
-    let head = get("head").map_or(Some(Head::Classifier), |v| {
-        let heads = [
-            ("classifier", Head::Classifier),
-            ("avg", Head::Avg),
-            ("max", Head::Max),
-            ("none", Head::None),
-        ];
-        cx.word(v, "head", &heads)
-    });
-    let blocks = cx.check_blocks_or_depth(spec, get("blocks"), get("depth"), bottleneck);
-    let init_features = get("init_features").map(|v| cx.int(v, "init_features", 1, MAX_WIDTH));
-    let input = get("input").map(|v| cx.check_input(v));
-    let classes = get("classes").map(|v| cx.int(v, "classes", 1, MAX_CLASSES));
-    let dropout = get("dropout").map_or(Some(0.0), |v| cx.check_dropout(v));
-    let eps = get("eps").map_or(Some(1e-5), |v| cx.check_eps(v));
+    let bottleneck = match cx.get(&keys, "bottleneck") {
+        Some(v) => cx.check_bottleneck(v),
+        None => Some(Some(4)),
+    };
+    let theta = match cx.get(&keys, "theta") {
+        Some(v) => cx.check_theta(v),
+        None => Some(1.0),
+    };
+    let stem = match cx.get(&keys, "stem") {
+        Some(v) => cx.word(v, "stem", STEMS),
+        None => Some(Stem::ImageNet),
+    };
+    let head = match cx.get(&keys, "head") {
+        Some(v) => cx.word(v, "head", HEADS),
+        None => Some(Head::Classifier),
+    };
+    let blocks = cx.check_blocks_or_depth(spec, &keys, bottleneck);
+    let init_features = cx
+        .get(&keys, "init_features")
+        .map(|v| cx.int(v, "init_features", 1, MAX_WIDTH));
+    let input = cx.get(&keys, "input").map(|v| cx.check_input(v));
+    let classes = cx
+        .get(&keys, "classes")
+        .map(|v| cx.int(v, "classes", 1, MAX_CLASSES));
+    let dropout = match cx.get(&keys, "dropout") {
+        Some(v) => cx.check_dropout(v),
+        None => Some(0.0),
+    };
+    let eps = match cx.get(&keys, "eps") {
+        Some(v) => cx.check_eps(v),
+        None => Some(1e-5),
+    };
 
     let (
         Some(growth),
@@ -105,7 +116,7 @@ pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
         Some(eps),
     ) = (growth, bottleneck, theta, stem, head, blocks, dropout, eps)
     else {
-        return Err(cx.errors);
+        return Err(cx.finish());
     };
     let (Some(init_features), Some(input), Some(classes)) = (
         init_features.unwrap_or(Some(default_init_features(stem, growth, bottleneck, theta))),
@@ -118,10 +129,10 @@ pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
             Stem::Cifar => 10,
         })),
     ) else {
-        return Err(cx.errors);
+        return Err(cx.finish());
     };
     if !cx.errors.is_empty() {
-        return Err(cx.errors);
+        return Err(cx.finish());
     }
     let arch = Architecture {
         name: Cow::Owned(spec.name.value.clone()),
@@ -137,17 +148,56 @@ pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
         dropout: dropout as f32,
         eps: eps as f32,
     };
-    let size_span = get("input")
-        .or(get("blocks"))
-        .or(get("depth"))
-        .map_or(spec.name.span, |v| v.span);
-    check_spatial_size(&mut cx, &arch, size_span);
+    let value_span = |k: &str| keys.get(k).map(|(_, e)| e.value.span);
+    let size_span = value_span("input")
+        .or(value_span("blocks"))
+        .or(value_span("depth"))
+        .unwrap_or(spec.name.span);
+    let theta_span = value_span("theta").unwrap_or(spec.name.span);
+    cx.order = usize::MAX;
+    check_shapes(&mut cx, &arch, size_span, theta_span);
     if cx.errors.is_empty() {
         Ok(arch)
     } else {
-        Err(cx.errors)
+        Err(cx.finish())
     }
 }
+
+/// A small valid architecture with the head `spec` asks for (when it names one), for the
+/// stub the macros emit next to a failing spec's errors: the model's name and API then
+/// still exist, so later uses of them add no errors of their own.
+pub fn stub_architecture(spec: &RawSpec) -> Architecture {
+    let head = spec
+        .entries
+        .iter()
+        .find(|e| e.key.value == "head")
+        .and_then(|e| e.value.value.as_word())
+        .and_then(|w| HEADS.iter().find(|(n, _)| *n == w))
+        .map_or(Head::Classifier, |&(_, h)| h);
+    Architecture {
+        name: Cow::Owned(spec.name.value.clone()),
+        input: [1, 1, 1],
+        stem: Stem::Cifar,
+        init_features: 1,
+        growth: 1,
+        blocks: Cow::Borrowed(&[1]),
+        bottleneck: None,
+        theta: 1.0,
+        classes: 1,
+        head,
+        dropout: 0.0,
+        eps: 1e-5,
+    }
+}
+
+const STEMS: &[(&str, Stem)] = &[("imagenet", Stem::ImageNet), ("cifar", Stem::Cifar)];
+
+const HEADS: &[(&str, Head)] = &[
+    ("classifier", Head::Classifier),
+    ("avg", Head::Avg),
+    ("max", Head::Max),
+    ("none", Head::None),
+];
 
 /// The paper's stem width: 2k, but 16 for CIFAR nets that are not DenseNet-BC
 /// (Table 2's parameter counts need it).
@@ -179,8 +229,9 @@ fn check_name(cx: &mut Checker, name: &Sp<String>) {
     }
 }
 
-/// An input that pools away to nothing before the head cannot run.
-fn check_spatial_size(cx: &mut Checker, arch: &Architecture, span: Span) {
+/// Shapes that only the whole model shows: an input that pools away to nothing before
+/// the head, a transition that keeps no channels, counts beyond 64 bits.
+fn check_shapes(cx: &mut Checker, arch: &Architecture, size_span: Span, theta_span: Span) {
     let plan = Plan::new(arch);
     let [_, h, w] = arch.input;
     let mut stages = vec![("the stem".to_string(), plan.stem.height, plan.stem.width)];
@@ -189,38 +240,95 @@ fn check_spatial_size(cx: &mut Checker, arch: &Architecture, span: Span) {
     }
     if let Some((stage, sh, sw)) = stages.into_iter().find(|(_, sh, sw)| *sh == 0 || *sw == 0) {
         cx.error(
-            span,
+            size_span,
             format!(
                 "input {h}x{w} shrinks to {sh}x{sw} after {stage}, before the head; \
                  use a larger `input` or fewer `blocks`"
             ),
         );
-    } else if plan.params == u64::MAX || plan.macs == u64::MAX {
+    }
+    if let Some((i, t)) = plan
+        .transitions
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.c_out == 0)
+    {
         cx.error(
-            span,
+            theta_span,
+            format!(
+                "`theta` {} keeps 0 of the {} channels at transition {}; use a larger `theta`, \
+                 such as 0.5",
+                arch.theta,
+                t.c_in,
+                i + 1
+            ),
+        );
+    }
+    if plan.params == u64::MAX || plan.macs == u64::MAX {
+        cx.error(
+            size_span,
             "model is too large to count its parameters in 64 bits; use smaller sizes",
         );
     }
 }
 
+/// The first entry of each known key, with its index among the entries.
+type Keys<'a> = HashMap<&'a str, (usize, &'a Entry)>;
+
 #[derive(Default)]
 struct Checker {
-    errors: Vec<SpecError>,
+    /// Each error with where it sorts: 0 for the model as a whole (missing keys),
+    /// 1 + the entry's index for errors about an entry, `usize::MAX` for whole-model shapes.
+    errors: Vec<(usize, SpecError)>,
+    /// Where the errors being found now sort.
+    order: usize,
+    /// Known keys that an unknown key was taken for, e.g. `growth` for `grwoth`.
+    suggested: Vec<&'static str>,
 }
 
 impl Checker {
     fn error(&mut self, span: Span, message: impl Into<String>) {
-        self.errors.push(SpecError::new(span, message));
+        self.errors
+            .push((self.order, SpecError::new(span, message)));
+    }
+
+    /// The value of `key`, if given; errors found next sort under its entry.
+    fn get<'a>(&mut self, keys: &Keys<'a>, key: &str) -> Option<&'a Sp<Value>> {
+        self.at(keys, key);
+        keys.get(key).map(|&(_, entry)| &entry.value)
+    }
+
+    /// Errors found next sort under `key`'s entry (or first, if it is missing).
+    fn at(&mut self, keys: &Keys<'_>, key: &str) {
+        self.order = keys.get(key).map_or(0, |&(i, _)| i + 1);
+    }
+
+    /// A missing key, unless an unknown key was already taken for one of `keys`: the
+    /// typo's "did you mean" says all there is to say.
+    fn missing(&mut self, span: Span, keys: &[&str], message: &str) {
+        if !keys.iter().any(|k| self.suggested.contains(k)) {
+            self.error(span, message);
+        }
+    }
+
+    /// The errors in the order the user wrote what they are about.
+    fn finish(mut self) -> Vec<SpecError> {
+        self.errors.sort_by_key(|(order, _)| *order);
+        self.errors.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Unknown and duplicate keys; returns the first entry of each known key.
-    fn check_keys<'a>(&mut self, entries: &'a [Entry]) -> HashMap<&'a str, &'a Entry> {
-        let mut seen: HashMap<&str, &Entry> = HashMap::new();
-        for entry in entries {
+    fn check_keys<'a>(&mut self, entries: &'a [Entry]) -> Keys<'a> {
+        let mut seen = Keys::new();
+        for (i, entry) in entries.iter().enumerate() {
+            self.order = i + 1;
             let key = entry.key.value.as_str();
             if !KEYS.iter().any(|(k, _)| *k == key) {
                 let hint = match closest(key, KEYS.iter().map(|(k, _)| *k)) {
-                    Some(k) => format!("did you mean `{k}`?"),
+                    Some(k) => {
+                        self.suggested.push(k);
+                        format!("did you mean `{k}`?")
+                    }
                     None => {
                         let all: Vec<_> = KEYS.iter().map(|(k, _)| *k).collect();
                         format!("expected one of: {}", all.join(", "))
@@ -233,7 +341,7 @@ impl Checker {
                     format!("duplicate key `{key}`; give each key once"),
                 );
             } else {
-                seen.insert(key, entry);
+                seen.insert(key, (i, entry));
             }
         }
         seen
@@ -250,13 +358,20 @@ impl Checker {
                 None
             }
             Value::Int(i) => Some(i as usize),
+            Value::Other(TOO_LARGE) => {
+                self.error(
+                    v.span,
+                    format!("`{key}` must be at most {max}; got {TOO_LARGE}"),
+                );
+                None
+            }
             ref other => {
                 self.error(
                     v.span,
                     format!(
                         "`{key}` must be an integer, like `{}`; got {}",
                         example(key),
-                        other.describe()
+                        describe(other)
                     ),
                 );
                 None
@@ -274,7 +389,7 @@ impl Checker {
                     format!(
                         "`{key}` must be a number, like `{}`; got {}",
                         example(key),
-                        other.describe()
+                        describe(other)
                     ),
                 );
                 None
@@ -290,7 +405,7 @@ impl Checker {
                 format!(
                     "`{key}` must be one of {}; got {}",
                     names.join(", "),
-                    v.value.describe()
+                    describe(&v.value)
                 ),
             );
             return None;
@@ -319,7 +434,10 @@ impl Checker {
         } else {
             self.error(
                 v.span,
-                format!("`theta` must be in (0, 1] (1 keeps every channel); got {theta}"),
+                format!(
+                    "`theta` must be in (0, 1] (1 keeps every channel); got {}",
+                    number(&v.value)
+                ),
             );
             None
         }
@@ -327,12 +445,16 @@ impl Checker {
 
     fn check_dropout(&mut self, v: &Sp<Value>) -> Option<f64> {
         let rate = self.float(v, "dropout")?;
-        if (0.0..1.0).contains(&rate) {
+        // The runtime keeps it as f32: 0.99999999999 must not round to 1.
+        if (0.0..1.0).contains(&rate) && (rate as f32) < 1.0 {
             Some(rate)
         } else {
             self.error(
                 v.span,
-                format!("`dropout` must be in [0, 1) (the paper uses 0.2); got {rate}"),
+                format!(
+                    "`dropout` must be in [0, 1) (the paper uses 0.2); got {}",
+                    number(&v.value)
+                ),
             );
             None
         }
@@ -340,12 +462,16 @@ impl Checker {
 
     fn check_eps(&mut self, v: &Sp<Value>) -> Option<f64> {
         let eps = self.float(v, "eps")?;
-        if eps > 0.0 && eps < 1.0 {
+        // The runtime keeps it as f32, where it must stay a normal positive number.
+        if eps < 1.0 && (eps as f32) >= f32::MIN_POSITIVE {
             Some(eps)
         } else {
             self.error(
                 v.span,
-                format!("`eps` must be a small positive number like 1e-5; got {eps}"),
+                format!(
+                    "`eps` must be a small positive number like 1e-5; got {}",
+                    number(&v.value)
+                ),
             );
             None
         }
@@ -362,7 +488,17 @@ impl Checker {
                 );
                 None
             }
-            _ => self.int(v, "bottleneck", 1, 64).map(Some),
+            Value::Int(_) | Value::Other(TOO_LARGE) => self.int(v, "bottleneck", 1, 64).map(Some),
+            ref other => {
+                self.error(
+                    v.span,
+                    format!(
+                        "`bottleneck` must be a width factor like `bottleneck: 4`, or `false`; got {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -375,7 +511,7 @@ impl Checker {
                     format!(
                         "`{key}` must be a list, like `{}`; got {}",
                         example(key),
-                        other.describe()
+                        describe(other)
                     ),
                 );
                 None
@@ -389,8 +525,10 @@ impl Checker {
             self.error(
                 v.span,
                 format!(
-                    "`input` must be [C, H, W], three integers; got {} values",
-                    items.len()
+                    "`input` must be [C, H, W], three integers, like `{}`; got {} value{}",
+                    example("input"),
+                    items.len(),
+                    if items.len() == 1 { "" } else { "s" }
                 ),
             );
             return None;
@@ -406,24 +544,32 @@ impl Checker {
     fn check_blocks_or_depth(
         &mut self,
         spec: &RawSpec,
-        blocks: Option<&Sp<Value>>,
-        depth: Option<&Sp<Value>>,
+        keys: &Keys<'_>,
         bottleneck: Option<Option<usize>>,
     ) -> Option<Vec<usize>> {
+        let blocks = self.get(keys, "blocks");
+        let depth = self.get(keys, "depth");
         match (blocks, depth) {
             (Some(_), Some(depth)) => {
-                self.error(depth.span, "give either `blocks` or `depth`, not both");
+                self.at(keys, "depth");
+                self.error(
+                    depth.span,
+                    "give either `blocks` or `depth`, not both: `depth` sets three equal blocks; \
+                     remove one of them",
+                );
                 None
             }
             (None, None) => {
-                self.error(
+                self.missing(
                     spec.name.span,
-                    "missing key `blocks` (layers per dense block, e.g. `blocks: [6, 12, 24, 16]`) \
-                     or `depth` (the paper's L, e.g. `depth: 100`)",
+                    &["blocks", "depth"],
+                    "missing key `blocks` or `depth`: add the layers per dense block, e.g. \
+                     `blocks: [6, 12, 24, 16]`, or the paper's L, e.g. `depth: 100`",
                 );
                 None
             }
             (Some(blocks), None) => {
+                self.at(keys, "blocks");
                 let items = self.list(blocks, "blocks")?;
                 if items.is_empty() {
                     self.error(
@@ -446,7 +592,10 @@ impl Checker {
                     .iter()
                     .map(|item| match item.value {
                         Value::Int(0) => {
-                            self.error(item.span, "a dense block needs at least one layer; got 0 (remove the block instead)");
+                            self.error(
+                                item.span,
+                                "a dense block needs at least one layer; got 0 (remove the block instead)",
+                            );
                             None
                         }
                         _ => self.int(item, "blocks", 1, MAX_LAYERS),
@@ -457,24 +606,22 @@ impl Checker {
             (None, Some(depth)) => {
                 let l = self.int(depth, "depth", 1, MAX_DEPTH)?;
                 // Unknown bottleneck (its own error is already reported): assume the default.
-                let per_layer = if bottleneck.unwrap_or(Some(4)).is_some() {
-                    6
-                } else {
-                    3
-                };
-                let kind = if per_layer == 6 {
-                    "with a bottleneck"
-                } else {
-                    "without a bottleneck"
+                let (per_layer, kind) = match bottleneck.unwrap_or(Some(4)) {
+                    Some(_) => (6, "with a bottleneck"),
+                    None => (3, "without a bottleneck"),
                 };
                 if l <= 4 || (l - 4) % per_layer != 0 {
-                    let lo = 4 + per_layer;
+                    let below = 4 + (l.saturating_sub(4) / per_layer) * per_layer;
+                    let fix = if below > 4 {
+                        format!("use {below} or {}", below + per_layer)
+                    } else {
+                        format!("use {}", 4 + per_layer)
+                    };
                     self.error(
                         depth.span,
                         format!(
                             "depth {l} does not give three whole blocks: {kind}, depth - 4 must be a \
-                             positive multiple of {per_layer} (e.g. {lo}, {})",
-                            4 + 16 * per_layer
+                             positive multiple of {per_layer}; {fix}"
                         ),
                     );
                     return None;
@@ -485,7 +632,28 @@ impl Checker {
     }
 }
 
-fn example(key: &str) -> &'static str {
+/// What a too-large integer literal parses to: no key accepts it, and the checks say so.
+pub(crate) const TOO_LARGE: &str = "an integer too large to represent";
+
+/// How a value reads in a message; floats as written (`32.0`, not `32`).
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Float(x) => format!("the float {x:?}"),
+        other => other.describe(),
+    }
+}
+
+/// A number as written, for range errors: `0`, `1.0`, `-0.1`.
+fn number(value: &Value) -> String {
+    match value {
+        Value::Float(x) => format!("{x:?}"),
+        Value::Int(i) => i.to_string(),
+        other => describe(other),
+    }
+}
+
+/// An example entry for `key`, for messages.
+pub(crate) fn example(key: &str) -> &'static str {
     match key {
         "growth" => "growth: 32",
         "init_features" => "init_features: 64",
@@ -497,7 +665,9 @@ fn example(key: &str) -> &'static str {
         "dropout" => "dropout: 0.2",
         "eps" => "eps: 1e-5",
         "bottleneck" => "bottleneck: 4",
-        _ => "…",
+        "stem" => "stem: cifar",
+        "head" => "head: avg",
+        _ => "key: value",
     }
 }
 

@@ -114,7 +114,7 @@ pub fn expand_model(
         Head::Classifier => (
             quote!(#rt::layers::ClassifierHead<#c, #classes>),
             format!(
-                "Head: BN, ReLU, global average pool, linear {} → {}.",
+                " Head: BN, ReLU, global average pool, linear {} → {}.",
                 plan.head_channels, arch.classes
             ),
             quote!(#rt::ndarray::Array2<f32>),
@@ -122,7 +122,7 @@ pub fn expand_model(
         Head::Avg => (
             quote!(#rt::layers::AvgPoolHead<#c>),
             format!(
-                "Head: BN, ReLU, global average pool to {} features.",
+                " Head: BN, ReLU, global average pool to {} features.",
                 plan.head_channels
             ),
             quote!(#rt::ndarray::Array2<f32>),
@@ -130,7 +130,7 @@ pub fn expand_model(
         Head::Max => (
             quote!(#rt::layers::MaxPoolHead<#c>),
             format!(
-                "Head: BN, ReLU, global max pool to {} features.",
+                " Head: BN, ReLU, global max pool to {} features.",
                 plan.head_channels
             ),
             quote!(#rt::ndarray::Array2<f32>),
@@ -138,7 +138,7 @@ pub fn expand_model(
         Head::None => (
             quote!(#rt::layers::FeatureMapHead<#c>),
             format!(
-                "Head: BN, ReLU; the output is the final {}-channel feature map (NCHW).",
+                " Head: BN, ReLU; the output is the final {}-channel feature map (NCHW).",
                 plan.head_channels
             ),
             quote!(#rt::ndarray::Array4<f32>),

@@ -15,6 +15,7 @@ use syn::parse::{Parse, ParseStream, Parser};
 use syn::{Attribute, Ident, Lit, Token, Visibility};
 
 use crate::ast::{Entry, RawSpec, Value};
+use crate::check::{example, TOO_LARGE};
 use crate::error::{Sp, Span, SpecError};
 
 /// Parses the input of one `densenet!` call: one or more model declarations.
@@ -56,27 +57,46 @@ impl Parse for SpecItem {
                 "expected `<` after `{name}`: write the spec as `{name}<growth: 32, blocks: [6, 12, 24, 16]>`"
             )));
         }
-        input.parse::<Token![<]>()?;
+        let open: Token![<] = input.parse()?;
+        let unclosed = || {
+            syn::Error::new(
+                open.span,
+                format!("unclosed `<`: end the spec of `{name}` with `>`"),
+            )
+        };
         let mut entries = Vec::new();
         while !input.peek(Token![>]) {
             if input.is_empty() {
-                return Err(input.error("expected `>` to close the spec"));
+                return Err(unclosed());
             }
             let key: Ident = input
                 .call(Ident::parse_any)
-                .map_err(|e| syn::Error::new(e.span(), "expected a key, like `growth`"))?;
-            input
-                .parse::<Token![:]>()
-                .map_err(|e| syn::Error::new(e.span(), format!("expected `:` after `{key}`")))?;
-            let value = parse_value(input)?;
+                .map_err(|e| syn::Error::new(e.span(), "expected a key, like `growth: 32`"))?;
+            let key_name = key.to_string();
+            input.parse::<Token![:]>().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    format!("expected `:` after `{key}`, as in `{}`", example(&key_name)),
+                )
+            })?;
+            let value = parse_value(input, &key_name)?;
             entries.push(Entry {
-                key: Sp::new(key.to_string(), Span::Rust(key.span())),
+                key: Sp::new(key_name, Span::Rust(key.span())),
                 value,
             });
             if input.peek(Token![,]) {
                 input.parse::<Token![,]>()?;
+            } else if input.is_empty() {
+                return Err(unclosed());
             } else if !input.peek(Token![>]) {
-                return Err(input.error("expected `,` or `>` after a value"));
+                return Err(if input.peek(Ident::peek_any) {
+                    input.error("expected `,` before the next key")
+                } else {
+                    input.error(format!(
+                        "expected `,` or `>` after the value of `{key}`; values are literals \
+                         such as `32`, `0.5`, `cifar` or `[6, 12]`, not expressions"
+                    ))
+                });
             }
         }
         input.parse::<Token![>]>()?;
@@ -90,13 +110,19 @@ impl Parse for SpecItem {
     }
 }
 
-fn parse_value(input: ParseStream) -> syn::Result<Sp<Value>> {
+/// One value of `key`: `-`? literal, a word, or a `[…]` list of values.
+fn parse_value(input: ParseStream, key: &str) -> syn::Result<Sp<Value>> {
     if input.peek(Token![-]) {
         let minus: Token![-] = input.parse()?;
-        let inner = parse_value(input)?;
-        let value = match inner.value {
-            Value::Int(i) => Value::Int(-i),
-            Value::Float(x) => Value::Float(-x),
+        let number = match input.parse::<TokenTree>() {
+            Ok(TokenTree::Literal(l)) => Some(l),
+            _ => None,
+        };
+        let value = match number.as_ref().map(|l| literal(l)) {
+            Some(Ok(Value::Int(i))) => Value::Int(-i),
+            Some(Ok(Value::Float(x))) => Value::Float(-x),
+            Some(Ok(Value::Other(TOO_LARGE))) => Value::Other(TOO_LARGE),
+            Some(Err(e)) => return Err(e),
             _ => {
                 return Err(syn::Error::new(
                     minus.span,
@@ -104,20 +130,30 @@ fn parse_value(input: ParseStream) -> syn::Result<Sp<Value>> {
                 ))
             }
         };
-        return Ok(Sp::new(value, Span::Rust(minus.span)));
+        // On stable Rust a span cannot cover two tokens: point at the sign.
+        let span = number
+            .and_then(|l| minus.span.join(l.span()))
+            .unwrap_or(minus.span);
+        return Ok(Sp::new(value, Span::Rust(span)));
     }
-    let tt: TokenTree = input
-        .parse()
-        .map_err(|e| syn::Error::new(e.span(), "expected a value"))?;
+    if input.is_empty() || input.peek(Token![,]) || input.peek(Token![>]) {
+        return Err(input.error(format!(
+            "expected a value for `{key}`, as in `{}`",
+            example(key)
+        )));
+    }
+    let tt: TokenTree = input.parse()?;
     let span = Span::Rust(tt.span());
     let value = match &tt {
         TokenTree::Group(g) if g.delimiter() == Delimiter::Bracket => {
             let items = (|input: ParseStream| {
                 let mut items = Vec::new();
                 while !input.is_empty() {
-                    items.push(parse_value(input)?);
+                    items.push(parse_value(input, key)?);
                     if !input.is_empty() {
-                        input.parse::<Token![,]>()?;
+                        input.parse::<Token![,]>().map_err(|e| {
+                            syn::Error::new(e.span(), "expected `,` between list items")
+                        })?;
                     }
                 }
                 Ok(items)
@@ -128,22 +164,35 @@ fn parse_value(input: ParseStream) -> syn::Result<Sp<Value>> {
         TokenTree::Ident(i) if i == "true" => Value::Bool(true),
         TokenTree::Ident(i) if i == "false" => Value::Bool(false),
         TokenTree::Ident(i) => Value::Ident(i.to_string()),
-        TokenTree::Literal(l) => match Lit::new(l.clone()) {
-            Lit::Int(i) => Value::Int(i.base10_parse::<i128>()?),
-            Lit::Float(f) => Value::Float(f.base10_parse::<f64>()?),
-            Lit::Str(s) => Value::Str(s.value()),
-            Lit::Bool(b) => Value::Bool(b.value),
-            _ => Value::Other("a literal of another kind"),
-        },
+        TokenTree::Literal(l) => literal(l)?,
         TokenTree::Group(_) => {
             return Err(syn::Error::new(
                 tt.span(),
                 "expected a value; lists use square brackets: `[6, 12, 24, 16]`",
             ))
         }
-        TokenTree::Punct(_) => return Err(syn::Error::new(tt.span(), "expected a value")),
+        TokenTree::Punct(_) => {
+            return Err(syn::Error::new(
+                tt.span(),
+                format!("expected a value for `{key}`, as in `{}`", example(key)),
+            ))
+        }
     };
     Ok(Sp::new(value, span))
+}
+
+/// A literal token's value. Integers beyond `i128` become [`TOO_LARGE`], which no key
+/// accepts, so the checks report them with the spec's other errors.
+fn literal(l: &proc_macro2::Literal) -> syn::Result<Value> {
+    Ok(match Lit::new(l.clone()) {
+        Lit::Int(i) => i
+            .base10_parse::<i128>()
+            .map_or(Value::Other(TOO_LARGE), Value::Int),
+        Lit::Float(f) => Value::Float(f.base10_parse::<f64>()?),
+        Lit::Str(s) => Value::Str(s.value()),
+        Lit::Bool(b) => Value::Bool(b.value),
+        _ => Value::Other("a literal of another kind"),
+    })
 }
 
 #[cfg(test)]

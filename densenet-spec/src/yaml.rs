@@ -5,19 +5,21 @@
 //! and column of each top-level key and list item for the checks' messages.
 
 use crate::ast::{Entry, RawSpec, Value};
+use crate::check::example;
 use crate::error::{Sp, Span, SpecError};
 
 /// Parses the text of a YAML spec. `default_name` names the model when the file has no
 /// `name` key (callers derive it from the file name).
 pub fn parse_yaml(text: &str, default_name: &str) -> Result<RawSpec, Vec<SpecError>> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| vec![syntax_error(&e)])?;
+    let index = KeyIndex::new(text);
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| vec![syntax_error(&e, &index)])?;
     let serde_yaml::Value::Mapping(map) = doc else {
         return Err(vec![SpecError::new(
             at(1, 1),
             "a spec file must be a mapping of keys, like `growth: 32` on its own line",
         )]);
     };
-    let index = KeyIndex::new(text);
     let mut entries = Vec::new();
     let mut name = Sp::new(default_name.to_string(), at(1, 1));
     let mut errors = Vec::new();
@@ -64,14 +66,78 @@ fn at(line: usize, column: usize) -> Span {
     Span::Yaml { line, column }
 }
 
-fn syntax_error(e: &serde_yaml::Error) -> SpecError {
-    let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-    let mut message = e.to_string();
-    // serde_yaml appends the position we report separately.
-    if let Some(i) = message.find(" at line ") {
-        message.truncate(i);
+fn syntax_error(e: &serde_yaml::Error, index: &KeyIndex) -> SpecError {
+    let (line, column) = e
+        .location()
+        .map_or((1, 1), |l| index.clamp(l.line(), l.column()));
+    let message = short_positions(&e.to_string());
+    // serde_yaml rejects a repeated key without saying where: find the repeat.
+    if message.starts_with("duplicate entry") {
+        if let Some((key, line)) = index.first_repeated_key() {
+            return SpecError::new(
+                at(line + 1, 1),
+                format!("duplicate key `{key}`; give each key once"),
+            );
+        }
     }
-    SpecError::new(at(line, column), format!("invalid YAML: {message}"))
+    // Integers beyond 64 bits fail inside serde_yaml as "invalid type: integer `…` as u128".
+    if let Some(rest) = message
+        .split_once("invalid type: integer `")
+        .map(|(_, r)| r)
+    {
+        if let Some((digits, _)) = rest.split_once('`') {
+            let key = message.split_once(": invalid type").map_or("", |(k, _)| k);
+            let base = key.split('[').next().unwrap_or(key);
+            return SpecError::new(
+                at(line, column),
+                format!(
+                    "integer {digits} is too large for `{key}`; use a realistic size, as in `{}`",
+                    example(base)
+                ),
+            );
+        }
+    }
+    let hint = if message.contains("mapping values are not allowed") {
+        "; write one `key: value` a line, keys at the start of the line"
+    } else if message.contains("tab character") {
+        "; indent with spaces"
+    } else {
+        ""
+    };
+    SpecError::new(at(line, column), format!("invalid YAML: {message}{hint}"))
+}
+
+/// libyaml's message without the position reported separately (the first
+/// " at line L column C"), and with later positions as `L:C`:
+/// "did not find expected ',' or ']', while parsing a flow sequence at 2:9".
+fn short_positions(message: &str) -> String {
+    const AT: &str = " at line ";
+    let mut out = String::new();
+    let mut rest = message;
+    let mut first = true;
+    while let Some(i) = rest.find(AT) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + AT.len()..];
+        let line_end = after
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (line, tail) = after.split_at(line_end);
+        let Some(tail) = tail.strip_prefix(" column ") else {
+            out.push_str(AT);
+            rest = after;
+            continue;
+        };
+        let col_end = tail
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        if !first {
+            out.push_str(&format!(" at {line}:{}", &tail[..col_end]));
+        }
+        first = false;
+        rest = &tail[col_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn convert(value: &serde_yaml::Value, span: Span, items: &[(usize, usize)]) -> Sp<Value> {
@@ -102,15 +168,52 @@ fn convert(value: &serde_yaml::Value, span: Span, items: &[(usize, usize)]) -> S
 }
 
 /// Positions of top-level keys, their values and list items, read off the raw text.
-struct KeyIndex<'a> {
-    lines: Vec<&'a str>,
+struct KeyIndex {
+    lines: Vec<String>,
 }
 
-impl<'a> KeyIndex<'a> {
-    fn new(text: &'a str) -> Self {
-        KeyIndex {
-            lines: text.lines().collect(),
+impl KeyIndex {
+    /// Lines as YAML (libyaml) counts them: `\n`, `\r\n`, `\r`, NEL, LS and PS all end one.
+    fn new(text: &str) -> Self {
+        let mut lines = Vec::new();
+        let mut line = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                    if c == '\r' && chars.peek() == Some(&'\n') {
+                        chars.next();
+                    }
+                    lines.push(std::mem::take(&mut line));
+                }
+                c => line.push(c),
+            }
         }
+        lines.push(line);
+        KeyIndex { lines }
+    }
+
+    /// A position inside the text: libyaml puts the end of a text without a final line
+    /// break on a line of its own, past the last one.
+    fn clamp(&self, line: usize, column: usize) -> (usize, usize) {
+        match self.lines.last() {
+            Some(last) if line > self.lines.len() => (self.lines.len(), last.chars().count() + 1),
+            _ => (line.max(1), column.max(1)),
+        }
+    }
+
+    /// The first plain top-level key written twice, with the 0-based line of the repeat.
+    fn first_repeated_key(&self) -> Option<(&str, usize)> {
+        let mut seen = std::collections::HashSet::new();
+        self.lines.iter().enumerate().find_map(|(i, line)| {
+            let (key, rest) = line.split_once(':')?;
+            let plain = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+            let colon_ends = rest.is_empty() || rest.starts_with([' ', '\t']);
+            (plain && colon_ends && !seen.insert(key)).then_some((key, i))
+        })
     }
 
     /// The 0-based line of top-level `key:` and the byte offset just past its colon.
@@ -132,7 +235,7 @@ impl<'a> KeyIndex<'a> {
         let Some((i, after_colon)) = self.key_line(key) else {
             return ((1, 1), (1, 1));
         };
-        let line = self.lines[i];
+        let line = self.lines[i].as_str();
         let rest = &line[after_colon..];
         let value_col = after_colon + (rest.len() - rest.trim_start().len());
         let value_pos = if rest.trim().is_empty() || rest.trim_start().starts_with('#') {
@@ -147,7 +250,7 @@ impl<'a> KeyIndex<'a> {
 
     fn next_content_line(&self, i: usize) -> Option<(usize, usize)> {
         (i + 1..self.lines.len()).find_map(|j| {
-            let line = self.lines[j];
+            let line = self.lines[j].as_str();
             let trimmed = line.trim_start();
             (!trimmed.is_empty() && !trimmed.starts_with('#'))
                 .then(|| (j + 1, column(line, line.len() - trimmed.len())))
@@ -159,7 +262,7 @@ impl<'a> KeyIndex<'a> {
         let Some((i, after_colon)) = self.key_line(key) else {
             return Vec::new();
         };
-        let line = self.lines[i];
+        let line = self.lines[i].as_str();
         let rest = &line[after_colon..];
         let trimmed = rest.trim_start();
         if trimmed.starts_with('[') {

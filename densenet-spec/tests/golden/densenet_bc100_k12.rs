@@ -14,7 +14,7 @@ pub struct DenseNetBC100K12 {
     pub transition2: ::densenet::runtime::layers::Transition<300, 150>,
     /// Dense block 3: 16 layers, 150 → 342 channels at 8x8.
     pub block3: ::densenet::runtime::layers::DenseBlock<150, 16, 12, 4>,
-    ///Head: BN, ReLU, global average pool, linear 342 → 10.
+    /// Head: BN, ReLU, global average pool, linear 342 → 10.
     pub head: ::densenet::runtime::layers::ClassifierHead<342, 10>,
 }
 #[automatically_derived]
