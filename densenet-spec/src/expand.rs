@@ -179,7 +179,6 @@ pub fn expand_model(
             #(#fields,)*
         }
 
-        #[automatically_derived]
         #[allow(clippy::all)]
         impl #name {
             /// The checked architecture this model was generated from.

@@ -17,7 +17,6 @@ pub struct DenseNetBC100K12 {
     /// Head: BN, ReLU, global average pool, linear 342 → 10.
     pub head: ::densenet::runtime::layers::ClassifierHead<342, 10>,
 }
-#[automatically_derived]
 #[allow(clippy::all)]
 impl DenseNetBC100K12 {
     /// The checked architecture this model was generated from.
