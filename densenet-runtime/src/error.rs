@@ -140,3 +140,31 @@ fn more(others: usize) -> String {
         n => format!(" (and {n} more unexpected tensors)"),
     }
 }
+
+/// Why an image could not be turned into a tensor.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The file could not be read.
+    #[error("cannot read image {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The bytes are not a JPEG or PNG image the decoder accepts.
+    #[error("cannot decode image{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Decode {
+        /// The file, when decoding one.
+        path: Option<PathBuf>,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The preprocessing settings cannot be applied.
+    #[error("image preprocessing: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+}
