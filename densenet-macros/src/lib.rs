@@ -45,8 +45,12 @@ pub fn densenet(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
 /// ```
 ///
 /// The path is relative to the crate's `CARGO_MANIFEST_DIR` (absolute paths are
-/// rejected); Cargo rebuilds when the file changes. The model's name is the file's `name` key, or the file name in
-/// UpperCamelCase.
+/// rejected); Cargo rebuilds when the file changes. The model's name is the file's
+/// `name` key, or the file name in UpperCamelCase.
+///
+/// Test harnesses that compile the call in a generated crate elsewhere, such as
+/// trybuild, can set the environment variable `DENSENET_MANIFEST_DIR` to the real
+/// crate root.
 #[proc_macro]
 pub fn densenet_yaml(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     let lit = match syn::parse::<syn::LitStr>(input) {

@@ -710,4 +710,59 @@ mod tests {
         );
         assert_eq!(closest("zzzzzz", KEYS.iter().map(|(k, _)| *k)), None);
     }
+
+    #[cfg(feature = "yaml")]
+    fn errors(text: &str) -> Vec<(usize, String)> {
+        let spec = crate::parse_yaml(text, "X").unwrap();
+        check(&spec)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| match e.span {
+                Span::Yaml { line, .. } => (line, e.message),
+                Span::Rust(_) => (0, e.message),
+            })
+            .collect()
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn errors_come_in_the_order_written() {
+        let found = errors("stem: cifr\ndropout: 2\nblocks: [0]\nhead: x\ngrowth: 0\n");
+        let lines: Vec<usize> = found.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [1, 2, 3, 4, 5], "{found:?}");
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn a_misspelt_key_is_not_also_missing() {
+        let found = errors("grwoth: 32\nblock: [1]\n");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].1.contains("did you mean `growth`"));
+        assert!(found[1].1.contains("did you mean `blocks`"));
+        // Without the typo, the missing key is reported at the model.
+        assert!(errors("blocks: [1]\n")[0]
+            .1
+            .starts_with("missing key `growth`"));
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn the_stub_keeps_the_head_it_can_read() {
+        let spec = crate::parse_yaml("growth: 0\nhead: none\n", "X").unwrap();
+        assert_eq!(stub_architecture(&spec).head, Head::None);
+        let spec = crate::parse_yaml("growth: 0\nhead: nope\n", "X").unwrap();
+        let stub = stub_architecture(&spec);
+        assert_eq!(stub.head, Head::Classifier);
+        assert!(Plan::new(&stub).params > 0);
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn f32_rounding_cannot_sneak_past_the_ranges() {
+        assert_eq!(
+            errors("growth: 1\nblocks: [1]\ndropout: 0.99999999999\n").len(),
+            1
+        );
+        assert_eq!(errors("growth: 1\nblocks: [1]\neps: 1e-50\n").len(), 1);
+    }
 }

@@ -118,7 +118,7 @@ fn parse_value(input: ParseStream, key: &str) -> syn::Result<Sp<Value>> {
             Ok(TokenTree::Literal(l)) => Some(l),
             _ => None,
         };
-        let value = match number.as_ref().map(|l| literal(l)) {
+        let value = match number.as_ref().map(literal) {
             Some(Ok(Value::Int(i))) => Value::Int(-i),
             Some(Ok(Value::Float(x))) => Value::Float(-x),
             Some(Ok(Value::Other(TOO_LARGE))) => Value::Other(TOO_LARGE),

@@ -353,6 +353,33 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_errors() {
-        assert!(parse_yaml("growth: 32\ngrowth: 12\nblocks: [1]\n", "X").is_err());
+        let errors = parse_yaml("growth: 32\ngrowth: 12\nblocks: [1]\n", "X").unwrap_err();
+        assert_eq!(pos(errors[0].span), (2, 1));
+        assert_eq!(
+            errors[0].message,
+            "duplicate key `growth`; give each key once"
+        );
+    }
+
+    #[test]
+    fn lines_end_as_libyaml_ends_them() {
+        let spec = parse_yaml("growth: 32\rblocks: [1]\u{2028}theta: 0.5", "X").unwrap();
+        assert_eq!(pos(spec.entries[1].key.span), (2, 1));
+        assert_eq!(pos(spec.entries[2].value.span), (3, 8));
+        // libyaml puts the end of a text without a final newline on a line of its own.
+        let errors = parse_yaml("growth: 32\nblocks: [1, 2", "X").unwrap_err();
+        assert_eq!(pos(errors[0].span), (2, 14));
+    }
+
+    #[test]
+    fn huge_integers_name_their_key() {
+        let errors = parse_yaml("growth: 1000000000000000000000\n", "X").unwrap_err();
+        assert!(
+            errors[0]
+                .message
+                .starts_with("integer 1000000000000000000000 is too large for `growth`"),
+            "{}",
+            errors[0].message
+        );
     }
 }

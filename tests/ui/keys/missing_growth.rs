@@ -1,0 +1,7 @@
+use densenet::densenet;
+
+densenet! {
+    pub Net<blocks: [6, 12, 24, 16], theta: 0.5>
+}
+
+fn main() {}

@@ -1,0 +1,5 @@
+use densenet::densenet;
+
+densenet! {}
+
+fn main() {}

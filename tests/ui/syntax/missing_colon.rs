@@ -1,0 +1,7 @@
+use densenet::densenet;
+
+densenet! {
+    pub Net<growth 32, blocks: [6, 12, 24, 16]>
+}
+
+fn main() {}

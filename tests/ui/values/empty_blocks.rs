@@ -1,0 +1,7 @@
+use densenet::densenet;
+
+densenet! {
+    pub Net<growth: 32, blocks: []>
+}
+
+fn main() {}

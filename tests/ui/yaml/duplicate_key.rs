@@ -1,0 +1,5 @@
+use densenet::densenet_yaml;
+
+densenet_yaml!("tests/ui/yaml/duplicate_key.yaml");
+
+fn main() {}
