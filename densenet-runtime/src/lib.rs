@@ -10,25 +10,30 @@
 //! - [`layers`]: conv, batch norm, pooling, linear, and the building blocks generated
 //!   models are made of (stems, dense blocks, transitions, heads);
 //! - [`weights`]: safetensors in torchvision/timm or Keras naming;
-//! - [`onnx`]: export to a standard ONNX graph (opset 17, dynamic batch) with the weights;
 //! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints.
 #![deny(missing_docs)]
 
+mod dynamic;
 mod error;
+#[cfg(feature = "image")]
+pub mod image;
 pub mod kernels;
 pub mod layers;
 mod model;
-pub mod onnx;
 pub mod rng;
 mod summary;
 mod visit;
 pub mod weights;
 
 pub use densenet_spec as spec;
-pub use error::{Error, LoadError};
+pub use dynamic::DynamicModel;
+pub use error::{Error, ImageError, LoadError};
 pub use model::{input_to_nhwc, softmax};
 pub use ndarray;
 pub use rng::Rng;
 pub use summary::Summary;
-pub use visit::{LayerMut, LayerName, LayerRef, Model, Site, StageMut, StageRef};
+pub use visit::{
+    visit_stage_layers, visit_stage_layers_mut, LayerMut, LayerName, LayerRef, Model, Site,
+    StageMut, StageRef,
+};
 pub use weights::Naming;

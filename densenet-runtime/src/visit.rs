@@ -160,123 +160,136 @@ pub trait Model: Sized {
 
     /// Calls `f` on every layer with weights, in network order, with its structural name.
     fn visit_layers(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        for stage in self.stages() {
-            match stage {
-                StageRef::Stem { conv, norm } => {
-                    f(LayerName::new(Site::Stem, "conv0"), LayerRef::Conv(conv));
-                    if let Some(norm) = norm {
-                        f(
-                            LayerName::new(Site::Stem, "norm0"),
-                            LayerRef::BatchNorm(norm),
-                        );
-                    }
-                }
-                StageRef::Block { index, layers } => {
-                    for (j, layer) in layers.iter().enumerate() {
-                        let site = Site::Dense {
-                            block: index,
-                            layer: j + 1,
-                        };
-                        let name = |part| LayerName::new(site, part);
-                        match layer {
-                            DenseLayer::Basic { norm1, conv1 } => {
-                                f(name("norm1"), LayerRef::BatchNorm(norm1));
-                                f(name("conv1"), LayerRef::Conv(conv1));
-                            }
-                            DenseLayer::Bottleneck {
-                                norm1,
-                                conv1,
-                                norm2,
-                                conv2,
-                            } => {
-                                f(name("norm1"), LayerRef::BatchNorm(norm1));
-                                f(name("conv1"), LayerRef::Conv(conv1));
-                                f(name("norm2"), LayerRef::BatchNorm(norm2));
-                                f(name("conv2"), LayerRef::Conv(conv2));
-                            }
-                        }
-                    }
-                }
-                StageRef::Transition { index, norm, conv } => {
-                    let site = Site::Transition { index };
-                    f(LayerName::new(site, "norm"), LayerRef::BatchNorm(norm));
-                    f(LayerName::new(site, "conv"), LayerRef::Conv(conv));
-                }
-                StageRef::Head {
-                    norm, classifier, ..
-                } => {
-                    f(
-                        LayerName::new(Site::Head, "norm5"),
-                        LayerRef::BatchNorm(norm),
-                    );
-                    if let Some(classifier) = classifier {
-                        f(
-                            LayerName::new(Site::Head, "classifier"),
-                            LayerRef::Linear(classifier),
-                        );
-                    }
-                }
-            }
-        }
+        visit_stage_layers(self.stages(), f);
     }
 
     /// [`visit_layers`](Self::visit_layers), mutably, in the same order with the same names.
     fn visit_layers_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        for stage in self.stages_mut() {
-            match stage {
-                StageMut::Stem { conv, norm } => {
-                    f(LayerName::new(Site::Stem, "conv0"), LayerMut::Conv(conv));
-                    if let Some(norm) = norm {
-                        f(
-                            LayerName::new(Site::Stem, "norm0"),
-                            LayerMut::BatchNorm(norm),
-                        );
-                    }
+        visit_stage_layers_mut(self.stages_mut(), f);
+    }
+}
+
+/// Calls `f` on every layer with weights of `stages`, in order, with its structural name.
+pub fn visit_stage_layers(stages: Vec<StageRef<'_>>, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+    for stage in stages {
+        match stage {
+            StageRef::Stem { conv, norm } => {
+                f(LayerName::new(Site::Stem, "conv0"), LayerRef::Conv(conv));
+                if let Some(norm) = norm {
+                    f(
+                        LayerName::new(Site::Stem, "norm0"),
+                        LayerRef::BatchNorm(norm),
+                    );
                 }
-                StageMut::Block { index, layers } => {
-                    for (j, layer) in layers.iter_mut().enumerate() {
-                        let site = Site::Dense {
-                            block: index,
-                            layer: j + 1,
-                        };
-                        let name = |part| LayerName::new(site, part);
-                        match layer {
-                            DenseLayer::Basic { norm1, conv1 } => {
-                                f(name("norm1"), LayerMut::BatchNorm(norm1));
-                                f(name("conv1"), LayerMut::Conv(conv1));
-                            }
-                            DenseLayer::Bottleneck {
-                                norm1,
-                                conv1,
-                                norm2,
-                                conv2,
-                            } => {
-                                f(name("norm1"), LayerMut::BatchNorm(norm1));
-                                f(name("conv1"), LayerMut::Conv(conv1));
-                                f(name("norm2"), LayerMut::BatchNorm(norm2));
-                                f(name("conv2"), LayerMut::Conv(conv2));
-                            }
+            }
+            StageRef::Block { index, layers } => {
+                for (j, layer) in layers.iter().enumerate() {
+                    let site = Site::Dense {
+                        block: index,
+                        layer: j + 1,
+                    };
+                    let name = |part| LayerName::new(site, part);
+                    match layer {
+                        DenseLayer::Basic { norm1, conv1 } => {
+                            f(name("norm1"), LayerRef::BatchNorm(norm1));
+                            f(name("conv1"), LayerRef::Conv(conv1));
+                        }
+                        DenseLayer::Bottleneck {
+                            norm1,
+                            conv1,
+                            norm2,
+                            conv2,
+                        } => {
+                            f(name("norm1"), LayerRef::BatchNorm(norm1));
+                            f(name("conv1"), LayerRef::Conv(conv1));
+                            f(name("norm2"), LayerRef::BatchNorm(norm2));
+                            f(name("conv2"), LayerRef::Conv(conv2));
                         }
                     }
                 }
-                StageMut::Transition { index, norm, conv } => {
-                    let site = Site::Transition { index };
-                    f(LayerName::new(site, "norm"), LayerMut::BatchNorm(norm));
-                    f(LayerName::new(site, "conv"), LayerMut::Conv(conv));
-                }
-                StageMut::Head {
-                    norm, classifier, ..
-                } => {
+            }
+            StageRef::Transition { index, norm, conv } => {
+                let site = Site::Transition { index };
+                f(LayerName::new(site, "norm"), LayerRef::BatchNorm(norm));
+                f(LayerName::new(site, "conv"), LayerRef::Conv(conv));
+            }
+            StageRef::Head {
+                norm, classifier, ..
+            } => {
+                f(
+                    LayerName::new(Site::Head, "norm5"),
+                    LayerRef::BatchNorm(norm),
+                );
+                if let Some(classifier) = classifier {
                     f(
-                        LayerName::new(Site::Head, "norm5"),
+                        LayerName::new(Site::Head, "classifier"),
+                        LayerRef::Linear(classifier),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// [`visit_stage_layers`], mutably.
+pub fn visit_stage_layers_mut(
+    stages: Vec<StageMut<'_>>,
+    f: &mut dyn FnMut(LayerName, LayerMut<'_>),
+) {
+    for stage in stages {
+        match stage {
+            StageMut::Stem { conv, norm } => {
+                f(LayerName::new(Site::Stem, "conv0"), LayerMut::Conv(conv));
+                if let Some(norm) = norm {
+                    f(
+                        LayerName::new(Site::Stem, "norm0"),
                         LayerMut::BatchNorm(norm),
                     );
-                    if let Some(classifier) = classifier {
-                        f(
-                            LayerName::new(Site::Head, "classifier"),
-                            LayerMut::Linear(classifier),
-                        );
+                }
+            }
+            StageMut::Block { index, layers } => {
+                for (j, layer) in layers.iter_mut().enumerate() {
+                    let site = Site::Dense {
+                        block: index,
+                        layer: j + 1,
+                    };
+                    let name = |part| LayerName::new(site, part);
+                    match layer {
+                        DenseLayer::Basic { norm1, conv1 } => {
+                            f(name("norm1"), LayerMut::BatchNorm(norm1));
+                            f(name("conv1"), LayerMut::Conv(conv1));
+                        }
+                        DenseLayer::Bottleneck {
+                            norm1,
+                            conv1,
+                            norm2,
+                            conv2,
+                        } => {
+                            f(name("norm1"), LayerMut::BatchNorm(norm1));
+                            f(name("conv1"), LayerMut::Conv(conv1));
+                            f(name("norm2"), LayerMut::BatchNorm(norm2));
+                            f(name("conv2"), LayerMut::Conv(conv2));
+                        }
                     }
+                }
+            }
+            StageMut::Transition { index, norm, conv } => {
+                let site = Site::Transition { index };
+                f(LayerName::new(site, "norm"), LayerMut::BatchNorm(norm));
+                f(LayerName::new(site, "conv"), LayerMut::Conv(conv));
+            }
+            StageMut::Head {
+                norm, classifier, ..
+            } => {
+                f(
+                    LayerName::new(Site::Head, "norm5"),
+                    LayerMut::BatchNorm(norm),
+                );
+                if let Some(classifier) = classifier {
+                    f(
+                        LayerName::new(Site::Head, "classifier"),
+                        LayerMut::Linear(classifier),
+                    );
                 }
             }
         }

@@ -7,6 +7,34 @@ use crate::rng::Rng;
 use crate::visit::{StageMut, StageRef};
 use densenet_spec::Head;
 
+/// A pooling head's forward pass on NHWC input: BN → ReLU → global average (or, with
+/// `max`, max) pool → the classifier if there is one. `(N, C)` features or `(N, K)` logits.
+pub fn pooled_head_forward(
+    norm: &BatchNorm2d,
+    classifier: Option<&Linear>,
+    max: bool,
+    x: ArrayView4<'_, f32>,
+) -> Array2<f32> {
+    let x = norm.forward_relu(x);
+    let pooled = if max {
+        global_max_pool(x.view())
+    } else {
+        global_avg_pool(x.view())
+    };
+    match classifier {
+        Some(linear) => linear.forward(pooled.view()),
+        None => pooled,
+    }
+}
+
+/// A feature-map head's forward pass: BN → ReLU on NHWC input, returned NCHW.
+pub fn feature_map_forward(norm: &BatchNorm2d, x: ArrayView4<'_, f32>) -> Array4<f32> {
+    let x = norm.forward_relu(x);
+    x.permuted_axes([0, 3, 1, 2])
+        .as_standard_layout()
+        .into_owned()
+}
+
 /// BN → ReLU → global average pool → linear: logits for `CLASSES` classes.
 #[derive(Clone, Debug)]
 pub struct ClassifierHead<const C_IN: usize, const CLASSES: usize> {
@@ -45,8 +73,7 @@ impl<const C_IN: usize, const CLASSES: usize> ClassifierHead<C_IN, CLASSES> {
 
     /// NHWC in, `(N, CLASSES)` logits out.
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
-        let x = self.norm.forward_relu(x);
-        self.classifier.forward(global_avg_pool(x.view()).view())
+        pooled_head_forward(&self.norm, Some(&self.classifier), false, x)
     }
 }
 
@@ -85,7 +112,7 @@ impl<const C_IN: usize> AvgPoolHead<C_IN> {
 
     /// NHWC in, `(N, C_IN)` out.
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
-        global_avg_pool(self.norm.forward_relu(x).view())
+        pooled_head_forward(&self.norm, None, false, x)
     }
 }
 
@@ -124,7 +151,7 @@ impl<const C_IN: usize> MaxPoolHead<C_IN> {
 
     /// NHWC in, `(N, C_IN)` out.
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
-        global_max_pool(self.norm.forward_relu(x).view())
+        pooled_head_forward(&self.norm, None, true, x)
     }
 }
 
@@ -163,9 +190,6 @@ impl<const C_IN: usize> FeatureMapHead<C_IN> {
 
     /// NHWC in, NCHW `(N, C_IN, H, W)` out.
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array4<f32> {
-        let x = self.norm.forward_relu(x);
-        x.permuted_axes([0, 3, 1, 2])
-            .as_standard_layout()
-            .into_owned()
+        feature_map_forward(&self.norm, x)
     }
 }

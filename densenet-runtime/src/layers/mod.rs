@@ -16,8 +16,11 @@ mod transition;
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
 pub use dense_block::{dense_block_forward, DenseBlock, DenseLayer};
-pub use head::{AvgPoolHead, ClassifierHead, FeatureMapHead, MaxPoolHead};
+pub use head::{
+    feature_map_forward, pooled_head_forward, AvgPoolHead, ClassifierHead, FeatureMapHead,
+    MaxPoolHead,
+};
 pub use linear::Linear;
 pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};
-pub use stem::{CifarStem, ImageNetStem};
-pub use transition::Transition;
+pub use stem::{stem_conv, stem_forward, CifarStem, ImageNetStem};
+pub use transition::{transition_forward, Transition};

@@ -6,6 +6,20 @@ use crate::layers::{avg_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
 use crate::visit::{StageMut, StageRef};
 
+/// A transition's forward pass on NHWC input: BN → ReLU → 2x2 average pool → 1x1 conv.
+///
+/// Pools before the 1x1 conv: both are linear per pixel, so the order does not change
+/// the result, and the conv then runs on a quarter of the pixels.
+pub fn transition_forward(
+    norm: &BatchNorm2d,
+    conv: &Conv2d,
+    x: ArrayView4<'_, f32>,
+) -> Array4<f32> {
+    let x = norm.forward_relu(x);
+    let x = avg_pool2d(x.view(), 2, 2);
+    conv.forward(x.view())
+}
+
 /// A transition from `C_IN` to `C_OUT = floor(θ·C_IN)` channels, halving height and width.
 #[derive(Clone, Debug)]
 pub struct Transition<const C_IN: usize, const C_OUT: usize> {
@@ -42,13 +56,8 @@ impl<const C_IN: usize, const C_OUT: usize> Transition<C_IN, C_OUT> {
         }
     }
 
-    /// NHWC in, NHWC out.
-    ///
-    /// Pools before the 1x1 conv: both are linear per pixel, so the order does not
-    /// change the result, and the conv then runs on a quarter of the pixels.
+    /// NHWC in, NHWC out; see [`transition_forward`].
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array4<f32> {
-        let x = self.norm.forward_relu(x);
-        let x = avg_pool2d(x.view(), 2, 2);
-        self.conv.forward(x.view())
+        transition_forward(&self.norm, &self.conv, x)
     }
 }

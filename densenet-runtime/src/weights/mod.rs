@@ -17,6 +17,7 @@ pub use naming::Naming;
 use naming::Tensor;
 
 use crate::error::LoadError;
+use crate::spec::Architecture;
 use crate::visit::{LayerMut, LayerName, LayerRef, Model};
 
 /// Reads a model from safetensors bytes (e.g. `include_bytes!`), in `naming`
@@ -25,6 +26,45 @@ use crate::visit::{LayerMut, LayerName, LayerRef, Model};
 /// # Errors
 /// A [`LoadError`] naming the tensor and what was wrong; the model is never half-loaded.
 pub fn from_bytes<M: Model>(bytes: &[u8], naming: Naming) -> Result<M, LoadError> {
+    let mut model = M::init(0);
+    load_into(&M::ARCHITECTURE, &mut model, bytes, naming)?;
+    Ok(model)
+}
+
+/// What loading needs of a model: its layers, by name.
+pub(crate) trait Layers {
+    fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>));
+    fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>));
+}
+
+impl<M: Model> Layers for M {
+    fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        self.visit_layers(f);
+    }
+
+    fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        self.visit_layers_mut(f);
+    }
+}
+
+impl Layers for crate::DynamicModel {
+    fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        self.visit_layers(f);
+    }
+
+    fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        self.visit_layers_mut(f);
+    }
+}
+
+/// Fills `model` (of `architecture`) from safetensors bytes. On error the model is
+/// partly overwritten: callers load into a fresh model and drop it on failure.
+pub(crate) fn load_into<L: Layers>(
+    architecture: &Architecture,
+    model: &mut L,
+    bytes: &[u8],
+    naming: Naming,
+) -> Result<(), LoadError> {
     let file = SafeTensors::deserialize(bytes).map_err(format_error)?;
     let naming = match naming {
         Naming::Auto => naming::detect(file.names()).ok_or_else(|| {
@@ -41,12 +81,10 @@ pub fn from_bytes<M: Model>(bytes: &[u8], naming: Naming) -> Result<M, LoadError
             tensors.insert(naming::normalise(key, naming), (key.to_string(), view));
         }
     }
-
     let all_keys: Vec<String> = tensors.values().map(|(key, _)| key.clone()).collect();
-    let mut model = M::init(0);
-    check_architecture::<M>(&model, &tensors, naming)?;
+    check_architecture(architecture, model, &tensors, naming)?;
     let mut result = Ok(());
-    model.visit_layers_mut(&mut |name, layer| {
+    model.visit_mut(&mut |name, layer| {
         if result.is_ok() {
             result = load_layer(name, layer, &mut tensors, &all_keys, naming);
         }
@@ -58,7 +96,7 @@ pub fn from_bytes<M: Model>(bytes: &[u8], naming: Naming) -> Result<M, LoadError
             others: tensors.len() - 1,
         });
     }
-    Ok(model)
+    Ok(())
 }
 
 /// Reads a model from a safetensors file; see [`from_bytes`].
@@ -199,16 +237,17 @@ fn format_error(e: SafeTensorError) -> LoadError {
 
 /// Refuses, in one line, a file whose blocks differ from the model's (e.g. DenseNet-169
 /// weights into a DenseNet-121) instead of reporting hundreds of missing tensors.
-fn check_architecture<M: Model>(
-    model: &M,
+fn check_architecture<L: Layers>(
+    architecture: &Architecture,
+    model: &L,
     tensors: &BTreeMap<String, (String, TensorView<'_>)>,
     naming: Naming,
 ) -> Result<(), LoadError> {
     let file_blocks = naming::blocks_in(tensors.keys().map(String::as_str));
-    if file_blocks == *M::ARCHITECTURE.blocks {
+    if file_blocks == *architecture.blocks {
         // Same layout: compare widths via the first conv of each kind the model expects.
         let mut mismatched = 0;
-        model.visit_layers(&mut |name, layer| {
+        model.visit(&mut |name, layer| {
             if let LayerRef::Conv(conv) = layer {
                 let key = naming::key(name, Tensor::ConvWeight, naming);
                 if let Some((_, view)) = tensors.get(&key) {
@@ -224,8 +263,8 @@ fn check_architecture<M: Model>(
             return Ok(());
         }
         return Err(LoadError::ArchitectureMismatch {
-            model: M::ARCHITECTURE.name.to_string(),
-            expected: format!("blocks {:?}", M::ARCHITECTURE.blocks),
+            model: architecture.name.to_string(),
+            expected: format!("blocks {:?}", architecture.blocks),
             file: format!("blocks {file_blocks:?} but {mismatched} convolutions of other widths (another growth rate or stem?)"),
         });
     }
@@ -233,8 +272,8 @@ fn check_architecture<M: Model>(
         return Ok(()); // No dense-layer keys at all: let the per-tensor errors say what is missing.
     }
     Err(LoadError::ArchitectureMismatch {
-        model: M::ARCHITECTURE.name.to_string(),
-        expected: format!("blocks {:?}", M::ARCHITECTURE.blocks),
+        model: architecture.name.to_string(),
+        expected: format!("blocks {:?}", architecture.blocks),
         file: format!("blocks {file_blocks:?}"),
     })
 }
