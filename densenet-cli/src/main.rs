@@ -1,0 +1,267 @@
+//! `densenet`: the spec language and the runtime from the shell.
+//!
+//! ```text
+//! densenet summary specs/densenet121.yaml      Keras-style table
+//! densenet check specs/*.yaml                  every mistake with file:line:col (exit 1)
+//! densenet expand specs/densenet121.yaml       the generated Rust, formatted
+//! densenet run --spec S --weights W IMAGE...   top-5 classes per image
+//! densenet bench --spec S                      forward-pass latency and throughput
+//! ```
+//!
+//! Specs given here are only known at run time, so models are `DynamicModel`s: the same
+//! layers and code paths as generated models, built from the checked architecture.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use densenet_runtime::image::{stack, Preprocessing};
+use densenet_runtime::ndarray::Array4;
+use densenet_runtime::{DynamicModel, Naming, Summary};
+use densenet_spec::config::upper_camel_case;
+use densenet_spec::{
+    check, parse_yaml, Architecture, Config, Plan, Span, SpecError, SpecFileError,
+};
+
+/// The 1000 ImageNet-1k class names in index order (torchvision's list).
+const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
+
+#[derive(Parser)]
+#[command(
+    name = "densenet",
+    version,
+    about = "DenseNet specs and models from the shell"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a spec's Keras-style summary: layers, output shapes, parameter counts.
+    Summary {
+        /// A YAML spec file.
+        spec: PathBuf,
+    },
+    /// Check specs; print every mistake with file:line:column (exit code 1 if any).
+    Check {
+        /// YAML spec files.
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+    },
+    /// Print the Rust code `densenet_yaml!` generates for a spec, formatted.
+    Expand {
+        /// A YAML spec file.
+        spec: PathBuf,
+    },
+    /// Classify images: top classes with probabilities.
+    Run {
+        /// The model's YAML spec.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Weights: safetensors in torchvision/timm or Keras naming.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Naming scheme of the weights.
+        #[arg(long, value_enum, default_value_t = NamingArg::Auto)]
+        naming: NamingArg,
+        /// How many classes to show per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// JPEG or PNG images.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Time the forward pass (random weights): latency and throughput.
+    Bench {
+        /// The model's YAML spec.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed forward passes (after one warm-up).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NamingArg {
+    Auto,
+    Torchvision,
+    Keras,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Summary { spec } => {
+            let arch = load_spec(&spec).map_err(|e| e.to_string())?;
+            let plan = Plan::new(&arch);
+            println!("{}", Summary::new(&arch.name, &plan));
+        }
+        Command::Check { specs } => {
+            let mut failed = false;
+            for spec in &specs {
+                match load_spec(spec) {
+                    Ok(arch) => println!(
+                        "{}: ok ({}, {} parameters)",
+                        spec.display(),
+                        arch.name,
+                        Plan::new(&arch).params
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        Command::Expand { spec } => {
+            let text = read(&spec)?;
+            let code = Config::new()
+                .generate(&text, &stem_of(&spec), &spec.display().to_string())
+                .map_err(|e| e.to_string())?;
+            print!("{code}");
+        }
+        Command::Run {
+            spec,
+            weights,
+            naming,
+            top,
+            images,
+        } => classify(&spec, &weights, naming, top, &images)?,
+        Command::Bench { spec, batch, iters } => bench(&spec, batch, iters)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn stem_of(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_string()
+}
+
+/// Parses and checks a spec file; errors carry `file:line:column`.
+fn load_spec(path: &Path) -> Result<Architecture, SpecFileError> {
+    let shown = path.display().to_string();
+    let fail = |errors| SpecFileError {
+        path: shown.clone(),
+        errors,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let message = format!("cannot read the spec: {e}");
+        fail(vec![SpecError::new(
+            Span::Yaml { line: 1, column: 1 },
+            message,
+        )])
+    })?;
+    let spec = parse_yaml(&text, &upper_camel_case(&stem_of(path))).map_err(fail)?;
+    check(&spec).map_err(fail)
+}
+
+fn classify(
+    spec: &Path,
+    weights: &Path,
+    naming: NamingArg,
+    top: usize,
+    images: &[PathBuf],
+) -> Result<(), String> {
+    let arch = load_spec(spec).map_err(|e| e.to_string())?;
+    let [_, h, w] = arch.input;
+    if h != w {
+        return Err(format!(
+            "run needs a square input to center-crop to; the spec's is {h}x{w}"
+        ));
+    }
+    let naming = match naming {
+        NamingArg::Auto => Naming::Auto,
+        NamingArg::Torchvision => Naming::Torchvision,
+        NamingArg::Keras => Naming::Keras,
+    };
+    let classes = arch.classes;
+    let model = DynamicModel::load_safetensors(arch, weights, naming).map_err(|e| e.to_string())?;
+    // ImageNet's evaluation transform, scaled to the model's input: resize 256 → crop 224.
+    let preprocessing = Preprocessing {
+        crop: h as u32,
+        resize: (h as f64 * 256.0 / 224.0).round() as u32,
+        ..Preprocessing::default()
+    };
+    let tensors = images
+        .iter()
+        .map(|path| preprocessing.load(path).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = stack(&tensors).map_err(|e| e.to_string())?;
+    let probabilities = model
+        .predict(batch.view())
+        .map_err(|e| e.to_string())?
+        .ok_or("run needs a classifier head (`head: classifier`)")?;
+    let labels: Vec<&str> = IMAGENET_CLASSES.lines().collect();
+    for (path, row) in images.iter().zip(probabilities.rows()) {
+        println!("{}", path.display());
+        let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (class, p) in ranked.into_iter().take(top) {
+            let label = if classes == labels.len() {
+                labels[class].to_string()
+            } else {
+                format!("class {class}")
+            };
+            println!("  {:>6.2}%  {label}", p * 100.0);
+        }
+    }
+    Ok(())
+}
+
+fn bench(spec: &Path, batch: usize, iters: usize) -> Result<(), String> {
+    let arch = load_spec(spec).map_err(|e| e.to_string())?;
+    if batch == 0 || iters == 0 {
+        return Err("--batch and --iters must be at least 1".into());
+    }
+    let [c, h, w] = arch.input;
+    let macs = Plan::new(&arch).macs;
+    let name = arch.name.to_string();
+    let model = DynamicModel::init(arch, 0);
+    let x = Array4::from_shape_fn((batch, c, h, w), |(n, c, y, x)| {
+        ((n + c + y + x) % 7) as f32 / 7.0 - 0.5
+    });
+    model.forward(x.view()).map_err(|e| e.to_string())?;
+    let mut times: Vec<f64> = (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = model.forward(x.view());
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{name}: batch {batch}, median {median:.2} ms over {iters} runs (min {:.2}), {:.1} images/s, {:.1} GFLOP/s",
+        times[0],
+        batch as f64 / (median / 1e3),
+        2.0 * macs as f64 * batch as f64 / (median / 1e3) / 1e9
+    );
+    Ok(())
+}
