@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use densenet_spec::check::stub_architecture;
+use densenet_spec::config::upper_camel_case;
 use densenet_spec::expand::{default_runtime_path, expand_model, ItemInfo};
 use densenet_spec::{check, parse_specs, parse_yaml, Architecture, Plan, RawSpec, Span, SpecError};
 use proc_macro2::TokenStream;
@@ -87,7 +88,7 @@ fn expand_yaml(lit: &syn::LitStr) -> Result<TokenStream, TokenStream> {
         })
     })?;
     let stem = full.file_stem().and_then(|s| s.to_str()).unwrap_or("Model");
-    let spec = parse_yaml(&text, &camel_case(stem)).map_err(|errors| {
+    let spec = parse_yaml(&text, &upper_camel_case(stem)).map_err(|errors| {
         errors
             .iter()
             .map(|e| fail(located(&rel, e)).into_iter().collect::<TokenStream>())
@@ -171,18 +172,3 @@ fn expand_spec(spec: &RawSpec, to_error: impl Fn(&SpecError) -> syn::Error) -> T
     }
 }
 
-/// `densenet_bc100` → `DensenetBc100`.
-fn camel_case(stem: &str) -> String {
-    stem.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase())
-                .into_iter()
-                .chain(chars)
-                .collect::<String>()
-        })
-        .collect()
-}
