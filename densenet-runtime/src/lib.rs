@@ -10,6 +10,7 @@
 //! - [`layers`]: conv, batch norm, pooling, linear, and the building blocks generated
 //!   models are made of (stems, dense blocks, transitions, heads);
 //! - [`weights`]: safetensors in torchvision/timm or Keras naming;
+//! - [`onnx`]: export to a standard ONNX graph (opset 17, dynamic batch) with the weights;
 //! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints.
 #![deny(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod image;
 pub mod kernels;
 pub mod layers;
 mod model;
+pub mod onnx;
 pub mod rng;
 mod summary;
 mod visit;

@@ -277,6 +277,15 @@ pub fn expand_model(
                 #rt::weights::to_bytes(self)
             }
 
+            /// Writes a standard ONNX graph (opset 17, dynamic batch, weights included) for
+            /// ONNX Runtime, Triton or TensorRT.
+            ///
+            /// # Errors
+            /// If the file cannot be written.
+            pub fn to_onnx(&self, path: impl ::core::convert::AsRef<::std::path::Path>) -> ::std::io::Result<()> {
+                #rt::onnx::save_file(self, path)
+            }
+
             /// Runs the network on an NCHW batch of any size.
             ///
             /// # Errors

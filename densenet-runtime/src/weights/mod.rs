@@ -13,6 +13,7 @@ use std::path::Path;
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
+pub(crate) use naming::torchvision_path;
 pub use naming::Naming;
 use naming::Tensor;
 

@@ -72,14 +72,19 @@ pub(crate) fn key(name: LayerName, tensor: Tensor, naming: Naming) -> String {
 }
 
 fn torchvision_layer(name: LayerName) -> String {
-    let part = name.part;
-    match name.site {
+    torchvision_path(name.site, name.part)
+}
+
+/// torchvision's module path of `part` at `site` (`features.denseblock1.denselayer2.norm1`);
+/// also names the ONNX export's nodes.
+pub(crate) fn torchvision_path(site: Site, part: &str) -> String {
+    match site {
         Site::Stem => format!("features.{part}"),
         Site::Dense { block, layer } => {
             format!("features.denseblock{block}.denselayer{layer}.{part}")
         }
         Site::Transition { index } => format!("features.transition{index}.{part}"),
-        Site::Head if part == "classifier" => "classifier".to_string(),
+        Site::Head if part == "classifier" => part.to_string(),
         Site::Head => format!("features.{part}"),
     }
 }

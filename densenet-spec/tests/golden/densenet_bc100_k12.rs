@@ -164,6 +164,17 @@ impl DenseNetBC100K12 {
     pub fn to_safetensors_bytes(&self) -> ::std::vec::Vec<u8> {
         ::densenet::runtime::weights::to_bytes(self)
     }
+    /// Writes a standard ONNX graph (opset 17, dynamic batch, weights included) for
+    /// ONNX Runtime, Triton or TensorRT.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub fn to_onnx(
+        &self,
+        path: impl ::core::convert::AsRef<::std::path::Path>,
+    ) -> ::std::io::Result<()> {
+        ::densenet::runtime::onnx::save_file(self, path)
+    }
     /// Runs the network on an NCHW batch of any size.
     ///
     /// # Errors
