@@ -171,4 +171,3 @@ fn expand_spec(spec: &RawSpec, to_error: impl Fn(&SpecError) -> syn::Error) -> T
         }
     }
 }
-
