@@ -1,0 +1,247 @@
+//! Hot-kernel benchmarks on DenseNet-121's shapes at batch 1 (NHWC: pixels are the
+//! GEMM's rows, `C[pixels × Cout] = X[pixels × K] · W[K × Cout]`).
+//!
+//! ```sh
+//! cargo bench --bench kernels                          # all threads of the global rayon pool
+//! RAYON_NUM_THREADS=1 cargo bench --bench kernels      # one thread
+//! cargo bench --bench kernels -- --quick gemm          # only the GEMMs, short
+//! ```
+//!
+//! GEMM throughput is reported in elements/s where one element is one FLOP
+//! (`2·m·n·k` per call), so "Gelem/s" reads as GFLOP/s. Note that the runtime's
+//! `gemm` only uses rayon's threads for products of at least 2²⁵ multiply-adds, so the
+//! 14x14 and 7x7 shapes run on one thread whatever `RAYON_NUM_THREADS` says.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
+use densenet::ndarray::{Array1, Array4};
+use densenet::runtime::kernels::gemm::{gemm, MatMut, MatRef};
+use densenet::runtime::kernels::im2col::{im2col, Window};
+use densenet::runtime::layers::{avg_pool2d, max_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
+use densenet::runtime::Rng;
+
+/// `len` deterministic values in [-0.5, 0.5).
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| rng.uniform() - 0.5).collect()
+}
+
+fn nhwc(n: usize, h: usize, w: usize, c: usize, seed: u64) -> Array4<f32> {
+    Array4::from_shape_vec((n, h, w, c), data(n * h * w * c, seed)).unwrap()
+}
+
+fn short<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    group
+}
+
+/// `(name, m, k, n)`: `C[m × n] = A[m × k] · B[k × n]`, with how often DenseNet-121 runs
+/// that shape (or one close to it) at batch 1.
+const GEMM_SHAPES: [(&str, usize, usize, usize); 7] = [
+    // Block 1's last bottleneck: 56x56 pixels, 64 + 5·32 = 256 channels in, 4k = 128 out.
+    ("1x1_56x56_256to128", 3136, 256, 128),
+    // Every 56x56 3x3 conv (6 of them) as im2col GEMM: K = 9·128.
+    ("3x3_56x56_im2col", 3136, 1152, 32),
+    // 28x28 3x3 conv (12 of them).
+    ("3x3_28x28_im2col", 784, 1152, 32),
+    // Block 3's widest bottleneck: 14x14, 256 + 23·32 = 992 channels in.
+    ("1x1_14x14_992to128", 196, 992, 128),
+    // 14x14 3x3 conv (24 of them).
+    ("3x3_14x14_im2col", 196, 1152, 32),
+    // 7x7 3x3 conv (16 of them).
+    ("3x3_7x7_im2col", 49, 1152, 32),
+    // The classifier at batch 1: a GEMV (1 × 1024 · 1024 × 1000).
+    ("classifier_gemv", 1, 1024, 1000),
+];
+
+fn gemms(c: &mut Criterion) {
+    let mut group = short(c, "gemm");
+    for (i, &(name, m, k, n)) in GEMM_SHAPES.iter().enumerate() {
+        let a = data(m * k, 2 * i as u64);
+        let b = data(k * n, 2 * i as u64 + 1);
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+        group.bench_function(BenchmarkId::new(name, format!("{m}x{k}x{n}")), |bench| {
+            bench.iter(|| {
+                gemm(
+                    1.0,
+                    MatRef::row_major(black_box(&a), m, k),
+                    MatRef::row_major(black_box(&b), k, n),
+                    0.0,
+                    MatMut::row_major(&mut out, m, n),
+                );
+                black_box(&out);
+            })
+        });
+    }
+    // The dense-block write pattern: the output is a 32-column range of a wider buffer
+    // (block 1's 256 channels), row stride 256.
+    let (m, k, n, width) = (3136, 1152, 32, 256);
+    let a = data(m * k, 100);
+    let b = data(k * n, 101);
+    let mut buf = vec![0.0f32; m * width];
+    group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+    group.bench_function(
+        BenchmarkId::new("3x3_56x56_im2col_strided_out", format!("{m}x{k}x{n}")),
+        |bench| {
+            bench.iter(|| {
+                gemm(
+                    1.0,
+                    MatRef::row_major(black_box(&a), m, k),
+                    MatRef::row_major(black_box(&b), k, n),
+                    0.0,
+                    MatMut::new(&mut buf[224..], m, n, width, 1),
+                );
+                black_box(&buf);
+            })
+        },
+    );
+    group.finish();
+}
+
+fn convs(c: &mut Criterion) {
+    let mut group = short(c, "conv");
+    let mut rng = Rng::new(7);
+    let pad1 = Conv2dConfig {
+        stride: 1,
+        padding: 1,
+    };
+
+    // A 56x56 3x3 conv (128 → 32): im2col + GEMM, allocating its output and scratch.
+    let conv3 = Conv2d::init(128, 32, 3, pad1, &mut rng);
+    let x = nhwc(1, 56, 56, 128, 1);
+    group.throughput(Throughput::Elements(2 * 3136 * 1152 * 32));
+    group.bench_function("3x3_56x56_128to32/forward", |b| {
+        b.iter(|| conv3.forward(black_box(x.view())))
+    });
+    // The same through `forward_into` with a reused scratch buffer, as dense blocks call it.
+    let xs = x.as_slice().unwrap();
+    let mut out = vec![0.0f32; 3136 * 32];
+    let mut scratch = Vec::new();
+    group.bench_function("3x3_56x56_128to32/forward_into", |b| {
+        b.iter(|| {
+            conv3.forward_into(
+                black_box(xs),
+                1,
+                56,
+                56,
+                MatMut::row_major(&mut out, 3136, 32),
+                &mut scratch,
+            );
+            black_box(&out);
+        })
+    });
+
+    // A 7x7 3x3 conv (128 → 32), block 4.
+    let x7 = nhwc(1, 7, 7, 128, 2);
+    group.throughput(Throughput::Elements(2 * 49 * 1152 * 32));
+    group.bench_function("3x3_7x7_128to32/forward", |b| {
+        b.iter(|| conv3.forward(black_box(x7.view())))
+    });
+
+    // A 56x56 1x1 bottleneck (256 → 128): a plain GEMM on the input.
+    let conv1 = Conv2d::init(256, 128, 1, Conv2dConfig::default(), &mut rng);
+    let x = nhwc(1, 56, 56, 256, 3);
+    group.throughput(Throughput::Elements(2 * 3136 * 256 * 128));
+    group.bench_function("1x1_56x56_256to128/forward", |b| {
+        b.iter(|| conv1.forward(black_box(x.view())))
+    });
+
+    // The stem: 7x7 stride 2 pad 3, 3 → 64 at 224x224.
+    let stem = Conv2d::init(
+        3,
+        64,
+        7,
+        Conv2dConfig {
+            stride: 2,
+            padding: 3,
+        },
+        &mut rng,
+    );
+    let x = nhwc(1, 224, 224, 3, 4);
+    group.throughput(Throughput::Elements(2 * 12544 * 147 * 64));
+    group.bench_function("7x7s2_224x224_3to64/forward", |b| {
+        b.iter(|| stem.forward(black_box(x.view())))
+    });
+    group.finish();
+}
+
+fn im2cols(c: &mut Criterion) {
+    let mut group = short(c, "im2col");
+    let win = Window {
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        padding: 1,
+    };
+    for (h, ch) in [(56, 128), (7, 128)] {
+        let x = data(h * h * ch, 5);
+        let mut out = vec![0.0f32; h * h * 9 * ch];
+        group.throughput(Throughput::Bytes((out.len() * 4) as u64));
+        group.bench_function(format!("3x3_{h}x{h}x{ch}"), |b| {
+            b.iter(|| {
+                im2col(black_box(&x), 1, h, h, ch, win, &mut out);
+                black_box(&out);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn batch_norms(c: &mut Criterion) {
+    let mut group = short(c, "batch_norm_relu_into");
+    // `(name, pixels, channels read, row stride)`: a dense layer's norm1 reads the first
+    // channels of its block's buffer; norm2 reads the contiguous 128-wide bottleneck.
+    let cases = [
+        ("56x56_norm1_128_of_256", 3136, 128, 256),
+        ("56x56_norm2_128", 3136, 128, 128),
+        ("14x14_norm1_992_of_1024", 196, 992, 1024),
+        ("7x7_norm1_1000_of_1024", 49, 1000, 1024),
+    ];
+    for (i, (name, rows, ch, stride)) in cases.into_iter().enumerate() {
+        let bn = BatchNorm2d::new(
+            Array1::from_shape_fn(ch, |j| 0.5 + j as f32 * 1e-3),
+            Array1::from_shape_fn(ch, |j| j as f32 * -1e-3),
+            Array1::from_shape_fn(ch, |j| 0.01 * (j % 7) as f32),
+            Array1::from_shape_fn(ch, |j| 1.0 + 0.01 * (j % 5) as f32),
+            1e-5,
+        )
+        .unwrap();
+        let x = data(rows * stride, i as u64);
+        let mut out = vec![0.0f32; rows * ch];
+        group.throughput(Throughput::Elements((rows * ch) as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                bn.forward_relu_into(black_box(&x), rows, stride, &mut out);
+                black_box(&out);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn pools(c: &mut Criterion) {
+    let mut group = short(c, "pool");
+    // The stem's 3x3/2 max pool on 112x112x64, and transition 1's 2x2 average pool.
+    let x = nhwc(1, 112, 112, 64, 8);
+    group.bench_function("max3x3s2_112x112x64", |b| {
+        b.iter(|| max_pool2d(black_box(x.view()), 3, 2, 1))
+    });
+    let x = nhwc(1, 56, 56, 256, 9);
+    group.bench_function("avg2x2_56x56x256", |b| {
+        b.iter(|| avg_pool2d(black_box(x.view()), 2, 2))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, gemms, convs, im2cols, batch_norms, pools);
+criterion_main!(benches);

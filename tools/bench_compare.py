@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Side-by-side DenseNet-121 inference timings: ours vs ONNX Runtime vs PyTorch eager
+(and tract, when given its bench binary), on the same weights, in one run.
+
+What it does:
+
+1. builds torchvision's ``densenet121`` with random weights (fixed seeds; BatchNorm
+   affine parameters and running statistics randomised as in ``make_fixtures.py``, so
+   the parity check exercises them), saves them as safetensors (torchvision naming, what
+   ``DenseNet121::load_safetensors`` reads) and exports ONNX (opset 17, one file per
+   batch size, fixed shapes);
+2. builds ``examples/bench_forward.rs`` in release (``cargo build --release --example
+   bench_forward``; ``CARGO_TARGET_DIR`` is honoured) and starts it in ``--serve`` mode
+   with ``RAYON_NUM_THREADS=T`` for each configuration;
+3. for each configuration (batch x threads) checks that our logits match torch's on
+   the same input (max |ours - torch| <= 1e-4 * max(1, max |torch|)), then times ours,
+   ONNX Runtime (intra-op threads T, inter-op 1, ORT_ENABLE_ALL) and torch eager
+   (``torch.set_num_threads(T)``, ``inference_mode``) *alternately*: several rounds,
+   each running every framework for a few passes (after one untimed pass), with the
+   order rotated from round to round, so that load from other processes on a shared
+   machine hits all of them alike;
+4. prints a markdown table of medians over all timed passes, with the ratios.
+
+Usage (any venv with the packages; /work/venv on the reference machine)::
+
+    pip install torch torchvision safetensors numpy onnx onnxruntime
+    python tools/bench_compare.py                       # ~5 minutes on 2 cores
+    python tools/bench_compare.py --rounds 3 --batches 1 --threads 1,2   # quicker
+    python tools/bench_compare.py --tract-bin /path/to/tract-bench        # add tract
+
+``--tract-bin`` takes a program speaking the same stdin protocol as ``bench_forward
+--serve`` with arguments ``--onnx PATH --batch N --threads T --input PATH --output
+PATH`` (BENCHMARKS.md shows the one used; it is not part of this repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+WEIGHT_SEED, BN_SEED, INPUT_SEED = 4, 104, 1004
+
+
+def randomise_bn(model: nn.Module, seed: int) -> None:
+    """Random BN affine params and running stats, and a random classifier bias
+    (as tools/make_fixtures.py does)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.1 * torch.randn(c, generator=g))
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.copy_(0.1 * torch.randn(m.out_features, generator=g))
+
+
+def build_ours() -> Path:
+    """`cargo build --release --example bench_forward`; the binary's path."""
+    cmd = ["cargo", "build", "--release", "--example", "bench_forward",
+           "--message-format=json-render-diagnostics"]
+    print("$ " + " ".join(cmd[:5]), flush=True)
+    out = subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if (msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "bench_forward"
+                and msg.get("executable")):
+            return Path(msg["executable"])
+    raise SystemExit("cargo did not report the bench_forward executable")
+
+
+class Server:
+    """A benchmark subprocess speaking the `--serve` protocol: write `K`, read one JSON line."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str]):
+        self.name = name
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+
+    def run(self, iters: int) -> list[float]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"{iters}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.name} exited (status {self.proc.wait()})")
+        return json.loads(line)["times_ms"]
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def timed_calls(fn, iters: int) -> list[float]:
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def read_f32(path: Path, shape) -> np.ndarray:
+    return np.fromfile(path, dtype="<f4").reshape(shape)
+
+
+def parity(name: str, got: np.ndarray, ref: np.ndarray) -> tuple[float, float, bool]:
+    diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    tol = 1e-4 * max(1.0, float(np.max(np.abs(ref))))
+    ok = diff <= tol
+    print(f"  parity {name:<24} max|diff| = {diff:.3e}  (tolerance {tol:.3e})  "
+          f"{'OK' if ok else 'FAIL'}", flush=True)
+    return diff, tol, ok
+
+
+def machine() -> dict[str, str]:
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "onnxruntime": ort.__version__}
+    try:
+        lscpu = subprocess.run(["lscpu"], stdout=subprocess.PIPE, text=True).stdout
+        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        info["cpu"] = fields.get("Model name", "?").strip()
+        info["cpus"] = fields.get("CPU(s)", "?").strip()
+        info["avx512f"] = "yes" if "avx512f" in fields.get("Flags", "").split() else "no"
+    except OSError:
+        pass
+    try:
+        info["rustc"] = subprocess.run(["rustc", "--version"], stdout=subprocess.PIPE,
+                                       text=True).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--rounds", type=int, default=7, help="alternation rounds per config")
+    ap.add_argument("--iters", default="1:15,8:3",
+                    help="timed passes per framework per round, as batch:iters pairs "
+                         "(other batches: max(1, 15 // batch))")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/densenet-bench"),
+                    help="weights, ONNX files, inputs, outputs and results.json go here")
+    ap.add_argument("--tract-bin", type=Path, help="also time tract with this program")
+    ap.add_argument("--no-torch", action="store_true", help="skip torch eager timings")
+    args = ap.parse_args(argv)
+
+    batches = [int(b) for b in args.batches.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    iters_for = {int(k): int(v) for k, v in (p.split(":") for p in args.iters.split(","))}
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    info["load_average_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(json.dumps(info, indent=1), flush=True)
+
+    torch.set_num_interop_threads(1)
+    torch.manual_seed(WEIGHT_SEED)
+    model = torchvision.models.densenet121(weights=None)
+    randomise_bn(model, BN_SEED)
+    model.eval()
+    weights = args.workdir / "densenet121.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    bench_bin = build_ours()
+    print(f"ours: {bench_bin}", flush=True)
+
+    results = {"machine": info, "configs": []}
+    table = []
+    all_ok = True
+    for batch in batches:
+        iters = iters_for.get(batch, max(1, 15 // batch))
+        x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(INPUT_SEED))
+        x_np = x.numpy()
+        input_path = args.workdir / f"input_b{batch}.f32"
+        x_np.astype("<f4").tofile(input_path)
+        onnx_path = args.workdir / f"densenet121_b{batch}.onnx"
+        if not onnx_path.exists():
+            torch.onnx.export(model, (x,), str(onnx_path), opset_version=17, dynamo=False,
+                              input_names=["input"], output_names=["logits"])
+        with torch.inference_mode():
+            ref = model(x).numpy()
+
+        for threads in thread_counts:
+            cfg = f"b{batch} t{threads}"
+            print(f"\n== DenseNet-121 224x224, batch {batch}, {threads} thread(s): "
+                  f"{args.rounds} rounds x {iters} passes ==", flush=True)
+            torch.set_num_threads(threads)
+            env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+
+            ours_out = args.workdir / f"ours_b{batch}_t{threads}.f32"
+            ours = Server("ours", [str(bench_bin), "--model", "densenet121",
+                                   "--batch", str(batch), "--weights", str(weights),
+                                   "--input", str(input_path), "--output", str(ours_out),
+                                   "--warmup", "2", "--serve"], env)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            feed = {"input": x_np}
+
+            runners = {}
+            runners["ours"] = ours.run
+            runners["ort"] = lambda k: timed_calls(lambda: sess.run(None, feed), k)
+            if not args.no_torch:
+                def torch_run(k):
+                    with torch.inference_mode():
+                        return timed_calls(lambda: model(x), k)
+                runners["torch"] = torch_run
+            tract = None
+            if args.tract_bin:
+                tract_out = args.workdir / f"tract_b{batch}_t{threads}.f32"
+                tract = Server("tract", [str(args.tract_bin), "--onnx", str(onnx_path),
+                                         "--batch", str(batch), "--threads", str(threads),
+                                         "--input", str(input_path),
+                                         "--output", str(tract_out)], env)
+                runners["tract"] = tract.run
+
+            # Parity on the same input, before timing (ours wrote its first pass's logits).
+            runners["ours"](1)  # returns once the server is up, so the file is complete
+            checks = {"ours": parity(f"ours vs torch ({cfg})", read_f32(ours_out, ref.shape), ref)}
+            all_ok &= checks["ours"][2]
+            checks["ort"] = parity(f"ORT vs torch ({cfg})", sess.run(None, feed)[0], ref)
+            if tract:
+                runners["tract"](1)
+                checks["tract"] = parity(f"tract vs torch ({cfg})",
+                                         read_f32(tract_out, ref.shape), ref)
+
+            names = list(runners)
+            times = {n: [] for n in names}
+            for r in range(args.rounds):
+                order = names[r % len(names):] + names[:r % len(names)]
+                for n in order:
+                    runners[n](1)  # untimed: wakes the thread pool after the others ran
+                    times[n].extend(runners[n](iters))
+                print(f"  round {r + 1}: " + ", ".join(
+                    f"{n} {statistics.median(times[n][-iters:]):.1f}" for n in names), flush=True)
+            ours.close()
+            if tract:
+                tract.close()
+            del sess
+
+            med = {n: statistics.median(t) for n, t in times.items()}
+            row = {"batch": batch, "threads": threads, "iters": len(times["ours"]),
+                   "median_ms": med, "times_ms": times,
+                   "parity_max_abs_diff": {n: c[0] for n, c in checks.items()},
+                   "parity_tolerance": checks["ours"][1]}
+            results["configs"].append(row)
+            table.append(row)
+
+    info["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=1))
+
+    cols = ["ours", "ort"] + (["torch"] if not args.no_torch else []) + (
+        ["tract"] if args.tract_bin else [])
+    label = {"ours": "ours ms", "ort": "ORT ms", "torch": "torch ms", "tract": "tract ms"}
+    head = ["config"] + [label[c] for c in cols] + [f"ours/{label[c].split()[0]}"
+                                                    for c in cols[1:]]
+    print("\nDenseNet-121 224x224 f32, median ms per forward pass (lower is better; "
+          "ratio > 1 means ours is slower)\n")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in table:
+        m = row["median_ms"]
+        cells = [f"batch {row['batch']}, {row['threads']} thread{'s' if row['threads'] > 1 else ''}"]
+        cells += [f"{m[c]:.1f}" for c in cols]
+        cells += [f"{m['ours'] / m[c]:.2f}" for c in cols[1:]]
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nparity (max |ours - torch| over all configs): "
+          f"{max(r['parity_max_abs_diff']['ours'] for r in table):.3e}; "
+          f"load average start {info['load_average_start']}, end {info['load_average_end']}")
+    print(f"raw timings: {args.workdir / 'results.json'}")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
