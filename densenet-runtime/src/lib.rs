@@ -10,6 +10,7 @@
 //! - [`layers`]: conv, batch norm, pooling, linear, and the building blocks generated
 //!   models are made of (stems, dense blocks, transitions, heads);
 //! - [`weights`]: safetensors in torchvision/timm or Keras naming;
+//! - [`train`]: every layer's backward pass and a whole model's training step;
 //! - [`onnx`]: export to a standard ONNX graph (opset 17, dynamic batch) with the weights;
 //! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints.
 #![deny(missing_docs)]
@@ -24,6 +25,7 @@ mod model;
 pub mod onnx;
 pub mod rng;
 mod summary;
+pub mod train;
 mod visit;
 pub mod weights;
 

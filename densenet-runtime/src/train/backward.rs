@@ -1,0 +1,827 @@
+//! A whole training step: a training-mode forward pass over a model's stages that
+//! records what the backward pass needs (a "tape"), the softmax cross-entropy loss, and
+//! the backward pass over the stages in reverse, one gradient per parameter.
+//!
+//! What the tape keeps, per stage:
+//! - stem: the input batch; for an ImageNet stem also the conv output (BN's input), the
+//!   BN batch statistics and the max pool's argmax;
+//! - dense block: its one shared concatenation buffer (input and every layer's output),
+//!   and per layer only the BN batch statistics, the bottleneck conv's output (BN2's
+//!   input) and the random generator's state before each dropout. BN-ReLU outputs are
+//!   recomputed in the backward pass; the gradient of the buffer is one matrix of the
+//!   same shape, into whose columns `[0, c)` each layer adds its input gradient;
+//! - transition: the BN statistics and generator state (its input is the block buffer);
+//! - head: the BN statistics and the pooled features.
+
+use std::collections::HashMap;
+
+use densenet_spec::Head;
+use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2};
+
+use crate::kernels::gemm::MatMut;
+use crate::layers::{avg_pool2d, global_avg_pool, BatchNorm2d, Conv2d, DenseLayer, Linear};
+use crate::rng::Rng;
+use crate::train::{
+    avg_pool2d_backward, batch_norm_apply, batch_norm_backward, batch_norm_train, conv2d_backward,
+    dropout_in_place, global_avg_pool_backward, linear_backward, max_pool2d_backward,
+    max_pool2d_train, softmax_cross_entropy, BatchStats,
+};
+use crate::visit::{LayerName, Model, Site, StageMut, StageRef};
+use crate::{input_to_nhwc, Error};
+
+/// Options of a training step; [`Default`] is torch's behaviour with the architecture's
+/// dropout rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepConfig {
+    /// Dropout rate after every convolution but the stem's (dense layers' convs and
+    /// transition convs, as the paper's reference code); `None` takes the model's
+    /// `ARCHITECTURE.dropout`. torchvision instead drops only after each dense layer's
+    /// last conv; with rate 0 (torchvision's default) the two agree.
+    pub dropout: Option<f32>,
+    /// BatchNorm running-statistics momentum: `running ← (1 − m)·running + m·batch`.
+    /// torch's default is 0.1 (Keras's momentum 0.99 is 0.01 here).
+    pub momentum: f32,
+}
+
+impl Default for StepConfig {
+    /// The architecture's dropout rate, momentum 0.1.
+    fn default() -> Self {
+        Self {
+            dropout: None,
+            momentum: 0.1,
+        }
+    }
+}
+
+/// One layer's parameter gradients, shaped like its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LayerGrad {
+    /// A convolution's.
+    Conv {
+        /// `∂L/∂W`, HWIO like [`Conv2d::weight`].
+        weight: Array4<f32>,
+    },
+    /// A batch norm's.
+    BatchNorm {
+        /// `∂L/∂gamma` (torch's `weight`).
+        gamma: Array1<f32>,
+        /// `∂L/∂beta` (torch's `bias`).
+        beta: Array1<f32>,
+    },
+    /// A linear layer's.
+    Linear {
+        /// `∂L/∂W`, `(out, in)` like [`Linear::weight`].
+        weight: Array2<f32>,
+        /// `∂L/∂b`.
+        bias: Array1<f32>,
+    },
+}
+
+/// The gradient of the loss with respect to every parameter of a model, one
+/// [`LayerGrad`] per layer with weights, in network order and addressed by the same
+/// structural [`LayerName`] as `Model::visit_layers` (so an optimiser walks
+/// `visit_layers_mut` and looks each layer's gradient up by its name).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients {
+    layers: Vec<(LayerName, LayerGrad)>,
+    index: HashMap<LayerName, usize>,
+}
+
+impl Gradients {
+    /// The gradients of layer `name`, if it has weights.
+    pub fn get(&self, name: LayerName) -> Option<&LayerGrad> {
+        self.index.get(&name).map(|&i| &self.layers[i].1)
+    }
+
+    /// Every layer's gradients, in the order of `Model::visit_layers`.
+    pub fn iter(&self) -> impl Iterator<Item = (LayerName, &LayerGrad)> + '_ {
+        self.layers.iter().map(|(name, grad)| (*name, grad))
+    }
+
+    /// Number of layers with weights.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether there are no layers (never, for a model).
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+/// [`loss_and_gradients_with`] with [`StepConfig::default`] and a generator seeded with
+/// 0 for dropout (irrelevant when the architecture's dropout rate is 0, as by default):
+/// one training step's mean softmax cross-entropy and its gradients.
+///
+/// # Errors
+///
+/// As [`loss_and_gradients_with`].
+///
+/// # Panics
+///
+/// As [`loss_and_gradients_with`].
+pub fn loss_and_gradients<M: Model>(
+    model: &mut M,
+    x: ArrayView4<'_, f32>,
+    labels: &[usize],
+) -> Result<(f32, Gradients), Error> {
+    loss_and_gradients_with(model, x, labels, StepConfig::default(), &mut Rng::new(0))
+}
+
+/// One training step on the batch `x` (NCHW, like `forward`) with class indices
+/// `labels`: runs the model in training mode (BatchNorm on batch statistics, updating
+/// each BN's running statistics with `config.momentum` as torch does; dropout at the
+/// configured rate, masks drawn from `rng`), computes the mean softmax cross-entropy of
+/// the logits, and backpropagates it. Returns the loss and the gradient of every
+/// parameter. The weights themselves are not changed (an optimiser does that).
+///
+/// # Errors
+///
+/// [`Error::InputShape`] if `x` is not `(N, C, H, W)` with the model's `[C, H, W]`;
+/// [`Error::EmptyBatch`] for N = 0. Nothing is changed then.
+///
+/// # Panics
+///
+/// Checked before anything changes: if the model has no classifier head, `labels.len()`
+/// is not N, a label is not below the number of classes, or the dropout rate is not in
+/// `[0, 1)`. During the pass, as torch: if a BatchNorm sees a single value per channel
+/// (batch of one image whose final feature map is 1x1).
+pub fn loss_and_gradients_with<M: Model>(
+    model: &mut M,
+    x: ArrayView4<'_, f32>,
+    labels: &[usize],
+    config: StepConfig,
+    rng: &mut Rng,
+) -> Result<(f32, Gradients), Error> {
+    let arch = M::ARCHITECTURE;
+    if arch.head != Head::Classifier {
+        no_classifier(&arch.name);
+    }
+    let x = input_to_nhwc(x, arch.input)?;
+    let n = x.dim().0;
+    if labels.len() != n {
+        bad_labels(n, labels.len(), None, arch.classes);
+    }
+    if let Some(&label) = labels.iter().find(|&&l| l >= arch.classes) {
+        bad_labels(n, labels.len(), Some(label), arch.classes);
+    }
+    let p = config.dropout.unwrap_or(arch.dropout);
+    if !(0.0..1.0).contains(&p) {
+        bad_dropout(p);
+    }
+    let mut ctx = Ctx {
+        p,
+        momentum: config.momentum,
+        rng,
+        s: Scratch::default(),
+    };
+
+    // Forward, recording the tape.
+    let mut tapes: Vec<Tape> = Vec::new();
+    let mut next_input = Some(x);
+    let mut logits = None;
+    for stage in model.stages_mut() {
+        let tape = match stage {
+            StageMut::Stem { conv, norm } => {
+                let x = next_input.take().expect("the stem comes first");
+                let (out, tape) = stem_forward(conv, norm, x, &mut ctx);
+                next_input = Some(out);
+                Tape::Stem(Box::new(tape))
+            }
+            StageMut::Block { layers, .. } => {
+                let x = next_input
+                    .take()
+                    .expect("a block follows a stem or transition");
+                Tape::Block(block_forward(layers, x.view(), &mut ctx))
+            }
+            StageMut::Transition { norm, conv, .. } => {
+                let input = last_block(&tapes).output();
+                let (out, tape) = transition_forward(norm, conv, input, &mut ctx);
+                next_input = Some(out);
+                Tape::Transition(tape)
+            }
+            StageMut::Head {
+                norm, classifier, ..
+            } => {
+                let classifier = classifier.expect("a classifier head has a classifier");
+                let input = last_block(&tapes).output();
+                let (out, tape) = head_forward(norm, classifier, input, &mut ctx);
+                logits = Some(out);
+                Tape::Head(tape)
+            }
+        };
+        tapes.push(tape);
+    }
+    let logits = logits.expect("a model ends with its head");
+    let (loss, dlogits) = softmax_cross_entropy(logits.view(), labels);
+
+    // Backward, stage by stage in reverse; `grad` is ∂L/∂(output of the stage at hand).
+    // Each stage's tape is dropped once it has been used, so memory shrinks as the
+    // pass proceeds (a transition or head reads the block tape before it, still held).
+    let mut found = HashMap::new();
+    let mut record = |name: LayerName, grad: LayerGrad| {
+        found.insert(name, grad);
+    };
+    let stages = model.stages();
+    let mut grad: Option<Array4<f32>> = None;
+    if stages.len() != tapes.len() {
+        stages_changed();
+    }
+    while let Some(tape) = tapes.pop() {
+        grad = match (&stages[tapes.len()], &tape) {
+            (
+                StageRef::Head {
+                    norm, classifier, ..
+                },
+                Tape::Head(tape),
+            ) => {
+                let classifier = classifier.expect("a classifier head has a classifier");
+                let input = last_block(&tapes);
+                Some(head_backward(
+                    norm,
+                    classifier,
+                    tape,
+                    input,
+                    &dlogits,
+                    &mut record,
+                ))
+            }
+            (StageRef::Block { index, layers }, Tape::Block(tape)) => {
+                let dy = grad.take().expect("a block is followed by a stage");
+                Some(block_backward(
+                    *index,
+                    layers,
+                    tape,
+                    dy,
+                    &mut ctx,
+                    &mut record,
+                ))
+            }
+            (StageRef::Transition { index, norm, conv }, Tape::Transition(tape)) => {
+                let dy = grad.take().expect("a transition is followed by a block");
+                let input = last_block(&tapes);
+                let site = Site::Transition { index: *index };
+                Some(transition_backward(
+                    site,
+                    norm,
+                    conv,
+                    tape,
+                    input,
+                    dy,
+                    &mut ctx,
+                    &mut record,
+                ))
+            }
+            (StageRef::Stem { conv, norm }, Tape::Stem(tape)) => {
+                let dy = grad.take().expect("the stem is followed by a block");
+                stem_backward(conv, *norm, tape, dy, &mut ctx, &mut record);
+                None
+            }
+            _ => stages_changed(),
+        };
+    }
+
+    // In the order (and with exactly the names) of `visit_layers`.
+    let mut layers = Vec::with_capacity(found.len());
+    model.visit_layers(&mut |name, _| {
+        let grad = found
+            .remove(&name)
+            .expect("every layer with weights gets a gradient");
+        layers.push((name, grad));
+    });
+    debug_assert!(
+        found.is_empty(),
+        "gradients for layers the model does not visit"
+    );
+    let index = layers
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (*name, i))
+        .collect();
+    Ok((loss, Gradients { layers, index }))
+}
+
+/// The step's settings and reusable buffers.
+struct Ctx<'a> {
+    p: f32,
+    momentum: f32,
+    rng: &'a mut Rng,
+    s: Scratch,
+}
+
+/// Buffers reused from layer to layer (grown, never shrunk).
+#[derive(Default)]
+struct Scratch {
+    normed: Vec<f32>,
+    normed2: Vec<f32>,
+    d_normed: Vec<f32>,
+    d_normed2: Vec<f32>,
+    dy: Vec<f32>,
+    dz: Vec<f32>,
+    im2col: Vec<f32>,
+}
+
+/// The first `len` elements of `v`, grown with zeros if needed (old contents kept).
+fn take(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+fn matrix(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
+    ArrayView2::from_shape((rows, cols), data).expect("rows·cols elements")
+}
+
+fn matrix_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((rows, cols), data).expect("rows·cols elements")
+}
+
+/// An NHWC tensor as its `(N·H·W) × C` matrix.
+fn pixels(x: ArrayView4<'_, f32>) -> ArrayView2<'_, f32> {
+    let (n, h, w, c) = x.dim();
+    x.into_shape_with_order((n * h * w, c))
+        .expect("a contiguous NHWC tensor")
+}
+
+/// The BN-ReLU output of `x` under `stats`, as a new NHWC tensor of `x`'s shape.
+fn bn_relu(norm: &BatchNorm2d, stats: &BatchStats, x: ArrayView4<'_, f32>) -> Array4<f32> {
+    let mut out = Array4::zeros(x.dim());
+    let (n, h, w, c) = x.dim();
+    batch_norm_apply(
+        norm,
+        stats,
+        pixels(x),
+        true,
+        matrix_mut(out.as_slice_mut().expect("new"), n * h * w, c),
+    );
+    out
+}
+
+/// One stage's record (the stem's, holding the input batch, is boxed: there is one).
+enum Tape {
+    Stem(Box<StemTape>),
+    Block(BlockTape),
+    Transition(TransitionTape),
+    Head(HeadTape),
+}
+
+struct StemTape {
+    /// The NHWC input batch (the stem conv's input).
+    x: Array4<f32>,
+    /// ImageNet stem: conv output, its BN statistics, and the max pool's argmax.
+    norm: Option<(Array4<f32>, BatchStats, Array4<u32>)>,
+}
+
+struct BlockTape {
+    /// The shared concatenation buffer, NHWC `(n, h, w, c_out)`.
+    buffer: Array4<f32>,
+    /// Channels of the block's input.
+    c_in: usize,
+    layers: Vec<LayerTape>,
+}
+
+impl BlockTape {
+    /// The whole buffer: the block's output, the next stage's input.
+    fn output(&self) -> ArrayView4<'_, f32> {
+        self.buffer.view()
+    }
+}
+
+struct LayerTape {
+    /// BN1's batch statistics.
+    stats: BatchStats,
+    /// Bottleneck layers: the 1x1 conv's output after dropout (BN2's input), BN2's
+    /// statistics, and the generator state before that dropout.
+    bottleneck: Option<(Vec<f32>, BatchStats, Rng)>,
+    /// The generator state before the dropout on the layer's new channels.
+    dropout: Rng,
+}
+
+struct TransitionTape {
+    stats: BatchStats,
+    dropout: Rng,
+}
+
+struct HeadTape {
+    stats: BatchStats,
+    /// The globally pooled features, `(N, C)`: the classifier's input.
+    features: Array2<f32>,
+}
+
+fn last_block(tapes: &[Tape]) -> &BlockTape {
+    match tapes.last() {
+        Some(Tape::Block(block)) => block,
+        _ => stages_changed(),
+    }
+}
+
+fn stem_forward(
+    conv: &mut Conv2d,
+    norm: Option<&mut BatchNorm2d>,
+    x: Array4<f32>,
+    ctx: &mut Ctx<'_>,
+) -> (Array4<f32>, StemTape) {
+    let y = conv.forward(x.view());
+    match norm {
+        None => (y, StemTape { x, norm: None }),
+        Some(norm) => {
+            let stats = batch_norm_train(norm, pixels(y.view()), ctx.momentum);
+            let r = bn_relu(norm, &stats, y.view());
+            let (out, argmax) = max_pool2d_train(r.view(), 3, 2, 1);
+            (
+                out,
+                StemTape {
+                    x,
+                    norm: Some((y, stats, argmax)),
+                },
+            )
+        }
+    }
+}
+
+fn stem_backward(
+    conv: &Conv2d,
+    norm: Option<&BatchNorm2d>,
+    tape: &StemTape,
+    dy: Array4<f32>,
+    ctx: &mut Ctx<'_>,
+    record: &mut impl FnMut(LayerName, LayerGrad),
+) {
+    let d_conv = match (norm, &tape.norm) {
+        (None, None) => dy,
+        (Some(norm), Some((y, stats, argmax))) => {
+            let (_, h, w, _) = y.dim();
+            let d_relu = max_pool2d_backward(dy.view(), argmax.view(), (h, w));
+            let mut d_conv = Array4::zeros(y.dim());
+            let (gamma, beta) = batch_norm_backward(
+                norm,
+                stats,
+                pixels(y.view()),
+                pixels(d_relu.view()),
+                true,
+                pixels_mut(&mut d_conv),
+            );
+            record(
+                LayerName::new(Site::Stem, "norm0"),
+                LayerGrad::BatchNorm { gamma, beta },
+            );
+            d_conv
+        }
+        _ => stages_changed(),
+    };
+    let weight = conv2d_backward(
+        conv,
+        tape.x.view(),
+        d_conv.as_slice().expect("contiguous"),
+        None,
+        &mut ctx.s.im2col,
+    );
+    record(
+        LayerName::new(Site::Stem, "conv0"),
+        LayerGrad::Conv { weight },
+    );
+}
+
+fn pixels_mut(x: &mut Array4<f32>) -> ArrayViewMut2<'_, f32> {
+    let (n, h, w, c) = x.dim();
+    matrix_mut(x.as_slice_mut().expect("contiguous"), n * h * w, c)
+}
+
+fn block_forward(
+    layers: &mut [DenseLayer],
+    x: ArrayView4<'_, f32>,
+    ctx: &mut Ctx<'_>,
+) -> BlockTape {
+    let (n, h, w, c_in) = x.dim();
+    let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
+    let rows = n * h * w;
+    let mut buffer = Array4::<f32>::zeros((n, h, w, c_out));
+    buffer.slice_mut(s![.., .., .., ..c_in]).assign(&x);
+    let buf = buffer.as_slice_mut().expect("a new array is contiguous");
+    let (p, momentum) = (ctx.p, ctx.momentum);
+    let s = &mut ctx.s;
+
+    let mut tapes = Vec::with_capacity(layers.len());
+    let mut c = c_in;
+    for layer in layers.iter_mut() {
+        let k = layer.growth();
+        let input = matrix(buf, rows, c_out).slice_move(s![.., ..c]);
+        let normed = take(&mut s.normed, rows * c);
+        let (stats, bottleneck, last_conv, last_input): (_, _, &Conv2d, &[f32]) = match layer {
+            DenseLayer::Basic { norm1, conv1 } => {
+                let stats = batch_norm_train(norm1, input, momentum);
+                batch_norm_apply(norm1, &stats, input, true, matrix_mut(normed, rows, c));
+                (stats, None, &*conv1, &*normed)
+            }
+            DenseLayer::Bottleneck {
+                norm1,
+                conv1,
+                norm2,
+                conv2,
+            } => {
+                let stats = batch_norm_train(norm1, input, momentum);
+                batch_norm_apply(norm1, &stats, input, true, matrix_mut(normed, rows, c));
+                let width = conv1.c_out();
+                let mut z = vec![0.0; rows * width];
+                conv1.forward_into(
+                    normed,
+                    n,
+                    h,
+                    w,
+                    MatMut::row_major(&mut z, rows, width),
+                    &mut s.im2col,
+                );
+                let rng1 = ctx.rng.clone();
+                dropout_in_place(matrix_mut(&mut z, rows, width), p, ctx.rng);
+                let stats2 = batch_norm_train(norm2, matrix(&z, rows, width), momentum);
+                let normed2 = take(&mut s.normed2, rows * width);
+                batch_norm_apply(
+                    norm2,
+                    &stats2,
+                    matrix(&z, rows, width),
+                    true,
+                    matrix_mut(normed2, rows, width),
+                );
+                (stats, Some((z, stats2, rng1)), &*conv2, &*normed2)
+            }
+        };
+        // The layer's k new channels go straight into the buffer's next columns.
+        let dst = MatMut::new(&mut buf[c..], rows, k, c_out, 1);
+        last_conv.forward_into(last_input, n, h, w, dst, &mut s.im2col);
+        let dropout = ctx.rng.clone();
+        let new = matrix_mut(buf, rows, c_out).slice_move(s![.., c..c + k]);
+        dropout_in_place(new, p, ctx.rng);
+        tapes.push(LayerTape {
+            stats,
+            bottleneck,
+            dropout,
+        });
+        c += k;
+    }
+    BlockTape {
+        buffer,
+        c_in,
+        layers: tapes,
+    }
+}
+
+/// Backpropagates through a block given `dy`, the gradient of its whole buffer (its
+/// output), and returns the gradient of its input.
+fn block_backward(
+    block: usize,
+    layers: &[DenseLayer],
+    tape: &BlockTape,
+    mut dy: Array4<f32>,
+    ctx: &mut Ctx<'_>,
+    record: &mut impl FnMut(LayerName, LayerGrad),
+) -> Array4<f32> {
+    let (n, h, w, c_out) = tape.buffer.dim();
+    let rows = n * h * w;
+    let buf = tape.buffer.as_slice().expect("contiguous");
+    let p = ctx.p;
+    let s = &mut ctx.s;
+    let mut c = c_out;
+    for (j, (layer, lt)) in layers.iter().zip(&tape.layers).enumerate().rev() {
+        let k = layer.growth();
+        c -= k;
+        let site = Site::Dense {
+            block,
+            layer: j + 1,
+        };
+        let name = |part| LayerName::new(site, part);
+        let input = matrix(buf, rows, c_out).slice_move(s![.., ..c]);
+        let grad = dy.as_slice_mut().expect("contiguous");
+
+        // ∂L/∂(last conv output): the buffer gradient's k columns, through the dropout.
+        let d_new = take(&mut s.dy, rows * k);
+        matrix_mut(d_new, rows, k).assign(&matrix(grad, rows, c_out).slice(s![.., c..c + k]));
+        dropout_in_place(matrix_mut(d_new, rows, k), p, &mut lt.dropout.clone());
+
+        let normed = take(&mut s.normed, rows * c);
+        batch_norm_apply(
+            layer_norm1(layer),
+            &lt.stats,
+            input,
+            true,
+            matrix_mut(normed, rows, c),
+        );
+        let d_normed = take(&mut s.d_normed, rows * c);
+        match (layer, &lt.bottleneck) {
+            (DenseLayer::Basic { conv1, .. }, None) => {
+                let weight = conv2d_backward(
+                    conv1,
+                    view4(normed, n, h, w, c),
+                    d_new,
+                    Some(&mut *d_normed),
+                    &mut s.im2col,
+                );
+                record(name("conv1"), LayerGrad::Conv { weight });
+            }
+            (
+                DenseLayer::Bottleneck {
+                    conv1,
+                    norm2,
+                    conv2,
+                    ..
+                },
+                Some((z, stats2, rng1)),
+            ) => {
+                let width = conv1.c_out();
+                let z = matrix(z, rows, width);
+                let normed2 = take(&mut s.normed2, rows * width);
+                batch_norm_apply(norm2, stats2, z, true, matrix_mut(normed2, rows, width));
+                let d_normed2 = take(&mut s.d_normed2, rows * width);
+                let weight = conv2d_backward(
+                    conv2,
+                    view4(normed2, n, h, w, width),
+                    d_new,
+                    Some(&mut *d_normed2),
+                    &mut s.im2col,
+                );
+                record(name("conv2"), LayerGrad::Conv { weight });
+                let dz = take(&mut s.dz, rows * width);
+                dz.fill(0.0);
+                let (gamma, beta) = batch_norm_backward(
+                    norm2,
+                    stats2,
+                    z,
+                    matrix(d_normed2, rows, width),
+                    true,
+                    matrix_mut(dz, rows, width),
+                );
+                record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
+                dropout_in_place(matrix_mut(dz, rows, width), p, &mut rng1.clone());
+                let weight = conv2d_backward(
+                    conv1,
+                    view4(normed, n, h, w, c),
+                    dz,
+                    Some(&mut *d_normed),
+                    &mut s.im2col,
+                );
+                record(name("conv1"), LayerGrad::Conv { weight });
+            }
+            _ => stages_changed(),
+        }
+        // BN1-ReLU backward adds ∂L/∂(layer input) into the buffer gradient's first c columns.
+        let d_input = matrix_mut(grad, rows, c_out).slice_move(s![.., ..c]);
+        let (gamma, beta) = batch_norm_backward(
+            layer_norm1(layer),
+            &lt.stats,
+            input,
+            matrix(d_normed, rows, c),
+            true,
+            d_input,
+        );
+        record(name("norm1"), LayerGrad::BatchNorm { gamma, beta });
+    }
+    debug_assert_eq!(c, tape.c_in);
+    dy.slice(s![.., .., .., ..tape.c_in]).to_owned()
+}
+
+fn layer_norm1(layer: &DenseLayer) -> &BatchNorm2d {
+    match layer {
+        DenseLayer::Basic { norm1, .. } | DenseLayer::Bottleneck { norm1, .. } => norm1,
+    }
+}
+
+fn view4(data: &[f32], n: usize, h: usize, w: usize, c: usize) -> ArrayView4<'_, f32> {
+    ArrayView4::from_shape((n, h, w, c), data).expect("n·h·w·c elements")
+}
+
+fn transition_forward(
+    norm: &mut BatchNorm2d,
+    conv: &Conv2d,
+    x: ArrayView4<'_, f32>,
+    ctx: &mut Ctx<'_>,
+) -> (Array4<f32>, TransitionTape) {
+    let stats = batch_norm_train(norm, pixels(x), ctx.momentum);
+    // Pool before the 1x1 conv, as the inference path: both are linear per pixel. The
+    // dropout mask then applies to the pooled conv output.
+    let pooled = avg_pool2d(bn_relu(norm, &stats, x).view(), 2, 2);
+    let mut y = conv.forward(pooled.view());
+    let dropout = ctx.rng.clone();
+    dropout_in_place(pixels_mut(&mut y), ctx.p, ctx.rng);
+    (y, TransitionTape { stats, dropout })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transition_backward(
+    site: Site,
+    norm: &BatchNorm2d,
+    conv: &Conv2d,
+    tape: &TransitionTape,
+    input: &BlockTape,
+    mut dy: Array4<f32>,
+    ctx: &mut Ctx<'_>,
+    record: &mut impl FnMut(LayerName, LayerGrad),
+) -> Array4<f32> {
+    let x = input.output();
+    let (_, h, w, _) = x.dim();
+    dropout_in_place(pixels_mut(&mut dy), ctx.p, &mut tape.dropout.clone());
+    let pooled = avg_pool2d(bn_relu(norm, &tape.stats, x).view(), 2, 2);
+    let mut d_pooled = Array4::zeros(pooled.dim());
+    let weight = conv2d_backward(
+        conv,
+        pooled.view(),
+        dy.as_slice().expect("contiguous"),
+        Some(d_pooled.as_slice_mut().expect("contiguous")),
+        &mut ctx.s.im2col,
+    );
+    record(LayerName::new(site, "conv"), LayerGrad::Conv { weight });
+    let d_relu = avg_pool2d_backward(d_pooled.view(), 2, 2, (h, w));
+    let mut dx = Array4::zeros(x.dim());
+    let (gamma, beta) = batch_norm_backward(
+        norm,
+        &tape.stats,
+        pixels(x),
+        pixels(d_relu.view()),
+        true,
+        pixels_mut(&mut dx),
+    );
+    record(
+        LayerName::new(site, "norm"),
+        LayerGrad::BatchNorm { gamma, beta },
+    );
+    dx
+}
+
+fn head_forward(
+    norm: &mut BatchNorm2d,
+    classifier: &Linear,
+    x: ArrayView4<'_, f32>,
+    ctx: &mut Ctx<'_>,
+) -> (Array2<f32>, HeadTape) {
+    let stats = batch_norm_train(norm, pixels(x), ctx.momentum);
+    let features = global_avg_pool(bn_relu(norm, &stats, x).view());
+    let logits = classifier.forward(features.view());
+    (logits, HeadTape { stats, features })
+}
+
+fn head_backward(
+    norm: &BatchNorm2d,
+    classifier: &Linear,
+    tape: &HeadTape,
+    input: &BlockTape,
+    dlogits: &Array2<f32>,
+    record: &mut impl FnMut(LayerName, LayerGrad),
+) -> Array4<f32> {
+    let x = input.output();
+    let (_, h, w, _) = x.dim();
+    let (d_features, weight, bias) =
+        linear_backward(classifier, tape.features.view(), dlogits.view());
+    record(
+        LayerName::new(Site::Head, "classifier"),
+        LayerGrad::Linear { weight, bias },
+    );
+    let d_relu = global_avg_pool_backward(d_features.view(), (h, w));
+    let mut dx = Array4::zeros(x.dim());
+    let (gamma, beta) = batch_norm_backward(
+        norm,
+        &tape.stats,
+        pixels(x),
+        pixels(d_relu.view()),
+        true,
+        pixels_mut(&mut dx),
+    );
+    record(
+        LayerName::new(Site::Head, "norm5"),
+        LayerGrad::BatchNorm { gamma, beta },
+    );
+    dx
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn no_classifier(name: &str) -> ! {
+    panic!("loss_and_gradients: {name} has no classifier head, so there are no logits for the cross-entropy loss");
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn bad_labels(n: usize, len: usize, label: Option<usize>, classes: usize) -> ! {
+    match label {
+        None => {
+            panic!("loss_and_gradients: {len} labels for a batch of {n} images (need one each)")
+        }
+        Some(l) => {
+            panic!("loss_and_gradients: label {l} is not below the model's {classes} classes")
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn bad_dropout(p: f32) -> ! {
+    panic!("loss_and_gradients: the dropout rate must be in [0, 1); got {p}");
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn stages_changed() -> ! {
+    panic!("loss_and_gradients: the model's stages are not stem, (block, transition)*, block, head, or changed between the forward and backward pass");
+}

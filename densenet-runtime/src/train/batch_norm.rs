@@ -1,0 +1,641 @@
+//! Batch normalisation in training mode: normalise with the batch's own statistics,
+//! update the running ones, and backpropagate through both the normalisation and the
+//! statistics; optionally fused with the ReLU that follows every BN in DenseNet.
+//!
+//! Inputs are `rows × channels` matrix views (pixels × channels of an NHWC tensor), so
+//! a dense block's layer reads the first `c` columns of the shared buffer in place.
+
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
+use rayon::prelude::*;
+
+use crate::layers::BatchNorm2d;
+
+/// Elements per parallel task (at least one row). Fixed by the width alone, not by the
+/// number of threads, so the per-task partial sums (added in task order) and hence the
+/// results are the same on every machine.
+const TASK_ELEMENTS: usize = 1 << 16;
+
+/// The per-channel statistics of one training-mode forward pass: the batch mean and
+/// `1/√(var + eps)` of the biased batch variance. They are what the backward pass needs
+/// to recompute the normalised input, so a dense block stores these instead of the
+/// normalised activations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+}
+
+impl BatchStats {
+    /// Per-channel batch mean.
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+
+    /// Per-channel `1/√(var + eps)`, `var` the biased (divide by `rows`) batch variance.
+    pub fn invstd(&self) -> &[f32] {
+        &self.invstd
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+}
+
+/// `x` with unit column stride, so every row is a slice: a view of it if it has one
+/// (a column range of a wider buffer does), else a standard-layout copy.
+fn unit_cols(x: ArrayView2<'_, f32>) -> CowArray<'_, f32, Ix2> {
+    if x.ncols() <= 1 || x.strides()[1] == 1 {
+        CowArray::from(x)
+    } else {
+        CowArray::from(x.as_standard_layout().into_owned())
+    }
+}
+
+fn row(r: ndarray::ArrayView1<'_, f32>) -> &[f32] {
+    r.to_slice().expect("unit column stride")
+}
+
+/// Row chunks of about [`TASK_ELEMENTS`] elements.
+fn chunks<'a>(x: &'a CowArray<'_, f32, Ix2>) -> Vec<ArrayView2<'a, f32>> {
+    let rows = (TASK_ELEMENTS / x.ncols().max(1)).max(1);
+    x.axis_chunks_iter(Axis(0), rows).collect()
+}
+
+/// `Σ` over `items` of `f(item, acc)`, each task filling a fresh `width`-long `acc`;
+/// tasks run in parallel, partial sums are added in task order.
+fn sum_tasks<T: Send>(items: Vec<T>, width: usize, f: impl Fn(T, &mut [f64]) + Sync) -> Vec<f64> {
+    let run = |item| {
+        let mut acc = vec![0.0f64; width];
+        f(item, &mut acc);
+        acc
+    };
+    let partials: Vec<Vec<f64>> = if items.len() > 1 {
+        items.into_par_iter().map(run).collect()
+    } else {
+        items.into_iter().map(run).collect()
+    };
+    let mut total = vec![0.0f64; width];
+    for p in partials {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
+/// Runs `f(a chunk, b chunk, out chunk)` over matching row chunks of `a` and `b` (unit
+/// column stride) and `out`, in parallel; an `out` without unit column stride goes via
+/// a copy.
+fn for_each_task(
+    a: &CowArray<'_, f32, Ix2>,
+    b: &CowArray<'_, f32, Ix2>,
+    mut out: ArrayViewMut2<'_, f32>,
+    f: impl Fn(ArrayView2<'_, f32>, ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>) + Sync,
+) {
+    if out.ncols() > 1 && out.strides()[1] != 1 {
+        let mut copy = Array2::zeros(out.dim()); // standard layout
+        copy.assign(&out);
+        for_each_task(a, b, copy.view_mut(), f);
+        out.assign(&copy);
+        return;
+    }
+    let rows = (TASK_ELEMENTS / out.ncols().max(1)).max(1);
+    let tasks: Vec<_> = a
+        .axis_chunks_iter(Axis(0), rows)
+        .zip(b.axis_chunks_iter(Axis(0), rows))
+        .zip(out.axis_chunks_iter_mut(Axis(0), rows))
+        .collect();
+    if tasks.len() > 1 {
+        tasks.into_par_iter().for_each(|((a, b), o)| f(a, b, o));
+    } else {
+        tasks.into_iter().for_each(|((a, b), o)| f(a, b, o));
+    }
+}
+
+/// Computes the batch statistics of `x` (`rows × channels`) and updates `bn`'s running
+/// statistics as torch's `BatchNorm2d` does in `train()` mode:
+/// `running_mean ← (1 − momentum)·running_mean + momentum·mean` and
+/// `running_var ← (1 − momentum)·running_var + momentum·var·rows/(rows − 1)` (the
+/// *unbiased* variance; normalisation uses the biased one). torch's default momentum
+/// is 0.1.
+///
+/// Sums are accumulated in `f64` (two passes: mean, then squared deviations).
+///
+/// # Panics
+///
+/// If `x` does not have [`BatchNorm2d::channels`] columns, or has fewer than 2 rows
+/// (torch refuses too: "expected more than 1 value per channel when training").
+pub fn batch_norm_train(bn: &mut BatchNorm2d, x: ArrayView2<'_, f32>, momentum: f32) -> BatchStats {
+    let (rows, c) = x.dim();
+    if c != bn.channels() || rows < 2 {
+        bad_batch(bn.channels(), rows, c);
+    }
+    let x = unit_cols(x);
+    let sum = sum_tasks(chunks(&x), c, |chunk, acc| {
+        for r in chunk.rows() {
+            for (s, &v) in acc.iter_mut().zip(row(r)) {
+                *s += f64::from(v);
+            }
+        }
+    });
+    let count = rows as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+    let squares = sum_tasks(chunks(&x), c, |chunk, acc| {
+        for r in chunk.rows() {
+            for ((s, &v), m) in acc.iter_mut().zip(row(r)).zip(&mean) {
+                let d = f64::from(v) - m;
+                *s += d * d;
+            }
+        }
+    });
+    let eps = f64::from(bn.eps());
+    let invstd = squares
+        .iter()
+        .map(|s| (1.0 / (s / count + eps).sqrt()) as f32)
+        .collect();
+
+    let m = f64::from(momentum);
+    for (r, &mu) in bn.running_mean_mut().iter_mut().zip(&mean) {
+        *r = ((1.0 - m) * f64::from(*r) + m * mu) as f32;
+    }
+    for (r, s) in bn.running_var_mut().iter_mut().zip(&squares) {
+        *r = ((1.0 - m) * f64::from(*r) + m * s / (count - 1.0)) as f32;
+    }
+    BatchStats {
+        mean: mean.iter().map(|&v| v as f32).collect(),
+        invstd,
+    }
+}
+
+/// Per-channel `(scale, shift)` with `bn(x) = x·scale + shift` under `stats`; the one
+/// place the forward output and the backward ReLU mask come from, so they agree.
+fn scale_shift(bn: &BatchNorm2d, stats: &BatchStats) -> (Vec<f32>, Vec<f32>) {
+    bn.gamma()
+        .iter()
+        .zip(bn.beta())
+        .zip(stats.mean.iter().zip(&stats.invstd))
+        .map(|((&g, &b), (&m, &s))| {
+            let scale = f64::from(g) * f64::from(s);
+            (scale as f32, (f64::from(b) - f64::from(m) * scale) as f32)
+        })
+        .unzip()
+}
+
+/// `out ← (x − mean)·invstd·gamma + beta` per channel with the batch statistics
+/// `stats` (then ReLU if `relu`): the training-mode forward output, and how the
+/// backward pass recomputes it.
+///
+/// # Panics
+///
+/// If `x` and `out` differ in shape, or their width or `stats` is not the batch norm's
+/// channel count.
+pub fn batch_norm_apply(
+    bn: &BatchNorm2d,
+    stats: &BatchStats,
+    x: ArrayView2<'_, f32>,
+    relu: bool,
+    out: ArrayViewMut2<'_, f32>,
+) {
+    check_shapes("batch_norm_apply", bn, stats, x.dim(), out.dim(), out.dim());
+    let c = x.ncols();
+    let (scale, shift) = scale_shift(bn, stats);
+    let (scale, shift) = (&scale[..c], &shift[..c]);
+    let x = unit_cols(x);
+    for_each_task(&x, &x, out, |xs, _, mut outs| {
+        for (src, mut dst) in xs.rows().into_iter().zip(outs.rows_mut()) {
+            let dst = dst.as_slice_mut().expect("unit column stride");
+            match relu {
+                true => apply_row::<true>(row(src), scale, shift, dst),
+                false => apply_row::<false>(row(src), scale, shift, dst),
+            }
+        }
+    });
+}
+
+/// `dst = x·scale + shift` (then ReLU) for one row; monomorphic in `RELU` and written
+/// over zipped slices, so it vectorises.
+fn apply_row<const RELU: bool>(x: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
+    for (((o, &v), &s), &t) in dst.iter_mut().zip(x).zip(scale).zip(shift) {
+        let y = v * s + t;
+        // `<=` keeps NaN (as torch's relu) and turns -0.0 into 0.0.
+        *o = if RELU && y <= 0.0 { 0.0 } else { y };
+    }
+}
+
+/// The gradient reaching the BN output: `d`, or 0 where the ReLU clipped (the test of
+/// `apply_row`, on the same values, so forward and backward masks agree).
+#[inline(always)]
+fn mask<const RELU: bool>(v: f32, d: f32, s: f32, t: f32) -> f32 {
+    if RELU && v * s + t <= 0.0 {
+        0.0
+    } else {
+        d
+    }
+}
+
+/// Per-channel constants of the backward pass.
+struct Coef<'a> {
+    scale: &'a [f32],
+    shift: &'a [f32],
+    mean: &'a [f32],
+}
+
+/// `sum_g += g` and `sum_gd += g·(x − mean)` for one row.
+fn backward_sums_row<const RELU: bool>(
+    x: &[f32],
+    dy: &[f32],
+    k: &Coef<'_>,
+    sum_g: &mut [f64],
+    sum_gd: &mut [f64],
+) {
+    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
+    for ((((((&v, &d), &s), &t), &m), sg), sgd) in it.zip(sum_g).zip(sum_gd) {
+        let g = f64::from(mask::<RELU>(v, d, s, t));
+        *sg += g;
+        *sgd += g * f64::from(v - m);
+    }
+}
+
+/// `dx += a·g + b·(x − mean) + c` for one row (see `batch_norm_backward`).
+fn backward_dx_row<const RELU: bool>(
+    x: &[f32],
+    dy: &[f32],
+    k: &Coef<'_>,
+    abc: (&[f32], &[f32], &[f32]),
+    dx: &mut [f32],
+) {
+    let (a, b, c) = abc;
+    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
+    for ((((((((&v, &d), &s), &t), &m), &a), &b), &c), o) in it.zip(a).zip(b).zip(c).zip(dx) {
+        *o += a * mask::<RELU>(v, d, s, t) + b * (v - m) + c;
+    }
+}
+
+/// Backward of [`batch_norm_apply`] in training mode: given `dy = ∂L/∂y`, adds
+/// `∂L/∂x` into `dx` and returns `(∂L/∂gamma, ∂L/∂beta)`.
+///
+/// With `x̂ = (x − mean)·invstd` and `g = dy` (masked to where the BN output is
+/// positive if `relu`), over the `M` rows of each channel:
+/// `∂L/∂beta = Σ g`, `∂L/∂gamma = Σ g·x̂`, and, since the mean and variance depend on
+/// `x` too, `∂L/∂x = gamma·invstd·(g − Σg/M − x̂·Σ(g·x̂)/M)`. Sums in `f64`.
+///
+/// `dx` is accumulated (`dx ← dx + ∂L/∂x`), so a dense block adds each layer's input
+/// gradient straight into the gradient of its shared buffer.
+///
+/// # Panics
+///
+/// If `x`, `dy` and `dx` differ in shape, or their width or `stats` is not the batch
+/// norm's channel count.
+pub fn batch_norm_backward(
+    bn: &BatchNorm2d,
+    stats: &BatchStats,
+    x: ArrayView2<'_, f32>,
+    dy: ArrayView2<'_, f32>,
+    relu: bool,
+    dx: ArrayViewMut2<'_, f32>,
+) -> (Array1<f32>, Array1<f32>) {
+    check_shapes(
+        "batch_norm_backward",
+        bn,
+        stats,
+        x.dim(),
+        dy.dim(),
+        dx.dim(),
+    );
+    let (rows, c) = x.dim();
+    let (scale, shift) = scale_shift(bn, stats);
+    let k = Coef {
+        scale: &scale,
+        shift: &shift,
+        mean: &stats.mean,
+    };
+    let (x, dy) = (unit_cols(x), unit_cols(dy));
+    let pairs: Vec<_> = chunks(&x).into_iter().zip(chunks(&dy)).collect();
+    // acc[..c]: Σ g; acc[c..]: Σ g·(x − mean), so Σ g·x̂ = invstd·Σ g·(x − mean).
+    let sums = sum_tasks(pairs, 2 * c, |(xs, ds), acc| {
+        let (sum_g, sum_gd) = acc.split_at_mut(c);
+        for (xr, dr) in xs.rows().into_iter().zip(ds.rows()) {
+            match relu {
+                true => backward_sums_row::<true>(row(xr), row(dr), &k, sum_g, sum_gd),
+                false => backward_sums_row::<false>(row(xr), row(dr), &k, sum_g, sum_gd),
+            }
+        }
+    });
+    let (sum_g, sum_gd) = sums.split_at(c);
+    let sum_gx: Vec<f64> = sum_gd
+        .iter()
+        .zip(&stats.invstd)
+        .map(|(s, &i)| s * f64::from(i))
+        .collect();
+
+    // ∂L/∂x = a·(g − Σg/M − x̂·Σgx̂/M) with a = gamma·invstd, x̂ = (x − mean)·invstd:
+    // a·g + b·(x − mean) + c with b = −a·invstd·Σgx̂/M and c = −a·Σg/M.
+    let count = rows as f64;
+    let (mut a, mut b, mut cc) = (
+        Vec::with_capacity(c),
+        Vec::with_capacity(c),
+        Vec::with_capacity(c),
+    );
+    for j in 0..c {
+        let invstd = f64::from(stats.invstd[j]);
+        let aj = f64::from(bn.gamma()[j]) * invstd;
+        a.push(aj as f32);
+        b.push((-aj * invstd * sum_gx[j] / count) as f32);
+        cc.push((-aj * sum_g[j] / count) as f32);
+    }
+    for_each_task(&x, &dy, dx, |xs, ds, mut out| {
+        for ((xr, dr), mut o) in xs.rows().into_iter().zip(ds.rows()).zip(out.rows_mut()) {
+            let o = o.as_slice_mut().expect("unit column stride");
+            let abc = (&a[..], &b[..], &cc[..]);
+            match relu {
+                true => backward_dx_row::<true>(row(xr), row(dr), &k, abc, o),
+                false => backward_dx_row::<false>(row(xr), row(dr), &k, abc, o),
+            }
+        }
+    });
+    let to_f32 = |v: &[f64]| v.iter().map(|&s| s as f32).collect();
+    (to_f32(&sum_gx), to_f32(sum_g))
+}
+
+#[track_caller]
+fn check_shapes(
+    what: &str,
+    bn: &BatchNorm2d,
+    stats: &BatchStats,
+    a: (usize, usize),
+    b: (usize, usize),
+    c: (usize, usize),
+) {
+    let channels = bn.channels();
+    if a != b || a != c || a.1 != channels || stats.channels() != channels {
+        shape_mismatch(what, channels, stats.channels(), [a, b, c]);
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn bad_batch(channels: usize, rows: usize, cols: usize) -> ! {
+    panic!(
+        "batch_norm_train: the batch norm has {channels} channels; got a {rows}x{cols} input \
+         (training needs at least 2 rows, i.e. values per channel)"
+    );
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn shape_mismatch(what: &str, channels: usize, stats: usize, shapes: [(usize, usize); 3]) -> ! {
+    panic!(
+        "{what}: the batch norm has {channels} channels and the statistics {stats}; \
+         the matrices must all be rows x {channels}, got {shapes:?}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::check::{assert_grad_close, dot, numeric_grad, values};
+    use ndarray::{array, s, Array2};
+
+    fn bn(c: usize) -> BatchNorm2d {
+        BatchNorm2d::new(
+            Array1::from_shape_fn(c, |j| 0.6 + 0.3 * j as f32),
+            Array1::from_shape_fn(c, |j| 0.1 * j as f32 - 0.15),
+            Array1::from_shape_fn(c, |j| 0.05 * j as f32),
+            Array1::from_shape_fn(c, |j| 1.0 + 0.1 * j as f32),
+            1e-5,
+        )
+        .unwrap()
+    }
+
+    /// The training-mode output `relu?(bn(x))` of a fresh copy of `layer`.
+    fn forward(layer: &BatchNorm2d, x: ArrayView2<'_, f32>, relu: bool) -> Array2<f32> {
+        let mut layer = layer.clone();
+        let stats = batch_norm_train(&mut layer, x, 0.1);
+        let mut out = Array2::zeros(x.dim());
+        batch_norm_apply(&layer, &stats, x, relu, out.view_mut());
+        out
+    }
+
+    #[test]
+    fn statistics_and_running_update_match_torch() {
+        // torch: bn = nn.BatchNorm2d(2).train(); x = tensor([[1, 10], [2, 20], [4, 40]])
+        // viewed (3, 2, 1, 1); y = bn(x): mean [7/3, 70/3], biased var [14/9, 1400/9],
+        // running_mean = 0.1·mean = [0.2333333, 2.3333333],
+        // running_var = 0.9 + 0.1·unbiased var = 0.9 + 0.1·[7/3, 700/3] = [1.1333333, 24.233334]
+        let mut layer = BatchNorm2d::init(2, 1e-5);
+        let x = array![[1.0f32, 10.0], [2.0, 20.0], [4.0, 40.0]];
+        let stats = batch_norm_train(&mut layer, x.view(), 0.1);
+        assert_eq!(stats.mean(), [7.0 / 3.0, 70.0 / 3.0]);
+        let expected_invstd = [
+            1.0 / (14.0f64 / 9.0 + 1e-5).sqrt(),
+            1.0 / (1400.0f64 / 9.0 + 1e-5).sqrt(),
+        ];
+        for (a, e) in stats.invstd().iter().zip(expected_invstd) {
+            assert!((f64::from(*a) - e).abs() < 1e-7 * e);
+        }
+        for (a, e) in layer.running_mean().iter().zip([0.233_333_33, 2.333_333_3]) {
+            assert!((a - e).abs() < 1e-6, "{a} vs {e}");
+        }
+        for (a, e) in layer.running_var().iter().zip([1.133_333_3, 24.233_334]) {
+            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        }
+        // Normalised output: zero mean, unit (biased) variance per channel.
+        let y = forward(&BatchNorm2d::init(2, 0.0), x.view(), false);
+        for col in y.columns() {
+            let mean = col.sum() / 3.0;
+            let var = col.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 3.0;
+            assert!(
+                mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5,
+                "{mean} {var}"
+            );
+        }
+    }
+
+    /// `L = Σ r·relu?(bn(x))`, gradients w.r.t. x, gamma and beta by central differences.
+    fn check(relu: bool) {
+        let (rows, c) = (12, 3);
+        let layer = bn(c);
+        let x = Array2::from_shape_vec((rows, c), values(rows * c, 11)).unwrap();
+        let r = values(rows * c, 12);
+        let mut trained = layer.clone();
+        let stats = batch_norm_train(&mut trained, x.view(), 0.1);
+        let mut dx = Array2::from_elem((rows, c), 0.5f32); // accumulated into
+        let (dgamma, dbeta) = batch_norm_backward(
+            &layer,
+            &stats,
+            x.view(),
+            Array2::from_shape_vec((rows, c), r.clone()).unwrap().view(),
+            relu,
+            dx.view_mut(),
+        );
+        let dx: Vec<f32> = dx.iter().map(|v| v - 0.5).collect();
+
+        let numeric = numeric_grad(x.as_slice().unwrap(), 1e-3, |xs| {
+            let x = ArrayView2::from_shape((rows, c), xs).unwrap();
+            dot(&r, forward(&layer, x, relu).as_slice().unwrap())
+        });
+        assert_grad_close("dx", &dx, &numeric, 2e-3);
+        let numeric = numeric_grad(layer.gamma().as_slice().unwrap(), 1e-3, |g| {
+            let mut moved = layer.clone();
+            *moved.gamma_mut() = Array1::from(g.to_vec());
+            dot(&r, forward(&moved, x.view(), relu).as_slice().unwrap())
+        });
+        assert_grad_close("dgamma", dgamma.as_slice().unwrap(), &numeric, 2e-3);
+        let numeric = numeric_grad(layer.beta().as_slice().unwrap(), 1e-3, |b| {
+            let mut moved = layer.clone();
+            *moved.beta_mut() = Array1::from(b.to_vec());
+            dot(&r, forward(&moved, x.view(), relu).as_slice().unwrap())
+        });
+        assert_grad_close("dbeta", dbeta.as_slice().unwrap(), &numeric, 2e-3);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        check(false);
+    }
+
+    #[test]
+    fn fused_relu_backward_matches_finite_differences() {
+        check(true);
+    }
+
+    #[test]
+    fn reads_the_first_columns_of_a_wider_buffer() {
+        // A dense layer's BN reads columns 0..3 of a 5-wide buffer and adds its input
+        // gradient into columns 0..3 of the buffer's gradient.
+        let (rows, c) = (6, 3);
+        let buffer = Array2::from_shape_vec((rows, 5), values(rows * 5, 21)).unwrap();
+        let narrow = buffer.slice(s![.., ..c]).to_owned();
+        let dy = Array2::from_shape_vec((rows, c), values(rows * c, 22)).unwrap();
+        let layer = bn(c);
+        let (mut a, mut b) = (layer.clone(), layer.clone());
+        let stats = batch_norm_train(&mut a, buffer.slice(s![.., ..c]), 0.1);
+        assert_eq!(stats, batch_norm_train(&mut b, narrow.view(), 0.1));
+        let mut wide_dx = Array2::zeros((rows, 5));
+        let wide = batch_norm_backward(
+            &layer,
+            &stats,
+            buffer.slice(s![.., ..c]),
+            dy.view(),
+            true,
+            wide_dx.slice_mut(s![.., ..c]),
+        );
+        let mut dx = Array2::zeros((rows, c));
+        let narrow = batch_norm_backward(
+            &layer,
+            &stats,
+            narrow.view(),
+            dy.view(),
+            true,
+            dx.view_mut(),
+        );
+        assert_eq!(wide, narrow);
+        assert_eq!(wide_dx.slice(s![.., ..c]), dx);
+        assert!(wide_dx.slice(s![.., c..]).iter().all(|&v| v == 0.0));
+    }
+
+    /// The three functions' results straight from their formulas, in f64.
+    struct Naive {
+        mean: Vec<f64>,
+        y: Array2<f64>,
+        dx: Array2<f64>,
+        dgamma: Vec<f64>,
+        dbeta: Vec<f64>,
+    }
+
+    fn naive(layer: &BatchNorm2d, x: &Array2<f32>, dy: &Array2<f32>) -> Naive {
+        let (rows, c) = x.dim();
+        let m = rows as f64;
+        let mut out = Naive {
+            mean: vec![0.0; c],
+            y: Array2::zeros((rows, c)),
+            dx: Array2::zeros((rows, c)),
+            dgamma: vec![0.0; c],
+            dbeta: vec![0.0; c],
+        };
+        for j in 0..c {
+            let col = x.column(j).mapv(f64::from);
+            let mean = col.sum() / m;
+            let var = col.mapv(|v| (v - mean) * (v - mean)).sum() / m;
+            let invstd = 1.0 / (var + f64::from(layer.eps())).sqrt();
+            let xhat = col.mapv(|v| (v - mean) * invstd);
+            let (gamma, beta) = (f64::from(layer.gamma()[j]), f64::from(layer.beta()[j]));
+            let y = xhat.mapv(|v| v * gamma + beta);
+            let g: Vec<f64> = (0..rows)
+                .map(|r| {
+                    if y[r] > 0.0 {
+                        f64::from(dy[[r, j]])
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let sg = g.iter().sum::<f64>();
+            let sgx = (0..rows).map(|r| g[r] * xhat[r]).sum::<f64>();
+            out.mean[j] = mean;
+            for r in 0..rows {
+                out.y[[r, j]] = y[r].max(0.0);
+                out.dx[[r, j]] = gamma * invstd * (g[r] - sg / m - xhat[r] * sgx / m);
+            }
+            (out.dgamma[j], out.dbeta[j]) = (sgx, sg);
+        }
+        out
+    }
+
+    #[test]
+    fn large_and_strided_inputs_match_the_formulas() {
+        // 5000 x 40 is split into several parallel tasks; the transposed copies give
+        // views without unit column stride, which go through copies.
+        let (rows, c) = (5000, 40);
+        assert!(rows * c > 2 * TASK_ELEMENTS);
+        let layer = bn(c);
+        let x = Array2::from_shape_vec((rows, c), values(rows * c, 31)).unwrap();
+        let dy = Array2::from_shape_vec((rows, c), values(rows * c, 32)).unwrap();
+        let Naive {
+            mean,
+            y,
+            dx,
+            dgamma,
+            dbeta,
+        } = naive(&layer, &x, &dy);
+        let xt = x.t().to_owned();
+        let dyt = dy.t().to_owned();
+        for (xv, dyv) in [(x.view(), dy.view()), (xt.t(), dyt.t())] {
+            let mut trained = layer.clone();
+            let stats = batch_norm_train(&mut trained, xv, 0.1);
+            let mut out_t = Array2::<f32>::zeros((c, rows));
+            batch_norm_apply(&layer, &stats, xv, true, out_t.view_mut().reversed_axes());
+            let mut dx_t = Array2::<f32>::zeros((c, rows));
+            let (g, b) = batch_norm_backward(
+                &layer,
+                &stats,
+                xv,
+                dyv,
+                true,
+                dx_t.view_mut().reversed_axes(),
+            );
+            let close =
+                |a: f32, e: f64, tol: f64| (f64::from(a) - e).abs() <= tol * (1.0 + e.abs());
+            assert!(stats
+                .mean()
+                .iter()
+                .zip(&mean)
+                .all(|(&a, &e)| close(a, e, 1e-6)));
+            assert!(out_t.t().iter().zip(&y).all(|(&a, &e)| close(a, e, 1e-5)));
+            assert!(dx_t.t().iter().zip(&dx).all(|(&a, &e)| close(a, e, 1e-5)));
+            assert!(g.iter().zip(&dgamma).all(|(&a, &e)| close(a, e, 1e-5)));
+            assert!(b.iter().zip(&dbeta).all(|(&a, &e)| close(a, e, 1e-5)));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "at least 2 rows")]
+    fn one_value_per_channel_panics() {
+        let _ = batch_norm_train(
+            &mut BatchNorm2d::init(2, 1e-5),
+            array![[1.0, 2.0]].view(),
+            0.1,
+        );
+    }
+}

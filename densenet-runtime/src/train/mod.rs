@@ -1,0 +1,110 @@
+//! Training: the backward pass of every layer, and of a whole model.
+//!
+//! Each layer's backward is a plain function in its own file, checked against finite
+//! differences in its tests; [`loss_and_gradients`] chains them over a model's stages
+//! (`Model::stages_mut`) and returns one gradient per parameter, addressed by the same
+//! [`LayerName`](crate::LayerName) as `Model::visit_layers`.
+//!
+//! Layouts are the runtime's: activations NHWC, seen as `(N·H·W) × C` matrices (pixels
+//! are rows); conv weights and their gradients HWIO; linear weights `(out, in)`.
+//!
+//! Memory follows Pleiss et al., "Memory-Efficient Implementation of DenseNets" (2017):
+//! a dense block keeps its one shared concatenation buffer, its gradient is one matrix
+//! of the same shape that every layer's backward adds into, and the BN-ReLU outputs are
+//! recomputed in the backward pass from the buffer and the stored batch statistics
+//! instead of being kept for every layer. Dropout masks are regenerated from a saved
+//! copy of the random generator rather than stored.
+//!
+//! - [`conv2d_backward`], [`col2im`]: convolution (any kernel, stride, padding);
+//! - [`batch_norm_train`], [`batch_norm_apply`], [`batch_norm_backward`]: batch norm on
+//!   batch statistics, optionally fused with the ReLU after it; [`relu_backward`];
+//! - [`max_pool2d_train`], [`max_pool2d_backward`], [`avg_pool2d_backward`],
+//!   [`global_avg_pool_backward`]: pooling;
+//! - [`linear_backward`]; [`dropout_in_place`]; [`softmax_cross_entropy`];
+//! - [`loss_and_gradients`]: a whole training-mode forward and backward pass.
+
+mod backward;
+mod batch_norm;
+mod col2im;
+mod conv;
+mod dropout;
+mod linear;
+mod loss;
+mod pool;
+mod relu;
+
+pub use backward::{loss_and_gradients, loss_and_gradients_with, Gradients, LayerGrad, StepConfig};
+pub use batch_norm::{batch_norm_apply, batch_norm_backward, batch_norm_train, BatchStats};
+pub use col2im::col2im;
+pub use conv::conv2d_backward;
+pub use dropout::dropout_in_place;
+pub use linear::linear_backward;
+pub use loss::softmax_cross_entropy;
+pub use pool::{
+    avg_pool2d_backward, global_avg_pool_backward, max_pool2d_backward, max_pool2d_train,
+};
+pub use relu::relu_backward;
+
+#[cfg(test)]
+pub(crate) mod check {
+    //! Finite-difference checking shared by the layer tests.
+
+    /// A deterministic pseudo-random vector in `[-1, 1)` (an LCG; tests only).
+    pub fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `Σ r·y`, accumulated in f64: the scalar "loss" whose gradient w.r.t. `y` is `r`.
+    pub fn dot(r: &[f32], y: &[f32]) -> f64 {
+        assert_eq!(r.len(), y.len());
+        r.iter()
+            .zip(y)
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum()
+    }
+
+    /// Central differences of `loss` w.r.t. every element of `x`, step `h`.
+    pub fn numeric_grad(x: &[f32], h: f32, mut loss: impl FnMut(&[f32]) -> f64) -> Vec<f64> {
+        let mut x = x.to_vec();
+        (0..x.len())
+            .map(|i| {
+                let v = x[i];
+                x[i] = v + h;
+                let up = loss(&x);
+                x[i] = v - h;
+                let down = loss(&x);
+                x[i] = v;
+                (up - down) / (2.0 * f64::from(h))
+            })
+            .collect()
+    }
+
+    /// Asserts `max |analytic − numeric| <= tol · max(1, max |numeric|)`.
+    #[track_caller]
+    pub fn assert_grad_close(what: &str, analytic: &[f32], numeric: &[f64], tol: f64) {
+        assert_eq!(analytic.len(), numeric.len(), "{what}: lengths");
+        let scale = numeric.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let (worst, at) = analytic
+            .iter()
+            .zip(numeric)
+            .enumerate()
+            .map(|(i, (&a, &n))| ((f64::from(a) - n).abs(), i))
+            .fold((0.0, 0), |m, v| if v.0 > m.0 { v } else { m });
+        assert!(
+            worst <= tol * scale,
+            "{what}: element {at}: analytic {} vs numeric {} (|diff| {worst:e} > {tol:e}·{scale})",
+            analytic[at],
+            numeric[at]
+        );
+    }
+}
