@@ -30,6 +30,7 @@ mod conv;
 mod dropout;
 mod linear;
 mod loss;
+mod optim;
 mod pool;
 mod relu;
 
@@ -40,6 +41,7 @@ pub use conv::conv2d_backward;
 pub use dropout::dropout_in_place;
 pub use linear::linear_backward;
 pub use loss::softmax_cross_entropy;
+pub use optim::{step_lr, Adam, AdamConfig, Sgd, SgdConfig};
 pub use pool::{
     avg_pool2d_backward, global_avg_pool_backward, max_pool2d_backward, max_pool2d_train,
 };

@@ -1,0 +1,583 @@
+//! Optimisers: what turns [`Gradients`] into new weights.
+//!
+//! - [`Sgd`]: the DenseNet paper's optimiser, SGD with Nesterov momentum 0.9 and weight
+//!   decay 1e-4 ([`SgdConfig::default`]), exactly `torch.optim.SGD`'s update;
+//! - [`Adam`]: `torch.optim.Adam`'s update (L2 weight decay added to the gradient, bias
+//!   correction), as a second optimiser;
+//! - [`step_lr`]: the paper's learning-rate schedule, divided by 10 at 50% and at 75% of
+//!   the epochs.
+//!
+//! Both optimisers update every parameter, as torch does by default (weight decay
+//! included): conv weights, BatchNorm gamma and beta, linear weight and bias. BatchNorm
+//! running statistics are not parameters (the training step updates them). Parameters
+//! are walked with [`Model::visit_layers_mut`] and each layer's gradient is looked up
+//! by its [`LayerName`](crate::LayerName); gradients have their parameters' layouts
+//! (conv HWIO, linear `(out, in)`), so updates are element-wise on the runtime's own
+//! arrays. Optimiser state (momentum buffers, Adam moments) is kept per parameter in
+//! that walking order and reused across steps: use one optimiser per model.
+
+use ndarray::{ArrayViewD, ArrayViewMutD};
+
+use crate::train::{Gradients, LayerGrad};
+use crate::visit::{LayerMut, Model};
+
+/// Settings of [`Sgd`]; [`Default`] is the DenseNet paper's (Huang et al. 2017, §4.2):
+/// learning rate 0.1, Nesterov momentum 0.9, weight decay 1e-4.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum factor (0 disables the momentum buffer). Dampening is always 0.
+    pub momentum: f32,
+    /// Nesterov momentum (`g + momentum·buf` instead of `buf`).
+    pub nesterov: bool,
+    /// L2 weight decay, added to the gradient as `weight_decay·p`.
+    pub weight_decay: f32,
+}
+
+impl Default for SgdConfig {
+    /// lr 0.1, momentum 0.9, Nesterov, weight decay 1e-4.
+    fn default() -> Self {
+        SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+        }
+    }
+}
+
+/// Stochastic gradient descent with momentum, `torch.optim.SGD`'s update (dampening 0).
+/// Per parameter `p` with gradient `g`:
+///
+/// ```text
+/// g ← g + weight_decay·p
+/// buf ← g                       (first step)
+/// buf ← momentum·buf + g        (later steps)
+/// g ← g + momentum·buf          (Nesterov)   or   g ← buf   (otherwise)
+/// p ← p − lr·g
+/// ```
+///
+/// With momentum 0 there is no buffer and `p ← p − lr·g`.
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    config: SgdConfig,
+    /// One momentum buffer per parameter, in walking order (empty before the first step).
+    velocity: Vec<Vec<f32>>,
+}
+
+impl Sgd {
+    /// An optimiser with `config` and no state yet.
+    pub fn new(config: SgdConfig) -> Self {
+        Sgd {
+            config,
+            velocity: Vec::new(),
+        }
+    }
+
+    /// The current settings (the learning rate as last set).
+    pub fn config(&self) -> SgdConfig {
+        self.config
+    }
+
+    /// The current learning rate.
+    pub fn lr(&self) -> f32 {
+        self.config.lr
+    }
+
+    /// Sets the learning rate for the following steps (e.g. from [`step_lr`]); the
+    /// momentum buffers are kept, as when torch's schedulers change a group's `lr`.
+    pub fn set_lr(&mut self, lr: f32) {
+        self.config.lr = lr;
+    }
+
+    /// Updates every parameter of `model` once with `grads` (from
+    /// [`loss_and_gradients`](crate::train::loss_and_gradients) on the same model).
+    ///
+    /// # Panics
+    ///
+    /// If `grads` lacks a layer of `model` or has a gradient of another kind or shape
+    /// than its parameter, or if the model's parameters are not those of the previous
+    /// steps (the state is per parameter: use one optimiser per model).
+    pub fn step<M: Model>(&mut self, model: &mut M, grads: &Gradients) {
+        let first = self.velocity.is_empty();
+        let config = self.config;
+        let stateful = config.momentum != 0.0;
+        let velocity = &mut self.velocity;
+        let count = for_each_param(model, grads, &mut |i, p, g| {
+            let len = if stateful { p.len() } else { 0 };
+            if first {
+                velocity.push(vec![0.0; len]);
+            }
+            sgd_update(&config, first, p, g, state(velocity, i, len));
+        });
+        check_count(count, velocity.len());
+    }
+}
+
+/// One parameter's [`Sgd`] update; `buf` is its momentum buffer (empty for momentum 0),
+/// `first` whether this is the first step.
+fn sgd_update(
+    config: &SgdConfig,
+    first: bool,
+    p: ArrayViewMutD<'_, f32>,
+    g: ArrayViewD<'_, f32>,
+    buf: &mut [f32],
+) {
+    let SgdConfig {
+        lr,
+        momentum,
+        nesterov,
+        weight_decay,
+    } = *config;
+    if momentum == 0.0 {
+        for (p, &g) in p.into_iter().zip(g.iter()) {
+            *p -= lr * (g + weight_decay * *p);
+        }
+        return;
+    }
+    for ((p, &g), b) in p.into_iter().zip(g.iter()).zip(buf.iter_mut()) {
+        let g = g + weight_decay * *p;
+        *b = if first { g } else { momentum * *b + g };
+        let d = if nesterov { g + momentum * *b } else { *b };
+        *p -= lr * d;
+    }
+}
+
+/// Settings of [`Adam`]; [`Default`] is torch's: learning rate 1e-3, betas (0.9, 0.999),
+/// eps 1e-8, no weight decay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Decay rates of the first and second moment estimates.
+    pub betas: (f32, f32),
+    /// Added to the denominator for numerical stability.
+    pub eps: f32,
+    /// L2 weight decay, added to the gradient as `weight_decay·p` (Adam, not AdamW).
+    pub weight_decay: f32,
+}
+
+impl Default for AdamConfig {
+    /// lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// Adam, `torch.optim.Adam`'s update (not `amsgrad`). At step `t` (1-based), per
+/// parameter `p` with gradient `g`:
+///
+/// ```text
+/// g ← g + weight_decay·p
+/// m ← β₁·m + (1 − β₁)·g
+/// v ← β₂·v + (1 − β₂)·g²
+/// p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + eps)
+/// ```
+#[derive(Clone, Debug)]
+pub struct Adam {
+    config: AdamConfig,
+    /// Steps taken.
+    t: u32,
+    /// First and second moments per parameter, in walking order.
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl Adam {
+    /// An optimiser with `config` and no state yet.
+    pub fn new(config: AdamConfig) -> Self {
+        Adam {
+            config,
+            t: 0,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+
+    /// The current settings (the learning rate as last set).
+    pub fn config(&self) -> AdamConfig {
+        self.config
+    }
+
+    /// The current learning rate.
+    pub fn lr(&self) -> f32 {
+        self.config.lr
+    }
+
+    /// Sets the learning rate for the following steps; moments and step count are kept.
+    pub fn set_lr(&mut self, lr: f32) {
+        self.config.lr = lr;
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u32 {
+        self.t
+    }
+
+    /// Updates every parameter of `model` once with `grads`.
+    ///
+    /// # Panics
+    ///
+    /// As [`Sgd::step`].
+    pub fn step<M: Model>(&mut self, model: &mut M, grads: &Gradients) {
+        let first = self.m.is_empty();
+        self.t += 1;
+        let (config, t) = (self.config, self.t);
+        let (ms, vs) = (&mut self.m, &mut self.v);
+        let count = for_each_param(model, grads, &mut |i, p, g| {
+            if first {
+                ms.push(vec![0.0; p.len()]);
+                vs.push(vec![0.0; p.len()]);
+            }
+            let len = p.len();
+            adam_update(&config, t, p, g, state(ms, i, len), state(vs, i, len));
+        });
+        check_count(count, self.m.len());
+    }
+}
+
+/// One parameter's [`Adam`] update at step `t` (1-based) with its moments `m`, `v`.
+fn adam_update(
+    config: &AdamConfig,
+    t: u32,
+    p: ArrayViewMutD<'_, f32>,
+    g: ArrayViewD<'_, f32>,
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    let AdamConfig {
+        lr,
+        betas: (b1, b2),
+        eps,
+        weight_decay,
+    } = *config;
+    let t = i32::try_from(t).unwrap_or(i32::MAX);
+    let bc1 = 1.0 - f64::from(b1).powi(t);
+    let bc2 = 1.0 - f64::from(b2).powi(t);
+    let step_size = (f64::from(lr) / bc1) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    for (((p, &g), m), v) in p.into_iter().zip(g.iter()).zip(m.iter_mut()).zip(v) {
+        let g = g + weight_decay * *p;
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        *p -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+    }
+}
+
+/// The DenseNet paper's step schedule: `base_lr` for the first half of training,
+/// `base_lr / 10` from epoch `⌈epochs / 2⌉`, `base_lr / 100` from epoch `⌈3·epochs / 4⌉`
+/// (`epoch` is 0-based; epochs past the end keep the last rate). With 300 epochs (the
+/// paper's CIFAR schedule) the drops are at epochs 150 and 225; with 40, at 20 and 30.
+pub fn step_lr(base_lr: f32, epoch: usize, epochs: usize) -> f32 {
+    if 4 * epoch >= 3 * epochs {
+        base_lr / 100.0
+    } else if 2 * epoch >= epochs {
+        base_lr / 10.0
+    } else {
+        base_lr
+    }
+}
+
+/// The state buffer of parameter `i`, checked against the parameter's length.
+fn state(buffers: &mut [Vec<f32>], i: usize, len: usize) -> &mut [f32] {
+    let buf = buffers
+        .get_mut(i)
+        .unwrap_or_else(|| panic!("optimiser state: parameter {i} is new since the last step"));
+    assert_eq!(
+        buf.len(),
+        len,
+        "optimiser state: parameter {i} changed size since the last step"
+    );
+    buf
+}
+
+#[track_caller]
+fn check_count(count: usize, buffers: usize) {
+    assert!(
+        count == buffers,
+        "optimiser state: {buffers} parameters before, {count} now"
+    );
+}
+
+/// A parameter, borrowed mutably.
+type ParamMut<'a> = ArrayViewMutD<'a, f32>;
+/// Its gradient.
+type GradRef<'a> = ArrayViewD<'a, f32>;
+
+/// Calls `f(i, parameter, gradient)` for every parameter of `model`, `i` counting from
+/// 0 in walking order (conv weight; BN gamma, beta; linear weight, bias). Returns the
+/// number of parameters.
+fn for_each_param<M: Model>(
+    model: &mut M,
+    grads: &Gradients,
+    f: &mut dyn FnMut(usize, ParamMut<'_>, GradRef<'_>),
+) -> usize {
+    let mut i = 0;
+    let mut apply = |what: &str, p: ArrayViewMutD<'_, f32>, g: ArrayViewD<'_, f32>| {
+        assert_eq!(p.shape(), g.shape(), "gradient of {what}: shape");
+        f(i, p, g);
+        i += 1;
+    };
+    model.visit_layers_mut(&mut |name, layer| {
+        let grad = grads
+            .get(name)
+            .unwrap_or_else(|| panic!("no gradient for layer {name:?}"));
+        match (layer, grad) {
+            (LayerMut::Conv(conv), LayerGrad::Conv { weight }) => apply(
+                "conv weight",
+                conv.weight_mut().view_mut().into_dyn(),
+                weight.view().into_dyn(),
+            ),
+            (LayerMut::BatchNorm(bn), LayerGrad::BatchNorm { gamma, beta }) => {
+                apply(
+                    "BN gamma",
+                    bn.gamma_mut().view_mut().into_dyn(),
+                    gamma.view().into_dyn(),
+                );
+                apply(
+                    "BN beta",
+                    bn.beta_mut().view_mut().into_dyn(),
+                    beta.view().into_dyn(),
+                );
+            }
+            (LayerMut::Linear(linear), LayerGrad::Linear { weight, bias }) => {
+                apply(
+                    "linear weight",
+                    linear.weight_mut().view_mut().into_dyn(),
+                    weight.view().into_dyn(),
+                );
+                apply(
+                    "linear bias",
+                    linear.bias_mut().view_mut().into_dyn(),
+                    bias.view().into_dyn(),
+                );
+            }
+            _ => panic!("gradient of layer {name:?} is of another kind than the layer"),
+        }
+    });
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_lr_drops_at_half_and_three_quarters() {
+        assert_eq!(step_lr(0.1, 0, 300), 0.1);
+        assert_eq!(step_lr(0.1, 149, 300), 0.1);
+        assert_eq!(step_lr(0.1, 150, 300), 0.1 / 10.0);
+        assert_eq!(step_lr(0.1, 224, 300), 0.1 / 10.0);
+        assert_eq!(step_lr(0.1, 225, 300), 0.1 / 100.0);
+        assert_eq!(step_lr(0.1, 299, 300), 0.1 / 100.0);
+        assert_eq!(step_lr(0.1, 400, 300), 0.1 / 100.0);
+        // Odd counts: the first epoch at or past the fraction.
+        let five: Vec<f32> = (0..5).map(|e| step_lr(1.0, e, 5)).collect();
+        assert_eq!(five, [1.0, 1.0, 1.0, 0.1, 0.01]);
+        let forty: Vec<usize> = (1..40)
+            .filter(|&e| step_lr(1.0, e, 40) != step_lr(1.0, e - 1, 40))
+            .collect();
+        assert_eq!(forty, [20, 30]);
+    }
+
+    #[test]
+    fn defaults_are_the_paper_and_torch_settings() {
+        let sgd = SgdConfig::default();
+        assert_eq!(
+            (sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay),
+            (0.1, 0.9, true, 1e-4)
+        );
+        let adam = AdamConfig::default();
+        assert_eq!(
+            (adam.lr, adam.betas, adam.eps, adam.weight_decay),
+            (1e-3, (0.9, 0.999), 1e-8, 0.0)
+        );
+        let mut opt = Sgd::new(sgd);
+        opt.set_lr(0.01);
+        assert_eq!(opt.lr(), 0.01);
+        let mut opt = Adam::new(adam);
+        opt.set_lr(0.5);
+        assert_eq!((opt.lr(), opt.steps()), (0.5, 0));
+    }
+
+    // Generated by tools/make_optim_fixtures.py (torch.optim in float64): the parameter
+    // after each of three steps from P0 with gradient g_t[i] = sin(1 + i + 3t).
+    const P0: [f32; 5] = [0.5, -1.0, 0.25, 2.0, -0.125];
+    const SGD_NESTEROV: [[f64; 5]; 3] = [
+        [
+            3.401110129e-01,
+            -1.172747511e+00,
+            2.231824485e-01,
+            2.143754474e+00,
+            5.719798719e-02,
+        ],
+        [
+            4.157338251e-01,
+            -1.064174608e+00,
+            2.648344070e-01,
+            2.080171091e+00,
+            -5.310728769e-02,
+        ],
+        [
+            2.908498398e-01,
+            -1.240730583e+00,
+            1.988682394e-01,
+            2.185418622e+00,
+            1.266598702e-01,
+        ],
+    ];
+    const SGD_MOMENTUM: [[f64; 5]; 3] = [
+        [
+            4.576764508e-01,
+            -1.044964871e+00,
+            2.428189996e-01,
+            2.036840125e+00,
+            -7.699128627e-02,
+        ],
+        [
+            4.571965430e-01,
+            -1.036964559e+00,
+            2.502054646e-01,
+            2.036128487e+00,
+            -8.321286060e-02,
+        ],
+        [
+            4.236866978e-01,
+            -1.078713709e+00,
+            2.361222562e-01,
+            2.061671004e+00,
+            -3.877116073e-02,
+        ],
+    ];
+    const ADAM: [[f64; 5]; 3] = [
+        [
+            4.990000000e-01,
+            -1.001000000e+00,
+            2.490000001e-01,
+            2.001000000e+00,
+            -1.240000000e-01,
+        ],
+        [
+            4.989996571e-01,
+            -1.000920834e+00,
+            2.493623407e-01,
+            2.001017926e+00,
+            -1.240682437e-01,
+        ],
+        [
+            4.986785252e-01,
+            -1.001254890e+00,
+            2.490228742e-01,
+            2.001335050e+00,
+            -1.237355158e-01,
+        ],
+    ];
+    const ADAM_WD: [[f64; 5]; 3] = [
+        [
+            4.900000001e-01,
+            -1.010000000e+00,
+            2.400000006e-01,
+            2.010000000e+00,
+            -1.150000001e-01,
+        ],
+        [
+            4.899628844e-01,
+            -1.007571434e+00,
+            2.431561287e-01,
+            2.006834311e+00,
+            -1.161440929e-01,
+        ],
+        [
+            4.861955290e-01,
+            -1.010045260e+00,
+            2.386558072e-01,
+            2.006921903e+00,
+            -1.126112408e-01,
+        ],
+    ];
+
+    fn grad(t: usize) -> ndarray::ArrayD<f32> {
+        ndarray::Array1::from_shape_fn(5, |i| (1.0 + i as f64 + 3.0 * t as f64).sin() as f32)
+            .into_dyn()
+    }
+
+    #[track_caller]
+    fn assert_close(what: &str, ours: &ndarray::ArrayD<f32>, torch: &[f64; 5]) {
+        for (i, (&a, &b)) in ours.iter().zip(torch).enumerate() {
+            assert!(
+                (f64::from(a) - b).abs() <= 2e-6 * b.abs().max(1.0),
+                "{what}[{i}]: ours {a} vs torch {b}"
+            );
+        }
+    }
+
+    fn check_sgd(what: &str, config: SgdConfig, expected: &[[f64; 5]; 3]) {
+        let mut p = ndarray::Array1::from(P0.to_vec()).into_dyn();
+        let mut buf = vec![0.0; 5];
+        for (t, row) in expected.iter().enumerate() {
+            sgd_update(&config, t == 0, p.view_mut(), grad(t).view(), &mut buf);
+            assert_close(&format!("{what} step {}", t + 1), &p, row);
+        }
+    }
+
+    fn check_adam(what: &str, config: AdamConfig, expected: &[[f64; 5]; 3]) {
+        let mut p = ndarray::Array1::from(P0.to_vec()).into_dyn();
+        let (mut m, mut v) = (vec![0.0; 5], vec![0.0; 5]);
+        for (t, row) in expected.iter().enumerate() {
+            adam_update(
+                &config,
+                t as u32 + 1,
+                p.view_mut(),
+                grad(t).view(),
+                &mut m,
+                &mut v,
+            );
+            assert_close(&format!("{what} step {}", t + 1), &p, row);
+        }
+    }
+
+    #[test]
+    fn sgd_matches_torch_with_changing_gradients() {
+        check_sgd("nesterov", SgdConfig::default(), &SGD_NESTEROV);
+        let plain = SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-2,
+        };
+        check_sgd("momentum", plain, &SGD_MOMENTUM);
+    }
+
+    #[test]
+    fn sgd_without_momentum_is_plain_descent() {
+        let config = SgdConfig {
+            lr: 0.5,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.1,
+        };
+        let mut p = ndarray::Array1::from(vec![1.0f32, -2.0]).into_dyn();
+        let g = ndarray::Array1::from(vec![0.5f32, 1.0]).into_dyn();
+        sgd_update(&config, true, p.view_mut(), g.view(), &mut []);
+        // p − 0.5·(g + 0.1·p)
+        assert_eq!(p.as_slice().unwrap(), [1.0 - 0.5 * 0.6, -2.0 - 0.5 * 0.8]);
+    }
+
+    #[test]
+    fn adam_matches_torch_with_changing_gradients() {
+        check_adam("default", AdamConfig::default(), &ADAM);
+        let wd = AdamConfig {
+            lr: 1e-2,
+            betas: (0.8, 0.99),
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        check_adam("weight decay", wd, &ADAM_WD);
+    }
+}
