@@ -15,15 +15,17 @@
 //! checked against torch in the unit tests of `densenet-runtime/src/train/optim.rs`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use densenet::densenet;
 use densenet::ndarray::Array4;
 use densenet::runtime::train::{
     loss_and_gradients, step_lr, Adam, AdamConfig, Gradients, LayerGrad, Sgd, SgdConfig,
 };
-use densenet::runtime::{LayerName, LayerRef, Model, Site};
+use densenet::runtime::{LayerRef, Model};
 use safetensors::SafeTensors;
+
+mod common;
+use common::{fixture, read_f32, torchvision_layer};
 
 densenet! {
     /// torchvision `DenseNet(growth_rate=8, block_config=(2, 3, 4, 2), num_init_features=16, bn_size=4, num_classes=10)`.
@@ -31,38 +33,6 @@ densenet! {
 }
 
 const STEPS: usize = 3;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// A float32 tensor of a safetensors file: shape and values.
-fn read_f32(file: &SafeTensors<'_>, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let view = file.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{key}");
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (view.shape().to_vec(), values)
-}
-
-/// torchvision's `state_dict` prefix of a layer.
-fn torchvision_layer(name: LayerName) -> String {
-    let part = name.part;
-    match name.site {
-        Site::Stem => format!("features.{part}"),
-        Site::Dense { block, layer } => {
-            format!("features.denseblock{block}.denselayer{layer}.{part}")
-        }
-        Site::Transition { index } => format!("features.transition{index}.{part}"),
-        Site::Head if part == "classifier" => "classifier".to_string(),
-        Site::Head => format!("features.{part}"),
-    }
-}
 
 /// Every parameter of `model` under its torchvision key, in torch's layout (OIHW).
 fn parameters(model: &TorchvisionSmall) -> BTreeMap<String, Vec<f32>> {

@@ -13,15 +13,17 @@
 //! computed in float64 from the float32 weights and input and rounded to float32 once.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use densenet::densenet;
 use densenet::ndarray::{Array4, ArrayView4};
 use densenet::runtime::train::{
     loss_and_gradients, loss_and_gradients_with, LayerGrad, StepConfig,
 };
-use densenet::runtime::{LayerMut, LayerName, LayerRef, Model, Rng, Site};
+use densenet::runtime::{LayerMut, LayerName, LayerRef, Model, Rng};
 use safetensors::SafeTensors;
+
+mod common;
+use common::{fixture, read_f32, torchvision_layer};
 
 densenet! {
     /// torchvision `DenseNet(growth_rate=8, block_config=(2, 3, 4, 2), num_init_features=16, bn_size=4, num_classes=10)`.
@@ -30,39 +32,6 @@ densenet! {
     TinyBC<growth: 4, blocks: [2, 2], init_features: 8, theta: 0.5, stem: cifar, input: [3, 8, 8], classes: 3, dropout: 0.2>;
     /// A tiny ImageNet-stem DenseNet without bottleneck, with dropout: plain layers.
     TinyPlain<growth: 4, blocks: [2, 1], init_features: 6, bottleneck: false, theta: 0.5, input: [3, 16, 16], classes: 3, dropout: 0.2>
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// A float32 tensor of a safetensors file: shape and values.
-fn read_f32(file: &SafeTensors<'_>, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let view = file.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
-    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{key}");
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (view.shape().to_vec(), values)
-}
-
-/// torchvision's `state_dict` prefix of a layer (written out here, independently of the
-/// crate's naming code, so the test also checks the structure).
-fn torchvision_layer(name: LayerName) -> String {
-    let part = name.part;
-    match name.site {
-        Site::Stem => format!("features.{part}"),
-        Site::Dense { block, layer } => {
-            format!("features.denseblock{block}.denselayer{layer}.{part}")
-        }
-        Site::Transition { index } => format!("features.transition{index}.{part}"),
-        Site::Head if part == "classifier" => "classifier".to_string(),
-        Site::Head => format!("features.{part}"),
-    }
 }
 
 /// Below this magnitude a tensor is compared against the floor instead of its own

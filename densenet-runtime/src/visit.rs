@@ -231,7 +231,8 @@ pub fn visit_stage_layers(stages: Vec<StageRef<'_>>, f: &mut dyn FnMut(LayerName
     }
 }
 
-/// [`visit_stage_layers`], mutably.
+/// [`visit_stage_layers`], mutably: the same walk, written twice because Rust has no
+/// way to be generic over `&` and `&mut`.
 pub fn visit_stage_layers_mut(
     stages: Vec<StageMut<'_>>,
     f: &mut dyn FnMut(LayerName, LayerMut<'_>),

@@ -1,0 +1,40 @@
+//! Helpers shared by the tests that compare against torch fixtures.
+
+use std::path::PathBuf;
+
+use densenet::runtime::{LayerName, Site};
+use safetensors::SafeTensors;
+
+/// A file of `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A float32 tensor of a safetensors file: shape and values.
+pub fn read_f32(file: &SafeTensors<'_>, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let view = file.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+    assert_eq!(view.dtype(), safetensors::Dtype::F32, "{key}");
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+/// torchvision's `state_dict` prefix of a layer (written out here, independently of the
+/// crate's naming code, so the tests also check the structure).
+pub fn torchvision_layer(name: LayerName) -> String {
+    let part = name.part;
+    match name.site {
+        Site::Stem => format!("features.{part}"),
+        Site::Dense { block, layer } => {
+            format!("features.denseblock{block}.denselayer{layer}.{part}")
+        }
+        Site::Transition { index } => format!("features.transition{index}.{part}"),
+        Site::Head if part == "classifier" => "classifier".to_string(),
+        Site::Head => format!("features.{part}"),
+    }
+}
