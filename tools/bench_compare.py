@@ -18,8 +18,14 @@ What it does:
    (``torch.set_num_threads(T)``, ``inference_mode``) *alternately*: several rounds,
    each running every framework for a few passes (after one untimed pass), with the
    order rotated from round to round, so that load from other processes on a shared
-   machine hits all of them alike;
-4. prints a markdown table of medians over all timed passes, with the ratios.
+   machine hits all of them alike. Each round measures how much CPU time processes
+   other than ours (this script and its benchmark servers) took meanwhile, from
+   /proc/stat; a round where they took more than ``--max-foreign-load`` of the machine
+   beyond the cores the config leaves free is discarded and run again (up to
+   ``--max-extra-rounds`` times), and before each config the script waits (up to
+   ``--wait-idle`` seconds) for the machine to quieten;
+4. prints a markdown table of medians over all timed passes of the kept rounds, with the
+   ratios, and writes every timing to ``WORKDIR/results.json``.
 
 Usage (any venv with the packages; /work/venv on the reference machine)::
 
@@ -110,6 +116,64 @@ class Server:
         self.proc.wait(timeout=60)
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def process_jiffies(pid: int) -> int:
+    """CPU time (user + system, all threads) of one process, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class ForeignLoad:
+    """The share of the machine's CPU time used by processes other than ours (this script
+    and the benchmark servers) between `start()` and `stop()`: 0.0 is an otherwise idle
+    machine, 0.5 is one of two cores busy elsewhere."""
+
+    def __init__(self, pids):
+        self.pids = pids  # a callable returning the pids that are ours
+
+    def _sample(self):
+        busy, total = machine_jiffies()
+        own = sum(process_jiffies(p) for p in [os.getpid(), *self.pids()])
+        return busy, total, own
+
+    def start(self) -> None:
+        self.begin = self._sample()
+
+    def stop(self) -> float:
+        busy, total, own = self._sample()
+        b0, t0, o0 = self.begin
+        if total <= t0:
+            return 0.0
+        return max(0.0, ((busy - b0) - (own - o0)) / (total - t0))
+
+
+def wait_for_idle(threshold: float, timeout: float) -> float:
+    """Waits (up to `timeout` s) until other processes use less than `threshold` of the
+    machine over a 2-second window; returns the last measured share."""
+    probe = ForeignLoad(lambda: [])
+    deadline = time.monotonic() + timeout
+    while True:
+        probe.start()
+        time.sleep(2.0)
+        load = probe.stop()
+        if load < threshold or time.monotonic() >= deadline:
+            return load
+        print(f"  waiting for the machine to quieten: other processes use {load:.0%} of it",
+              flush=True)
+
+
 def timed_calls(fn, iters: int) -> list[float]:
     times = []
     for _ in range(iters):
@@ -163,6 +227,16 @@ def main(argv=None) -> int:
                     help="weights, ONNX files, inputs, outputs and results.json go here")
     ap.add_argument("--tract-bin", type=Path, help="also time tract with this program")
     ap.add_argument("--no-torch", action="store_true", help="skip torch eager timings")
+    ap.add_argument("--max-foreign-load", type=float, default=0.10,
+                    help="a round during which other processes used more than this share "
+                         "of the machine's CPU time (beyond the cores the config leaves "
+                         "free: with T threads on C cores, (C - T) / C more) is discarded "
+                         "and run again")
+    ap.add_argument("--max-extra-rounds", type=int, default=7,
+                    help="per config, at most this many rounds are rerun")
+    ap.add_argument("--wait-idle", type=float, default=120,
+                    help="before each config, wait up to this many seconds for other "
+                         "processes to use less than --max-foreign-load of the machine")
     args = ap.parse_args(argv)
 
     batches = [int(b) for b in args.batches.split(",")]
@@ -249,13 +323,42 @@ def main(argv=None) -> int:
 
             names = list(runners)
             times = {n: [] for n in names}
-            for r in range(args.rounds):
-                order = names[r % len(names):] + names[:r % len(names)]
+            servers = [s for s in (ours, tract) if s]
+            probe = ForeignLoad(lambda: [s.proc.pid for s in servers])
+            cpus = os.cpu_count() or 1
+            allowed = args.max_foreign_load + max(0, cpus - threads) / cpus
+            idle = wait_for_idle(allowed, args.wait_idle)
+            if idle >= allowed:
+                print(f"  WARNING: the machine is busy ({idle:.0%} used by other processes)")
+            kept, tried, loads = 0, 0, []
+            while kept < args.rounds and tried < args.rounds + args.max_extra_rounds:
+                order = names[tried % len(names):] + names[:tried % len(names)]
+                tried += 1
+                probe.start()
+                got = {}
                 for n in order:
                     runners[n](1)  # untimed: wakes the thread pool after the others ran
-                    times[n].extend(runners[n](iters))
-                print(f"  round {r + 1}: " + ", ".join(
-                    f"{n} {statistics.median(times[n][-iters:]):.1f}" for n in names), flush=True)
+                    got[n] = runners[n](iters)
+                load = probe.stop()
+                line = ", ".join(f"{n} {statistics.median(got[n]):.1f}" for n in names)
+                if load > allowed:
+                    print(f"  round {tried}: {line}  [discarded: other processes used "
+                          f"{load:.0%} of the CPU]", flush=True)
+                    continue
+                kept += 1
+                loads.append(load)
+                for n in names:
+                    times[n].extend(got[n])
+                print(f"  round {tried}: {line}  [other processes {load:.0%}]", flush=True)
+            if kept < args.rounds:
+                print(f"  WARNING: only {kept} of {args.rounds} rounds ran on a quiet machine",
+                      flush=True)
+                all_ok = False
+            if kept == 0:
+                ours.close()
+                if tract:
+                    tract.close()
+                continue
             ours.close()
             if tract:
                 tract.close()
@@ -263,6 +366,8 @@ def main(argv=None) -> int:
 
             med = {n: statistics.median(t) for n, t in times.items()}
             row = {"batch": batch, "threads": threads, "iters": len(times["ours"]),
+                   "rounds_kept": kept, "rounds_run": tried,
+                   "foreign_load_max": max(loads),
                    "median_ms": med, "times_ms": times,
                    "parity_max_abs_diff": {n: c[0] for n, c in checks.items()},
                    "parity_tolerance": checks["ours"][1]}
@@ -287,9 +392,13 @@ def main(argv=None) -> int:
         cells += [f"{m[c]:.1f}" for c in cols]
         cells += [f"{m['ours'] / m[c]:.2f}" for c in cols[1:]]
         print("| " + " | ".join(cells) + " |")
-    print(f"\nparity (max |ours - torch| over all configs): "
-          f"{max(r['parity_max_abs_diff']['ours'] for r in table):.3e}; "
-          f"load average start {info['load_average_start']}, end {info['load_average_end']}")
+    print("\n" + "; ".join(f"b{r['batch']} t{r['threads']}: {r['rounds_kept']}/{r['rounds_run']} "
+                           f"rounds kept, {r['iters']} passes each"
+                           for r in table))
+    if table:
+        print(f"parity (max |ours - torch| over all configs): "
+              f"{max(r['parity_max_abs_diff']['ours'] for r in table):.3e}")
+    print(f"load average start {info['load_average_start']}, end {info['load_average_end']}")
     print(f"raw timings: {args.workdir / 'results.json'}")
     return 0 if all_ok else 1
 
