@@ -20,6 +20,7 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use densenet::ndarray::{Array1, Array4};
+use densenet::runtime::kernels::direct_conv::{direct_conv, ConvShape, Epilogue, ImageLayout};
 use densenet::runtime::kernels::gemm::{gemm, MatMut, MatRef};
 use densenet::runtime::kernels::im2col::{im2col, Window};
 use densenet::runtime::layers::{avg_pool2d, max_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
@@ -175,6 +176,129 @@ fn convs(c: &mut Criterion) {
     group.finish();
 }
 
+/// The direct (im2col-free) convolution against the im2col + GEMM path on the same
+/// shapes, both writing a 32-column range of the block buffer as dense layers do.
+/// `im2col` rows reuse their scratch; `direct` rows read a zero-padded input.
+fn direct_convs(c: &mut Criterion) {
+    let mut group = short(c, "direct_conv");
+    let mut rng = Rng::new(11);
+    let pad1 = Conv2dConfig {
+        stride: 1,
+        padding: 1,
+    };
+    let conv3 = Conv2d::init(128, 32, 3, pad1, &mut rng);
+    // (spatial size, block buffer width) of DenseNet-121's four blocks.
+    for (hw, width) in [(56, 256), (28, 512), (14, 1024), (7, 1024)] {
+        let pixels = hw * hw;
+        group.throughput(Throughput::Elements((2 * pixels * 1152 * 32) as u64));
+        let x = data(pixels * 128, 20);
+        let mut buf = vec![0.0f32; pixels * width];
+        let mut scratch = Vec::new();
+        group.bench_function(format!("3x3_{hw}x{hw}_128to32/im2col"), |b| {
+            b.iter(|| {
+                conv3.forward_into(
+                    black_box(&x),
+                    1,
+                    hw,
+                    hw,
+                    MatMut::new(&mut buf[width - 32..], pixels, 32, width, 1),
+                    &mut scratch,
+                );
+                black_box(&buf);
+            })
+        });
+        let padded = data((hw + 2) * (hw + 2) * 128, 21);
+        let weight = conv3.weight().as_slice().unwrap();
+        let shape = ConvShape {
+            n: 1,
+            out_h: hw,
+            out_w: hw,
+            c_in: 128,
+            c_out: 32,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+        };
+        let out_layout = ImageLayout {
+            offset: width - 32,
+            ..ImageLayout::dense(hw, hw, width)
+        };
+        group.bench_function(format!("3x3_{hw}x{hw}_128to32/direct"), |b| {
+            b.iter(|| {
+                direct_conv(
+                    black_box(&padded),
+                    ImageLayout::dense(hw + 2, hw + 2, 128),
+                    weight,
+                    shape,
+                    Epilogue::Store,
+                    &mut buf,
+                    out_layout,
+                    true,
+                );
+                black_box(&buf);
+            })
+        });
+    }
+    // Bottlenecks (1x1 to 128) at 56x56 and 14x14, BN-ReLU epilogue into a padded buffer.
+    for (hw, c_in) in [(56, 256), (14, 992)] {
+        let pixels = hw * hw;
+        group.throughput(Throughput::Elements((2 * pixels * c_in * 128) as u64));
+        let conv1 = Conv2d::init(c_in, 128, 1, Conv2dConfig::default(), &mut rng);
+        let x = data(pixels * c_in, 22);
+        let mut out = vec![0.0f32; pixels * 128];
+        let mut scratch = Vec::new();
+        group.bench_function(format!("1x1_{hw}x{hw}_{c_in}to128/gemm"), |b| {
+            b.iter(|| {
+                conv1.forward_into(
+                    black_box(&x),
+                    1,
+                    hw,
+                    hw,
+                    MatMut::row_major(&mut out, pixels, 128),
+                    &mut scratch,
+                );
+                black_box(&out);
+            })
+        });
+        let scale = data(128, 23);
+        let shift = data(128, 24);
+        let mut padded = vec![0.0f32; (hw + 2) * (hw + 2) * 128];
+        let shape = ConvShape {
+            n: 1,
+            out_h: hw,
+            out_w: hw,
+            c_in,
+            c_out: 128,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride: 1,
+        };
+        let out_layout = ImageLayout {
+            offset: (hw + 3) * 128,
+            ..ImageLayout::dense(hw + 2, hw + 2, 128)
+        };
+        group.bench_function(format!("1x1_{hw}x{hw}_{c_in}to128/direct_bn_relu"), |b| {
+            b.iter(|| {
+                direct_conv(
+                    black_box(&x),
+                    ImageLayout::dense(hw, hw, c_in),
+                    conv1.weight().as_slice().unwrap(),
+                    shape,
+                    Epilogue::ScaleShiftRelu {
+                        scale: &scale,
+                        shift: &shift,
+                    },
+                    &mut padded,
+                    out_layout,
+                    true,
+                );
+                black_box(&padded);
+            })
+        });
+    }
+    group.finish();
+}
+
 fn im2cols(c: &mut Criterion) {
     let mut group = short(c, "im2col");
     let win = Window {
@@ -243,5 +367,13 @@ fn pools(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemms, convs, im2cols, batch_norms, pools);
+criterion_group!(
+    benches,
+    gemms,
+    convs,
+    direct_convs,
+    im2cols,
+    batch_norms,
+    pools
+);
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Kernels: the only place for `unsafe`. Each has a checked public wrapper and a
 //! safe reference implementation that tests compare it against.
 
+pub mod direct_conv;
 pub mod gemm;
 pub mod im2col;

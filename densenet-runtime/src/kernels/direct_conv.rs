@@ -1,0 +1,782 @@
+//! Direct convolution of zero-padded NHWC images by register-tiled AVX-512 microkernels.
+//!
+//! im2col copies every input value `kh·kw` times before the GEMM reads it again; on
+//! DenseNet's 3x3 convolutions that copy costs about as much as the product itself.
+//! Here the GEMM's left matrix is never built: a tile of up to 14 consecutive output
+//! pixels of one output row × up to 32 output channels accumulates in 28 of the 32 zmm
+//! registers while the kernel walks the taps and input channels, broadcasting input
+//! values straight from the image and loading weight rows from the HWIO weight as it is
+//! stored (its `kh·kw·c_in` rows are the GEMM's right matrix already; no packing).
+//!
+//! Padding is the caller's: the input must carry its zero border (the runtime writes
+//! BN-ReLU outputs into padded buffers at no extra cost), so the kernel has no edge
+//! cases. Inputs and outputs are strided ([`ImageLayout`]), so a kernel can read a padded
+//! buffer and write a column range of a dense block's concatenation buffer, or the
+//! interior of the next padded buffer.
+//!
+//! An optional epilogue applies a per-channel `relu(scale·x + shift)` before the store:
+//! a BatchNorm and ReLU that follow the convolution (DenseNet-B's `norm2`) cost nothing.
+//!
+//! [`direct_conv`] is the checked entry point: it returns `false` without touching the
+//! output when the CPU lacks AVX-512 (the caller then takes the im2col + GEMM path), and
+//! [`direct_conv_reference`] is the plain-loop oracle of the tests.
+
+use rayon::prelude::*;
+
+/// Where element `(image, row, column, channel)` of an NHWC image batch lives in a slice:
+/// `offset + image·image_stride + row·row_stride + column·pixel_stride + channel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageLayout {
+    /// Index of element `(0, 0, 0, 0)`.
+    pub offset: usize,
+    /// Distance between images.
+    pub image_stride: usize,
+    /// Distance between rows of one image.
+    pub row_stride: usize,
+    /// Distance between neighbouring pixels of one row.
+    pub pixel_stride: usize,
+}
+
+impl ImageLayout {
+    /// A contiguous `(n, h, w, c)` NHWC batch.
+    pub fn dense(h: usize, w: usize, c: usize) -> Self {
+        Self {
+            offset: 0,
+            image_stride: h * w * c,
+            row_stride: w * c,
+            pixel_stride: c,
+        }
+    }
+
+    /// Index of `(b, y, x, ch)`.
+    fn index(&self, b: usize, y: usize, x: usize, ch: usize) -> usize {
+        self.offset + b * self.image_stride + y * self.row_stride + x * self.pixel_stride + ch
+    }
+
+    /// One past the largest index of an `(n, h, w, c)` block, or `None` on overflow.
+    fn end(&self, n: usize, h: usize, w: usize, c: usize) -> Option<usize> {
+        if n == 0 || h == 0 || w == 0 || c == 0 {
+            return Some(0);
+        }
+        let last = (n - 1)
+            .checked_mul(self.image_stride)?
+            .checked_add((h - 1).checked_mul(self.row_stride)?)?
+            .checked_add((w - 1).checked_mul(self.pixel_stride)?)?
+            .checked_add(c - 1)?
+            .checked_add(self.offset)?;
+        last.checked_add(1)
+    }
+}
+
+/// Shape of a convolution: the output grid and the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Images.
+    pub n: usize,
+    /// Output rows per image.
+    pub out_h: usize,
+    /// Output columns per image.
+    pub out_w: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Window height.
+    pub kernel_h: usize,
+    /// Window width.
+    pub kernel_w: usize,
+    /// Step between windows (both axes); the input is already padded.
+    pub stride: usize,
+}
+
+impl ConvShape {
+    /// Multiply-adds of the whole convolution.
+    pub fn macs(&self) -> usize {
+        self.n * self.out_h * self.out_w * self.c_out * self.kernel_h * self.kernel_w * self.c_in
+    }
+}
+
+/// What happens to an accumulated output value before it is stored.
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue<'a> {
+    /// Stored as is.
+    Store,
+    /// `max(0, scale[co]·x + shift[co])`: a folded BatchNorm and a ReLU.
+    ScaleShiftRelu {
+        /// Per-output-channel scale, `c_out` values.
+        scale: &'a [f32],
+        /// Per-output-channel shift, `c_out` values.
+        shift: &'a [f32],
+    },
+}
+
+/// Output pixels per tile (rows of the register block).
+const MAX_TILE: usize = 14;
+/// Output channels per panel: two zmm registers.
+const PANEL: usize = 32;
+/// Largest window the kernel takes (the 7x7 stem); others fall back.
+const MAX_TAPS: usize = 49;
+/// Convolutions with fewer multiply-adds run on the calling thread: splitting ~10 µs
+/// of work across threads costs about as much as it saves.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// Whether [`direct_conv`] runs on this CPU (AVX-512F, detected at run time).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The ways a call's geometry can be wrong (caller bugs, reported by panic).
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn bad_geometry(what: &str) -> ! {
+    panic!("direct_conv: {what}")
+}
+
+/// Checks every index the convolution will touch against the slices, and that distinct
+/// output elements are distinct memory (threads write disjoint tiles).
+#[track_caller]
+fn check(
+    input: &[f32],
+    input_layout: ImageLayout,
+    weight: &[f32],
+    shape: ConvShape,
+    epilogue: Epilogue<'_>,
+    out_len: usize,
+    out_layout: ImageLayout,
+) {
+    let s = shape;
+    if s.stride == 0 || s.kernel_h == 0 || s.kernel_w == 0 {
+        bad_geometry("stride and kernel must be at least 1");
+    }
+    let taps = s.kernel_h * s.kernel_w;
+    if weight.len() != taps * s.c_in * s.c_out {
+        bad_geometry("weight is not [kernel_h, kernel_w, c_in, c_out]");
+    }
+    if let Epilogue::ScaleShiftRelu { scale, shift } = epilogue {
+        if scale.len() != s.c_out || shift.len() != s.c_out {
+            bad_geometry("epilogue scale and shift need c_out values");
+        }
+    }
+    if s.macs() == 0 {
+        return;
+    }
+    let in_h = (s.out_h - 1) * s.stride + s.kernel_h;
+    let in_w = (s.out_w - 1) * s.stride + s.kernel_w;
+    match input_layout.end(s.n, in_h, in_w, s.c_in) {
+        Some(end) if end <= input.len() => {}
+        _ => bad_geometry("input layout reaches past the input slice"),
+    }
+    match out_layout.end(s.n, s.out_h, s.out_w, s.c_out) {
+        Some(end) if end <= out_len => {}
+        _ => bad_geometry("output layout reaches past the output slice"),
+    }
+    let o = out_layout;
+    let disjoint = (s.out_w == 1 || o.pixel_stride >= s.c_out)
+        && (s.out_h == 1 || o.row_stride >= (s.out_w - 1) * o.pixel_stride + s.c_out)
+        && (s.n == 1
+            || o.image_stride
+                >= (s.out_h - 1) * o.row_stride + (s.out_w - 1) * o.pixel_stride + s.c_out);
+    if !disjoint {
+        bad_geometry("output layout makes distinct outputs overlap");
+    }
+}
+
+/// The convolution by plain loops (f64 accumulation): the oracle [`direct_conv`] is
+/// tested against. Same arguments and panics.
+#[track_caller]
+pub fn direct_conv_reference(
+    input: &[f32],
+    input_layout: ImageLayout,
+    weight: &[f32],
+    shape: ConvShape,
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+    out_layout: ImageLayout,
+) {
+    check(
+        input,
+        input_layout,
+        weight,
+        shape,
+        epilogue,
+        out.len(),
+        out_layout,
+    );
+    let s = shape;
+    for b in 0..s.n {
+        for oy in 0..s.out_h {
+            for ox in 0..s.out_w {
+                for co in 0..s.c_out {
+                    let mut acc = 0.0f64;
+                    for ky in 0..s.kernel_h {
+                        for kx in 0..s.kernel_w {
+                            for ci in 0..s.c_in {
+                                let x = input[input_layout.index(
+                                    b,
+                                    oy * s.stride + ky,
+                                    ox * s.stride + kx,
+                                    ci,
+                                )];
+                                let w =
+                                    weight[((ky * s.kernel_w + kx) * s.c_in + ci) * s.c_out + co];
+                                acc += f64::from(x) * f64::from(w);
+                            }
+                        }
+                    }
+                    let v = match epilogue {
+                        Epilogue::Store => acc as f32,
+                        Epilogue::ScaleShiftRelu { scale, shift } => {
+                            (scale[co] * acc as f32 + shift[co]).max(0.0)
+                        }
+                    };
+                    out[out_layout.index(b, oy, ox, co)] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Convolves `input` (NHWC, already zero-padded, at `input_layout`) with the HWIO
+/// `weight` `[kernel_h, kernel_w, c_in, c_out]` into `out` at `out_layout`, applying
+/// `epilogue`; elements of `out` outside the layout's `(n, out_h, out_w, c_out)` block
+/// are not touched. Large convolutions use rayon's threads (`parallel`), one output
+/// row per task; each output element is computed by one thread in a fixed order, so
+/// results do not depend on the thread count.
+///
+/// Returns `false`, touching nothing, when the CPU has no AVX-512 or the window has more
+/// than 49 taps: the caller then uses its portable path.
+///
+/// # Panics
+///
+/// If the layouts reach outside the slices, distinct output elements would overlap, or
+/// the weight, scale or shift lengths do not match `shape` (caller bugs).
+// A kernel's flat argument list: every piece is a different buffer or geometry.
+#[allow(clippy::too_many_arguments)]
+#[track_caller]
+pub fn direct_conv(
+    input: &[f32],
+    input_layout: ImageLayout,
+    weight: &[f32],
+    shape: ConvShape,
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+    out_layout: ImageLayout,
+    parallel: bool,
+) -> bool {
+    check(
+        input,
+        input_layout,
+        weight,
+        shape,
+        epilogue,
+        out.len(),
+        out_layout,
+    );
+    if !available() || shape.kernel_h * shape.kernel_w > MAX_TAPS {
+        return false;
+    }
+    if shape.macs() == 0 {
+        return true;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let job = avx512::Job::new(
+            input,
+            input_layout,
+            weight,
+            shape,
+            epilogue,
+            out,
+            out_layout,
+        );
+        let rows = shape.n * shape.out_h;
+        if parallel && shape.macs() >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
+            (0..rows).into_par_iter().for_each(|r| job.row(r));
+        } else {
+            (0..rows).for_each(|r| job.row(r));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = parallel;
+    true
+}
+
+/// Splits a row of `w` pixels into tiles of at most [`MAX_TILE`], as even as possible
+/// (56 → 4 × 14, 32 → 11 + 11 + 10): `(start, len)` of tile `t` of `count`.
+fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
+    let base = w / count;
+    let extra = w % count;
+    let start = t * base + t.min(extra);
+    (start, base + usize::from(t < extra))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{tile_span, ConvShape, Epilogue, ImageLayout, MAX_TAPS, MAX_TILE, PANEL};
+
+    /// Everything a row task needs, as raw pointers (the tasks of one call write disjoint
+    /// outputs; see the SAFETY comment in [`Job::row`]).
+    pub(super) struct Job {
+        input: *const f32,
+        input_layout: ImageLayout,
+        weight: *const f32,
+        shape: ConvShape,
+        scale: *const f32,
+        shift: *const f32,
+        out: *mut f32,
+        out_layout: ImageLayout,
+        taps: [usize; MAX_TAPS],
+    }
+
+    // SAFETY: `Job` only carries pointers derived from the borrows passed to `new`, which
+    // outlive every use (the job lives inside `direct_conv`, which holds those borrows);
+    // the input, weight and epilogue are only read, and concurrent `row` calls write
+    // disjoint output elements (`check` verified the output layout's strides), so sharing
+    // the job across rayon's threads is sound.
+    unsafe impl Sync for Job {}
+
+    impl Job {
+        pub(super) fn new(
+            input: &[f32],
+            input_layout: ImageLayout,
+            weight: &[f32],
+            shape: ConvShape,
+            epilogue: Epilogue<'_>,
+            out: &mut [f32],
+            out_layout: ImageLayout,
+        ) -> Self {
+            let mut taps = [0; MAX_TAPS];
+            for ky in 0..shape.kernel_h {
+                for kx in 0..shape.kernel_w {
+                    taps[ky * shape.kernel_w + kx] =
+                        ky * input_layout.row_stride + kx * input_layout.pixel_stride;
+                }
+            }
+            let (scale, shift) = match epilogue {
+                Epilogue::Store => (std::ptr::null(), std::ptr::null()),
+                Epilogue::ScaleShiftRelu { scale, shift } => (scale.as_ptr(), shift.as_ptr()),
+            };
+            Self {
+                input: input.as_ptr(),
+                input_layout,
+                weight: weight.as_ptr(),
+                shape,
+                scale,
+                shift,
+                out: out.as_mut_ptr(),
+                out_layout,
+                taps,
+            }
+        }
+
+        /// Computes output row `r` (image `r / out_h`, row `r % out_h`), all channels.
+        pub(super) fn row(&self, r: usize) {
+            let s = self.shape;
+            let (b, oy) = (r / s.out_h, r % s.out_h);
+            let tiles = s.out_w.div_ceil(MAX_TILE);
+            let taps = &self.taps[..s.kernel_h * s.kernel_w];
+            let il = self.input_layout;
+            let ol = self.out_layout;
+            for t in 0..tiles {
+                let (ox, len) = tile_span(s.out_w, t, tiles);
+                let a_index = il.offset
+                    + b * il.image_stride
+                    + oy * s.stride * il.row_stride
+                    + ox * s.stride * il.pixel_stride;
+                let c_index =
+                    ol.offset + b * ol.image_stride + oy * ol.row_stride + ox * ol.pixel_stride;
+                let mut co = 0;
+                while co < s.c_out {
+                    let width = (s.c_out - co).min(PANEL);
+                    // SAFETY:
+                    // - AVX-512F is present: `direct_conv` checked `available()` before
+                    //   building the job.
+                    // - Reads: pixel `i < len` of the tile at tap `t`, channel `ci < c_in`
+                    //   is input index `a_index + i·stride·pixel_stride + taps[t] + ci`
+                    //   = `il.index(b, oy·stride + ky, (ox + i)·stride + kx, ci)` with
+                    //   `ox + i < out_w`, `ky < kernel_h`, `kx < kernel_w`: inside the
+                    //   block `check` bounded by `input.len()`. Weight reads are rows
+                    //   `t·c_in + ci` of the `(taps·c_in) × c_out` weight, columns
+                    //   `co .. co + width ≤ c_out` (the last vector masked to `width`);
+                    //   scale/shift reads are columns `co .. co + width` of `c_out`.
+                    // - Writes: pixels `(b, oy, ox + i)`, channels `co .. co + width`,
+                    //   all inside the output block `check` bounded by the slice length;
+                    //   this row task is the only writer of row `(b, oy)`, and `check`
+                    //   verified distinct (b, y, x, c) are distinct memory, so tasks
+                    //   running on other threads never write these elements.
+                    unsafe {
+                        let epilogue = (
+                            if self.scale.is_null() {
+                                self.scale
+                            } else {
+                                self.scale.add(co)
+                            },
+                            if self.shift.is_null() {
+                                self.shift
+                            } else {
+                                self.shift.add(co)
+                            },
+                        );
+                        dispatch(
+                            len,
+                            width,
+                            self.input.add(a_index),
+                            s.stride * il.pixel_stride,
+                            taps,
+                            s.c_in,
+                            self.weight.add(co),
+                            s.c_out,
+                            epilogue,
+                            self.out.add(c_index + co),
+                            ol.pixel_stride,
+                        );
+                    }
+                    co += width;
+                }
+            }
+        }
+    }
+
+    /// Picks the monomorphised tile kernel for `rows` pixels × `width` channels.
+    ///
+    /// # Safety
+    ///
+    /// As [`tile`], with `1 ≤ rows ≤ 14` and `1 ≤ width ≤ 32`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn dispatch(
+        rows: usize,
+        width: usize,
+        a: *const f32,
+        a_step: usize,
+        taps: &[usize],
+        c_in: usize,
+        b: *const f32,
+        ldb: usize,
+        epilogue: (*const f32, *const f32),
+        c: *mut f32,
+        c_step: usize,
+    ) {
+        macro_rules! pick {
+            ($($mr:literal)*) => {
+                match (rows, width > 16) {
+                    $(
+                        ($mr, true) => tile::<$mr, 2>,
+                        ($mr, false) => tile::<$mr, 1>,
+                    )*
+                    _ => unreachable!("tile rows are 1..=14"),
+                }
+            };
+        }
+        let kernel = pick!(1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+        let mask: __mmask16 = match width % 16 {
+            0 => 0xffff,
+            r => (1u16 << r) - 1,
+        };
+        // SAFETY: forwarded from the caller's contract; the mask covers `width` columns.
+        unsafe { kernel(a, a_step, taps, c_in, b, ldb, mask, epilogue, c, c_step) }
+    }
+
+    /// Accumulates an `MR`-pixel × `NV·16`-channel output tile (the last 16 channels
+    /// masked by `mask`) over every tap and input channel, then applies the epilogue and
+    /// stores it.
+    ///
+    /// Pixel `i` of the tile reads input `a + i·a_step + taps[t] + ci`; weight row
+    /// `t·c_in + ci` starts at `b + (t·c_in + ci)·ldb`; output pixel `i` starts at
+    /// `c + i·c_step`. `epilogue` is `(scale, shift)`, both null for a plain store.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX-512F; every address described above, for `i < MR`,
+    /// `t < taps.len()`, `ci < c_in` and the unmasked columns, is valid to read (inputs,
+    /// weights, scale, shift) or write (outputs), and no other thread accesses the
+    /// written outputs during the call.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const MR: usize, const NV: usize>(
+        a: *const f32,
+        a_step: usize,
+        taps: &[usize],
+        c_in: usize,
+        b: *const f32,
+        ldb: usize,
+        mask: __mmask16,
+        epilogue: (*const f32, *const f32),
+        c: *mut f32,
+        c_step: usize,
+    ) {
+        let masks = |v: usize| if v + 1 == NV { mask } else { 0xffff };
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for (t, &tap) in taps.iter().enumerate() {
+            // SAFETY (this block and the loop below): in bounds by the contract.
+            let (at, bt) = unsafe { (a.add(tap), b.add(t * c_in * ldb)) };
+            for ci in 0..c_in {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, bv) in bv.iter_mut().enumerate() {
+                    *bv = unsafe { _mm512_maskz_loadu_ps(masks(v), bt.add(ci * ldb + 16 * v)) };
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(unsafe { *at.add(i * a_step + ci) });
+                    for v in 0..NV {
+                        acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
+                    }
+                }
+            }
+        }
+        let (scale, shift) = epilogue;
+        if !scale.is_null() {
+            let zero = _mm512_setzero_ps();
+            for v in 0..NV {
+                // SAFETY: `scale` and `shift` hold the tile's unmasked columns.
+                let (sv, tv) = unsafe {
+                    (
+                        _mm512_maskz_loadu_ps(masks(v), scale.add(16 * v)),
+                        _mm512_maskz_loadu_ps(masks(v), shift.add(16 * v)),
+                    )
+                };
+                for acc in acc.iter_mut() {
+                    acc[v] = _mm512_max_ps(_mm512_fmadd_ps(acc[v], sv, tv), zero);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (v, &acc) in acc.iter().enumerate() {
+                // SAFETY: output pixel `i`, unmasked columns: writable by the contract.
+                unsafe { _mm512_mask_storeu_ps(c.add(i * c_step + 16 * v), masks(v), acc) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random(len: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..len).map(|_| rng.normal()).collect()
+    }
+
+    /// Runs both paths on a random case and compares every element of the output
+    /// slice, including those outside the layout (which must be left alone).
+    #[allow(clippy::too_many_arguments)]
+    fn case(
+        shape: ConvShape,
+        in_extra: (usize, usize),
+        out_pixel_stride: usize,
+        out_offset: usize,
+        out_pad: usize,
+        with_epilogue: bool,
+        parallel: bool,
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let s = shape;
+        let in_h = (s.out_h - 1) * s.stride + s.kernel_h;
+        let in_w = (s.out_w - 1) * s.stride + s.kernel_w;
+        // Input pixels with `in_extra.0` spare channels, rows with `in_extra.1` spare pixels.
+        let pixel = s.c_in + in_extra.0;
+        let row = (in_w + in_extra.1) * pixel;
+        let input_layout = ImageLayout {
+            offset: 3,
+            image_stride: in_h * row + 5,
+            row_stride: row,
+            pixel_stride: pixel,
+        };
+        let input = random(3 + s.n * (in_h * row + 5), &mut rng);
+        let weight = random(s.kernel_h * s.kernel_w * s.c_in * s.c_out, &mut rng);
+        let scale = random(s.c_out, &mut rng);
+        let shift = random(s.c_out, &mut rng);
+        let epilogue = if with_epilogue {
+            Epilogue::ScaleShiftRelu {
+                scale: &scale,
+                shift: &shift,
+            }
+        } else {
+            Epilogue::Store
+        };
+        let ow = s.out_w + 2 * out_pad;
+        let out_layout = ImageLayout {
+            offset: out_offset + (ow + 1) * out_pad * out_pixel_stride,
+            image_stride: (s.out_h + 2 * out_pad) * ow * out_pixel_stride,
+            row_stride: ow * out_pixel_stride,
+            pixel_stride: out_pixel_stride,
+        };
+        let len = out_offset + s.n * out_layout.image_stride;
+        let sentinel = random(len, &mut rng);
+        let mut expected = sentinel.clone();
+        direct_conv_reference(
+            &input,
+            input_layout,
+            &weight,
+            s,
+            epilogue,
+            &mut expected,
+            out_layout,
+        );
+        let mut actual = sentinel;
+        if !direct_conv(
+            &input,
+            input_layout,
+            &weight,
+            s,
+            epilogue,
+            &mut actual,
+            out_layout,
+            parallel,
+        ) {
+            eprintln!("no AVX-512 here: direct_conv declined, nothing to compare");
+            return;
+        }
+        let k = (s.kernel_h * s.kernel_w * s.c_in) as f32;
+        for (i, (&e, &a)) in expected.iter().zip(&actual).enumerate() {
+            let tol = 1e-5 * k.sqrt() * e.abs().max(1.0);
+            assert!((e - a).abs() <= tol, "{shape:?}: element {i}: {a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_densenet_shapes() {
+        // 3x3 over a padded 56-wide map into 32 columns of a 256-wide block buffer.
+        let conv3 = |n, hw, c_in, c_out| ConvShape {
+            n,
+            out_h: hw,
+            out_w: hw,
+            c_in,
+            c_out,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+        };
+        case(conv3(1, 56, 128, 32), (0, 0), 256, 96, 0, false, true, 1);
+        case(conv3(2, 7, 128, 32), (0, 0), 1024, 512, 0, false, true, 2);
+        // CIFAR growth 12 (one masked vector) and 40 (two panels, the second masked).
+        case(conv3(3, 8, 48, 12), (0, 0), 60, 36, 0, false, false, 3);
+        case(conv3(1, 32, 24, 40), (0, 0), 40, 0, 0, false, true, 4);
+        // 1x1 bottleneck with BN-ReLU epilogue into the interior of a padded buffer.
+        let conv1 = ConvShape {
+            kernel_h: 1,
+            kernel_w: 1,
+            ..conv3(2, 14, 96, 128)
+        };
+        case(conv1, (0, 0), 128, 0, 1, true, true, 5);
+        // Strided input layouts (spare channels and pixels), the 7x7/2 stem.
+        case(conv3(2, 5, 7, 17), (3, 2), 17, 0, 0, true, false, 6);
+        let stem = ConvShape {
+            n: 1,
+            out_h: 9,
+            out_w: 9,
+            c_in: 3,
+            c_out: 64,
+            kernel_h: 7,
+            kernel_w: 7,
+            stride: 2,
+        };
+        case(stem, (0, 0), 64, 0, 0, false, true, 7);
+    }
+
+    #[test]
+    fn every_tile_width_and_channel_count() {
+        for w in 1..=30 {
+            let c_out = [1, 5, 16, 17, 31, 32, 33, 64][w % 8];
+            let shape = ConvShape {
+                n: 1,
+                out_h: 2,
+                out_w: w,
+                c_in: 5,
+                c_out,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1 + w % 2,
+            };
+            case(
+                shape,
+                (1, 1),
+                c_out + 3,
+                2,
+                0,
+                w % 3 == 0,
+                false,
+                100 + w as u64,
+            );
+        }
+    }
+
+    #[test]
+    fn tiles_cover_a_row_evenly() {
+        for w in 1usize..200 {
+            let count = w.div_ceil(MAX_TILE);
+            let mut next = 0;
+            for t in 0..count {
+                let (start, len) = tile_span(w, t, count);
+                assert_eq!(start, next);
+                assert!((1..=MAX_TILE).contains(&len));
+                next += len;
+            }
+            assert_eq!(next, w);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "output layout reaches past")]
+    fn output_past_the_end_panics() {
+        let shape = ConvShape {
+            n: 1,
+            out_h: 2,
+            out_w: 2,
+            c_in: 1,
+            c_out: 1,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride: 1,
+        };
+        let layout = ImageLayout::dense(2, 2, 1);
+        direct_conv(
+            &[0.0; 4],
+            layout,
+            &[1.0],
+            shape,
+            Epilogue::Store,
+            &mut [0.0; 3],
+            layout,
+            false,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn overlapping_outputs_panic() {
+        let shape = ConvShape {
+            n: 1,
+            out_h: 1,
+            out_w: 2,
+            c_in: 1,
+            c_out: 2,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride: 1,
+        };
+        let input_layout = ImageLayout::dense(1, 2, 1);
+        let out_layout = ImageLayout::dense(1, 2, 1);
+        direct_conv(
+            &[0.0; 2],
+            input_layout,
+            &[1.0; 2],
+            shape,
+            Epilogue::Store,
+            &mut [0.0; 4],
+            out_layout,
+            false,
+        );
+    }
+}
