@@ -25,7 +25,10 @@ What it does:
    ``--max-extra-rounds`` times), and before each config the script waits (up to
    ``--wait-idle`` seconds) for the machine to quieten;
 4. prints a markdown table of medians over all timed passes of the kept rounds, with the
-   ratios, and writes every timing to ``WORKDIR/results.json``.
+   ratios, and writes every timing to ``WORKDIR/results.json``;
+5. measures peak memory (peak RSS of a fresh process doing three batch-1 passes on one
+   thread) of ours and of ONNX Runtime, with the Python baseline ORT carries
+   (``--no-memory`` skips it; it needs batch 1 among ``--batches``).
 
 Usage (any venv with the packages; /work/venv on the reference machine)::
 
@@ -215,6 +218,47 @@ def machine() -> dict[str, str]:
     return info
 
 
+ORT_PEAK = """
+import sys, numpy as np, onnxruntime as ort
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = 1
+opts.inter_op_num_threads = 1
+opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+x = np.fromfile(sys.argv[2], dtype="<f4").reshape(1, 3, 224, 224)
+if sys.argv[1] != "baseline":
+    sess = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, {"input": x})
+"""
+
+
+def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> float:
+    """Peak resident set size of a fresh child process running `cmd`, in MiB."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed with {proc.returncode}")
+    return usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def peak_memory(bench_bin: Path, weights: Path, onnx_path: Path, input_path: Path) -> dict:
+    """Peak RSS of one process doing 3 forward passes at batch 1 on one thread: ours
+    (weights loaded from the safetensors file, then `forward_into`) and ONNX Runtime
+    (session from the ONNX file). ORT runs inside Python, so its figure includes the
+    interpreter and the imported modules; the baseline process (same imports, same
+    input, no session) says how much of it that is."""
+    env = dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    ours = peak_rss_mib([str(bench_bin), "--model", "densenet121", "--batch", "1",
+                         "--weights", str(weights), "--input", str(input_path),
+                         "--iters", "3", "--warmup", "0"], env)
+    ort_total = peak_rss_mib([sys.executable, "-c", ORT_PEAK, str(onnx_path),
+                              str(input_path)], env)
+    baseline = peak_rss_mib([sys.executable, "-c", ORT_PEAK, "baseline", str(input_path)], env)
+    return {"ours_mib": ours, "ort_mib": ort_total, "python_baseline_mib": baseline,
+            "weights_mib": weights.stat().st_size / 2**20}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
@@ -227,6 +271,8 @@ def main(argv=None) -> int:
                     help="weights, ONNX files, inputs, outputs and results.json go here")
     ap.add_argument("--tract-bin", type=Path, help="also time tract with this program")
     ap.add_argument("--no-torch", action="store_true", help="skip torch eager timings")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="skip the peak-memory comparison (batch 1, one thread)")
     ap.add_argument("--max-foreign-load", type=float, default=0.10,
                     help="a round during which other processes used more than this share "
                          "of the machine's CPU time (beyond the cores the config leaves "
@@ -374,6 +420,14 @@ def main(argv=None) -> int:
             results["configs"].append(row)
             table.append(row)
 
+    memory = None
+    if not args.no_memory:
+        input_path = args.workdir / "input_b1.f32"
+        onnx_path = args.workdir / "densenet121_b1.onnx"
+        if input_path.exists() and onnx_path.exists():
+            memory = peak_memory(bench_bin, weights, onnx_path, input_path)
+            results["peak_memory"] = memory
+
     info["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     (args.workdir / "results.json").write_text(json.dumps(results, indent=1))
 
@@ -398,6 +452,14 @@ def main(argv=None) -> int:
     if table:
         print(f"parity (max |ours - torch| over all configs): "
               f"{max(r['parity_max_abs_diff']['ours'] for r in table):.3e}")
+    if memory:
+        m = memory
+        print(f"\npeak RSS, DenseNet-121 batch 1, 1 thread (weights file {m['weights_mib']:.1f} MiB): "
+              f"ours {m['ours_mib']:.1f} MiB; ORT {m['ort_mib']:.1f} MiB, of which "
+              f"{m['python_baseline_mib']:.1f} MiB is Python + numpy + onnxruntime imported "
+              f"(ORT minus that: {m['ort_mib'] - m['python_baseline_mib']:.1f} MiB); "
+              f"ours/(ORT minus baseline) = "
+              f"{m['ours_mib'] / (m['ort_mib'] - m['python_baseline_mib']):.2f}")
     print(f"load average start {info['load_average_start']}, end {info['load_average_end']}")
     print(f"raw timings: {args.workdir / 'results.json'}")
     return 0 if all_ok else 1

@@ -183,6 +183,12 @@ impl<'a> MatMut<'a> {
         Self::new(data, rows, cols, cols, 1)
     }
 
+    /// The whole backing slice: element `(i, j)` is at `i·row_stride + j·col_stride`.
+    /// For kernels that address the matrix themselves (e.g. as an image layout).
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        self.data
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows

@@ -2,6 +2,7 @@
 
 use ndarray::{Array4, ArrayView4};
 
+use crate::kernels::direct_conv::{direct_conv, ConvShape, Epilogue, ImageLayout};
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
 use crate::kernels::im2col::{im2col, Window};
 use crate::rng::Rng;
@@ -227,6 +228,41 @@ impl Conv2d {
         let k_len = win.kernel_h * win.kernel_w * c_in;
         let b = MatRef::row_major(weight, k_len, c_out);
 
+        if win.padding == 0 && out.col_stride() == 1 {
+            // No padding to add: the direct kernel reads `x` as it is (AVX-512 only;
+            // it declines elsewhere and the GEMM paths below run).
+            let shape = ConvShape {
+                n,
+                out_h: oh,
+                out_w: ow,
+                c_in,
+                c_out,
+                kernel_h: win.kernel_h,
+                kernel_w: win.kernel_w,
+                stride: win.stride,
+            };
+            let pixel = out.row_stride();
+            let out_layout = ImageLayout {
+                offset: 0,
+                image_stride: oh * ow * pixel,
+                row_stride: ow * pixel,
+                pixel_stride: pixel,
+            };
+            let input_layout = ImageLayout::dense(h, w, c_in);
+            let data = out.data_mut();
+            if direct_conv(
+                x,
+                input_layout,
+                weight,
+                shape,
+                Epilogue::Store,
+                data,
+                out_layout,
+                true,
+            ) {
+                return;
+            }
+        }
         if self.is_pointwise() {
             gemm(1.0, MatRef::row_major(x, n * h * w, c_in), b, 0.0, out);
             return;
