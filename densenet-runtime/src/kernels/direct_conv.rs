@@ -297,9 +297,8 @@ pub fn direct_conv(
             out,
             out_layout,
         );
-        // One task per output row and 32-channel panel: enough tasks to balance two
-        // threads even on a 7x7 map.
-        let tasks = shape.n * shape.out_h * shape.c_out.div_ceil(PANEL);
+        // One task per output row: even a 7x7 map gives two threads 7 tasks to share.
+        let tasks = shape.n * shape.out_h;
         if parallel && shape.macs() >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
             (0..tasks).into_par_iter().for_each(|t| job.task(t));
         } else {
@@ -381,13 +380,11 @@ mod avx512 {
             }
         }
 
-        /// Computes task `t`: output row `r = t / panels` (image `r / out_h`, row
-        /// `r % out_h`), channels `32·p .. 32·p + 32` of panel `p = t % panels`.
-        pub(super) fn task(&self, t: usize) {
+        /// Computes output row `r` (image `r / out_h`, row `r % out_h`): tile by tile,
+        /// and within a tile panel by panel, so the tile's input stays in L1 while the
+        /// weight panels stream from L2.
+        pub(super) fn task(&self, r: usize) {
             let s = self.shape;
-            let panels = s.c_out.div_ceil(PANEL);
-            let (r, co) = (t / panels, (t % panels) * PANEL);
-            let width = (s.c_out - co).min(PANEL);
             let (b, oy) = (r / s.out_h, r % s.out_h);
             let tiles = s.out_w.div_ceil(MAX_TILE);
             let taps = &self.taps[..s.kernel_h * s.kernel_w];
@@ -401,49 +398,51 @@ mod avx512 {
                     + ox * s.stride * il.pixel_stride;
                 let c_index =
                     ol.offset + b * ol.image_stride + oy * ol.row_stride + ox * ol.pixel_stride;
-                // SAFETY:
-                // - AVX-512F is present: `direct_conv` checked `available()` before
-                //   building the job.
-                // - Reads: pixel `i < len` of the tile at tap `t`, channel `ci < c_in`
-                //   is input index `a_index + i·stride·pixel_stride + taps[t] + ci`
-                //   = `il.index(b, oy·stride + ky, (ox + i)·stride + kx, ci)` with
-                //   `ox + i < out_w`, `ky < kernel_h`, `kx < kernel_w`: inside the
-                //   block `check` bounded by `input.len()`. Weight reads are rows
-                //   `t·c_in + ci` of the `(taps·c_in) × c_out` weight, columns
-                //   `co .. co + width ≤ c_out` (the last vector masked to `width`);
-                //   scale/shift reads are columns `co .. co + width` of `c_out`.
-                // - Writes: pixels `(b, oy, ox + i)`, channels `co .. co + width`,
-                //   all inside the output block `check` bounded by the slice length;
-                //   this task is the only writer of row `(b, oy)`, channels
-                //   `co .. co + width`, and `check` verified that distinct
-                //   (b, y, x, c) are distinct memory, so tasks running on other
-                //   threads never write these elements.
-                unsafe {
-                    let epilogue = (
-                        if self.scale.is_null() {
-                            self.scale
-                        } else {
-                            self.scale.add(co)
-                        },
-                        if self.shift.is_null() {
-                            self.shift
-                        } else {
-                            self.shift.add(co)
-                        },
-                    );
-                    dispatch(
-                        len,
-                        width,
-                        self.input.add(a_index),
-                        s.stride * il.pixel_stride,
-                        taps,
-                        s.c_in,
-                        self.weight.add(co),
-                        s.c_out,
-                        epilogue,
-                        self.out.add(c_index + co),
-                        ol.pixel_stride,
-                    );
+                for co in (0..s.c_out).step_by(PANEL) {
+                    let width = (s.c_out - co).min(PANEL);
+                    // SAFETY:
+                    // - AVX-512F is present: `direct_conv` checked `available()` before
+                    //   building the job.
+                    // - Reads: pixel `i < len` of the tile at tap `t`, channel `ci < c_in`
+                    //   is input index `a_index + i·stride·pixel_stride + taps[t] + ci`
+                    //   = `il.index(b, oy·stride + ky, (ox + i)·stride + kx, ci)` with
+                    //   `ox + i < out_w`, `ky < kernel_h`, `kx < kernel_w`: inside the
+                    //   block `check` bounded by `input.len()`. Weight reads are rows
+                    //   `t·c_in + ci` of the `(taps·c_in) × c_out` weight, columns
+                    //   `co .. co + width ≤ c_out` (the last vector masked to `width`);
+                    //   scale/shift reads are columns `co .. co + width` of `c_out`.
+                    // - Writes: pixels `(b, oy, ox + i)`, channels `co .. co + width`,
+                    //   all inside the output block `check` bounded by the slice length;
+                    //   this task is the only writer of row `(b, oy)`, and `check`
+                    //   verified that distinct (b, y, x, c) are distinct memory, so
+                    //   tasks running on other threads never write these elements.
+                    unsafe {
+                        let epilogue = (
+                            if self.scale.is_null() {
+                                self.scale
+                            } else {
+                                self.scale.add(co)
+                            },
+                            if self.shift.is_null() {
+                                self.shift
+                            } else {
+                                self.shift.add(co)
+                            },
+                        );
+                        dispatch(
+                            len,
+                            width,
+                            self.input.add(a_index),
+                            s.stride * il.pixel_stride,
+                            taps,
+                            s.c_in,
+                            self.weight.add(co),
+                            s.c_out,
+                            epilogue,
+                            self.out.add(c_index + co),
+                            ol.pixel_stride,
+                        );
+                    }
                 }
             }
         }

@@ -228,9 +228,12 @@ impl Conv2d {
         let k_len = win.kernel_h * win.kernel_w * c_in;
         let b = MatRef::row_major(weight, k_len, c_out);
 
-        if win.padding == 0 && out.col_stride() == 1 {
-            // No padding to add: the direct kernel reads `x` as it is (AVX-512 only;
-            // it declines elsewhere and the GEMM paths below run).
+        if win.padding == 0 && !self.is_pointwise() && out.col_stride() == 1 {
+            // A window over an input that needs no padding (the caller padded it): the
+            // direct kernel reads `x` as it is (AVX-512 only; it declines elsewhere and
+            // im2col + GEMM runs). 1x1 convolutions stay on the GEMM: with 128 outputs
+            // the kernel reads the HWIO weight in strided 32-column panels and runs at
+            // ~0.7x the packed GEMM (BENCHMARKS.md).
             let shape = ConvShape {
                 n,
                 out_h: oh,
