@@ -2,28 +2,26 @@
 //! then (the `densenet` CLI, tools).
 //!
 //! Not a second implementation: it holds the same layers as a generated model, runs
-//! them with the same stage functions (`stem_forward`, `dense_block_forward`,
-//! `transition_forward`, `pooled_head_forward`, `feature_map_forward`), initialises
+//! them with the same stage functions (`stem_forward_into`, `dense_block_forward_into`,
+//! … through [`crate::forward_into`]), initialises
 //! them in the same order (so the same seed gives the same weights), and loads weights
 //! through the same loader.
 
 use std::path::Path;
 
-use ndarray::{Array2, ArrayD, ArrayView4};
+use ndarray::{Array2, ArrayD, ArrayView4, ArrayViewMutD};
 
-use crate::layers::{
-    dense_block_forward, feature_map_forward, pooled_head_forward, stem_conv, stem_forward,
-    transition_forward, BatchNorm2d, Conv2d, Conv2dConfig, DenseLayer, Linear,
-};
+use crate::layers::{stem_conv, BatchNorm2d, Conv2d, Conv2dConfig, DenseLayer, Linear};
 use crate::spec::{Architecture, Head, Plan, Stem};
 use crate::visit::{LayerMut, LayerName, LayerRef, StageMut, StageRef};
 use crate::weights::{self, Naming};
-use crate::{input_to_nhwc, softmax, Error, LoadError, Rng};
+use crate::{softmax, Error, LoadError, Rng, Workspace};
 
 /// A DenseNet whose architecture is a run-time value.
 #[derive(Clone, Debug)]
 pub struct DynamicModel {
     architecture: Architecture,
+    plan: Plan,
     stem: (Conv2d, Option<BatchNorm2d>),
     blocks: Vec<Vec<DenseLayer>>,
     transitions: Vec<(BatchNorm2d, Conv2d)>,
@@ -68,6 +66,7 @@ impl DynamicModel {
             .then(|| Linear::init(plan.head_channels, arch.classes, &mut rng));
         DynamicModel {
             architecture,
+            plan,
             stem: (conv, norm),
             blocks,
             transitions,
@@ -176,32 +175,77 @@ impl DynamicModel {
         crate::visit::visit_stage_layers_mut(self.stages_mut(), f);
     }
 
+    /// The stages in network order, without collecting them (no allocation).
+    fn stage_iter(&self) -> impl Iterator<Item = StageRef<'_>> {
+        let stem = StageRef::Stem {
+            conv: &self.stem.0,
+            norm: self.stem.1.as_ref(),
+        };
+        let blocks = self.blocks.iter().enumerate().flat_map(|(i, layers)| {
+            let block = StageRef::Block {
+                index: i + 1,
+                layers,
+            };
+            let transition = self
+                .transitions
+                .get(i)
+                .map(|(norm, conv)| StageRef::Transition {
+                    index: i + 1,
+                    norm,
+                    conv,
+                });
+            std::iter::once(block).chain(transition)
+        });
+        let head = StageRef::Head {
+            norm: &self.head.0,
+            classifier: self.head.1.as_ref(),
+            head: self.architecture.head,
+        };
+        std::iter::once(stem)
+            .chain(blocks)
+            .chain(std::iter::once(head))
+    }
+
+    /// The shapes and counts of every layer.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Floats of the activation arena a batch of `batch` needs ([`Plan::arena_floats`]).
+    pub fn arena_floats(&self, batch: usize) -> usize {
+        self.plan.arena_floats(batch)
+    }
+
     /// Runs the network on an NCHW batch: `(N, classes)` logits, `(N, C)` pooled
-    /// features, or an `(N, C, H, W)` feature map, as the head says.
+    /// features, or an `(N, C, H, W)` feature map, as the head says. Activations live
+    /// in this thread's cached [`Workspace`]: only the output is allocated.
     ///
     /// # Errors
     /// [`Error::InputShape`] when a per-image shape is not the architecture's input.
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, Error> {
-        let mut x = input_to_nhwc(x, self.architecture.input)?;
-        for stage in self.stages() {
-            x = match stage {
-                StageRef::Stem { conv, norm } => stem_forward(conv, norm, x.view()),
-                StageRef::Block { layers, .. } => dense_block_forward(layers, x.view()),
-                StageRef::Transition { norm, conv, .. } => transition_forward(norm, conv, x.view()),
-                StageRef::Head {
-                    norm,
-                    classifier,
-                    head,
-                } => {
-                    return Ok(match head {
-                        Head::None => feature_map_forward(norm, x.view()).into_dyn(),
-                        _ => pooled_head_forward(norm, classifier, head == Head::Max, x.view())
-                            .into_dyn(),
-                    });
-                }
-            };
-        }
-        unreachable!("stages() always ends with the head")
+        crate::forward_alloc(self.stage_iter(), &self.plan, x)
+    }
+
+    /// [`forward`](Self::forward) into `out` (`[N] ++ plan().output`, any layout) with
+    /// every activation in `ws`: no allocation once `ws` has grown to the batch.
+    ///
+    /// # Errors
+    /// [`Error::InputShape`], [`Error::EmptyBatch`], [`Error::OutputShape`].
+    pub fn forward_into(
+        &self,
+        x: ArrayView4<'_, f32>,
+        ws: &mut Workspace,
+        out: ArrayViewMutD<'_, f32>,
+    ) -> Result<(), Error> {
+        crate::forward_into(self.stage_iter(), &self.plan, x, ws, out)
+    }
+
+    /// The simple allocating stage-by-stage path (the oracle of `forward_into`).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn forward_reference(&self, x: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, Error> {
+        crate::forward_reference(self.stage_iter(), self.architecture.input, x)
     }
 
     /// Softmax probabilities of a classifier; `None` for other heads.

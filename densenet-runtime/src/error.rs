@@ -24,6 +24,15 @@ pub enum Error {
     /// A batch of zero images.
     #[error("empty batch: the input has N = 0 images")]
     EmptyBatch,
+    /// An output array handed to `forward_into` whose shape is not the model's output
+    /// for this batch.
+    #[error("output shape mismatch: expected {expected:?}, got {actual:?}")]
+    OutputShape {
+        /// `[N]` followed by the model's per-image output shape.
+        expected: Vec<usize>,
+        /// The shape that was passed in.
+        actual: Vec<usize>,
+    },
     /// A tensor handed to a layer constructor has the wrong shape.
     #[error("{name}: expected shape {expected:?}, got {actual:?}")]
     TensorShape {

@@ -28,6 +28,7 @@ mod summary;
 pub mod train;
 mod visit;
 pub mod weights;
+mod workspace;
 
 pub use densenet_spec as spec;
 pub use dynamic::DynamicModel;
@@ -41,3 +42,4 @@ pub use visit::{
     StageMut, StageRef,
 };
 pub use weights::Naming;
+pub use workspace::{forward_alloc, forward_into, forward_reference, Workspace};

@@ -112,6 +112,8 @@ impl fmt::Display for Summary<'_> {
             size(frozen)
         )?;
         writeln!(f, "MACs per image: {}", thousands(self.plan.macs))?;
+        let arena = self.plan.arena_floats(1) as u64;
+        writeln!(f, "Activation arena: {} at batch 1", size(arena))?;
         write!(f, "{}", "_".repeat(width))
     }
 }

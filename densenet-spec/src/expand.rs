@@ -42,7 +42,6 @@ pub fn expand_model(
 
     let mut fields = Vec::new();
     let mut inits = Vec::new();
-    let mut forwards = Vec::new();
     let mut visits = Vec::new();
 
     let (c_in, c_out) = (lit(plan.stem.c_in), lit(plan.stem.c_out));
@@ -62,7 +61,6 @@ pub fn expand_model(
     );
     fields.push(quote!(#[doc = #stem_doc] pub stem: #stem_ty));
     inits.push(quote!(stem: <#stem_ty>::init(&mut rng, eps)));
-    forwards.push(quote!(let x = self.stem.forward(x.view());));
     visits.push((quote!(stem), quote!()));
 
     for (i, block) in plan.blocks.iter().enumerate() {
@@ -80,7 +78,6 @@ pub fn expand_model(
         );
         fields.push(quote!(#[doc = #doc] pub #field: #ty));
         inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
-        forwards.push(quote!(let x = self.#field.forward(x.view());));
         visits.push((quote!(#field), lit(i + 1).into_token_stream()));
         if let Some(t) = plan.transitions.get(i) {
             let field = format_ident!("transition{}", i + 1);
@@ -96,7 +93,6 @@ pub fn expand_model(
             );
             fields.push(quote!(#[doc = #doc] pub #field: #ty));
             inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
-            forwards.push(quote!(let x = self.#field.forward(x.view());));
             visits.push((quote!(#field), lit(i + 1).into_token_stream()));
         }
     }
@@ -104,13 +100,14 @@ pub fn expand_model(
     let stages = visits
         .iter()
         .map(|(field, index)| quote!(self.#field.stage(#index)));
+    let stage_count = lit(visits.len());
     let stages_mut = visits
         .iter()
         .map(|(field, index)| quote!(self.#field.stage_mut(#index)));
 
     let c = lit(plan.head_channels);
     let classes = lit(arch.classes);
-    let (head_ty, head_doc, output_ty) = match arch.head {
+    let (head_ty, head_doc, output_ty, output_view) = match arch.head {
         Head::Classifier => (
             quote!(#rt::layers::ClassifierHead<#c, #classes>),
             format!(
@@ -118,6 +115,7 @@ pub fn expand_model(
                 plan.head_channels, arch.classes
             ),
             quote!(#rt::ndarray::Array2<f32>),
+            quote!(#rt::ndarray::ArrayViewMut2<'_, f32>),
         ),
         Head::Avg => (
             quote!(#rt::layers::AvgPoolHead<#c>),
@@ -126,6 +124,7 @@ pub fn expand_model(
                 plan.head_channels
             ),
             quote!(#rt::ndarray::Array2<f32>),
+            quote!(#rt::ndarray::ArrayViewMut2<'_, f32>),
         ),
         Head::Max => (
             quote!(#rt::layers::MaxPoolHead<#c>),
@@ -134,6 +133,7 @@ pub fn expand_model(
                 plan.head_channels
             ),
             quote!(#rt::ndarray::Array2<f32>),
+            quote!(#rt::ndarray::ArrayViewMut2<'_, f32>),
         ),
         Head::None => (
             quote!(#rt::layers::FeatureMapHead<#c>),
@@ -142,6 +142,7 @@ pub fn expand_model(
                 plan.head_channels
             ),
             quote!(#rt::ndarray::Array4<f32>),
+            quote!(#rt::ndarray::ArrayViewMut4<'_, f32>),
         ),
     };
     fields.push(quote!(#[doc = #head_doc] pub head: #head_ty));
@@ -156,6 +157,7 @@ pub fn expand_model(
         Literal::u64_unsuffixed(plan.macs),
     );
     let name_str = name.to_string();
+    let arena = lit(plan.arena_floats(1));
 
     let classifier_items = (arch.head == Head::Classifier).then(|| {
         quote! {
@@ -193,6 +195,8 @@ pub fn expand_model(
             pub const BUFFERS: u64 = #buffers;
             /// Multiply-accumulates per image (convolutions and the linear layer).
             pub const MACS: u64 = #macs;
+            /// Floats of the activation arena (`Workspace`) at batch 1.
+            pub const ARENA_FLOATS: usize = #arena;
 
             #classifier_items
 
@@ -286,7 +290,18 @@ pub fn expand_model(
                 #rt::onnx::save_file(self, path)
             }
 
-            /// Runs the network on an NCHW batch of any size.
+            /// Floats of the activation arena at batch `batch` (not quite linear: im2col
+            /// scratch is capped per chunk of images).
+            pub fn arena_floats(batch: usize) -> usize {
+                Self::plan().arena_floats(batch)
+            }
+
+            fn stage_array(&self) -> [#rt::StageRef<'_>; #stage_count] {
+                [#(#stages),*]
+            }
+
+            /// Runs the network on an NCHW batch of any size; activations live in this
+            /// thread's cached workspace, so only the output is allocated.
             ///
             /// # Errors
             /// [`Error::InputShape`](#rt::Error::InputShape) when a per-image shape is not
@@ -295,9 +310,21 @@ pub fn expand_model(
                 &self,
                 x: #rt::ndarray::ArrayView4<'_, f32>,
             ) -> ::core::result::Result<#output_ty, #rt::Error> {
-                let x = #rt::input_to_nhwc(x, Self::INPUT)?;
-                #(#forwards)*
-                ::core::result::Result::Ok(self.head.forward(x.view()))
+                #rt::forward_alloc(self.stage_array(), Self::plan(), x)
+            }
+
+            /// [`forward`](Self::forward) into `out` (`(N, …)` of [`Self::OUTPUT`]) with
+            /// every activation in `ws`: no allocation once `ws` has grown to the batch.
+            ///
+            /// # Errors
+            /// As `forward`, and [`Error::OutputShape`](#rt::Error::OutputShape).
+            pub fn forward_into(
+                &self,
+                x: #rt::ndarray::ArrayView4<'_, f32>,
+                ws: &mut #rt::Workspace,
+                out: #output_view,
+            ) -> ::core::result::Result<(), #rt::Error> {
+                #rt::forward_into(self.stage_array(), Self::plan(), x, ws, out.into_dyn())
             }
         }
 
@@ -310,7 +337,7 @@ pub fn expand_model(
             }
 
             fn stages(&self) -> ::std::vec::Vec<#rt::StageRef<'_>> {
-                ::std::vec![#(#stages),*]
+                ::std::vec::Vec::from(self.stage_array())
             }
 
             fn stages_mut(&mut self) -> ::std::vec::Vec<#rt::StageMut<'_>> {

@@ -148,6 +148,18 @@ pub struct Plan {
     pub buffers: u64,
     /// Multiply-accumulates per image.
     pub macs: u64,
+    /// Per-image input shape `[C, H, W]`.
+    pub input: [usize; 3],
+    /// Which stem.
+    pub stem_kind: Stem,
+    /// Channels each dense layer adds.
+    pub growth: usize,
+    /// Bottleneck width factor (`None`: plain 3x3 dense layers).
+    pub bottleneck: Option<usize>,
+    /// Which head.
+    pub head: Head,
+    /// Output classes (used by a classifier head).
+    pub classes: usize,
 }
 
 /// Output size of a sliding window: `floor((n + 2p - k) / s) + 1`, or 0 when it does not fit.
@@ -366,6 +378,177 @@ impl Plan {
             params,
             buffers,
             macs,
+            input: arch.input,
+            stem_kind: arch.stem,
+            growth: arch.growth,
+            bottleneck: arch.bottleneck,
+            head: arch.head,
+            classes: arch.classes,
         }
+    }
+}
+
+/// Largest im2col matrix, in floats, built at once: a convolution over a batch whose
+/// im2col matrix is larger runs a few whole images at a time (at least one).
+///
+/// Mirrors `SCRATCH_LIMIT` of the runtime's `layers/conv.rs` (16 MiB of `f32`); the
+/// runtime's workspace convolution uses this constant, so the plan and the run agree.
+pub const IM2COL_LIMIT: usize = 1 << 22;
+
+/// Floats of im2col scratch for a non-pointwise convolution over `n` images with
+/// `rows` output pixels per image and `k_len = kh·kw·c_in`: whole images, as many as
+/// fit in [`IM2COL_LIMIT`], at least one (0 for an empty batch).
+pub fn im2col_floats(n: usize, rows: usize, k_len: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let per_image = rows.saturating_mul(k_len);
+    let images = (IM2COL_LIMIT / per_image.max(1)).clamp(1, n);
+    images.saturating_mul(per_image)
+}
+
+/// The activation arena of one forward pass at a given batch size, in `f32`s, region
+/// by region (the runtime's `Workspace` is carved exactly like this).
+///
+/// Always live: two ping-pong concatenation buffers (dense block `i` (0-based) works in
+/// `concat[i % 2]`, `(n, H, W, C_out)` NHWC; the stem writes into the first one, each
+/// transition into the other one) and the BatchNorm scale/shift pair. Then one scratch
+/// region, reused by every stage: its size is the largest any stage needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaPlan {
+    /// Batch size.
+    pub batch: usize,
+    /// The two concatenation buffers: the largest block of each parity.
+    pub concat: [usize; 2],
+    /// Per-channel BatchNorm scale and shift: `2 ·` the widest BatchNorm.
+    pub bn_params: usize,
+    /// Stem scratch: NHWC input, im2col, and for an ImageNet stem the conv output and
+    /// its BN-ReLU (the max pool writes into `concat[0]`).
+    pub stem: usize,
+    /// Dense-block scratch: `normed + bottleneck + bottleneck_padded + im2col` of the
+    /// block needing the most (the sizes below are that block's).
+    pub block: usize,
+    /// BN-ReLU of the concatenation prefix: `n·H·W·c`, or zero-padded
+    /// `n·(H+2)·(W+2)·c` for a layer without bottleneck (its 3x3 conv reads it).
+    pub normed: usize,
+    /// The 1x1 bottleneck conv output, `n·H·W·4k` (0 without bottleneck).
+    pub bottleneck: usize,
+    /// Its BN-ReLU, zero-padded for the 3x3 conv: `n·(H+2)·(W+2)·4k`.
+    pub bottleneck_padded: usize,
+    /// im2col scratch of the 3x3 conv (see [`im2col_floats`]).
+    pub im2col: usize,
+    /// Transition scratch: BN-ReLU `n·H·W·c` and its 2x2 average pool; the 1x1 conv
+    /// writes into the next block's concatenation buffer.
+    pub transition: usize,
+    /// Head scratch: BN-ReLU `n·H·W·c`, pooled features `n·c` and logits.
+    pub head: usize,
+}
+
+impl ArenaPlan {
+    /// The scratch region: the largest of the stage scratches.
+    pub fn scratch(&self) -> usize {
+        self.stem
+            .max(self.block)
+            .max(self.transition)
+            .max(self.head)
+    }
+
+    /// The whole arena: `concat[0] + concat[1] + bn_params + scratch()`.
+    pub fn total(&self) -> usize {
+        self.concat[0] + self.concat[1] + self.bn_params + self.scratch()
+    }
+
+    /// [`total`](Self::total) in bytes.
+    pub fn bytes(&self) -> usize {
+        self.total() * std::mem::size_of::<f32>()
+    }
+}
+
+impl Plan {
+    /// The activation arena for a batch of `batch` images (no allocation).
+    pub fn arena(&self, batch: usize) -> ArenaPlan {
+        let n = batch;
+        let [c_img, h_img, w_img] = self.input;
+        let c0 = self.stem.c_out;
+        let mut a = ArenaPlan {
+            batch,
+            ..ArenaPlan::default()
+        };
+        let mut widest = self.head_channels;
+        let input = n * c_img * h_img * w_img;
+        a.stem = match self.stem_kind {
+            Stem::ImageNet => {
+                let (oh, ow) = (window_output(h_img, 7, 2, 3), window_output(w_img, 7, 2, 3));
+                widest = widest.max(c0);
+                input + im2col_floats(n, oh * ow, 49 * c_img) + 2 * n * oh * ow * c0
+            }
+            Stem::Cifar => input + im2col_floats(n, h_img * w_img, 9 * c_img),
+        };
+        for (i, b) in self.blocks.iter().enumerate() {
+            let pixels = n * b.height * b.width;
+            let padded = n * (b.height + 2) * (b.width + 2);
+            a.concat[i % 2] = a.concat[i % 2].max(pixels * b.c_out);
+            if b.layers == 0 {
+                continue;
+            }
+            let c_last = b.c_out - self.growth;
+            widest = widest.max(c_last);
+            let (normed, bottleneck, bottleneck_padded, im2col) = match self.bottleneck {
+                Some(bn_size) => {
+                    let width = bn_size * self.growth;
+                    widest = widest.max(width);
+                    (
+                        pixels * c_last,
+                        pixels * width,
+                        padded * width,
+                        im2col_floats(n, b.height * b.width, 9 * width),
+                    )
+                }
+                None => (
+                    padded * c_last,
+                    0,
+                    0,
+                    im2col_floats(n, b.height * b.width, 9 * c_last),
+                ),
+            };
+            let block = normed + bottleneck + bottleneck_padded + im2col;
+            if block > a.block {
+                (
+                    a.block,
+                    a.normed,
+                    a.bottleneck,
+                    a.bottleneck_padded,
+                    a.im2col,
+                ) = (block, normed, bottleneck, bottleneck_padded, im2col);
+            }
+        }
+        for (t, b) in self.transitions.iter().zip(&self.blocks) {
+            widest = widest.max(t.c_in);
+            let full = n * b.height * b.width * t.c_in;
+            let pooled = n * t.height * t.width * t.c_in;
+            a.transition = a.transition.max(full + pooled);
+        }
+        if let Some(last) = self.blocks.last() {
+            let c = self.head_channels;
+            let logits = match self.head {
+                Head::Classifier => n * self.classes,
+                _ => 0,
+            };
+            let pooled = match self.head {
+                Head::None => 0,
+                _ => n * c,
+            };
+            a.head = n * last.height * last.width * c + pooled + logits;
+        }
+        a.bn_params = 2 * widest;
+        a
+    }
+
+    /// Floats of the activation arena at batch `batch`: [`ArenaPlan::total`].
+    ///
+    /// Linear in the batch except where an im2col matrix hits [`IM2COL_LIMIT`] (then
+    /// that part stops growing), so this is a function, not a per-image constant.
+    pub fn arena_floats(&self, batch: usize) -> usize {
+        self.arena(batch).total()
     }
 }

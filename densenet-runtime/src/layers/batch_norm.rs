@@ -221,6 +221,102 @@ impl BatchNorm2d {
     }
 }
 
+impl BatchNorm2d {
+    /// [`scale_shift`](Self::scale_shift) written into `scale` and `shift` (each
+    /// [`channels`](Self::channels) long) instead of two new vectors.
+    ///
+    /// # Panics
+    ///
+    /// If either slice is not `channels` long, or a `_mut` accessor changed a
+    /// parameter's length.
+    pub fn scale_shift_into(&self, scale: &mut [f32], shift: &mut [f32]) {
+        let c = self.channels();
+        if self.beta.len() != c || self.running_mean.len() != c || self.running_var.len() != c {
+            resized_parameters(
+                c,
+                self.beta.len(),
+                self.running_mean.len(),
+                self.running_var.len(),
+            );
+        }
+        assert!(
+            scale.len() == c && shift.len() == c,
+            "BatchNorm2d::scale_shift_into: {c} channels, got slices of {} and {}",
+            scale.len(),
+            shift.len()
+        );
+        let eps = f64::from(self.eps);
+        for i in 0..c {
+            let s = f64::from(self.gamma[i]) / (f64::from(self.running_var[i]) + eps).sqrt();
+            let t = f64::from(self.beta[i]) - f64::from(self.running_mean[i]) * s;
+            (scale[i], shift[i]) = (s as f32, t as f32);
+        }
+    }
+
+    /// Fused batch norm then ReLU of the first [`channels`](Self::channels) `c` of every
+    /// pixel of an NHWC map `x` (`n·h·w` pixels, pixel `p` at `p·pixel_stride`), written
+    /// into `out` as an `(n, h + 2·pad, w + 2·pad, c)` map whose `pad`-wide border is
+    /// zero (written here, so `out`'s previous contents do not matter): the input of a
+    /// convolution with padding `pad` run as one without padding. Allocation-free:
+    /// `params` (at least `2·c` floats) holds the per-channel scale and shift.
+    ///
+    /// # Panics
+    ///
+    /// If a slice is too short for the shapes, or `out.len()` is not
+    /// `n·(h+2·pad)·(w+2·pad)·c`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_relu_padded_into(
+        &self,
+        x: &[f32],
+        pixel_stride: usize,
+        (n, h, w): (usize, usize, usize),
+        pad: usize,
+        params: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let c = self.channels();
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let pixels = n * h * w;
+        let needed = match pixels {
+            0 => 0,
+            _ => (pixels - 1) * pixel_stride + c,
+        };
+        if pixel_stride < c || x.len() < needed || out.len() != n * hp * wp * c {
+            matrix_mismatch(c, pixels, pixel_stride, x.len(), out.len());
+        }
+        let (scale, rest) = params.split_at_mut(c);
+        let shift = &mut rest[..c];
+        self.scale_shift_into(scale, shift);
+        let (scale, shift) = (&*scale, &*shift);
+        if out.is_empty() {
+            return;
+        }
+        let row = |(r, dst): (usize, &mut [f32])| {
+            let (b, yp) = (r / hp, r % hp);
+            if yp < pad || yp >= h + pad {
+                dst.fill(0.0);
+                return;
+            }
+            dst[..pad * c].fill(0.0);
+            dst[(w + pad) * c..].fill(0.0);
+            let first = (b * h + yp - pad) * w;
+            for (xx, o) in dst[pad * c..(w + pad) * c].chunks_exact_mut(c).enumerate() {
+                let src = &x[(first + xx) * pixel_stride..][..c];
+                for (((o, &v), &s), &t) in o.iter_mut().zip(src).zip(scale).zip(shift) {
+                    let y = v * s + t;
+                    // As `apply`: keeps NaN and turns -0.0 into 0.0.
+                    *o = if y <= 0.0 { 0.0 } else { y };
+                }
+            }
+        };
+        if out.len() >= PARALLEL_THRESHOLD {
+            out.par_chunks_mut(wp * c).enumerate().for_each(row);
+        } else {
+            out.chunks_mut(wp * c).enumerate().for_each(row);
+        }
+    }
+}
+
 /// `out[r][j] = x[r·row_stride + j]·scale[j] + shift[j]` (then ReLU) for every row `r`
 /// and channel `j < scale.len()`; `out` is contiguous.
 fn apply(

@@ -8,6 +8,7 @@
 use ndarray::{Array4, ArrayView4};
 
 use crate::kernels::gemm::MatMut;
+use crate::layers::conv_into::{conv2d_into, conv2d_scratch};
 use crate::layers::{BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
 use crate::visit::{StageMut, StageRef};
@@ -136,6 +137,90 @@ pub fn dense_block_forward(layers: &[DenseLayer], x: ArrayView4<'_, f32>) -> Arr
         c += k;
     }
     out
+}
+
+/// Floats of scratch [`dense_block_forward_into`] needs for `n` images of `h × w`:
+/// `normed + bottleneck + bottleneck_padded + im2col`, each sized for the widest layer.
+pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) -> [usize; 4] {
+    let (pixels, padded) = (n * h * w, n * (h + 2) * (w + 2));
+    let mut sizes = [0; 4];
+    for layer in layers {
+        let (normed, width, conv) = match layer {
+            DenseLayer::Basic { conv1, .. } => (padded * layer.c_in(), 0, conv1),
+            DenseLayer::Bottleneck { conv1, conv2, .. } => {
+                (pixels * layer.c_in(), conv1.c_out(), conv2)
+            }
+        };
+        let im2col = conv2d_scratch(conv, (n, h + 2, w + 2), true);
+        let layer_sizes = [normed, pixels * width, padded * width, im2col];
+        for (s, l) in sizes.iter_mut().zip(layer_sizes) {
+            *s = (*s).max(l);
+        }
+    }
+    sizes
+}
+
+/// A dense block's forward pass in place, without allocating: `buf` is the block's
+/// concatenation buffer, NHWC `(n, h, w, c_out)`, whose first `c_in` channels of every
+/// pixel hold the block input (written there by the stem or the previous transition);
+/// each layer appends its channels. `bn_params` holds BatchNorm scale/shift (`2·` the
+/// widest layer), `scratch` at least the sum of [`dense_block_scratch`], carved as
+/// `normed | bottleneck | bottleneck_padded | im2col`. Returns the scratch floats used.
+///
+/// A plain layer's BN-ReLU is written zero-padded by 1, so its 3x3 conv runs unpadded;
+/// a bottleneck layer's second BN-ReLU likewise. Same arithmetic as
+/// [`dense_block_forward`], which stays as the simple reference.
+///
+/// # Panics
+///
+/// If the layers do not chain from `c_in`, or a slice is too short.
+pub fn dense_block_forward_into(
+    layers: &[DenseLayer],
+    (n, h, w, c_in): (usize, usize, usize, usize),
+    buf: &mut [f32],
+    bn_params: &mut [f32],
+    scratch: &mut [f32],
+) -> usize {
+    let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
+    let pixels = n * h * w;
+    assert_eq!(buf.len(), pixels * c_out, "dense block buffer size");
+    let sizes = dense_block_scratch(layers, n, h, w);
+    let (normed_all, rest) = scratch.split_at_mut(sizes[0]);
+    let (bneck_all, rest) = rest.split_at_mut(sizes[1]);
+    let (padded_all, rest) = rest.split_at_mut(sizes[2]);
+    let im2col = &mut rest[..sizes[3]];
+    let mut c = c_in;
+    for layer in layers {
+        assert_eq!(layer.c_in(), c, "dense layers must chain");
+        let k = layer.growth();
+        match layer {
+            DenseLayer::Basic { norm1, conv1 } => {
+                let normed = &mut normed_all[..n * (h + 2) * (w + 2) * c];
+                norm1.forward_relu_padded_into(buf, c_out, (n, h, w), 1, bn_params, normed);
+                let dst = MatMut::new(&mut buf[c..], pixels, k, c_out, 1);
+                conv2d_into(conv1, normed, (n, h + 2, w + 2), true, dst, im2col);
+            }
+            DenseLayer::Bottleneck {
+                norm1,
+                conv1,
+                norm2,
+                conv2,
+            } => {
+                let normed = &mut normed_all[..pixels * c];
+                norm1.forward_relu_padded_into(buf, c_out, (n, h, w), 0, bn_params, normed);
+                let width = conv1.c_out();
+                let bneck = &mut bneck_all[..pixels * width];
+                let mid = MatMut::row_major(bneck, pixels, width);
+                conv2d_into(conv1, normed, (n, h, w), false, mid, im2col);
+                let padded = &mut padded_all[..n * (h + 2) * (w + 2) * width];
+                norm2.forward_relu_padded_into(bneck, width, (n, h, w), 1, bn_params, padded);
+                let dst = MatMut::new(&mut buf[c..], pixels, k, c_out, 1);
+                conv2d_into(conv2, padded, (n, h + 2, w + 2), true, dst, im2col);
+            }
+        }
+        c += k;
+    }
+    sizes.iter().sum()
 }
 
 /// A dense block of `LAYERS` layers reading `C_IN` channels, each adding `GROWTH`;

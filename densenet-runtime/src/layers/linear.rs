@@ -99,6 +99,40 @@ impl Linear {
         &mut self.bias
     }
 
+    /// `out ← x·Wᵀ + b` for a contiguous `n × in_features` matrix `x`, written into the
+    /// contiguous `n × out_features` slice `out` (no allocation); the arithmetic of
+    /// [`forward`](Self::forward).
+    ///
+    /// # Panics
+    ///
+    /// If a slice does not fit the shapes, or a `_mut` accessor resized the bias.
+    pub fn forward_into(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        let (out_features, in_features) = (self.out_features(), self.in_features());
+        if self.bias.len() != out_features {
+            resized_parameters(out_features, self.bias.len());
+        }
+        assert!(
+            x.len() == n * in_features && out.len() == n * out_features,
+            "Linear::forward_into: shapes do not fit the slices"
+        );
+        for row in out.chunks_exact_mut(out_features.max(1)) {
+            row.iter_mut().zip(&self.bias).for_each(|(o, &b)| *o = b);
+        }
+        let weight = self.weight.as_standard_layout();
+        gemm(
+            1.0,
+            MatRef::row_major(x, n, in_features),
+            MatRef::row_major(
+                weight.as_slice().expect("contiguous"),
+                out_features,
+                in_features,
+            )
+            .t(),
+            1.0,
+            MatMut::row_major(out, n, out_features),
+        );
+    }
+
     /// `(N, in)` → `(N, out)`: `y = x·Wᵀ + b`, one GEMM reading `W` transposed in place.
     ///
     /// # Panics

@@ -6,6 +6,7 @@
 
 mod batch_norm;
 mod conv;
+mod conv_into;
 mod dense_block;
 mod head;
 mod linear;
@@ -15,12 +16,17 @@ mod transition;
 
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
-pub use dense_block::{dense_block_forward, DenseBlock, DenseLayer};
+pub use conv_into::{conv2d_into, conv2d_scratch};
+pub use dense_block::{
+    dense_block_forward, dense_block_forward_into, dense_block_scratch, DenseBlock, DenseLayer,
+};
 pub use head::{
-    feature_map_forward, pooled_head_forward, AvgPoolHead, ClassifierHead, FeatureMapHead,
-    MaxPoolHead,
+    feature_map_forward, feature_map_forward_into, pooled_head_forward, pooled_head_forward_into,
+    AvgPoolHead, ClassifierHead, FeatureMapHead, MaxPoolHead,
 };
 pub use linear::Linear;
-pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};
-pub use stem::{stem_conv, stem_forward, CifarStem, ImageNetStem};
-pub use transition::{transition_forward, Transition};
+pub use pool::{
+    avg_pool2d, global_avg_pool, global_max_pool, global_pool_into, max_pool2d, pool2d_into,
+};
+pub use stem::{stem_conv, stem_forward, stem_forward_into, CifarStem, ImageNetStem};
+pub use transition::{transition_forward, transition_forward_into, Transition};

@@ -145,7 +145,7 @@ fn pool(
     let row = |(r, dst): (usize, &mut [f32])| {
         let (b, oy) = (r / oh, r % oh);
         let image = &x[b * image_len..(b + 1) * image_len];
-        pool_row(image, oy, h, w, c, win, reduce, dst);
+        pool_row(image, oy, h, w, c, win, reduce, dst, c);
     };
     if out_slice.len() >= PARALLEL_THRESHOLD {
         out_slice
@@ -158,6 +158,95 @@ fn pool(
     out
 }
 
+/// Windowed max (`max`) or average pooling of the contiguous NHWC map `x`
+/// (`n, h, w, c`) into `out`, `n·oh·ow` pixels `out_stride` apart (the first `c` floats
+/// of each written): e.g. straight into a dense block's concatenation buffer. The same
+/// arithmetic as [`max_pool2d`] / [`avg_pool2d`], without allocating.
+///
+/// # Panics
+///
+/// If `kernel` or `stride` is 0, `out_stride < c`, or a slice does not fit the shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn pool2d_into(
+    x: &[f32],
+    (n, h, w, c): (usize, usize, usize, usize),
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    max: bool,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    if kernel == 0 || stride == 0 {
+        invalid_window(kernel, stride);
+    }
+    let win = Window {
+        kernel_h: kernel,
+        kernel_w: kernel,
+        stride,
+        padding,
+    };
+    let (oh, ow) = win.output_size(h, w);
+    assert!(
+        out_stride >= c && x.len() == n * h * w * c && out.len() == n * oh * ow * out_stride,
+        "pool2d_into: shapes do not fit the slices"
+    );
+    let out_row_len = ow * out_stride;
+    if out_row_len == 0 || n * oh == 0 {
+        return;
+    }
+    let reduce = if max { Reduce::Max } else { Reduce::Avg };
+    let image_len = h * w * c;
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (b, oy) = (r / oh, r % oh);
+        let image = &x[b * image_len..(b + 1) * image_len];
+        pool_row(image, oy, h, w, c, win, reduce, dst, out_stride);
+    };
+    if n * oh * ow * c >= PARALLEL_THRESHOLD {
+        out.par_chunks_mut(out_row_len).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(out_row_len).enumerate().for_each(row);
+    }
+}
+
+/// Global average (or, with `max`, max) pool of the contiguous NHWC map `x`
+/// (`n` images of `pixels × c`) into `out` (`n × c`): the arithmetic of
+/// [`global_avg_pool`] / [`global_max_pool`], without allocating.
+///
+/// # Panics
+///
+/// If `x.len() != n·pixels·c` or `out.len() != n·c`.
+pub fn global_pool_into(x: &[f32], n: usize, pixels: usize, c: usize, max: bool, out: &mut [f32]) {
+    assert!(
+        x.len() == n * pixels * c && out.len() == n * c,
+        "global_pool_into: shapes do not fit the slices"
+    );
+    if c == 0 {
+        return;
+    }
+    for (b, acc) in out.chunks_exact_mut(c).enumerate() {
+        let image = &x[b * pixels * c..(b + 1) * pixels * c];
+        if max {
+            acc.fill(f32::NEG_INFINITY);
+            for pixel in image.chunks_exact(c) {
+                max_into(acc, pixel);
+            }
+        } else {
+            acc.fill(0.0);
+            for pixel in image.chunks_exact(c) {
+                for (a, &v) in acc.iter_mut().zip(pixel) {
+                    *a += v;
+                }
+            }
+            let count = pixels as f32;
+            acc.iter_mut().for_each(|a| *a /= count);
+            if pixels == 0 {
+                acc.fill(f32::NAN);
+            }
+        }
+    }
+}
+
 /// The in-bounds kernel taps `lo..hi` for output coordinate `o` (see im2col).
 fn taps(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> (usize, usize) {
     let start = o * stride;
@@ -166,7 +255,8 @@ fn taps(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> (usize
     (lo, hi)
 }
 
-/// Computes output row `oy` of one image (`image` is `h × w × c`) into `dst` (`ow × c`).
+/// Computes output row `oy` of one image (`image` is `h × w × c`) into `dst` (`ow`
+/// pixels, `dst_stride` apart, of which the first `c` floats are written).
 #[allow(clippy::too_many_arguments)]
 fn pool_row(
     image: &[f32],
@@ -177,6 +267,7 @@ fn pool_row(
     win: Window,
     reduce: Reduce,
     dst: &mut [f32],
+    dst_stride: usize,
 ) {
     let Window {
         kernel_h: k,
@@ -185,7 +276,8 @@ fn pool_row(
         ..
     } = win;
     let (ky_lo, ky_hi) = taps(oy, k, stride, padding, h);
-    for (ox, acc) in dst.chunks_exact_mut(c).enumerate() {
+    for (ox, acc) in dst.chunks_exact_mut(dst_stride).enumerate() {
+        let acc = &mut acc[..c];
         let (kx_lo, kx_hi) = taps(ox, k, stride, padding, w);
         match reduce {
             Reduce::Max => acc.fill(f32::NEG_INFINITY),

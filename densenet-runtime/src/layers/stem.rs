@@ -1,6 +1,9 @@
 //! The network's first layers.
 
-use ndarray::{Array4, ArrayView4};
+use ndarray::{Array4, ArrayView4, ArrayViewMut4};
+
+use crate::kernels::gemm::MatMut;
+use crate::layers::{conv2d_into, conv2d_scratch, pool2d_into};
 
 use crate::layers::{max_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
 use densenet_spec::Stem;
@@ -29,6 +32,53 @@ pub fn stem_forward(
     match norm {
         Some(norm) => max_pool2d(norm.forward_relu(x.view()).view(), 3, 2, 1),
         None => x,
+    }
+}
+
+/// The stem's forward pass without allocating: the NCHW batch `x` is converted to NHWC
+/// in `scratch`, convolved, and (ImageNet stem) BN-ReLU'd and max-pooled; the result is
+/// written into `out`, `n·oh·ow` pixels `out_stride` apart (the first `c_out` floats of
+/// each): the first channels of dense block 1's concatenation buffer. `bn_params` holds
+/// `2·c_out` floats of BatchNorm scale/shift. Returns the scratch floats used:
+/// input, im2col, and for an ImageNet stem the conv output and its BN-ReLU.
+///
+/// # Panics
+///
+/// If `x` does not have the conv's input channels or a slice is too short.
+pub fn stem_forward_into(
+    conv: &Conv2d,
+    norm: Option<&BatchNorm2d>,
+    x: ArrayView4<'_, f32>,
+    out: &mut [f32],
+    out_stride: usize,
+    bn_params: &mut [f32],
+    scratch: &mut [f32],
+) -> usize {
+    let (n, c, h, w) = x.dim();
+    let c0 = conv.c_out();
+    let (input, rest) = scratch.split_at_mut(n * h * w * c);
+    ArrayViewMut4::from_shape((n, h, w, c), &mut *input)
+        .expect("the slice has n·h·w·c floats")
+        .assign(&x.permuted_axes([0, 2, 3, 1]));
+    let im2col_len = conv2d_scratch(conv, (n, h, w), false);
+    let (im2col, rest) = rest.split_at_mut(im2col_len);
+    let (oh, ow) = conv.output_size(h, w);
+    let rows = n * oh * ow;
+    match norm {
+        None => {
+            let dst = MatMut::new(out, rows, c0, out_stride, 1);
+            conv2d_into(conv, input, (n, h, w), false, dst, im2col);
+            input.len() + im2col_len
+        }
+        Some(norm) => {
+            let (conv_out, rest) = rest.split_at_mut(rows * c0);
+            let normed = &mut rest[..rows * c0];
+            let dst = MatMut::row_major(conv_out, rows, c0);
+            conv2d_into(conv, input, (n, h, w), false, dst, im2col);
+            norm.forward_relu_padded_into(conv_out, c0, (n, oh, ow), 0, bn_params, normed);
+            pool2d_into(normed, (n, oh, ow, c0), 3, 2, 1, true, out, out_stride);
+            input.len() + im2col_len + 2 * rows * c0
+        }
     }
 }
 

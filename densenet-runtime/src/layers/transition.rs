@@ -2,7 +2,10 @@
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::layers::{avg_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
+use crate::kernels::gemm::MatMut;
+use crate::layers::{
+    avg_pool2d, conv2d_into, conv2d_scratch, pool2d_into, BatchNorm2d, Conv2d, Conv2dConfig,
+};
 use crate::rng::Rng;
 use crate::visit::{StageMut, StageRef};
 
@@ -18,6 +21,45 @@ pub fn transition_forward(
     let x = norm.forward_relu(x);
     let x = avg_pool2d(x.view(), 2, 2);
     conv.forward(x.view())
+}
+
+/// A transition's forward pass without allocating: `x` is the contiguous NHWC block
+/// output `(n, h, w, c_in)`; BN-ReLU and the 2x2 average pool go to `scratch`, and the
+/// 1x1 conv writes `(n, h/2, w/2, c_out)` into `out` with pixels `out_stride` apart: the
+/// first channels of the next block's concatenation buffer. `bn_params` holds `2·c_in`
+/// floats. Returns the scratch floats used.
+///
+/// # Panics
+///
+/// If a slice does not fit the shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn transition_forward_into(
+    norm: &BatchNorm2d,
+    conv: &Conv2d,
+    x: &[f32],
+    (n, h, w): (usize, usize, usize),
+    out: &mut [f32],
+    out_stride: usize,
+    bn_params: &mut [f32],
+    scratch: &mut [f32],
+) -> usize {
+    let c = norm.channels();
+    let (ho, wo) = (h / 2, w / 2);
+    let (normed, rest) = scratch.split_at_mut(n * h * w * c);
+    let (pooled, rest) = rest.split_at_mut(n * ho * wo * c);
+    norm.forward_relu_padded_into(x, c, (n, h, w), 0, bn_params, normed);
+    pool2d_into(normed, (n, h, w, c), 2, 2, 0, false, pooled, c);
+    let im2col_len = conv2d_scratch(conv, (n, ho, wo), false);
+    let dst = MatMut::new(out, n * ho * wo, conv.c_out(), out_stride, 1);
+    conv2d_into(
+        conv,
+        pooled,
+        (n, ho, wo),
+        false,
+        dst,
+        &mut rest[..im2col_len],
+    );
+    normed.len() + pooled.len() + im2col_len
 }
 
 /// A transition from `C_IN` to `C_OUT = floor(θ·C_IN)` channels, halving height and width.

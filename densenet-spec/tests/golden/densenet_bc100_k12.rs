@@ -44,6 +44,8 @@ impl DenseNetBC100K12 {
     pub const BUFFERS: u64 = 23988;
     /// Multiply-accumulates per image (convolutions and the linear layer).
     pub const MACS: u64 = 287929692;
+    /// Floats of the activation arena (`Workspace`) at batch 1.
+    pub const ARENA_FLOATS: usize = 1054572;
     /// Number of output classes.
     pub const CLASSES: usize = 10;
     /// Softmax probabilities for an NCHW batch: `forward` followed by a softmax per row.
@@ -175,7 +177,24 @@ impl DenseNetBC100K12 {
     ) -> ::std::io::Result<()> {
         ::densenet::runtime::onnx::save_file(self, path)
     }
-    /// Runs the network on an NCHW batch of any size.
+    /// Floats of the activation arena at batch `batch` (not quite linear: im2col
+    /// scratch is capped per chunk of images).
+    pub fn arena_floats(batch: usize) -> usize {
+        Self::plan().arena_floats(batch)
+    }
+    fn stage_array(&self) -> [::densenet::runtime::StageRef<'_>; 7] {
+        [
+            self.stem.stage(),
+            self.block1.stage(1),
+            self.transition1.stage(1),
+            self.block2.stage(2),
+            self.transition2.stage(2),
+            self.block3.stage(3),
+            self.head.stage(),
+        ]
+    }
+    /// Runs the network on an NCHW batch of any size; activations live in this
+    /// thread's cached workspace, so only the output is allocated.
     ///
     /// # Errors
     /// [`Error::InputShape`](#rt::Error::InputShape) when a per-image shape is not
@@ -187,14 +206,26 @@ impl DenseNetBC100K12 {
         ::densenet::runtime::ndarray::Array2<f32>,
         ::densenet::runtime::Error,
     > {
-        let x = ::densenet::runtime::input_to_nhwc(x, Self::INPUT)?;
-        let x = self.stem.forward(x.view());
-        let x = self.block1.forward(x.view());
-        let x = self.transition1.forward(x.view());
-        let x = self.block2.forward(x.view());
-        let x = self.transition2.forward(x.view());
-        let x = self.block3.forward(x.view());
-        ::core::result::Result::Ok(self.head.forward(x.view()))
+        ::densenet::runtime::forward_alloc(self.stage_array(), Self::plan(), x)
+    }
+    /// [`forward`](Self::forward) into `out` (`(N, …)` of [`Self::OUTPUT`]) with
+    /// every activation in `ws`: no allocation once `ws` has grown to the batch.
+    ///
+    /// # Errors
+    /// As `forward`, and [`Error::OutputShape`](#rt::Error::OutputShape).
+    pub fn forward_into(
+        &self,
+        x: ::densenet::runtime::ndarray::ArrayView4<'_, f32>,
+        ws: &mut ::densenet::runtime::Workspace,
+        out: ::densenet::runtime::ndarray::ArrayViewMut2<'_, f32>,
+    ) -> ::core::result::Result<(), ::densenet::runtime::Error> {
+        ::densenet::runtime::forward_into(
+            self.stage_array(),
+            Self::plan(),
+            x,
+            ws,
+            out.into_dyn(),
+        )
     }
 }
 #[automatically_derived]
@@ -204,11 +235,7 @@ impl ::densenet::runtime::Model for DenseNetBC100K12 {
         <DenseNetBC100K12>::init(seed)
     }
     fn stages(&self) -> ::std::vec::Vec<::densenet::runtime::StageRef<'_>> {
-        ::std::vec![
-            self.stem.stage(), self.block1.stage(1), self.transition1.stage(1), self
-            .block2.stage(2), self.transition2.stage(2), self.block3.stage(3), self.head
-            .stage()
-        ]
+        ::std::vec::Vec::from(self.stage_array())
     }
     fn stages_mut(&mut self) -> ::std::vec::Vec<::densenet::runtime::StageMut<'_>> {
         ::std::vec![

@@ -1,0 +1,285 @@
+//! Allocation-free inference: one activation arena reused across forward passes.
+//!
+//! The arena is one `Vec<f32>` carved, for a batch of `n`, exactly as
+//! [`ArenaPlan`](crate::spec::ArenaPlan) says:
+//!
+//! ```text
+//! | concat A | concat B | BN scale/shift | scratch (reused by every stage)        |
+//!   block 1, 3, …  block 2, 4, …            stem:       input | im2col | conv | BN-ReLU
+//!                                           dense block: normed | bottleneck |
+//!                                                        bottleneck_padded | im2col
+//!                                           transition: BN-ReLU | pooled
+//!                                           head:       BN-ReLU | pooled | logits
+//! ```
+//!
+//! Each dense block works in place in its concatenation buffer `(n, H, W, C_out)`. The
+//! stem writes its output straight into the first `C_in` channels of block 1's buffer
+//! (A), and transition `i` reads its block's buffer and writes into the first channels
+//! of the other one, so no block input is ever copied. Padded BN-ReLU outputs (the
+//! input of each 3x3 conv) have their zero border written together with their interior
+//! (see [`BatchNorm2d::forward_relu_padded_into`](crate::layers::BatchNorm2d::forward_relu_padded_into)):
+//! the scratch region is shared by stages of different shapes, so no border survives
+//! from one use to the next, and rewriting it costs about `4/H` of the map.
+
+use std::cell::RefCell;
+
+use ndarray::{ArrayD, ArrayView4, ArrayViewMutD, Dimension, Ix2, Ix4, IxDyn};
+
+use crate::layers::{
+    dense_block_forward, dense_block_forward_into, feature_map_forward, feature_map_forward_into,
+    pooled_head_forward, pooled_head_forward_into, stem_forward, stem_forward_into,
+    transition_forward, transition_forward_into,
+};
+use crate::spec::{Head, Plan};
+use crate::visit::StageRef;
+use crate::{input_to_nhwc, Error};
+
+/// A reusable activation arena for [`forward_into`] (and generated models'
+/// `forward_into`): grows on first use to what the batch needs, never shrinks.
+///
+/// After one call at a given batch size, further calls at that size or smaller
+/// allocate nothing in our code (see `tests/allocations.rs` for what the GEMM and rayon
+/// still do).
+#[derive(Clone, Debug, Default)]
+pub struct Workspace {
+    arena: Vec<f32>,
+    used: usize,
+}
+
+thread_local! {
+    static THREAD_WORKSPACE: RefCell<Workspace> = const { RefCell::new(Workspace::new()) };
+}
+
+impl Workspace {
+    /// An empty workspace; the first forward pass sizes it.
+    pub const fn new() -> Self {
+        Workspace {
+            arena: Vec::new(),
+            used: 0,
+        }
+    }
+
+    /// A workspace of `floats` floats up front, e.g. a model's `arena_floats(batch)`.
+    pub fn with_capacity(floats: usize) -> Self {
+        Workspace {
+            arena: vec![0.0; floats],
+            used: 0,
+        }
+    }
+
+    /// Size of the arena, in floats.
+    pub fn capacity(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// Size of the arena, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.arena.len() * std::mem::size_of::<f32>()
+    }
+
+    /// Floats the last forward pass actually touched, measured region by region
+    /// (concatenation buffers and scratch as the stages used them). Equal to
+    /// `plan.arena_floats(batch)` when the plan is exact; tests check that.
+    pub fn last_used(&self) -> usize {
+        self.used
+    }
+
+    /// Runs `f` with this thread's cached workspace (created empty, kept for the
+    /// thread's lifetime), or a fresh one if that is already in use on this thread.
+    pub fn with_thread_local<R>(f: impl FnOnce(&mut Workspace) -> R) -> R {
+        let mut f = Some(f);
+        let result = THREAD_WORKSPACE
+            .try_with(|cell| {
+                let mut ws = cell.try_borrow_mut().ok()?;
+                f.take().map(|f| f(&mut ws))
+            })
+            .ok()
+            .flatten();
+        match (result, f) {
+            (Some(r), _) => r,
+            (None, Some(f)) => f(&mut Workspace::new()),
+            (None, None) => unreachable!("f runs exactly once"),
+        }
+    }
+
+    /// Makes the arena at least `floats` long. A larger arena is allocated afresh and
+    /// exactly (its old contents are dead between calls).
+    fn reserve(&mut self, floats: usize) {
+        if self.arena.len() < floats {
+            self.arena = Vec::new();
+            self.arena = vec![0.0; floats];
+        }
+    }
+}
+
+/// Checks an NCHW batch and the output view against the plan: the typed errors of
+/// every forward pass.
+fn check_shapes(plan: &Plan, x: &ArrayView4<'_, f32>, out: &[usize]) -> Result<usize, Error> {
+    let (n, c, h, w) = x.dim();
+    if [c, h, w] != plan.input {
+        return Err(Error::InputShape {
+            expected: plan.input,
+            actual: x.shape().to_vec(),
+        });
+    }
+    if n == 0 {
+        return Err(Error::EmptyBatch);
+    }
+    if out.len() != plan.output.len() + 1 || out[0] != n || out[1..] != plan.output[..] {
+        let mut expected = vec![n];
+        expected.extend_from_slice(&plan.output);
+        return Err(Error::OutputShape {
+            expected,
+            actual: out.to_vec(),
+        });
+    }
+    Ok(n)
+}
+
+/// Runs a network's `stages` (as `Model::stages` lists them) on the NCHW batch `x`,
+/// writing the head's output into `out` (`(N, classes)`, `(N, C)` or NCHW
+/// `(N, C, H, W)`, any memory layout), with every activation in `ws`'s arena.
+/// Allocates only when `ws` is smaller than `plan.arena_floats(N)`.
+///
+/// # Errors
+/// [`Error::InputShape`], [`Error::EmptyBatch`], or [`Error::OutputShape`] when `out`
+/// is not `[N] ++ plan.output`.
+///
+/// # Panics
+/// If `stages` do not match `plan` (generated models and `DynamicModel` build both from
+/// one architecture).
+pub fn forward_into<'a>(
+    stages: impl IntoIterator<Item = StageRef<'a>>,
+    plan: &Plan,
+    x: ArrayView4<'_, f32>,
+    ws: &mut Workspace,
+    out: ArrayViewMutD<'_, f32>,
+) -> Result<(), Error> {
+    let n = check_shapes(plan, &x, out.shape())?;
+    let arena = plan.arena(n);
+    ws.reserve(arena.total());
+    let (a, rest) = ws.arena.split_at_mut(arena.concat[0]);
+    let (b, rest) = rest.split_at_mut(arena.concat[1]);
+    let (bn, scratch) = rest.split_at_mut(arena.bn_params);
+    let scratch = &mut scratch[..arena.scratch()];
+    let mut concat = [a, b];
+    let (mut concat_used, mut scratch_used) = ([0; 2], 0);
+    let mut out = Some(out);
+    // (buffer, h, w, c) of the latest activation.
+    let (mut h, mut w) = (plan.stem.height, plan.stem.width);
+    let mut last = (0, plan.stem.c_out);
+    for stage in stages {
+        let used = match stage {
+            StageRef::Stem { conv, norm } => {
+                let stride = plan.blocks.first().map_or(plan.stem.c_out, |b| b.c_out);
+                let dst = &mut concat[0][..n * h * w * stride];
+                stem_forward_into(conv, norm, x, dst, stride, bn, scratch)
+            }
+            StageRef::Block { index, layers } => {
+                let plan_block = &plan.blocks[index - 1];
+                let len = n * h * w * plan_block.c_out;
+                let which = (index - 1) % 2;
+                concat_used[which] = concat_used[which].max(len);
+                let buf = &mut concat[which][..len];
+                last = (which, plan_block.c_out);
+                dense_block_forward_into(layers, (n, h, w, plan_block.c_in), buf, bn, scratch)
+            }
+            StageRef::Transition { index, norm, conv } => {
+                let t = &plan.transitions[index - 1];
+                let stride = plan.blocks.get(index).map_or(t.c_out, |b| b.c_out);
+                let [a, b] = &mut concat;
+                let (src, dst) = if (index - 1) % 2 == 0 { (a, b) } else { (b, a) };
+                let src = &src[..n * h * w * t.c_in];
+                let dst = &mut dst[..n * t.height * t.width * stride];
+                let used =
+                    transition_forward_into(norm, conv, src, (n, h, w), dst, stride, bn, scratch);
+                (h, w) = (t.height, t.width);
+                used
+            }
+            StageRef::Head {
+                norm,
+                classifier,
+                head,
+            } => {
+                let x = &concat[last.0][..n * h * w * last.1];
+                let out = out.take().expect("one head");
+                match head {
+                    Head::None => {
+                        let out = out.into_dimensionality::<Ix4>().expect("checked shape");
+                        feature_map_forward_into(norm, x, (n, h, w), out, bn, scratch)
+                    }
+                    _ => {
+                        let out = out.into_dimensionality::<Ix2>().expect("checked shape");
+                        let max = head == Head::Max;
+                        pooled_head_forward_into(
+                            norm,
+                            classifier,
+                            max,
+                            x,
+                            (n, h, w),
+                            out,
+                            bn,
+                            scratch,
+                        )
+                    }
+                }
+            }
+        };
+        scratch_used = scratch_used.max(used);
+    }
+    ws.used = concat_used[0] + concat_used[1] + arena.bn_params + scratch_used;
+    Ok(())
+}
+
+/// [`forward_into`] into a new output array, with this thread's cached workspace: what
+/// generated models' and `DynamicModel`'s `forward` do. Only the output is allocated in
+/// steady state.
+///
+/// # Errors
+/// As [`forward_into`].
+pub fn forward_alloc<'a, D: Dimension>(
+    stages: impl IntoIterator<Item = StageRef<'a>>,
+    plan: &Plan,
+    x: ArrayView4<'_, f32>,
+) -> Result<ndarray::Array<f32, D>, Error> {
+    let mut shape = vec![x.dim().0];
+    shape.extend_from_slice(&plan.output);
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
+    Workspace::with_thread_local(|ws| forward_into(stages, plan, x, ws, out.view_mut()))?;
+    Ok(out
+        .into_dimensionality::<D>()
+        .expect("the caller names the head's output rank"))
+}
+
+/// The simple allocating path, stage by stage (`stem_forward`, `dense_block_forward`,
+/// …): every stage returns a new array. Kept as the test oracle for [`forward_into`].
+/// Returns the head's output: `(N, classes)`, `(N, C)` or NCHW `(N, C, H, W)`.
+///
+/// # Errors
+/// [`Error::InputShape`] or [`Error::EmptyBatch`].
+pub fn forward_reference<'a>(
+    stages: impl IntoIterator<Item = StageRef<'a>>,
+    input: [usize; 3],
+    x: ArrayView4<'_, f32>,
+) -> Result<ArrayD<f32>, Error> {
+    let mut x = input_to_nhwc(x, input)?;
+    for stage in stages {
+        x = match stage {
+            StageRef::Stem { conv, norm } => stem_forward(conv, norm, x.view()),
+            StageRef::Block { layers, .. } => dense_block_forward(layers, x.view()),
+            StageRef::Transition { norm, conv, .. } => transition_forward(norm, conv, x.view()),
+            StageRef::Head {
+                norm,
+                classifier,
+                head,
+            } => {
+                return Ok(match head {
+                    Head::None => feature_map_forward(norm, x.view()).into_dyn(),
+                    _ => pooled_head_forward(norm, classifier, head == Head::Max, x.view())
+                        .into_dyn(),
+                });
+            }
+        };
+    }
+    Ok(x.into_dyn())
+}
