@@ -44,6 +44,9 @@ use crate::{input_to_nhwc, Error};
 pub struct Workspace {
     arena: Vec<f32>,
     used: usize,
+    /// im2col matrices of CPUs without AVX-512: outside the planned arena, never
+    /// touched where the direct convolution kernel runs.
+    fallback: Vec<f32>,
 }
 
 thread_local! {
@@ -56,6 +59,7 @@ impl Workspace {
         Workspace {
             arena: Vec::new(),
             used: 0,
+            fallback: Vec::new(),
         }
     }
 
@@ -64,6 +68,7 @@ impl Workspace {
         Workspace {
             arena: vec![0.0; floats],
             used: 0,
+            fallback: Vec::new(),
         }
     }
 
@@ -173,7 +178,7 @@ pub fn forward_into<'a>(
             StageRef::Stem { conv, norm } => {
                 let stride = plan.blocks.first().map_or(plan.stem.c_out, |b| b.c_out);
                 let dst = &mut concat[0][..n * h * w * stride];
-                stem_forward_into(conv, norm, x, dst, stride, bn, scratch)
+                stem_forward_into(conv, norm, x, dst, stride, bn, scratch, &mut ws.fallback)
             }
             StageRef::Block { index, layers } => {
                 let plan_block = &plan.blocks[index - 1];
@@ -182,7 +187,8 @@ pub fn forward_into<'a>(
                 concat_used[which] = concat_used[which].max(len);
                 let buf = &mut concat[which][..len];
                 last = (which, plan_block.c_out);
-                dense_block_forward_into(layers, (n, h, w, plan_block.c_in), buf, bn, scratch)
+                let shape = (n, h, w, plan_block.c_in);
+                dense_block_forward_into(layers, shape, buf, bn, scratch, &mut ws.fallback)
             }
             StageRef::Transition { index, norm, conv } => {
                 let t = &plan.transitions[index - 1];

@@ -158,6 +158,11 @@ pub fn expand_model(
     );
     let name_str = name.to_string();
     let arena = lit(plan.arena_floats(1));
+    // The arena is linear in the batch: concatenation buffers and scratch scale with
+    // it, the BatchNorm scale/shift pair does not.
+    let arena_fixed = plan.arena(1).bn_params;
+    let arena_per_image = lit(plan.arena_floats(1) - arena_fixed);
+    let arena_fixed = lit(arena_fixed);
 
     let classifier_items = (arch.head == Head::Classifier).then(|| {
         quote! {
@@ -290,10 +295,10 @@ pub fn expand_model(
                 #rt::onnx::save_file(self, path)
             }
 
-            /// Floats of the activation arena at batch `batch` (not quite linear: im2col
-            /// scratch is capped per chunk of images).
-            pub fn arena_floats(batch: usize) -> usize {
-                Self::plan().arena_floats(batch)
+            /// Floats of the activation arena at batch `batch`: `batch` times a per-image
+            /// size plus the BatchNorm scale/shift pair, computed by the macro.
+            pub const fn arena_floats(batch: usize) -> usize {
+                #arena_per_image * batch + #arena_fixed
             }
 
             fn stage_array(&self) -> [#rt::StageRef<'_>; #stage_count] {

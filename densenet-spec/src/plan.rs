@@ -388,25 +388,6 @@ impl Plan {
     }
 }
 
-/// Largest im2col matrix, in floats, built at once: a convolution over a batch whose
-/// im2col matrix is larger runs a few whole images at a time (at least one).
-///
-/// Mirrors `SCRATCH_LIMIT` of the runtime's `layers/conv.rs` (16 MiB of `f32`); the
-/// runtime's workspace convolution uses this constant, so the plan and the run agree.
-pub const IM2COL_LIMIT: usize = 1 << 22;
-
-/// Floats of im2col scratch for a non-pointwise convolution over `n` images with
-/// `rows` output pixels per image and `k_len = kh·kw·c_in`: whole images, as many as
-/// fit in [`IM2COL_LIMIT`], at least one (0 for an empty batch).
-pub fn im2col_floats(n: usize, rows: usize, k_len: usize) -> usize {
-    if n == 0 {
-        return 0;
-    }
-    let per_image = rows.saturating_mul(k_len);
-    let images = (IM2COL_LIMIT / per_image.max(1)).clamp(1, n);
-    images.saturating_mul(per_image)
-}
-
 /// The activation arena of one forward pass at a given batch size, in `f32`s, region
 /// by region (the runtime's `Workspace` is carved exactly like this).
 ///
@@ -422,11 +403,11 @@ pub struct ArenaPlan {
     pub concat: [usize; 2],
     /// Per-channel BatchNorm scale and shift: `2 ·` the widest BatchNorm.
     pub bn_params: usize,
-    /// Stem scratch: NHWC input, im2col, and for an ImageNet stem the conv output and
-    /// its BN-ReLU (the max pool writes into `concat[0]`).
+    /// Stem scratch: the NHWC input, zero-padded for the conv, and for an ImageNet stem
+    /// the conv output with its BN-ReLU fused (the max pool writes into `concat[0]`).
     pub stem: usize,
-    /// Dense-block scratch: `normed + bottleneck + bottleneck_padded + im2col` of the
-    /// block needing the most (the sizes below are that block's).
+    /// Dense-block scratch: `normed + bottleneck + bottleneck_padded` of the block
+    /// needing the most (the sizes below are that block's).
     pub block: usize,
     /// BN-ReLU of the concatenation prefix: `n·H·W·c`, or zero-padded
     /// `n·(H+2)·(W+2)·c` for a layer without bottleneck (its 3x3 conv reads it).
@@ -435,8 +416,6 @@ pub struct ArenaPlan {
     pub bottleneck: usize,
     /// Its BN-ReLU, zero-padded for the 3x3 conv: `n·(H+2)·(W+2)·4k`.
     pub bottleneck_padded: usize,
-    /// im2col scratch of the 3x3 conv (see [`im2col_floats`]).
-    pub im2col: usize,
     /// Transition scratch: BN-ReLU `n·H·W·c` and its 2x2 average pool; the 1x1 conv
     /// writes into the next block's concatenation buffer.
     pub transition: usize,
@@ -475,14 +454,14 @@ impl Plan {
             ..ArenaPlan::default()
         };
         let mut widest = self.head_channels;
-        let input = n * c_img * h_img * w_img;
+        // The conv reads its input zero-padded (3 for the 7x7 stem, 1 for the 3x3).
         a.stem = match self.stem_kind {
             Stem::ImageNet => {
                 let (oh, ow) = (window_output(h_img, 7, 2, 3), window_output(w_img, 7, 2, 3));
                 widest = widest.max(c0);
-                input + im2col_floats(n, oh * ow, 49 * c_img) + 2 * n * oh * ow * c0
+                n * c_img * (h_img + 6) * (w_img + 6) + n * oh * ow * c0
             }
-            Stem::Cifar => input + im2col_floats(n, h_img * w_img, 9 * c_img),
+            Stem::Cifar => n * c_img * (h_img + 2) * (w_img + 2),
         };
         for (i, b) in self.blocks.iter().enumerate() {
             let pixels = n * b.height * b.width;
@@ -493,33 +472,18 @@ impl Plan {
             }
             let c_last = b.c_out - self.growth;
             widest = widest.max(c_last);
-            let (normed, bottleneck, bottleneck_padded, im2col) = match self.bottleneck {
+            let (normed, bottleneck, bottleneck_padded) = match self.bottleneck {
                 Some(bn_size) => {
                     let width = bn_size * self.growth;
                     widest = widest.max(width);
-                    (
-                        pixels * c_last,
-                        pixels * width,
-                        padded * width,
-                        im2col_floats(n, b.height * b.width, 9 * width),
-                    )
+                    (pixels * c_last, pixels * width, padded * width)
                 }
-                None => (
-                    padded * c_last,
-                    0,
-                    0,
-                    im2col_floats(n, b.height * b.width, 9 * c_last),
-                ),
+                None => (padded * c_last, 0, 0),
             };
-            let block = normed + bottleneck + bottleneck_padded + im2col;
+            let block = normed + bottleneck + bottleneck_padded;
             if block > a.block {
-                (
-                    a.block,
-                    a.normed,
-                    a.bottleneck,
-                    a.bottleneck_padded,
-                    a.im2col,
-                ) = (block, normed, bottleneck, bottleneck_padded, im2col);
+                (a.block, a.normed, a.bottleneck, a.bottleneck_padded) =
+                    (block, normed, bottleneck, bottleneck_padded);
             }
         }
         for (t, b) in self.transitions.iter().zip(&self.blocks) {
@@ -546,8 +510,9 @@ impl Plan {
 
     /// Floats of the activation arena at batch `batch`: [`ArenaPlan::total`].
     ///
-    /// Linear in the batch except where an im2col matrix hits [`IM2COL_LIMIT`] (then
-    /// that part stops growing), so this is a function, not a per-image constant.
+    /// `batch` times a per-image size, plus the batch-independent BatchNorm scale/shift
+    /// pair. The arena of the AVX-512 kernels: elsewhere the runtime's portable
+    /// convolutions need an im2col matrix besides (allocated once, outside the arena).
     pub fn arena_floats(&self, batch: usize) -> usize {
         self.arena(batch).total()
     }

@@ -101,13 +101,36 @@ impl ConvShape {
 pub enum Epilogue<'a> {
     /// Stored as is.
     Store,
-    /// `max(0, scale[co]·x + shift[co])`: a folded BatchNorm and a ReLU.
+    /// `relu(scale[co]·x + shift[co])`: a folded BatchNorm and a ReLU ([`relu`]).
     ScaleShiftRelu {
         /// Per-output-channel scale, `c_out` values.
         scale: &'a [f32],
         /// Per-output-channel shift, `c_out` values.
         shift: &'a [f32],
     },
+}
+
+/// The runtime's ReLU: `y <= 0 → 0`; NaN stays NaN (as torch), -0.0 becomes 0.0.
+pub fn relu(y: f32) -> f32 {
+    if y <= 0.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// Applies `epilogue` in place to the `rows × scale.len()` matrix at `data` with row
+/// stride `row_stride`: what the portable paths do after their GEMM.
+pub fn apply_epilogue(epilogue: Epilogue<'_>, data: &mut [f32], rows: usize, row_stride: usize) {
+    let Epilogue::ScaleShiftRelu { scale, shift } = epilogue else {
+        return;
+    };
+    for r in 0..rows {
+        let row = &mut data[r * row_stride..][..scale.len()];
+        for ((v, &s), &t) in row.iter_mut().zip(scale).zip(shift) {
+            *v = relu(*v * s + t);
+        }
+    }
 }
 
 /// Output pixels per tile (rows of the register block).
@@ -234,7 +257,7 @@ pub fn direct_conv_reference(
                     let v = match epilogue {
                         Epilogue::Store => acc as f32,
                         Epilogue::ScaleShiftRelu { scale, shift } => {
-                            (scale[co] * acc as f32 + shift[co]).max(0.0)
+                            relu(scale[co] * acc as f32 + shift[co])
                         }
                     };
                     out[out_layout.index(b, oy, ox, co)] = v;
@@ -546,7 +569,11 @@ mod avx512 {
                     )
                 };
                 for acc in acc.iter_mut() {
-                    acc[v] = _mm512_max_ps(_mm512_fmadd_ps(acc[v], sv, tv), zero);
+                    // ReLU as the runtime's BatchNorm-ReLU: `y <= 0 → 0`, so NaN stays
+                    // NaN (as torch's relu) and -0.0 becomes 0.0.
+                    let y = _mm512_fmadd_ps(acc[v], sv, tv);
+                    let le_zero = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(y, zero);
+                    acc[v] = _mm512_mask_mov_ps(y, le_zero, zero);
                 }
             }
         }

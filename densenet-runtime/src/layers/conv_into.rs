@@ -1,95 +1,129 @@
-//! A convolution whose im2col scratch is a slice of the caller's arena (the
-//! [`Workspace`](crate::Workspace)), and which can read an input that is already
-//! zero-padded.
+//! The convolution of the allocation-free forward pass: reads an input that already
+//! carries its zero padding (the BN-ReLU that produced it wrote the border), applies an
+//! optional fused BatchNorm-ReLU epilogue, and picks the kernel.
 //!
-//! The same kernels and the same chunking as [`Conv2d::forward_into`] (whole images, at
-//! most [`IM2COL_LIMIT`] floats of im2col at once), so the arena plan
-//! (`densenet_spec::ArenaPlan`) and the run agree to the float.
+//! - A window (3x3, the 7x7 stem) runs on the direct AVX-512 kernel
+//!   ([`direct_conv`](crate::kernels::direct_conv::direct_conv)): no im2col, no scratch.
+//! - A 1x1 convolution is a plain GEMM of the input (no scratch).
+//! - On a CPU without AVX-512, a window runs as im2col + GEMM with its matrix in the
+//!   `fallback` vector (grown on first use, outside the planned arena: the arena that
+//!   `densenet_spec::ArenaPlan` plans, and generated models' `ARENA_FLOATS` state, is
+//!   the AVX-512 path's).
 
+use crate::kernels::direct_conv::{apply_epilogue, direct_conv, ConvShape, Epilogue, ImageLayout};
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
 use crate::layers::Conv2d;
-use densenet_spec::{im2col_floats, IM2COL_LIMIT};
 
-/// Floats of im2col scratch [`conv2d_into`] needs for `n` images of `h × w`
-/// (the padded size when `pre_padded`); 0 for a pointwise convolution.
-pub fn conv2d_scratch(conv: &Conv2d, (n, h, w): (usize, usize, usize), pre_padded: bool) -> usize {
-    let mut win = conv.window();
-    if pre_padded {
-        win.padding = 0;
-    }
-    if win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1 && win.padding == 0 {
-        return 0;
-    }
-    let (oh, ow) = win.output_size(h, w);
-    im2col_floats(n, oh * ow, win.kernel_h * win.kernel_w * conv.c_in())
-}
+/// Largest im2col matrix of the fallback path, in floats, built at once (whole images,
+/// at least one), as [`Conv2d::forward_into`].
+const FALLBACK_LIMIT: usize = 1 << 22;
 
 /// Writes the convolution of the contiguous NHWC input `x` (`n, h, w, c_in`) into `out`
-/// (`(n·oh·ow) × c_out`, any row stride), using `scratch` (at least
-/// [`conv2d_scratch`] floats) for the im2col matrix.
+/// (`(n·oh·ow) × c_out`, any row stride, column stride 1), then `epilogue` (a BatchNorm
+/// and ReLU after the convolution, fused where the kernel allows).
 ///
 /// With `pre_padded`, `x` already carries the convolution's zero padding on every side
 /// (`h`, `w` are the padded sizes) and the convolution runs without padding: the same
-/// result as padding inside, with the border written once per map by the BN-ReLU that
-/// produced `x` ([`BatchNorm2d::forward_relu_padded_into`](crate::layers::BatchNorm2d::forward_relu_padded_into)).
+/// result as padding inside. `fallback` holds the im2col matrix on CPUs without
+/// AVX-512 (see the module docs); it is not touched otherwise.
 ///
 /// # Panics
 ///
-/// If a slice or view does not fit the shapes.
+/// If a slice or view does not fit the shapes (a caller bug).
 pub fn conv2d_into(
     conv: &Conv2d,
     x: &[f32],
     (n, h, w): (usize, usize, usize),
     pre_padded: bool,
+    epilogue: Epilogue<'_>,
     mut out: MatMut<'_>,
-    scratch: &mut [f32],
+    fallback: &mut Vec<f32>,
 ) {
     let mut win = conv.window();
     if pre_padded {
         win.padding = 0;
     }
     let (c_in, c_out) = (conv.c_in(), conv.c_out());
-    if win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1 && win.padding == 0 {
-        // A plain matrix product: the layer's own path, which needs no scratch
-        // (an empty Vec does not allocate).
-        conv.forward_into(x, n, h, w, out, &mut Vec::new());
-        return;
-    }
     let (oh, ow) = win.output_size(h, w);
     assert!(
-        x.len() == n * h * w * c_in && out.rows() == n * oh * ow && out.cols() == c_out,
+        x.len() == n * h * w * c_in
+            && out.rows() == n * oh * ow
+            && out.cols() == c_out
+            && out.col_stride() == 1,
         "conv2d_into: shapes do not fit the slices"
     );
     let weight = conv.weight().as_standard_layout();
     let weight = weight.as_slice().expect("standard layout is contiguous");
+    let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1;
+    let row_stride = out.row_stride();
+    if win.padding == 0 && !pointwise {
+        let shape = ConvShape {
+            n,
+            out_h: oh,
+            out_w: ow,
+            c_in,
+            c_out,
+            kernel_h: win.kernel_h,
+            kernel_w: win.kernel_w,
+            stride: win.stride,
+        };
+        let out_layout = ImageLayout {
+            offset: 0,
+            image_stride: oh * ow * row_stride,
+            row_stride: ow * row_stride,
+            pixel_stride: row_stride,
+        };
+        let input_layout = ImageLayout::dense(h, w, c_in);
+        let data = out.data_mut();
+        if direct_conv(
+            x,
+            input_layout,
+            weight,
+            shape,
+            epilogue,
+            data,
+            out_layout,
+            true,
+        ) {
+            return;
+        }
+    }
     let k_len = win.kernel_h * win.kernel_w * c_in;
     let b = MatRef::row_major(weight, k_len, c_out);
-    let image_in = h * w * c_in;
-    let image_rows = oh * ow;
-    let image_scratch = image_rows * k_len;
-    let images_per_step = (IM2COL_LIMIT / image_scratch.max(1)).clamp(1, n.max(1));
-    let mut first = 0;
-    while first < n {
-        let count = images_per_step.min(n - first);
-        let cols = &mut scratch[..count * image_scratch];
-        im2col(
-            &x[first * image_in..(first + count) * image_in],
-            count,
-            h,
-            w,
-            c_in,
-            win,
-            cols,
-        );
-        let rows = count * image_rows;
+    if pointwise && win.padding == 0 {
         gemm(
             1.0,
-            MatRef::row_major(cols, rows, k_len),
+            MatRef::row_major(x, n * h * w, c_in),
             b,
             0.0,
-            out.subrows_mut(first * image_rows, rows),
+            out.rb_mut(),
         );
-        first += count;
+    } else {
+        let image_in = h * w * c_in;
+        let image_rows = oh * ow;
+        let image_scratch = image_rows * k_len;
+        let images_per_step = (FALLBACK_LIMIT / image_scratch.max(1)).clamp(1, n.max(1));
+        let mut first = 0;
+        while first < n {
+            let count = images_per_step.min(n - first);
+            let len = count * image_scratch;
+            if fallback.len() < len {
+                fallback.resize(len, 0.0);
+            }
+            let cols = &mut fallback[..len];
+            let input = &x[first * image_in..(first + count) * image_in];
+            im2col(input, count, h, w, c_in, win, cols);
+            let rows = count * image_rows;
+            gemm(
+                1.0,
+                MatRef::row_major(cols, rows, k_len),
+                b,
+                0.0,
+                out.subrows_mut(first * image_rows, rows),
+            );
+            first += count;
+        }
     }
+    apply_epilogue(epilogue, out.data_mut(), n * oh * ow, row_stride);
 }

@@ -7,8 +7,9 @@
 
 use ndarray::{Array4, ArrayView4};
 
+use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
-use crate::layers::conv_into::{conv2d_into, conv2d_scratch};
+use crate::layers::conv_into::conv2d_into;
 use crate::layers::{BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
 use crate::visit::{StageMut, StageRef};
@@ -140,19 +141,18 @@ pub fn dense_block_forward(layers: &[DenseLayer], x: ArrayView4<'_, f32>) -> Arr
 }
 
 /// Floats of scratch [`dense_block_forward_into`] needs for `n` images of `h × w`:
-/// `normed + bottleneck + bottleneck_padded + im2col`, each sized for the widest layer.
-pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) -> [usize; 4] {
+/// `normed`, `bottleneck` and `bottleneck_padded`, each sized for the widest layer.
+pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) -> [usize; 3] {
     let (pixels, padded) = (n * h * w, n * (h + 2) * (w + 2));
-    let mut sizes = [0; 4];
+    let mut sizes = [0; 3];
     for layer in layers {
-        let (normed, width, conv) = match layer {
-            DenseLayer::Basic { conv1, .. } => (padded * layer.c_in(), 0, conv1),
-            DenseLayer::Bottleneck { conv1, conv2, .. } => {
-                (pixels * layer.c_in(), conv1.c_out(), conv2)
+        let layer_sizes = match layer {
+            DenseLayer::Basic { .. } => [padded * layer.c_in(), 0, 0],
+            DenseLayer::Bottleneck { conv1, .. } => {
+                let width = conv1.c_out();
+                [pixels * layer.c_in(), pixels * width, padded * width]
             }
         };
-        let im2col = conv2d_scratch(conv, (n, h + 2, w + 2), true);
-        let layer_sizes = [normed, pixels * width, padded * width, im2col];
         for (s, l) in sizes.iter_mut().zip(layer_sizes) {
             *s = (*s).max(l);
         }
@@ -165,11 +165,12 @@ pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) 
 /// pixel hold the block input (written there by the stem or the previous transition);
 /// each layer appends its channels. `bn_params` holds BatchNorm scale/shift (`2·` the
 /// widest layer), `scratch` at least the sum of [`dense_block_scratch`], carved as
-/// `normed | bottleneck | bottleneck_padded | im2col`. Returns the scratch floats used.
+/// `normed | bottleneck | bottleneck_padded`; `fallback` is the im2col matrix of CPUs
+/// without AVX-512 ([`conv2d_into`]). Returns the scratch floats used.
 ///
-/// A plain layer's BN-ReLU is written zero-padded by 1, so its 3x3 conv runs unpadded;
-/// a bottleneck layer's second BN-ReLU likewise. Same arithmetic as
-/// [`dense_block_forward`], which stays as the simple reference.
+/// A plain layer's BN-ReLU is written zero-padded by 1, so its 3x3 conv runs unpadded
+/// (on the direct kernel); a bottleneck layer's second BN-ReLU likewise. Same
+/// arithmetic as [`dense_block_forward`], which stays as the simple reference.
 ///
 /// # Panics
 ///
@@ -180,6 +181,7 @@ pub fn dense_block_forward_into(
     buf: &mut [f32],
     bn_params: &mut [f32],
     scratch: &mut [f32],
+    fallback: &mut Vec<f32>,
 ) -> usize {
     let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
     let pixels = n * h * w;
@@ -187,8 +189,8 @@ pub fn dense_block_forward_into(
     let sizes = dense_block_scratch(layers, n, h, w);
     let (normed_all, rest) = scratch.split_at_mut(sizes[0]);
     let (bneck_all, rest) = rest.split_at_mut(sizes[1]);
-    let (padded_all, rest) = rest.split_at_mut(sizes[2]);
-    let im2col = &mut rest[..sizes[3]];
+    let padded_all = &mut rest[..sizes[2]];
+    let padded_dims = (n, h + 2, w + 2);
     let mut c = c_in;
     for layer in layers {
         assert_eq!(layer.c_in(), c, "dense layers must chain");
@@ -198,7 +200,15 @@ pub fn dense_block_forward_into(
                 let normed = &mut normed_all[..n * (h + 2) * (w + 2) * c];
                 norm1.forward_relu_padded_into(buf, c_out, (n, h, w), 1, bn_params, normed);
                 let dst = MatMut::new(&mut buf[c..], pixels, k, c_out, 1);
-                conv2d_into(conv1, normed, (n, h + 2, w + 2), true, dst, im2col);
+                conv2d_into(
+                    conv1,
+                    normed,
+                    padded_dims,
+                    true,
+                    Epilogue::Store,
+                    dst,
+                    fallback,
+                );
             }
             DenseLayer::Bottleneck {
                 norm1,
@@ -211,11 +221,27 @@ pub fn dense_block_forward_into(
                 let width = conv1.c_out();
                 let bneck = &mut bneck_all[..pixels * width];
                 let mid = MatMut::row_major(bneck, pixels, width);
-                conv2d_into(conv1, normed, (n, h, w), false, mid, im2col);
+                conv2d_into(
+                    conv1,
+                    normed,
+                    (n, h, w),
+                    false,
+                    Epilogue::Store,
+                    mid,
+                    fallback,
+                );
                 let padded = &mut padded_all[..n * (h + 2) * (w + 2) * width];
                 norm2.forward_relu_padded_into(bneck, width, (n, h, w), 1, bn_params, padded);
                 let dst = MatMut::new(&mut buf[c..], pixels, k, c_out, 1);
-                conv2d_into(conv2, padded, (n, h + 2, w + 2), true, dst, im2col);
+                conv2d_into(
+                    conv2,
+                    padded,
+                    padded_dims,
+                    true,
+                    Epilogue::Store,
+                    dst,
+                    fallback,
+                );
             }
         }
         c += k;

@@ -2,8 +2,9 @@
 
 use ndarray::{Array4, ArrayView4, ArrayViewMut4};
 
+use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
-use crate::layers::{conv2d_into, conv2d_scratch, pool2d_into};
+use crate::layers::{conv2d_into, pool2d_into};
 
 use crate::layers::{max_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
 use densenet_spec::Stem;
@@ -35,12 +36,14 @@ pub fn stem_forward(
     }
 }
 
-/// The stem's forward pass without allocating: the NCHW batch `x` is converted to NHWC
-/// in `scratch`, convolved, and (ImageNet stem) BN-ReLU'd and max-pooled; the result is
-/// written into `out`, `n·oh·ow` pixels `out_stride` apart (the first `c_out` floats of
-/// each): the first channels of dense block 1's concatenation buffer. `bn_params` holds
-/// `2·c_out` floats of BatchNorm scale/shift. Returns the scratch floats used:
-/// input, im2col, and for an ImageNet stem the conv output and its BN-ReLU.
+/// The stem's forward pass without allocating: the NCHW batch `x` is written as NHWC,
+/// zero-padded for the conv, into `scratch`, convolved (for an ImageNet stem with its
+/// BN-ReLU fused into the conv's epilogue) and, for an ImageNet stem, max-pooled; the
+/// result is written into `out`, `n·oh·ow` pixels `out_stride` apart (the first
+/// `c_out` floats of each): the first channels of dense block 1's concatenation buffer.
+/// `bn_params` holds `2·c_out` floats of BatchNorm scale/shift; `fallback` is the
+/// im2col matrix of CPUs without AVX-512 ([`conv2d_into`]). Returns the scratch floats
+/// used: the padded input, and for an ImageNet stem the conv output.
 ///
 /// # Panics
 ///
@@ -53,31 +56,50 @@ pub fn stem_forward_into(
     out_stride: usize,
     bn_params: &mut [f32],
     scratch: &mut [f32],
+    fallback: &mut Vec<f32>,
 ) -> usize {
     let (n, c, h, w) = x.dim();
     let c0 = conv.c_out();
-    let (input, rest) = scratch.split_at_mut(n * h * w * c);
-    ArrayViewMut4::from_shape((n, h, w, c), &mut *input)
-        .expect("the slice has n·h·w·c floats")
+    let p = conv.config().padding;
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    let (input, rest) = scratch.split_at_mut(n * hp * wp * c);
+    let mut padded = ArrayViewMut4::from_shape((n, hp, wp, c), &mut *input)
+        .expect("the slice has n·hp·wp·c floats");
+    // The border is rewritten every call: the scratch region is shared by all stages.
+    padded.fill(0.0);
+    padded
+        .slice_mut(ndarray::s![.., p..p + h, p..p + w, ..])
         .assign(&x.permuted_axes([0, 2, 3, 1]));
-    let im2col_len = conv2d_scratch(conv, (n, h, w), false);
-    let (im2col, rest) = rest.split_at_mut(im2col_len);
+    let input = &*input;
     let (oh, ow) = conv.output_size(h, w);
     let rows = n * oh * ow;
     match norm {
         None => {
             let dst = MatMut::new(out, rows, c0, out_stride, 1);
-            conv2d_into(conv, input, (n, h, w), false, dst, im2col);
-            input.len() + im2col_len
+            conv2d_into(
+                conv,
+                input,
+                (n, hp, wp),
+                true,
+                Epilogue::Store,
+                dst,
+                fallback,
+            );
+            input.len()
         }
         Some(norm) => {
-            let (conv_out, rest) = rest.split_at_mut(rows * c0);
-            let normed = &mut rest[..rows * c0];
+            let (scale, rest_params) = bn_params.split_at_mut(c0);
+            let shift = &mut rest_params[..c0];
+            norm.scale_shift_into(scale, shift);
+            let epilogue = Epilogue::ScaleShiftRelu {
+                scale: &*scale,
+                shift: &*shift,
+            };
+            let conv_out = &mut rest[..rows * c0];
             let dst = MatMut::row_major(conv_out, rows, c0);
-            conv2d_into(conv, input, (n, h, w), false, dst, im2col);
-            norm.forward_relu_padded_into(conv_out, c0, (n, oh, ow), 0, bn_params, normed);
-            pool2d_into(normed, (n, oh, ow, c0), 3, 2, 1, true, out, out_stride);
-            input.len() + im2col_len + 2 * rows * c0
+            conv2d_into(conv, input, (n, hp, wp), true, epilogue, dst, fallback);
+            pool2d_into(conv_out, (n, oh, ow, c0), 3, 2, 1, true, out, out_stride);
+            input.len() + rows * c0
         }
     }
 }

@@ -2,10 +2,9 @@
 
 use ndarray::{Array4, ArrayView4};
 
+use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
-use crate::layers::{
-    avg_pool2d, conv2d_into, conv2d_scratch, pool2d_into, BatchNorm2d, Conv2d, Conv2dConfig,
-};
+use crate::layers::{avg_pool2d, conv2d_into, pool2d_into, BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
 use crate::visit::{StageMut, StageRef};
 
@@ -46,20 +45,22 @@ pub fn transition_forward_into(
     let c = norm.channels();
     let (ho, wo) = (h / 2, w / 2);
     let (normed, rest) = scratch.split_at_mut(n * h * w * c);
-    let (pooled, rest) = rest.split_at_mut(n * ho * wo * c);
+    let pooled = &mut rest[..n * ho * wo * c];
     norm.forward_relu_padded_into(x, c, (n, h, w), 0, bn_params, normed);
     pool2d_into(normed, (n, h, w, c), 2, 2, 0, false, pooled, c);
-    let im2col_len = conv2d_scratch(conv, (n, ho, wo), false);
     let dst = MatMut::new(out, n * ho * wo, conv.c_out(), out_stride, 1);
+    // A 1x1 convolution: a GEMM, no fallback scratch (an empty Vec does not allocate).
+    let pooled = &*pooled;
     conv2d_into(
         conv,
         pooled,
         (n, ho, wo),
         false,
+        Epilogue::Store,
         dst,
-        &mut rest[..im2col_len],
+        &mut Vec::new(),
     );
-    normed.len() + pooled.len() + im2col_len
+    normed.len() + pooled.len()
 }
 
 /// A transition from `C_IN` to `C_OUT = floor(θ·C_IN)` channels, halving height and width.
