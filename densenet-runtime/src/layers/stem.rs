@@ -48,6 +48,8 @@ pub fn stem_forward(
 /// # Panics
 ///
 /// If `x` does not have the conv's input channels or a slice is too short.
+// Buffers and shapes of one stage, each distinct: a flat list reads best here.
+#[allow(clippy::too_many_arguments)]
 pub fn stem_forward_into(
     conv: &Conv2d,
     norm: Option<&BatchNorm2d>,
