@@ -107,7 +107,6 @@ fn densenet121_matches_the_reference_path() {
         .unwrap();
     assert_eq!(out, again);
     assert_eq!(model.forward(x.view()).unwrap(), out);
-    // 4 convs per image of 224x224 need 17.6 MB (batch 1), as planned.
     let plan = DenseNet121::plan().arena(1);
     println!(
         "DenseNet-121 arena at batch 1: {plan:?}, {} MB",
