@@ -15,8 +15,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use densenet::ndarray::Array4;
-use densenet::runtime::input_to_nhwc;
+use densenet::ndarray::{Array2, Array4};
+use densenet::runtime::{input_to_nhwc, Workspace};
 use densenet::{densenet, densenet_yaml};
 
 densenet! {
@@ -47,6 +47,15 @@ fn forward(c: &mut Criterion) {
     group.bench_with_input(BenchmarkId::new("densenet121", "b1"), &x, |b, x| {
         b.iter(|| model.forward(black_box(x.view())).unwrap())
     });
+    let mut ws = Workspace::new();
+    let mut out = Array2::zeros((1, 1000));
+    group.bench_with_input(BenchmarkId::new("densenet121_into", "b1"), &x, |b, x| {
+        b.iter(|| {
+            model
+                .forward_into(black_box(x.view()), &mut ws, out.view_mut())
+                .unwrap()
+        })
+    });
 
     let model = DenseNetBC100K12::init(0);
     let x = batch(16, DenseNetBC100K12::INPUT);
@@ -54,6 +63,18 @@ fn forward(c: &mut Criterion) {
     group.bench_with_input(BenchmarkId::new("densenet_bc100_k12", "b16"), &x, |b, x| {
         b.iter(|| model.forward(black_box(x.view())).unwrap())
     });
+    let mut out = Array2::zeros((16, 10));
+    group.bench_with_input(
+        BenchmarkId::new("densenet_bc100_k12_into", "b16"),
+        &x,
+        |b, x| {
+            b.iter(|| {
+                model
+                    .forward_into(black_box(x.view()), &mut ws, out.view_mut())
+                    .unwrap()
+            })
+        },
+    );
     group.finish();
 }
 

@@ -15,6 +15,9 @@
 //! - `--input PATH`: raw little-endian `f32` NCHW input of the right size (default: a
 //!   deterministic pattern); `--output PATH`: writes the first pass's logits there, raw
 //!   little-endian `f32`, row-major `(N, classes)`;
+//! - `--into`: times `forward_into` with one reused `Workspace` and output array (no
+//!   allocation per pass) instead of `forward` (thread-local workspace, new output);
+//!   the JSON line then says `"api": "forward_into"`;
 //! - `--stages`: also times each stage (stem, blocks, transitions, head) separately;
 //! - `--serve`: after warming up, reads requests from stdin, one per line: a number `K`
 //!   runs `K` timed passes and prints their JSON line, `quit` (or end of input) exits.
@@ -30,7 +33,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use densenet::ndarray::{Array2, Array4, ArrayView4};
-use densenet::runtime::input_to_nhwc;
+use densenet::runtime::{input_to_nhwc, Workspace};
 use densenet::{densenet, densenet_yaml};
 
 densenet! {
@@ -52,11 +55,12 @@ struct Args {
     output: Option<PathBuf>,
     stages: bool,
     serve: bool,
+    into: bool,
 }
 
 const USAGE: &str = "usage: bench_forward [--model densenet121|densenet_bc100_k12] [--batch N] \
 [--iters K] [--warmup W] [--threads T] [--weights PATH] [--input PATH] [--output PATH] \
-[--stages] [--serve]";
+[--stages] [--serve] [--into]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -70,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         output: None,
         stages: false,
         serve: false,
+        into: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -89,6 +94,7 @@ fn parse_args() -> Result<Args, String> {
             "--output" => args.output = Some(value()?.into()),
             "--stages" => args.stages = true,
             "--serve" => args.serve = true,
+            "--into" => args.into = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
@@ -104,6 +110,8 @@ trait Bench {
     const NAME: &'static str;
     const IN: [usize; 3];
     fn run(&self, x: ArrayView4<'_, f32>) -> Array2<f32>;
+    /// `forward_into` with a reused workspace and output.
+    fn run_into(&self, x: ArrayView4<'_, f32>, ws: &mut Workspace, out: &mut Array2<f32>);
     /// Runs the network stage by stage on NHWC input, calling `record(stage, seconds)`.
     fn run_stages(&self, x: ArrayView4<'_, f32>, record: &mut dyn FnMut(&'static str, f64));
 }
@@ -120,6 +128,10 @@ impl Bench for DenseNet121 {
     const IN: [usize; 3] = DenseNet121::INPUT;
     fn run(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
         self.forward(x).expect("input shape checked")
+    }
+    fn run_into(&self, x: ArrayView4<'_, f32>, ws: &mut Workspace, out: &mut Array2<f32>) {
+        self.forward_into(x, ws, out.view_mut())
+            .expect("shapes checked");
     }
     fn run_stages(&self, x: ArrayView4<'_, f32>, record: &mut dyn FnMut(&'static str, f64)) {
         let (x, t) = timed(|| self.stem.forward(x));
@@ -148,6 +160,10 @@ impl Bench for DenseNetBC100K12 {
     const IN: [usize; 3] = DenseNetBC100K12::INPUT;
     fn run(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
         self.forward(x).expect("input shape checked")
+    }
+    fn run_into(&self, x: ArrayView4<'_, f32>, ws: &mut Workspace, out: &mut Array2<f32>) {
+        self.forward_into(x, ws, out.view_mut())
+            .expect("shapes checked");
     }
     fn run_stages(&self, x: ArrayView4<'_, f32>, record: &mut dyn FnMut(&'static str, f64)) {
         let (x, t) = timed(|| self.stem.forward(x));
@@ -228,14 +244,23 @@ fn bench<M: Bench>(model: &M, args: &Args) -> Result<(), String> {
         std::hint::black_box(model.run(x.view()));
     }
 
-    let report = |iters: usize| -> Result<(), String> {
+    let mut ws = Workspace::new();
+    let mut out = first.clone();
+    let mut report = |iters: usize| -> Result<(), String> {
         let times: Vec<f64> = (0..iters)
-            .map(|_| timed(|| std::hint::black_box(model.run(x.view()))).1 * 1e3)
+            .map(|_| match args.into {
+                true => timed(|| model.run_into(x.view(), &mut ws, &mut out)).1 * 1e3,
+                false => timed(|| std::hint::black_box(model.run(x.view()))).1 * 1e3,
+            })
             .collect();
+        let api = match args.into {
+            true => ", \"api\": \"forward_into\"",
+            false => "",
+        };
         let mut stdout = std::io::stdout().lock();
         writeln!(
             stdout,
-            "{{\"model\": \"{}\", \"batch\": {}, \"threads\": \"{threads}\", \"times_ms\": {}, \"median_ms\": {:.3}}}",
+            "{{\"model\": \"{}\", \"batch\": {}, \"threads\": \"{threads}\"{api}, \"times_ms\": {}, \"median_ms\": {:.3}}}",
             M::NAME,
             args.batch,
             ms_list(&times),
