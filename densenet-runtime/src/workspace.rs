@@ -154,6 +154,24 @@ fn check_shapes(plan: &Plan, x: &ArrayView4<'_, f32>, out: &[usize]) -> Result<u
 /// If `stages` do not match `plan` (generated models and `DynamicModel` build both from
 /// one architecture).
 pub fn forward_into<'a>(
+    stages: impl IntoIterator<Item = StageRef<'a>> + Send,
+    plan: &Plan,
+    x: ArrayView4<'_, f32>,
+    ws: &mut Workspace,
+    out: ArrayViewMutD<'_, f32>,
+) -> Result<(), Error> {
+    if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+        // The whole pass runs as one task on rayon's pool: the kernels' parallel loops
+        // then queue their tasks on the worker's own deque. Called from outside the pool,
+        // each loop would go through rayon's global injector, which allocates a block
+        // per 63 tasks; this way it is one task per pass.
+        return rayon::scope(|_| forward_into_on_this_thread(stages, plan, x, ws, out));
+    }
+    forward_into_on_this_thread(stages, plan, x, ws, out)
+}
+
+/// [`forward_into`] on the calling thread.
+fn forward_into_on_this_thread<'a>(
     stages: impl IntoIterator<Item = StageRef<'a>>,
     plan: &Plan,
     x: ArrayView4<'_, f32>,
@@ -244,7 +262,7 @@ pub fn forward_into<'a>(
 /// # Errors
 /// As [`forward_into`].
 pub fn forward_alloc<'a, D: Dimension>(
-    stages: impl IntoIterator<Item = StageRef<'a>>,
+    stages: impl IntoIterator<Item = StageRef<'a>> + Send,
     plan: &Plan,
     x: ArrayView4<'_, f32>,
 ) -> Result<ndarray::Array<f32, D>, Error> {

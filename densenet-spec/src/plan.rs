@@ -406,15 +406,14 @@ pub struct ArenaPlan {
     /// Stem scratch: the NHWC input, zero-padded for the conv, and for an ImageNet stem
     /// the conv output with its BN-ReLU fused (the max pool writes into `concat[0]`).
     pub stem: usize,
-    /// Dense-block scratch: `normed + bottleneck + bottleneck_padded` of the block
-    /// needing the most (the sizes below are that block's).
+    /// Dense-block scratch: `normed + bottleneck_padded` of the block needing the most
+    /// (the sizes below are that block's).
     pub block: usize,
     /// BN-ReLU of the concatenation prefix: `n·H·W·c`, or zero-padded
     /// `n·(H+2)·(W+2)·c` for a layer without bottleneck (its 3x3 conv reads it).
     pub normed: usize,
-    /// The 1x1 bottleneck conv output, `n·H·W·4k` (0 without bottleneck).
-    pub bottleneck: usize,
-    /// Its BN-ReLU, zero-padded for the 3x3 conv: `n·(H+2)·(W+2)·4k`.
+    /// The 1x1 bottleneck conv's output after its BN-ReLU (fused into the conv),
+    /// zero-padded for the 3x3 conv: `n·(H+2)·(W+2)·4k` (0 without bottleneck).
     pub bottleneck_padded: usize,
     /// Transition scratch: BN-ReLU `n·H·W·c` and its 2x2 average pool; the 1x1 conv
     /// writes into the next block's concatenation buffer.
@@ -472,18 +471,17 @@ impl Plan {
             }
             let c_last = b.c_out - self.growth;
             widest = widest.max(c_last);
-            let (normed, bottleneck, bottleneck_padded) = match self.bottleneck {
+            let (normed, bottleneck_padded) = match self.bottleneck {
                 Some(bn_size) => {
                     let width = bn_size * self.growth;
                     widest = widest.max(width);
-                    (pixels * c_last, pixels * width, padded * width)
+                    (pixels * c_last, padded * width)
                 }
-                None => (padded * c_last, 0, 0),
+                None => (padded * c_last, 0),
             };
-            let block = normed + bottleneck + bottleneck_padded;
+            let block = normed + bottleneck_padded;
             if block > a.block {
-                (a.block, a.normed, a.bottleneck, a.bottleneck_padded) =
-                    (block, normed, bottleneck, bottleneck_padded);
+                (a.block, a.normed, a.bottleneck_padded) = (block, normed, bottleneck_padded);
             }
         }
         for (t, b) in self.transitions.iter().zip(&self.blocks) {

@@ -137,6 +137,9 @@ pub fn apply_epilogue(epilogue: Epilogue<'_>, data: &mut [f32], rows: usize, row
 const MAX_TILE: usize = 14;
 /// Output channels per panel: two zmm registers.
 const PANEL: usize = 32;
+/// Weight floats a 1x1 convolution keeps in L1 per block of input channels (16 KiB of
+/// the 48 KiB L1d, with room for the input tile and the output; see `Job::task`).
+const L1_FLOATS: usize = 4096;
 /// Largest window the kernel takes (the 7x7 stem); others fall back.
 const MAX_TAPS: usize = 49;
 /// Convolutions with fewer multiply-adds run on the calling thread: splitting ~10 µs
@@ -346,7 +349,9 @@ fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{tile_span, ConvShape, Epilogue, ImageLayout, MAX_TAPS, MAX_TILE, PANEL};
+    use super::{
+        tile_span, ConvShape, Epilogue, ImageLayout, L1_FLOATS, MAX_TAPS, MAX_TILE, PANEL,
+    };
 
     /// Everything a row task needs, as raw pointers (the tasks of one call write disjoint
     /// outputs; see the SAFETY comment in [`Job::row`]).
@@ -413,58 +418,76 @@ mod avx512 {
             let taps = &self.taps[..s.kernel_h * s.kernel_w];
             let il = self.input_layout;
             let ol = self.out_layout;
-            for tile in 0..tiles {
-                let (ox, len) = tile_span(s.out_w, tile, tiles);
-                let a_index = il.offset
-                    + b * il.image_stride
-                    + oy * s.stride * il.row_stride
-                    + ox * s.stride * il.pixel_stride;
-                let c_index =
-                    ol.offset + b * ol.image_stride + oy * ol.row_stride + ox * ol.pixel_stride;
-                for co in (0..s.c_out).step_by(PANEL) {
-                    let width = (s.c_out - co).min(PANEL);
-                    // SAFETY:
-                    // - AVX-512F is present: `direct_conv` checked `available()` before
-                    //   building the job.
-                    // - Reads: pixel `i < len` of the tile at tap `t`, channel `ci < c_in`
-                    //   is input index `a_index + i·stride·pixel_stride + taps[t] + ci`
-                    //   = `il.index(b, oy·stride + ky, (ox + i)·stride + kx, ci)` with
-                    //   `ox + i < out_w`, `ky < kernel_h`, `kx < kernel_w`: inside the
-                    //   block `check` bounded by `input.len()`. Weight reads are rows
-                    //   `t·c_in + ci` of the `(taps·c_in) × c_out` weight, columns
-                    //   `co .. co + width ≤ c_out` (the last vector masked to `width`);
-                    //   scale/shift reads are columns `co .. co + width` of `c_out`.
-                    // - Writes: pixels `(b, oy, ox + i)`, channels `co .. co + width`,
-                    //   all inside the output block `check` bounded by the slice length;
-                    //   this task is the only writer of row `(b, oy)`, and `check`
-                    //   verified that distinct (b, y, x, c) are distinct memory, so
-                    //   tasks running on other threads never write these elements.
-                    unsafe {
-                        let epilogue = (
-                            if self.scale.is_null() {
-                                self.scale
-                            } else {
-                                self.scale.add(co)
-                            },
-                            if self.shift.is_null() {
-                                self.shift
-                            } else {
-                                self.shift.add(co)
-                            },
-                        );
-                        dispatch(
-                            len,
-                            width,
-                            self.input.add(a_index),
-                            s.stride * il.pixel_stride,
-                            taps,
-                            s.c_in,
-                            self.weight.add(co),
-                            s.c_out,
-                            epilogue,
-                            self.out.add(c_index + co),
-                            ol.pixel_stride,
-                        );
+            // A 1x1 convolution runs over blocks of input channels whose weight rows
+            // (all output channels) stay in L1 across the row's tiles and panels; the
+            // tiles accumulate block by block. A window runs in one block.
+            let block = if taps.len() == 1 {
+                (L1_FLOATS / s.c_out.next_multiple_of(16))
+                    .max(16)
+                    .min(s.c_in)
+            } else {
+                s.c_in
+            };
+            for k0 in (0..s.c_in).step_by(block) {
+                let kc = block.min(s.c_in - k0);
+                let last = k0 + kc == s.c_in;
+                for tile in 0..tiles {
+                    let (ox, len) = tile_span(s.out_w, tile, tiles);
+                    let a_index = il.offset
+                        + b * il.image_stride
+                        + oy * s.stride * il.row_stride
+                        + ox * s.stride * il.pixel_stride
+                        + k0;
+                    let c_index =
+                        ol.offset + b * ol.image_stride + oy * ol.row_stride + ox * ol.pixel_stride;
+                    let a_step = s.stride * il.pixel_stride;
+                    // SAFETY: `a_index` is inside the input (see below).
+                    let a = unsafe { self.input.add(a_index) };
+                    for co in (0..s.c_out).step_by(PANEL) {
+                        let width = (s.c_out - co).min(PANEL);
+                        let (scale, shift) = if last && !self.scale.is_null() {
+                            // SAFETY: columns `co < c_out` of the `c_out` scale and shift.
+                            unsafe { (self.scale.add(co), self.shift.add(co)) }
+                        } else {
+                            (std::ptr::null(), std::ptr::null())
+                        };
+                        // SAFETY:
+                        // - AVX-512F is present: `direct_conv` checked `available()`
+                        //   before building the job.
+                        // - Reads: pixel `i < len` of the tile at tap `t`, channel
+                        //   `k0 + ci` with `ci < kc` (`k0 + kc ≤ c_in`) is input index
+                        //   `a_index + i·stride·pixel_stride + taps[t] + ci` =
+                        //   `il.index(b, oy·stride + ky, (ox + i)·stride + kx, k0 + ci)`
+                        //   with `ox + i < out_w`, `ky < kernel_h`, `kx < kernel_w`:
+                        //   inside the block `check` bounded by `input.len()`. Weight
+                        //   reads are rows `t·c_in + k0 + ci` of the `(taps·c_in) × c_out`
+                        //   weight (with one block, `k0 = 0` and `kc = c_in`; with
+                        //   several, one tap), columns `co .. co + width ≤ c_out` (the
+                        //   last vector masked to `width`); scale/shift reads are
+                        //   columns `co .. co + width` of `c_out`.
+                        // - Reads and writes: pixels `(b, oy, ox + i)`, channels
+                        //   `co .. co + width`, inside the output block `check` bounded
+                        //   by the slice length; this task is the only one touching row
+                        //   `(b, oy)`, and `check` verified that distinct (b, y, x, c)
+                        //   are distinct memory, so tasks running on other threads never
+                        //   touch these elements. A tile reads back (`accumulate`) only
+                        //   what this task wrote for the previous block.
+                        unsafe {
+                            dispatch(
+                                len,
+                                width,
+                                a,
+                                a_step,
+                                taps,
+                                kc,
+                                self.weight.add(k0 * s.c_out + co),
+                                s.c_out,
+                                (scale, shift),
+                                self.out.add(c_index + co),
+                                ol.pixel_stride,
+                                k0 > 0,
+                            );
+                        }
                     }
                 }
             }
@@ -490,6 +513,7 @@ mod avx512 {
         epilogue: (*const f32, *const f32),
         c: *mut f32,
         c_step: usize,
+        accumulate: bool,
     ) {
         macro_rules! pick {
             ($($mr:literal)*) => {
@@ -508,12 +532,17 @@ mod avx512 {
             r => (1u16 << r) - 1,
         };
         // SAFETY: forwarded from the caller's contract; the mask covers `width` columns.
-        unsafe { kernel(a, a_step, taps, c_in, b, ldb, mask, epilogue, c, c_step) }
+        unsafe {
+            kernel(
+                a, a_step, taps, c_in, b, ldb, mask, epilogue, c, c_step, accumulate,
+            )
+        }
     }
 
     /// Accumulates an `MR`-pixel × `NV·16`-channel output tile (the last 16 channels
-    /// masked by `mask`) over every tap and input channel, then applies the epilogue and
-    /// stores it.
+    /// masked by `mask`) over every tap and input channel, starting from zero or, with
+    /// `accumulate`, from the tile's current contents (a later block of input channels),
+    /// then applies the epilogue and stores it.
     ///
     /// Pixel `i` of the tile reads input `a + i·a_step + taps[t] + ci`; weight row
     /// `t·c_in + ci` starts at `b + (t·c_in + ci)·ldb`; output pixel `i` starts at
@@ -523,8 +552,8 @@ mod avx512 {
     ///
     /// The CPU supports AVX-512F; every address described above, for `i < MR`,
     /// `t < taps.len()`, `ci < c_in` and the unmasked columns, is valid to read (inputs,
-    /// weights, scale, shift) or write (outputs), and no other thread accesses the
-    /// written outputs during the call.
+    /// weights, scale, shift) or read and write (outputs), and no other thread accesses
+    /// the outputs during the call.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const MR: usize, const NV: usize>(
@@ -538,9 +567,18 @@ mod avx512 {
         epilogue: (*const f32, *const f32),
         c: *mut f32,
         c_step: usize,
+        accumulate: bool,
     ) {
         let masks = |v: usize| if v + 1 == NV { mask } else { 0xffff };
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        if accumulate {
+            for (i, acc) in acc.iter_mut().enumerate() {
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: output pixel `i`, unmasked columns: readable by the contract.
+                    *acc = unsafe { _mm512_maskz_loadu_ps(masks(v), c.add(i * c_step + 16 * v)) };
+                }
+            }
+        }
         for (t, &tap) in taps.iter().enumerate() {
             // SAFETY (this block and the loop below): in bounds by the contract.
             let (at, bt) = unsafe { (a.add(tap), b.add(t * c_in * ldb)) };
@@ -698,6 +736,15 @@ mod tests {
             ..conv3(2, 14, 96, 128)
         };
         case(conv1, (0, 0), 128, 0, 1, true, true, 5);
+        // 1x1 over several blocks of input channels (8192 / 48 = 170 per block), a
+        // masked last panel, and the epilogue only after the last block.
+        let wide = ConvShape {
+            c_in: 400,
+            c_out: 40,
+            ..conv1
+        };
+        case(wide, (5, 3), 44, 1, 0, true, false, 8);
+        case(wide, (0, 0), 40, 0, 1, false, true, 9);
         // Strided input layouts (spare channels and pixels), the 7x7/2 stem.
         case(conv3(2, 5, 7, 17), (3, 2), 17, 0, 0, true, false, 6);
         let stem = ConvShape {

@@ -57,7 +57,7 @@ pub fn conv2d_into(
     let weight = weight.as_slice().expect("standard layout is contiguous");
     let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1;
     let row_stride = out.row_stride();
-    if win.padding == 0 && !pointwise {
+    if win.padding == 0 {
         let shape = ConvShape {
             n,
             out_h: oh,
@@ -126,4 +126,93 @@ pub fn conv2d_into(
         }
     }
     apply_epilogue(epilogue, out.data_mut(), n * oh * ow, row_stride);
+}
+
+/// A 1x1 convolution (stride 1, no padding) of the contiguous NHWC input `x`
+/// (`n, h, w, c_in`) with `epilogue`, written into the interior of `out`, the
+/// `(n, h + 2·pad, w + 2·pad, c_out)` map that the next 3x3 convolution reads; the
+/// border is zeroed. This is DenseNet-B's bottleneck: conv1, then norm2 and the ReLU as
+/// the epilogue, so the un-normalised bottleneck output is never stored.
+///
+/// # Panics
+///
+/// If the convolution is not 1x1 with stride 1 and no padding, or a slice does not fit
+/// the shapes (caller bugs).
+pub fn conv1x1_into_padded(
+    conv: &Conv2d,
+    x: &[f32],
+    (n, h, w): (usize, usize, usize),
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+    pad: usize,
+) {
+    let win = conv.window();
+    let (c_in, c_out) = (conv.c_in(), conv.c_out());
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    assert!(
+        (win.kernel_h, win.kernel_w, win.stride, win.padding) == (1, 1, 1, 0)
+            && x.len() == n * h * w * c_in
+            && out.len() == n * hp * wp * c_out,
+        "conv1x1_into_padded: not a 1x1 convolution, or shapes do not fit the slices"
+    );
+    zero_border(out, (h, w, c_out), pad);
+    let weight = conv.weight().as_standard_layout();
+    let weight = weight.as_slice().expect("standard layout is contiguous");
+    let row = wp * c_out;
+    let shape = ConvShape {
+        n,
+        out_h: h,
+        out_w: w,
+        c_in,
+        c_out,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride: 1,
+    };
+    let out_layout = ImageLayout {
+        offset: pad * row + pad * c_out,
+        image_stride: hp * row,
+        row_stride: row,
+        pixel_stride: c_out,
+    };
+    let input_layout = ImageLayout::dense(h, w, c_in);
+    if direct_conv(
+        x,
+        input_layout,
+        weight,
+        shape,
+        epilogue,
+        out,
+        out_layout,
+        true,
+    ) {
+        return;
+    }
+    // Portable path: one GEMM per image row, each a contiguous run of the interior.
+    let b = MatRef::row_major(weight, c_in, c_out);
+    for (r, input_row) in x.chunks_exact(w * c_in).enumerate() {
+        let start = out_layout.offset + (r / h) * out_layout.image_stride + (r % h) * row;
+        let dst = &mut out[start..start + w * c_out];
+        let a = MatRef::row_major(input_row, w, c_in);
+        gemm(1.0, a, b, 0.0, MatMut::row_major(dst, w, c_out));
+        apply_epilogue(epilogue, dst, w, c_out);
+    }
+}
+
+/// Zeroes the `pad`-wide border of every `(h + 2·pad, w + 2·pad, c)` image of `out`.
+fn zero_border(out: &mut [f32], (h, w, c): (usize, usize, usize), pad: usize) {
+    if pad == 0 {
+        return;
+    }
+    let row = (w + 2 * pad) * c;
+    for image in out.chunks_exact_mut((h + 2 * pad) * row) {
+        let (top, rest) = image.split_at_mut(pad * row);
+        top.fill(0.0);
+        let (middle, bottom) = rest.split_at_mut(h * row);
+        bottom.fill(0.0);
+        for r in middle.chunks_exact_mut(row) {
+            r[..pad * c].fill(0.0);
+            r[(w + pad) * c..].fill(0.0);
+        }
+    }
 }

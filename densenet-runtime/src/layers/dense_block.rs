@@ -9,7 +9,7 @@ use ndarray::{Array4, ArrayView4};
 
 use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
-use crate::layers::conv_into::conv2d_into;
+use crate::layers::conv_into::{conv1x1_into_padded, conv2d_into};
 use crate::layers::{BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
 use crate::visit::{StageMut, StageRef};
@@ -141,17 +141,14 @@ pub fn dense_block_forward(layers: &[DenseLayer], x: ArrayView4<'_, f32>) -> Arr
 }
 
 /// Floats of scratch [`dense_block_forward_into`] needs for `n` images of `h × w`:
-/// `normed`, `bottleneck` and `bottleneck_padded`, each sized for the widest layer.
-pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) -> [usize; 3] {
+/// `normed` and `bottleneck_padded`, each sized for the widest layer.
+pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) -> [usize; 2] {
     let (pixels, padded) = (n * h * w, n * (h + 2) * (w + 2));
-    let mut sizes = [0; 3];
+    let mut sizes = [0; 2];
     for layer in layers {
         let layer_sizes = match layer {
-            DenseLayer::Basic { .. } => [padded * layer.c_in(), 0, 0],
-            DenseLayer::Bottleneck { conv1, .. } => {
-                let width = conv1.c_out();
-                [pixels * layer.c_in(), pixels * width, padded * width]
-            }
+            DenseLayer::Basic { .. } => [padded * layer.c_in(), 0],
+            DenseLayer::Bottleneck { conv1, .. } => [pixels * layer.c_in(), padded * conv1.c_out()],
         };
         for (s, l) in sizes.iter_mut().zip(layer_sizes) {
             *s = (*s).max(l);
@@ -165,11 +162,12 @@ pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) 
 /// pixel hold the block input (written there by the stem or the previous transition);
 /// each layer appends its channels. `bn_params` holds BatchNorm scale/shift (`2·` the
 /// widest layer), `scratch` at least the sum of [`dense_block_scratch`], carved as
-/// `normed | bottleneck | bottleneck_padded`; `fallback` is the im2col matrix of CPUs
+/// `normed | bottleneck_padded`; `fallback` is the im2col matrix of CPUs
 /// without AVX-512 ([`conv2d_into`]). Returns the scratch floats used.
 ///
 /// A plain layer's BN-ReLU is written zero-padded by 1, so its 3x3 conv runs unpadded
-/// (on the direct kernel); a bottleneck layer's second BN-ReLU likewise. Same
+/// (on the direct kernel); a bottleneck layer's 1x1 conv writes its output, through
+/// norm2 and the ReLU fused as the epilogue, zero-padded likewise. Same
 /// arithmetic as [`dense_block_forward`], which stays as the simple reference.
 ///
 /// # Panics
@@ -188,8 +186,7 @@ pub fn dense_block_forward_into(
     assert_eq!(buf.len(), pixels * c_out, "dense block buffer size");
     let sizes = dense_block_scratch(layers, n, h, w);
     let (normed_all, rest) = scratch.split_at_mut(sizes[0]);
-    let (bneck_all, rest) = rest.split_at_mut(sizes[1]);
-    let padded_all = &mut rest[..sizes[2]];
+    let padded_all = &mut rest[..sizes[1]];
     let padded_dims = (n, h + 2, w + 2);
     let mut c = c_in;
     for layer in layers {
@@ -218,20 +215,18 @@ pub fn dense_block_forward_into(
             } => {
                 let normed = &mut normed_all[..pixels * c];
                 norm1.forward_relu_padded_into(buf, c_out, (n, h, w), 0, bn_params, normed);
+                // norm2 and its ReLU run as conv1's epilogue, straight into the padded
+                // input of conv2 (BN folded into the conv, in effect).
                 let width = conv1.c_out();
-                let bneck = &mut bneck_all[..pixels * width];
-                let mid = MatMut::row_major(bneck, pixels, width);
-                conv2d_into(
-                    conv1,
-                    normed,
-                    (n, h, w),
-                    false,
-                    Epilogue::Store,
-                    mid,
-                    fallback,
-                );
+                let (scale, rest) = bn_params.split_at_mut(width);
+                let shift = &mut rest[..width];
+                norm2.scale_shift_into(scale, shift);
+                let epilogue = Epilogue::ScaleShiftRelu {
+                    scale: &*scale,
+                    shift: &*shift,
+                };
                 let padded = &mut padded_all[..n * (h + 2) * (w + 2) * width];
-                norm2.forward_relu_padded_into(bneck, width, (n, h, w), 1, bn_params, padded);
+                conv1x1_into_padded(conv1, normed, (n, h, w), epilogue, padded, 1);
                 let dst = MatMut::new(&mut buf[c..], pixels, k, c_out, 1);
                 conv2d_into(
                     conv2,

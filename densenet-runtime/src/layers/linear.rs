@@ -100,8 +100,8 @@ impl Linear {
     }
 
     /// `out ← x·Wᵀ + b` for a contiguous `n × in_features` matrix `x`, written into the
-    /// contiguous `n × out_features` slice `out` (no allocation); the arithmetic of
-    /// [`forward`](Self::forward).
+    /// contiguous `n × out_features` slice `out` (no allocation); the product of
+    /// [`forward`](Self::forward), summed in another order.
     ///
     /// # Panics
     ///
@@ -115,22 +115,23 @@ impl Linear {
             x.len() == n * in_features && out.len() == n * out_features,
             "Linear::forward_into: shapes do not fit the slices"
         );
-        for row in out.chunks_exact_mut(out_features.max(1)) {
-            row.iter_mut().zip(&self.bias).for_each(|(o, &b)| *o = b);
-        }
+        // One dot product per output: the classifier is a matrix-vector product per
+        // image, memory-bound on the weight, and a plain loop allocates nothing (the
+        // GEMM crate allocates per call).
         let weight = self.weight.as_standard_layout();
-        gemm(
-            1.0,
-            MatRef::row_major(x, n, in_features),
-            MatRef::row_major(
-                weight.as_slice().expect("contiguous"),
-                out_features,
-                in_features,
-            )
-            .t(),
-            1.0,
-            MatMut::row_major(out, n, out_features),
-        );
+        let weight = weight.as_slice().expect("contiguous");
+        for (x, out) in x
+            .chunks_exact(in_features.max(1))
+            .zip(out.chunks_exact_mut(out_features.max(1)))
+        {
+            for ((o, w), &b) in out
+                .iter_mut()
+                .zip(weight.chunks_exact(in_features.max(1)))
+                .zip(&self.bias)
+            {
+                *o = b + dot(x, w);
+            }
+        }
     }
 
     /// `(N, in)` → `(N, out)`: `y = x·Wᵀ + b`, one GEMM reading `W` transposed in place.
@@ -176,6 +177,24 @@ impl Linear {
         );
         y
     }
+}
+
+/// `Σ x[i]·w[i]` in 16 independent lanes (so it vectorises), then summed.
+fn dot(x: &[f32], w: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let (xc, wc) = (x.chunks_exact(16), w.chunks_exact(16));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(wc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (x, w) in xc.zip(wc) {
+        for ((l, &a), &b) in lanes.iter_mut().zip(x).zip(w) {
+            *l += a * b;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[cold]

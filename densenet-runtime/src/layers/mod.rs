@@ -16,7 +16,7 @@ mod transition;
 
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
-pub use conv_into::conv2d_into;
+pub use conv_into::{conv1x1_into_padded, conv2d_into};
 pub use dense_block::{
     dense_block_forward, dense_block_forward_into, dense_block_scratch, DenseBlock, DenseLayer,
 };

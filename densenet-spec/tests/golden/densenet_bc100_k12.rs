@@ -45,7 +45,7 @@ impl DenseNetBC100K12 {
     /// Multiply-accumulates per image (convolutions and the linear layer).
     pub const MACS: u64 = 287929692;
     /// Floats of the activation arena (`Workspace`) at batch 1.
-    pub const ARENA_FLOATS: usize = 612204;
+    pub const ARENA_FLOATS: usize = 575148;
     /// Number of output classes.
     pub const CLASSES: usize = 10;
     /// Softmax probabilities for an NCHW batch: `forward` followed by a softmax per row.
@@ -180,7 +180,7 @@ impl DenseNetBC100K12 {
     /// Floats of the activation arena at batch `batch`: `batch` times a per-image
     /// size plus the BatchNorm scale/shift pair, computed by the macro.
     pub const fn arena_floats(batch: usize) -> usize {
-        611520 * batch + 684
+        574464 * batch + 684
     }
     fn stage_array(&self) -> [::densenet::runtime::StageRef<'_>; 7] {
         [
