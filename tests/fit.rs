@@ -242,7 +242,8 @@ fn bad_data_and_settings_are_typed_errors_and_change_nothing() {
             ..
         }
     ));
-    let cases: [(FitConfig<'_>, fn(&TrainError) -> bool); 5] = [
+    type Expected = fn(&TrainError) -> bool;
+    let cases: [(FitConfig<'_>, Expected); 5] = [
         (
             FitConfig {
                 batch_size: 0,
