@@ -177,3 +177,106 @@ pub enum ImageError {
         reason: String,
     },
 }
+
+/// Why a dataset could not be built or a model could not be trained or evaluated on it
+/// ([`train::fit`](crate::train::fit), [`train::evaluate`](crate::train::evaluate),
+/// [`train::Dataset`](crate::train::Dataset)). Everything is checked before the first
+/// training step: a bad dataset or setting never leaves a half-trained model behind.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A dataset (or a subset, or a batch request) with no images.
+    #[error("empty dataset: there are no images")]
+    EmptyDataset,
+    /// Not one label per image.
+    #[error("{labels} labels for {images} images: a dataset needs exactly one label per image")]
+    LabelCount {
+        /// Number of images.
+        images: usize,
+        /// Number of labels.
+        labels: usize,
+    },
+    /// A label that is not a class index.
+    #[error("image {index} has label {label}, but there are only {classes} classes (labels 0..{classes})")]
+    LabelOutOfRange {
+        /// The image (0-based, in the dataset's order).
+        index: usize,
+        /// Its label.
+        label: usize,
+        /// The number of classes (of the dataset or the model, whichever was checked).
+        classes: usize,
+    },
+    /// A dataset declared with zero classes.
+    #[error("a dataset needs at least one class; got classes = 0")]
+    NoClasses,
+    /// An image with a NaN or infinite pixel.
+    #[error("image {index} has a NaN or infinite pixel")]
+    NonFinite {
+        /// The image (0-based, in the dataset's order).
+        index: usize,
+    },
+    /// A subset index past the end of the dataset.
+    #[error("index {index} is out of range for a dataset of {len} images")]
+    IndexOutOfRange {
+        /// The requested image.
+        index: usize,
+        /// The dataset's length.
+        len: usize,
+    },
+    /// The dataset's images are not the shape the model takes.
+    #[error("the dataset's images are {actual:?} (C, H, W), but {model} takes {expected:?}")]
+    ImageShape {
+        /// The model's name.
+        model: String,
+        /// The model's per-image input `[C, H, W]`.
+        expected: [usize; 3],
+        /// The dataset's per-image shape.
+        actual: [usize; 3],
+    },
+    /// The dataset has more classes than the model's classifier.
+    #[error("the dataset has {dataset} classes but {model} classifies into {classes}")]
+    Classes {
+        /// The model's name.
+        model: String,
+        /// The model's number of classes.
+        classes: usize,
+        /// The dataset's number of classes.
+        dataset: usize,
+    },
+    /// The model has no classifier head, so there are no logits to train or evaluate.
+    #[error("{model} has no classifier head (head: none, avg or max pooling only); training and evaluation need class logits")]
+    NoClassifier {
+        /// The model's name.
+        model: String,
+    },
+    /// A batch size too small: zero, or one where BatchNorm in training mode would see
+    /// a single value per channel (a model whose last feature map is 1x1).
+    #[error("batch_size must be at least {min}; got {batch_size}")]
+    BatchSize {
+        /// The requested batch size.
+        batch_size: usize,
+        /// The smallest that works.
+        min: usize,
+    },
+    /// Zero epochs requested.
+    #[error("epochs must be at least 1; got 0")]
+    NoEpochs,
+    /// A learning rate that is not a positive finite number.
+    #[error("the learning rate must be positive and finite; got {lr}")]
+    LearningRate {
+        /// The configured learning rate.
+        lr: f32,
+    },
+    /// A dropout rate outside `[0, 1)`.
+    #[error("the dropout rate must be in [0, 1); got {rate}")]
+    Dropout {
+        /// The configured rate.
+        rate: f32,
+    },
+    /// A checkpoint could not be written (or its directory created).
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[source] LoadError),
+    /// The model rejected a batch (not expected once the dataset has been checked).
+    #[error(transparent)]
+    Model(#[from] Error),
+}

@@ -10,7 +10,8 @@
 //! - [`layers`]: conv, batch norm, pooling, linear, and the building blocks generated
 //!   models are made of (stems, dense blocks, transitions, heads);
 //! - [`weights`]: safetensors in torchvision/timm or Keras naming;
-//! - [`train`]: every layer's backward pass and a whole model's training step;
+//! - [`train`]: every layer's backward pass, a whole model's training step, optimisers,
+//!   datasets and the `fit` loop;
 //! - [`onnx`]: export to a standard ONNX graph (opset 17, dynamic batch) with the weights;
 //! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints.
 #![deny(missing_docs)]
@@ -32,7 +33,7 @@ mod workspace;
 
 pub use densenet_spec as spec;
 pub use dynamic::DynamicModel;
-pub use error::{Error, ImageError, LoadError};
+pub use error::{Error, ImageError, LoadError, TrainError};
 pub use model::{input_to_nhwc, softmax};
 pub use ndarray;
 pub use rng::Rng;

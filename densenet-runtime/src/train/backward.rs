@@ -153,6 +153,18 @@ pub fn loss_and_gradients_with<M: Model>(
     config: StepConfig,
     rng: &mut Rng,
 ) -> Result<(f32, Gradients), Error> {
+    step(model, x, labels, config, rng).map(|(loss, _, grads)| (loss, grads))
+}
+
+/// [`loss_and_gradients_with`], also returning the training-mode logits `(N, classes)`
+/// (what `fit` counts its training accuracy from).
+pub(crate) fn step<M: Model>(
+    model: &mut M,
+    x: ArrayView4<'_, f32>,
+    labels: &[usize],
+    config: StepConfig,
+    rng: &mut Rng,
+) -> Result<(f32, Array2<f32>, Gradients), Error> {
     let arch = M::ARCHITECTURE;
     if arch.head != Head::Classifier {
         no_classifier(&arch.name);
@@ -298,7 +310,7 @@ pub fn loss_and_gradients_with<M: Model>(
         .enumerate()
         .map(|(i, (name, _))| (*name, i))
         .collect();
-    Ok((loss, Gradients { layers, index }))
+    Ok((loss, logits, Gradients { layers, index }))
 }
 
 /// The step's settings and reusable buffers.

@@ -1,4 +1,5 @@
-//! Training: the backward pass of every layer, and of a whole model.
+//! Training: the backward pass of every layer and of a whole model, optimisers, and a
+//! training loop over an in-memory dataset.
 //!
 //! Each layer's backward is a plain function in its own file, checked against finite
 //! differences in its tests; [`loss_and_gradients`] chains them over a model's stages
@@ -21,13 +22,37 @@
 //! - [`max_pool2d_train`], [`max_pool2d_backward`], [`avg_pool2d_backward`],
 //!   [`global_avg_pool_backward`]: pooling;
 //! - [`linear_backward`]; [`dropout_in_place`]; [`softmax_cross_entropy`];
-//! - [`loss_and_gradients`]: a whole training-mode forward and backward pass.
+//! - [`loss_and_gradients`]: a whole training-mode forward and backward pass;
+//! - [`Sgd`], [`Adam`], [`step_lr`]: optimisers and the paper's schedule;
+//! - [`Dataset`], [`permutation`]: labelled images in memory, seeded shuffling, batches;
+//! - [`fit`]: the training loop (per-epoch [`History`], checkpoints, progress bar);
+//!   [`evaluate`]: loss and accuracy in inference mode. Errors are [`TrainError`]s,
+//!   checked before the first step.
+//!
+//! ```
+//! use densenet_runtime::ndarray::Array4;
+//! use densenet_runtime::train::{Dataset, FitConfig};
+//!
+//! // Four 1x2x2 images of two classes; preprocess in place.
+//! let images = Array4::from_shape_fn((4, 1, 2, 2), |(n, ..)| n as f32);
+//! let mut data = Dataset::new(images, vec![0, 1, 0, 1], 2)?;
+//! data.map_pixels(|v| (v - 1.5) / 1.5)?;
+//! let batches: Vec<_> = data.batches(3, None)?.collect();
+//! assert_eq!((batches[0].len(), batches[1].len()), (3, 1));
+//! // `fit(&mut model, &data, &FitConfig { epochs: 20, ..FitConfig::default() })` trains
+//! // any generated model whose input is [1, 2, 2].
+//! let config = FitConfig::default();
+//! assert_eq!((config.epochs, config.batch_size), (10, 64));
+//! # Ok::<(), densenet_runtime::TrainError>(())
+//! ```
 
 mod backward;
 mod batch_norm;
 mod col2im;
 mod conv;
+mod dataset;
 mod dropout;
+mod fit;
 mod linear;
 mod loss;
 mod optim;
@@ -38,7 +63,12 @@ pub use backward::{loss_and_gradients, loss_and_gradients_with, Gradients, Layer
 pub use batch_norm::{batch_norm_apply, batch_norm_backward, batch_norm_train, BatchStats};
 pub use col2im::col2im;
 pub use conv::conv2d_backward;
+pub use dataset::{permutation, Batch, Batches, Dataset};
 pub use dropout::dropout_in_place;
+pub use fit::{
+    checkpoint_path, evaluate, fit, logits, EpochStats, Evaluation, FitConfig, History, Optimizer,
+    Schedule,
+};
 pub use linear::linear_backward;
 pub use loss::softmax_cross_entropy;
 pub use optim::{step_lr, Adam, AdamConfig, Sgd, SgdConfig};
@@ -46,6 +76,8 @@ pub use pool::{
     avg_pool2d_backward, global_avg_pool_backward, max_pool2d_backward, max_pool2d_train,
 };
 pub use relu::relu_backward;
+
+pub use crate::error::TrainError;
 
 #[cfg(test)]
 pub(crate) mod check {

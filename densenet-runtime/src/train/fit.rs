@@ -1,0 +1,519 @@
+//! The training loop: [`fit`] a model to a [`Dataset`] epoch by epoch, [`evaluate`] it,
+//! and write a checkpoint per epoch.
+//!
+//! One run draws everything random (the order of each epoch, dropout masks) from one
+//! [`Rng`] seeded with [`FitConfig::seed`], in a fixed sequence: the same model, data
+//! and configuration give the same weights bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use densenet_spec::{Head, Plan};
+use ndarray::{Array2, ArrayView4, Axis};
+
+use crate::error::{LoadError, TrainError};
+use crate::layers::{dense_block_forward, pooled_head_forward, stem_forward, transition_forward};
+use crate::rng::Rng;
+use crate::train::backward::step;
+use crate::train::dataset::permutation;
+use crate::train::{
+    softmax_cross_entropy, step_lr, Adam, AdamConfig, Dataset, Sgd, SgdConfig, StepConfig,
+};
+use crate::visit::{Model, StageRef};
+use crate::{input_to_nhwc, weights};
+
+/// Which optimiser [`fit`] uses, with its settings (the learning rate is the base rate
+/// of the [`Schedule`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    /// SGD; [`SgdConfig::default`] is the paper's (lr 0.1, Nesterov 0.9, wd 1e-4).
+    Sgd(SgdConfig),
+    /// Adam; [`AdamConfig::default`] is torch's (lr 1e-3).
+    Adam(AdamConfig),
+}
+
+impl Optimizer {
+    fn base_lr(&self) -> f32 {
+        match self {
+            Optimizer::Sgd(c) => c.lr,
+            Optimizer::Adam(c) => c.lr,
+        }
+    }
+}
+
+/// How the learning rate changes over the epochs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// The DenseNet paper's: divided by 10 at 50% and at 75% of the epochs ([`step_lr`]).
+    #[default]
+    Step,
+    /// The optimiser's rate throughout.
+    Constant,
+}
+
+impl Schedule {
+    /// The rate of epoch `epoch` (0-based) of `epochs` for a base rate `base`.
+    pub fn lr(self, base: f32, epoch: usize, epochs: usize) -> f32 {
+        match self {
+            Schedule::Step => step_lr(base, epoch, epochs),
+            Schedule::Constant => base,
+        }
+    }
+}
+
+/// Settings of [`fit`]. [`Default`]: 10 epochs of batches of 64 with the paper's SGD and
+/// step schedule, the architecture's dropout, seed 0, no validation, no checkpoints, no
+/// progress display.
+#[derive(Clone, Debug)]
+pub struct FitConfig<'a> {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step (the last batch of an epoch holds the remainder).
+    pub batch_size: usize,
+    /// The optimiser and its base learning rate.
+    pub optimizer: Optimizer,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
+    /// The training step's dropout rate and BatchNorm momentum.
+    pub step: StepConfig,
+    /// Seeds the run's one generator (shuffling and dropout). The weights' initial
+    /// values are the model's own (`M::init(seed)` by the caller).
+    pub seed: u64,
+    /// Evaluated after every epoch (accuracy in [`EpochStats::validation`]).
+    pub validation: Option<&'a Dataset>,
+    /// If set, the weights after epoch `e` (1-based) are written to
+    /// `dir/epoch-{e:03}.safetensors` (torchvision naming, [`weights::save_file`]); the
+    /// directory is created if needed.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Show a progress bar per epoch (with the `progress` feature, else one line per
+    /// epoch) on standard error.
+    pub progress: bool,
+}
+
+impl Default for FitConfig<'_> {
+    fn default() -> Self {
+        FitConfig {
+            epochs: 10,
+            batch_size: 64,
+            optimizer: Optimizer::Sgd(SgdConfig::default()),
+            schedule: Schedule::Step,
+            step: StepConfig::default(),
+            seed: 0,
+            validation: None,
+            checkpoint_dir: None,
+            progress: false,
+        }
+    }
+}
+
+/// What one epoch of [`fit`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochStats {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// The learning rate used.
+    pub lr: f32,
+    /// Mean training loss over the epoch's images (each batch's mean softmax
+    /// cross-entropy in training mode, weighted by its size).
+    pub loss: f32,
+    /// Fraction of the epoch's training images whose training-mode logits (before that
+    /// batch's update) put the label first.
+    pub train_accuracy: f32,
+    /// The validation set's [`evaluate`] after the epoch, if one was given.
+    pub validation: Option<Evaluation>,
+    /// Training images per second (the steps only, not evaluation or checkpointing).
+    pub images_per_sec: f64,
+    /// Wall time of the whole epoch (steps, validation and checkpoint).
+    pub seconds: f64,
+    /// The checkpoint written after the epoch, if any.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Every epoch's [`EpochStats`], in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// One record per epoch.
+    pub epochs: Vec<EpochStats>,
+}
+
+impl History {
+    /// The last epoch's record (`None` only for an empty history).
+    pub fn last(&self) -> Option<&EpochStats> {
+        self.epochs.last()
+    }
+
+    /// Total wall time of all epochs, in seconds.
+    pub fn seconds(&self) -> f64 {
+        self.epochs.iter().map(|e| e.seconds).sum()
+    }
+}
+
+/// How a model does on a dataset: [`evaluate`]'s result.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Mean softmax cross-entropy over the images.
+    pub loss: f32,
+    /// `correct / total`.
+    pub accuracy: f32,
+    /// Images whose largest logit (the first, on ties) is their label's.
+    pub correct: usize,
+    /// Images evaluated.
+    pub total: usize,
+}
+
+/// Trains `model` on `train` for `config.epochs` epochs and returns the per-epoch
+/// history. Each epoch visits the images in a fresh random order, in batches of
+/// `config.batch_size`: a training step ([`loss_and_gradients_with`](crate::train::loss_and_gradients_with))
+/// then an optimiser step per batch, the learning rate set from the schedule at the
+/// start of the epoch. Then the validation set is evaluated and the checkpoint written.
+///
+/// A batch of a single image is skipped if the model's last feature map is 1x1 (its
+/// BatchNorm in training mode would see one value per channel, which torch rejects).
+///
+/// Any [`Model`] trains (a `densenet!` model, e.g. `let mut model = MyNet::init(0);`):
+///
+/// ```
+/// use densenet_runtime::train::{evaluate, fit, AdamConfig, Dataset, FitConfig, Optimizer};
+/// use densenet_runtime::{Model, TrainError};
+///
+/// fn train<M: Model>(model: &mut M, train: &Dataset, test: &Dataset) -> Result<f32, TrainError> {
+///     let config = FitConfig {
+///         epochs: 3,
+///         batch_size: 32,
+///         optimizer: Optimizer::Adam(AdamConfig::default()),
+///         validation: Some(test),
+///         ..FitConfig::default()
+///     };
+///     let history = fit(model, train, &config)?;
+///     for e in &history.epochs {
+///         println!("epoch {}: loss {:.3}, {:.0} images/s", e.epoch, e.loss, e.images_per_sec);
+///     }
+///     Ok(evaluate(model, test, 256)?.accuracy)
+/// }
+/// ```
+///
+/// # Errors
+///
+/// Checked before anything changes: [`TrainError::NoClassifier`];
+/// [`TrainError::ImageShape`] or [`TrainError::Classes`] if `train` (or the validation
+/// set) does not fit the model; [`TrainError::NoEpochs`]; [`TrainError::BatchSize`];
+/// [`TrainError::LearningRate`]; [`TrainError::Dropout`]; [`TrainError::Checkpoint`] if
+/// the checkpoint directory cannot be created. During training,
+/// [`TrainError::Checkpoint`] if a checkpoint cannot be written (the model keeps the
+/// epochs trained so far).
+pub fn fit<M: Model>(
+    model: &mut M,
+    train: &Dataset,
+    config: &FitConfig<'_>,
+) -> Result<History, TrainError> {
+    let arch = &M::ARCHITECTURE;
+    check_fits::<M>(train)?;
+    if let Some(val) = config.validation {
+        check_fits::<M>(val)?;
+    }
+    if config.epochs == 0 {
+        return Err(TrainError::NoEpochs);
+    }
+    // BatchNorm on batch statistics needs two values per channel; the smallest feature
+    // map is the last block's.
+    let last = Plan::new(arch)
+        .blocks
+        .last()
+        .map_or(1, |b| b.height * b.width);
+    let min_batch = if last < 2 { 2 } else { 1 };
+    if config.batch_size < min_batch || train.len() < min_batch {
+        return Err(TrainError::BatchSize {
+            batch_size: config.batch_size.min(train.len()),
+            min: min_batch,
+        });
+    }
+    let base_lr = config.optimizer.base_lr();
+    if !(base_lr.is_finite() && base_lr > 0.0) {
+        return Err(TrainError::LearningRate { lr: base_lr });
+    }
+    let rate = config.step.dropout.unwrap_or(arch.dropout);
+    if !(0.0..1.0).contains(&rate) {
+        return Err(TrainError::Dropout { rate });
+    }
+    if let Some(dir) = &config.checkpoint_dir {
+        std::fs::create_dir_all(dir).map_err(|source| {
+            TrainError::Checkpoint(LoadError::Io {
+                path: dir.clone(),
+                source,
+            })
+        })?;
+    }
+
+    let mut optimizer = match config.optimizer {
+        Optimizer::Sgd(c) => Stepper::Sgd(Sgd::new(c)),
+        Optimizer::Adam(c) => Stepper::Adam(Adam::new(c)),
+    };
+    let mut rng = Rng::new(config.seed);
+    let mut history = History::default();
+    for epoch in 0..config.epochs {
+        let lr = config.schedule.lr(base_lr, epoch, config.epochs);
+        optimizer.set_lr(lr);
+        let start = Instant::now();
+        let order = permutation(train.len(), &mut rng);
+        let batches = train.batches(config.batch_size, Some(order))?;
+        let mut display = Display::new(config.progress, epoch + 1, config.epochs, batches.len());
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for batch in batches {
+            if batch.len() < min_batch {
+                continue;
+            }
+            let (loss, logits, grads) = step(
+                model,
+                batch.images.view(),
+                &batch.labels,
+                config.step,
+                &mut rng,
+            )?;
+            optimizer.step(model, &grads);
+            loss_sum += f64::from(loss) * batch.len() as f64;
+            correct += count_correct(&logits, &batch.labels);
+            seen += batch.len();
+            display.update(
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                seen as f64 / start.elapsed().as_secs_f64(),
+            );
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        let validation = match config.validation {
+            Some(val) => Some(evaluate(model, val, config.batch_size)?),
+            None => None,
+        };
+        let checkpoint = match &config.checkpoint_dir {
+            Some(dir) => Some(write_checkpoint(model, dir, epoch + 1)?),
+            None => None,
+        };
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            lr,
+            loss: (loss_sum / seen.max(1) as f64) as f32,
+            train_accuracy: (correct as f64 / seen.max(1) as f64) as f32,
+            validation,
+            images_per_sec: seen as f64 / train_secs.max(f64::MIN_POSITIVE),
+            seconds: start.elapsed().as_secs_f64(),
+            checkpoint,
+        };
+        display.finish(&stats);
+        history.epochs.push(stats);
+    }
+    Ok(history)
+}
+
+/// The path of epoch `epoch`'s (1-based) checkpoint in `dir`: `dir/epoch-003.safetensors`.
+pub fn checkpoint_path(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join(format!("epoch-{epoch:03}.safetensors"))
+}
+
+fn write_checkpoint<M: Model>(model: &M, dir: &Path, epoch: usize) -> Result<PathBuf, TrainError> {
+    let path = checkpoint_path(dir, epoch);
+    weights::save_file(model, &path).map_err(TrainError::Checkpoint)?;
+    Ok(path)
+}
+
+/// Runs `model` in inference mode (BatchNorm on running statistics, no dropout: the
+/// same stage functions as `forward`) over `data` in batches of `batch_size`, and
+/// returns the mean cross-entropy and the accuracy.
+///
+/// # Errors
+///
+/// [`TrainError::NoClassifier`]; [`TrainError::ImageShape`] or [`TrainError::Classes`]
+/// if `data` does not fit the model; [`TrainError::BatchSize`] for `batch_size` 0.
+pub fn evaluate<M: Model>(
+    model: &M,
+    data: &Dataset,
+    batch_size: usize,
+) -> Result<Evaluation, TrainError> {
+    check_fits::<M>(data)?;
+    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    for batch in data.batches(batch_size, None)? {
+        let logits = logits(model, batch.images.view())?;
+        let (loss, _) = softmax_cross_entropy(logits.view(), &batch.labels);
+        loss_sum += f64::from(loss) * batch.len() as f64;
+        correct += count_correct(&logits, &batch.labels);
+    }
+    let total = data.len();
+    Ok(Evaluation {
+        loss: (loss_sum / total as f64) as f32,
+        accuracy: (correct as f64 / total as f64) as f32,
+        correct,
+        total,
+    })
+}
+
+/// The inference-mode logits `(N, classes)` of an NCHW batch, for any classifier
+/// [`Model`] (walking its stages with the functions its `forward` uses).
+///
+/// # Errors
+///
+/// As `forward` ([`TrainError::Model`] with [`Error::InputShape`](crate::Error::InputShape)
+/// or [`Error::EmptyBatch`](crate::Error::EmptyBatch)); [`TrainError::NoClassifier`]
+/// for a model without a classifier head.
+pub fn logits<M: Model>(model: &M, x: ArrayView4<'_, f32>) -> Result<Array2<f32>, TrainError> {
+    let arch = &M::ARCHITECTURE;
+    if arch.head != Head::Classifier {
+        return Err(TrainError::NoClassifier {
+            model: arch.name.to_string(),
+        });
+    }
+    let mut x = input_to_nhwc(x, arch.input)?;
+    for stage in model.stages() {
+        x = match stage {
+            StageRef::Stem { conv, norm } => stem_forward(conv, norm, x.view()),
+            StageRef::Block { layers, .. } => dense_block_forward(layers, x.view()),
+            StageRef::Transition { norm, conv, .. } => transition_forward(norm, conv, x.view()),
+            StageRef::Head {
+                norm, classifier, ..
+            } => return Ok(pooled_head_forward(norm, classifier, false, x.view())),
+        };
+    }
+    // `stages()` always ends with the head.
+    Err(TrainError::NoClassifier {
+        model: arch.name.to_string(),
+    })
+}
+
+/// How many rows of `logits` have their largest entry (the first, on ties) at the label.
+fn count_correct(logits: &Array2<f32>, labels: &[usize]) -> usize {
+    logits
+        .axis_iter(Axis(0))
+        .zip(labels)
+        .filter(|(row, &label)| argmax(row.iter().copied()) == label)
+        .count()
+}
+
+fn argmax(values: impl Iterator<Item = f32>) -> usize {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}
+
+/// Checks that `data` fits model `M`: a classifier with `data`'s image shape and at
+/// least its number of classes.
+fn check_fits<M: Model>(data: &Dataset) -> Result<(), TrainError> {
+    let arch = &M::ARCHITECTURE;
+    let model = || arch.name.to_string();
+    if arch.head != Head::Classifier {
+        return Err(TrainError::NoClassifier { model: model() });
+    }
+    if data.image_shape() != arch.input {
+        return Err(TrainError::ImageShape {
+            model: model(),
+            expected: arch.input,
+            actual: data.image_shape(),
+        });
+    }
+    if data.classes() > arch.classes {
+        return Err(TrainError::Classes {
+            model: model(),
+            classes: arch.classes,
+            dataset: data.classes(),
+        });
+    }
+    Ok(())
+}
+
+/// The optimiser of a run.
+enum Stepper {
+    Sgd(Sgd),
+    Adam(Adam),
+}
+
+impl Stepper {
+    fn set_lr(&mut self, lr: f32) {
+        match self {
+            Stepper::Sgd(o) => o.set_lr(lr),
+            Stepper::Adam(o) => o.set_lr(lr),
+        }
+    }
+
+    fn step<M: Model>(&mut self, model: &mut M, grads: &crate::train::Gradients) {
+        match self {
+            Stepper::Sgd(o) => o.step(model, grads),
+            Stepper::Adam(o) => o.step(model, grads),
+        }
+    }
+}
+
+/// The progress display of one epoch: an `indicatif` bar with the `progress` feature,
+/// else one line at the end of the epoch; nothing if not asked for.
+struct Display {
+    on: bool,
+    epoch: usize,
+    epochs: usize,
+    #[cfg(feature = "progress")]
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Display {
+    fn new(on: bool, epoch: usize, epochs: usize, batches: usize) -> Self {
+        #[cfg(feature = "progress")]
+        let bar = on.then(|| {
+            let bar = indicatif::ProgressBar::new(batches as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(format!("{epoch}/{epochs}"));
+            bar
+        });
+        #[cfg(not(feature = "progress"))]
+        let _ = batches;
+        Display {
+            on,
+            epoch,
+            epochs,
+            #[cfg(feature = "progress")]
+            bar,
+        }
+    }
+
+    #[cfg_attr(not(feature = "progress"), allow(unused_variables))]
+    fn update(&mut self, loss: f64, accuracy: f64, images_per_sec: f64) {
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "loss {loss:.4} acc {:.1}% {images_per_sec:.0} img/s",
+                100.0 * accuracy
+            ));
+            bar.inc(1);
+        }
+    }
+
+    fn finish(self, stats: &EpochStats) {
+        if !self.on {
+            return;
+        }
+        let val = stats
+            .validation
+            .map(|v| format!(" val loss {:.4} val acc {:.2}%", v.loss, 100.0 * v.accuracy))
+            .unwrap_or_default();
+        let line = format!(
+            "loss {:.4} acc {:.2}%{val} lr {} {:.0} img/s {:.1} s",
+            stats.loss,
+            100.0 * stats.train_accuracy,
+            stats.lr,
+            stats.images_per_sec,
+            stats.seconds
+        );
+        #[cfg(feature = "progress")]
+        if let Some(bar) = self.bar {
+            // Not drawn when standard error is not a terminal: print the line then.
+            if !bar.is_hidden() {
+                bar.finish_with_message(line);
+                return;
+            }
+        }
+        eprintln!("epoch {}/{} {line}", self.epoch, self.epochs);
+    }
+}
