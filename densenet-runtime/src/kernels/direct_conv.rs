@@ -21,6 +21,8 @@
 //! output when the CPU lacks AVX-512 (the caller then takes the im2col + GEMM path), and
 //! [`direct_conv_reference`] is the plain-loop oracle of the tests.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 
 /// Where element `(image, row, column, channel)` of an NHWC image batch lives in a slice:
@@ -146,8 +148,22 @@ const MAX_TAPS: usize = 49;
 /// of work across threads costs about as much as it saves.
 const PARALLEL_MACS: usize = 1 << 20;
 
-/// Whether [`direct_conv`] runs on this CPU (AVX-512F, detected at run time).
+/// Set by [`force_portable`].
+static PORTABLE: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`available`] false (or true again, where the CPU allows) for the whole
+/// process, so the portable im2col + GEMM paths run even on an AVX-512 CPU: for tests
+/// and benchmarks of those paths.
+pub fn force_portable(portable: bool) {
+    PORTABLE.store(portable, Ordering::Relaxed);
+}
+
+/// Whether [`direct_conv`] runs on this CPU (AVX-512F, detected at run time), unless
+/// [`force_portable`] turned it off.
 pub fn available() -> bool {
+    if PORTABLE.load(Ordering::Relaxed) {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")
