@@ -3,6 +3,7 @@
 //! not reach other tests), and checked like the direct kernels are: against torchvision's
 //! logits on the weight fixture, and against the reference path.
 
+#[allow(dead_code)] // shared helpers; this file uses two of them
 mod common;
 
 use common::{fixture, read_f32};
