@@ -233,13 +233,14 @@ if sys.argv[1] != "baseline":
 
 
 def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> float:
-    """Peak resident set size of a fresh child process running `cmd`, in MiB."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed with {proc.returncode}")
-    return usage.ru_maxrss / 1024  # kilobytes on Linux
+    """Peak resident set size of a fresh process running `cmd`, in MiB, as GNU time's
+    `%M` reports it. (Not `wait4` from here: Linux carries a forked child's peak over
+    `exec`, so a child of this torch-laden process would start at our own RSS.)"""
+    out = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb %M", *cmd], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         check=True).stderr
+    kb = [line for line in out.splitlines() if line.startswith("maxrss_kb ")][-1]
+    return int(kb.split()[1]) / 1024
 
 
 def peak_memory(bench_bin: Path, weights: Path, onnx_path: Path, input_path: Path) -> dict:

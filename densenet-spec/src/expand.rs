@@ -158,11 +158,12 @@ pub fn expand_model(
     );
     let name_str = name.to_string();
     let arena = lit(plan.arena_floats(1));
-    // The arena is linear in the batch: concatenation buffers and scratch scale with
-    // it, the BatchNorm scale/shift pair does not.
-    let arena_fixed = plan.arena(1).bn_params;
-    let arena_per_image = lit(plan.arena_floats(1) - arena_fixed);
-    let arena_fixed = lit(arena_fixed);
+    // The arena at batch n: concatenation buffers, stem, transition and head scratch
+    // scale with n; a dense block's scratch (one image) and the BN scale/shift do not.
+    let one = plan.arena(1);
+    let (concat, bn_params) = (lit(one.concat[0] + one.concat[1]), lit(one.bn_params));
+    let (stem, block) = (lit(one.stem), lit(one.block));
+    let (transition, head) = (lit(one.transition), lit(one.head));
 
     let classifier_items = (arch.head == Head::Classifier).then(|| {
         quote! {
@@ -295,10 +296,17 @@ pub fn expand_model(
                 #rt::onnx::save_file(self, path)
             }
 
-            /// Floats of the activation arena at batch `batch`: `batch` times a per-image
-            /// size plus the BatchNorm scale/shift pair, computed by the macro.
+            /// Floats of the activation arena at batch `batch`, from sizes the macro
+            /// computed (`plan().arena(batch)` has the breakdown).
             pub const fn arena_floats(batch: usize) -> usize {
-                #arena_per_image * batch + #arena_fixed
+                const fn max(a: usize, b: usize) -> usize {
+                    if a > b { a } else { b }
+                }
+                let stem = #stem * batch;
+                let transition = #transition * batch;
+                let head = #head * batch;
+                let scratch = max(max(stem, #block), max(transition, head));
+                #concat * batch + #bn_params + scratch
             }
 
             fn stage_array(&self) -> [#rt::StageRef<'_>; #stage_count] {

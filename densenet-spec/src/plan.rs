@@ -406,8 +406,9 @@ pub struct ArenaPlan {
     /// Stem scratch: the NHWC input, zero-padded for the conv, and for an ImageNet stem
     /// the conv output with its BN-ReLU fused (the max pool writes into `concat[0]`).
     pub stem: usize,
-    /// Dense-block scratch: `normed + bottleneck_padded` of the block needing the most
-    /// (the sizes below are that block's).
+    /// Dense-block scratch: `normed + bottleneck_padded` of the block needing the most,
+    /// for one image (blocks run a batch image by image; the sizes below are that
+    /// block's).
     pub block: usize,
     /// BN-ReLU of the concatenation prefix: `n·H·W·c`, or zero-padded
     /// `n·(H+2)·(W+2)·c` for a layer without bottleneck (its 3x3 conv reads it).
@@ -463,9 +464,10 @@ impl Plan {
             Stem::Cifar => n * c_img * (h_img + 2) * (w_img + 2),
         };
         for (i, b) in self.blocks.iter().enumerate() {
-            let pixels = n * b.height * b.width;
-            let padded = n * (b.height + 2) * (b.width + 2);
-            a.concat[i % 2] = a.concat[i % 2].max(pixels * b.c_out);
+            a.concat[i % 2] = a.concat[i % 2].max(n * b.height * b.width * b.c_out);
+            // A dense block runs image by image: its scratch is one image's.
+            let pixels = b.height * b.width;
+            let padded = (b.height + 2) * (b.width + 2);
             if b.layers == 0 {
                 continue;
             }
@@ -508,9 +510,10 @@ impl Plan {
 
     /// Floats of the activation arena at batch `batch`: [`ArenaPlan::total`].
     ///
-    /// `batch` times a per-image size, plus the batch-independent BatchNorm scale/shift
-    /// pair. The arena of the AVX-512 kernels: elsewhere the runtime's portable
-    /// convolutions need an im2col matrix besides (allocated once, outside the arena).
+    /// Concatenation buffers, stem, transition and head scratch grow with the batch; a
+    /// dense block's scratch (one image) and the BatchNorm scale/shift do not. The arena
+    /// of the AVX-512 kernels: elsewhere the runtime's portable convolutions need an
+    /// im2col matrix besides (allocated once, outside the arena).
     pub fn arena_floats(&self, batch: usize) -> usize {
         self.arena(batch).total()
     }

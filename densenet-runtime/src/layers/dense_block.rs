@@ -161,7 +161,8 @@ pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) 
 /// concatenation buffer, NHWC `(n, h, w, c_out)`, whose first `c_in` channels of every
 /// pixel hold the block input (written there by the stem or the previous transition);
 /// each layer appends its channels. `bn_params` holds BatchNorm scale/shift (`2·` the
-/// widest layer), `scratch` at least the sum of [`dense_block_scratch`], carved as
+/// widest layer), `scratch` at least the sum of [`dense_block_scratch`] for one image
+/// (a batch runs image by image), carved as
 /// `normed | bottleneck_padded`; `fallback` is the im2col matrix of CPUs
 /// without AVX-512 ([`conv2d_into`]). Returns the scratch floats used.
 ///
@@ -182,8 +183,19 @@ pub fn dense_block_forward_into(
     fallback: &mut Vec<f32>,
 ) -> usize {
     let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
+    assert_eq!(buf.len(), n * h * w * c_out, "dense block buffer size");
+    if n > 1 {
+        // One image at a time through the whole block: its buffer and scratch stay in
+        // cache from layer to layer (a batch's would not), and the scratch is one
+        // image's whatever the batch.
+        let mut used = 0;
+        for image in buf.chunks_exact_mut(h * w * c_out) {
+            let shape = (1, h, w, c_in);
+            used = dense_block_forward_into(layers, shape, image, bn_params, scratch, fallback);
+        }
+        return used;
+    }
     let pixels = n * h * w;
-    assert_eq!(buf.len(), pixels * c_out, "dense block buffer size");
     let sizes = dense_block_scratch(layers, n, h, w);
     let (normed_all, rest) = scratch.split_at_mut(sizes[0]);
     let padded_all = &mut rest[..sizes[1]];

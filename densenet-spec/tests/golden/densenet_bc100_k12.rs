@@ -177,10 +177,17 @@ impl DenseNetBC100K12 {
     ) -> ::std::io::Result<()> {
         ::densenet::runtime::onnx::save_file(self, path)
     }
-    /// Floats of the activation arena at batch `batch`: `batch` times a per-image
-    /// size plus the BatchNorm scale/shift pair, computed by the macro.
+    /// Floats of the activation arena at batch `batch`, from sizes the macro
+    /// computed (`plan().arena(batch)` has the breakdown).
     pub const fn arena_floats(batch: usize) -> usize {
-        574464 * batch + 684
+        const fn max(a: usize, b: usize) -> usize {
+            if a > b { a } else { b }
+        }
+        let stem = 3468 * batch;
+        let transition = 276480 * batch;
+        let head = 22240 * batch;
+        let scratch = max(max(stem, 264384), max(transition, head));
+        297984 * batch + 684 + scratch
     }
     fn stage_array(&self) -> [::densenet::runtime::StageRef<'_>; 7] {
         [
