@@ -2,5 +2,6 @@
 //! safe reference implementation that tests compare it against.
 
 pub mod direct_conv;
+pub mod elementwise;
 pub mod gemm;
 pub mod im2col;

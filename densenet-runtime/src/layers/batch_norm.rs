@@ -4,6 +4,7 @@
 use ndarray::{Array1, Array4, ArrayView4};
 use rayon::prelude::*;
 
+use crate::kernels::elementwise::scale_shift_relu;
 use crate::Error;
 
 /// Matrices with at least this many elements are processed by rayon's threads.
@@ -302,11 +303,8 @@ impl BatchNorm2d {
             let first = (b * h + yp - pad) * w;
             for (xx, o) in dst[pad * c..(w + pad) * c].chunks_exact_mut(c).enumerate() {
                 let src = &x[(first + xx) * pixel_stride..][..c];
-                for (((o, &v), &s), &t) in o.iter_mut().zip(src).zip(scale).zip(shift) {
-                    let y = v * s + t;
-                    // As `apply`: keeps NaN and turns -0.0 into 0.0.
-                    *o = if y <= 0.0 { 0.0 } else { y };
-                }
+                // As `apply`: keeps NaN and turns -0.0 into 0.0.
+                scale_shift_relu(src, scale, shift, o);
             }
         };
         if out.len() >= PARALLEL_THRESHOLD {
