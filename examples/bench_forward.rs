@@ -18,7 +18,9 @@
 //! - `--into`: times `forward_into` with one reused `Workspace` and output array (no
 //!   allocation per pass) instead of `forward` (thread-local workspace, new output);
 //!   the JSON line then says `"api": "forward_into"`;
-//! - `--stages`: also times each stage (stem, blocks, transitions, head) separately;
+//! - `--stages`: also times each stage (stem, blocks, transitions, head) separately,
+//!   through the typed blocks' simple allocating `forward` (the reference path, not the
+//!   workspace path that `forward` runs);
 //! - `--serve`: after warming up, reads requests from stdin, one per line: a number `K`
 //!   runs `K` timed passes and prints their JSON line, `quit` (or end of input) exits.
 //!   The caller can then interleave our passes with other frameworks' in one process.
