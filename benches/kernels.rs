@@ -229,6 +229,7 @@ fn direct_convs(c: &mut Criterion) {
                 direct_conv(
                     black_box(&padded),
                     ImageLayout::dense(hw + 2, hw + 2, 128),
+                    Epilogue::Store,
                     weight,
                     shape,
                     Epilogue::Store,
@@ -281,6 +282,7 @@ fn direct_convs(c: &mut Criterion) {
                 direct_conv(
                     black_box(&x),
                     ImageLayout::dense(hw, hw, c_in),
+                    Epilogue::Store,
                     conv1.weight().as_slice().unwrap(),
                     shape,
                     Epilogue::ScaleShiftRelu {

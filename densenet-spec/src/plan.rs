@@ -401,7 +401,8 @@ pub struct ArenaPlan {
     pub batch: usize,
     /// The two concatenation buffers: the largest block of each parity.
     pub concat: [usize; 2],
-    /// Per-channel BatchNorm scale and shift: `2 ·` the widest BatchNorm.
+    /// Per-channel BatchNorm scale and shift: `2 ·` the widest BatchNorm, or of a
+    /// bottleneck layer's two BatchNorms together (both are fused into its 1x1 conv).
     pub bn_params: usize,
     /// Stem scratch: the NHWC input, zero-padded for the conv, and for an ImageNet stem
     /// the conv output with its BN-ReLU fused (the max pool writes into `concat[0]`).
@@ -410,8 +411,9 @@ pub struct ArenaPlan {
     /// for one image (blocks run a batch image by image; the sizes below are that
     /// block's).
     pub block: usize,
-    /// BN-ReLU of the concatenation prefix: `n·H·W·c`, or zero-padded
-    /// `n·(H+2)·(W+2)·c` for a layer without bottleneck (its 3x3 conv reads it).
+    /// BN-ReLU of the concatenation prefix, zero-padded, `(H+2)·(W+2)·c`, for a layer
+    /// without bottleneck (its 3x3 conv reads it); 0 with bottlenecks (norm1 is fused
+    /// into the 1x1 conv).
     pub normed: usize,
     /// The 1x1 bottleneck conv's output after its BN-ReLU (fused into the conv),
     /// zero-padded for the 3x3 conv: `n·(H+2)·(W+2)·4k` (0 without bottleneck).
@@ -466,7 +468,6 @@ impl Plan {
         for (i, b) in self.blocks.iter().enumerate() {
             a.concat[i % 2] = a.concat[i % 2].max(n * b.height * b.width * b.c_out);
             // A dense block runs image by image: its scratch is one image's.
-            let pixels = b.height * b.width;
             let padded = (b.height + 2) * (b.width + 2);
             if b.layers == 0 {
                 continue;
@@ -474,10 +475,12 @@ impl Plan {
             let c_last = b.c_out - self.growth;
             widest = widest.max(c_last);
             let (normed, bottleneck_padded) = match self.bottleneck {
+                // norm1 is conv1's prologue (no normed copy), and both BatchNorms'
+                // scale/shift are live at once.
                 Some(bn_size) => {
                     let width = bn_size * self.growth;
-                    widest = widest.max(width);
-                    (pixels * c_last, padded * width)
+                    widest = widest.max(c_last + width);
+                    (0, padded * width)
                 }
                 None => (padded * c_last, 0),
             };

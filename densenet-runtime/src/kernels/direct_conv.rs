@@ -142,6 +142,9 @@ const PANEL: usize = 32;
 /// Weight floats a 1x1 convolution keeps in L1 per block of input channels (16 KiB of
 /// the 48 KiB L1d, with room for the input tile and the output; see `Job::task`).
 const L1_FLOATS: usize = 4096;
+/// Largest block of input channels of a 1x1 convolution (`L1_FLOATS / 16`): the size of
+/// the buffer a prologue packs a tile into.
+const MAX_BLOCK: usize = L1_FLOATS / 16;
 /// Largest window the kernel takes (the 7x7 stem); others fall back.
 const MAX_TAPS: usize = 49;
 /// Convolutions with fewer multiply-adds run on the calling thread: splitting ~10 µs
@@ -185,9 +188,11 @@ fn bad_geometry(what: &str) -> ! {
 /// Checks every index the convolution will touch against the slices, and that distinct
 /// output elements are distinct memory (threads write disjoint tiles).
 #[track_caller]
+#[allow(clippy::too_many_arguments)]
 fn check(
     input: &[f32],
     input_layout: ImageLayout,
+    prologue: Epilogue<'_>,
     weight: &[f32],
     shape: ConvShape,
     epilogue: Epilogue<'_>,
@@ -197,6 +202,14 @@ fn check(
     let s = shape;
     if s.stride == 0 || s.kernel_h == 0 || s.kernel_w == 0 {
         bad_geometry("stride and kernel must be at least 1");
+    }
+    if let Epilogue::ScaleShiftRelu { scale, shift } = prologue {
+        if s.kernel_h * s.kernel_w != 1 {
+            bad_geometry("a prologue needs a 1x1 convolution");
+        }
+        if scale.len() != s.c_in || shift.len() != s.c_in {
+            bad_geometry("prologue scale and shift need c_in values");
+        }
     }
     let taps = s.kernel_h * s.kernel_w;
     if weight.len() != taps * s.c_in * s.c_out {
@@ -231,12 +244,14 @@ fn check(
     }
 }
 
-/// The convolution by plain loops (f64 accumulation): the oracle [`direct_conv`] is
-/// tested against. Same arguments and panics.
+/// The convolution by plain loops (f64 accumulation, the prologue applied in f32 as the
+/// kernel does): the oracle [`direct_conv`] is tested against. Same arguments and panics.
+#[allow(clippy::too_many_arguments)]
 #[track_caller]
 pub fn direct_conv_reference(
     input: &[f32],
     input_layout: ImageLayout,
+    prologue: Epilogue<'_>,
     weight: &[f32],
     shape: ConvShape,
     epilogue: Epilogue<'_>,
@@ -246,6 +261,7 @@ pub fn direct_conv_reference(
     check(
         input,
         input_layout,
+        prologue,
         weight,
         shape,
         epilogue,
@@ -267,6 +283,12 @@ pub fn direct_conv_reference(
                                     ox * s.stride + kx,
                                     ci,
                                 )];
+                                let x = match prologue {
+                                    Epilogue::Store => x,
+                                    Epilogue::ScaleShiftRelu { scale, shift } => {
+                                        relu(x * scale[ci] + shift[ci])
+                                    }
+                                };
                                 let w =
                                     weight[((ky * s.kernel_w + kx) * s.c_in + ci) * s.c_out + co];
                                 acc += f64::from(x) * f64::from(w);
@@ -286,9 +308,10 @@ pub fn direct_conv_reference(
     }
 }
 
-/// Convolves `input` (NHWC, already zero-padded, at `input_layout`) with the HWIO
-/// `weight` `[kernel_h, kernel_w, c_in, c_out]` into `out` at `out_layout`, applying
-/// `epilogue`; elements of `out` outside the layout's `(n, out_h, out_w, c_out)` block
+/// Convolves `input` (NHWC, already zero-padded, at `input_layout`; for a 1x1
+/// convolution, each value first goes through `prologue`, e.g. the BatchNorm and ReLU
+/// before the conv) with the HWIO weight `[kernel_h, kernel_w, c_in, c_out]` into `out`
+/// at `out_layout`, applying `epilogue`; elements of `out` outside the layout's `(n, out_h, out_w, c_out)` block
 /// are not touched. Large convolutions use rayon's threads (`parallel`), one output
 /// row per task; each output element is computed by one thread in a fixed order, so
 /// results do not depend on the thread count.
@@ -299,13 +322,15 @@ pub fn direct_conv_reference(
 /// # Panics
 ///
 /// If the layouts reach outside the slices, distinct output elements would overlap, or
-/// the weight, scale or shift lengths do not match `shape` (caller bugs).
+/// the weight, scale or shift lengths do not match `shape`, or a prologue is given for a
+/// convolution that is not 1x1 (caller bugs).
 // A kernel's flat argument list: every piece is a different buffer or geometry.
 #[allow(clippy::too_many_arguments)]
 #[track_caller]
 pub fn direct_conv(
     input: &[f32],
     input_layout: ImageLayout,
+    prologue: Epilogue<'_>,
     weight: &[f32],
     shape: ConvShape,
     epilogue: Epilogue<'_>,
@@ -316,6 +341,7 @@ pub fn direct_conv(
     check(
         input,
         input_layout,
+        prologue,
         weight,
         shape,
         epilogue,
@@ -333,6 +359,7 @@ pub fn direct_conv(
         let job = avx512::Job::new(
             input,
             input_layout,
+            prologue,
             weight,
             shape,
             epilogue,
@@ -365,8 +392,11 @@ fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use crate::kernels::elementwise::scale_shift_relu;
+
     use super::{
-        tile_span, ConvShape, Epilogue, ImageLayout, L1_FLOATS, MAX_TAPS, MAX_TILE, PANEL,
+        tile_span, ConvShape, Epilogue, ImageLayout, L1_FLOATS, MAX_BLOCK, MAX_TAPS, MAX_TILE,
+        PANEL,
     };
 
     /// Everything a row task needs, as raw pointers (the tasks of one call write disjoint
@@ -374,6 +404,8 @@ mod avx512 {
     pub(super) struct Job {
         input: *const f32,
         input_layout: ImageLayout,
+        /// The prologue's scale and shift (null: none).
+        prologue: (*const f32, *const f32),
         weight: *const f32,
         shape: ConvShape,
         scale: *const f32,
@@ -391,9 +423,11 @@ mod avx512 {
     unsafe impl Sync for Job {}
 
     impl Job {
+        #[allow(clippy::too_many_arguments)]
         pub(super) fn new(
             input: &[f32],
             input_layout: ImageLayout,
+            prologue: Epilogue<'_>,
             weight: &[f32],
             shape: ConvShape,
             epilogue: Epilogue<'_>,
@@ -411,9 +445,14 @@ mod avx512 {
                 Epilogue::Store => (std::ptr::null(), std::ptr::null()),
                 Epilogue::ScaleShiftRelu { scale, shift } => (scale.as_ptr(), shift.as_ptr()),
             };
+            let prologue = match prologue {
+                Epilogue::Store => (std::ptr::null(), std::ptr::null()),
+                Epilogue::ScaleShiftRelu { scale, shift } => (scale.as_ptr(), shift.as_ptr()),
+            };
             Self {
                 input: input.as_ptr(),
                 input_layout,
+                prologue,
                 weight: weight.as_ptr(),
                 shape,
                 scale,
@@ -444,6 +483,9 @@ mod avx512 {
             } else {
                 s.c_in
             };
+            // With a prologue (1x1 only, so `block ≤ MAX_BLOCK`): the tile's transformed
+            // inputs.
+            let mut packed = [0.0f32; MAX_TILE * MAX_BLOCK];
             for k0 in (0..s.c_in).step_by(block) {
                 let kc = block.min(s.c_in - k0);
                 let last = k0 + kc == s.c_in;
@@ -457,8 +499,33 @@ mod avx512 {
                     let c_index =
                         ol.offset + b * ol.image_stride + oy * ol.row_stride + ox * ol.pixel_stride;
                     let a_step = s.stride * il.pixel_stride;
-                    // SAFETY: `a_index` is inside the input (see below).
-                    let a = unsafe { self.input.add(a_index) };
+                    let (a, a_step) = if self.prologue.0.is_null() {
+                        // SAFETY: `a_index` is inside the input (see below).
+                        (unsafe { self.input.add(a_index) }, a_step)
+                    } else {
+                        // The prologue (a BatchNorm and ReLU before the conv) is applied
+                        // while the tile's block of input channels is copied to
+                        // `packed`, once for all panels.
+                        for i in 0..len {
+                            // SAFETY: pixel `i` of the tile, channels `k0 .. k0 + kc` of
+                            // its one tap: inside the input block `check` bounded by
+                            // `input.len()`; `check` gave the prologue `c_in` values, read
+                            // at `k0 .. k0 + kc`. All are only read while the job lives.
+                            let (src, scale, shift) = unsafe {
+                                (
+                                    std::slice::from_raw_parts(
+                                        self.input.add(a_index + i * a_step),
+                                        kc,
+                                    ),
+                                    std::slice::from_raw_parts(self.prologue.0.add(k0), kc),
+                                    std::slice::from_raw_parts(self.prologue.1.add(k0), kc),
+                                )
+                            };
+                            let dst = &mut packed[i * kc..(i + 1) * kc];
+                            scale_shift_relu(src, scale, shift, dst);
+                        }
+                        (packed.as_ptr(), kc)
+                    };
                     for co in (0..s.c_out).step_by(PANEL) {
                         let width = (s.c_out - co).min(PANEL);
                         let (scale, shift) = if last && !self.scale.is_null() {
@@ -470,8 +537,10 @@ mod avx512 {
                         // SAFETY:
                         // - AVX-512F is present: `direct_conv` checked `available()`
                         //   before building the job.
-                        // - Reads: pixel `i < len` of the tile at tap `t`, channel
-                        //   `k0 + ci` with `ci < kc` (`k0 + kc ≤ c_in`) is input index
+                        // - Reads: with a prologue, element `i·kc + ci < len·kc` of
+                        //   `packed` (one tap; `kc ≤ MAX_BLOCK`). Otherwise pixel
+                        //   `i < len` of the tile at tap `t`, channel `k0 + ci` with
+                        //   `ci < kc` (`k0 + kc ≤ c_in`) is input index
                         //   `a_index + i·stride·pixel_stride + taps[t] + ci` =
                         //   `il.index(b, oy·stride + ky, (ox + i)·stride + kx, k0 + ci)`
                         //   with `ox + i < out_w`, `ky < kernel_h`, `kx < kernel_w`:
@@ -662,6 +731,32 @@ mod tests {
         parallel: bool,
         seed: u64,
     ) {
+        case_with(
+            shape,
+            in_extra,
+            out_pixel_stride,
+            out_offset,
+            out_pad,
+            with_epilogue,
+            false,
+            parallel,
+            seed,
+        )
+    }
+
+    /// [`case`], optionally with a prologue (1x1 only).
+    #[allow(clippy::too_many_arguments)]
+    fn case_with(
+        shape: ConvShape,
+        in_extra: (usize, usize),
+        out_pixel_stride: usize,
+        out_offset: usize,
+        out_pad: usize,
+        with_epilogue: bool,
+        with_prologue: bool,
+        parallel: bool,
+        seed: u64,
+    ) {
         let mut rng = Rng::new(seed);
         let s = shape;
         let in_h = (s.out_h - 1) * s.stride + s.kernel_h;
@@ -679,6 +774,15 @@ mod tests {
         let weight = random(s.kernel_h * s.kernel_w * s.c_in * s.c_out, &mut rng);
         let scale = random(s.c_out, &mut rng);
         let shift = random(s.c_out, &mut rng);
+        let (pro_scale, pro_shift) = (random(s.c_in, &mut rng), random(s.c_in, &mut rng));
+        let prologue = if with_prologue {
+            Epilogue::ScaleShiftRelu {
+                scale: &pro_scale,
+                shift: &pro_shift,
+            }
+        } else {
+            Epilogue::Store
+        };
         let epilogue = if with_epilogue {
             Epilogue::ScaleShiftRelu {
                 scale: &scale,
@@ -700,6 +804,7 @@ mod tests {
         direct_conv_reference(
             &input,
             input_layout,
+            prologue,
             &weight,
             s,
             epilogue,
@@ -710,6 +815,7 @@ mod tests {
         if !direct_conv(
             &input,
             input_layout,
+            prologue,
             &weight,
             s,
             epilogue,
@@ -761,6 +867,11 @@ mod tests {
         };
         case(wide, (5, 3), 44, 1, 0, true, false, 8);
         case(wide, (0, 0), 40, 0, 1, false, true, 9);
+        // The bottleneck as the runtime runs it: norm1 + ReLU as the prologue over the
+        // first 96 channels of a 256-wide block buffer, norm2 + ReLU as the epilogue
+        // into a padded map; and a prologue over several channel blocks.
+        case_with(conv1, (160, 0), 128, 0, 1, true, true, true, 10);
+        case_with(wide, (7, 1), 40, 3, 0, false, true, false, 11);
         // Strided input layouts (spare channels and pixels), the 7x7/2 stem.
         case(conv3(2, 5, 7, 17), (3, 2), 17, 0, 0, true, false, 6);
         let stem = ConvShape {
@@ -835,6 +946,7 @@ mod tests {
         direct_conv(
             &[0.0; 4],
             layout,
+            Epilogue::Store,
             &[1.0],
             shape,
             Epilogue::Store,
@@ -862,6 +974,7 @@ mod tests {
         direct_conv(
             &[0.0; 2],
             input_layout,
+            Epilogue::Store,
             &[1.0; 2],
             shape,
             Epilogue::Store,

@@ -256,6 +256,7 @@ impl Conv2d {
             if direct_conv(
                 x,
                 input_layout,
+                Epilogue::Store,
                 weight,
                 shape,
                 Epilogue::Store,

@@ -11,6 +11,7 @@
 //!   the AVX-512 path's).
 
 use crate::kernels::direct_conv::{apply_epilogue, direct_conv, ConvShape, Epilogue, ImageLayout};
+use crate::kernels::elementwise::scale_shift_relu;
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
 use crate::layers::Conv2d;
@@ -79,6 +80,7 @@ pub fn conv2d_into(
         if direct_conv(
             x,
             input_layout,
+            Epilogue::Store,
             weight,
             shape,
             epilogue,
@@ -128,30 +130,40 @@ pub fn conv2d_into(
     apply_epilogue(epilogue, out.data_mut(), n * oh * ow, row_stride);
 }
 
-/// A 1x1 convolution (stride 1, no padding) of the contiguous NHWC input `x`
-/// (`n, h, w, c_in`) with `epilogue`, written into the interior of `out`, the
-/// `(n, h + 2·pad, w + 2·pad, c_out)` map that the next 3x3 convolution reads; the
-/// border is zeroed. This is DenseNet-B's bottleneck: conv1, then norm2 and the ReLU as
-/// the epilogue, so the un-normalised bottleneck output is never stored.
+/// A 1x1 convolution (stride 1, no padding) of the NHWC input `x` (`n, h, w` pixels
+/// `x_stride` floats apart, the first `c_in` of each: e.g. the prefix of a dense
+/// block's buffer), each value first passed through `prologue` (the BatchNorm and ReLU
+/// before the conv), written with `epilogue` into the interior of `out`, the
+/// `(n, h + 2·pad, w + 2·pad, c_out)` map that the next 3x3 convolution reads; the border
+/// is zeroed. This is DenseNet-B's bottleneck: norm1 and its ReLU, conv1, then norm2 and
+/// the ReLU, in one pass over the block's buffer, so neither the normalised input nor
+/// the un-normalised bottleneck output is stored. `fallback` holds the normalised
+/// input on CPUs without AVX-512.
 ///
 /// # Panics
 ///
 /// If the convolution is not 1x1 with stride 1 and no padding, or a slice does not fit
 /// the shapes (caller bugs).
+#[allow(clippy::too_many_arguments)]
 pub fn conv1x1_into_padded(
     conv: &Conv2d,
     x: &[f32],
+    x_stride: usize,
     (n, h, w): (usize, usize, usize),
+    prologue: Epilogue<'_>,
     epilogue: Epilogue<'_>,
     out: &mut [f32],
     pad: usize,
+    fallback: &mut Vec<f32>,
 ) {
     let win = conv.window();
     let (c_in, c_out) = (conv.c_in(), conv.c_out());
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let pixels = n * h * w;
     assert!(
         (win.kernel_h, win.kernel_w, win.stride, win.padding) == (1, 1, 1, 0)
-            && x.len() == n * h * w * c_in
+            && x_stride >= c_in
+            && (pixels == 0 || x.len() >= (pixels - 1) * x_stride + c_in)
             && out.len() == n * hp * wp * c_out,
         "conv1x1_into_padded: not a 1x1 convolution, or shapes do not fit the slices"
     );
@@ -175,10 +187,16 @@ pub fn conv1x1_into_padded(
         row_stride: row,
         pixel_stride: c_out,
     };
-    let input_layout = ImageLayout::dense(h, w, c_in);
+    let input_layout = ImageLayout {
+        offset: 0,
+        image_stride: h * w * x_stride,
+        row_stride: w * x_stride,
+        pixel_stride: x_stride,
+    };
     if direct_conv(
         x,
         input_layout,
+        prologue,
         weight,
         shape,
         epilogue,
@@ -188,9 +206,18 @@ pub fn conv1x1_into_padded(
     ) {
         return;
     }
-    // Portable path: one GEMM per image row, each a contiguous run of the interior.
+    // Portable path: the prologue into `fallback`, then one GEMM per image row, each a
+    // contiguous run of the interior.
+    fallback.resize(pixels * c_in, 0.0);
+    for (p, dst) in fallback.chunks_exact_mut(c_in.max(1)).enumerate() {
+        let src = &x[p * x_stride..][..c_in];
+        match prologue {
+            Epilogue::Store => dst.copy_from_slice(src),
+            Epilogue::ScaleShiftRelu { scale, shift } => scale_shift_relu(src, scale, shift, dst),
+        }
+    }
     let b = MatRef::row_major(weight, c_in, c_out);
-    for (r, input_row) in x.chunks_exact(w * c_in).enumerate() {
+    for (r, input_row) in fallback.chunks_exact(w * c_in).enumerate() {
         let start = out_layout.offset + (r / h) * out_layout.image_stride + (r % h) * row;
         let dst = &mut out[start..start + w * c_out];
         let a = MatRef::row_major(input_row, w, c_in);

@@ -143,12 +143,13 @@ pub fn dense_block_forward(layers: &[DenseLayer], x: ArrayView4<'_, f32>) -> Arr
 /// Floats of scratch [`dense_block_forward_into`] needs for `n` images of `h × w`:
 /// `normed` and `bottleneck_padded`, each sized for the widest layer.
 pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) -> [usize; 2] {
-    let (pixels, padded) = (n * h * w, n * (h + 2) * (w + 2));
+    let padded = n * (h + 2) * (w + 2);
     let mut sizes = [0; 2];
     for layer in layers {
         let layer_sizes = match layer {
             DenseLayer::Basic { .. } => [padded * layer.c_in(), 0],
-            DenseLayer::Bottleneck { conv1, .. } => [pixels * layer.c_in(), padded * conv1.c_out()],
+            // norm1 is conv1's prologue: no normalised copy of the input.
+            DenseLayer::Bottleneck { conv1, .. } => [0, padded * conv1.c_out()],
         };
         for (s, l) in sizes.iter_mut().zip(layer_sizes) {
             *s = (*s).max(l);
@@ -167,8 +168,9 @@ pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) 
 /// without AVX-512 ([`conv2d_into`]). Returns the scratch floats used.
 ///
 /// A plain layer's BN-ReLU is written zero-padded by 1, so its 3x3 conv runs unpadded
-/// (on the direct kernel); a bottleneck layer's 1x1 conv writes its output, through
-/// norm2 and the ReLU fused as the epilogue, zero-padded likewise. Same
+/// (on the direct kernel); a bottleneck layer's 1x1 conv reads the block buffer through
+/// norm1 and its ReLU (the prologue) and writes through norm2 and its ReLU (the
+/// epilogue), zero-padded likewise. `bn_params` holds `2·(c + 4k)` floats then. Same
 /// arithmetic as [`dense_block_forward`], which stays as the simple reference.
 ///
 /// # Panics
@@ -225,20 +227,30 @@ pub fn dense_block_forward_into(
                 norm2,
                 conv2,
             } => {
-                let normed = &mut normed_all[..pixels * c];
-                norm1.forward_relu_padded_into(buf, c_out, (n, h, w), 0, bn_params, normed);
-                // norm2 and its ReLU run as conv1's epilogue, straight into the padded
-                // input of conv2 (BN folded into the conv, in effect).
+                // norm1 + ReLU, conv1, norm2 + ReLU in one pass over the block buffer:
+                // the first BN-ReLU as conv1's prologue, the second as its epilogue,
+                // straight into the padded input of conv2 (BN folded, in effect).
                 let width = conv1.c_out();
-                let (scale, rest) = bn_params.split_at_mut(width);
-                let shift = &mut rest[..width];
-                norm2.scale_shift_into(scale, shift);
+                let (scale1, rest) = bn_params.split_at_mut(c);
+                let (shift1, rest) = rest.split_at_mut(c);
+                let (scale2, rest) = rest.split_at_mut(width);
+                let shift2 = &mut rest[..width];
+                norm1.scale_shift_into(scale1, shift1);
+                norm2.scale_shift_into(scale2, shift2);
+                let prologue = Epilogue::ScaleShiftRelu {
+                    scale: &*scale1,
+                    shift: &*shift1,
+                };
                 let epilogue = Epilogue::ScaleShiftRelu {
-                    scale: &*scale,
-                    shift: &*shift,
+                    scale: &*scale2,
+                    shift: &*shift2,
                 };
                 let padded = &mut padded_all[..n * (h + 2) * (w + 2) * width];
-                conv1x1_into_padded(conv1, normed, (n, h, w), epilogue, padded, 1);
+                let input = &buf[..(pixels - 1) * c_out + c];
+                let dims = (n, h, w);
+                conv1x1_into_padded(
+                    conv1, input, c_out, dims, prologue, epilogue, padded, 1, fallback,
+                );
                 let dst = MatMut::new(&mut buf[c..], pixels, k, c_out, 1);
                 conv2d_into(
                     conv2,
