@@ -9,18 +9,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use densenet_spec::{Head, Plan};
-use ndarray::{Array2, ArrayView4, Axis};
+use ndarray::{Array2, ArrayView4, Axis, Ix2};
 
 use crate::error::{LoadError, TrainError};
-use crate::layers::{dense_block_forward, pooled_head_forward, stem_forward, transition_forward};
 use crate::rng::Rng;
 use crate::train::backward::step;
 use crate::train::dataset::permutation;
 use crate::train::{
     softmax_cross_entropy, step_lr, Adam, AdamConfig, Dataset, Sgd, SgdConfig, StepConfig,
 };
-use crate::visit::{Model, StageRef};
-use crate::{input_to_nhwc, weights};
+use crate::visit::Model;
+use crate::{forward_alloc, weights};
 
 /// Which optimiser [`fit`] uses, with its settings (the learning rate is the base rate
 /// of the [`Schedule`]).
@@ -346,7 +345,7 @@ pub fn evaluate<M: Model>(
 }
 
 /// The inference-mode logits `(N, classes)` of an NCHW batch, for any classifier
-/// [`Model`] (walking its stages with the functions its `forward` uses).
+/// [`Model`], by the path its `forward` takes (stages over a thread-local workspace).
 ///
 /// # Errors
 ///
@@ -360,21 +359,9 @@ pub fn logits<M: Model>(model: &M, x: ArrayView4<'_, f32>) -> Result<Array2<f32>
             model: arch.name.to_string(),
         });
     }
-    let mut x = input_to_nhwc(x, arch.input)?;
-    for stage in model.stages() {
-        x = match stage {
-            StageRef::Stem { conv, norm } => stem_forward(conv, norm, x.view()),
-            StageRef::Block { layers, .. } => dense_block_forward(layers, x.view()),
-            StageRef::Transition { norm, conv, .. } => transition_forward(norm, conv, x.view()),
-            StageRef::Head {
-                norm, classifier, ..
-            } => return Ok(pooled_head_forward(norm, classifier, false, x.view())),
-        };
-    }
-    // `stages()` always ends with the head.
-    Err(TrainError::NoClassifier {
-        model: arch.name.to_string(),
-    })
+    // The workspace path of `forward` (this thread's cached arena).
+    let plan = Plan::new(arch);
+    Ok(forward_alloc::<Ix2>(model.stages(), &plan, x)?)
 }
 
 /// How many rows of `logits` have their largest entry (the first, on ties) at the label.
