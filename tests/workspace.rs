@@ -111,17 +111,18 @@ fn densenet121_matches_the_reference_path() {
     // concat A = block 1, 56·56·256 = 802,816 (block 3: 14·14·1024 is smaller);
     // concat B = block 2, 28·28·512 = 401,408; BN scale/shift for block 4's last layer,
     // whose norm1 (992 channels) and norm2 (128) are both fused into its 1x1 conv:
-    // 2·(992 + 128) = 2,240; scratch = transition 1's BN-ReLU 3136·256 = 802,816 and its
-    // pool 784·256 = 200,704, 1,003,520 in all (the stem needs 3·230·230 + 112·112·64 =
-    // 961,516, block 1's widest layer only its padded bottleneck, 58·58·128 = 430,592).
-    let by_hand = 802_816 + 401_408 + 2_240 + 1_003_520;
+    // 2·(992 + 128) = 2,240; scratch = the stem's padded input 3·230·230 = 158,700 and
+    // its conv output 112·112·64 = 802,816, 961,516 in all (block 1's widest layer needs
+    // only its padded bottleneck, 58·58·128 = 430,592; transition 1 its pooled map,
+    // 28·28·256 = 200,704).
+    let by_hand = 802_816 + 401_408 + 2_240 + 961_516;
     assert_eq!(DenseNet121::ARENA_FLOATS, by_hand);
-    // At batch 8 the blocks still run one image at a time, so transition 1's
-    // 8·1,003,520 is the largest scratch.
+    // At batch 8 the blocks still run one image at a time; the stem's 8·961,516 is the
+    // largest scratch.
     let concat = 802_816 + 401_408;
     assert_eq!(
         DenseNet121::arena_floats(8),
-        8 * concat + 2_240 + 8 * 1_003_520
+        8 * concat + 2_240 + 8 * 961_516
     );
 }
 

@@ -418,8 +418,8 @@ pub struct ArenaPlan {
     /// The 1x1 bottleneck conv's output after its BN-ReLU (fused into the conv),
     /// zero-padded for the 3x3 conv: `n·(H+2)·(W+2)·4k` (0 without bottleneck).
     pub bottleneck_padded: usize,
-    /// Transition scratch: BN-ReLU `n·H·W·c` and its 2x2 average pool; the 1x1 conv
-    /// writes into the next block's concatenation buffer.
+    /// Transition scratch: the 2x2 average pool of the BN-ReLU (one pass),
+    /// `n·(H/2)·(W/2)·c`; the 1x1 conv writes into the next block's concatenation buffer.
     pub transition: usize,
     /// Head scratch: BN-ReLU `n·H·W·c`, pooled features `n·c` and logits.
     pub head: usize,
@@ -489,11 +489,11 @@ impl Plan {
                 (a.block, a.normed, a.bottleneck_padded) = (block, normed, bottleneck_padded);
             }
         }
-        for (t, b) in self.transitions.iter().zip(&self.blocks) {
+        for t in &self.transitions {
             widest = widest.max(t.c_in);
-            let full = n * b.height * b.width * t.c_in;
+            // BN-ReLU and the pool are one pass: only the pooled map is stored.
             let pooled = n * t.height * t.width * t.c_in;
-            a.transition = a.transition.max(full + pooled);
+            a.transition = a.transition.max(pooled);
         }
         if let Some(last) = self.blocks.last() {
             let c = self.head_channels;

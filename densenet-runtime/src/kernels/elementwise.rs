@@ -41,12 +41,50 @@ fn scale_shift_relu_body(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f
     }
 }
 
+/// `dst[j] += relu(src[j]·scale[j] + shift[j])` for every `j < dst.len()`: one input
+/// pixel's BN-ReLU added into a pooling sum.
+///
+/// # Panics
+///
+/// If `src`, `scale` or `shift` is shorter than `dst`.
+pub fn scale_shift_relu_add(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
+    let len = dst.len();
+    let (src, scale, shift) = (&src[..len], &scale[..len], &shift[..len]);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { scale_shift_relu_add_avx512(src, scale, shift, dst) };
+        return;
+    }
+    scale_shift_relu_add_body(src, scale, shift, dst);
+}
+
+/// [`scale_shift_relu_add_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_shift_relu_add_avx512(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
+    scale_shift_relu_add_body(src, scale, shift, dst);
+}
+
+#[inline(always)]
+fn scale_shift_relu_add_body(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
+    for (((o, &v), &s), &t) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
+        let y = v * s + t;
+        *o += if y <= 0.0 { 0.0 } else { y };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn dispatched_pass_matches_the_portable_body() {
+    fn dispatched_passes_match_the_portable_bodies() {
         let len = 1000;
         let f = |i: usize, a: usize| ((i * a) % 97) as f32 / 13.0 - 3.5;
         let src: Vec<f32> = (0..len).map(|i| f(i, 7)).collect();
@@ -57,6 +95,13 @@ mod tests {
             let mut slow = vec![f32::NAN; n];
             scale_shift_relu(&src, &scale, &shift, &mut fast);
             scale_shift_relu_body(&src[..n], &scale[..n], &shift[..n], &mut slow);
+            assert_eq!(fast, slow, "length {n}");
+        }
+        for n in [0, 1, 17, 1000] {
+            let mut fast: Vec<f32> = (0..n).map(|i| f(i, 3)).collect();
+            let mut slow = fast.clone();
+            scale_shift_relu_add(&src, &scale, &shift, &mut fast);
+            scale_shift_relu_add_body(&src[..n], &scale[..n], &shift[..n], &mut slow);
             assert_eq!(fast, slow, "length {n}");
         }
         // The ReLU's edge cases: NaN stays, -0.0 and negatives become 0.0.

@@ -1,12 +1,18 @@
 //! Transition between dense blocks: BN → ReLU → 1x1 conv → 2x2 average pool.
 
 use ndarray::{Array4, ArrayView4};
+use rayon::prelude::*;
 
 use crate::kernels::direct_conv::Epilogue;
+use crate::kernels::elementwise::scale_shift_relu_add;
 use crate::kernels::gemm::MatMut;
-use crate::layers::{avg_pool2d, conv2d_into, pool2d_into, BatchNorm2d, Conv2d, Conv2dConfig};
+use crate::layers::{avg_pool2d, conv2d_into, BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
 use crate::visit::{StageMut, StageRef};
+
+/// Pooled outputs with at least this many floats are computed by rayon's threads, one
+/// output row per task.
+const PARALLEL_POOL: usize = 1 << 14;
 
 /// A transition's forward pass on NHWC input: BN → ReLU → 2x2 average pool → 1x1 conv.
 ///
@@ -23,10 +29,11 @@ pub fn transition_forward(
 }
 
 /// A transition's forward pass without allocating: `x` is the contiguous NHWC block
-/// output `(n, h, w, c_in)`; BN-ReLU and the 2x2 average pool go to `scratch`, and the
-/// 1x1 conv writes `(n, h/2, w/2, c_out)` into `out` with pixels `out_stride` apart: the
-/// first channels of the next block's concatenation buffer. `bn_params` holds `2·c_in`
-/// floats. Returns the scratch floats used.
+/// output `(n, h, w, c_in)`; BN-ReLU and the 2x2 average pool run as one pass into
+/// `scratch` (each output pixel sums the BN-ReLU of its four inputs, so the normalised
+/// map is never stored), and the 1x1 conv writes `(n, h/2, w/2, c_out)` into `out` with
+/// pixels `out_stride` apart: the first channels of the next block's concatenation
+/// buffer. `bn_params` holds `2·c_in` floats. Returns the scratch floats used.
 ///
 /// # Panics
 ///
@@ -44,10 +51,32 @@ pub fn transition_forward_into(
 ) -> usize {
     let c = norm.channels();
     let (ho, wo) = (h / 2, w / 2);
-    let (normed, rest) = scratch.split_at_mut(n * h * w * c);
-    let pooled = &mut rest[..n * ho * wo * c];
-    norm.forward_relu_padded_into(x, c, (n, h, w), 0, bn_params, normed);
-    pool2d_into(normed, (n, h, w, c), 2, 2, 0, false, pooled, c);
+    assert!(
+        x.len() == n * h * w * c,
+        "transition_forward_into: input size"
+    );
+    let pooled = &mut scratch[..n * ho * wo * c];
+    let (scale, rest) = bn_params.split_at_mut(c);
+    let shift = &mut rest[..c];
+    norm.scale_shift_into(scale, shift);
+    let (scale, shift) = (&*scale, &*shift);
+    // Output row `r` (image `r / ho`, row `r % ho`): 2x2 windows, floor mode.
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (b, oy) = (r / ho, r % ho);
+        for (ox, dst) in dst.chunks_exact_mut(c).enumerate() {
+            dst.fill(0.0);
+            for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let p = (b * h + 2 * oy + dy) * w + 2 * ox + dx;
+                scale_shift_relu_add(&x[p * c..(p + 1) * c], scale, shift, dst);
+            }
+            dst.iter_mut().for_each(|v| *v *= 0.25);
+        }
+    };
+    if pooled.len() >= PARALLEL_POOL && rayon::current_num_threads() > 1 {
+        pooled.par_chunks_mut(wo * c).enumerate().for_each(row);
+    } else {
+        pooled.chunks_mut(wo * c).enumerate().for_each(row);
+    }
     let dst = MatMut::new(out, n * ho * wo, conv.c_out(), out_stride, 1);
     // A 1x1 convolution: a GEMM, no fallback scratch (an empty Vec does not allocate).
     let pooled = &*pooled;
@@ -60,7 +89,7 @@ pub fn transition_forward_into(
         dst,
         &mut Vec::new(),
     );
-    normed.len() + pooled.len()
+    pooled.len()
 }
 
 /// A transition from `C_IN` to `C_OUT = floor(θ·C_IN)` channels, halving height and width.

@@ -45,7 +45,7 @@ impl DenseNetBC100K12 {
     /// Multiply-accumulates per image (convolutions and the linear layer).
     pub const MACS: u64 = 287929692;
     /// Floats of the activation arena (`Workspace`) at batch 1.
-    pub const ARENA_FLOATS: usize = 575220;
+    pub const ARENA_FLOATS: usize = 354228;
     /// Number of output classes.
     pub const CLASSES: usize = 10;
     /// Softmax probabilities for an NCHW batch: `forward` followed by a softmax per row.
@@ -184,7 +184,7 @@ impl DenseNetBC100K12 {
             if a > b { a } else { b }
         }
         let stem = 3468 * batch;
-        let transition = 276480 * batch;
+        let transition = 55296 * batch;
         let head = 22240 * batch;
         let scratch = max(max(stem, 55488), max(transition, head));
         297984 * batch + 756 + scratch
