@@ -2,7 +2,7 @@
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::kernels::direct_conv::{direct_conv, ConvShape, Epilogue, ImageLayout};
+use crate::kernels::direct_conv::{apply_epilogue, direct_conv, ConvShape, Epilogue, ImageLayout};
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
 use crate::kernels::im2col::{im2col, Window};
 use crate::rng::Rng;
@@ -13,7 +13,7 @@ use crate::Error;
 /// not grow with the batch: a 3x3 convolution of DenseNet-121's first dense block needs
 /// 3136 × 1152 floats (14 MiB) per image, which would be 0.9 GiB at batch 64.
 /// One image is always processed whole.
-const SCRATCH_LIMIT: usize = 1 << 22;
+pub(crate) const SCRATCH_LIMIT: usize = 1 << 22;
 
 /// Stride and padding of a [`Conv2d`]; the kernel size comes from the weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,12 +143,6 @@ impl Conv2d {
         self.window().output_size(h, w)
     }
 
-    /// Whether the convolution is a plain matrix product of the input pixels.
-    fn is_pointwise(&self) -> bool {
-        let win = self.window();
-        win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1 && win.padding == 0
-    }
-
     /// NHWC in, NHWC out: `(n, h, w, c_in)` → `(n, oh, ow, c_out)` (allocates).
     ///
     /// # Panics
@@ -209,12 +203,38 @@ impl Conv2d {
         n: usize,
         h: usize,
         w: usize,
+        out: MatMut<'_>,
+        scratch: &mut Vec<f32>,
+        scratch_limit: usize,
+    ) {
+        let win = self.window();
+        let epilogue = Epilogue::Store;
+        self.run(x, (n, h, w), win, epilogue, out, scratch, scratch_limit);
+    }
+
+    /// The one implementation of a convolution's forward pass, with the window given
+    /// (the workspace path passes padding 0 for an input it padded itself) and an
+    /// epilogue. A window with no padding runs on the direct kernel (AVX-512; it
+    /// declines elsewhere); otherwise a 1x1 convolution is one GEMM of `x` and any
+    /// other builds im2col matrices in `scratch`, at most `scratch_limit` floats (whole
+    /// images, at least one) at a time.
+    ///
+    /// # Panics
+    ///
+    /// If `x` is not `n·h·w·c_in` floats, or `out` is not `(n·oh·ow) × c_out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run(
+        &self,
+        x: &[f32],
+        (n, h, w): (usize, usize, usize),
+        win: Window,
+        epilogue: Epilogue<'_>,
         mut out: MatMut<'_>,
         scratch: &mut Vec<f32>,
         scratch_limit: usize,
     ) {
         let (c_in, c_out) = (self.c_in(), self.c_out());
-        let (oh, ow) = self.output_size(h, w);
+        let (oh, ow) = win.output_size(h, w);
         if x.len() != n * h * w * c_in {
             input_length_mismatch(x.len(), n, h, w, c_in);
         }
@@ -224,16 +244,12 @@ impl Conv2d {
         // `weight_mut` may have replaced the weight with a non-contiguous array.
         let weight = self.weight.as_standard_layout();
         let weight = weight.as_slice().expect("standard layout is contiguous");
-        let win = self.window();
         let k_len = win.kernel_h * win.kernel_w * c_in;
         let b = MatRef::row_major(weight, k_len, c_out);
+        let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1;
+        let pixel = out.row_stride();
 
-        if win.padding == 0 && !self.is_pointwise() && out.col_stride() == 1 {
-            // A window over an input that needs no padding (the caller padded it): the
-            // direct kernel reads `x` as it is (AVX-512 only; it declines elsewhere and
-            // im2col + GEMM runs). 1x1 convolutions stay on the GEMM: with 128 outputs
-            // the kernel reads the HWIO weight in strided 32-column panels and runs at
-            // ~0.7x the packed GEMM (BENCHMARKS.md).
+        if win.padding == 0 && out.col_stride() == 1 {
             let shape = ConvShape {
                 n,
                 out_h: oh,
@@ -244,7 +260,6 @@ impl Conv2d {
                 kernel_w: win.kernel_w,
                 stride: win.stride,
             };
-            let pixel = out.row_stride();
             let out_layout = ImageLayout {
                 offset: 0,
                 image_stride: oh * ow * pixel,
@@ -253,13 +268,14 @@ impl Conv2d {
             };
             let input_layout = ImageLayout::dense(h, w, c_in);
             let data = out.data_mut();
+            let prologue = Epilogue::Store;
             if direct_conv(
                 x,
                 input_layout,
-                Epilogue::Store,
+                prologue,
                 weight,
                 shape,
-                Epilogue::Store,
+                epilogue,
                 data,
                 out_layout,
                 true,
@@ -267,34 +283,43 @@ impl Conv2d {
                 return;
             }
         }
-        if self.is_pointwise() {
-            gemm(1.0, MatRef::row_major(x, n * h * w, c_in), b, 0.0, out);
-            return;
-        }
-
-        let image_in = h * w * c_in;
-        let image_rows = oh * ow;
-        let image_scratch = image_rows * k_len;
-        let images_per_step = (scratch_limit / image_scratch.max(1)).clamp(1, n.max(1));
-        let mut first = 0;
-        while first < n {
-            let count = images_per_step.min(n - first);
-            let len = count * image_scratch;
-            if scratch.len() < len {
-                scratch.resize(len, 0.0);
-            }
-            let cols = &mut scratch[..len];
-            let input = &x[first * image_in..(first + count) * image_in];
-            im2col(input, count, h, w, c_in, win, cols);
-            let rows = count * image_rows;
+        if pointwise && win.padding == 0 {
             gemm(
                 1.0,
-                MatRef::row_major(cols, rows, k_len),
+                MatRef::row_major(x, n * h * w, c_in),
                 b,
                 0.0,
-                out.subrows_mut(first * image_rows, rows),
+                out.rb_mut(),
             );
-            first += count;
+        } else {
+            let image_in = h * w * c_in;
+            let image_rows = oh * ow;
+            let image_scratch = image_rows * k_len;
+            let images_per_step = (scratch_limit / image_scratch.max(1)).clamp(1, n.max(1));
+            let mut first = 0;
+            while first < n {
+                let count = images_per_step.min(n - first);
+                let len = count * image_scratch;
+                if scratch.len() < len {
+                    scratch.resize(len, 0.0);
+                }
+                let cols = &mut scratch[..len];
+                let input = &x[first * image_in..(first + count) * image_in];
+                im2col(input, count, h, w, c_in, win, cols);
+                let rows = count * image_rows;
+                gemm(
+                    1.0,
+                    MatRef::row_major(cols, rows, k_len),
+                    b,
+                    0.0,
+                    out.subrows_mut(first * image_rows, rows),
+                );
+                first += count;
+            }
+        }
+        if let Epilogue::ScaleShiftRelu { .. } = epilogue {
+            assert_eq!(out.col_stride(), 1, "an epilogue needs unit column stride");
+            apply_epilogue(epilogue, out.data_mut(), n * oh * ow, pixel);
         }
     }
 }
@@ -681,7 +706,6 @@ mod tests {
     #[test]
     fn conv1x1_matches_torch() {
         let conv = conv(weight_hwio((3, 5, 1, 1), 5, 13), 1, 0);
-        assert!(conv.is_pointwise());
         let y = conv.forward(input_nhwc((2, 5, 3, 3), 7, 11).view());
         assert_eq!(y.dim(), (2, 3, 3, 3));
         assert_close_nchw(&y, &CONV1X1);

@@ -2,23 +2,19 @@
 //! carries its zero padding (the BN-ReLU that produced it wrote the border), applies an
 //! optional fused BatchNorm-ReLU epilogue, and picks the kernel.
 //!
-//! - A window (3x3, the 7x7 stem) runs on the direct AVX-512 kernel
-//!   ([`direct_conv`](crate::kernels::direct_conv::direct_conv)): no im2col, no scratch.
-//! - A 1x1 convolution is a plain GEMM of the input (no scratch).
-//! - On a CPU without AVX-512, a window runs as im2col + GEMM with its matrix in the
-//!   `fallback` vector (grown on first use, outside the planned arena: the arena that
-//!   `densenet_spec::ArenaPlan` plans, and generated models' `ARENA_FLOATS` state, is
-//!   the AVX-512 path's).
+//! - Every convolution runs on the direct AVX-512 kernel
+//!   ([`direct_conv`](crate::kernels::direct_conv::direct_conv)): no im2col, no scratch
+//!   (the kernel selection itself is `Conv2d`'s, shared with its `forward_into`).
+//! - On a CPU without AVX-512, a 1x1 convolution is one GEMM of the input and a window
+//!   runs as im2col + GEMM with its matrix in the `fallback` vector (grown on first use,
+//!   outside the planned arena: the arena that `densenet_spec::ArenaPlan` plans, and
+//!   generated models' `ARENA_FLOATS` state, is the AVX-512 path's).
 
 use crate::kernels::direct_conv::{apply_epilogue, direct_conv, ConvShape, Epilogue, ImageLayout};
 use crate::kernels::elementwise::scale_shift_relu;
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
-use crate::kernels::im2col::im2col;
+use crate::layers::conv::SCRATCH_LIMIT;
 use crate::layers::Conv2d;
-
-/// Largest im2col matrix of the fallback path, in floats, built at once (whole images,
-/// at least one), as [`Conv2d::forward_into`].
-const FALLBACK_LIMIT: usize = 1 << 22;
 
 /// Writes the convolution of the contiguous NHWC input `x` (`n, h, w, c_in`) into `out`
 /// (`(n·oh·ow) × c_out`, any row stride, column stride 1), then `epilogue` (a BatchNorm
@@ -38,96 +34,14 @@ pub fn conv2d_into(
     (n, h, w): (usize, usize, usize),
     pre_padded: bool,
     epilogue: Epilogue<'_>,
-    mut out: MatMut<'_>,
+    out: MatMut<'_>,
     fallback: &mut Vec<f32>,
 ) {
     let mut win = conv.window();
     if pre_padded {
         win.padding = 0;
     }
-    let (c_in, c_out) = (conv.c_in(), conv.c_out());
-    let (oh, ow) = win.output_size(h, w);
-    assert!(
-        x.len() == n * h * w * c_in
-            && out.rows() == n * oh * ow
-            && out.cols() == c_out
-            && out.col_stride() == 1,
-        "conv2d_into: shapes do not fit the slices"
-    );
-    let weight = conv.weight().as_standard_layout();
-    let weight = weight.as_slice().expect("standard layout is contiguous");
-    let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1;
-    let row_stride = out.row_stride();
-    if win.padding == 0 {
-        let shape = ConvShape {
-            n,
-            out_h: oh,
-            out_w: ow,
-            c_in,
-            c_out,
-            kernel_h: win.kernel_h,
-            kernel_w: win.kernel_w,
-            stride: win.stride,
-        };
-        let out_layout = ImageLayout {
-            offset: 0,
-            image_stride: oh * ow * row_stride,
-            row_stride: ow * row_stride,
-            pixel_stride: row_stride,
-        };
-        let input_layout = ImageLayout::dense(h, w, c_in);
-        let data = out.data_mut();
-        if direct_conv(
-            x,
-            input_layout,
-            Epilogue::Store,
-            weight,
-            shape,
-            epilogue,
-            data,
-            out_layout,
-            true,
-        ) {
-            return;
-        }
-    }
-    let k_len = win.kernel_h * win.kernel_w * c_in;
-    let b = MatRef::row_major(weight, k_len, c_out);
-    if pointwise && win.padding == 0 {
-        gemm(
-            1.0,
-            MatRef::row_major(x, n * h * w, c_in),
-            b,
-            0.0,
-            out.rb_mut(),
-        );
-    } else {
-        let image_in = h * w * c_in;
-        let image_rows = oh * ow;
-        let image_scratch = image_rows * k_len;
-        let images_per_step = (FALLBACK_LIMIT / image_scratch.max(1)).clamp(1, n.max(1));
-        let mut first = 0;
-        while first < n {
-            let count = images_per_step.min(n - first);
-            let len = count * image_scratch;
-            if fallback.len() < len {
-                fallback.resize(len, 0.0);
-            }
-            let cols = &mut fallback[..len];
-            let input = &x[first * image_in..(first + count) * image_in];
-            im2col(input, count, h, w, c_in, win, cols);
-            let rows = count * image_rows;
-            gemm(
-                1.0,
-                MatRef::row_major(cols, rows, k_len),
-                b,
-                0.0,
-                out.subrows_mut(first * image_rows, rows),
-            );
-            first += count;
-        }
-    }
-    apply_epilogue(epilogue, out.data_mut(), n * oh * ow, row_stride);
+    conv.run(x, (n, h, w), win, epilogue, out, fallback, SCRATCH_LIMIT);
 }
 
 /// A 1x1 convolution (stride 1, no padding) of the NHWC input `x` (`n, h, w` pixels
