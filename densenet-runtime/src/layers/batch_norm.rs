@@ -333,11 +333,8 @@ fn apply(
     let row = |(r, dst): (usize, &mut [f32])| {
         let src = &x[r * row_stride..r * row_stride + c];
         if relu {
-            for (((o, &v), &s), &t) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
-                let y = v * s + t;
-                // Keeps NaN (like torch's relu) and turns -0.0 into 0.0.
-                *o = if y <= 0.0 { 0.0 } else { y };
-            }
+            // Keeps NaN (like torch's relu) and turns -0.0 into 0.0.
+            scale_shift_relu(src, scale, shift, dst);
         } else {
             for (((o, &v), &s), &t) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
                 *o = v * s + t;
