@@ -139,12 +139,11 @@ pub fn apply_epilogue(epilogue: Epilogue<'_>, data: &mut [f32], rows: usize, row
 const MAX_TILE: usize = 14;
 /// Output channels per panel: two zmm registers.
 const PANEL: usize = 32;
-/// Weight floats a 1x1 convolution keeps in L1 per block of input channels (16 KiB of
-/// the 48 KiB L1d, with room for the input tile and the output; see `Job::task`).
-const L1_FLOATS: usize = 4096;
-/// Largest block of input channels of a 1x1 convolution (`L1_FLOATS / 16`): the size of
-/// the buffer a prologue packs a tile into.
-const MAX_BLOCK: usize = L1_FLOATS / 16;
+/// Largest block of input channels of a 1x1 convolution: a tile's block of inputs
+/// (14 KiB, packed when there is a prologue) stays in L1 while every panel of the
+/// weight rows streams past it from L2; the tile accumulates block by block. Also the
+/// size of the buffer a prologue packs into.
+const MAX_BLOCK: usize = 256;
 /// Largest window the kernel takes (the 7x7 stem); others fall back.
 const MAX_TAPS: usize = 49;
 /// Convolutions with fewer multiply-adds run on the calling thread: splitting ~10 µs
@@ -392,11 +391,8 @@ fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use crate::kernels::elementwise::scale_shift_relu;
-
     use super::{
-        tile_span, ConvShape, Epilogue, ImageLayout, L1_FLOATS, MAX_BLOCK, MAX_TAPS, MAX_TILE,
-        PANEL,
+        tile_span, ConvShape, Epilogue, ImageLayout, MAX_BLOCK, MAX_TAPS, MAX_TILE, PANEL,
     };
 
     /// Everything a row task needs, as raw pointers (the tasks of one call write disjoint
@@ -463,9 +459,7 @@ mod avx512 {
             }
         }
 
-        /// Computes output row `r` (image `r / out_h`, row `r % out_h`): tile by tile,
-        /// and within a tile panel by panel, so the tile's input stays in L1 while the
-        /// weight panels stream from L2.
+        /// Computes output row `r` (image `r / out_h`, row `r % out_h`).
         pub(super) fn task(&self, r: usize) {
             let s = self.shape;
             let (b, oy) = (r / s.out_h, r % s.out_h);
@@ -473,24 +467,23 @@ mod avx512 {
             let taps = &self.taps[..s.kernel_h * s.kernel_w];
             let il = self.input_layout;
             let ol = self.out_layout;
-            // A 1x1 convolution runs over blocks of input channels whose weight rows
-            // (all output channels) stay in L1 across the row's tiles and panels; the
-            // tiles accumulate block by block. A window runs in one block.
+            // A 1x1 convolution runs over blocks of input channels (see `MAX_BLOCK`);
+            // a window runs in one block.
             let block = if taps.len() == 1 {
-                (L1_FLOATS / s.c_out.next_multiple_of(16))
-                    .max(16)
-                    .min(s.c_in)
+                MAX_BLOCK.min(s.c_in)
             } else {
                 s.c_in
             };
             // With a prologue (1x1 only, so `block ≤ MAX_BLOCK`): the tile's transformed
-            // inputs.
-            let mut packed = [0.0f32; MAX_TILE * MAX_BLOCK];
-            for k0 in (0..s.c_in).step_by(block) {
-                let kc = block.min(s.c_in - k0);
-                let last = k0 + kc == s.c_in;
-                for tile in 0..tiles {
-                    let (ox, len) = tile_span(s.out_w, tile, tiles);
+            // inputs. Uninitialised: `pack_prologue` writes what the tile then reads.
+            let mut packed = [std::mem::MaybeUninit::<f32>::uninit(); MAX_TILE * MAX_BLOCK];
+            // Tile by tile, and within a tile block by block: the tile's block of inputs
+            // stays in L1 while the weight panels stream from L2.
+            for tile in 0..tiles {
+                let (ox, len) = tile_span(s.out_w, tile, tiles);
+                for k0 in (0..s.c_in).step_by(block) {
+                    let kc = block.min(s.c_in - k0);
+                    let last = k0 + kc == s.c_in;
                     let a_index = il.offset
                         + b * il.image_stride
                         + oy * s.stride * il.row_stride
@@ -506,25 +499,23 @@ mod avx512 {
                         // The prologue (a BatchNorm and ReLU before the conv) is applied
                         // while the tile's block of input channels is copied to
                         // `packed`, once for all panels.
-                        for i in 0..len {
-                            // SAFETY: pixel `i` of the tile, channels `k0 .. k0 + kc` of
-                            // its one tap: inside the input block `check` bounded by
-                            // `input.len()`; `check` gave the prologue `c_in` values, read
-                            // at `k0 .. k0 + kc`. All are only read while the job lives.
-                            let (src, scale, shift) = unsafe {
-                                (
-                                    std::slice::from_raw_parts(
-                                        self.input.add(a_index + i * a_step),
-                                        kc,
-                                    ),
-                                    std::slice::from_raw_parts(self.prologue.0.add(k0), kc),
-                                    std::slice::from_raw_parts(self.prologue.1.add(k0), kc),
-                                )
-                            };
-                            let dst = &mut packed[i * kc..(i + 1) * kc];
-                            scale_shift_relu(src, scale, shift, dst);
+                        // SAFETY: AVX-512F is present (checked before the job was
+                        // built). Pixels `i < len` of the tile, channels `k0 .. k0 + kc`
+                        // of its one tap, are inside the input block `check` bounded by
+                        // `input.len()`; `check` gave the prologue `c_in` values, read at
+                        // `k0 .. k0 + kc`; all are only read while the job lives. `packed`
+                        // holds `MAX_TILE·MAX_BLOCK ≥ len·kc` values.
+                        unsafe {
+                            pack_prologue(
+                                self.input.add(a_index),
+                                a_step,
+                                len,
+                                kc,
+                                (self.prologue.0.add(k0), self.prologue.1.add(k0)),
+                                packed.as_mut_ptr().cast(),
+                            );
                         }
-                        (packed.as_ptr(), kc)
+                        (packed.as_ptr().cast(), kc)
                     };
                     for co in (0..s.c_out).step_by(PANEL) {
                         let width = (s.c_out - co).min(PANEL);
@@ -574,6 +565,56 @@ mod avx512 {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Writes `relu(scale[ci]·x + shift[ci])` of input pixel `i < rows`, channel
+    /// `ci < kc` (at `src + i·src_step + ci`) to `dst[i·kc + ci]`: a prologue's
+    /// BatchNorm-ReLU applied while a tile's inputs are packed. The runtime's ReLU
+    /// (`y <= 0 → 0`) as in [`tile`]'s epilogue.
+    ///
+    /// # Safety
+    ///
+    /// The CPU supports AVX-512F; the `rows × kc` inputs, `kc` values of each of `scale`
+    /// and `shift`, and `rows·kc` values at `dst` are valid (the last for writes).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_prologue(
+        src: *const f32,
+        src_step: usize,
+        rows: usize,
+        kc: usize,
+        (scale, shift): (*const f32, *const f32),
+        dst: *mut f32,
+    ) {
+        let zero = _mm512_setzero_ps();
+        for c0 in (0..kc).step_by(16) {
+            let mask: __mmask16 = if kc - c0 >= 16 {
+                0xffff
+            } else {
+                (1u16 << (kc - c0)) - 1
+            };
+            // SAFETY: channels `c0 .. min(c0 + 16, kc)`, masked: valid by the contract.
+            let (sv, tv) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(mask, scale.add(c0)),
+                    _mm512_maskz_loadu_ps(mask, shift.add(c0)),
+                )
+            };
+            for i in 0..rows {
+                // SAFETY: pixel `i < rows`, the same masked channels: valid by the contract.
+                unsafe {
+                    let x = _mm512_maskz_loadu_ps(mask, src.add(i * src_step + c0));
+                    // Multiply then add, unfused: the same rounding as the runtime's
+                    // other BatchNorm-ReLU passes.
+                    let y = _mm512_add_ps(_mm512_mul_ps(x, sv), tv);
+                    let le_zero = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(y, zero);
+                    _mm512_mask_storeu_ps(
+                        dst.add(i * kc + c0),
+                        mask,
+                        _mm512_mask_mov_ps(y, le_zero, zero),
+                    );
                 }
             }
         }
@@ -858,10 +899,10 @@ mod tests {
             ..conv3(2, 14, 96, 128)
         };
         case(conv1, (0, 0), 128, 0, 1, true, true, 5);
-        // 1x1 over several blocks of input channels (8192 / 48 = 170 per block), a
-        // masked last panel, and the epilogue only after the last block.
+        // 1x1 over two blocks of input channels (256 + 44, the prologue's last vector
+        // masked), a masked last panel, and the epilogue only after the last block.
         let wide = ConvShape {
-            c_in: 400,
+            c_in: 300,
             c_out: 40,
             ..conv1
         };

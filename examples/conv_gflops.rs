@@ -1,0 +1,243 @@
+//! Throughput of the direct convolution kernel on every convolution of DenseNet-121 at
+//! one image, grouped by kind (the hot loops of a forward pass), in GFLOP/s.
+//!
+//! ```sh
+//! RAYON_NUM_THREADS=1 cargo run --release --example conv_gflops
+//! ```
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use densenet::runtime::kernels::direct_conv::{direct_conv, ConvShape, Epilogue, ImageLayout};
+
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+struct Case {
+    kind: &'static str,
+    shape: ConvShape,
+    in_layout: ImageLayout,
+    input: Vec<f32>,
+    weight: Vec<f32>,
+    prologue: Option<(Vec<f32>, Vec<f32>)>,
+    epilogue: Option<(Vec<f32>, Vec<f32>)>,
+    out: Vec<f32>,
+    out_layout: ImageLayout,
+}
+
+impl Case {
+    fn run(&mut self) {
+        let pro = match &self.prologue {
+            Some((s, t)) => Epilogue::ScaleShiftRelu { scale: s, shift: t },
+            None => Epilogue::Store,
+        };
+        let epi = match &self.epilogue {
+            Some((s, t)) => Epilogue::ScaleShiftRelu { scale: s, shift: t },
+            None => Epilogue::Store,
+        };
+        let ok = direct_conv(
+            black_box(&self.input),
+            self.in_layout,
+            pro,
+            &self.weight,
+            self.shape,
+            epi,
+            &mut self.out,
+            self.out_layout,
+            true,
+        );
+        assert!(ok, "no AVX-512");
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let blocks = [(56, 64, 6), (28, 128, 12), (14, 256, 24), (7, 512, 16)];
+    for (bi, &(hw, c0, layers)) in blocks.iter().enumerate() {
+        let c_total = c0 + 32 * layers;
+        for l in 0..layers {
+            let c_in = c0 + 32 * l;
+            // Bottleneck 1x1: reads the block buffer with norm1 as prologue, writes the
+            // interior of conv2's padded input with norm2 as epilogue.
+            v.push(Case {
+                kind: if hw == 7 { "1x1 7x7" } else { "1x1 bottleneck" },
+                shape: ConvShape {
+                    n: 1,
+                    out_h: hw,
+                    out_w: hw,
+                    c_in,
+                    c_out: 128,
+                    kernel_h: 1,
+                    kernel_w: 1,
+                    stride: 1,
+                },
+                in_layout: ImageLayout::dense(hw, hw, c_total),
+                input: data(hw * hw * c_total, 1),
+                weight: data(c_in * 128, 2),
+                prologue: Some((data(c_in, 3), data(c_in, 4))),
+                epilogue: Some((data(128, 5), data(128, 6))),
+                out: vec![0.0; (hw + 2) * (hw + 2) * 128],
+                out_layout: ImageLayout {
+                    offset: (hw + 3) * 128,
+                    ..ImageLayout::dense(hw + 2, hw + 2, 128)
+                },
+            });
+            v.push(Case {
+                kind: if hw == 7 { "3x3 7x7" } else { "3x3" },
+                shape: ConvShape {
+                    n: 1,
+                    out_h: hw,
+                    out_w: hw,
+                    c_in: 128,
+                    c_out: 32,
+                    kernel_h: 3,
+                    kernel_w: 3,
+                    stride: 1,
+                },
+                in_layout: ImageLayout::dense(hw + 2, hw + 2, 128),
+                input: data((hw + 2) * (hw + 2) * 128, 7),
+                weight: data(9 * 128 * 32, 8),
+                prologue: None,
+                epilogue: None,
+                out: vec![0.0; hw * hw * c_total],
+                out_layout: ImageLayout {
+                    offset: c_in,
+                    ..ImageLayout::dense(hw, hw, c_total)
+                },
+            });
+        }
+        if bi < 3 {
+            let (h2, c_out) = (hw / 2, c_total / 2);
+            let next_total = c_out + 32 * blocks[bi + 1].2;
+            v.push(Case {
+                kind: "transition",
+                shape: ConvShape {
+                    n: 1,
+                    out_h: h2,
+                    out_w: h2,
+                    c_in: c_total,
+                    c_out,
+                    kernel_h: 1,
+                    kernel_w: 1,
+                    stride: 1,
+                },
+                in_layout: ImageLayout::dense(h2, h2, c_total),
+                input: data(h2 * h2 * c_total, 9),
+                weight: data(c_total * c_out, 10),
+                prologue: None,
+                epilogue: None,
+                out: vec![0.0; h2 * h2 * next_total],
+                out_layout: ImageLayout::dense(h2, h2, next_total),
+            });
+        }
+    }
+    // Everything in L1 (an 18 KiB weight): what the tile kernel reaches when nothing
+    // waits on memory, the yardstick for the others.
+    v.push(Case {
+        kind: "3x3 c16 (L1)",
+        shape: ConvShape {
+            n: 1,
+            out_h: 56,
+            out_w: 56,
+            c_in: 16,
+            c_out: 32,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+        },
+        in_layout: ImageLayout::dense(58, 58, 16),
+        input: data(58 * 58 * 16, 15),
+        weight: data(9 * 16 * 32, 16),
+        prologue: None,
+        epilogue: None,
+        out: vec![0.0; 56 * 56 * 32],
+        out_layout: ImageLayout::dense(56, 56, 32),
+    });
+    v.push(Case {
+        kind: "stem",
+        shape: ConvShape {
+            n: 1,
+            out_h: 112,
+            out_w: 112,
+            c_in: 3,
+            c_out: 64,
+            kernel_h: 7,
+            kernel_w: 7,
+            stride: 2,
+        },
+        in_layout: ImageLayout::dense(230, 230, 3),
+        input: data(230 * 230 * 3, 11),
+        weight: data(49 * 3 * 64, 12),
+        prologue: None,
+        epilogue: Some((data(64, 13), data(64, 14))),
+        out: vec![0.0; 112 * 112 * 64],
+        out_layout: ImageLayout::dense(112, 112, 64),
+    });
+    v
+}
+
+fn main() {
+    let mut cases = cases();
+    if let Some(only) = std::env::args().nth(1) {
+        cases.retain(|c| c.kind == only);
+    }
+    let kinds: Vec<&str> = {
+        let mut k: Vec<&str> = cases.iter().map(|c| c.kind).collect();
+        k.dedup();
+        let mut seen = Vec::new();
+        for x in k {
+            if !seen.contains(&x) {
+                seen.push(x);
+            }
+        }
+        seen
+    };
+    for c in cases.iter_mut() {
+        c.run();
+    }
+    // Kinds alternate within each repetition, so a slow spell of a shared machine hits
+    // them all; the best of the repetitions counts.
+    let reps = 30;
+    let mut best = vec![f64::INFINITY; kinds.len()];
+    let mut flops = vec![0.0; kinds.len()];
+    for _ in 0..reps {
+        for (k, kind) in kinds.iter().enumerate() {
+            let start = Instant::now();
+            let mut flop = 0.0;
+            for c in cases.iter_mut().filter(|c| c.kind == *kind) {
+                c.run();
+                flop += 2.0 * c.shape.macs() as f64;
+            }
+            best[k] = best[k].min(start.elapsed().as_secs_f64());
+            flops[k] = flop;
+        }
+    }
+    let mut total_ms = 0.0;
+    let mut total_flop = 0.0;
+    for (k, kind) in kinds.iter().enumerate() {
+        if !kind.contains("(L1)") {
+            total_ms += best[k] * 1e3;
+            total_flop += flops[k];
+        }
+        println!(
+            "{kind:16} {:7.2} ms  {:6.1} GFLOP/s",
+            best[k] * 1e3,
+            flops[k] / best[k] / 1e9
+        );
+    }
+    println!(
+        "{:16} {:7.2} ms  {:6.1} GFLOP/s",
+        "all convs",
+        total_ms,
+        total_flop / total_ms / 1e6
+    );
+}
