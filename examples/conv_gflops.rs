@@ -69,7 +69,7 @@ fn cases() -> Vec<Case> {
             // Bottleneck 1x1: reads the block buffer with norm1 as prologue, writes the
             // interior of conv2's padded input with norm2 as epilogue.
             v.push(Case {
-                kind: if hw == 7 { "1x1 7x7" } else { "1x1 bottleneck" },
+                kind: ["1x1 56x56", "1x1 28x28", "1x1 14x14", "1x1 7x7"][bi],
                 shape: ConvShape {
                     n: 1,
                     out_h: hw,
@@ -92,7 +92,7 @@ fn cases() -> Vec<Case> {
                 },
             });
             v.push(Case {
-                kind: if hw == 7 { "3x3 7x7" } else { "3x3" },
+                kind: ["3x3 56x56", "3x3 28x28", "3x3 14x14", "3x3 7x7"][bi],
                 shape: ConvShape {
                     n: 1,
                     out_h: hw,
