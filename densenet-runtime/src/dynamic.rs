@@ -32,11 +32,15 @@ impl DynamicModel {
     /// A model of `architecture` (checked, e.g. by `densenet_spec::check`) with the
     /// deterministic initial weights a generated model of it gets from `init(seed)`.
     pub fn init(architecture: Architecture, seed: u64) -> Self {
+        Self::init_with(architecture, &mut Rng::new(seed))
+    }
+
+    /// [`init`](Self::init) drawing from `rng`.
+    pub fn init_with(architecture: Architecture, rng: &mut Rng) -> Self {
         let plan = Plan::new(&architecture);
         let arch = &architecture;
-        let mut rng = Rng::new(seed);
         let eps = arch.eps;
-        let conv = stem_conv(arch.stem, plan.stem.c_in, plan.stem.c_out, &mut rng);
+        let conv = stem_conv(arch.stem, plan.stem.c_in, plan.stem.c_out, rng);
         let norm = (arch.stem == Stem::ImageNet).then(|| BatchNorm2d::init(plan.stem.c_out, eps));
         let mut blocks = Vec::new();
         let mut transitions = Vec::new();
@@ -50,20 +54,20 @@ impl DynamicModel {
                             arch.growth,
                             bn_size,
                             eps,
-                            &mut rng,
+                            rng,
                         )
                     })
                     .collect(),
             );
             if let Some(t) = plan.transitions.get(i) {
                 let norm = BatchNorm2d::init(t.c_in, eps);
-                let conv = Conv2d::init(t.c_in, t.c_out, 1, Conv2dConfig::default(), &mut rng);
+                let conv = Conv2d::init(t.c_in, t.c_out, 1, Conv2dConfig::default(), rng);
                 transitions.push((norm, conv));
             }
         }
         let head_norm = BatchNorm2d::init(plan.head_channels, eps);
         let classifier = (arch.head == Head::Classifier)
-            .then(|| Linear::init(plan.head_channels, arch.classes, &mut rng));
+            .then(|| Linear::init(plan.head_channels, arch.classes, rng));
         DynamicModel {
             architecture,
             plan,
@@ -83,7 +87,8 @@ impl DynamicModel {
         bytes: &[u8],
         naming: Naming,
     ) -> Result<Self, LoadError> {
-        let mut model = DynamicModel::init(architecture.clone(), 0);
+        // Every weight gets overwritten: skip drawing the initial ones.
+        let mut model = DynamicModel::init_with(architecture.clone(), &mut Rng::zeros());
         weights::load_into(&architecture, &mut model, bytes, naming)?;
         Ok(model)
     }

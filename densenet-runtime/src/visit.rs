@@ -7,6 +7,7 @@
 use densenet_spec::{Architecture, Head};
 
 use crate::layers::{BatchNorm2d, Conv2d, DenseLayer, Linear};
+use crate::rng::Rng;
 
 /// Where a layer sits in the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -150,7 +151,12 @@ pub trait Model: Sized {
     const ARCHITECTURE: Architecture;
 
     /// A model with deterministic initial weights.
-    fn init(seed: u64) -> Self;
+    fn init(seed: u64) -> Self {
+        Self::init_with(&mut Rng::new(seed))
+    }
+
+    /// [`init`](Self::init) drawing from `rng`.
+    fn init_with(rng: &mut Rng) -> Self;
 
     /// The stages in network order.
     fn stages(&self) -> Vec<StageRef<'_>>;

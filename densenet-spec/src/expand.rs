@@ -60,7 +60,7 @@ pub fn expand_model(
         plan.stem.c_in, plan.stem.c_out, plan.stem.height, plan.stem.width
     );
     fields.push(quote!(#[doc = #stem_doc] pub stem: #stem_ty));
-    inits.push(quote!(stem: <#stem_ty>::init(&mut rng, eps)));
+    inits.push(quote!(stem: <#stem_ty>::init(rng, eps)));
     visits.push((quote!(stem), quote!()));
 
     for (i, block) in plan.blocks.iter().enumerate() {
@@ -77,7 +77,7 @@ pub fn expand_model(
             block.width
         );
         fields.push(quote!(#[doc = #doc] pub #field: #ty));
-        inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
+        inits.push(quote!(#field: <#ty>::init(rng, eps)));
         visits.push((quote!(#field), lit(i + 1).into_token_stream()));
         if let Some(t) = plan.transitions.get(i) {
             let field = format_ident!("transition{}", i + 1);
@@ -92,7 +92,7 @@ pub fn expand_model(
                 t.width
             );
             fields.push(quote!(#[doc = #doc] pub #field: #ty));
-            inits.push(quote!(#field: <#ty>::init(&mut rng, eps)));
+            inits.push(quote!(#field: <#ty>::init(rng, eps)));
             visits.push((quote!(#field), lit(i + 1).into_token_stream()));
         }
     }
@@ -146,7 +146,7 @@ pub fn expand_model(
         ),
     };
     fields.push(quote!(#[doc = #head_doc] pub head: #head_ty));
-    inits.push(quote!(head: <#head_ty>::init(&mut rng, eps)));
+    inits.push(quote!(head: <#head_ty>::init(rng, eps)));
 
     let arch_const = architecture_const(arch, rt);
     let [ic, ih, iw] = arch.input.map(lit);
@@ -225,7 +225,11 @@ pub fn expand_model(
             /// A model with deterministic initial weights: Kaiming-normal convs, BatchNorm
             /// gamma 1 and beta 0, linear bias 0.
             pub fn init(seed: u64) -> Self {
-                let mut rng = #rt::Rng::new(seed);
+                Self::init_with(&mut #rt::Rng::new(seed))
+            }
+
+            /// [`init`](Self::init) drawing from `rng`.
+            pub fn init_with(rng: &mut #rt::Rng) -> Self {
                 let eps = Self::ARCHITECTURE.eps;
                 Self { #(#inits,)* }
             }
@@ -345,8 +349,8 @@ pub fn expand_model(
         impl #rt::Model for #name {
             const ARCHITECTURE: #rt::spec::Architecture = <#name>::ARCHITECTURE;
 
-            fn init(seed: u64) -> Self {
-                <#name>::init(seed)
+            fn init_with(rng: &mut #rt::Rng) -> Self {
+                <#name>::init_with(rng)
             }
 
             fn stages(&self) -> ::std::vec::Vec<#rt::StageRef<'_>> {

@@ -18,6 +18,7 @@ pub use naming::Naming;
 use naming::Tensor;
 
 use crate::error::LoadError;
+use crate::rng::Rng;
 use crate::spec::Architecture;
 use crate::visit::{LayerMut, LayerName, LayerRef, Model};
 
@@ -27,7 +28,8 @@ use crate::visit::{LayerMut, LayerName, LayerRef, Model};
 /// # Errors
 /// A [`LoadError`] naming the tensor and what was wrong; the model is never half-loaded.
 pub fn from_bytes<M: Model>(bytes: &[u8], naming: Naming) -> Result<M, LoadError> {
-    let mut model = M::init(0);
+    // Every weight gets overwritten: skip drawing 8 million normal samples.
+    let mut model = M::init_with(&mut Rng::zeros());
     load_into(&M::ARCHITECTURE, &mut model, bytes, naming)?;
     Ok(model)
 }

@@ -74,40 +74,40 @@ impl DenseNetBC100K12 {
     /// A model with deterministic initial weights: Kaiming-normal convs, BatchNorm
     /// gamma 1 and beta 0, linear bias 0.
     pub fn init(seed: u64) -> Self {
-        let mut rng = ::densenet::runtime::Rng::new(seed);
+        Self::init_with(&mut ::densenet::runtime::Rng::new(seed))
+    }
+    /// [`init`](Self::init) drawing from `rng`.
+    pub fn init_with(rng: &mut ::densenet::runtime::Rng) -> Self {
         let eps = Self::ARCHITECTURE.eps;
         Self {
-            stem: <::densenet::runtime::layers::CifarStem<3, 24>>::init(&mut rng, eps),
+            stem: <::densenet::runtime::layers::CifarStem<3, 24>>::init(rng, eps),
             block1: <::densenet::runtime::layers::DenseBlock<
                 24,
                 16,
                 12,
                 4,
-            >>::init(&mut rng, eps),
+            >>::init(rng, eps),
             transition1: <::densenet::runtime::layers::Transition<
                 216,
                 108,
-            >>::init(&mut rng, eps),
+            >>::init(rng, eps),
             block2: <::densenet::runtime::layers::DenseBlock<
                 108,
                 16,
                 12,
                 4,
-            >>::init(&mut rng, eps),
+            >>::init(rng, eps),
             transition2: <::densenet::runtime::layers::Transition<
                 300,
                 150,
-            >>::init(&mut rng, eps),
+            >>::init(rng, eps),
             block3: <::densenet::runtime::layers::DenseBlock<
                 150,
                 16,
                 12,
                 4,
-            >>::init(&mut rng, eps),
-            head: <::densenet::runtime::layers::ClassifierHead<
-                342,
-                10,
-            >>::init(&mut rng, eps),
+            >>::init(rng, eps),
+            head: <::densenet::runtime::layers::ClassifierHead<342, 10>>::init(rng, eps),
         }
     }
     /// Loads weights from a safetensors file in torchvision/timm or Keras naming
@@ -238,8 +238,8 @@ impl DenseNetBC100K12 {
 #[automatically_derived]
 impl ::densenet::runtime::Model for DenseNetBC100K12 {
     const ARCHITECTURE: ::densenet::runtime::spec::Architecture = <DenseNetBC100K12>::ARCHITECTURE;
-    fn init(seed: u64) -> Self {
-        <DenseNetBC100K12>::init(seed)
+    fn init_with(rng: &mut ::densenet::runtime::Rng) -> Self {
+        <DenseNetBC100K12>::init_with(rng)
     }
     fn stages(&self) -> ::std::vec::Vec<::densenet::runtime::StageRef<'_>> {
         ::std::vec::Vec::from(self.stage_array())
