@@ -3,10 +3,12 @@
 //! im2col copies every input value `kh·kw` times before the GEMM reads it again; on
 //! DenseNet's 3x3 convolutions that copy costs about as much as the product itself.
 //! Here the GEMM's left matrix is never built: a tile of up to 14 consecutive output
-//! pixels of one output row × up to 32 output channels accumulates in 28 of the 32 zmm
+//! pixels of one output row (for a 1x1 convolution on maps narrower than a tile, of the
+//! batch's pixels in order) × up to 32 output channels accumulates in 28 of the 32 zmm
 //! registers while the kernel walks the taps and input channels, broadcasting input
 //! values straight from the image and loading weight rows from the HWIO weight as it is
-//! stored (its `kh·kw·c_in` rows are the GEMM's right matrix already; no packing).
+//! stored (its `kh·kw·c_in` rows are the GEMM's right matrix already; no packing), each
+//! prefetched a few rows ahead.
 //!
 //! Padding is the caller's: the input must carry its zero border (the runtime writes
 //! BN-ReLU outputs into padded buffers at no extra cost), so the kernel has no edge
@@ -315,7 +317,7 @@ pub fn direct_conv_reference(
 /// before the conv) with the HWIO weight `[kernel_h, kernel_w, c_in, c_out]` into `out`
 /// at `out_layout`, applying `epilogue`; elements of `out` outside the layout's `(n, out_h, out_w, c_out)` block
 /// are not touched. Large convolutions use rayon's threads (`parallel`), one output
-/// row per task; each output element is computed by one thread in a fixed order, so
+/// row (or one tile, see `Job::flat`) per task; each output element is computed by one thread in a fixed order, so
 /// results do not depend on the thread count.
 ///
 /// Returns `false`, touching nothing, when the CPU has no AVX-512 or the window has more
@@ -649,6 +651,15 @@ mod avx512 {
         output: [usize; MAX_TILE],
     }
 
+    /// [`relu`](super::relu) of 16 lanes: `y <= 0 → 0`, so NaN stays NaN (as torch's
+    /// relu) and -0.0 becomes 0.0.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn relu16(y: __m512) -> __m512 {
+        let zero = _mm512_setzero_ps();
+        _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(y, zero), zero)
+    }
+
     /// Writes `relu(scale[ci]·x + shift[ci])` of input pixel `i < offsets.len()`,
     /// channel `ci < kc` (at `src + offsets[i] + ci`) to `dst[i·kc + ci]`: a prologue's
     /// BatchNorm-ReLU applied while a tile's inputs are packed. The runtime's ReLU
@@ -667,7 +678,6 @@ mod avx512 {
         (scale, shift): (*const f32, *const f32),
         dst: *mut f32,
     ) {
-        let zero = _mm512_setzero_ps();
         for c0 in (0..kc).step_by(16) {
             let mask: __mmask16 = if kc - c0 >= 16 {
                 0xffff
@@ -688,12 +698,7 @@ mod avx512 {
                     // Multiply then add, unfused: the same rounding as the runtime's
                     // other BatchNorm-ReLU passes.
                     let y = _mm512_add_ps(_mm512_mul_ps(x, sv), tv);
-                    let le_zero = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(y, zero);
-                    _mm512_mask_storeu_ps(
-                        dst.add(i * kc + c0),
-                        mask,
-                        _mm512_mask_mov_ps(y, le_zero, zero),
-                    );
+                    _mm512_mask_storeu_ps(dst.add(i * kc + c0), mask, relu16(y));
                 }
             }
         }
@@ -813,7 +818,6 @@ mod avx512 {
         }
         let (scale, shift) = epilogue;
         if !scale.is_null() {
-            let zero = _mm512_setzero_ps();
             for v in 0..NV {
                 // SAFETY: `scale` and `shift` hold the tile's unmasked columns.
                 let (sv, tv) = unsafe {
@@ -823,11 +827,7 @@ mod avx512 {
                     )
                 };
                 for acc in acc.iter_mut() {
-                    // ReLU as the runtime's BatchNorm-ReLU: `y <= 0 → 0`, so NaN stays
-                    // NaN (as torch's relu) and -0.0 becomes 0.0.
-                    let y = _mm512_fmadd_ps(acc[v], sv, tv);
-                    let le_zero = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(y, zero);
-                    acc[v] = _mm512_mask_mov_ps(y, le_zero, zero);
+                    acc[v] = relu16(_mm512_fmadd_ps(acc[v], sv, tv));
                 }
             }
         }
