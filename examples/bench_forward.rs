@@ -15,6 +15,8 @@
 //! - `--input PATH`: raw little-endian `f32` NCHW input of the right size (default: a
 //!   deterministic pattern); `--output PATH`: writes the first pass's logits there, raw
 //!   little-endian `f32`, row-major `(N, classes)`;
+//! - `--kernels best|avx2|portable`: the convolution kernels: the best this CPU has
+//!   (default), the AVX2 ones even on an AVX-512 CPU, or the portable im2col + GEMM path;
 //! - `--into`: times `forward_into` with one reused `Workspace` and output array (no
 //!   allocation per pass) instead of `forward` (thread-local workspace, new output);
 //!   the JSON line then says `"api": "forward_into"`;
@@ -35,6 +37,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use densenet::ndarray::{Array2, Array4, ArrayView4};
+use densenet::runtime::kernels::direct_conv::{force_avx2, force_portable};
 use densenet::runtime::{input_to_nhwc, Workspace};
 use densenet::{densenet, densenet_yaml};
 
@@ -58,11 +61,12 @@ struct Args {
     stages: bool,
     serve: bool,
     into: bool,
+    kernels: String,
 }
 
 const USAGE: &str = "usage: bench_forward [--model densenet121|densenet_bc100_k12] [--batch N] \
 [--iters K] [--warmup W] [--threads T] [--weights PATH] [--input PATH] [--output PATH] \
-[--stages] [--serve] [--into]";
+[--stages] [--serve] [--into] [--kernels best|avx2|portable]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -77,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
         stages: false,
         serve: false,
         into: false,
+        kernels: "best".to_owned(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -97,12 +102,23 @@ fn parse_args() -> Result<Args, String> {
             "--stages" => args.stages = true,
             "--serve" => args.serve = true,
             "--into" => args.into = true,
+            "--kernels" => args.kernels = value()?,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
     if args.batch == 0 {
         return Err("--batch must be at least 1".to_owned());
+    }
+    match args.kernels.as_str() {
+        "best" => {}
+        "avx2" => force_avx2(true),
+        "portable" => force_portable(true),
+        other => {
+            return Err(format!(
+                "--kernels: `{other}` is not best, avx2 or portable"
+            ))
+        }
     }
     Ok(args)
 }

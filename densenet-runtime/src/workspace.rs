@@ -44,7 +44,7 @@ use crate::{input_to_nhwc, Error};
 pub struct Workspace {
     arena: Vec<f32>,
     used: usize,
-    /// im2col matrices of CPUs without AVX-512: outside the planned arena, never
+    /// im2col matrices of CPUs without AVX-512 or AVX2: outside the planned arena, never
     /// touched where the direct convolution kernel runs.
     fallback: Vec<f32>,
 }

@@ -214,7 +214,7 @@ impl Conv2d {
 
     /// The one implementation of a convolution's forward pass, with the window given
     /// (the workspace path passes padding 0 for an input it padded itself) and an
-    /// epilogue. A window with no padding runs on the direct kernel (AVX-512; it
+    /// epilogue. A window with no padding runs on the direct kernel (AVX-512 or AVX2; it
     /// declines elsewhere); otherwise a 1x1 convolution is one GEMM of `x` and any
     /// other builds im2col matrices in `scratch`, at most `scratch_limit` floats (whole
     /// images, at least one) at a time.

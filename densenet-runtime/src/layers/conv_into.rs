@@ -5,7 +5,7 @@
 //! - Every convolution runs on the direct AVX-512 kernel
 //!   ([`direct_conv`](crate::kernels::direct_conv::direct_conv)): no im2col, no scratch
 //!   (the kernel selection itself is `Conv2d`'s, shared with its `forward_into`).
-//! - On a CPU without AVX-512, a 1x1 convolution is one GEMM of the input and a window
+//! - On a CPU without AVX-512 or AVX2, a 1x1 convolution is one GEMM of the input and a window
 //!   runs as im2col + GEMM with its matrix in the `fallback` vector (grown on first use,
 //!   outside the planned arena: the arena that `densenet_spec::ArenaPlan` plans, and
 //!   generated models' `ARENA_FLOATS` state, is the AVX-512 path's).
@@ -52,7 +52,7 @@ pub fn conv2d_into(
 /// is zeroed. This is DenseNet-B's bottleneck: norm1 and its ReLU, conv1, then norm2 and
 /// the ReLU, in one pass over the block's buffer, so neither the normalised input nor
 /// the un-normalised bottleneck output is stored. `fallback` holds the normalised
-/// input on CPUs without AVX-512.
+/// input on CPUs without AVX-512 or AVX2.
 ///
 /// # Panics
 ///

@@ -165,7 +165,7 @@ pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) 
 /// widest layer), `scratch` at least the sum of [`dense_block_scratch`] for one image
 /// (a batch runs image by image), carved as
 /// `normed | bottleneck_padded`; `fallback` is the im2col matrix of CPUs
-/// without AVX-512 ([`conv2d_into`]). Returns the scratch floats used.
+/// without AVX-512 or AVX2 ([`conv2d_into`]). Returns the scratch floats used.
 ///
 /// A plain layer's BN-ReLU is written zero-padded by 1, so its 3x3 conv runs unpadded
 /// (on the direct kernel); a bottleneck layer's 1x1 conv reads the block buffer through

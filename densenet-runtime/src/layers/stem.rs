@@ -42,7 +42,7 @@ pub fn stem_forward(
 /// result is written into `out`, `n·oh·ow` pixels `out_stride` apart (the first
 /// `c_out` floats of each): the first channels of dense block 1's concatenation buffer.
 /// `bn_params` holds `2·c_out` floats of BatchNorm scale/shift; `fallback` is the
-/// im2col matrix of CPUs without AVX-512 ([`conv2d_into`]). Returns the scratch floats
+/// im2col matrix of CPUs without AVX-512 or AVX2 ([`conv2d_into`]). Returns the scratch floats
 /// used: the padded input, and for an ImageNet stem the conv output.
 ///
 /// # Panics

@@ -1,11 +1,12 @@
-//! Direct convolution of zero-padded NHWC images by register-tiled AVX-512 microkernels.
+//! Direct convolution of zero-padded NHWC images by register-tiled AVX-512 or AVX2
+//! microkernels.
 //!
 //! im2col copies every input value `kh·kw` times before the GEMM reads it again; on
 //! DenseNet's 3x3 convolutions that copy costs about as much as the product itself.
 //! Here the GEMM's left matrix is never built: a tile of up to 14 consecutive output
 //! pixels of one output row (for a 1x1 convolution on maps narrower than a tile, of the
 //! batch's pixels in order) × up to 32 output channels accumulates in 28 of the 32 zmm
-//! registers while the kernel walks the taps and input channels, broadcasting input
+//! registers (AVX2: 6 pixels × 16 channels in 12 of 16 ymm) while the kernel walks the taps and input channels, broadcasting input
 //! values straight from the image and loading weight rows from the HWIO weight as it is
 //! stored (its `kh·kw·c_in` rows are the GEMM's right matrix already; no packing), each
 //! prefetched a few rows ahead.
@@ -19,9 +20,12 @@
 //! An optional epilogue applies a per-channel `relu(scale·x + shift)` before the store:
 //! a BatchNorm and ReLU that follow the convolution (DenseNet-B's `norm2`) cost nothing.
 //!
-//! [`direct_conv`] is the checked entry point: it returns `false` without touching the
-//! output when the CPU lacks AVX-512 (the caller then takes the im2col + GEMM path), and
-//! [`direct_conv_reference`] is the plain-loop oracle of the tests.
+//! [`direct_conv`] is the checked entry point: it picks the instruction set at run time
+//! and returns `false` without touching the output when the CPU has neither (the caller
+//! then takes the im2col + GEMM path), and [`direct_conv_reference`] is the plain-loop
+//! oracle of the tests, which run every kernel the CPU has against it. The layout:
+//! `job.rs` splits a call into tasks and tiles for any instruction set; `avx512.rs` and
+//! `avx2.rs` hold the register-tiled kernels.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -155,6 +159,8 @@ const PARALLEL_MACS: usize = 1 << 20;
 
 /// Set by [`force_portable`].
 static PORTABLE: AtomicBool = AtomicBool::new(false);
+/// Set by [`force_avx2`].
+static AVX2_ONLY: AtomicBool = AtomicBool::new(false);
 
 /// Makes [`available`] false (or true again, where the CPU allows) for the whole
 /// process, so the portable im2col + GEMM paths run even on an AVX-512 CPU: for tests
@@ -163,20 +169,43 @@ pub fn force_portable(portable: bool) {
     PORTABLE.store(portable, Ordering::Relaxed);
 }
 
-/// Whether [`direct_conv`] runs on this CPU (AVX-512F, detected at run time), unless
-/// [`force_portable`] turned it off.
-pub fn available() -> bool {
+/// Makes [`direct_conv`] use its AVX2 kernels even on a CPU with AVX-512 (or its best
+/// again), for the whole process: for tests and benchmarks of the AVX2 path.
+pub fn force_avx2(avx2: bool) {
+    AVX2_ONLY.store(avx2, Ordering::Relaxed);
+}
+
+/// The instruction sets [`direct_conv`] has kernels for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// AVX-512F: 14-pixel × 32-channel tiles.
+    Avx512,
+    /// AVX2 and FMA: 6-pixel × 16-channel tiles.
+    Avx2,
+}
+
+/// The best instruction set of this CPU that [`direct_conv`] has kernels for (detected
+/// at run time), as limited by [`force_portable`] and [`force_avx2`].
+fn isa() -> Option<Isa> {
     if PORTABLE.load(Ordering::Relaxed) {
-        return false;
+        return None;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f")
+        if std::is_x86_feature_detected!("avx512f") && !AVX2_ONLY.load(Ordering::Relaxed) {
+            return Some(Isa::Avx512);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Some(Isa::Avx2);
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    None
+}
+
+/// Whether [`direct_conv`] runs on this CPU (AVX-512F, or AVX2 with FMA, detected at
+/// run time), unless [`force_portable`] turned it off.
+pub fn available() -> bool {
+    isa().is_some()
 }
 
 /// The ways a call's geometry can be wrong (caller bugs, reported by panic).
@@ -318,7 +347,7 @@ pub fn direct_conv_reference(
 /// row (or one tile, see `Job::flat`) per task; each output element is computed by one thread in a fixed order, so
 /// results do not depend on the thread count.
 ///
-/// Returns `false`, touching nothing, when the CPU has no AVX-512 or the window has more
+/// Returns `false`, touching nothing, when the CPU has neither AVX-512 nor AVX2 + FMA, or the window has more
 /// than 49 taps: the caller then uses its portable path.
 ///
 /// # Panics
@@ -350,7 +379,39 @@ pub fn direct_conv(
         out.len(),
         out_layout,
     );
-    if !available() || shape.kernel_h * shape.kernel_w > MAX_TAPS {
+    let Some(isa) = isa() else {
+        return false;
+    };
+    run(
+        isa,
+        input,
+        input_layout,
+        prologue,
+        weight,
+        shape,
+        epilogue,
+        out,
+        out_layout,
+        parallel,
+    )
+}
+
+/// [`direct_conv`] after its checks, on the kernels of `isa` (which the CPU must have:
+/// `isa()` detected it, or a test checked it): `false` for a window of more than 49 taps.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    isa: Isa,
+    input: &[f32],
+    input_layout: ImageLayout,
+    prologue: Epilogue<'_>,
+    weight: &[f32],
+    shape: ConvShape,
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+    out_layout: ImageLayout,
+    parallel: bool,
+) -> bool {
+    if shape.kernel_h * shape.kernel_w > MAX_TAPS {
         return false;
     }
     if shape.macs() == 0 {
@@ -358,27 +419,60 @@ pub fn direct_conv(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let job = job::Job::<avx512::Avx512>::new(
-            input,
-            input_layout,
-            prologue,
-            weight,
-            shape,
-            epilogue,
-            out,
-            out_layout,
-        );
-        // One task per output row, or per tile (see `Job::flat`): even a 7x7 map gives
-        // two threads 4 tasks to share.
-        let tasks = job.tasks();
-        if parallel && shape.macs() >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
-            (0..tasks).into_par_iter().for_each(|t| job.task(t));
-        } else {
-            (0..tasks).for_each(|t| job.task(t));
+        /// Runs a job's tasks, on rayon's threads when it is worth it.
+        fn tasks<K: job::Microkernel>(job: job::Job<K>, parallel: bool, macs: usize) {
+            // One task per output row, or per tile (see `Job::flat`): even a 7x7 map
+            // gives two threads 4 tasks to share.
+            let tasks = job.tasks();
+            if parallel && macs >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
+                (0..tasks).into_par_iter().for_each(|t| job.task(t));
+            } else {
+                (0..tasks).for_each(|t| job.task(t));
+            }
+        }
+        match isa {
+            Isa::Avx512 => tasks(
+                job::Job::<avx512::Avx512>::new(
+                    input,
+                    input_layout,
+                    prologue,
+                    weight,
+                    shape,
+                    epilogue,
+                    out,
+                    out_layout,
+                ),
+                parallel,
+                shape.macs(),
+            ),
+            Isa::Avx2 => tasks(
+                job::Job::<avx2::Avx2>::new(
+                    input,
+                    input_layout,
+                    prologue,
+                    weight,
+                    shape,
+                    epilogue,
+                    out,
+                    out_layout,
+                ),
+                parallel,
+                shape.macs(),
+            ),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = parallel;
+    let _ = (
+        isa,
+        input,
+        input_layout,
+        prologue,
+        weight,
+        epilogue,
+        out,
+        out_layout,
+        parallel,
+    );
     true
 }
 
@@ -391,6 +485,8 @@ fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
     (start, base + usize::from(t < extra))
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -501,25 +597,55 @@ mod tests {
             &mut expected,
             out_layout,
         );
-        let mut actual = sentinel;
-        if !direct_conv(
-            &input,
-            input_layout,
-            prologue,
-            &weight,
-            s,
-            epilogue,
-            &mut actual,
-            out_layout,
-            parallel,
-        ) {
-            eprintln!("no AVX-512 here: direct_conv declined, nothing to compare");
-            return;
+        // Every instruction set this CPU has kernels for, each against the oracle.
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|&isa| has(isa))
+            .collect();
+        if isas.is_empty() {
+            eprintln!("no AVX-512 or AVX2 here: nothing to compare");
         }
-        let k = (s.kernel_h * s.kernel_w * s.c_in) as f32;
-        for (i, (&e, &a)) in expected.iter().zip(&actual).enumerate() {
-            let tol = 1e-5 * k.sqrt() * e.abs().max(1.0);
-            assert!((e - a).abs() <= tol, "{shape:?}: element {i}: {a} vs {e}");
+        for isa in isas {
+            let mut actual = sentinel.clone();
+            let ran = run(
+                isa,
+                &input,
+                input_layout,
+                prologue,
+                &weight,
+                s,
+                epilogue,
+                &mut actual,
+                out_layout,
+                parallel,
+            );
+            assert!(ran, "{isa:?} declined {shape:?}");
+            let k = (s.kernel_h * s.kernel_w * s.c_in) as f32;
+            for (i, (&e, &a)) in expected.iter().zip(&actual).enumerate() {
+                let tol = 1e-5 * k.sqrt() * e.abs().max(1.0);
+                assert!(
+                    (e - a).abs() <= tol,
+                    "{isa:?} {shape:?}: element {i}: {a} vs {e}"
+                );
+            }
+        }
+    }
+
+    /// Whether this CPU runs `isa`'s kernels.
+    fn has(isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match isa {
+                Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa;
+            false
         }
     }
 

@@ -1,0 +1,67 @@
+//! The AVX2 kernels, which x86-64 CPUs without AVX-512 run: forced here with
+//! `force_avx2` (this file is its own test process, so the switch does not reach other
+//! tests), and checked like the AVX-512 ones are: against torchvision's logits on the
+//! weight fixture, and against the reference path.
+
+#[allow(dead_code)] // shared helpers; this file uses two of them
+mod common;
+
+use common::{fixture, read_f32};
+use densenet::ndarray::{Array2, Array4};
+use densenet::runtime::kernels::direct_conv::{available, force_avx2};
+use densenet::runtime::{forward_reference, Model, Workspace};
+use densenet::{densenet, densenet_yaml};
+use safetensors::SafeTensors;
+
+densenet! {
+    TorchvisionSmall<growth: 8, blocks: [2, 3, 4, 2], init_features: 16, theta: 0.5, input: [3, 64, 64], classes: 10>
+}
+densenet_yaml!("specs/densenet40_k12.yaml");
+
+fn assert_close(actual: &Array2<f32>, expected: &Array2<f32>, tol: f32) {
+    assert_eq!(actual.shape(), expected.shape());
+    let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    for (a, e) in actual.iter().zip(expected) {
+        assert!((a - e).abs() <= tol * scale, "{a} vs {e}");
+    }
+}
+
+#[test]
+fn avx2_kernels_match_torchvision_and_the_reference() {
+    if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+        eprintln!("no AVX2 + FMA here: nothing to check");
+        return;
+    }
+    force_avx2(true);
+    assert!(available());
+
+    // torchvision's logits for the fixture weights and input (tools/make_fixtures.py).
+    let model =
+        TorchvisionSmall::load_safetensors(fixture("torchvision_small.safetensors")).unwrap();
+    let bytes = std::fs::read(fixture("torchvision_small.io.safetensors")).unwrap();
+    let io = SafeTensors::deserialize(&bytes).unwrap();
+    let (xs, x) = read_f32(&io, "input");
+    let (ys, y) = read_f32(&io, "output");
+    let x = Array4::from_shape_vec((xs[0], xs[1], xs[2], xs[3]), x).unwrap();
+    let expected = Array2::from_shape_vec((ys[0], ys[1]), y).unwrap();
+    let mut ws = Workspace::new();
+    let mut out = Array2::zeros(expected.dim());
+    model
+        .forward_into(x.view(), &mut ws, out.view_mut())
+        .unwrap();
+    assert_close(&out, &expected, 1e-4);
+
+    // DenseNet-40 (k = 12: masked 4-channel vectors; no bottlenecks) against the
+    // reference path.
+    let plain = DenseNet40K12::init(4);
+    let x = Array4::from_shape_fn((2, 3, 32, 32), |(b, c, y, x)| {
+        ((b * 17 + c * 7 + y * 3 + x * 5) % 29) as f32 / 29.0 - 0.5
+    });
+    let mut out = Array2::zeros((2, 10));
+    plain
+        .forward_into(x.view(), &mut ws, out.view_mut())
+        .unwrap();
+    let reference = forward_reference(plain.stages(), DenseNet40K12::INPUT, x.view()).unwrap();
+    assert_close(&out, &reference.into_dimensionality().unwrap(), 1e-5);
+    force_avx2(false);
+}
