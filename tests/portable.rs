@@ -1,4 +1,4 @@
-//! The portable path (im2col + the `gemm` crate), which CPUs without AVX-512 run: forced
+//! The portable path (im2col + the `gemm` crate), which CPUs without AVX-512 or AVX2 run: forced
 //! here with `force_portable` (this file is its own test process, so the switch does
 //! not reach other tests), and checked like the direct kernels are: against torchvision's
 //! logits on the weight fixture, and against the reference path.
