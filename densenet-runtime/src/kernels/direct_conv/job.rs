@@ -81,7 +81,7 @@ pub(super) struct Job<K> {
 }
 
 // SAFETY: `Job` only carries pointers derived from the borrows passed to `new`, which
-// outlive every use (the job lives inside `direct_conv`, which holds those borrows);
+// outlive every use (the job lives inside `run`, which holds those borrows);
 // the input, weight and epilogue are only read, and concurrent `task` calls write
 // disjoint output elements (`check` verified the output layout's strides), so sharing
 // the job across rayon's threads is sound.
@@ -237,8 +237,8 @@ impl<K: Microkernel> Job<K> {
                 // The prologue (a BatchNorm and ReLU before the conv) is applied
                 // while the tile's block of input channels is copied to `packed`,
                 // once for all panels.
-                // SAFETY: the CPU has `K`'s instruction set (`direct_conv` picked `K`
-                // by run-time detection). `len ≤ K::TILE` pixels.
+                // SAFETY: the CPU has `K`'s instruction set (`run` checked it before
+                // building the job). `len ≤ K::TILE` pixels.
                 // Channels `k0 .. k0 + kc` of each pixel's one tap are inside the
                 // input block `check` bounded by `input.len()`; `check` gave the
                 // prologue `c_in` values, read at `k0 .. k0 + kc`; all are only
@@ -264,8 +264,8 @@ impl<K: Microkernel> Job<K> {
                     (std::ptr::null(), std::ptr::null())
                 };
                 // SAFETY:
-                // - The CPU has `K`'s instruction set: `direct_conv` picked `K` by
-                //   run-time detection. `1 ≤ len ≤ K::TILE` (a tile span of at most
+                // - The CPU has `K`'s instruction set: `run` checked it before
+                //   building the job. `1 ≤ len ≤ K::TILE` (a tile span of at most
                 //   `K::TILE`) and `1 ≤ width ≤ K::PANEL`.
                 // - Reads: with a prologue, element `i·kc + ci < len·kc` of `packed`
                 //   (one tap; `kc ≤ MAX_BLOCK`). Otherwise pixel `i < len` at tap

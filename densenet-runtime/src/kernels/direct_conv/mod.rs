@@ -190,16 +190,28 @@ fn isa() -> Option<Isa> {
     if PORTABLE.load(Ordering::Relaxed) {
         return None;
     }
+    if supported(Isa::Avx512) && !AVX2_ONLY.load(Ordering::Relaxed) {
+        return Some(Isa::Avx512);
+    }
+    supported(Isa::Avx2).then_some(Isa::Avx2)
+}
+
+/// Whether this CPU runs `isa`'s kernels (detected at run time, cached by std).
+fn supported(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") && !AVX2_ONLY.load(Ordering::Relaxed) {
-            return Some(Isa::Avx512);
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Some(Isa::Avx2);
+        match isa {
+            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
         }
     }
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
 }
 
 /// Whether [`direct_conv`] runs on this CPU (AVX-512F, or AVX2 with FMA, detected at
@@ -369,17 +381,17 @@ pub fn direct_conv(
     out_layout: ImageLayout,
     parallel: bool,
 ) -> bool {
-    check(
-        input,
-        input_layout,
-        prologue,
-        weight,
-        shape,
-        epilogue,
-        out.len(),
-        out_layout,
-    );
     let Some(isa) = isa() else {
+        check(
+            input,
+            input_layout,
+            prologue,
+            weight,
+            shape,
+            epilogue,
+            out.len(),
+            out_layout,
+        );
         return false;
     };
     run(
@@ -396,8 +408,8 @@ pub fn direct_conv(
     )
 }
 
-/// [`direct_conv`] after its checks, on the kernels of `isa` (which the CPU must have:
-/// `isa()` detected it, or a test checked it): `false` for a window of more than 49 taps.
+/// [`direct_conv`] on the kernels of `isa`: the same checks and panics, then `false`,
+/// touching nothing, when the CPU lacks `isa` or the window has more than 49 taps.
 #[allow(clippy::too_many_arguments)]
 fn run(
     isa: Isa,
@@ -411,7 +423,17 @@ fn run(
     out_layout: ImageLayout,
     parallel: bool,
 ) -> bool {
-    if shape.kernel_h * shape.kernel_w > MAX_TAPS {
+    check(
+        input,
+        input_layout,
+        prologue,
+        weight,
+        shape,
+        epilogue,
+        out.len(),
+        out_layout,
+    );
+    if !supported(isa) || shape.kernel_h * shape.kernel_w > MAX_TAPS {
         return false;
     }
     if shape.macs() == 0 {
@@ -600,7 +622,7 @@ mod tests {
         // Every instruction set this CPU has kernels for, each against the oracle.
         let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
             .into_iter()
-            .filter(|&isa| has(isa))
+            .filter(|&isa| supported(isa))
             .collect();
         if isas.is_empty() {
             eprintln!("no AVX-512 or AVX2 here: nothing to compare");
@@ -628,24 +650,6 @@ mod tests {
                     "{isa:?} {shape:?}: element {i}: {a} vs {e}"
                 );
             }
-        }
-    }
-
-    /// Whether this CPU runs `isa`'s kernels.
-    fn has(isa: Isa) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match isa {
-                Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
-                Isa::Avx2 => {
-                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = isa;
-            false
         }
     }
 
