@@ -5,7 +5,10 @@
 
 use std::marker::PhantomData;
 
-use super::{tile_span, ConvShape, Epilogue, ImageLayout, MAX_BLOCK, MAX_TAPS, MAX_TILE};
+use super::{
+    tile_span, ConvShape, Epilogue, ImageLayout, BLOCK_WEIGHT_FLOATS, MAX_BLOCK, MAX_TAPS,
+    MAX_TILE, MIN_BLOCK,
+};
 
 /// An instruction set's register-tiled kernels.
 pub(super) trait Microkernel {
@@ -213,7 +216,9 @@ impl<K: Microkernel> Job<K> {
         let taps = &self.taps[..s.kernel_h * s.kernel_w];
         let len = pixels.len;
         let block = if taps.len() == 1 {
-            MAX_BLOCK.min(s.c_in)
+            (BLOCK_WEIGHT_FLOATS / s.c_out)
+                .clamp(MIN_BLOCK, MAX_BLOCK)
+                .min(s.c_in)
         } else {
             s.c_in
         };
