@@ -3,10 +3,10 @@
 //! not reach other tests), and checked like the direct kernels are: against torchvision's
 //! logits on the weight fixture, and against the reference path.
 
-#[allow(dead_code)] // shared helpers; this file uses two of them
+#[allow(dead_code)] // shared helpers; this file uses three of them
 mod common;
 
-use common::{fixture, read_f32};
+use common::{assert_close_scaled, fixture, read_f32};
 use densenet::ndarray::{Array2, Array4};
 use densenet::runtime::kernels::direct_conv::{available, force_portable};
 use densenet::runtime::{forward_reference, Model, Workspace};
@@ -17,14 +17,6 @@ densenet! {
     TorchvisionSmall<growth: 8, blocks: [2, 3, 4, 2], init_features: 16, theta: 0.5, input: [3, 64, 64], classes: 10>
 }
 densenet_yaml!("specs/densenet40_k12.yaml");
-
-fn assert_close(actual: &Array2<f32>, expected: &Array2<f32>, tol: f32) {
-    assert_eq!(actual.shape(), expected.shape());
-    let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    for (a, e) in actual.iter().zip(expected) {
-        assert!((a - e).abs() <= tol * scale, "{a} vs {e}");
-    }
-}
 
 #[test]
 fn portable_path_matches_torchvision_and_the_reference() {
@@ -45,7 +37,7 @@ fn portable_path_matches_torchvision_and_the_reference() {
     model
         .forward_into(x.view(), &mut ws, out.view_mut())
         .unwrap();
-    assert_close(&out, &expected, 1e-4);
+    assert_close_scaled(&out, &expected, 1e-4);
     assert_eq!(ws.capacity(), TorchvisionSmall::arena_floats(xs[0]));
 
     // A net without bottlenecks (3x3 convs straight on the block buffer's BN-ReLU).
@@ -58,6 +50,6 @@ fn portable_path_matches_torchvision_and_the_reference() {
         .forward_into(x.view(), &mut ws, out.view_mut())
         .unwrap();
     let reference = forward_reference(plain.stages(), DenseNet40K12::INPUT, x.view()).unwrap();
-    assert_close(&out, &reference.into_dimensionality().unwrap(), 1e-5);
+    assert_close_scaled(&out, &reference.into_dimensionality().unwrap(), 1e-5);
     force_portable(false);
 }

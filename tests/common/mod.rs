@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use densenet::ndarray::Array2;
 use densenet::runtime::{LayerName, Site};
 use safetensors::SafeTensors;
 
@@ -36,5 +37,16 @@ pub fn torchvision_layer(name: LayerName) -> String {
         Site::Transition { index } => format!("features.transition{index}.{part}"),
         Site::Head if part == "classifier" => "classifier".to_string(),
         Site::Head => format!("features.{part}"),
+    }
+}
+
+/// Asserts `actual` is within `tol` of `expected`, relative to the largest magnitude of
+/// `expected` (at least 1): logits compared as a whole.
+#[allow(dead_code)] // used by the forced-kernel tests only; each test file is a crate
+pub fn assert_close_scaled(actual: &Array2<f32>, expected: &Array2<f32>, tol: f32) {
+    assert_eq!(actual.shape(), expected.shape());
+    let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    for (a, e) in actual.iter().zip(expected) {
+        assert!((a - e).abs() <= tol * scale, "{a} vs {e}");
     }
 }

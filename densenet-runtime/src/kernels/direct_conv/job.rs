@@ -3,11 +3,11 @@
 //! block of input channels by block and panel of output channels by panel by a
 //! [`Microkernel`] (`avx512.rs`, `avx2.rs`).
 
-use std::marker::PhantomData;
+use rayon::prelude::*;
 
 use super::{
     tile_span, ConvShape, Epilogue, ImageLayout, BLOCK_WEIGHT_FLOATS, MAX_BLOCK, MAX_TAPS,
-    MAX_TILE, MIN_BLOCK,
+    MAX_TILE, MIN_BLOCK, PARALLEL_MACS,
 };
 
 /// An instruction set's register-tiled kernels.
@@ -68,7 +68,7 @@ pub(super) trait Microkernel {
 
 /// Everything a task needs, as raw pointers (the tasks of one call write disjoint
 /// outputs; see the SAFETY comment in [`Job::tile`]).
-pub(super) struct Job<K> {
+pub(super) struct Job {
     input: *const f32,
     input_layout: ImageLayout,
     /// The prologue's scale and shift (null: none).
@@ -80,7 +80,6 @@ pub(super) struct Job<K> {
     out: *mut f32,
     out_layout: ImageLayout,
     taps: [usize; MAX_TAPS],
-    kernel: PhantomData<K>,
 }
 
 // SAFETY: `Job` only carries pointers derived from the borrows passed to `new`, which
@@ -88,9 +87,9 @@ pub(super) struct Job<K> {
 // the input, weight and epilogue are only read, and concurrent `task` calls write
 // disjoint output elements (`check` verified the output layout's strides), so sharing
 // the job across rayon's threads is sound.
-unsafe impl<K> Sync for Job<K> {}
+unsafe impl Sync for Job {}
 
-impl<K: Microkernel> Job<K> {
+impl Job {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         input: &[f32],
@@ -128,7 +127,20 @@ impl<K: Microkernel> Job<K> {
             out: out.as_mut_ptr(),
             out_layout,
             taps,
-            kernel: PhantomData,
+        }
+    }
+
+    /// Runs every task with `K`'s kernels, on rayon's threads when `parallel` and the
+    /// convolution is large enough. Each output element is computed by one task in a
+    /// fixed order, so results do not depend on the thread count.
+    pub(super) fn run<K: Microkernel>(&self, parallel: bool) {
+        // One task per output row, or per tile (see `Job::flat`): even a 7x7 map gives
+        // two threads 4 tasks to share.
+        let tasks = self.tasks::<K>();
+        if parallel && self.shape.macs() >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
+            (0..tasks).into_par_iter().for_each(|t| self.task::<K>(t));
+        } else {
+            (0..tasks).for_each(|t| self.task::<K>(t));
         }
     }
 
@@ -138,7 +150,7 @@ impl<K: Microkernel> Job<K> {
     /// whose tile inputs are packed (a prologue) or evenly spaced (a dense input).
     /// A 7x7 map then fills 14-pixel tiles (4 of 12–13 pixels instead of 7 of 7):
     /// 10–13% faster on DenseNet-121's 7x7 1x1 convolutions and transitions.
-    pub(super) fn flat(&self) -> bool {
+    fn flat<K: Microkernel>(&self) -> bool {
         let (s, il) = (self.shape, self.input_layout);
         let dense = il.row_stride == s.out_w * il.pixel_stride
             && (s.n == 1 || il.image_stride == s.out_h * il.row_stride);
@@ -149,9 +161,9 @@ impl<K: Microkernel> Job<K> {
     }
 
     /// How many tasks [`Job::task`] takes: tiles when [`Job::flat`], else rows.
-    pub(super) fn tasks(&self) -> usize {
+    fn tasks<K: Microkernel>(&self) -> usize {
         let s = self.shape;
-        if self.flat() {
+        if self.flat::<K>() {
             (s.n * s.out_h * s.out_w).div_ceil(K::TILE)
         } else {
             s.n * s.out_h
@@ -160,7 +172,7 @@ impl<K: Microkernel> Job<K> {
 
     /// Computes task `t` of [`Job::tasks`]: tile `t` of the batch's pixels in order,
     /// or output row `t` (image `t / out_h`, row `t % out_h`) tile by tile.
-    pub(super) fn task(&self, t: usize) {
+    fn task<K: Microkernel>(&self, t: usize) {
         let s = self.shape;
         let (il, ol) = (self.input_layout, self.out_layout);
         let mut pixels = Pixels {
@@ -168,9 +180,9 @@ impl<K: Microkernel> Job<K> {
             input: [0; MAX_TILE],
             output: [0; MAX_TILE],
         };
-        if self.flat() {
+        if self.flat::<K>() {
             let total = s.n * s.out_h * s.out_w;
-            let (q0, len) = tile_span(total, t, self.tasks());
+            let (q0, len) = tile_span(total, t, self.tasks::<K>());
             pixels.len = len;
             let (mut b, mut y, mut x) = (
                 q0 / (s.out_h * s.out_w),
@@ -191,7 +203,7 @@ impl<K: Microkernel> Job<K> {
                     }
                 }
             }
-            self.tile(&pixels);
+            self.tile::<K>(&pixels);
         } else {
             let (b, oy) = (t / s.out_h, t % s.out_h);
             let tiles = s.out_w.div_ceil(K::TILE);
@@ -203,7 +215,7 @@ impl<K: Microkernel> Job<K> {
                     pixels.input[i] = il.index(b, oy * s.stride, x * s.stride, 0);
                     pixels.output[i] = ol.index(b, oy, x, 0);
                 }
-                self.tile(&pixels);
+                self.tile::<K>(&pixels);
             }
         }
     }
@@ -211,7 +223,7 @@ impl<K: Microkernel> Job<K> {
     /// Computes the output pixels of one tile, block of input channels by block
     /// (1x1 only; see `MAX_BLOCK`) and within a block panel by panel: the tile's
     /// inputs stay in L1 while the weight panels stream from L2.
-    fn tile(&self, pixels: &Pixels) {
+    fn tile<K: Microkernel>(&self, pixels: &Pixels) {
         let s = self.shape;
         let taps = &self.taps[..s.kernel_h * s.kernel_w];
         let len = pixels.len;

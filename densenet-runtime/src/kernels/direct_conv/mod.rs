@@ -29,8 +29,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rayon::prelude::*;
-
 /// Where element `(image, row, column, channel)` of an NHWC image batch lives in a slice:
 /// `offset + image·image_stride + row·row_stride + column·pixel_stride + channel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -448,46 +446,19 @@ fn run(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        /// Runs a job's tasks, on rayon's threads when it is worth it.
-        fn tasks<K: job::Microkernel>(job: job::Job<K>, parallel: bool, macs: usize) {
-            // One task per output row, or per tile (see `Job::flat`): even a 7x7 map
-            // gives two threads 4 tasks to share.
-            let tasks = job.tasks();
-            if parallel && macs >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
-                (0..tasks).into_par_iter().for_each(|t| job.task(t));
-            } else {
-                (0..tasks).for_each(|t| job.task(t));
-            }
-        }
+        let job = job::Job::new(
+            input,
+            input_layout,
+            prologue,
+            weight,
+            shape,
+            epilogue,
+            out,
+            out_layout,
+        );
         match isa {
-            Isa::Avx512 => tasks(
-                job::Job::<avx512::Avx512>::new(
-                    input,
-                    input_layout,
-                    prologue,
-                    weight,
-                    shape,
-                    epilogue,
-                    out,
-                    out_layout,
-                ),
-                parallel,
-                shape.macs(),
-            ),
-            Isa::Avx2 => tasks(
-                job::Job::<avx2::Avx2>::new(
-                    input,
-                    input_layout,
-                    prologue,
-                    weight,
-                    shape,
-                    epilogue,
-                    out,
-                    out_layout,
-                ),
-                parallel,
-                shape.macs(),
-            ),
+            Isa::Avx512 => job.run::<avx512::Avx512>(parallel),
+            Isa::Avx2 => job.run::<avx2::Avx2>(parallel),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
