@@ -386,21 +386,8 @@ pub fn direct_conv(
     out_layout: ImageLayout,
     parallel: bool,
 ) -> bool {
-    let Some(isa) = isa() else {
-        check(
-            input,
-            input_layout,
-            prologue,
-            weight,
-            shape,
-            epilogue,
-            out.len(),
-            out_layout,
-        );
-        return false;
-    };
     run(
-        isa,
+        isa(),
         input,
         input_layout,
         prologue,
@@ -414,10 +401,12 @@ pub fn direct_conv(
 }
 
 /// [`direct_conv`] on the kernels of `isa`: the same checks and panics, then `false`,
-/// touching nothing, when the CPU lacks `isa` or the window has more than 49 taps.
+/// touching nothing, when `isa` is `None`, the CPU lacks it, or the window has more
+/// than 49 taps.
 #[allow(clippy::too_many_arguments)]
+#[track_caller]
 fn run(
-    isa: Isa,
+    isa: Option<Isa>,
     input: &[f32],
     input_layout: ImageLayout,
     prologue: Epilogue<'_>,
@@ -438,7 +427,10 @@ fn run(
         out.len(),
         out_layout,
     );
-    if !supported(isa) || shape.kernel_h * shape.kernel_w > MAX_TAPS {
+    let Some(isa) = isa.filter(|&isa| supported(isa)) else {
+        return false;
+    };
+    if shape.kernel_h * shape.kernel_w > MAX_TAPS {
         return false;
     }
     if shape.macs() == 0 {
@@ -608,7 +600,7 @@ mod tests {
         for isa in isas {
             let mut actual = sentinel.clone();
             let ran = run(
-                isa,
+                Some(isa),
                 &input,
                 input_layout,
                 prologue,
