@@ -20,7 +20,9 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use densenet::ndarray::{Array1, Array4};
-use densenet::runtime::kernels::direct_conv::{direct_conv, ConvShape, Epilogue, ImageLayout};
+use densenet::runtime::kernels::direct_conv::{
+    direct_conv, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight,
+};
 use densenet::runtime::kernels::gemm::{gemm, MatMut, MatRef};
 use densenet::runtime::kernels::im2col::{im2col, Window};
 use densenet::runtime::layers::{avg_pool2d, max_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
@@ -230,7 +232,7 @@ fn direct_convs(c: &mut Criterion) {
                     black_box(&padded),
                     ImageLayout::dense(hw + 2, hw + 2, 128),
                     Epilogue::Store,
-                    weight,
+                    ConvWeight::Hwio(weight),
                     shape,
                     Epilogue::Store,
                     &mut buf,
@@ -277,13 +279,14 @@ fn direct_convs(c: &mut Criterion) {
             offset: (hw + 3) * 128,
             ..ImageLayout::dense(hw + 2, hw + 2, 128)
         };
+        let packed = PackedWeight::from_hwio(conv1.weight().as_slice().unwrap(), c_in, 128);
         group.bench_function(format!("1x1_{hw}x{hw}_{c_in}to128/direct_bn_relu"), |b| {
             b.iter(|| {
                 direct_conv(
                     black_box(&x),
                     ImageLayout::dense(hw, hw, c_in),
                     Epilogue::Store,
-                    conv1.weight().as_slice().unwrap(),
+                    ConvWeight::Packed(&packed),
                     shape,
                     Epilogue::ScaleShiftRelu {
                         scale: &scale,

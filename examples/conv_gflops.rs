@@ -2,13 +2,19 @@
 //! one image, grouped by kind (the hot loops of a forward pass), in GFLOP/s.
 //!
 //! ```sh
-//! RAYON_NUM_THREADS=1 cargo run --release --example conv_gflops
+//! RAYON_NUM_THREADS=1 cargo run --release --example conv_gflops [-- [--hwio] [KIND]]
 //! ```
+//!
+//! Weights with more than 32 outputs are packed panel-major, as the runtime runs them;
+//! `--hwio` also times every kind with the HWIO weight, alternating with the packed one
+//! in the same repetitions, and prints the ratio.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use densenet::runtime::kernels::direct_conv::{direct_conv, ConvShape, Epilogue, ImageLayout};
+use densenet::runtime::kernels::direct_conv::{
+    direct_conv, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight, PACK,
+};
 
 fn data(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -28,6 +34,8 @@ struct Case {
     in_layout: ImageLayout,
     input: Vec<f32>,
     weight: Vec<f32>,
+    /// Panel-major, for more than [`PACK`] outputs (as `Conv2d` packs them).
+    packed: Option<PackedWeight>,
     prologue: Option<(Vec<f32>, Vec<f32>)>,
     epilogue: Option<(Vec<f32>, Vec<f32>)>,
     out: Vec<f32>,
@@ -35,7 +43,8 @@ struct Case {
 }
 
 impl Case {
-    fn run(&mut self) {
+    /// One convolution, with the packed weight when there is one and `hwio` is false.
+    fn run(&mut self, hwio: bool) {
         let pro = match &self.prologue {
             Some((s, t)) => Epilogue::ScaleShiftRelu { scale: s, shift: t },
             None => Epilogue::Store,
@@ -44,18 +53,22 @@ impl Case {
             Some((s, t)) => Epilogue::ScaleShiftRelu { scale: s, shift: t },
             None => Epilogue::Store,
         };
+        let weight = match &self.packed {
+            Some(packed) if !hwio => ConvWeight::Packed(packed),
+            _ => ConvWeight::Hwio(&self.weight),
+        };
         let ok = direct_conv(
             black_box(&self.input),
             self.in_layout,
             pro,
-            &self.weight,
+            weight,
             self.shape,
             epi,
             &mut self.out,
             self.out_layout,
             true,
         );
-        assert!(ok, "no AVX-512");
+        assert!(ok, "no AVX-512 or AVX2");
     }
 }
 
@@ -83,6 +96,7 @@ fn cases() -> Vec<Case> {
                 in_layout: ImageLayout::dense(hw, hw, c_total),
                 input: data(hw * hw * c_total, 1),
                 weight: data(c_in * 128, 2),
+                packed: None,
                 prologue: Some((data(c_in, 3), data(c_in, 4))),
                 epilogue: Some((data(128, 5), data(128, 6))),
                 out: vec![0.0; (hw + 2) * (hw + 2) * 128],
@@ -106,6 +120,7 @@ fn cases() -> Vec<Case> {
                 in_layout: ImageLayout::dense(hw + 2, hw + 2, 128),
                 input: data((hw + 2) * (hw + 2) * 128, 7),
                 weight: data(9 * 128 * 32, 8),
+                packed: None,
                 prologue: None,
                 epilogue: None,
                 out: vec![0.0; hw * hw * c_total],
@@ -133,6 +148,7 @@ fn cases() -> Vec<Case> {
                 in_layout: ImageLayout::dense(h2, h2, c_total),
                 input: data(h2 * h2 * c_total, 9),
                 weight: data(c_total * c_out, 10),
+                packed: None,
                 prologue: None,
                 epilogue: None,
                 out: vec![0.0; h2 * h2 * next_total],
@@ -157,6 +173,7 @@ fn cases() -> Vec<Case> {
         in_layout: ImageLayout::dense(58, 58, 16),
         input: data(58 * 58 * 16, 15),
         weight: data(9 * 16 * 32, 16),
+        packed: None,
         prologue: None,
         epilogue: None,
         out: vec![0.0; 56 * 56 * 32],
@@ -177,17 +194,27 @@ fn cases() -> Vec<Case> {
         in_layout: ImageLayout::dense(230, 230, 3),
         input: data(230 * 230 * 3, 11),
         weight: data(49 * 3 * 64, 12),
+        packed: None,
         prologue: None,
         epilogue: Some((data(64, 13), data(64, 14))),
         out: vec![0.0; 112 * 112 * 64],
         out_layout: ImageLayout::dense(112, 112, 64),
     });
+    for c in &mut v {
+        let s = c.shape;
+        if s.c_out > PACK {
+            let rows = s.kernel_h * s.kernel_w * s.c_in;
+            c.packed = Some(PackedWeight::from_hwio(&c.weight, rows, s.c_out));
+        }
+    }
     v
 }
 
 fn main() {
     let mut cases = cases();
-    if let Some(only) = std::env::args().nth(1) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let compare = args.iter().any(|a| a == "--hwio");
+    if let Some(only) = args.iter().find(|a| !a.starts_with("--")) {
         cases.retain(|c| c.kind == only);
     }
     let kinds: Vec<&str> = {
@@ -202,23 +229,40 @@ fn main() {
         seen
     };
     for c in cases.iter_mut() {
-        c.run();
+        c.run(false);
     }
-    // Kinds alternate within each repetition, so a slow spell of a shared machine hits
-    // them all; the best of the repetitions counts.
-    let reps = 30;
+    // Kinds (and with `--hwio` layouts) alternate within each repetition, so a slow
+    // spell of a shared machine hits them all; the best of the repetitions counts.
+    let reps = if compare { 40 } else { 30 };
     let mut best = vec![f64::INFINITY; kinds.len()];
+    let mut best_hwio = vec![f64::INFINITY; kinds.len()];
     let mut flops = vec![0.0; kinds.len()];
-    for _ in 0..reps {
+    for rep in 0..reps {
         for (k, kind) in kinds.iter().enumerate() {
-            let start = Instant::now();
-            let mut flop = 0.0;
-            for c in cases.iter_mut().filter(|c| c.kind == *kind) {
-                c.run();
-                flop += 2.0 * c.shape.macs() as f64;
+            // The second run of a kind finds its inputs in cache: the layouts take
+            // turns going first.
+            let order = if rep % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            let layouts = if compare { &order[..] } else { &[false][..] };
+            for &hwio in layouts {
+                let start = Instant::now();
+                let mut flop = 0.0;
+                for c in cases.iter_mut().filter(|c| c.kind == *kind) {
+                    c.run(hwio);
+                    flop += 2.0 * c.shape.macs() as f64;
+                }
+                let t = start.elapsed().as_secs_f64();
+                let b = if hwio {
+                    &mut best_hwio[k]
+                } else {
+                    &mut best[k]
+                };
+                *b = b.min(t);
+                flops[k] = flop;
             }
-            best[k] = best[k].min(start.elapsed().as_secs_f64());
-            flops[k] = flop;
         }
     }
     let mut total_ms = 0.0;
@@ -228,11 +272,19 @@ fn main() {
             total_ms += best[k] * 1e3;
             total_flop += flops[k];
         }
-        println!(
+        print!(
             "{kind:16} {:7.2} ms  {:6.1} GFLOP/s",
             best[k] * 1e3,
             flops[k] / best[k] / 1e9
         );
+        if compare {
+            print!(
+                "   HWIO {:7.2} ms  packed/HWIO {:.3}",
+                best_hwio[k] * 1e3,
+                best[k] / best_hwio[k]
+            );
+        }
+        println!();
     }
     println!(
         "{:16} {:7.2} ms  {:6.1} GFLOP/s",

@@ -111,7 +111,7 @@ pub fn conv1x1_into_padded(
         x,
         input_layout,
         prologue,
-        weight,
+        conv.kernel_weight(weight),
         shape,
         epilogue,
         out,

@@ -6,8 +6,8 @@
 use rayon::prelude::*;
 
 use super::{
-    tile_span, ConvShape, Epilogue, ImageLayout, BLOCK_WEIGHT_FLOATS, MAX_BLOCK, MAX_TAPS,
-    MAX_TILE, MIN_BLOCK, PARALLEL_MACS,
+    tile_span, ConvShape, ConvWeight, Epilogue, ImageLayout, BLOCK_WEIGHT_FLOATS, MAX_BLOCK,
+    MAX_TAPS, MAX_TILE, MIN_BLOCK, PACK, PARALLEL_MACS,
 };
 
 /// An instruction set's register-tiled kernels.
@@ -73,7 +73,13 @@ pub(super) struct Job {
     input_layout: ImageLayout,
     /// The prologue's scale and shift (null: none).
     prologue: (*const f32, *const f32),
+    /// Weight row `r`, column `co` is at
+    /// `weight + (co / PACK)·panel_stride + r·ldb + co % PACK`: HWIO has
+    /// `panel_stride = PACK` and `ldb = c_out`, a [`PackedWeight`](super::PackedWeight)
+    /// `panel_stride = rows·PACK` and `ldb = PACK`.
     weight: *const f32,
+    panel_stride: usize,
+    ldb: usize,
     shape: ConvShape,
     scale: *const f32,
     shift: *const f32,
@@ -95,7 +101,7 @@ impl Job {
         input: &[f32],
         input_layout: ImageLayout,
         prologue: Epilogue<'_>,
-        weight: &[f32],
+        weight: ConvWeight<'_>,
         shape: ConvShape,
         epilogue: Epilogue<'_>,
         out: &mut [f32],
@@ -116,11 +122,17 @@ impl Job {
             Epilogue::Store => (std::ptr::null(), std::ptr::null()),
             Epilogue::ScaleShiftRelu { scale, shift } => (scale.as_ptr(), shift.as_ptr()),
         };
+        let (weight, panel_stride, ldb) = match weight {
+            ConvWeight::Hwio(w) => (w.as_ptr(), PACK, shape.c_out),
+            ConvWeight::Packed(w) => (w.as_slice().as_ptr(), w.rows() * PACK, PACK),
+        };
         Self {
             input: input.as_ptr(),
             input_layout,
             prologue,
-            weight: weight.as_ptr(),
+            weight,
+            panel_stride,
+            ldb,
             shape,
             scale,
             shift,
@@ -134,6 +146,8 @@ impl Job {
     /// convolution is large enough. Each output element is computed by one task in a
     /// fixed order, so results do not depend on the thread count.
     pub(super) fn run<K: Microkernel>(&self, parallel: bool) {
+        // A kernel panel never straddles two packed panels.
+        const { assert!(PACK.is_multiple_of(K::PANEL)) };
         // One task per output row, or per tile (see `Job::flat`): even a 7x7 map gives
         // two threads 4 tasks to share.
         let tasks = self.tasks::<K>();
@@ -295,7 +309,11 @@ impl Job {
                 //   `(taps·c_in) × c_out` weight (with one block, `k0 = 0` and
                 //   `kc = c_in`; with several, one tap), columns
                 //   `co .. co + width ≤ c_out` (the last vector masked to
-                //   `width`); scale/shift reads are columns `co .. co + width`.
+                //   `width`), all in packed panel `co / PACK` (`co` is a multiple
+                //   of `K::PANEL`, which divides `PACK`): `check` verified the HWIO
+                //   length or the packed shape, so each lies inside the weight
+                //   (see `Job::weight`); scale/shift reads are columns
+                //   `co .. co + width`.
                 // - Reads and writes: channels `co .. co + width` of output pixels
                 //   `pixels.output[i]`, distinct pixels of the batch, inside the
                 //   output block `check` bounded by the slice length; this task is
@@ -312,8 +330,9 @@ impl Job {
                         a_step,
                         taps,
                         kc,
-                        self.weight.add(k0 * s.c_out + co),
-                        s.c_out,
+                        self.weight
+                            .add((co / PACK) * self.panel_stride + co % PACK + k0 * self.ldb),
+                        self.ldb,
                         (scale, shift),
                         self.out.add(co),
                         &pixels.output,

@@ -7,9 +7,10 @@
 //! pixels of one output row (for a 1x1 convolution on maps narrower than a tile, of the
 //! batch's pixels in order) × up to 32 output channels accumulates in 28 of the 32 zmm
 //! registers (AVX2: 6 pixels × 16 channels in 12 of 16 ymm) while the kernel walks the taps and input channels, broadcasting input
-//! values straight from the image and loading weight rows from the HWIO weight as it is
-//! stored (its `kh·kw·c_in` rows are the GEMM's right matrix already; no packing), each
-//! prefetched a few rows ahead.
+//! values straight from the image and loading weight rows, each prefetched a few rows
+//! ahead: from the HWIO weight as it is stored (its `kh·kw·c_in` rows are the GEMM's
+//! right matrix already), or from a copy packed panel-major once (`packed.rs`), whose
+//! panels stream sequentially.
 //!
 //! Padding is the caller's: the input must carry its zero border (the runtime writes
 //! BN-ReLU outputs into padded buffers at no extra cost), so the kernel has no edge
@@ -25,7 +26,7 @@
 //! then takes the im2col + GEMM path), and [`direct_conv_reference`] is the plain-loop
 //! oracle of the tests, which run every kernel the CPU has against it. The layout:
 //! `job.rs` splits a call into tasks and tiles for any instruction set; `avx512.rs` and
-//! `avx2.rs` hold the register-tiled kernels.
+//! `avx2.rs` hold the register-tiled kernels; `packed.rs` the panel-major weight.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -241,7 +242,7 @@ fn check(
     input: &[f32],
     input_layout: ImageLayout,
     prologue: Epilogue<'_>,
-    weight: &[f32],
+    weight: ConvWeight<'_>,
     shape: ConvShape,
     epilogue: Epilogue<'_>,
     out_len: usize,
@@ -260,8 +261,14 @@ fn check(
         }
     }
     let taps = s.kernel_h * s.kernel_w;
-    if weight.len() != taps * s.c_in * s.c_out {
-        bad_geometry("weight is not [kernel_h, kernel_w, c_in, c_out]");
+    match weight {
+        ConvWeight::Hwio(w) if w.len() != taps * s.c_in * s.c_out => {
+            bad_geometry("weight is not [kernel_h, kernel_w, c_in, c_out]")
+        }
+        ConvWeight::Packed(w) if (w.rows(), w.c_out()) != (taps * s.c_in, s.c_out) => {
+            bad_geometry("packed weight is not (kernel_h·kernel_w·c_in) × c_out")
+        }
+        _ => {}
     }
     if let Epilogue::ScaleShiftRelu { scale, shift } = epilogue {
         if scale.len() != s.c_out || shift.len() != s.c_out {
@@ -310,7 +317,7 @@ pub fn direct_conv_reference(
         input,
         input_layout,
         prologue,
-        weight,
+        ConvWeight::Hwio(weight),
         shape,
         epilogue,
         out.len(),
@@ -358,7 +365,8 @@ pub fn direct_conv_reference(
 
 /// Convolves `input` (NHWC, already zero-padded, at `input_layout`; for a 1x1
 /// convolution, each value first goes through `prologue`, e.g. the BatchNorm and ReLU
-/// before the conv) with the HWIO weight `[kernel_h, kernel_w, c_in, c_out]` into `out`
+/// before the conv) with `weight` (HWIO `[kernel_h, kernel_w, c_in, c_out]`, or packed
+/// panel-major: [`PackedWeight`]) into `out`
 /// at `out_layout`, applying `epilogue`; elements of `out` outside the layout's `(n, out_h, out_w, c_out)` block
 /// are not touched. Large convolutions use rayon's threads (`parallel`), one output
 /// row (or one tile, see `Job::flat`) per task; each output element is computed by one thread in a fixed order, so
@@ -379,7 +387,7 @@ pub fn direct_conv(
     input: &[f32],
     input_layout: ImageLayout,
     prologue: Epilogue<'_>,
-    weight: &[f32],
+    weight: ConvWeight<'_>,
     shape: ConvShape,
     epilogue: Epilogue<'_>,
     out: &mut [f32],
@@ -410,7 +418,7 @@ fn run(
     input: &[f32],
     input_layout: ImageLayout,
     prologue: Epilogue<'_>,
-    weight: &[f32],
+    weight: ConvWeight<'_>,
     shape: ConvShape,
     epilogue: Epilogue<'_>,
     out: &mut [f32],
@@ -483,6 +491,9 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod job;
+mod packed;
+
+pub use packed::{ConvWeight, PackedWeight, PACK};
 
 #[cfg(test)]
 mod tests {
@@ -597,14 +608,18 @@ mod tests {
         if isas.is_empty() {
             eprintln!("no AVX-512 or AVX2 here: nothing to compare");
         }
-        for isa in isas {
+        // Each with the weight as stored (HWIO) and packed panel-major.
+        let taps = s.kernel_h * s.kernel_w;
+        let packed = PackedWeight::from_hwio(&weight, taps * s.c_in, s.c_out);
+        let weights = [ConvWeight::Hwio(&weight), ConvWeight::Packed(&packed)];
+        for (isa, weight) in isas.into_iter().flat_map(|i| weights.map(|w| (i, w))) {
             let mut actual = sentinel.clone();
             let ran = run(
                 Some(isa),
                 &input,
                 input_layout,
                 prologue,
-                &weight,
+                weight,
                 s,
                 epilogue,
                 &mut actual,
@@ -612,12 +627,16 @@ mod tests {
                 parallel,
             );
             assert!(ran, "{isa:?} declined {shape:?}");
-            let k = (s.kernel_h * s.kernel_w * s.c_in) as f32;
+            let k = (taps * s.c_in) as f32;
+            let layout = match weight {
+                ConvWeight::Hwio(_) => "HWIO",
+                ConvWeight::Packed(_) => "packed",
+            };
             for (i, (&e, &a)) in expected.iter().zip(&actual).enumerate() {
                 let tol = 1e-5 * k.sqrt() * e.abs().max(1.0);
                 assert!(
                     (e - a).abs() <= tol,
-                    "{isa:?} {shape:?}: element {i}: {a} vs {e}"
+                    "{isa:?} {layout} {shape:?}: element {i}: {a} vs {e}"
                 );
             }
         }
@@ -772,7 +791,7 @@ mod tests {
             &[0.0; 4],
             layout,
             Epilogue::Store,
-            &[1.0],
+            ConvWeight::Hwio(&[1.0]),
             shape,
             Epilogue::Store,
             &mut [0.0; 3],
@@ -800,7 +819,7 @@ mod tests {
             &[0.0; 2],
             input_layout,
             Epilogue::Store,
-            &[1.0; 2],
+            ConvWeight::Hwio(&[1.0; 2]),
             shape,
             Epilogue::Store,
             &mut [0.0; 4],

@@ -1,0 +1,120 @@
+//! Panel-major weights: the layout in which the direct kernels stream a wide
+//! convolution's weight rows sequentially.
+//!
+//! An HWIO weight `[kh, kw, c_in, c_out]` is a `(kh·kw·c_in) × c_out` matrix whose rows
+//! the kernel reads one 32-column panel at a time: with 128 outputs (DenseNet-B's
+//! bottlenecks), 128 bytes of every 512-byte row, so a panel's rows are strided and
+//! the next panel revisits the same pages. [`PackedWeight`] stores panel after panel,
+//! each `rows × 32` and contiguous: every panel is one sequential stream, which the
+//! hardware prefetchers follow even when other processes crowd the caches. Measured on
+//! DenseNet-121's 1x1 convolutions: 1–8% faster on a quiet machine, up to 24% on a
+//! busy one. Weights with at most 32 outputs are one panel already and stay HWIO.
+
+/// Columns per panel of a [`PackedWeight`]: the AVX-512 kernel's panel, twice the
+/// AVX2 one's (each instruction set's panel divides it).
+pub const PACK: usize = 32;
+
+/// A convolution weight as the direct kernels read it.
+#[derive(Clone, Copy, Debug)]
+pub enum ConvWeight<'a> {
+    /// HWIO `[kh, kw, c_in, c_out]`, contiguous (as [`crate::layers::Conv2d`] stores it).
+    Hwio(&'a [f32]),
+    /// The same weight, panel-major.
+    Packed(&'a PackedWeight),
+}
+
+/// A `rows × c_out` weight matrix (an HWIO weight's `kh·kw·c_in` rows) stored as
+/// `c_out.div_ceil(PACK)` panels of `rows × PACK` values, row-major within a panel;
+/// the last panel's columns past `c_out` are zero.
+#[derive(Clone, PartialEq)]
+pub struct PackedWeight {
+    data: Vec<f32>,
+    rows: usize,
+    c_out: usize,
+}
+
+impl PackedWeight {
+    /// Packs the row-major `rows × c_out` matrix `hwio` (an HWIO weight).
+    ///
+    /// # Panics
+    ///
+    /// If `hwio.len() != rows · c_out` (a caller bug).
+    pub fn from_hwio(hwio: &[f32], rows: usize, c_out: usize) -> Self {
+        assert_eq!(
+            hwio.len(),
+            rows * c_out,
+            "PackedWeight::from_hwio: the weight is not rows × c_out"
+        );
+        let panels = c_out.div_ceil(PACK);
+        let mut data = vec![0.0; panels * rows * PACK];
+        if rows > 0 {
+            for (p, panel) in data.chunks_exact_mut(rows * PACK).enumerate() {
+                let (c0, width) = (p * PACK, PACK.min(c_out - p * PACK));
+                for (dst, src) in panel.chunks_exact_mut(PACK).zip(hwio.chunks_exact(c_out)) {
+                    dst[..width].copy_from_slice(&src[c0..c0 + width]);
+                }
+            }
+        }
+        Self { data, rows, c_out }
+    }
+
+    /// Rows of the matrix (`kh·kw·c_in`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the matrix (output channels).
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    /// The packed values: panel `p`, row `r`, column `j` at `(p·rows + r)·PACK + j`.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Element `(row, col)` of the matrix.
+    ///
+    /// # Panics
+    ///
+    /// If `row ≥ rows` or `col ≥ c_out`.
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        assert!(
+            row < self.rows && col < self.c_out,
+            "PackedWeight::get out of range"
+        );
+        self.data[((col / PACK) * self.rows + row) * PACK + col % PACK]
+    }
+}
+
+impl std::fmt::Debug for PackedWeight {
+    /// The shape only (the values are the HWIO weight's).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedWeight")
+            .field("rows", &self.rows)
+            .field("c_out", &self.c_out)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_element_lands_in_its_panel() {
+        for (rows, c_out) in [(1, 1), (3, 32), (5, 33), (9, 40), (4, 128), (2, 300)] {
+            let hwio: Vec<f32> = (0..rows * c_out).map(|i| i as f32 + 1.0).collect();
+            let packed = PackedWeight::from_hwio(&hwio, rows, c_out);
+            assert_eq!(packed.as_slice().len(), c_out.div_ceil(PACK) * rows * PACK);
+            for r in 0..rows {
+                for c in 0..c_out {
+                    assert_eq!(packed.get(r, c), hwio[r * c_out + c], "({r}, {c})");
+                }
+            }
+            // Padding columns are zero; every HWIO value appears once.
+            let nonzero = packed.as_slice().iter().filter(|&&v| v != 0.0).count();
+            assert_eq!(nonzero, rows * c_out);
+        }
+    }
+}
