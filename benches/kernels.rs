@@ -211,7 +211,8 @@ fn direct_convs(c: &mut Criterion) {
             })
         });
         let padded = data((hw + 2) * (hw + 2) * 128, 21);
-        let weight = conv3.weight().as_slice().unwrap();
+        let weight3 = conv3.weight();
+        let weight = weight3.as_slice().unwrap();
         let shape = ConvShape {
             n: 1,
             out_h: hw,
@@ -249,13 +250,16 @@ fn direct_convs(c: &mut Criterion) {
         group.throughput(Throughput::Elements((2 * pixels * c_in * 128) as u64));
         let conv1 = Conv2d::init(c_in, 128, 1, Conv2dConfig::default(), &mut rng);
         let x = data(pixels * c_in, 22);
+        // HWIO, unpacked once (the conv stores 128 outputs panel-major).
+        let weight1 = conv1.weight().into_owned();
+        let weight1 = weight1.as_slice().unwrap();
         let mut out = vec![0.0f32; pixels * 128];
         group.bench_function(format!("1x1_{hw}x{hw}_{c_in}to128/gemm"), |b| {
             b.iter(|| {
                 gemm(
                     1.0,
                     MatRef::row_major(black_box(&x), pixels, c_in),
-                    MatRef::row_major(conv1.weight().as_slice().unwrap(), c_in, 128),
+                    MatRef::row_major(weight1, c_in, 128),
                     0.0,
                     MatMut::row_major(&mut out, pixels, 128),
                 );
@@ -279,7 +283,7 @@ fn direct_convs(c: &mut Criterion) {
             offset: (hw + 3) * 128,
             ..ImageLayout::dense(hw + 2, hw + 2, 128)
         };
-        let packed = PackedWeight::from_hwio(conv1.weight().as_slice().unwrap(), c_in, 128);
+        let packed = PackedWeight::from_hwio(weight1, c_in, 128);
         group.bench_function(format!("1x1_{hw}x{hw}_{c_in}to128/direct_bn_relu"), |b| {
             b.iter(|| {
                 direct_conv(

@@ -187,7 +187,12 @@ fn nudge<M: Model>(model: &mut M, target: LayerName, which: usize, i: usize, del
             return;
         }
         let value = match (layer, which) {
-            (LayerMut::Conv(conv), _) => conv.weight_mut().iter_mut().nth(i),
+            (LayerMut::Conv(conv), _) => {
+                // The guard stores the weight back (packed if wide) when dropped.
+                let mut weight = conv.weight_mut();
+                *weight.iter_mut().nth(i).expect("index in range") += delta;
+                return;
+            }
             (LayerMut::BatchNorm(bn), 0) => bn.gamma_mut().iter_mut().nth(i),
             (LayerMut::BatchNorm(bn), _) => bn.beta_mut().iter_mut().nth(i),
             (LayerMut::Linear(linear), 0) => linear.weight_mut().iter_mut().nth(i),

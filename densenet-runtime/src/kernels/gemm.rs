@@ -232,6 +232,31 @@ impl<'a> MatMut<'a> {
         }
     }
 
+    /// The `len` columns starting at column `start`, as a mutable view borrowing `self`.
+    ///
+    /// # Panics
+    ///
+    /// If `start + len > cols`.
+    #[track_caller]
+    pub fn subcols_mut(&mut self, start: usize, len: usize) -> MatMut<'_> {
+        if start.checked_add(len).is_none_or(|end| end > self.cols) {
+            subcols_out_of_bounds(start, len, self.cols);
+        }
+        // Columns [start, start + len) start at element start·col_stride.
+        let data = if len == 0 || self.rows == 0 {
+            &mut []
+        } else {
+            &mut self.data[start * self.col_stride..]
+        };
+        MatMut {
+            data,
+            rows: self.rows,
+            cols: len,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
+
     /// The `len` rows starting at row `start`, as a mutable view borrowing `self`.
     ///
     /// # Panics
@@ -365,6 +390,13 @@ fn subrows_out_of_bounds(start: usize, len: usize, rows: usize) -> ! {
 #[cold]
 #[inline(never)]
 #[track_caller]
+fn subcols_out_of_bounds(start: usize, len: usize, cols: usize) -> ! {
+    panic!("columns {start}..{start}+{len} out of bounds for a matrix of {cols} columns");
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
 fn dimension_mismatch(a: (usize, usize), b: (usize, usize), c: (usize, usize)) -> ! {
     panic!(
         "gemm dimension mismatch: a is {}x{}, b is {}x{}, c is {}x{} \
@@ -431,8 +463,8 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'
     };
     // SAFETY:
     // - `check_view` (run when each view was built, and never weakened since: views are
-    //   only created by `new`, `t`, `rb`, `rb_mut` and `subrows_mut`, which keep the
-    //   bound) guarantees that every index `i·row_stride + j·col_stride` with `i < rows`,
+    //   only created by `new`, `t`, `rb`, `rb_mut`, `subrows_mut` and `subcols_mut`,
+    //   which keep the bound) guarantees that every index `i·row_stride + j·col_stride` with `i < rows`,
     //   `j < cols` lies inside the view's slice, and that the strides fit in `isize`; the
     //   `gemm` crate only touches those elements of `dst`, `lhs` and `rhs`.
     // - `check_dims` above guarantees the `m × k`, `k × n` and `m × n` shapes agree, and
@@ -757,6 +789,26 @@ mod tests {
         assert_eq!(m.subrows_mut(4, 0).rows(), 0);
         let mut col_major = MatMut::new(&mut buf, 3, 4, 1, 3);
         assert_eq!(col_major.subrows_mut(2, 1).get(0, 3), 11.0);
+    }
+
+    #[test]
+    fn subcols_mut_views_the_right_columns() {
+        let mut buf: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let mut m = MatMut::new(&mut buf, 3, 3, 4, 1); // columns 0..3 of a 3 x 4 matrix
+        let sub = m.subcols_mut(1, 2);
+        assert_eq!((sub.rows(), sub.cols()), (3, 2));
+        assert_eq!(sub.get(0, 0), 1.0);
+        assert_eq!(sub.get(2, 1), 10.0);
+        assert_eq!(m.subcols_mut(3, 0).cols(), 0);
+        let mut col_major = MatMut::new(&mut buf, 3, 4, 1, 3);
+        assert_eq!(col_major.subcols_mut(3, 1).get(2, 0), 11.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "columns 2..2+2 out of bounds")]
+    fn subcols_past_the_end_panic() {
+        let mut buf = [0.0f32; 6];
+        MatMut::row_major(&mut buf, 2, 3).subcols_mut(2, 2);
     }
 
     #[test]

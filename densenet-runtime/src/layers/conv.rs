@@ -1,14 +1,10 @@
 //! 2-D convolution without bias, NHWC activations, HWIO weights, by im2col + GEMM.
 
-use ndarray::{Array4, ArrayView4};
+use ndarray::{Array4, ArrayView4, CowArray, Ix4};
 
-use std::sync::OnceLock;
-
-use crate::kernels::direct_conv::{
-    self, apply_epilogue, direct_conv, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight,
-    PACK,
-};
-use crate::kernels::gemm::{gemm, MatMut, MatRef};
+use super::conv_weight::{StoredWeight, WeightMut};
+use crate::kernels::direct_conv::{apply_epilogue, direct_conv, ConvShape, Epilogue, ImageLayout};
+use crate::kernels::gemm::{MatMut, MatRef};
 use crate::kernels::im2col::{im2col, Window};
 use crate::rng::Rng;
 use crate::Error;
@@ -41,21 +37,20 @@ impl Default for Conv2dConfig {
 
 /// A 2-D convolution without bias (DenseNet's convolutions have none).
 ///
-/// The weight is stored HWIO, `[kh, kw, c_in, c_out]`, contiguous: the same memory is
-/// the `(kh·kw·c_in) × c_out` right-hand matrix of the convolution's GEMM, whose rows are
-/// the output pixels of the NHWC input (see [`crate::kernels::im2col`]).
-/// A torch `OIHW` weight `w` becomes HWIO by `w.permuted_axes([2, 3, 1, 0])`.
+/// The weight is HWIO, `[kh, kw, c_in, c_out]`: the `(kh·kw·c_in) × c_out` right-hand
+/// matrix of the convolution's GEMM, whose rows are the output pixels of the NHWC input
+/// (see [`crate::kernels::im2col`]). A torch `OIHW` weight `w` becomes HWIO by
+/// `w.permuted_axes([2, 3, 1, 0])`.
 ///
-/// A convolution with more than 32 outputs also keeps a panel-major copy of its weight
-/// for the direct kernels ([`PackedWeight`]), made at its first forward pass on a CPU
-/// that runs them and dropped by [`Conv2d::weight_mut`]: DenseNet-121 holds 19 MB of
-/// these beside its 32 MB of weights.
+/// It is stored once, in the layout the kernels read: HWIO and contiguous for at most 32
+/// outputs; panel-major for more ([`PackedWeight`](crate::kernels::direct_conv::PackedWeight),
+/// 32-column panels that the direct kernels stream sequentially). [`Conv2d::weight`]
+/// therefore borrows a narrow weight and unpacks a wide one; [`Conv2d::weight_mut`]
+/// and [`Conv2d::set_weight`] write either.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
-    weight: Array4<f32>,
+    weight: StoredWeight,
     config: Conv2dConfig,
-    /// The panel-major weight, once a forward pass needed it.
-    packed: OnceLock<PackedWeight>,
 }
 
 impl Conv2d {
@@ -81,15 +76,9 @@ impl Conv2d {
                 actual: vec![0],
             });
         }
-        let weight = if weight.is_standard_layout() {
-            weight
-        } else {
-            weight.as_standard_layout().into_owned()
-        };
         Ok(Self {
-            weight,
+            weight: StoredWeight::from_hwio(weight),
             config,
-            packed: OnceLock::new(),
         })
     }
 
@@ -116,37 +105,47 @@ impl Conv2d {
         let weight =
             Array4::from_shape_simple_fn((kernel, kernel, c_in, c_out), || rng.normal() * std);
         Self {
-            weight,
+            weight: StoredWeight::from_hwio(weight),
             config,
-            packed: OnceLock::new(),
         }
     }
 
-    /// The HWIO weight `[kh, kw, c_in, c_out]`.
-    pub fn weight(&self) -> &Array4<f32> {
-        &self.weight
+    /// The HWIO weight `[kh, kw, c_in, c_out]`: borrowed with at most 32 outputs,
+    /// otherwise unpacked into a new array (see the type's docs).
+    pub fn weight(&self) -> CowArray<'_, f32, Ix4> {
+        self.weight.hwio()
     }
 
-    /// Mutable access to the HWIO weight, e.g. to load trained values. Replacing it with
-    /// an array of another shape changes the layer's geometry accordingly. Drops the
-    /// packed copy (the next forward pass packs the new values).
-    pub fn weight_mut(&mut self) -> &mut Array4<f32> {
-        self.packed.take();
-        &mut self.weight
+    /// The weight's HWIO shape `[kh, kw, c_in, c_out]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        self.weight.shape()
     }
 
-    /// The weight as the direct kernels read it: `hwio` (this layer's HWIO weight,
-    /// contiguous), or its panel-major copy, packed on first use, when the weight is
-    /// wider than one panel and the CPU runs the direct kernels.
-    pub(crate) fn kernel_weight<'a>(&'a self, hwio: &'a [f32]) -> ConvWeight<'a> {
-        if self.c_out() <= PACK || !direct_conv::available() {
-            return ConvWeight::Hwio(hwio);
+    /// Mutable access to the HWIO weight, e.g. for an optimiser step: a guard that
+    /// dereferences to the `[kh, kw, c_in, c_out]` array and stores it back, packed if
+    /// wide, when dropped. Replacing the array with one of another shape changes the
+    /// layer's geometry accordingly. To replace the whole weight, [`Conv2d::set_weight`]
+    /// saves unpacking the old one.
+    pub fn weight_mut(&mut self) -> WeightMut<'_> {
+        WeightMut::new(&mut self.weight)
+    }
+
+    /// Replaces the weight with `weight` (HWIO, any memory layout), e.g. trained values.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TensorShape`] if its shape is not the current one.
+    pub fn set_weight(&mut self, weight: Array4<f32>) -> Result<(), Error> {
+        let expected = self.weight_shape();
+        if weight.shape() != expected {
+            return Err(Error::TensorShape {
+                name: "conv.weight (HWIO)".to_owned(),
+                expected: expected.to_vec(),
+                actual: weight.shape().to_vec(),
+            });
         }
-        let rows = hwio.len() / self.c_out();
-        ConvWeight::Packed(
-            self.packed
-                .get_or_init(|| PackedWeight::from_hwio(hwio, rows, self.c_out())),
-        )
+        self.weight = StoredWeight::from_hwio(weight);
+        Ok(())
     }
 
     /// Stride and padding.
@@ -162,6 +161,11 @@ impl Conv2d {
     /// Output channels.
     pub fn c_out(&self) -> usize {
         self.weight.shape()[3]
+    }
+
+    /// The stored weight (for the forward paths in `conv_into.rs`).
+    pub(super) fn stored_weight(&self) -> &StoredWeight {
+        &self.weight
     }
 
     /// The kernel window (size, stride, padding).
@@ -277,11 +281,7 @@ impl Conv2d {
         if out.rows() != n * oh * ow || out.cols() != c_out {
             output_shape_mismatch(out.rows(), out.cols(), n * oh * ow, c_out);
         }
-        // `weight_mut` may have replaced the weight with a non-contiguous array.
-        let weight = self.weight.as_standard_layout();
-        let weight = weight.as_slice().expect("standard layout is contiguous");
         let k_len = win.kernel_h * win.kernel_w * c_in;
-        let b = MatRef::row_major(weight, k_len, c_out);
         let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1;
         let pixel = out.row_stride();
 
@@ -309,7 +309,7 @@ impl Conv2d {
                 x,
                 input_layout,
                 prologue,
-                self.kernel_weight(weight),
+                self.weight.kernel_weight(),
                 shape,
                 epilogue,
                 data,
@@ -320,13 +320,8 @@ impl Conv2d {
             }
         }
         if pointwise && win.padding == 0 {
-            gemm(
-                1.0,
-                MatRef::row_major(x, n * h * w, c_in),
-                b,
-                0.0,
-                out.rb_mut(),
-            );
+            let x = MatRef::row_major(x, n * h * w, c_in);
+            self.weight.multiply(x, out.rb_mut());
         } else {
             let image_in = h * w * c_in;
             let image_rows = oh * ow;
@@ -343,13 +338,9 @@ impl Conv2d {
                 let input = &x[first * image_in..(first + count) * image_in];
                 im2col(input, count, h, w, c_in, win, cols);
                 let rows = count * image_rows;
-                gemm(
-                    1.0,
-                    MatRef::row_major(cols, rows, k_len),
-                    b,
-                    0.0,
-                    out.subrows_mut(first * image_rows, rows),
-                );
+                let cols = MatRef::row_major(cols, rows, k_len);
+                self.weight
+                    .multiply(cols, out.subrows_mut(first * image_rows, rows));
                 first += count;
             }
         }
@@ -938,34 +929,47 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_weight_is_packed_again() {
-        // 40 outputs: two panels, packed at the first forward pass (on CPUs with the
-        // direct kernels); `weight_mut` must drop that copy, whichever layout the new
-        // weight has.
+    fn weights_read_and_write_through_either_layout() {
+        // 40 outputs: stored panel-major (two panels, the second masked); 32: one
+        // panel, stored HWIO. Every way of writing the weight must reach the kernels,
+        // and `weight()` must give back what was written.
         let mut rng = Rng::new(9);
         let x = Array4::from_shape_simple_fn((2, 5, 6, 7), || rng.uniform() - 0.5);
-        for kernel in [1, 3] {
-            let wt = Array4::from_shape_simple_fn((kernel, kernel, 7, 40), || rng.uniform());
+        for (kernel, c_out) in [(1, 40), (3, 40), (1, 32), (2, 70)] {
+            let wt = Array4::from_shape_simple_fn((kernel, kernel, 7, c_out), || rng.uniform());
             let mut conv = conv(wt.clone(), 1, 0);
+            assert_eq!(conv.weight(), wt);
+            assert_eq!(conv.weight_shape(), [kernel, kernel, 7, c_out]);
             let y = conv.forward(x.view());
             assert_close(
                 y.iter().copied(),
                 conv_naive(&x, &wt, 1, 0).as_slice().unwrap(),
             );
+            // In place, through the guard.
             conv.weight_mut().mapv_inplace(|v| 0.5 - v);
+            let changed = wt.mapv(|v| 0.5 - v);
+            assert_eq!(conv.weight(), changed);
             let y = conv.forward(x.view());
-            let expected = conv_naive(&x, conv.weight(), 1, 0);
+            let expected = conv_naive(&x, &changed, 1, 0);
             assert_close(y.iter().copied(), expected.as_slice().unwrap());
             // A non-contiguous replacement (the same values, stored reversed).
-            let mut reversed = Array4::zeros((40, 7, kernel, kernel));
-            reversed.assign(&conv.weight().view().reversed_axes());
-            let values = conv.weight().clone();
+            let mut reversed = Array4::zeros((c_out, 7, kernel, kernel));
+            reversed.assign(&changed.view().reversed_axes());
             *conv.weight_mut() = reversed.reversed_axes();
-            assert_eq!(conv.weight(), &values);
-            conv.weight_mut().mapv_inplace(|v| v * 2.0);
+            assert_eq!(conv.weight(), changed);
+            // A whole new weight, and one of the wrong shape.
+            let doubled = changed.mapv(|v| v * 2.0);
+            conv.set_weight(doubled.clone()).unwrap();
+            assert_eq!(conv.weight(), doubled);
             let y = conv.forward(x.view());
-            let expected = conv_naive(&x, conv.weight(), 1, 0);
+            let expected = conv_naive(&x, &doubled, 1, 0);
             assert_close(y.iter().copied(), expected.as_slice().unwrap());
+            let err = conv.set_weight(Array4::zeros((kernel, kernel, 7, c_out + 1)));
+            assert!(
+                matches!(&err, Err(Error::TensorShape { actual, .. }) if actual[3] == c_out + 1),
+                "{err:?}"
+            );
+            assert_eq!(conv.weight(), doubled);
         }
     }
 

@@ -12,7 +12,7 @@
 
 use crate::kernels::direct_conv::{apply_epilogue, direct_conv, ConvShape, Epilogue, ImageLayout};
 use crate::kernels::elementwise::scale_shift_relu;
-use crate::kernels::gemm::{gemm, MatMut, MatRef};
+use crate::kernels::gemm::{MatMut, MatRef};
 use crate::layers::conv::SCRATCH_LIMIT;
 use crate::layers::Conv2d;
 
@@ -82,8 +82,6 @@ pub fn conv1x1_into_padded(
         "conv1x1_into_padded: not a 1x1 convolution, or shapes do not fit the slices"
     );
     zero_border(out, (h, w, c_out), pad);
-    let weight = conv.weight().as_standard_layout();
-    let weight = weight.as_slice().expect("standard layout is contiguous");
     let row = wp * c_out;
     let shape = ConvShape {
         n,
@@ -111,7 +109,7 @@ pub fn conv1x1_into_padded(
         x,
         input_layout,
         prologue,
-        conv.kernel_weight(weight),
+        conv.stored_weight().kernel_weight(),
         shape,
         epilogue,
         out,
@@ -130,12 +128,12 @@ pub fn conv1x1_into_padded(
             Epilogue::ScaleShiftRelu { scale, shift } => scale_shift_relu(src, scale, shift, dst),
         }
     }
-    let b = MatRef::row_major(weight, c_in, c_out);
     for (r, input_row) in fallback.chunks_exact(w * c_in).enumerate() {
         let start = out_layout.offset + (r / h) * out_layout.image_stride + (r % h) * row;
         let dst = &mut out[start..start + w * c_out];
         let a = MatRef::row_major(input_row, w, c_in);
-        gemm(1.0, a, b, 0.0, MatMut::row_major(dst, w, c_out));
+        conv.stored_weight()
+            .multiply(a, MatMut::row_major(dst, w, c_out));
         apply_epilogue(epilogue, dst, w, c_out);
     }
 }

@@ -7,6 +7,7 @@
 mod batch_norm;
 mod conv;
 mod conv_into;
+mod conv_weight;
 mod dense_block;
 mod head;
 mod linear;
@@ -17,6 +18,7 @@ mod transition;
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
 pub use conv_into::{conv1x1_into_padded, conv2d_into};
+pub use conv_weight::WeightMut;
 pub use dense_block::{
     dense_block_forward, dense_block_forward_into, dense_block_scratch, DenseBlock, DenseLayer,
 };

@@ -242,7 +242,8 @@ impl Graph {
 
     /// `Conv` without bias; the HWIO weight exported OIHW.
     fn conv(&mut self, layer: LayerName, conv: &Conv2d, x: String) -> String {
-        let oihw = conv.weight().view().permuted_axes([3, 2, 0, 1]);
+        let hwio = conv.weight();
+        let oihw = hwio.view().permuted_axes([3, 2, 0, 1]);
         let dims = oihw.shape().to_vec();
         let w = self.initializer(weight_key(layer, "weight"), &dims, oihw.iter().copied());
         let (stride, pad) = (conv.config().stride as i64, conv.config().padding as i64);

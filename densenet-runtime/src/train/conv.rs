@@ -54,8 +54,8 @@ pub fn conv2d_backward(
     }
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
-    let weight = conv.weight().as_standard_layout();
-    let weight = weight.as_slice().expect("standard layout is contiguous");
+    let hwio = conv.weight();
+    let weight = hwio.as_slice().expect("weight() is contiguous");
     let win = conv.window();
     let k_len = win.kernel_h * win.kernel_w * c_in;
     let w_mat = MatRef::row_major(weight, k_len, c_out);

@@ -134,7 +134,8 @@ pub fn to_bytes<M: Model>(model: &M) -> Vec<u8> {
     };
     model.visit_layers(&mut |name, layer| match layer {
         LayerRef::Conv(conv) => {
-            let oihw = conv.weight().view().permuted_axes([3, 2, 0, 1]);
+            let hwio = conv.weight();
+            let oihw = hwio.view().permuted_axes([3, 2, 0, 1]);
             let shape = oihw.shape().to_vec();
             push(name, Tensor::ConvWeight, shape, &mut oihw.iter().copied());
         }
@@ -286,7 +287,7 @@ fn expected_shape(layer: LayerRef<'_>, tensor: Tensor, naming: Naming) -> Vec<us
     let keras = naming == Naming::Keras;
     match layer {
         LayerRef::Conv(conv) => {
-            let [kh, kw, ci, co]: [usize; 4] = conv.weight().shape().try_into().expect("4-D");
+            let [kh, kw, ci, co] = conv.weight_shape();
             if keras {
                 vec![kh, kw, ci, co]
             } else {
@@ -340,7 +341,8 @@ fn load_layer(
             } else {
                 w.permuted_axes([2, 3, 1, 0])
             };
-            conv.weight_mut().assign(&hwio);
+            conv.set_weight(hwio)
+                .expect("the file's shape was checked against the layer's");
         }
         LayerMut::BatchNorm(bn) => {
             let r = LayerRef::BatchNorm(bn);

@@ -73,6 +73,23 @@ impl PackedWeight {
         &self.data
     }
 
+    /// The row-major `rows × c_out` matrix again (the HWIO weight it was packed from).
+    pub fn to_hwio(&self) -> Vec<f32> {
+        let mut hwio = vec![0.0; self.rows * self.c_out];
+        if self.rows > 0 {
+            for (p, panel) in self.data.chunks_exact(self.rows * PACK).enumerate() {
+                let (c0, width) = (p * PACK, PACK.min(self.c_out - p * PACK));
+                for (dst, src) in hwio
+                    .chunks_exact_mut(self.c_out)
+                    .zip(panel.chunks_exact(PACK))
+                {
+                    dst[c0..c0 + width].copy_from_slice(&src[..width]);
+                }
+            }
+        }
+        hwio
+    }
+
     /// Element `(row, col)` of the matrix.
     ///
     /// # Panics
@@ -115,6 +132,7 @@ mod tests {
             // Padding columns are zero; every HWIO value appears once.
             let nonzero = packed.as_slice().iter().filter(|&&v| v != 0.0).count();
             assert_eq!(nonzero, rows * c_out);
+            assert_eq!(packed.to_hwio(), hwio);
         }
     }
 }

@@ -1,0 +1,225 @@
+//! How a [`Conv2d`](super::Conv2d) keeps its weight: one copy, in the layout its kernels
+//! read. A weight with at most 32 outputs is one panel already and stays HWIO; a wider
+//! one is stored panel-major ([`PackedWeight`]), whose panels the direct kernels stream
+//! sequentially (DenseNet-121's 1x1 convolutions: 4–14% faster than strided HWIO rows),
+//! and the HWIO view is made on request ([`WeightMut`] writes it back).
+
+use std::ops::{Deref, DerefMut};
+
+use ndarray::{Array4, CowArray, Ix4};
+
+use crate::kernels::direct_conv::{ConvWeight, PackedWeight, PACK};
+use crate::kernels::gemm::{gemm, MatMut, MatRef};
+
+/// A conv weight in its stored layout.
+#[derive(Clone, Debug)]
+pub(super) enum StoredWeight {
+    /// HWIO `[kh, kw, c_in, c_out]`, contiguous: at most [`PACK`] outputs (or an empty
+    /// dimension).
+    Hwio(Array4<f32>),
+    /// Panel-major, with the HWIO shape it stands for: more than [`PACK`] outputs.
+    Packed {
+        packed: PackedWeight,
+        shape: [usize; 4],
+    },
+}
+
+impl StoredWeight {
+    /// Stores the HWIO weight `hwio` (any memory layout) in the layout for its width.
+    pub(super) fn from_hwio(hwio: Array4<f32>) -> Self {
+        let hwio = if hwio.is_standard_layout() {
+            hwio
+        } else {
+            hwio.as_standard_layout().into_owned()
+        };
+        let shape: [usize; 4] = hwio.shape().try_into().expect("4-D");
+        if shape[3] <= PACK || shape.contains(&0) {
+            return Self::Hwio(hwio);
+        }
+        let values = hwio.as_slice().expect("standard layout is contiguous");
+        let packed = PackedWeight::from_hwio(values, shape[0] * shape[1] * shape[2], shape[3]);
+        Self::Packed { packed, shape }
+    }
+
+    /// The HWIO shape `[kh, kw, c_in, c_out]`.
+    pub(super) fn shape(&self) -> [usize; 4] {
+        match self {
+            Self::Hwio(w) => w.shape().try_into().expect("4-D"),
+            Self::Packed { shape, .. } => *shape,
+        }
+    }
+
+    /// The HWIO weight: borrowed, or unpacked into a new array.
+    pub(super) fn hwio(&self) -> CowArray<'_, f32, Ix4> {
+        match self {
+            Self::Hwio(w) => w.view().into(),
+            Self::Packed { packed, shape } => Array4::from_shape_vec(*shape, packed.to_hwio())
+                .expect("a packed weight holds its shape's values")
+                .into(),
+        }
+    }
+
+    /// Takes the HWIO weight out (unpacking it), leaving an empty placeholder.
+    fn take_hwio(&mut self) -> Array4<f32> {
+        let empty = Self::Hwio(Array4::zeros((0, 0, 0, 0)));
+        match std::mem::replace(self, empty) {
+            Self::Hwio(w) => w,
+            packed => packed.hwio().into_owned(),
+        }
+    }
+
+    /// The weight as the direct kernels read it.
+    pub(super) fn kernel_weight(&self) -> ConvWeight<'_> {
+        match self {
+            Self::Hwio(w) => ConvWeight::Hwio(w.as_slice().expect("stored contiguous")),
+            Self::Packed { packed, .. } => ConvWeight::Packed(packed),
+        }
+    }
+
+    /// `out = a · W`, `W` the `(kh·kw·c_in) × c_out` matrix: the portable paths' GEMM,
+    /// panel by panel for a packed weight.
+    ///
+    /// # Panics
+    ///
+    /// If the shapes do not fit (a caller bug).
+    pub(super) fn multiply(&self, a: MatRef<'_>, mut out: MatMut<'_>) {
+        match self {
+            Self::Hwio(w) => {
+                let [kh, kw, c_in, c_out] = self.shape();
+                let w = w.as_slice().expect("stored contiguous");
+                let b = MatRef::row_major(w, kh * kw * c_in, c_out);
+                gemm(1.0, a, b, 0.0, out);
+            }
+            Self::Packed { packed, .. } => {
+                let (rows, c_out) = (packed.rows(), packed.c_out());
+                for (p, panel) in packed.as_slice().chunks_exact(rows * PACK).enumerate() {
+                    let (c0, width) = (p * PACK, PACK.min(c_out - p * PACK));
+                    let b = MatRef::new(panel, rows, width, PACK, 1);
+                    gemm(1.0, a, b, 0.0, out.subcols_mut(c0, width));
+                }
+            }
+        }
+    }
+}
+
+/// Mutable access to a [`Conv2d`](super::Conv2d)'s HWIO weight, from
+/// [`Conv2d::weight_mut`](super::Conv2d::weight_mut): dereferences to the
+/// `[kh, kw, c_in, c_out]` array, and stores it back in the conv's layout when dropped
+/// (a wide weight is unpacked when the guard is made and packed again then).
+pub struct WeightMut<'a> {
+    stored: &'a mut StoredWeight,
+    hwio: Array4<f32>,
+}
+
+impl<'a> WeightMut<'a> {
+    pub(super) fn new(stored: &'a mut StoredWeight) -> Self {
+        let hwio = stored.take_hwio();
+        Self { stored, hwio }
+    }
+}
+
+impl Deref for WeightMut<'_> {
+    type Target = Array4<f32>;
+
+    fn deref(&self) -> &Array4<f32> {
+        &self.hwio
+    }
+}
+
+impl DerefMut for WeightMut<'_> {
+    fn deref_mut(&mut self) -> &mut Array4<f32> {
+        &mut self.hwio
+    }
+}
+
+impl Drop for WeightMut<'_> {
+    fn drop(&mut self) {
+        let hwio = std::mem::replace(&mut self.hwio, Array4::zeros((0, 0, 0, 0)));
+        *self.stored = StoredWeight::from_hwio(hwio);
+    }
+}
+
+impl std::fmt::Debug for WeightMut<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("WeightMut").field(&self.hwio).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::gemm_reference;
+    use crate::rng::Rng;
+
+    #[test]
+    fn narrow_weights_stay_hwio_and_wide_ones_are_packed() {
+        let mut rng = Rng::new(1);
+        for (shape, packed) in [
+            ([3, 3, 5, 32], false),
+            ([1, 1, 5, 33], true),
+            ([1, 1, 0, 40], false),
+        ] {
+            let hwio = Array4::from_shape_simple_fn(shape, || rng.normal());
+            let stored = StoredWeight::from_hwio(hwio.clone());
+            assert_eq!(
+                matches!(stored, StoredWeight::Packed { .. }),
+                packed,
+                "{shape:?}"
+            );
+            assert_eq!(stored.shape(), shape);
+            assert_eq!(stored.hwio(), hwio);
+        }
+    }
+
+    #[test]
+    fn the_portable_product_matches_the_hwio_matrix() {
+        // The GEMM of the CPUs without direct kernels, panel by panel, into a column
+        // range of a wider output: against the plain product with the HWIO matrix.
+        let mut rng = Rng::new(2);
+        for (k, c_out) in [(6, 20), (9, 33), (4, 100)] {
+            let hwio = Array4::from_shape_simple_fn((1, 1, k, c_out), || rng.normal());
+            let a: Vec<f32> = (0..7 * k).map(|_| rng.normal()).collect();
+            let stride = c_out + 3;
+            let mut out = vec![f32::NAN; 7 * stride];
+            let stored = StoredWeight::from_hwio(hwio.clone());
+            stored.multiply(
+                MatRef::row_major(&a, 7, k),
+                MatMut::new(&mut out, 7, c_out, stride, 1),
+            );
+            let mut expected = vec![0.0; 7 * c_out];
+            gemm_reference(
+                1.0,
+                MatRef::row_major(&a, 7, k),
+                MatRef::row_major(hwio.as_slice().unwrap(), k, c_out),
+                0.0,
+                MatMut::row_major(&mut expected, 7, c_out),
+            );
+            for i in 0..7 {
+                for j in 0..c_out {
+                    let (got, want) = (out[i * stride + j], expected[i * c_out + j]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_guard_stores_what_it_was_given() {
+        let hwio = Array4::from_shape_fn((1, 1, 3, 40), |(_, _, i, o)| (i * 40 + o) as f32);
+        let mut stored = StoredWeight::from_hwio(hwio.clone());
+        {
+            let mut guard = WeightMut::new(&mut stored);
+            assert_eq!(*guard, hwio);
+            guard[[0, 0, 2, 39]] = -1.0;
+        }
+        assert!(matches!(stored, StoredWeight::Packed { .. }));
+        assert_eq!(stored.hwio()[[0, 0, 2, 39]], -1.0);
+        // Narrowed to one panel: stored HWIO from then on.
+        *WeightMut::new(&mut stored) = Array4::ones((1, 1, 3, 8));
+        assert!(matches!(stored, StoredWeight::Hwio(_)));
+        assert_eq!(stored.shape(), [1, 1, 3, 8]);
+    }
+}
