@@ -102,10 +102,9 @@ impl Conv2d {
             invalid_init(c_in, c_out, kernel, config);
         }
         let std = (2.0 / (c_in * kernel * kernel) as f64).sqrt() as f32;
-        let weight =
-            Array4::from_shape_simple_fn((kernel, kernel, c_in, c_out), || rng.normal() * std);
+        let shape = [kernel, kernel, c_in, c_out];
         Self {
-            weight: StoredWeight::from_hwio(weight),
+            weight: StoredWeight::from_fn(shape, || rng.normal() * std),
             config,
         }
     }
@@ -130,12 +129,13 @@ impl Conv2d {
         WeightMut::new(&mut self.weight)
     }
 
-    /// Replaces the weight with `weight` (HWIO, any memory layout), e.g. trained values.
+    /// Overwrites the weight with `weight` (HWIO, any memory layout, e.g. torch's OIHW
+    /// permuted), in place: e.g. trained values.
     ///
     /// # Errors
     ///
     /// [`Error::TensorShape`] if its shape is not the current one.
-    pub fn set_weight(&mut self, weight: Array4<f32>) -> Result<(), Error> {
+    pub fn set_weight(&mut self, weight: ArrayView4<'_, f32>) -> Result<(), Error> {
         let expected = self.weight_shape();
         if weight.shape() != expected {
             return Err(Error::TensorShape {
@@ -144,7 +144,7 @@ impl Conv2d {
                 actual: weight.shape().to_vec(),
             });
         }
-        self.weight = StoredWeight::from_hwio(weight);
+        self.weight.assign(weight);
         Ok(())
     }
 
@@ -959,12 +959,13 @@ mod tests {
             assert_eq!(conv.weight(), changed);
             // A whole new weight, and one of the wrong shape.
             let doubled = changed.mapv(|v| v * 2.0);
-            conv.set_weight(doubled.clone()).unwrap();
+            conv.set_weight(doubled.view()).unwrap();
             assert_eq!(conv.weight(), doubled);
             let y = conv.forward(x.view());
             let expected = conv_naive(&x, &doubled, 1, 0);
             assert_close(y.iter().copied(), expected.as_slice().unwrap());
-            let err = conv.set_weight(Array4::zeros((kernel, kernel, 7, c_out + 1)));
+            let wrong = Array4::zeros((kernel, kernel, 7, c_out + 1));
+            let err = conv.set_weight(wrong.view());
             assert!(
                 matches!(&err, Err(Error::TensorShape { actual, .. }) if actual[3] == c_out + 1),
                 "{err:?}"

@@ -6,7 +6,7 @@
 
 use std::ops::{Deref, DerefMut};
 
-use ndarray::{Array4, CowArray, Ix4};
+use ndarray::{Array4, ArrayView4, CowArray, Ix4};
 
 use crate::kernels::direct_conv::{ConvWeight, PackedWeight, PACK};
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
@@ -39,6 +39,29 @@ impl StoredWeight {
         let values = hwio.as_slice().expect("standard layout is contiguous");
         let packed = PackedWeight::from_hwio(values, shape[0] * shape[1] * shape[2], shape[3]);
         Self::Packed { packed, shape }
+    }
+
+    /// A weight of HWIO shape `shape` whose values `next` yields in HWIO order, stored
+    /// in the layout for its width without an HWIO array in between.
+    pub(super) fn from_fn(shape: [usize; 4], next: impl FnMut() -> f32) -> Self {
+        if shape[3] <= PACK || shape.contains(&0) {
+            return Self::Hwio(Array4::from_shape_simple_fn(shape, next));
+        }
+        let packed = PackedWeight::from_fn(shape[0] * shape[1] * shape[2], shape[3], next);
+        Self::Packed { packed, shape }
+    }
+
+    /// Overwrites the weight with `hwio` (its HWIO shape, any memory layout) in place.
+    ///
+    /// # Panics
+    ///
+    /// If the shape differs (a caller bug).
+    pub(super) fn assign(&mut self, hwio: ArrayView4<'_, f32>) {
+        assert_eq!(hwio.shape(), self.shape(), "StoredWeight::assign: shape");
+        match self {
+            Self::Hwio(w) => w.assign(&hwio),
+            Self::Packed { packed, .. } => packed.assign_hwio(hwio),
+        }
     }
 
     /// The HWIO shape `[kh, kw, c_in, c_out]`.

@@ -341,7 +341,7 @@ fn load_layer(
             } else {
                 w.permuted_axes([2, 3, 1, 0])
             };
-            conv.set_weight(hwio)
+            conv.set_weight(hwio.view())
                 .expect("the file's shape was checked against the layer's");
         }
         LayerMut::BatchNorm(bn) => {

@@ -58,6 +58,39 @@ impl PackedWeight {
         Self { data, rows, c_out }
     }
 
+    /// Overwrites the values with those of `hwio`, an HWIO weight `[kh, kw, c_in, c_out]`
+    /// in any memory layout (e.g. torch's OIHW permuted), in place: loading a model
+    /// allocates nothing per conv beyond the file's values.
+    ///
+    /// # Panics
+    ///
+    /// If `hwio` is not `kh·kw·c_in = rows` by `c_out` (a caller bug).
+    pub fn assign_hwio(&mut self, hwio: ndarray::ArrayView4<'_, f32>) {
+        let (kh, kw, c_in, c_out) = hwio.dim();
+        assert!(
+            kh * kw * c_in == self.rows && c_out == self.c_out,
+            "PackedWeight::assign_hwio: the weight is not rows × c_out"
+        );
+        if self.rows == 0 {
+            return;
+        }
+        for (p, panel) in self.data.chunks_exact_mut(self.rows * PACK).enumerate() {
+            let (c0, width) = (p * PACK, PACK.min(c_out - p * PACK));
+            let mut rows = panel.chunks_exact_mut(PACK);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for ci in 0..c_in {
+                        let src = hwio.slice(ndarray::s![ky, kx, ci, c0..c0 + width]);
+                        let dst = rows.next().expect("rows = kh·kw·c_in");
+                        for (d, &v) in dst.iter_mut().zip(src.iter()) {
+                            *d = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Rows of the matrix (`kh·kw·c_in`).
     pub fn rows(&self) -> usize {
         self.rows
@@ -71,6 +104,19 @@ impl PackedWeight {
     /// The packed values: panel `p`, row `r`, column `j` at `(p·rows + r)·PACK + j`.
     pub fn as_slice(&self) -> &[f32] {
         &self.data
+    }
+
+    /// A `rows × c_out` matrix whose values `next` yields in row-major (HWIO) order,
+    /// written straight into the panels (no HWIO array in between).
+    pub fn from_fn(rows: usize, c_out: usize, mut next: impl FnMut() -> f32) -> Self {
+        let panels = c_out.div_ceil(PACK);
+        let mut data = vec![0.0; panels * rows * PACK];
+        for r in 0..rows {
+            for c in 0..c_out {
+                data[((c / PACK) * rows + r) * PACK + c % PACK] = next();
+            }
+        }
+        Self { data, rows, c_out }
     }
 
     /// The row-major `rows × c_out` matrix again (the HWIO weight it was packed from).
@@ -133,6 +179,20 @@ mod tests {
             let nonzero = packed.as_slice().iter().filter(|&&v| v != 0.0).count();
             assert_eq!(nonzero, rows * c_out);
             assert_eq!(packed.to_hwio(), hwio);
+            let mut counter = 0.0;
+            let drawn = PackedWeight::from_fn(rows, c_out, || {
+                counter += 1.0;
+                counter
+            });
+            assert_eq!(drawn, packed);
+            // In place, from a strided view (torch's OIHW, permuted to HWIO).
+            let oihw = ndarray::Array4::from_shape_fn((c_out, rows, 1, 1), |(o, i, _, _)| {
+                -((i * c_out + o) as f32)
+            });
+            let mut again = packed.clone();
+            again.assign_hwio(oihw.view().permuted_axes([2, 3, 1, 0]));
+            let negated: Vec<f32> = hwio.iter().map(|v| 1.0 - v).collect();
+            assert_eq!(again.to_hwio(), negated);
         }
     }
 }
