@@ -333,10 +333,15 @@ fn run(args: &Args) -> Result<(), String> {
     }
     match args.model.as_str() {
         "densenet121" => {
+            let start = std::time::Instant::now();
             let model = match &args.weights {
                 Some(path) => DenseNet121::load_safetensors(path).map_err(|e| e.to_string())?,
                 None => DenseNet121::init(0),
             };
+            eprintln!(
+                "bench_forward: model built in {:.1} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            );
             bench(&model, args)
         }
         "densenet_bc100_k12" => {

@@ -74,18 +74,25 @@ impl PackedWeight {
         if self.rows == 0 {
             return;
         }
-        for (p, panel) in self.data.chunks_exact_mut(self.rows * PACK).enumerate() {
-            let (c0, width) = (p * PACK, PACK.min(c_out - p * PACK));
-            let mut rows = panel.chunks_exact_mut(PACK);
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    for ci in 0..c_in {
-                        let src = hwio.slice(ndarray::s![ky, kx, ci, c0..c0 + width]);
-                        let dst = rows.next().expect("rows = kh·kw·c_in");
-                        for (d, &v) in dst.iter_mut().zip(src.iter()) {
-                            *d = v;
-                        }
-                    }
+        let rows = self.rows;
+        if let Some(values) = hwio.as_slice() {
+            // HWIO as stored (Keras's layout): rows are contiguous.
+            for (r, row) in values.chunks_exact(c_out).enumerate() {
+                for (p, src) in row.chunks(PACK).enumerate() {
+                    self.data[(p * rows + r) * PACK..][..src.len()].copy_from_slice(src);
+                }
+            }
+        } else {
+            // Any other layout, e.g. torch's OIHW permuted: output channel by output
+            // channel, each a contiguous block of the file in OIHW.
+            for c in 0..c_out {
+                let column = hwio.index_axis(ndarray::Axis(3), c);
+                let panel = &mut self.data[(c / PACK) * rows * PACK..][..rows * PACK];
+                let dst = panel.chunks_exact_mut(PACK).map(|row| &mut row[c % PACK]);
+                match column.as_slice() {
+                    // A 1x1 convolution's: contiguous.
+                    Some(column) => dst.zip(column).for_each(|(d, &v)| *d = v),
+                    None => dst.zip(column.iter()).for_each(|(d, &v)| *d = v),
                 }
             }
         }
@@ -112,8 +119,11 @@ impl PackedWeight {
         let panels = c_out.div_ceil(PACK);
         let mut data = vec![0.0; panels * rows * PACK];
         for r in 0..rows {
-            for c in 0..c_out {
-                data[((c / PACK) * rows + r) * PACK + c % PACK] = next();
+            for p in 0..panels {
+                let width = PACK.min(c_out - p * PACK);
+                for v in &mut data[(p * rows + r) * PACK..][..width] {
+                    *v = next();
+                }
             }
         }
         Self { data, rows, c_out }
@@ -165,6 +175,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_3x3_weight_from_torch_layout() {
+        // OIHW `[c_out, c_in, 3, 3]` permuted to HWIO: no axis is contiguous in HWIO
+        // order, so the generic path runs.
+        let (c_out, c_in) = (40, 5);
+        let oihw = ndarray::Array4::from_shape_fn((c_out, c_in, 3, 3), |(o, i, y, x)| {
+            (o * 1000 + i * 100 + y * 10 + x) as f32
+        });
+        let hwio = oihw.view().permuted_axes([2, 3, 1, 0]);
+        let mut packed = PackedWeight::from_fn(9 * c_in, c_out, || 0.0);
+        packed.assign_hwio(hwio);
+        let standard = hwio.as_standard_layout();
+        assert_eq!(packed.to_hwio(), standard.as_slice().unwrap());
+    }
+
+    #[test]
     fn every_element_lands_in_its_panel() {
         for (rows, c_out) in [(1, 1), (3, 32), (5, 33), (9, 40), (4, 128), (2, 300)] {
             let hwio: Vec<f32> = (0..rows * c_out).map(|i| i as f32 + 1.0).collect();
@@ -193,6 +218,10 @@ mod tests {
             again.assign_hwio(oihw.view().permuted_axes([2, 3, 1, 0]));
             let negated: Vec<f32> = hwio.iter().map(|v| 1.0 - v).collect();
             assert_eq!(again.to_hwio(), negated);
+            // From HWIO as stored (Keras's layout).
+            let stored = ndarray::Array4::from_shape_vec((1, 1, rows, c_out), hwio.clone());
+            again.assign_hwio(stored.unwrap().view());
+            assert_eq!(again, packed);
         }
     }
 }
