@@ -34,8 +34,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-// Growth 12: bottlenecks of 48 channels, whose weights are packed (two panels) by the
-// first forward pass, which here eight threads make at once.
+// Growth 12: bottlenecks of 48 channels, whose weights are stored packed (two panels, the
+// second masked), so the threads share the panel-major path.
 densenet! {
     Shared<growth: 12, blocks: [2, 3, 2], init_features: 16, theta: 0.5, input: [3, 48, 48], classes: 10>;
     Tiny<growth: 4, blocks: [1, 1], stem: cifar, input: [3, 8, 8], classes: 3>
@@ -53,7 +53,7 @@ fn eight_threads_match_a_single_thread_bit_for_bit() {
     let model = Shared::init(3);
     let inputs: Vec<_> = (0..8).map(|i| input(i, Shared::INPUT)).collect();
     // The same weights in another instance, so the threads below make `model`'s first
-    // calls concurrently.
+    // calls concurrently (each thread's workspace is made then).
     let single = Shared::init(3);
     let alone: Vec<_> = inputs
         .iter()

@@ -8,9 +8,9 @@
 //! batch's pixels in order) × up to 32 output channels accumulates in 28 of the 32 zmm
 //! registers (AVX2: 6 pixels × 16 channels in 12 of 16 ymm) while the kernel walks the taps and input channels, broadcasting input
 //! values straight from the image and loading weight rows, each prefetched a few rows
-//! ahead: from the HWIO weight as it is stored (its `kh·kw·c_in` rows are the GEMM's
-//! right matrix already), or from a copy packed panel-major once (`packed.rs`), whose
-//! panels stream sequentially.
+//! ahead: from an HWIO weight (its `kh·kw·c_in` rows are the GEMM's right matrix
+//! already), or from the panel-major layout (`packed.rs`) in which `Conv2d` stores
+//! weights wider than one panel, whose panels stream sequentially.
 //!
 //! Padding is the caller's: the input must carry its zero border (the runtime writes
 //! BN-ReLU outputs into padded buffers at no extra cost), so the kernel has no edge
