@@ -47,6 +47,26 @@ impl Default for Conv2dConfig {
 /// 32-column panels that the direct kernels stream sequentially). [`Conv2d::weight`]
 /// therefore borrows a narrow weight and unpacks a wide one; [`Conv2d::weight_mut`]
 /// and [`Conv2d::set_weight`] write either.
+///
+/// ```
+/// use densenet_runtime::layers::{Conv2d, Conv2dConfig};
+/// use densenet_runtime::ndarray::{Array4, Axis};
+/// use densenet_runtime::Rng;
+///
+/// // 1x1, 64 → 128 channels: stored as four 32-column panels.
+/// let mut conv = Conv2d::init(64, 128, 1, Conv2dConfig::default(), &mut Rng::new(0));
+/// assert_eq!(conv.weight_shape(), [1, 1, 64, 128]);
+///
+/// // Trained values, e.g. torch's OIHW tensor, written in place through a view.
+/// let oihw = Array4::from_shape_fn((128, 64, 1, 1), |(o, i, _, _)| (o * 64 + i) as f32);
+/// conv.set_weight(oihw.view().permuted_axes([2, 3, 1, 0]))?;
+/// assert_eq!(conv.weight()[[0, 0, 3, 2]], (2 * 64 + 3) as f32); // unpacked on request
+///
+/// // An in-place update: the guard packs the weight again when it drops.
+/// conv.weight_mut().mapv_inplace(|w| w * 0.5);
+/// assert_eq!(conv.weight().index_axis(Axis(3), 2)[[0, 0, 3]], (2 * 64 + 3) as f32 * 0.5);
+/// # Ok::<(), densenet_runtime::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     weight: StoredWeight,
