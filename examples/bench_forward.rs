@@ -15,8 +15,10 @@
 //! - `--input PATH`: raw little-endian `f32` NCHW input of the right size (default: a
 //!   deterministic pattern); `--output PATH`: writes the first pass's logits there, raw
 //!   little-endian `f32`, row-major `(N, classes)`;
-//! - `--kernels best|avx2|portable`: the convolution kernels: the best this CPU has
-//!   (default), the AVX2 ones even on an AVX-512 CPU, or the portable im2col + GEMM path;
+//! - `--kernels best|direct|avx2|portable`: the convolution kernels: the best this CPU
+//!   has (default), the direct kernel also for the 3x3 convolutions that take the
+//!   Winograd path, the AVX2 ones even on an AVX-512 CPU, or the portable im2col + GEMM
+//!   path;
 //! - `--into`: times `forward_into` with one reused `Workspace` and output array (no
 //!   allocation per pass) instead of `forward` (thread-local workspace, new output);
 //!   the JSON line then says `"api": "forward_into"`;
@@ -37,7 +39,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use densenet::ndarray::{Array2, Array4, ArrayView4};
-use densenet::runtime::kernels::direct_conv::{force_avx2, force_portable};
+use densenet::runtime::kernels::direct_conv::{force_avx2, force_direct, force_portable};
 use densenet::runtime::{input_to_nhwc, Workspace};
 use densenet::{densenet, densenet_yaml};
 
@@ -66,7 +68,7 @@ struct Args {
 
 const USAGE: &str = "usage: bench_forward [--model densenet121|densenet_bc100_k12] [--batch N] \
 [--iters K] [--warmup W] [--threads T] [--weights PATH] [--input PATH] [--output PATH] \
-[--stages] [--serve] [--into] [--kernels best|avx2|portable]";
+[--stages] [--serve] [--into] [--kernels best|direct|avx2|portable]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -112,11 +114,12 @@ fn parse_args() -> Result<Args, String> {
     }
     match args.kernels.as_str() {
         "best" => {}
+        "direct" => force_direct(true),
         "avx2" => force_avx2(true),
         "portable" => force_portable(true),
         other => {
             return Err(format!(
-                "--kernels: `{other}` is not best, avx2 or portable"
+                "--kernels: `{other}` is not best, direct, avx2 or portable"
             ))
         }
     }

@@ -2,18 +2,21 @@
 //! one image, grouped by kind (the hot loops of a forward pass), in GFLOP/s.
 //!
 //! ```sh
-//! RAYON_NUM_THREADS=1 cargo run --release --example conv_gflops [-- [--hwio] [KIND]]
+//! RAYON_NUM_THREADS=1 cargo run --release --example conv_gflops [-- [--hwio|--direct] [KIND]]
 //! ```
 //!
 //! Weights with more than 32 outputs are packed panel-major, as the runtime runs them;
 //! `--hwio` also times every kind with the HWIO weight, alternating with the packed one
-//! in the same repetitions, and prints the ratio.
+//! in the same repetitions, and prints the ratio; `--direct` likewise times the 3x3
+//! convolutions on the direct kernel against the Winograd path the runtime takes for
+//! them. GFLOP/s count the direct convolution's multiply-adds (`2·MACs / time`), also
+//! for Winograd, which does fewer.
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use densenet::runtime::kernels::direct_conv::{
-    direct_conv, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight, PACK,
+    direct_conv, force_direct, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight, PACK,
 };
 
 fn data(len: usize, seed: u64) -> Vec<f32> {
@@ -213,7 +216,15 @@ fn cases() -> Vec<Case> {
 fn main() {
     let mut cases = cases();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let compare = args.iter().any(|a| a == "--hwio");
+    // The baseline each kind alternates with: (flag, label, ratio's name).
+    let baseline = [
+        ("--hwio", "HWIO", "packed/HWIO"),
+        ("--direct", "direct", "ours/direct"),
+    ]
+    .into_iter()
+    .find(|(flag, ..)| args.iter().any(|a| a == flag));
+    let compare = baseline.is_some();
+    let hwio_mode = baseline.is_some_and(|(flag, ..)| flag == "--hwio");
     if let Some(only) = args.iter().find(|a| !a.starts_with("--")) {
         cases.retain(|c| c.kind == only);
     }
@@ -231,7 +242,7 @@ fn main() {
     for c in cases.iter_mut() {
         c.run(false);
     }
-    // Kinds (and with `--hwio` layouts) alternate within each repetition, so a slow
+    // Kinds (and with `--hwio` or `--direct` the variants) alternate within each repetition, so a slow
     // spell of a shared machine hits them all; the best of the repetitions counts.
     let reps = if compare { 40 } else { 30 };
     let mut best = vec![f64::INFINITY; kinds.len()];
@@ -248,10 +259,11 @@ fn main() {
             };
             let layouts = if compare { &order[..] } else { &[false][..] };
             for &hwio in layouts {
+                force_direct(hwio && !hwio_mode);
                 let start = Instant::now();
                 let mut flop = 0.0;
                 for c in cases.iter_mut().filter(|c| c.kind == *kind) {
-                    c.run(hwio);
+                    c.run(hwio && hwio_mode);
                     flop += 2.0 * c.shape.macs() as f64;
                 }
                 let t = start.elapsed().as_secs_f64();
@@ -277,9 +289,9 @@ fn main() {
             best[k] * 1e3,
             flops[k] / best[k] / 1e9
         );
-        if compare {
+        if let Some((_, label, ratio)) = baseline {
             print!(
-                "   HWIO {:7.2} ms  packed/HWIO {:.3}",
+                "   {label} {:7.2} ms  {ratio} {:.3}",
                 best_hwio[k] * 1e3,
                 best[k] / best_hwio[k]
             );

@@ -167,6 +167,8 @@ const PARALLEL_MACS: usize = 1 << 20;
 static PORTABLE: AtomicBool = AtomicBool::new(false);
 /// Set by [`force_avx2`].
 static AVX2_ONLY: AtomicBool = AtomicBool::new(false);
+/// Set by [`force_direct`].
+static DIRECT_ONLY: AtomicBool = AtomicBool::new(false);
 
 /// Makes [`available`] false (or true again, where the CPU allows) for the whole
 /// process, so the portable im2col + GEMM paths run even on an AVX-512 CPU: for tests
@@ -179,6 +181,13 @@ pub fn force_portable(portable: bool) {
 /// again), for the whole process: for tests and benchmarks of the AVX2 path.
 pub fn force_avx2(avx2: bool) {
     AVX2_ONLY.store(avx2, Ordering::Relaxed);
+}
+
+/// Makes [`direct_conv`] run 3x3 convolutions on the direct kernel even where its
+/// Winograd path applies (or lets it choose again), for the whole process: for tests
+/// and benchmarks of both.
+pub fn force_direct(direct: bool) {
+    DIRECT_ONLY.store(direct, Ordering::Relaxed);
 }
 
 /// The instruction sets [`direct_conv`] has kernels for.
@@ -396,6 +405,7 @@ pub fn direct_conv(
 ) -> bool {
     run(
         isa(),
+        !DIRECT_ONLY.load(Ordering::Relaxed),
         input,
         input_layout,
         prologue,
@@ -408,13 +418,14 @@ pub fn direct_conv(
     )
 }
 
-/// [`direct_conv`] on the kernels of `isa`: the same checks and panics, then `false`,
-/// touching nothing, when `isa` is `None`, the CPU lacks it, or the window has more
-/// than 49 taps.
+/// [`direct_conv`] on the kernels of `isa` (and, with `winograd`, on the Winograd path
+/// where it applies): the same checks and panics, then `false`, touching nothing, when
+/// `isa` is `None`, the CPU lacks it, or the window has more than 49 taps.
 #[allow(clippy::too_many_arguments)]
 #[track_caller]
 fn run(
     isa: Option<Isa>,
+    winograd: bool,
     input: &[f32],
     input_layout: ImageLayout,
     prologue: Epilogue<'_>,
@@ -446,6 +457,16 @@ fn run(
     }
     #[cfg(target_arch = "x86_64")]
     {
+        // DenseNet's 3x3 convolutions (no prologue or epilogue, HWIO: at most 32
+        // outputs) on AVX-512, but for the last block's odd maps.
+        if let (Isa::Avx512, true, Epilogue::Store, Epilogue::Store, ConvWeight::Hwio(w)) =
+            (isa, winograd, prologue, epilogue, weight)
+        {
+            if winograd::applies(&shape) {
+                winograd::run(input, input_layout, w, shape, out, out_layout, parallel);
+                return true;
+            }
+        }
         let job = job::Job::new(
             input,
             input_layout,
@@ -464,6 +485,7 @@ fn run(
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (
         isa,
+        winograd,
         input,
         input_layout,
         prologue,
@@ -492,6 +514,8 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod job;
 mod packed;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 pub use packed::{ConvWeight, PackedWeight, PACK};
 
@@ -608,14 +632,21 @@ mod tests {
         if isas.is_empty() {
             eprintln!("no AVX-512 or AVX2 here: nothing to compare");
         }
-        // Each with the weight as stored (HWIO) and packed panel-major.
+        // Each with the weight as stored (HWIO) and packed panel-major, and with the
+        // Winograd path allowed (where it applies) or not.
         let taps = s.kernel_h * s.kernel_w;
         let packed = PackedWeight::from_hwio(&weight, taps * s.c_in, s.c_out);
         let weights = [ConvWeight::Hwio(&weight), ConvWeight::Packed(&packed)];
-        for (isa, weight) in isas.into_iter().flat_map(|i| weights.map(|w| (i, w))) {
+        let variants = isas.into_iter().flat_map(|i| {
+            weights
+                .into_iter()
+                .flat_map(move |w| [false, true].map(|winograd| (i, w, winograd)))
+        });
+        for (isa, weight, winograd) in variants {
             let mut actual = sentinel.clone();
             let ran = run(
                 Some(isa),
+                winograd,
                 &input,
                 input_layout,
                 prologue,
@@ -631,6 +662,11 @@ mod tests {
             let layout = match weight {
                 ConvWeight::Hwio(_) => "HWIO",
                 ConvWeight::Packed(_) => "packed",
+            };
+            let layout = if winograd {
+                format!("{layout}, Winograd allowed")
+            } else {
+                layout.to_owned()
             };
             for (i, (&e, &a)) in expected.iter().zip(&actual).enumerate() {
                 let tol = 1e-5 * k.sqrt() * e.abs().max(1.0);
@@ -716,6 +752,17 @@ mod tests {
         };
         case(transition, (0, 0), 300, 0, 0, false, true, 16);
         case_with(transition, (4, 1), 310, 5, 0, true, true, false, 17);
+        // The Winograd path's shapes: a batch over strided inputs, 12 outputs (masked)
+        // into a column range, 15 tiles a row (two GEMM row groups); 64 input channels
+        // at 28x28 into a padded map; three images at 32x28 over rows with spare pixels.
+        case(conv3(2, 30, 64, 12), (3, 2), 20, 5, 0, false, true, 18);
+        case(conv3(1, 28, 64, 32), (0, 0), 32, 0, 1, false, true, 19);
+        let tall = ConvShape {
+            n: 3,
+            out_h: 32,
+            ..conv3(1, 28, 80, 32)
+        };
+        case(tall, (0, 1), 48, 16, 0, false, false, 20);
         // Strided input layouts (spare channels and pixels), the 7x7/2 stem.
         case(conv3(2, 5, 7, 17), (3, 2), 17, 0, 0, true, false, 6);
         let stem = ConvShape {
@@ -756,6 +803,53 @@ mod tests {
                 100 + w as u64,
             );
         }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn winograd_takes_densenet_3x3_shapes_only() {
+        let conv3 = |hw, c_in, c_out| ConvShape {
+            n: 1,
+            out_h: hw,
+            out_w: hw,
+            c_in,
+            c_out,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+        };
+        for hw in [56, 28, 30] {
+            assert!(winograd::applies(&conv3(hw, 128, 32)), "{hw}x{hw}");
+        }
+        assert!(winograd::applies(&conv3(28, 64, 1)));
+        assert!(!winograd::applies(&conv3(7, 128, 32)), "odd map");
+        assert!(
+            !winograd::applies(&conv3(14, 128, 32)),
+            "fewer than 28 columns"
+        );
+        assert!(
+            !winograd::applies(&conv3(56, 128, 48)),
+            "more than one panel"
+        );
+        assert!(
+            !winograd::applies(&conv3(56, 72, 32)),
+            "channels not a multiple of 16"
+        );
+        assert!(
+            !winograd::applies(&conv3(56, 48, 32)),
+            "fewer than 64 channels"
+        );
+        let strided = ConvShape {
+            stride: 2,
+            ..conv3(28, 128, 32)
+        };
+        assert!(!winograd::applies(&strided));
+        let one_by_one = ConvShape {
+            kernel_h: 1,
+            kernel_w: 1,
+            ..conv3(28, 128, 32)
+        };
+        assert!(!winograd::applies(&one_by_one));
     }
 
     #[test]

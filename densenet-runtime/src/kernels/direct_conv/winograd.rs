@@ -1,0 +1,356 @@
+//! Winograd F(2x2, 3x3) for DenseNet's 3x3 convolutions on AVX-512: 2.25x fewer
+//! multiply-adds than the direct kernel (Lavin & Gray, 2016).
+//!
+//! Each 2x2 block of output pixels (a tile) comes from a 4x4 block of input pixels `d`
+//! and the 3x3 filter `g` as `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: 16 products per tile and
+//! channel pair instead of 36. Summed over input channels, the 16 elementwise products
+//! become 16 GEMMs, `M[ξ] = V[ξ] · U[ξ]`, with `V[ξ]` the transformed inputs (tiles ×
+//! `c_in`) and `U[ξ]` the transformed weight (`c_in` × 32), which run on the direct
+//! kernel's 14 × 32 register tiles ([`Avx512::tile`]).
+//!
+//! A call transforms the weight once (`U`, 16·c_in·32 floats, in the calling thread's
+//! scratch), then runs one task per row of tiles (two output rows), which transforms
+//! that row's input tiles into `V`, runs the GEMMs into `M` (both in the worker
+//! thread's scratch, which grows once) and writes `Aᵀ M A` to the output.
+//!
+//! It takes stride-1 3x3 convolutions with at most 32 outputs, at least 64 input
+//! channels (a multiple of 16), an even output of at least 28 columns, and no prologue
+//! or epilogue: DenseNet-121's 3x3 convolutions on its 56x56 and 28x28 maps. Measured on DenseNet-121's 3x3
+//! convolutions (`conv_gflops --winograd`): see BENCHMARKS.md.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::avx512::Avx512;
+use super::job::Microkernel;
+use super::{ConvShape, ImageLayout, MAX_TILE, PARALLEL_MACS};
+
+/// Columns of the transformed weight: one AVX-512 panel, so each GEMM is one panel wide.
+const PANEL: usize = 32;
+/// Lanes of a vector.
+const LANES: usize = 16;
+/// Fewest input channels: the GEMMs' depth. With 16 the transforms outweigh the saving
+/// (an 18% slower 16 → 32 conv at 56x56).
+const MIN_C_IN: usize = 64;
+/// Fewest output columns: a row of tiles should fill the 14-row register tile. At 14x14
+/// (7 tiles a row) it measured at par with the direct kernel.
+const MIN_WIDTH: usize = 28;
+
+thread_local! {
+    /// The transformed weight of the call this thread makes.
+    static WEIGHT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// `V` and `M` of the task this thread runs.
+    static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether a convolution of `shape` with no prologue or epilogue runs here.
+pub(super) fn applies(s: &ConvShape) -> bool {
+    s.kernel_h == 3
+        && s.kernel_w == 3
+        && s.stride == 1
+        && s.c_out <= PANEL
+        && s.c_in >= MIN_C_IN
+        && s.c_in.is_multiple_of(LANES)
+        && s.out_h.is_multiple_of(2)
+        && s.out_w.is_multiple_of(2)
+        && s.out_w >= MIN_WIDTH
+}
+
+/// The convolution of `input` at `input_layout` with the HWIO weight `weight` into
+/// `out` at `out_layout`, for a shape that [`applies`] (the caller checked the
+/// geometry with `check` and that the CPU has AVX-512F).
+pub(super) fn run(
+    input: &[f32],
+    input_layout: ImageLayout,
+    weight: &[f32],
+    shape: ConvShape,
+    out: &mut [f32],
+    out_layout: ImageLayout,
+    parallel: bool,
+) {
+    let s = shape;
+    debug_assert!(applies(&s) && weight.len() == 9 * s.c_in * s.c_out);
+    let out = out.as_mut_ptr();
+    let with_weight = |u: &[f32]| {
+        let job = Job {
+            input: input.as_ptr(),
+            input_layout,
+            u: u.as_ptr(),
+            shape,
+            out,
+            out_layout,
+        };
+        let tasks = s.n * s.out_h / 2;
+        if parallel && s.macs() >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
+            (0..tasks).into_par_iter().for_each(|t| job.task(t));
+        } else {
+            (0..tasks).for_each(|t| job.task(t));
+        }
+    };
+    let floats = 16 * s.c_in * PANEL;
+    WEIGHT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut u) => {
+            if u.len() < floats {
+                u.resize(floats, 0.0);
+            }
+            // SAFETY: the caller checked AVX-512F; `weight` holds the 9·c_in·c_out values
+            // read and `u` the 16·c_in·32 written.
+            unsafe { transform_weight(weight, s.c_in, s.c_out, &mut u[..floats]) };
+            with_weight(&u[..floats]);
+        }
+        // This thread's buffer is held by a call further up its stack (rayon ran this
+        // call's pass while that one waited): a buffer of its own.
+        Err(_) => {
+            let mut u = vec![0.0; floats];
+            // SAFETY: as above.
+            unsafe { transform_weight(weight, s.c_in, s.c_out, &mut u) };
+            with_weight(&u);
+        }
+    });
+}
+
+/// `U[ξ][ci][co] = (G g Gᵀ)[ξ]` of the filter `g` of every input channel `ci` and output
+/// `co < c_out` (columns `c_out..32` zero), with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `weight` holds `9·c_in·c_out` values, `u` `16·c_in·32`.
+// The transforms index 4x4 tiles by row and column, as the formulas do.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_weight(weight: &[f32], c_in: usize, c_out: usize, u: &mut [f32]) {
+    assert!(weight.len() >= 9 * c_in * c_out && u.len() >= 16 * c_in * PANEL);
+    let half = _mm512_set1_ps(0.5);
+    // (g0 + g1 + g2) / 2 and (g0 − g1 + g2) / 2, the middle rows of G.
+    let mid = |g0, g1, g2| {
+        let outer = _mm512_add_ps(g0, g2);
+        (
+            _mm512_mul_ps(half, _mm512_add_ps(outer, g1)),
+            _mm512_mul_ps(half, _mm512_sub_ps(outer, g1)),
+        )
+    };
+    for ci in 0..c_in {
+        for c0 in (0..PANEL).step_by(LANES) {
+            let lanes = c_out.saturating_sub(c0).min(LANES);
+            let mask: __mmask16 = ((1u32 << lanes) - 1) as __mmask16;
+            // SAFETY: lane `l < lanes` of tap `t` reads weight element
+            // `(t·c_in + ci)·c_out + c0 + l < 9·c_in·c_out` (asserted above); masked-off
+            // lanes are not read.
+            let g = |t: usize| unsafe {
+                _mm512_maskz_loadu_ps(mask, weight.as_ptr().add((t * c_in + ci) * c_out + c0))
+            };
+            // G g: the rows of the filter (ky), column kx by column.
+            let columns: [[__m512; 4]; 3] = std::array::from_fn(|kx| {
+                let (g0, g1, g2) = (g(kx), g(3 + kx), g(6 + kx));
+                let (m1, m2) = mid(g0, g1, g2);
+                [g0, m1, m2, g2]
+            });
+            // (G g) Gᵀ: the same along kx, row i of G g by row.
+            for i in 0..4 {
+                let r = [columns[0][i], columns[1][i], columns[2][i]];
+                let (m1, m2) = mid(r[0], r[1], r[2]);
+                for (j, v) in [r[0], m1, m2, r[2]].into_iter().enumerate() {
+                    let at = ((i * 4 + j) * c_in + ci) * PANEL + c0;
+                    // SAFETY: `at + 16 ≤ 16·c_in·32` (`c0 + 16 ≤ 32`), asserted above.
+                    unsafe { _mm512_storeu_ps(u.as_mut_ptr().add(at), v) };
+                }
+            }
+        }
+    }
+}
+
+/// A call's pointers (tasks write disjoint output rows: see [`Job::task`]).
+struct Job {
+    input: *const f32,
+    input_layout: ImageLayout,
+    u: *const f32,
+    shape: ConvShape,
+    out: *mut f32,
+    out_layout: ImageLayout,
+}
+
+// SAFETY: the pointers come from borrows that `run` holds while every task runs; inputs
+// and the weight are only read, and tasks write disjoint output elements (the two output
+// rows of their own tile row; `check` verified that distinct output elements are
+// distinct memory).
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Task `t`: tile row `t % (out_h / 2)` of image `t / (out_h / 2)`.
+    fn task(&self, t: usize) {
+        let s = self.shape;
+        let (th, tw) = (s.out_h / 2, s.out_w / 2);
+        let (b, ty) = (t / th, t % th);
+        let (v_len, m_len) = (16 * tw * s.c_in, 16 * tw * PANEL);
+        TILES.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                if scratch.len() < v_len + m_len {
+                    scratch.resize(v_len + m_len, 0.0);
+                }
+                let (v, m) = scratch[..v_len + m_len].split_at_mut(v_len);
+                self.tile_row(b, ty, v, m);
+            }
+            // Unreachable (a task calls nothing that could run another), but a
+            // buffer of its own is as correct.
+            Err(_) => {
+                let mut scratch = vec![0.0; v_len + m_len];
+                let (v, m) = scratch.split_at_mut(v_len);
+                self.tile_row(b, ty, v, m);
+            }
+        });
+    }
+
+    /// Tile row `ty` of image `b`: input transform into `v` (`V[ξ][tx][ci]`), 16 GEMMs
+    /// into `m` (`M[ξ][tx][co]`), output transform into output rows `2ty, 2ty + 1`.
+    fn tile_row(&self, b: usize, ty: usize, v: &mut [f32], m: &mut [f32]) {
+        let s = self.shape;
+        let tw = s.out_w / 2;
+        assert!(v.len() == 16 * tw * s.c_in && m.len() == 16 * tw * PANEL);
+        // SAFETY: `run`'s caller checked AVX-512F and, with `check`, that the input
+        // block of `(n, out_h + 2, out_w + 2, c_in)` lies inside the input slice: tile
+        // row `ty` reads input rows `2ty .. 2ty + 4 ≤ out_h + 2` and columns
+        // `.. 2·tw + 2 = out_w + 2`, channels `c0 .. c0 + 16 ≤ c_in` (`c_in % 16 == 0`).
+        // Writes go to `v` (length asserted above).
+        unsafe { input_tiles(self.input, self.input_layout, (b, ty, tw, s.c_in), v) };
+        let offsets: [usize; MAX_TILE] = std::array::from_fn(|i| i * PANEL);
+        let null = (std::ptr::null(), std::ptr::null());
+        for xi in 0..16 {
+            for t0 in (0..tw).step_by(Avx512::TILE) {
+                let rows = Avx512::TILE.min(tw - t0);
+                // SAFETY: AVX-512F as above; `1 ≤ rows ≤ 14`, `1 ≤ c_out ≤ 32`. Pixel
+                // `i < rows` reads `v[(xi·tw + t0 + i)·c_in + ci]`, `ci < c_in`: inside
+                // `v`'s `16·tw·c_in`. Weight row `ci` reads `u[(xi·c_in + ci)·32 + co]`,
+                // `co < c_out ≤ 32`: inside the `16·c_in·32` transformed weight, which
+                // `run` holds and nobody writes during the call. Writes go to
+                // `m[(xi·tw + t0 + i)·32 + co]`: inside `m`, this task's own.
+                unsafe {
+                    Avx512::tile(
+                        rows,
+                        s.c_out,
+                        v.as_ptr().add((xi * tw + t0) * s.c_in),
+                        s.c_in,
+                        &[0],
+                        s.c_in,
+                        self.u.add(xi * s.c_in * PANEL),
+                        PANEL,
+                        null,
+                        m.as_mut_ptr().add((xi * tw + t0) * PANEL),
+                        &offsets,
+                        false,
+                    );
+                }
+            }
+        }
+        // SAFETY: AVX-512F as above. Tile `tx` writes output pixels `(b, 2ty + dy,
+        // 2tx + dx)`, `dy, dx < 2`, channels `< c_out`: inside the output block `check`
+        // bounded, and only this task writes output rows `2ty, 2ty + 1` of image `b`.
+        unsafe { output_tiles(m, (b, ty, tw, s.c_out), self.out, self.out_layout) };
+    }
+}
+
+/// `V[ξ][tx][ci] = (Bᵀ d B)[ξ]` of the 4x4 input tile `d` at rows `2ty..`, columns
+/// `2tx..` of image `b`, 16 channels at a time, with
+/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; input pixels `(b, 2ty .. 2ty + 4, 0 .. 2·tw + 2)`, channels
+/// `0 .. c_in` (a multiple of 16) are valid reads; `v` holds `16·tw·c_in` values.
+// The transforms index 4x4 tiles by row and column, as the formulas do.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_tiles(
+    input: *const f32,
+    il: ImageLayout,
+    (b, ty, tw, c_in): (usize, usize, usize, usize),
+    v: &mut [f32],
+) {
+    assert!(v.len() >= 16 * tw * c_in);
+    let (rs, ps) = (il.row_stride, il.pixel_stride);
+    let plane = tw * c_in;
+    for tx in 0..tw {
+        let base = il.index(b, 2 * ty, 2 * tx, 0);
+        for c0 in (0..c_in).step_by(LANES) {
+            // SAFETY: pixel (2ty + r, 2tx + c), channels c0 .. c0 + 16: valid by the
+            // contract.
+            let d = |r: usize, c: usize| unsafe {
+                _mm512_loadu_ps(input.add(base + r * rs + c * ps + c0))
+            };
+            // Bᵀ d: along the rows, column by column.
+            let mut t = [[_mm512_setzero_ps(); 4]; 4];
+            for c in 0..4 {
+                let (d0, d1, d2, d3) = (d(0, c), d(1, c), d(2, c), d(3, c));
+                t[0][c] = _mm512_sub_ps(d0, d2);
+                t[1][c] = _mm512_add_ps(d1, d2);
+                t[2][c] = _mm512_sub_ps(d2, d1);
+                t[3][c] = _mm512_sub_ps(d1, d3);
+            }
+            // (Bᵀ d) B: along the columns.
+            for (r, x) in t.iter().enumerate() {
+                let row = [
+                    _mm512_sub_ps(x[0], x[2]),
+                    _mm512_add_ps(x[1], x[2]),
+                    _mm512_sub_ps(x[2], x[1]),
+                    _mm512_sub_ps(x[1], x[3]),
+                ];
+                for (j, value) in row.into_iter().enumerate() {
+                    let at = (r * 4 + j) * plane + tx * c_in + c0;
+                    // SAFETY: `at + 16 ≤ 16·tw·c_in` (asserted above).
+                    unsafe { _mm512_storeu_ps(v.as_mut_ptr().add(at), value) };
+                }
+            }
+        }
+    }
+}
+
+/// Output pixels `(b, 2ty + dy, 2tx + dx)` of every tile `tx` as `Aᵀ M A`, with
+/// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, `M[ξ][tx][co]` in `m`.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `m` holds `16·tw·32` values; output pixels `(b, 2ty .. 2ty + 2,
+/// 0 .. 2·tw)`, channels `0 .. c_out` are valid writes that nothing else accesses.
+// The transforms index 4x4 tiles by row and column, as the formulas do.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_tiles(
+    m: &[f32],
+    (b, ty, tw, c_out): (usize, usize, usize, usize),
+    out: *mut f32,
+    ol: ImageLayout,
+) {
+    assert!(m.len() >= 16 * tw * PANEL);
+    let plane = tw * PANEL;
+    for tx in 0..tw {
+        for c0 in (0..c_out).step_by(LANES) {
+            let lanes = (c_out - c0).min(LANES);
+            let mask: __mmask16 = ((1u32 << lanes) - 1) as __mmask16;
+            // SAFETY: `(ξ·tw + tx)·32 + c0 + 16 ≤ 16·tw·32` (asserted above).
+            let mm = |i: usize, j: usize| unsafe {
+                _mm512_loadu_ps(m.as_ptr().add((i * 4 + j) * plane + tx * PANEL + c0))
+            };
+            // Aᵀ M: along the rows.
+            let mut r = [[_mm512_setzero_ps(); 4]; 2];
+            for j in 0..4 {
+                let (m0, m1, m2, m3) = (mm(0, j), mm(1, j), mm(2, j), mm(3, j));
+                r[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                r[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            }
+            // (Aᵀ M) A: along the columns.
+            for (dy, x) in r.iter().enumerate() {
+                let y0 = _mm512_add_ps(_mm512_add_ps(x[0], x[1]), x[2]);
+                let y1 = _mm512_sub_ps(_mm512_sub_ps(x[1], x[2]), x[3]);
+                let at = ol.index(b, 2 * ty + dy, 2 * tx, c0);
+                // SAFETY: channels c0 .. c0 + lanes of pixels (2ty + dy, 2tx) and
+                // (2ty + dy, 2tx + 1): valid writes by the contract.
+                unsafe {
+                    _mm512_mask_storeu_ps(out.add(at), mask, y0);
+                    _mm512_mask_storeu_ps(out.add(at + ol.pixel_stride), mask, y1);
+                }
+            }
+        }
+    }
+}
