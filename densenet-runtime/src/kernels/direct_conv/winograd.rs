@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::avx512::Avx512;
 use super::job::Microkernel;
-use super::{ConvShape, ImageLayout, MAX_TILE, PARALLEL_MACS};
+use super::{check, ConvShape, ConvWeight, Epilogue, ImageLayout, MAX_TILE, PARALLEL_MACS};
 
 /// Columns of the transformed weight: one AVX-512 panel, so each GEMM is one panel wide.
 const PANEL: usize = 32;
@@ -59,8 +59,13 @@ pub(super) fn applies(s: &ConvShape) -> bool {
 }
 
 /// The convolution of `input` at `input_layout` with the HWIO weight `weight` into
-/// `out` at `out_layout`, for a shape that [`applies`] (the caller checked the
-/// geometry with `check` and that the CPU has AVX-512F).
+/// `out` at `out_layout`, for a shape that [`applies`].
+///
+/// # Panics
+///
+/// If the shape does not apply, the CPU lacks AVX-512F, or the geometry does not fit
+/// the slices (`check`'s panics): caller bugs, since `direct_conv` checked them all.
+#[track_caller]
 pub(super) fn run(
     input: &[f32],
     input_layout: ImageLayout,
@@ -71,7 +76,23 @@ pub(super) fn run(
     parallel: bool,
 ) {
     let s = shape;
-    debug_assert!(applies(&s) && weight.len() == 9 * s.c_in * s.c_out);
+    // What every `unsafe` block below relies on, checked here too so that this function
+    // is sound on its own (a few comparisons per call).
+    assert!(
+        applies(&s) && std::is_x86_feature_detected!("avx512f"),
+        "winograd::run: shape or CPU not supported"
+    );
+    let (store, hwio) = (Epilogue::Store, ConvWeight::Hwio(weight));
+    check(
+        input,
+        input_layout,
+        store,
+        hwio,
+        s,
+        store,
+        out.len(),
+        out_layout,
+    );
     let out = out.as_mut_ptr();
     let with_weight = |u: &[f32]| {
         let job = Job {
@@ -95,8 +116,8 @@ pub(super) fn run(
             if u.len() < floats {
                 u.resize(floats, 0.0);
             }
-            // SAFETY: the caller checked AVX-512F; `weight` holds the 9·c_in·c_out values
-            // read and `u` the 16·c_in·32 written.
+            // SAFETY: AVX-512F asserted above; `check` verified that `weight` holds the
+            // 9·c_in·c_out values read, and `u` holds the 16·c_in·32 written.
             unsafe { transform_weight(weight, s.c_in, s.c_out, &mut u[..floats]) };
             with_weight(&u[..floats]);
         }
@@ -209,7 +230,7 @@ impl Job {
         let s = self.shape;
         let tw = s.out_w / 2;
         assert!(v.len() == 16 * tw * s.c_in && m.len() == 16 * tw * PANEL);
-        // SAFETY: `run`'s caller checked AVX-512F and, with `check`, that the input
+        // SAFETY: `run` asserted AVX-512F and, with `check`, that the input
         // block of `(n, out_h + 2, out_w + 2, c_in)` lies inside the input slice: tile
         // row `ty` reads input rows `2ty .. 2ty + 4 ≤ out_h + 2` and columns
         // `.. 2·tw + 2 = out_w + 2`, channels `c0 .. c0 + 16 ≤ c_in` (`c_in % 16 == 0`).
