@@ -21,7 +21,7 @@ use criterion::{
 };
 use densenet::ndarray::{Array1, Array4};
 use densenet::runtime::kernels::direct_conv::{
-    direct_conv, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight,
+    direct_conv, force_direct, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight,
 };
 use densenet::runtime::kernels::gemm::{gemm, MatMut, MatRef};
 use densenet::runtime::kernels::im2col::{im2col, Window};
@@ -180,8 +180,10 @@ fn convs(c: &mut Criterion) {
 }
 
 /// The direct (im2col-free) convolution against the im2col + GEMM path on the same
-/// shapes, both writing a 32-column range of the block buffer as dense layers do.
-/// `im2col` rows reuse their scratch; `direct` rows read a zero-padded input.
+/// shapes, all writing a 32-column range of the block buffer as dense layers do.
+/// `im2col` rows reuse their scratch; `direct` rows read a zero-padded input on the
+/// direct kernel (`force_direct`), `default` rows the path `direct_conv` picks (Winograd
+/// at 56x56 and 28x28).
 fn direct_convs(c: &mut Criterion) {
     let mut group = short(c, "direct_conv");
     let mut rng = Rng::new(11);
@@ -227,22 +229,26 @@ fn direct_convs(c: &mut Criterion) {
             offset: width - 32,
             ..ImageLayout::dense(hw, hw, width)
         };
-        group.bench_function(format!("3x3_{hw}x{hw}_128to32/direct"), |b| {
-            b.iter(|| {
-                direct_conv(
-                    black_box(&padded),
-                    ImageLayout::dense(hw + 2, hw + 2, 128),
-                    Epilogue::Store,
-                    ConvWeight::Hwio(weight),
-                    shape,
-                    Epilogue::Store,
-                    &mut buf,
-                    out_layout,
-                    true,
-                );
-                black_box(&buf);
-            })
-        });
+        for (label, direct) in [("direct", true), ("default", false)] {
+            force_direct(direct);
+            group.bench_function(format!("3x3_{hw}x{hw}_128to32/{label}"), |b| {
+                b.iter(|| {
+                    direct_conv(
+                        black_box(&padded),
+                        ImageLayout::dense(hw + 2, hw + 2, 128),
+                        Epilogue::Store,
+                        ConvWeight::Hwio(weight),
+                        shape,
+                        Epilogue::Store,
+                        &mut buf,
+                        out_layout,
+                        true,
+                    );
+                    black_box(&buf);
+                })
+            });
+        }
+        force_direct(false);
     }
     // Bottlenecks (1x1 to 128) at 56x56 and 14x14, BN-ReLU epilogue into a padded buffer.
     for (hw, c_in) in [(56, 256), (14, 992)] {
