@@ -45,17 +45,15 @@ impl PackedWeight {
             rows * c_out,
             "PackedWeight::from_hwio: the weight is not rows × c_out"
         );
-        let panels = c_out.div_ceil(PACK);
-        let mut data = vec![0.0; panels * rows * PACK];
-        if rows > 0 {
-            for (p, panel) in data.chunks_exact_mut(rows * PACK).enumerate() {
-                let (c0, width) = (p * PACK, PACK.min(c_out - p * PACK));
-                for (dst, src) in panel.chunks_exact_mut(PACK).zip(hwio.chunks_exact(c_out)) {
-                    dst[..width].copy_from_slice(&src[c0..c0 + width]);
-                }
-            }
-        }
-        Self { data, rows, c_out }
+        let mut packed = Self {
+            data: vec![0.0; c_out.div_ceil(PACK) * rows * PACK],
+            rows,
+            c_out,
+        };
+        let matrix = ndarray::ArrayView4::from_shape((1, 1, rows, c_out), hwio)
+            .expect("length checked above");
+        packed.assign_hwio(matrix);
+        packed
     }
 
     /// Overwrites the values with those of `hwio`, an HWIO weight `[kh, kw, c_in, c_out]`
