@@ -242,33 +242,33 @@ fn main() {
     for c in cases.iter_mut() {
         c.run(false);
     }
-    // Kinds (and with `--hwio` or `--direct` the variants) alternate within each repetition, so a slow
-    // spell of a shared machine hits them all; the best of the repetitions counts.
+    // Kinds (and with `--hwio` or `--direct` the two variants) alternate within each
+    // repetition, so a slow spell of a shared machine hits them all; the best counts.
     let reps = if compare { 40 } else { 30 };
     let mut best = vec![f64::INFINITY; kinds.len()];
-    let mut best_hwio = vec![f64::INFINITY; kinds.len()];
+    let mut best_baseline = vec![f64::INFINITY; kinds.len()];
     let mut flops = vec![0.0; kinds.len()];
     for rep in 0..reps {
         for (k, kind) in kinds.iter().enumerate() {
-            // The second run of a kind finds its inputs in cache: the layouts take
+            // The second run of a kind finds its inputs in cache: the variants take
             // turns going first.
             let order = if rep % 2 == 0 {
                 [false, true]
             } else {
                 [true, false]
             };
-            let layouts = if compare { &order[..] } else { &[false][..] };
-            for &hwio in layouts {
-                force_direct(hwio && !hwio_mode);
+            let variants = if compare { &order[..] } else { &[false][..] };
+            for &is_baseline in variants {
+                force_direct(is_baseline && !hwio_mode);
                 let start = Instant::now();
                 let mut flop = 0.0;
                 for c in cases.iter_mut().filter(|c| c.kind == *kind) {
-                    c.run(hwio && hwio_mode);
+                    c.run(is_baseline && hwio_mode);
                     flop += 2.0 * c.shape.macs() as f64;
                 }
                 let t = start.elapsed().as_secs_f64();
-                let b = if hwio {
-                    &mut best_hwio[k]
+                let b = if is_baseline {
+                    &mut best_baseline[k]
                 } else {
                     &mut best[k]
                 };
@@ -292,8 +292,8 @@ fn main() {
         if let Some((_, label, ratio)) = baseline {
             print!(
                 "   {label} {:7.2} ms  {ratio} {:.3}",
-                best_hwio[k] * 1e3,
-                best[k] / best_hwio[k]
+                best_baseline[k] * 1e3,
+                best[k] / best_baseline[k]
             );
         }
         println!();
