@@ -15,7 +15,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use densenet::ndarray::{Array2, Array4};
+use densenet::ndarray::{Array2, Array4, Ix4};
+use densenet::runtime::layers::reference;
+use densenet::runtime::stage::stages;
 use densenet::runtime::{input_to_nhwc, Workspace};
 use densenet::{densenet, densenet_yaml};
 
@@ -80,7 +82,7 @@ fn forward(c: &mut Criterion) {
 
 /// DenseNet-121 at batch 1, stage by stage, each on the real output of the stage before:
 /// where the time of a forward pass goes.
-fn stages(c: &mut Criterion) {
+fn by_stage(c: &mut Criterion) {
     let mut group = c.benchmark_group("densenet121_stages_b1");
     group
         .sample_size(10)
@@ -88,45 +90,18 @@ fn stages(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2));
 
     let m = DenseNet121::init(0);
-    let input = input_to_nhwc(batch(1, DenseNet121::INPUT).view(), DenseNet121::INPUT).unwrap();
-    let x0 = m.stem.forward(input.view());
-    let x1 = m.block1.forward(x0.view());
-    let t1 = m.transition1.forward(x1.view());
-    let x2 = m.block2.forward(t1.view());
-    let t2 = m.transition2.forward(x2.view());
-    let x3 = m.block3.forward(t2.view());
-    let t3 = m.transition3.forward(x3.view());
-    let x4 = m.block4.forward(t3.view());
-
-    group.bench_function("0_stem", |b| {
-        b.iter(|| m.stem.forward(black_box(input.view())))
-    });
-    group.bench_function("1_block1", |b| {
-        b.iter(|| m.block1.forward(black_box(x0.view())))
-    });
-    group.bench_function("2_transition1", |b| {
-        b.iter(|| m.transition1.forward(black_box(x1.view())))
-    });
-    group.bench_function("3_block2", |b| {
-        b.iter(|| m.block2.forward(black_box(t1.view())))
-    });
-    group.bench_function("4_transition2", |b| {
-        b.iter(|| m.transition2.forward(black_box(x2.view())))
-    });
-    group.bench_function("5_block3", |b| {
-        b.iter(|| m.block3.forward(black_box(t2.view())))
-    });
-    group.bench_function("6_transition3", |b| {
-        b.iter(|| m.transition3.forward(black_box(x3.view())))
-    });
-    group.bench_function("7_block4", |b| {
-        b.iter(|| m.block4.forward(black_box(t3.view())))
-    });
-    group.bench_function("8_head", |b| {
-        b.iter(|| m.head.forward(black_box(x4.view())))
-    });
+    let mut x = input_to_nhwc(batch(1, DenseNet121::INPUT).view(), DenseNet121::INPUT)
+        .unwrap()
+        .into_dyn();
+    for (i, stage) in stages(&m).enumerate() {
+        let input = x.into_dimensionality::<Ix4>().unwrap();
+        group.bench_function(format!("{i}_{}", stage.name()), |b| {
+            b.iter(|| reference::stage(stage, black_box(input.view())))
+        });
+        x = reference::stage(stage, input.view());
+    }
     group.finish();
 }
 
-criterion_group!(benches, forward, stages);
+criterion_group!(benches, forward, by_stage);
 criterion_main!(benches);

@@ -38,9 +38,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use densenet::ndarray::{Array2, Array4, ArrayView4};
+use densenet::ndarray::{Array4, ArrayD, Ix4};
 use densenet::runtime::kernels::direct_conv::{force_avx2, force_direct, force_portable};
-use densenet::runtime::{input_to_nhwc, Workspace};
+use densenet::runtime::layers::reference;
+use densenet::runtime::stage::stages;
+use densenet::runtime::{input_to_nhwc, Model, Workspace};
 use densenet::{densenet, densenet_yaml};
 
 densenet! {
@@ -126,82 +128,11 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// What the timing loop needs from a model.
-trait Bench {
-    const NAME: &'static str;
-    const IN: [usize; 3];
-    fn run(&self, x: ArrayView4<'_, f32>) -> Array2<f32>;
-    /// `forward_into` with a reused workspace and output.
-    fn run_into(&self, x: ArrayView4<'_, f32>, ws: &mut Workspace, out: &mut Array2<f32>);
-    /// Runs the network stage by stage on NHWC input, calling `record(stage, seconds)`.
-    fn run_stages(&self, x: ArrayView4<'_, f32>, record: &mut dyn FnMut(&'static str, f64));
-}
-
 /// Times `f` once, in seconds, and returns its result.
 fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
     let start = Instant::now();
     let out = f();
     (out, start.elapsed().as_secs_f64())
-}
-
-impl Bench for DenseNet121 {
-    const NAME: &'static str = "densenet121";
-    const IN: [usize; 3] = DenseNet121::INPUT;
-    fn run(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
-        self.forward(x).expect("input shape checked")
-    }
-    fn run_into(&self, x: ArrayView4<'_, f32>, ws: &mut Workspace, out: &mut Array2<f32>) {
-        self.forward_into(x, ws, out.view_mut())
-            .expect("shapes checked");
-    }
-    fn run_stages(&self, x: ArrayView4<'_, f32>, record: &mut dyn FnMut(&'static str, f64)) {
-        let (x, t) = timed(|| self.stem.forward(x));
-        record("stem", t);
-        let (x, t) = timed(|| self.block1.forward(x.view()));
-        record("block1", t);
-        let (x, t) = timed(|| self.transition1.forward(x.view()));
-        record("transition1", t);
-        let (x, t) = timed(|| self.block2.forward(x.view()));
-        record("block2", t);
-        let (x, t) = timed(|| self.transition2.forward(x.view()));
-        record("transition2", t);
-        let (x, t) = timed(|| self.block3.forward(x.view()));
-        record("block3", t);
-        let (x, t) = timed(|| self.transition3.forward(x.view()));
-        record("transition3", t);
-        let (x, t) = timed(|| self.block4.forward(x.view()));
-        record("block4", t);
-        let (_, t) = timed(|| self.head.forward(x.view()));
-        record("head", t);
-    }
-}
-
-impl Bench for DenseNetBC100K12 {
-    const NAME: &'static str = "densenet_bc100_k12";
-    const IN: [usize; 3] = DenseNetBC100K12::INPUT;
-    fn run(&self, x: ArrayView4<'_, f32>) -> Array2<f32> {
-        self.forward(x).expect("input shape checked")
-    }
-    fn run_into(&self, x: ArrayView4<'_, f32>, ws: &mut Workspace, out: &mut Array2<f32>) {
-        self.forward_into(x, ws, out.view_mut())
-            .expect("shapes checked");
-    }
-    fn run_stages(&self, x: ArrayView4<'_, f32>, record: &mut dyn FnMut(&'static str, f64)) {
-        let (x, t) = timed(|| self.stem.forward(x));
-        record("stem", t);
-        let (x, t) = timed(|| self.block1.forward(x.view()));
-        record("block1", t);
-        let (x, t) = timed(|| self.transition1.forward(x.view()));
-        record("transition1", t);
-        let (x, t) = timed(|| self.block2.forward(x.view()));
-        record("block2", t);
-        let (x, t) = timed(|| self.transition2.forward(x.view()));
-        record("transition2", t);
-        let (x, t) = timed(|| self.block3.forward(x.view()));
-        record("block3", t);
-        let (_, t) = timed(|| self.head.forward(x.view()));
-        record("head", t);
-    }
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -235,13 +166,14 @@ fn read_f32(path: &PathBuf, len: usize) -> Result<Vec<f32>, String> {
         .collect())
 }
 
-fn write_f32(path: &PathBuf, values: &Array2<f32>) -> Result<(), String> {
+fn write_f32(path: &PathBuf, values: &ArrayD<f32>) -> Result<(), String> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn bench<M: Bench>(model: &M, args: &Args) -> Result<(), String> {
-    let [c, h, w] = M::IN;
+fn bench(model: &dyn Model, args: &Args) -> Result<(), String> {
+    let name = args.model.as_str();
+    let [c, h, w] = model.plan().input;
     let shape = (args.batch, c, h, w);
     let x = match &args.input {
         Some(path) => Array4::from_shape_vec(shape, read_f32(path, args.batch * c * h * w)?)
@@ -251,10 +183,10 @@ fn bench<M: Bench>(model: &M, args: &Args) -> Result<(), String> {
         }),
     };
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".to_owned());
-    let (first, t) = timed(|| model.run(x.view()));
+    let (first, t) = timed(|| model.forward(x.view()).expect("input shape checked"));
     eprintln!(
         "bench_forward: {} batch {} RAYON_NUM_THREADS={threads}: first pass {:.1} ms",
-        M::NAME,
+        name,
         args.batch,
         t * 1e3
     );
@@ -262,7 +194,7 @@ fn bench<M: Bench>(model: &M, args: &Args) -> Result<(), String> {
         write_f32(path, &first)?;
     }
     for _ in 0..args.warmup {
-        std::hint::black_box(model.run(x.view()));
+        std::hint::black_box(model.forward(x.view()).expect("input shape checked"));
     }
 
     let mut ws = Workspace::new();
@@ -270,8 +202,20 @@ fn bench<M: Bench>(model: &M, args: &Args) -> Result<(), String> {
     let mut report = |iters: usize| -> Result<(), String> {
         let times: Vec<f64> = (0..iters)
             .map(|_| match args.into {
-                true => timed(|| model.run_into(x.view(), &mut ws, &mut out)).1 * 1e3,
-                false => timed(|| std::hint::black_box(model.run(x.view()))).1 * 1e3,
+                true => {
+                    timed(|| {
+                        model
+                            .forward_into(x.view(), &mut ws, out.view_mut())
+                            .expect("shapes checked")
+                    })
+                    .1 * 1e3
+                }
+                false => {
+                    timed(|| {
+                        std::hint::black_box(model.forward(x.view()).expect("input shape checked"))
+                    })
+                    .1 * 1e3
+                }
             })
             .collect();
         let api = match args.into {
@@ -282,7 +226,7 @@ fn bench<M: Bench>(model: &M, args: &Args) -> Result<(), String> {
         writeln!(
             stdout,
             "{{\"model\": \"{}\", \"batch\": {}, \"threads\": \"{threads}\"{api}, \"times_ms\": {}, \"median_ms\": {:.3}}}",
-            M::NAME,
+            name,
             args.batch,
             ms_list(&times),
             median(&times)
@@ -305,19 +249,20 @@ fn bench<M: Bench>(model: &M, args: &Args) -> Result<(), String> {
     }
 
     if args.stages {
-        let nhwc = input_to_nhwc(x.view(), M::IN).map_err(|e| e.to_string())?;
-        let mut names: Vec<&'static str> = Vec::new();
-        let mut samples: Vec<Vec<f64>> = Vec::new();
+        // The reference path, stage by stage, each on the output of the one before.
+        let nhwc = input_to_nhwc(x.view(), [c, h, w]).map_err(|e| e.to_string())?;
+        let names: Vec<String> = stages(model).map(|s| s.name()).collect();
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
         for _ in 0..args.iters.max(1) {
-            let mut i = 0;
-            model.run_stages(nhwc.view(), &mut |name, secs| {
-                if names.len() == i {
-                    names.push(name);
-                    samples.push(Vec::new());
-                }
-                samples[i].push(secs * 1e3);
-                i += 1;
-            });
+            let mut x = nhwc.clone().into_dyn();
+            for (stage, samples) in stages(model).zip(&mut samples) {
+                let input = x
+                    .into_dimensionality::<Ix4>()
+                    .expect("NHWC before the head");
+                let (out, secs) = timed(|| reference::stage(stage, input.view()));
+                samples.push(secs * 1e3);
+                x = out;
+            }
         }
         let items: Vec<String> = names
             .iter()

@@ -38,6 +38,7 @@ use densenet::densenet_yaml;
 use densenet::ndarray::{concatenate, Array4, Axis};
 use densenet::runtime::layers::{avg_pool2d, global_avg_pool, DenseLayer};
 use densenet::runtime::spec::Plan;
+use densenet::runtime::stage::stages;
 use densenet::runtime::train::{loss_and_gradients_with, StepConfig};
 use densenet::runtime::{input_to_nhwc, Model, Rng, StageRef};
 
@@ -90,8 +91,8 @@ fn mib(bytes: usize) -> f64 {
 /// transition's conv output once pooled). Returns the saved elements at the end.
 fn naive_forward<M: Model>(model: &M, x: &Array4<f32>) -> usize {
     let mut tape: Vec<Array4<f32>> = Vec::new();
-    let mut x = Some(input_to_nhwc(x.view(), M::ARCHITECTURE.input).expect("the model's input"));
-    for stage in model.stages() {
+    let mut x = Some(input_to_nhwc(x.view(), model.plan().input).expect("the model's input"));
+    for stage in stages(model) {
         let input = x.take().expect("each stage has an input");
         x = Some(match stage {
             StageRef::Stem { conv, norm } => {

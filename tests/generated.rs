@@ -40,9 +40,9 @@ fn the_struct_mirrors_the_architecture() {
     assert_eq!(model.block1.layers().len(), 2);
     assert_eq!(model.block3.layers().len(), 4);
     // floor(0.5 * (16 + 2 * 8))
-    assert_eq!(model.transition1.conv.c_out(), 16);
+    assert_eq!(model.transition1.conv().c_out(), 16);
     // 16 -> block1 -> 32 -> transition -> 16 -> block2 -> 40 -> 20 -> block3 -> 52 -> 26 -> block4 -> 42
-    assert_eq!(model.head.classifier.in_features(), 42);
+    assert_eq!(model.head.classifier().in_features(), 42);
 }
 
 #[test]

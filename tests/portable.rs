@@ -9,7 +9,8 @@ mod common;
 use common::{assert_close_scaled, fixture, read_f32};
 use densenet::ndarray::{Array2, Array4};
 use densenet::runtime::kernels::direct_conv::{available, force_portable};
-use densenet::runtime::{forward_reference, Model, Workspace};
+use densenet::runtime::layers::reference;
+use densenet::runtime::Workspace;
 use densenet::{densenet, densenet_yaml};
 use safetensors::SafeTensors;
 
@@ -49,7 +50,7 @@ fn portable_path_matches_torchvision_and_the_reference() {
     plain
         .forward_into(x.view(), &mut ws, out.view_mut())
         .unwrap();
-    let reference = forward_reference(plain.stages(), DenseNet40K12::INPUT, x.view()).unwrap();
+    let reference = reference::forward(&plain, x.view()).unwrap();
     assert_close_scaled(&out, &reference.into_dimensionality().unwrap(), 1e-5);
     force_portable(false);
 }

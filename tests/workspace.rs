@@ -1,9 +1,10 @@
 //! `forward_into` with a reused [`Workspace`]: the same numbers as the simple
-//! allocating stage-by-stage path (`forward_reference`), bit-identical across calls and
+//! allocating stage-by-stage path (`layers::reference::forward`), bit-identical across calls and
 //! batch sizes sharing one workspace, and an arena of exactly the planned size.
 
 use densenet::ndarray::{Array2, Array4, ArrayD};
-use densenet::runtime::{forward_reference, DynamicModel, Error, Model, Workspace};
+use densenet::runtime::layers::reference;
+use densenet::runtime::{DynamicModel, Error, Model, Workspace};
 use densenet::{densenet, densenet_yaml};
 
 densenet_yaml!("specs/densenet121.yaml");
@@ -61,7 +62,7 @@ macro_rules! checks {
                 let x = input(n, <$model>::INPUT, n);
                 let mut ws = Workspace::new();
                 let y = run(into, &model, &x, &mut ws, output);
-                let reference = forward_reference(model.stages(), <$model>::INPUT, x.view());
+                let reference = reference::forward(&model, x.view());
                 assert_close(&y, &reference.unwrap());
                 assert_eq!(ws.capacity(), <$model>::arena_floats(n), "batch {n}");
                 assert_eq!(ws.last_used(), <$model>::arena_floats(n), "batch {n}");
@@ -153,7 +154,7 @@ fn dynamic_model_shares_the_path() {
         .unwrap();
     assert_eq!(out, expected);
     assert_eq!(ws.capacity(), dynamic.arena_floats(2));
-    assert_close(&dynamic.forward_reference(x.view()).unwrap(), &expected);
+    assert_close(&reference::forward(&dynamic, x.view()).unwrap(), &expected);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use densenet_runtime::image::{stack, Preprocessing};
 use densenet_runtime::ndarray::Array4;
-use densenet_runtime::{DynamicModel, Naming, Summary};
+use densenet_runtime::{DynamicModel, Model, Naming, Summary};
 use densenet_spec::config::upper_camel_case;
 use densenet_spec::{
     check, parse_yaml, Architecture, Config, Plan, Span, SpecError, SpecFileError,
@@ -214,10 +214,7 @@ fn classify(
         .map(|path| preprocessing.load(path).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let batch = stack(&tensors).map_err(|e| e.to_string())?;
-    let probabilities = model
-        .predict(batch.view())
-        .map_err(|e| e.to_string())?
-        .ok_or("run needs a classifier head (`head: classifier`)")?;
+    let probabilities = model.predict(batch.view()).map_err(|e| e.to_string())?;
     let labels: Vec<&str> = IMAGENET_CLASSES.lines().collect();
     for (path, row) in images.iter().zip(probabilities.rows()) {
         println!("{}", path.display());

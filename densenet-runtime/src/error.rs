@@ -33,6 +33,12 @@ pub enum Error {
         /// The shape that was passed in.
         actual: Vec<usize>,
     },
+    /// `predict` on a model whose head is not a classifier (no classes to score).
+    #[error("{model} has no classifier head: `predict` needs one (use `forward` for features)")]
+    NotAClassifier {
+        /// The model's name.
+        model: String,
+    },
     /// A tensor handed to a layer constructor has the wrong shape.
     #[error("{name}: expected shape {expected:?}, got {actual:?}")]
     TensorShape {
@@ -275,8 +281,23 @@ pub enum TrainError {
     },
     /// A checkpoint could not be written (or its directory created).
     #[error("checkpoint: {0}")]
-    Checkpoint(#[source] LoadError),
+    Checkpoint(#[source] SaveError),
     /// The model rejected a batch (not expected once the dataset has been checked).
     #[error(transparent)]
     Model(#[from] Error),
+}
+
+/// Why a model could not be saved or exported. The file is replaced atomically, so on
+/// error whatever was at the path is still there.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SaveError {
+    /// The file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }

@@ -1,9 +1,180 @@
-//! What every generated model shares at its edges: checking and converting the user's
-//! NCHW input, and turning logits into probabilities.
+//! The one model abstraction: what generated models and [`DynamicModel`](crate::DynamicModel)
+//! both are, and everything they can do, written once.
+//!
+//! A model says what it is (its [`Architecture`] and [`Plan`]) and lists its stages by
+//! index; inference, export, saving, summaries and training are provided on top of that,
+//! so a model built at run time can do all a generated one can.
 
-use ndarray::{Array2, Array4, ArrayView4, Axis};
+use std::path::Path;
 
-use crate::Error;
+use ndarray::{Array2, Array4, ArrayD, ArrayView4, ArrayViewMutD, Axis, Ix2};
+
+use crate::spec::{Architecture, Head, Plan};
+use crate::stage::{LayerMut, LayerName, LayerRef, StageMut, StageRef};
+use crate::train::{self, Dataset, Evaluation, FitConfig, Gradients, History};
+use crate::{onnx, weights, Error, SaveError, Summary, TrainError, Workspace};
+
+/// A DenseNet: a `densenet!`/`densenet_yaml!` model or a [`DynamicModel`](crate::DynamicModel).
+///
+/// Implementors provide four things: the architecture, the plan, and the stages by
+/// index (shared and mutable). Everything else is provided, so it is written once for
+/// every model. Object safe: `&dyn Model` runs, saves and exports like a concrete model
+/// (the methods taking a path need `Sized`; for `dyn Model` use
+/// [`weights::save_file`](crate::weights::save_file) and [`onnx::save_file`]).
+///
+/// ```
+/// use densenet_runtime::{DynamicModel, Model};
+/// use densenet_runtime::ndarray::Array4;
+/// # let arch = densenet_runtime::spec::check(&densenet_runtime::spec::parse_yaml(
+/// #     "name: Tiny\ngrowth: 4\nblocks: [2, 2]\nstem: cifar\ninput: [3, 8, 8]\nclasses: 3\n", "t").unwrap()).unwrap();
+/// let model = DynamicModel::init(arch, 0);
+/// let logits = model.forward(Array4::zeros((2, 3, 8, 8)).view())?;
+/// assert_eq!(logits.shape(), &[2, 3]);
+/// let bytes = model.to_safetensors_bytes();   // torchvision naming
+/// # Ok::<(), densenet_runtime::Error>(())
+/// ```
+pub trait Model: Send + Sync {
+    /// The checked architecture.
+    fn architecture(&self) -> &Architecture;
+
+    /// Every shape and count, stage by stage and layer by layer.
+    fn plan(&self) -> &Plan;
+
+    /// Stage `index` (0: the stem; then blocks and transitions; the head last), in the
+    /// order of [`Plan::stages`]; `None` past the head.
+    fn stage(&self, index: usize) -> Option<StageRef<'_>>;
+
+    /// [`stage`](Self::stage), mutably. Layers keep their shapes: only weights change.
+    fn stage_mut(&mut self, index: usize) -> Option<StageMut<'_>>;
+
+    /// Runs the network on an NCHW batch: `(N, classes)` logits, `(N, C)` pooled
+    /// features, or an `(N, C, H, W)` feature map, as the head says. Activations live
+    /// in this thread's cached [`Workspace`]: only the output is allocated.
+    ///
+    /// # Errors
+    /// [`Error::InputShape`] when a per-image shape is not the model's input;
+    /// [`Error::EmptyBatch`] for N = 0.
+    fn forward(&self, x: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, Error> {
+        crate::workspace::forward_alloc(self, x)
+    }
+
+    /// [`forward`](Self::forward) into `out` (`[N] ++ plan().output`, any memory
+    /// layout) with every activation in `ws`: no allocation once `ws` has grown to the
+    /// batch.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward), and [`Error::OutputShape`] when `out` has another shape.
+    fn forward_into(
+        &self,
+        x: ArrayView4<'_, f32>,
+        ws: &mut Workspace,
+        out: ArrayViewMutD<'_, f32>,
+    ) -> Result<(), Error> {
+        crate::workspace::forward_into(self, x, ws, out)
+    }
+
+    /// Softmax probabilities `(N, classes)` of a classifier.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward); [`Error::NotAClassifier`] for a model whose head
+    /// is not a classifier.
+    fn predict(&self, x: ArrayView4<'_, f32>) -> Result<Array2<f32>, Error> {
+        let arch = self.architecture();
+        if arch.head != Head::Classifier {
+            return Err(Error::NotAClassifier {
+                model: arch.name.to_string(),
+            });
+        }
+        let logits = self.forward(x)?;
+        Ok(softmax(
+            logits
+                .into_dimensionality::<Ix2>()
+                .expect("a classifier head gives (N, classes)"),
+        ))
+    }
+
+    /// A Keras-style summary table; print it with `{}`.
+    fn summary(&self) -> Summary<'_> {
+        Summary::new(&self.architecture().name, self.plan())
+    }
+
+    /// Calls `f` on every layer with weights, in network order, with its structural
+    /// name: the order of saved files, gradients and optimiser state.
+    fn visit_layers(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        crate::stage::visit_layers(self, f);
+    }
+
+    /// [`visit_layers`](Self::visit_layers), mutably, in the same order with the same names.
+    fn visit_layers_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        crate::stage::visit_layers_mut(self, f);
+    }
+
+    /// The weights as safetensors bytes in torchvision naming (conv weights OIHW, BN
+    /// running statistics and `num_batches_tracked` included), loadable by
+    /// `torchvision.models.DenseNet.load_state_dict` and by this crate's loaders.
+    fn to_safetensors_bytes(&self) -> Vec<u8> {
+        weights::to_bytes(self)
+    }
+
+    /// Writes [`to_safetensors_bytes`](Self::to_safetensors_bytes) to `path`
+    /// atomically: a failed write leaves what was there.
+    ///
+    /// # Errors
+    /// [`SaveError`] naming the file when it cannot be written.
+    fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), SaveError>
+    where
+        Self: Sized,
+    {
+        weights::save_file(self, path.as_ref())
+    }
+
+    /// A standard ONNX graph (opset 17, dynamic batch, weights included) for ONNX
+    /// Runtime, Triton or TensorRT, serialised.
+    fn to_onnx_bytes(&self) -> Vec<u8> {
+        onnx::to_bytes(self)
+    }
+
+    /// Writes [`to_onnx_bytes`](Self::to_onnx_bytes) to `path` atomically.
+    ///
+    /// # Errors
+    /// [`SaveError`] naming the file when it cannot be written.
+    fn to_onnx(&self, path: impl AsRef<Path>) -> Result<(), SaveError>
+    where
+        Self: Sized,
+    {
+        onnx::save_file(self, path.as_ref())
+    }
+
+    /// One training step's mean softmax cross-entropy on an NCHW batch with class
+    /// indices `labels`, and the gradient of every parameter; see
+    /// [`train::loss_and_gradients_with`] for the details and settings.
+    ///
+    /// # Errors
+    /// As [`train::loss_and_gradients`].
+    fn loss_and_gradients(
+        &mut self,
+        x: ArrayView4<'_, f32>,
+        labels: &[usize],
+    ) -> Result<(f32, Gradients), Error> {
+        train::loss_and_gradients(self, x, labels)
+    }
+
+    /// Trains on `data` as `config` says; see [`train::fit`].
+    ///
+    /// # Errors
+    /// As [`train::fit`].
+    fn fit(&mut self, data: &Dataset, config: &FitConfig<'_>) -> Result<History, TrainError> {
+        train::fit(self, data, config)
+    }
+
+    /// Mean cross-entropy and accuracy over `data` in inference mode; see [`train::evaluate`].
+    ///
+    /// # Errors
+    /// As [`train::evaluate`].
+    fn evaluate(&self, data: &Dataset, batch_size: usize) -> Result<Evaluation, TrainError> {
+        train::evaluate(self, data, batch_size)
+    }
+}
 
 /// Checks an NCHW batch against the model's per-image `[C, H, W]` and converts it to
 /// the NHWC layout the layers use.

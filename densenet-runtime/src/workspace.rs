@@ -23,16 +23,15 @@
 
 use std::cell::RefCell;
 
-use ndarray::{ArrayD, ArrayView4, ArrayViewMutD, Dimension, Ix2, Ix4, IxDyn};
+use ndarray::{ArrayD, ArrayView4, ArrayViewMutD, Ix2, Ix4, IxDyn};
 
 use crate::layers::{
-    dense_block_forward, dense_block_forward_into, feature_map_forward, feature_map_forward_into,
-    pooled_head_forward, pooled_head_forward_into, stem_forward, stem_forward_into,
-    transition_forward, transition_forward_into,
+    dense_block_forward_into, feature_map_forward_into, pooled_head_forward_into,
+    stem_forward_into, transition_forward_into,
 };
 use crate::spec::{Head, Plan};
-use crate::visit::StageRef;
-use crate::{input_to_nhwc, Error};
+use crate::stage::{stages, StageRef};
+use crate::{Error, Model};
 
 /// A reusable activation arena for [`forward_into`] (and generated models'
 /// `forward_into`): grows on first use to what the batch needs, never shrinks.
@@ -141,25 +140,17 @@ fn check_shapes(plan: &Plan, x: &ArrayView4<'_, f32>, out: &[usize]) -> Result<u
     Ok(n)
 }
 
-/// Runs a network's `stages` (as `Model::stages` lists them) on the NCHW batch `x`,
-/// writing the head's output into `out` (`(N, classes)`, `(N, C)` or NCHW
-/// `(N, C, H, W)`, any memory layout), with every activation in `ws`'s arena.
-/// Allocates only when `ws` is smaller than `plan.arena_floats(N)`.
-///
-/// # Errors
-/// [`Error::InputShape`], [`Error::EmptyBatch`], or [`Error::OutputShape`] when `out`
-/// is not `[N] ++ plan.output`.
-///
-/// # Panics
-/// If `stages` do not match `plan` (generated models and `DynamicModel` build both from
-/// one architecture).
-pub fn forward_into<'a>(
-    stages: impl IntoIterator<Item = StageRef<'a>> + Send,
-    plan: &Plan,
+/// Runs `model` on the NCHW batch `x`, writing the head's output into `out`
+/// (`(N, classes)`, `(N, C)` or NCHW `(N, C, H, W)`, any memory layout), with every
+/// activation in `ws`'s arena: [`Model::forward_into`]. Allocates only when `ws` is
+/// smaller than `plan.arena_floats(N)`.
+pub(crate) fn forward_into<M: Model + ?Sized>(
+    model: &M,
     x: ArrayView4<'_, f32>,
     ws: &mut Workspace,
     out: ArrayViewMutD<'_, f32>,
 ) -> Result<(), Error> {
+    let (stages, plan) = (stages(model), model.plan());
     if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
         // The whole pass runs as one task on rayon's pool: the kernels' parallel loops
         // then queue their tasks on the worker's own deque. Called from outside the pool,
@@ -255,55 +246,15 @@ fn forward_into_on_this_thread<'a>(
     Ok(())
 }
 
-/// [`forward_into`] into a new output array, with this thread's cached workspace: what
-/// generated models' and `DynamicModel`'s `forward` do. Only the output is allocated in
-/// steady state.
-///
-/// # Errors
-/// As [`forward_into`].
-pub fn forward_alloc<'a, D: Dimension>(
-    stages: impl IntoIterator<Item = StageRef<'a>> + Send,
-    plan: &Plan,
-    x: ArrayView4<'_, f32>,
-) -> Result<ndarray::Array<f32, D>, Error> {
-    let mut shape = vec![x.dim().0];
-    shape.extend_from_slice(&plan.output);
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
-    Workspace::with_thread_local(|ws| forward_into(stages, plan, x, ws, out.view_mut()))?;
-    Ok(out
-        .into_dimensionality::<D>()
-        .expect("the caller names the head's output rank"))
-}
-
-/// The simple allocating path, stage by stage (`stem_forward`, `dense_block_forward`,
-/// …): every stage returns a new array. Kept as the test oracle for [`forward_into`].
-/// Returns the head's output: `(N, classes)`, `(N, C)` or NCHW `(N, C, H, W)`.
-///
-/// # Errors
-/// [`Error::InputShape`] or [`Error::EmptyBatch`].
-pub fn forward_reference<'a>(
-    stages: impl IntoIterator<Item = StageRef<'a>>,
-    input: [usize; 3],
+/// [`forward_into`] into a new output array, with this thread's cached workspace:
+/// [`Model::forward`]. Only the output is allocated in steady state.
+pub(crate) fn forward_alloc<M: Model + ?Sized>(
+    model: &M,
     x: ArrayView4<'_, f32>,
 ) -> Result<ArrayD<f32>, Error> {
-    let mut x = input_to_nhwc(x, input)?;
-    for stage in stages {
-        x = match stage {
-            StageRef::Stem { conv, norm } => stem_forward(conv, norm, x.view()),
-            StageRef::Block { layers, .. } => dense_block_forward(layers, x.view()),
-            StageRef::Transition { norm, conv, .. } => transition_forward(norm, conv, x.view()),
-            StageRef::Head {
-                norm,
-                classifier,
-                head,
-            } => {
-                return Ok(match head {
-                    Head::None => feature_map_forward(norm, x.view()).into_dyn(),
-                    _ => pooled_head_forward(norm, classifier, head == Head::Max, x.view())
-                        .into_dyn(),
-                });
-            }
-        };
-    }
-    Ok(x.into_dyn())
+    let mut shape = vec![x.dim().0];
+    shape.extend_from_slice(&model.plan().output);
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
+    Workspace::with_thread_local(|ws| forward_into(model, x, ws, out.view_mut()))?;
+    Ok(out)
 }

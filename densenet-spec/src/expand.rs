@@ -5,7 +5,7 @@
 //! number of blocks, not layers: a dense block is one field whose type carries its size.
 
 use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote, ToTokens};
+use quote::{format_ident, quote};
 
 use crate::arch::{Architecture, Head, Stem};
 use crate::plan::Plan;
@@ -41,7 +41,7 @@ pub fn expand_model(
     let bn_size = lit(arch.bottleneck.unwrap_or(0));
 
     let mut fields = Vec::new();
-    let mut inits = Vec::new();
+    // (field, stage index argument) in the order of `Plan::stages`.
     let mut visits = Vec::new();
 
     let (c_in, c_out) = (lit(plan.stem.c_in), lit(plan.stem.c_out));
@@ -60,8 +60,7 @@ pub fn expand_model(
         plan.stem.c_in, plan.stem.c_out, plan.stem.height, plan.stem.width
     );
     fields.push(quote!(#[doc = #stem_doc] pub stem: #stem_ty));
-    inits.push(quote!(stem: <#stem_ty>::init(rng, eps)));
-    visits.push((quote!(stem), quote!()));
+    visits.push((quote!(stem), lit(0)));
 
     for (i, block) in plan.blocks.iter().enumerate() {
         let field = format_ident!("block{}", i + 1);
@@ -77,8 +76,7 @@ pub fn expand_model(
             block.width
         );
         fields.push(quote!(#[doc = #doc] pub #field: #ty));
-        inits.push(quote!(#field: <#ty>::init(rng, eps)));
-        visits.push((quote!(#field), lit(i + 1).into_token_stream()));
+        visits.push((quote!(#field), lit(i + 1)));
         if let Some(t) = plan.transitions.get(i) {
             let field = format_ident!("transition{}", i + 1);
             let (c_in, c_out) = (lit(t.c_in), lit(t.c_out));
@@ -92,18 +90,19 @@ pub fn expand_model(
                 t.width
             );
             fields.push(quote!(#[doc = #doc] pub #field: #ty));
-            inits.push(quote!(#field: <#ty>::init(rng, eps)));
-            visits.push((quote!(#field), lit(i + 1).into_token_stream()));
+            visits.push((quote!(#field), lit(i + 1)));
         }
     }
-    visits.push((quote!(head), quote!()));
-    let stages = visits
-        .iter()
-        .map(|(field, index)| quote!(self.#field.stage(#index)));
-    let stage_count = lit(visits.len());
-    let stages_mut = visits
-        .iter()
-        .map(|(field, index)| quote!(self.#field.stage_mut(#index)));
+    visits.push((quote!(head), lit(0)));
+    let field_names: Vec<&TokenStream> = visits.iter().map(|(field, _)| field).collect();
+    let stage_arms = visits.iter().enumerate().map(|(i, (field, index))| {
+        let i = lit(i);
+        quote!(#i => #rt::__private::BuildingBlock::stage(&self.#field, #index))
+    });
+    let stage_mut_arms = visits.iter().enumerate().map(|(i, (field, index))| {
+        let i = lit(i);
+        quote!(#i => #rt::__private::BuildingBlock::stage_mut(&mut self.#field, #index))
+    });
 
     let c = lit(plan.head_channels);
     let classes = lit(arch.classes);
@@ -146,7 +145,6 @@ pub fn expand_model(
         ),
     };
     fields.push(quote!(#[doc = #head_doc] pub head: #head_ty));
-    inits.push(quote!(head: <#head_ty>::init(rng, eps)));
 
     let arch_const = architecture_const(arch, rt);
     let [ic, ih, iw] = arch.input.map(lit);
@@ -165,12 +163,43 @@ pub fn expand_model(
     let (stem, block) = (lit(one.stem), lit(one.block));
     let (transition, head) = (lit(one.transition), lit(one.head));
 
+    // Intra-doc links resolve in the user's module: give the runtime a name there.
+    let rt_alias = format_ident!("__densenet_runtime_{}", name.to_string().to_lowercase());
+    let link = |item: &str| format!("{rt_alias}::{item}");
+    let load_errors = format!(
+        " # Errors\n A [`LoadError`]({}) naming the tensor and what was wrong.",
+        link("LoadError")
+    );
+    let save_errors = format!(
+        " # Errors\n A [`SaveError`]({}) naming the file if it cannot be written.",
+        link("SaveError")
+    );
+    let forward_errors = format!(
+        " # Errors\n [`Error::InputShape`]({}) when a per-image shape is not [`Self::INPUT`];\n [`Error::EmptyBatch`]({}) for N = 0.",
+        link("Error::InputShape"),
+        link("Error::EmptyBatch")
+    );
+    let forward_into_errors = format!(
+        " # Errors\n As `forward`, and [`Error::OutputShape`]({}).",
+        link("Error::OutputShape")
+    );
+    let model_doc = format!(
+        " Saving, export, training and the rest come from [`Model`]({}), which this model implements.",
+        link("Model")
+    );
+    let workspace_doc = format!(
+        " [`forward`](Self::forward) into `out` (`(N, …)` of [`Self::OUTPUT`]) with every\n activation in `ws` (a [`Workspace`]({})): no allocation once `ws` has grown to the batch.",
+        link("Workspace")
+    );
+
     let classifier_items = (arch.head == Head::Classifier).then(|| {
         quote! {
             /// Number of output classes.
             pub const CLASSES: usize = #classes;
 
             /// Softmax probabilities for an NCHW batch: `forward` followed by a softmax per row.
+            ///
+            #[doc = #forward_errors]
             pub fn predict(
                 &self,
                 x: #rt::ndarray::ArrayView4<'_, f32>,
@@ -181,13 +210,18 @@ pub fn expand_model(
     });
 
     quote! {
+        #[doc(hidden)]
+        #[allow(unused_imports)]
+        use #rt as #rt_alias;
+
         #(#attrs)*
+        ///
+        #[doc = #model_doc]
         #[derive(Clone, Debug)]
         #vis struct #name {
             #(#fields,)*
         }
 
-        #[allow(clippy::all)]
         impl #name {
             /// The checked architecture this model was generated from.
             pub const ARCHITECTURE: #rt::spec::Architecture = #arch_const;
@@ -206,7 +240,7 @@ pub fn expand_model(
 
             #classifier_items
 
-            /// Every shape and count, layer by layer (Keras-style names).
+            /// Every shape and count, stage by stage and layer by layer (Keras-style names).
             pub fn plan() -> &'static #rt::spec::Plan {
                 static PLAN: ::std::sync::OnceLock<#rt::spec::Plan> = ::std::sync::OnceLock::new();
                 PLAN.get_or_init(|| #rt::spec::Plan::new(&Self::ARCHITECTURE))
@@ -230,74 +264,73 @@ pub fn expand_model(
 
             /// [`init`](Self::init) drawing from `rng`.
             pub fn init_with(rng: &mut #rt::Rng) -> Self {
-                let eps = Self::ARCHITECTURE.eps;
-                Self { #(#inits,)* }
+                let mut stages =
+                    #rt::__private::init_stages(&Self::ARCHITECTURE, Self::plan(), rng).into_iter();
+                Self { #(#field_names: #rt::__private::take(&mut stages),)* }
             }
 
             /// Loads weights from a safetensors file in torchvision/timm or Keras naming
             /// (detected from the keys).
             ///
-            /// # Errors
-            /// A [`LoadError`](#rt::LoadError) naming the tensor and what was wrong.
+            #[doc = #load_errors]
             pub fn load_safetensors(
                 path: impl ::core::convert::AsRef<::std::path::Path>,
             ) -> ::core::result::Result<Self, #rt::LoadError> {
-                #rt::weights::load_file(path, #rt::Naming::Auto)
+                Self::load_safetensors_with(path, #rt::Naming::Auto)
             }
 
             /// [`load_safetensors`](Self::load_safetensors) with the naming scheme forced.
             ///
-            /// # Errors
-            /// A [`LoadError`](#rt::LoadError) naming the tensor and what was wrong.
+            #[doc = #load_errors]
             pub fn load_safetensors_with(
                 path: impl ::core::convert::AsRef<::std::path::Path>,
                 naming: #rt::Naming,
             ) -> ::core::result::Result<Self, #rt::LoadError> {
-                #rt::weights::load_file(path, naming)
+                let bytes = #rt::__private::read(path.as_ref())?;
+                Self::from_safetensors_bytes_with(&bytes, naming)
             }
 
             /// Loads weights from safetensors bytes, e.g. embedded with `include_bytes!`.
             ///
-            /// # Errors
-            /// A [`LoadError`](#rt::LoadError) naming the tensor and what was wrong.
+            #[doc = #load_errors]
             pub fn from_safetensors_bytes(bytes: &[u8]) -> ::core::result::Result<Self, #rt::LoadError> {
-                #rt::weights::from_bytes(bytes, #rt::Naming::Auto)
+                Self::from_safetensors_bytes_with(bytes, #rt::Naming::Auto)
             }
 
             /// [`from_safetensors_bytes`](Self::from_safetensors_bytes) with the naming scheme forced.
             ///
-            /// # Errors
-            /// A [`LoadError`](#rt::LoadError) naming the tensor and what was wrong.
+            #[doc = #load_errors]
             pub fn from_safetensors_bytes_with(
                 bytes: &[u8],
                 naming: #rt::Naming,
             ) -> ::core::result::Result<Self, #rt::LoadError> {
-                #rt::weights::from_bytes(bytes, naming)
+                #rt::__private::loaded(Self::init_with, bytes, naming)
             }
 
-            /// Writes the weights as safetensors in torchvision naming.
+            /// Writes the weights as safetensors in torchvision naming, atomically.
             ///
-            /// # Errors
-            /// [`LoadError::Io`](#rt::LoadError::Io) if the file cannot be written.
+            #[doc = #save_errors]
             pub fn save_safetensors(
                 &self,
                 path: impl ::core::convert::AsRef<::std::path::Path>,
-            ) -> ::core::result::Result<(), #rt::LoadError> {
-                #rt::weights::save_file(self, path)
+            ) -> ::core::result::Result<(), #rt::SaveError> {
+                #rt::Model::save_safetensors(self, path)
             }
 
             /// The weights as safetensors bytes in torchvision naming.
             pub fn to_safetensors_bytes(&self) -> ::std::vec::Vec<u8> {
-                #rt::weights::to_bytes(self)
+                #rt::Model::to_safetensors_bytes(self)
             }
 
             /// Writes a standard ONNX graph (opset 17, dynamic batch, weights included) for
-            /// ONNX Runtime, Triton or TensorRT.
+            /// ONNX Runtime, Triton or TensorRT, atomically.
             ///
-            /// # Errors
-            /// If the file cannot be written.
-            pub fn to_onnx(&self, path: impl ::core::convert::AsRef<::std::path::Path>) -> ::std::io::Result<()> {
-                #rt::onnx::save_file(self, path)
+            #[doc = #save_errors]
+            pub fn to_onnx(
+                &self,
+                path: impl ::core::convert::AsRef<::std::path::Path>,
+            ) -> ::core::result::Result<(), #rt::SaveError> {
+                #rt::Model::to_onnx(self, path)
             }
 
             /// Floats of the activation arena at batch `batch`, from sizes the macro
@@ -313,52 +346,56 @@ pub fn expand_model(
                 #concat * batch + #bn_params + scratch
             }
 
-            fn stage_array(&self) -> [#rt::StageRef<'_>; #stage_count] {
-                [#(#stages),*]
-            }
-
             /// Runs the network on an NCHW batch of any size; activations live in this
             /// thread's cached workspace, so only the output is allocated.
             ///
-            /// # Errors
-            /// [`Error::InputShape`](#rt::Error::InputShape) when a per-image shape is not
-            /// [`Self::INPUT`].
+            #[doc = #forward_errors]
             pub fn forward(
                 &self,
                 x: #rt::ndarray::ArrayView4<'_, f32>,
             ) -> ::core::result::Result<#output_ty, #rt::Error> {
-                #rt::forward_alloc(self.stage_array(), Self::plan(), x)
+                #rt::Model::forward(self, x).map(|out| {
+                    out.into_dimensionality()
+                        .expect("the plan's output rank is the head's")
+                })
             }
 
-            /// [`forward`](Self::forward) into `out` (`(N, …)` of [`Self::OUTPUT`]) with
-            /// every activation in `ws`: no allocation once `ws` has grown to the batch.
+            #[doc = #workspace_doc]
             ///
-            /// # Errors
-            /// As `forward`, and [`Error::OutputShape`](#rt::Error::OutputShape).
+            #[doc = #forward_into_errors]
             pub fn forward_into(
                 &self,
                 x: #rt::ndarray::ArrayView4<'_, f32>,
                 ws: &mut #rt::Workspace,
                 out: #output_view,
             ) -> ::core::result::Result<(), #rt::Error> {
-                #rt::forward_into(self.stage_array(), Self::plan(), x, ws, out.into_dyn())
+                #rt::Model::forward_into(self, x, ws, out.into_dyn())
             }
         }
 
         #[automatically_derived]
         impl #rt::Model for #name {
-            const ARCHITECTURE: #rt::spec::Architecture = <#name>::ARCHITECTURE;
-
-            fn init_with(rng: &mut #rt::Rng) -> Self {
-                <#name>::init_with(rng)
+            fn architecture(&self) -> &#rt::spec::Architecture {
+                static ARCHITECTURE: #rt::spec::Architecture = #name::ARCHITECTURE;
+                &ARCHITECTURE
             }
 
-            fn stages(&self) -> ::std::vec::Vec<#rt::StageRef<'_>> {
-                ::std::vec::Vec::from(self.stage_array())
+            fn plan(&self) -> &#rt::spec::Plan {
+                #name::plan()
             }
 
-            fn stages_mut(&mut self) -> ::std::vec::Vec<#rt::StageMut<'_>> {
-                ::std::vec![#(#stages_mut),*]
+            fn stage(&self, index: usize) -> ::core::option::Option<#rt::StageRef<'_>> {
+                ::core::option::Option::Some(match index {
+                    #(#stage_arms,)*
+                    _ => return ::core::option::Option::None,
+                })
+            }
+
+            fn stage_mut(&mut self, index: usize) -> ::core::option::Option<#rt::StageMut<'_>> {
+                ::core::option::Option::Some(match index {
+                    #(#stage_mut_arms,)*
+                    _ => return ::core::option::Option::None,
+                })
             }
         }
     }

@@ -43,6 +43,6 @@ pub use config::{CompileError, Config};
 pub use error::{Sp, Span, SpecError, SpecFileError};
 #[cfg(feature = "codegen")]
 pub use parse::parse_specs;
-pub use plan::{ArenaPlan, LayerKind, LayerPlan, Plan};
+pub use plan::{ArenaPlan, LayerKind, LayerPlan, Plan, StagePlan};
 #[cfg(feature = "yaml")]
 pub use yaml::parse_yaml;

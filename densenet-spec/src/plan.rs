@@ -127,6 +127,38 @@ pub struct TransitionPlan {
     pub width: usize,
 }
 
+/// One stage of the network with its shape. [`Plan::stages`] lists them in network
+/// order: the one sequence that code generation, initialisation, inference, training,
+/// weight naming and export all walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StagePlan {
+    /// The stem.
+    Stem(StemPlan),
+    /// Dense block `index` (1-based).
+    Block {
+        /// 1-based block index.
+        index: usize,
+        /// Its shape.
+        plan: BlockPlan,
+    },
+    /// Transition `index` (1-based; it follows block `index`).
+    Transition {
+        /// 1-based transition index.
+        index: usize,
+        /// Its shape.
+        plan: TransitionPlan,
+    },
+    /// The head: BN, ReLU, then what `head` says.
+    Head {
+        /// Channels in.
+        channels: usize,
+        /// Which head.
+        head: Head,
+        /// Classes of a classifier head.
+        classes: usize,
+    },
+}
+
 /// Every shape and count of a model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -234,6 +266,26 @@ impl Rows {
 }
 
 impl Plan {
+    /// The stages in network order: the stem, each dense block followed by its
+    /// transition (none after the last block), then the head.
+    pub fn stages(&self) -> impl Iterator<Item = StagePlan> + '_ {
+        let blocks = self.blocks.iter().enumerate().flat_map(|(i, &plan)| {
+            let transition = self
+                .transitions
+                .get(i)
+                .map(|&plan| StagePlan::Transition { index: i + 1, plan });
+            std::iter::once(StagePlan::Block { index: i + 1, plan }).chain(transition)
+        });
+        let head = StagePlan::Head {
+            channels: self.head_channels,
+            head: self.head,
+            classes: self.classes,
+        };
+        std::iter::once(StagePlan::Stem(self.stem))
+            .chain(blocks)
+            .chain(std::iter::once(head))
+    }
+
     /// Plans `arch`. Never panics; sizes that shrink to nothing come out as 0
     /// (`check.rs` turns that into an error before code is generated).
     pub fn new(arch: &Architecture) -> Plan {

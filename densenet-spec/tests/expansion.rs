@@ -7,9 +7,10 @@
 use densenet_spec::expand::{default_runtime_path, expand_model, ItemInfo};
 use densenet_spec::{check, parse_yaml, Plan};
 
-/// A budget with room for the API to grow (228 lines when written); unrolling
+/// A budget with room for the API to grow (228 lines when written, 333 with the
+/// `Model` impl listing the stages by index); unrolling
 /// DenseNet-264's 130 layers would take thousands.
-const MAX_LINES: usize = 300;
+const MAX_LINES: usize = 400;
 
 /// The preset `specs/<file>.yaml` expanded as `densenet_yaml!` does, formatted with
 /// prettyplease.

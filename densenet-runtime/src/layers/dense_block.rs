@@ -5,14 +5,11 @@
 //! each layer reads the first `c` channels and writes its `k` new ones right after them
 //! (the shared-storage idea of Pleiss et al., 2017).
 
-use ndarray::{Array4, ArrayView4};
-
 use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
 use crate::layers::conv_into::{conv1x1_into_padded, conv2d_into};
 use crate::layers::{BatchNorm2d, Conv2d, Conv2dConfig};
 use crate::rng::Rng;
-use crate::visit::{StageMut, StageRef};
 
 /// One dense layer H_l.
 // Layers live in a Vec of one kind per block; boxing the larger variant buys nothing.
@@ -79,65 +76,6 @@ impl DenseLayer {
             }
         }
     }
-}
-
-/// Reusable buffers of a block's forward pass.
-#[derive(Default)]
-struct Scratch {
-    normed: Vec<f32>,
-    bottleneck: Vec<f32>,
-    bottleneck_normed: Vec<f32>,
-    im2col: Vec<f32>,
-}
-
-/// Runs `layers` over an NHWC input, each writing its channels into one shared buffer.
-///
-/// The layers must chain: layer `l` reads `c_in + l·k` channels. This is the one
-/// implementation of a dense block's forward pass.
-pub fn dense_block_forward(layers: &[DenseLayer], x: ArrayView4<'_, f32>) -> Array4<f32> {
-    let (n, h, w, c_in) = x.dim();
-    let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
-    let pixels = n * h * w;
-    let mut out = Array4::<f32>::zeros((n, h, w, c_out));
-    let buf = out.as_slice_mut().expect("fresh array is contiguous");
-    let x = x.as_standard_layout();
-    let x = x.as_slice().expect("standard layout is contiguous");
-    for (dst, src) in buf.chunks_exact_mut(c_out).zip(x.chunks_exact(c_in)) {
-        dst[..c_in].copy_from_slice(src);
-    }
-
-    let mut s = Scratch::default();
-    let mut c = c_in;
-    for layer in layers {
-        debug_assert_eq!(layer.c_in(), c, "dense layers must chain");
-        let k = layer.growth();
-        s.normed.resize(pixels * c, 0.0);
-        match layer {
-            DenseLayer::Basic { norm1, conv1 } => {
-                norm1.forward_relu_into(buf, pixels, c_out, &mut s.normed);
-                let dst = MatMut::new(&mut buf[c..], pixels, k, c_out, 1);
-                conv1.forward_into(&s.normed, n, h, w, dst, &mut s.im2col);
-            }
-            DenseLayer::Bottleneck {
-                norm1,
-                conv1,
-                norm2,
-                conv2,
-            } => {
-                norm1.forward_relu_into(buf, pixels, c_out, &mut s.normed);
-                let width = conv1.c_out();
-                s.bottleneck.resize(pixels * width, 0.0);
-                s.bottleneck_normed.resize(pixels * width, 0.0);
-                let mid = MatMut::row_major(&mut s.bottleneck, pixels, width);
-                conv1.forward_into(&s.normed, n, h, w, mid, &mut s.im2col);
-                norm2.forward_relu_into(&s.bottleneck, pixels, width, &mut s.bottleneck_normed);
-                let dst = MatMut::new(&mut buf[c..], pixels, k, c_out, 1);
-                conv2.forward_into(&s.bottleneck_normed, n, h, w, dst, &mut s.im2col);
-            }
-        }
-        c += k;
-    }
-    out
 }
 
 /// Floats of scratch [`dense_block_forward_into`] needs for `n` images of `h × w`:
@@ -266,63 +204,4 @@ pub fn dense_block_forward_into(
         c += k;
     }
     sizes.iter().sum()
-}
-
-/// A dense block of `LAYERS` layers reading `C_IN` channels, each adding `GROWTH`;
-/// `BN_SIZE` is the bottleneck width factor (0: no bottleneck).
-#[derive(Clone, Debug)]
-pub struct DenseBlock<
-    const C_IN: usize,
-    const LAYERS: usize,
-    const GROWTH: usize,
-    const BN_SIZE: usize,
-> {
-    layers: Vec<DenseLayer>,
-}
-
-impl<const C_IN: usize, const LAYERS: usize, const GROWTH: usize, const BN_SIZE: usize>
-    DenseBlock<C_IN, LAYERS, GROWTH, BN_SIZE>
-{
-    /// Channels out: `C_IN + LAYERS · GROWTH`.
-    pub const C_OUT: usize = C_IN + LAYERS * GROWTH;
-
-    /// A freshly initialised block.
-    pub fn init(rng: &mut Rng, eps: f32) -> Self {
-        let layers = (0..LAYERS)
-            .map(|l| DenseLayer::init(C_IN + l * GROWTH, GROWTH, BN_SIZE, eps, rng))
-            .collect();
-        DenseBlock { layers }
-    }
-
-    /// The layers, in order.
-    pub fn layers(&self) -> &[DenseLayer] {
-        &self.layers
-    }
-
-    /// The layers, mutably (their shapes are fixed; weights may change).
-    pub fn layers_mut(&mut self) -> &mut [DenseLayer] {
-        &mut self.layers
-    }
-
-    /// This block as stage `index` (1-based) of a network.
-    pub fn stage(&self, index: usize) -> StageRef<'_> {
-        StageRef::Block {
-            index,
-            layers: &self.layers,
-        }
-    }
-
-    /// [`stage`](Self::stage), mutably.
-    pub fn stage_mut(&mut self, index: usize) -> StageMut<'_> {
-        StageMut::Block {
-            index,
-            layers: &mut self.layers,
-        }
-    }
-
-    /// NHWC `(N, H, W, C_IN)` in, NHWC `(N, H, W, C_OUT)` out.
-    pub fn forward(&self, x: ArrayView4<'_, f32>) -> Array4<f32> {
-        assert_eq!(x.dim().3, C_IN, "dense block input channels");
-        dense_block_forward(&self.layers, x)
-    }
 }

@@ -2,9 +2,9 @@
 //! ONNX Runtime, Triton or TensorRT.
 //!
 //! ```no_run
-//! # use densenet_runtime::Model;
-//! # fn export<M: Model>(model: &M) -> std::io::Result<()> {
-//! densenet_runtime::onnx::save_file(model, "model.onnx")?;
+//! # use densenet_runtime::{Model, SaveError};
+//! # fn export(model: &impl Model) -> Result<(), SaveError> {
+//! model.to_onnx("model.onnx")?;
 //! # Ok(())
 //! # }
 //! ```
@@ -39,11 +39,12 @@ mod proto;
 
 use std::path::Path;
 
-use densenet_spec::{Head, Plan};
+use densenet_spec::Head;
 
 use crate::layers::{BatchNorm2d, Conv2d, DenseLayer, Linear};
-use crate::visit::{LayerName, Model, Site, StageRef};
+use crate::stage::{stages, LayerName, Site, StageRef};
 use crate::weights::torchvision_path as path;
+use crate::{Model, SaveError};
 use proto::{Attribute, Dim, Message};
 
 /// The ONNX IR version written (`ModelProto.ir_version`): 8, that of ONNX 1.12.
@@ -66,11 +67,11 @@ const PRODUCER: &str = "densenet-rs";
 
 /// The model as a serialised ONNX `ModelProto`, weights included; see the
 /// [module docs](self) for the graph.
-pub fn to_bytes<M: Model>(model: &M) -> Vec<u8> {
-    let arch = M::ARCHITECTURE;
+pub fn to_bytes<M: Model + ?Sized>(model: &M) -> Vec<u8> {
+    let arch = model.architecture();
     let mut graph = Graph::default();
     let mut x = INPUT_NAME.to_owned();
-    for stage in model.stages() {
+    for stage in stages(model) {
         x = match stage {
             StageRef::Stem { conv, norm } => {
                 let x = graph.conv(LayerName::new(Site::Stem, "conv0"), conv, x);
@@ -125,7 +126,7 @@ pub fn to_bytes<M: Model>(model: &M) -> Vec<u8> {
         .chain(arch.input.iter().map(|&d| Dim::Value(d)))
         .collect();
     let output_dims: Vec<Dim> = std::iter::once(batch())
-        .chain(Plan::new(&arch).output.iter().map(|&d| Dim::Value(d)))
+        .chain(model.plan().output.iter().map(|&d| Dim::Value(d)))
         .collect();
 
     // The graph's body in pieces (one per field), copied once into the model below.
@@ -168,12 +169,12 @@ pub fn to_bytes<M: Model>(model: &M) -> Vec<u8> {
     m.into_bytes()
 }
 
-/// Writes [`to_bytes`] to `path`.
+/// Writes [`to_bytes`] to `path` atomically: [`Model::to_onnx`], also for `dyn Model`.
 ///
 /// # Errors
-/// Any I/O error creating or writing the file.
-pub fn save_file<M: Model>(model: &M, path: impl AsRef<Path>) -> std::io::Result<()> {
-    std::fs::write(path, to_bytes(model))
+/// [`SaveError`] naming the file if it cannot be written.
+pub fn save_file<M: Model + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
+    crate::atomic_file::write(path, &to_bytes(model))
 }
 
 /// A node before encoding: its output is renamed when it turns out to be the last.

@@ -21,13 +21,13 @@ use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2};
 use crate::kernels::gemm::MatMut;
 use crate::layers::{avg_pool2d, global_avg_pool, BatchNorm2d, Conv2d, DenseLayer, Linear};
 use crate::rng::Rng;
+use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::{
     avg_pool2d_backward, batch_norm_apply, batch_norm_backward, batch_norm_train, conv2d_backward,
     dropout_in_place, global_avg_pool_backward, linear_backward, max_pool2d_backward,
     max_pool2d_train, softmax_cross_entropy, BatchStats,
 };
-use crate::visit::{LayerName, Model, Site, StageMut, StageRef};
-use crate::{input_to_nhwc, Error};
+use crate::{input_to_nhwc, Error, Model};
 
 /// Options of a training step; [`Default`] is torch's behaviour with the architecture's
 /// dropout rate.
@@ -120,7 +120,7 @@ impl Gradients {
 /// # Panics
 ///
 /// As [`loss_and_gradients_with`].
-pub fn loss_and_gradients<M: Model>(
+pub fn loss_and_gradients<M: Model + ?Sized>(
     model: &mut M,
     x: ArrayView4<'_, f32>,
     labels: &[usize],
@@ -146,7 +146,7 @@ pub fn loss_and_gradients<M: Model>(
 /// is not N, a label is not below the number of classes, or the dropout rate is not in
 /// `[0, 1)`. During the pass, as torch: if a BatchNorm sees a single value per channel
 /// (batch of one image whose final feature map is 1x1).
-pub fn loss_and_gradients_with<M: Model>(
+pub fn loss_and_gradients_with<M: Model + ?Sized>(
     model: &mut M,
     x: ArrayView4<'_, f32>,
     labels: &[usize],
@@ -158,14 +158,14 @@ pub fn loss_and_gradients_with<M: Model>(
 
 /// [`loss_and_gradients_with`], also returning the training-mode logits `(N, classes)`
 /// (what `fit` counts its training accuracy from).
-pub(crate) fn step<M: Model>(
+pub(crate) fn step<M: Model + ?Sized>(
     model: &mut M,
     x: ArrayView4<'_, f32>,
     labels: &[usize],
     config: StepConfig,
     rng: &mut Rng,
 ) -> Result<(f32, Array2<f32>, Gradients), Error> {
-    let arch = M::ARCHITECTURE;
+    let arch = model.architecture().clone();
     if arch.head != Head::Classifier {
         no_classifier(&arch.name);
     }
@@ -192,7 +192,9 @@ pub(crate) fn step<M: Model>(
     let mut tapes: Vec<Tape> = Vec::new();
     let mut next_input = Some(x);
     let mut logits = None;
-    for stage in model.stages_mut() {
+    let mut index = 0;
+    while let Some(stage) = model.stage_mut(index) {
+        index += 1;
         let tape = match stage {
             StageMut::Stem { conv, norm } => {
                 let x = next_input.take().expect("the stem comes first");
@@ -234,7 +236,7 @@ pub(crate) fn step<M: Model>(
     let mut record = |name: LayerName, grad: LayerGrad| {
         found.insert(name, grad);
     };
-    let stages = model.stages();
+    let stages: Vec<StageRef<'_>> = crate::stage::stages(&*model).collect();
     let mut grad: Option<Array4<f32>> = None;
     if stages.len() != tapes.len() {
         stages_changed();

@@ -8,18 +8,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use densenet_spec::{Head, Plan};
+use densenet_spec::Head;
 use ndarray::{Array2, ArrayView4, Axis, Ix2};
 
-use crate::error::{LoadError, TrainError};
+use crate::error::{SaveError, TrainError};
 use crate::rng::Rng;
 use crate::train::backward::step;
 use crate::train::dataset::permutation;
 use crate::train::{
     softmax_cross_entropy, step_lr, Adam, AdamConfig, Dataset, Sgd, SgdConfig, StepConfig,
 };
-use crate::visit::Model;
-use crate::{forward_alloc, weights};
+use crate::weights;
+use crate::Model;
 
 /// Which optimiser [`fit`] uses, with its settings (the learning rate is the base rate
 /// of the [`Schedule`]).
@@ -175,7 +175,7 @@ pub struct Evaluation {
 /// use densenet_runtime::train::{evaluate, fit, AdamConfig, Dataset, FitConfig, Optimizer};
 /// use densenet_runtime::{Model, TrainError};
 ///
-/// fn train<M: Model>(model: &mut M, train: &Dataset, test: &Dataset) -> Result<f32, TrainError> {
+/// fn train<M: Model + ?Sized>(model: &mut M, train: &Dataset, test: &Dataset) -> Result<f32, TrainError> {
 ///     let config = FitConfig {
 ///         epochs: 3,
 ///         batch_size: 32,
@@ -200,25 +200,22 @@ pub struct Evaluation {
 /// the checkpoint directory cannot be created. During training,
 /// [`TrainError::Checkpoint`] if a checkpoint cannot be written (the model keeps the
 /// epochs trained so far).
-pub fn fit<M: Model>(
+pub fn fit<M: Model + ?Sized>(
     model: &mut M,
     train: &Dataset,
     config: &FitConfig<'_>,
 ) -> Result<History, TrainError> {
-    let arch = &M::ARCHITECTURE;
-    check_fits::<M>(train)?;
+    let arch = model.architecture().clone();
+    check_fits(&*model, train)?;
     if let Some(val) = config.validation {
-        check_fits::<M>(val)?;
+        check_fits(&*model, val)?;
     }
     if config.epochs == 0 {
         return Err(TrainError::NoEpochs);
     }
     // BatchNorm on batch statistics needs two values per channel; the smallest feature
     // map is the last block's.
-    let last = Plan::new(arch)
-        .blocks
-        .last()
-        .map_or(1, |b| b.height * b.width);
+    let last = model.plan().blocks.last().map_or(1, |b| b.height * b.width);
     let min_batch = if last < 2 { 2 } else { 1 };
     if config.batch_size < min_batch || train.len() < min_batch {
         return Err(TrainError::BatchSize {
@@ -236,7 +233,7 @@ pub fn fit<M: Model>(
     }
     if let Some(dir) = &config.checkpoint_dir {
         std::fs::create_dir_all(dir).map_err(|source| {
-            TrainError::Checkpoint(LoadError::Io {
+            TrainError::Checkpoint(SaveError::Io {
                 path: dir.clone(),
                 source,
             })
@@ -308,7 +305,11 @@ pub fn checkpoint_path(dir: &Path, epoch: usize) -> PathBuf {
     dir.join(format!("epoch-{epoch:03}.safetensors"))
 }
 
-fn write_checkpoint<M: Model>(model: &M, dir: &Path, epoch: usize) -> Result<PathBuf, TrainError> {
+fn write_checkpoint<M: Model + ?Sized>(
+    model: &M,
+    dir: &Path,
+    epoch: usize,
+) -> Result<PathBuf, TrainError> {
     let path = checkpoint_path(dir, epoch);
     weights::save_file(model, &path).map_err(TrainError::Checkpoint)?;
     Ok(path)
@@ -322,12 +323,12 @@ fn write_checkpoint<M: Model>(model: &M, dir: &Path, epoch: usize) -> Result<Pat
 ///
 /// [`TrainError::NoClassifier`]; [`TrainError::ImageShape`] or [`TrainError::Classes`]
 /// if `data` does not fit the model; [`TrainError::BatchSize`] for `batch_size` 0.
-pub fn evaluate<M: Model>(
+pub fn evaluate<M: Model + ?Sized>(
     model: &M,
     data: &Dataset,
     batch_size: usize,
 ) -> Result<Evaluation, TrainError> {
-    check_fits::<M>(data)?;
+    check_fits(model, data)?;
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     for batch in data.batches(batch_size, None)? {
         let logits = logits(model, batch.images.view())?;
@@ -352,16 +353,20 @@ pub fn evaluate<M: Model>(
 /// As `forward` ([`TrainError::Model`] with [`Error::InputShape`](crate::Error::InputShape)
 /// or [`Error::EmptyBatch`](crate::Error::EmptyBatch)); [`TrainError::NoClassifier`]
 /// for a model without a classifier head.
-pub fn logits<M: Model>(model: &M, x: ArrayView4<'_, f32>) -> Result<Array2<f32>, TrainError> {
-    let arch = &M::ARCHITECTURE;
+pub fn logits<M: Model + ?Sized>(
+    model: &M,
+    x: ArrayView4<'_, f32>,
+) -> Result<Array2<f32>, TrainError> {
+    let arch = model.architecture();
     if arch.head != Head::Classifier {
         return Err(TrainError::NoClassifier {
             model: arch.name.to_string(),
         });
     }
-    // The workspace path of `forward` (this thread's cached arena).
-    let plan = Plan::new(arch);
-    Ok(forward_alloc::<Ix2>(model.stages(), &plan, x)?)
+    let logits = model.forward(x)?;
+    Ok(logits
+        .into_dimensionality::<Ix2>()
+        .expect("a classifier head gives (N, classes)"))
 }
 
 /// How many rows of `logits` have their largest entry (the first, on ties) at the label.
@@ -383,10 +388,10 @@ fn argmax(values: impl Iterator<Item = f32>) -> usize {
     best.0
 }
 
-/// Checks that `data` fits model `M`: a classifier with `data`'s image shape and at
+/// Checks that `data` fits `model`: a classifier with `data`'s image shape and at
 /// least its number of classes.
-fn check_fits<M: Model>(data: &Dataset) -> Result<(), TrainError> {
-    let arch = &M::ARCHITECTURE;
+fn check_fits<M: Model + ?Sized>(model: &M, data: &Dataset) -> Result<(), TrainError> {
+    let arch = model.architecture();
     let model = || arch.name.to_string();
     if arch.head != Head::Classifier {
         return Err(TrainError::NoClassifier { model: model() });
@@ -422,7 +427,7 @@ impl Stepper {
         }
     }
 
-    fn step<M: Model>(&mut self, model: &mut M, grads: &crate::train::Gradients) {
+    fn step<M: Model + ?Sized>(&mut self, model: &mut M, grads: &crate::train::Gradients) {
         match self {
             Stepper::Sgd(o) => o.step(model, grads),
             Stepper::Adam(o) => o.step(model, grads),

@@ -18,8 +18,9 @@
 
 use ndarray::{ArrayViewD, ArrayViewMutD};
 
+use crate::stage::LayerMut;
 use crate::train::{Gradients, LayerGrad};
-use crate::visit::{LayerMut, Model};
+use crate::Model;
 
 /// Settings of [`Sgd`]; [`Default`] is the DenseNet paper's (Huang et al. 2017, §4.2):
 /// learning rate 0.1, Nesterov momentum 0.9, weight decay 1e-4.
@@ -99,7 +100,7 @@ impl Sgd {
     /// If `grads` lacks a layer of `model` or has a gradient of another kind or shape
     /// than its parameter, or if the model's parameters are not those of the previous
     /// steps (the state is per parameter: use one optimiser per model).
-    pub fn step<M: Model>(&mut self, model: &mut M, grads: &Gradients) {
+    pub fn step<M: Model + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
         let first = self.velocity.is_empty();
         let config = self.config;
         let stateful = config.momentum != 0.0;
@@ -225,7 +226,7 @@ impl Adam {
     /// # Panics
     ///
     /// As [`Sgd::step`].
-    pub fn step<M: Model>(&mut self, model: &mut M, grads: &Gradients) {
+    pub fn step<M: Model + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
         let first = self.m.is_empty();
         self.t += 1;
         let (config, t) = (self.config, self.t);
@@ -313,7 +314,7 @@ type GradRef<'a> = ArrayViewD<'a, f32>;
 /// Calls `f(i, parameter, gradient)` for every parameter of `model`, `i` counting from
 /// 0 in walking order (conv weight; BN gamma, beta; linear weight, bias). Returns the
 /// number of parameters.
-fn for_each_param<M: Model>(
+fn for_each_param<M: Model + ?Sized>(
     model: &mut M,
     grads: &Gradients,
     f: &mut dyn FnMut(usize, ParamMut<'_>, GradRef<'_>),

@@ -17,54 +17,19 @@ pub(crate) use naming::torchvision_path;
 pub use naming::Naming;
 use naming::Tensor;
 
-use crate::error::LoadError;
-use crate::rng::Rng;
-use crate::spec::Architecture;
-use crate::visit::{LayerMut, LayerName, LayerRef, Model};
+use crate::error::{LoadError, SaveError};
+use crate::stage::{LayerMut, LayerName, LayerRef};
+use crate::Model;
 
-/// Reads a model from safetensors bytes (e.g. `include_bytes!`), in `naming`
-/// ([`Naming::Auto`] detects it from the keys).
+/// Fills `model` from safetensors bytes in `naming` ([`Naming::Auto`] detects it from
+/// the keys). On error the model is partly overwritten: the constructors
+/// (`from_safetensors_bytes`, `load_safetensors`) load into a fresh model and drop it
+/// on failure, so a user never sees a half-loaded one.
 ///
 /// # Errors
-/// A [`LoadError`] naming the tensor and what was wrong; the model is never half-loaded.
-pub fn from_bytes<M: Model>(bytes: &[u8], naming: Naming) -> Result<M, LoadError> {
-    // Every weight gets overwritten: skip drawing 8 million normal samples.
-    let mut model = M::init_with(&mut Rng::zeros());
-    load_into(&M::ARCHITECTURE, &mut model, bytes, naming)?;
-    Ok(model)
-}
-
-/// What loading needs of a model: its layers, by name.
-pub(crate) trait Layers {
-    fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>));
-    fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>));
-}
-
-impl<M: Model> Layers for M {
-    fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        self.visit_layers(f);
-    }
-
-    fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        self.visit_layers_mut(f);
-    }
-}
-
-impl Layers for crate::DynamicModel {
-    fn visit(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        self.visit_layers(f);
-    }
-
-    fn visit_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        self.visit_layers_mut(f);
-    }
-}
-
-/// Fills `model` (of `architecture`) from safetensors bytes. On error the model is
-/// partly overwritten: callers load into a fresh model and drop it on failure.
-pub(crate) fn load_into<L: Layers>(
-    architecture: &Architecture,
-    model: &mut L,
+/// A [`LoadError`] naming the tensor and what was wrong.
+pub(crate) fn load_into<M: Model + ?Sized>(
+    model: &mut M,
     bytes: &[u8],
     naming: Naming,
 ) -> Result<(), LoadError> {
@@ -85,9 +50,9 @@ pub(crate) fn load_into<L: Layers>(
         }
     }
     let all_keys: Vec<String> = tensors.values().map(|(key, _)| key.clone()).collect();
-    check_architecture(architecture, model, &tensors, naming)?;
+    check_architecture(model, &tensors, naming)?;
     let mut result = Ok(());
-    model.visit_mut(&mut |name, layer| {
+    model.visit_layers_mut(&mut |name, layer| {
         if result.is_ok() {
             result = load_layer(name, layer, &mut tensors, &all_keys, naming);
         }
@@ -102,23 +67,22 @@ pub(crate) fn load_into<L: Layers>(
     Ok(())
 }
 
-/// Reads a model from a safetensors file; see [`from_bytes`].
+/// The bytes of the file at `path`.
 ///
 /// # Errors
-/// [`LoadError::Io`] if the file cannot be read, else as [`from_bytes`].
-pub fn load_file<M: Model>(path: impl AsRef<Path>, naming: Naming) -> Result<M, LoadError> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+/// [`LoadError::Io`] naming the file.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    from_bytes(&bytes, naming)
+    })
 }
 
 /// Serialises a model's weights as safetensors in torchvision naming (conv weights
 /// OIHW, BN running statistics and `num_batches_tracked` included), loadable by
-/// `torchvision.models.DenseNet.load_state_dict` and by [`from_bytes`].
-pub fn to_bytes<M: Model>(model: &M) -> Vec<u8> {
+/// `torchvision.models.DenseNet.load_state_dict` and by the loaders:
+/// [`Model::to_safetensors_bytes`].
+pub fn to_bytes<M: Model + ?Sized>(model: &M) -> Vec<u8> {
     let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut push = |name: LayerName,
                     tensor: Tensor,
@@ -205,16 +169,13 @@ pub fn to_bytes<M: Model>(model: &M) -> Vec<u8> {
     safetensors::serialize(views, None).expect("in-memory serialisation of valid views cannot fail")
 }
 
-/// Writes [`to_bytes`] to `path`.
+/// Writes [`to_bytes`] to `path` atomically (a failed write leaves what was there):
+/// [`Model::save_safetensors`], also for `dyn Model`.
 ///
 /// # Errors
-/// [`LoadError::Io`] if the file cannot be written.
-pub fn save_file<M: Model>(model: &M, path: impl AsRef<Path>) -> Result<(), LoadError> {
-    let path = path.as_ref();
-    std::fs::write(path, to_bytes(model)).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+/// [`SaveError`] naming the file if it cannot be written.
+pub fn save_file<M: Model + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
+    crate::atomic_file::write(path, &to_bytes(model))
 }
 
 fn format_error(e: SafeTensorError) -> LoadError {
@@ -241,17 +202,17 @@ fn format_error(e: SafeTensorError) -> LoadError {
 
 /// Refuses, in one line, a file whose blocks differ from the model's (e.g. DenseNet-169
 /// weights into a DenseNet-121) instead of reporting hundreds of missing tensors.
-fn check_architecture<L: Layers>(
-    architecture: &Architecture,
-    model: &L,
+fn check_architecture<M: Model + ?Sized>(
+    model: &M,
     tensors: &BTreeMap<String, (String, TensorView<'_>)>,
     naming: Naming,
 ) -> Result<(), LoadError> {
+    let architecture = model.architecture();
     let file_blocks = naming::blocks_in(tensors.keys().map(String::as_str));
     if file_blocks == *architecture.blocks {
         // Same layout: compare widths via the first conv of each kind the model expects.
         let mut mismatched = 0;
-        model.visit(&mut |name, layer| {
+        model.visit_layers(&mut |name, layer| {
             if let LayerRef::Conv(conv) = layer {
                 let key = naming::key(name, Tensor::ConvWeight, naming);
                 if let Some((_, view)) = tensors.get(&key) {

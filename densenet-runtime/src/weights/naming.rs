@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::visit::{LayerName, Site};
+use crate::stage::{LayerName, Site};
 
 /// How a file names its tensors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
