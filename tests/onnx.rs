@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use densenet::densenet;
 use densenet::ndarray::{s, Array4, ArrayD, ArrayView4, Axis};
 use densenet::runtime::spec::{Architecture, Head, LayerKind, LayerPlan};
-use densenet::runtime::{onnx, LayerMut, Model};
+use densenet::runtime::{onnx, DynamicModel, LayerMut, Model, Naming};
 use safetensors::SafeTensors;
 
 densenet! {
@@ -740,6 +740,14 @@ fn writes_files_for_onnx_runtime_when_asked() {
         fixture("keras_small.safetensors"),
         fixture("keras_small.io.safetensors")
     );
+    {
+        // The run-time model of the same spec and weights: the same graph.
+        let (x, y) = read_io(&fixture("torchvision_small.io.safetensors"));
+        let weights = fixture("torchvision_small.safetensors");
+        let model = DynamicModel::load_safetensors(Small::ARCHITECTURE, weights, Naming::Auto);
+        let reference = Some((y, "torchvision 0.29 (torchvision_small.io.safetensors)"));
+        case!("dynamic_small", model.unwrap(), three_images(&x), reference);
+    }
     case!(
         "cifar_plain",
         init(CifarPlain::init),
