@@ -338,4 +338,42 @@ pub enum TrainError {
     /// The model rejected a batch (not expected once the dataset has been checked).
     #[error(transparent)]
     Model(#[from] Error),
+    /// The training loss became NaN or infinite (typically a learning rate too large).
+    /// [`fit`](crate::train::fit) stops at that batch, before the optimiser applies its
+    /// gradients and before any checkpoint of the diverged weights is written.
+    #[error(
+        "training diverged: the loss of epoch {epoch}, batch {batch} is {loss}; try a smaller learning rate"
+    )]
+    Diverged {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// The batch within the epoch (1-based).
+        batch: usize,
+        /// The non-finite loss.
+        loss: f32,
+    },
+    /// A weight or BatchNorm running statistic became NaN or infinite in a training
+    /// step (BatchNorm can keep the loss finite while they overflow). [`fit`](crate::train::fit)
+    /// stops after that step, before any evaluation or checkpoint of the weights.
+    #[error(
+        "training diverged: after epoch {epoch}, batch {batch}, `{tensor}` holds a non-finite value; try a smaller learning rate"
+    )]
+    NonFiniteWeights {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// The batch within the epoch (1-based).
+        batch: usize,
+        /// The tensor, by its torchvision key (e.g. `features.conv0.weight`).
+        tensor: String,
+    },
+    /// An optimiser or training-step setting outside its range.
+    #[error("{field} must be in {range}; got {value}")]
+    Setting {
+        /// The setting, e.g. `AdamConfig::betas.1` or `StepConfig::momentum`.
+        field: &'static str,
+        /// Its value.
+        value: f32,
+        /// The values it may take, e.g. `[0, 1)`.
+        range: &'static str,
+    },
 }
