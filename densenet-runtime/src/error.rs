@@ -133,6 +133,39 @@ pub enum LoadError {
         /// What the file has.
         file: String,
     },
+    /// A tensor with a NaN or infinite value (also a finite F64 value too large for
+    /// f32); a model loaded from it would give NaN logits.
+    #[error("tensor `{name}` has a non-finite value at index {index}: {value}")]
+    NonFinite {
+        /// The key, as the file names it.
+        name: String,
+        /// The first bad value's index, in the file's layout (row-major).
+        index: usize,
+        /// The value (after conversion to f32).
+        value: f32,
+    },
+    /// A BatchNorm running variance with a negative value.
+    #[error("tensor `{name}` is a running variance but has {value} at index {index}; a variance cannot be negative")]
+    NegativeVariance {
+        /// The key, as the file names it.
+        name: String,
+        /// The first negative value's index.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// Two keys of the file name the same weight once older spellings are normalised
+    /// (torchvision's `norm.1` and `norm1`, Keras 2's `conv1/conv/kernel:0` and
+    /// `conv1_conv/kernel`): which one is meant is ambiguous.
+    #[error("tensors `{first}` and `{second}` are both `{key}` (one spelled the older way); a file must have only one")]
+    DuplicateTensor {
+        /// The key both normalise to.
+        key: String,
+        /// One of the file's keys (the first in sorted order).
+        first: String,
+        /// The other.
+        second: String,
+    },
 }
 
 fn close_matches(close: &[String]) -> String {
