@@ -335,3 +335,179 @@ fn bad_data_and_settings_are_typed_errors_and_change_nothing() {
         Err(TrainError::NoClassifier { .. })
     ));
 }
+
+/// With lr 1e6 a running variance is infinite within a few steps (the training-mode
+/// loss, on batch statistics, stays finite) and the inference-mode logits NaN: `fit`
+/// used to keep going, overwrite every checkpoint with NaN weights and return `Ok`. It
+/// stops after that step, before any checkpoint of the diverged weights. A NaN loss
+/// stops it before the step.
+#[test]
+fn a_diverging_run_stops_before_checkpointing_bad_weights() {
+    let data = digits::load(Split::Train).unwrap();
+    let data = data.subset(&(0..200).collect::<Vec<_>>()).unwrap();
+    let dir = scratch("fit-diverged");
+    let mut model = DigitsNet::init(0);
+    let config = FitConfig {
+        epochs: 3,
+        batch_size: 50,
+        optimizer: Optimizer::Sgd(SgdConfig {
+            lr: 1e6,
+            ..SgdConfig::default()
+        }),
+        schedule: Schedule::Constant,
+        checkpoint_dir: Some(dir.clone()),
+        ..FitConfig::default()
+    };
+    let err = fit(&mut model, &data, &config).expect_err("a diverging run must fail");
+    let TrainError::NonFiniteWeights {
+        epoch,
+        batch,
+        tensor,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*epoch, 1, "{err}");
+    assert!((1..=4).contains(batch), "{err}");
+    assert!(tensor.starts_with("features."), "{err}");
+    assert!(err.to_string().contains("diverged"), "{err}");
+    let written = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "a checkpoint of diverged weights was written");
+
+    // A NaN classifier bias: the very first loss is NaN.
+    let mut model = DigitsNet::init(0);
+    model.visit_layers_mut(&mut |_, layer| {
+        if let LayerMut::Linear(linear) = layer {
+            linear.bias_mut()[0] = f32::NAN;
+        }
+    });
+    let config = FitConfig {
+        optimizer: Optimizer::Sgd(SgdConfig::default()),
+        ..config
+    };
+    let err = fit(&mut model, &data, &config).expect_err("a NaN loss must fail");
+    assert!(
+        matches!(err, TrainError::Diverged { epoch: 1, batch: 1, loss } if loss.is_nan()),
+        "{err:?}"
+    );
+    let written = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "a checkpoint of diverged weights was written");
+}
+
+#[test]
+fn optimiser_and_step_settings_are_checked_up_front() {
+    let data = digits::load(Split::Test).unwrap();
+    let mut model = DigitsNet::init(0);
+    let before = weights::to_bytes(&model);
+    let sgd = |c: SgdConfig| FitConfig {
+        optimizer: Optimizer::Sgd(c),
+        ..FitConfig::default()
+    };
+    let adam = |c: AdamConfig| FitConfig {
+        optimizer: Optimizer::Adam(c),
+        ..FitConfig::default()
+    };
+    let step = |momentum: f32| FitConfig {
+        step: StepConfig {
+            momentum,
+            ..StepConfig::default()
+        },
+        ..FitConfig::default()
+    };
+    let cases: Vec<(FitConfig<'_>, &str)> = vec![
+        (
+            sgd(SgdConfig {
+                momentum: 1.0,
+                ..SgdConfig::default()
+            }),
+            "SgdConfig::momentum",
+        ),
+        (
+            sgd(SgdConfig {
+                momentum: -0.1,
+                ..SgdConfig::default()
+            }),
+            "SgdConfig::momentum",
+        ),
+        (
+            sgd(SgdConfig {
+                weight_decay: -1e-4,
+                ..SgdConfig::default()
+            }),
+            "SgdConfig::weight_decay",
+        ),
+        (
+            sgd(SgdConfig {
+                weight_decay: f32::INFINITY,
+                ..SgdConfig::default()
+            }),
+            "SgdConfig::weight_decay",
+        ),
+        (
+            adam(AdamConfig {
+                betas: (1.0, 0.999),
+                ..AdamConfig::default()
+            }),
+            "AdamConfig::betas.0",
+        ),
+        (
+            adam(AdamConfig {
+                betas: (0.9, f32::NAN),
+                ..AdamConfig::default()
+            }),
+            "AdamConfig::betas.1",
+        ),
+        (
+            adam(AdamConfig {
+                eps: 0.0,
+                ..AdamConfig::default()
+            }),
+            "AdamConfig::eps",
+        ),
+        (
+            adam(AdamConfig {
+                weight_decay: f32::NAN,
+                ..AdamConfig::default()
+            }),
+            "AdamConfig::weight_decay",
+        ),
+        (step(0.0), "StepConfig::momentum"),
+        (step(1.5), "StepConfig::momentum"),
+        (step(f32::NAN), "StepConfig::momentum"),
+    ];
+    for (config, expected) in &cases {
+        let err = fit(&mut model, &data, config).expect_err(expected);
+        assert!(
+            matches!(&err, TrainError::Setting { field, .. } if field == expected),
+            "{expected}: {err:?}"
+        );
+        assert!(err.to_string().starts_with(expected), "{err}");
+    }
+    // Adam's learning rate too.
+    let err = fit(
+        &mut model,
+        &data,
+        &adam(AdamConfig {
+            lr: 0.0,
+            ..AdamConfig::default()
+        }),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TrainError::LearningRate { lr } if lr == 0.0),
+        "{err:?}"
+    );
+    assert!(
+        weights::to_bytes(&model) == before,
+        "a failed fit changed the model"
+    );
+    // The defaults and edge values inside the ranges pass.
+    assert!(SgdConfig::default().validate().is_ok());
+    assert!(AdamConfig::default().validate().is_ok());
+    let zero = SgdConfig {
+        momentum: 0.0,
+        weight_decay: 0.0,
+        ..SgdConfig::default()
+    };
+    assert!(zero.validate().is_ok());
+}

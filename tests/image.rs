@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use densenet::runtime::image::{stack, Preprocessing};
+use densenet::runtime::image::{stack, Preprocessing, MAX_RESIZED_PIXELS, MAX_SIDE};
 use densenet::runtime::ImageError;
 use safetensors::SafeTensors;
 
@@ -112,4 +112,170 @@ fn bad_images_are_clear_errors() {
         ..Preprocessing::default()
     };
     assert!(matches!(bad.decode(&png), Err(ImageError::Config { .. })));
+}
+
+/// A black `width x height` RGB PNG, encoded in memory.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::new(width, height);
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
+/// A 1x100000 PNG (470 bytes at best compression): resizing its shorter side to 256 asked for a
+/// 256x25600000 image, 19.7 GB, and the process aborted.
+#[test]
+fn an_extreme_aspect_ratio_is_refused_before_resizing() {
+    let bytes = png(1, 100_000);
+    let err = Preprocessing::default().decode(&bytes).unwrap_err();
+    let ImageError::ResizedTooLarge {
+        width,
+        height,
+        resize,
+        resized_width,
+        resized_height,
+        limit,
+        ..
+    } = err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!((width, height, resize), (1, 100_000, 256));
+    assert_eq!((resized_width, resized_height), (256, 25_600_000));
+    assert_eq!(limit, MAX_RESIZED_PIXELS);
+    let message = err.to_string();
+    assert!(
+        message.contains("1x100000") && message.contains("16777216"),
+        "{message}"
+    );
+    // The same from a file names it.
+    let path = std::env::temp_dir().join(format!("densenet-tall-{}.png", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Preprocessing::default().load(&path).unwrap_err();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        matches!(&err, ImageError::ResizedTooLarge { path: Some(p), .. } if *p == path),
+        "{err:?}"
+    );
+    // A 4:1 panorama is fine.
+    let out = Preprocessing::default().decode(&png(400, 100)).unwrap();
+    assert_eq!(out.dim(), (3, 224, 224));
+}
+
+/// A 1x16777216 image: `256 · 16777216` is 2³², which `as u32` made 0, and the center
+/// crop's `0 − 224` underflowed. Refused by the decoder limits from the PNG header,
+/// and by the resize bound when the image is already decoded.
+#[test]
+fn a_side_past_the_limits_is_refused() {
+    let tall = image::RgbImage::new(1, 16_777_216);
+    let err = Preprocessing::default().apply(&tall).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::ResizedTooLarge {
+                width: 1,
+                height: 16_777_216,
+                resized_height: 4_294_967_296,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mut bytes = Vec::new();
+    tall.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    drop(tall);
+    let err = Preprocessing::default().decode(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                width: 1,
+                height: 16_777_216,
+                max_side: MAX_SIDE,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("1x16777216"), "{err}");
+}
+
+/// A PNG whose header claims 60000x60000 pixels (3.6 billion; its data would decompress
+/// to 10 GB): refused from the header, before any pixel is decoded.
+#[test]
+fn a_decompression_bomb_is_refused_from_its_header() {
+    let mut bytes = png(8, 8);
+    // IHDR's width and height are bytes 16..24; its CRC (29..33) covers bytes 12..29.
+    bytes[16..20].copy_from_slice(&60_000u32.to_be_bytes());
+    bytes[20..24].copy_from_slice(&60_000u32.to_be_bytes());
+    let crc = crc32(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    let err = Preprocessing::default().decode(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                width: 60_000,
+                height: 60_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// PNG's CRC-32 (IEEE, reflected), bit by bit.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A JPEG cut in half decoded "successfully", the missing rows gray; now an error.
+#[test]
+fn a_truncated_jpeg_is_an_error() {
+    let jpeg = std::fs::read(fixture("astronaut.jpg")).unwrap();
+    for keep in [jpeg.len() / 2, jpeg.len() - 2] {
+        let err = Preprocessing::default().decode(&jpeg[..keep]).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::Truncated { format, .. } if format == "JPEG"),
+            "{keep} bytes: {err:?}"
+        );
+    }
+    // Bytes after the end-of-image marker do not matter.
+    let mut padded = jpeg.clone();
+    padded.extend_from_slice(&[0; 16]);
+    assert!(Preprocessing::default().decode(&padded).is_ok());
+}
+
+#[test]
+fn a_zero_or_non_finite_std_is_a_config_error() {
+    let png = png(8, 8);
+    for std in [[0.0, 1.0, 1.0], [1.0, f32::NAN, 1.0]] {
+        let bad = Preprocessing {
+            resize: 8,
+            crop: 8,
+            std,
+            ..Preprocessing::default()
+        };
+        assert!(matches!(bad.decode(&png), Err(ImageError::Config { .. })));
+    }
 }

@@ -334,6 +334,153 @@ fn wrong_shape_and_dtype_are_errors() {
     );
 }
 
+/// The torchvision fixture with value `index` of F32 tensor `key` set to `value`.
+fn with_value(key: &str, index: usize, value: f32) -> Vec<u8> {
+    let bytes = torchvision_bytes();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut entries: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.dtype(),
+                v.shape().to_vec(),
+                v.data().to_vec(),
+            )
+        })
+        .collect();
+    let (_, _, _, data) = entries.iter_mut().find(|(k, ..)| k == key).unwrap();
+    data[4 * index..4 * index + 4].copy_from_slice(&value.to_le_bytes());
+    let views = entries.iter().map(|(k, dt, s, d)| {
+        (
+            k.as_str(),
+            safetensors::tensor::TensorView::new(*dt, s.clone(), d).unwrap(),
+        )
+    });
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// NaN or infinite weights loaded silently (and every logit was NaN); now refused,
+/// naming the tensor, the first bad index and its value.
+#[test]
+fn non_finite_values_are_refused() {
+    let cases = [
+        ("features.conv0.weight", 5, f32::NAN),
+        (
+            "features.denseblock2.denselayer3.norm2.running_mean",
+            0,
+            f32::INFINITY,
+        ),
+        ("classifier.bias", 9, f32::NEG_INFINITY),
+    ];
+    for (key, index, value) in cases {
+        let err =
+            TorchvisionSmall::from_safetensors_bytes(&with_value(key, index, value)).unwrap_err();
+        let LoadError::NonFinite {
+            name,
+            index: at,
+            value: found,
+        } = &err
+        else {
+            panic!("{key}: {err:?}")
+        };
+        assert_eq!((name.as_str(), *at), (key, index), "{err}");
+        assert_eq!(found.to_bits(), value.to_bits(), "{err}");
+        assert!(err.to_string().contains(key), "{err}");
+    }
+    // A finite F64 too large for f32 is infinite once converted: refused too.
+    let f64_bytes = rewrite(
+        &with_value("features.norm5.bias", 3, f32::MAX),
+        |k| Some(k.to_string()),
+        Some(safetensors::Dtype::F64),
+    );
+    let file = SafeTensors::deserialize(&f64_bytes).unwrap();
+    let mut entries: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.dtype(),
+                v.shape().to_vec(),
+                v.data().to_vec(),
+            )
+        })
+        .collect();
+    let (.., data) = entries
+        .iter_mut()
+        .find(|(k, ..)| k == "features.norm5.bias")
+        .unwrap();
+    data[24..32].copy_from_slice(&1e300f64.to_le_bytes());
+    let views = entries.iter().map(|(k, dt, s, d)| {
+        (
+            k.as_str(),
+            safetensors::tensor::TensorView::new(*dt, s.clone(), d).unwrap(),
+        )
+    });
+    let huge = safetensors::serialize(views, None).unwrap();
+    let err = TorchvisionSmall::from_safetensors_bytes(&huge).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::NonFinite { name, index: 3, value } if name == "features.norm5.bias" && value.is_infinite()),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_negative_running_variance_is_refused() {
+    let key = "features.denseblock1.denselayer2.norm1.running_var";
+    let err = TorchvisionSmall::from_safetensors_bytes(&with_value(key, 4, -0.5)).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::NegativeVariance { name, index: 4, value } if name == key && *value == -0.5),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(key), "{err}");
+    // Zero is a variance (BatchNorm adds eps).
+    assert!(TorchvisionSmall::from_safetensors_bytes(&with_value(key, 4, 0.0)).is_ok());
+}
+
+/// A file with both `norm1.weight` and its legacy spelling `norm.1.weight` loaded one
+/// of them and dropped the other; now the ambiguity is an error naming both keys.
+#[test]
+fn two_spellings_of_one_key_are_refused() {
+    let bytes = torchvision_bytes();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let modern = "features.denseblock1.denselayer1.norm1.weight";
+    let legacy = "features.denseblock1.denselayer1.norm.1.weight";
+    let mut entries: Vec<_> = file.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    entries.push((legacy.to_string(), file.tensor(modern).unwrap()));
+    let both =
+        safetensors::serialize(entries.iter().map(|(k, v)| (k.as_str(), v.clone())), None).unwrap();
+    let err = TorchvisionSmall::from_safetensors_bytes(&both).unwrap_err();
+    let LoadError::DuplicateTensor { key, first, second } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (key.as_str(), first.as_str(), second.as_str()),
+        (modern, legacy, modern)
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(legacy) && message.contains(modern),
+        "{message}"
+    );
+
+    // Keras 2's `conv1/conv/kernel:0` beside Keras 3's `conv1_conv/kernel`.
+    let bytes = std::fs::read(fixture("keras_small.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut entries: Vec<_> = file.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    entries.push((
+        "conv1/conv/kernel:0".to_string(),
+        file.tensor("conv1_conv/kernel").unwrap(),
+    ));
+    let both =
+        safetensors::serialize(entries.iter().map(|(k, v)| (k.as_str(), v.clone())), None).unwrap();
+    let err = KerasSmall::from_safetensors_bytes(&both).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::DuplicateTensor { key, .. } if key == "conv1_conv/kernel"),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn another_architecture_is_one_clear_error() {
     let err = OtherBlocks::from_safetensors_bytes(&torchvision_bytes()).unwrap_err();

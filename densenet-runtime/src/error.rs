@@ -139,6 +139,39 @@ pub enum LoadError {
         /// What the file has.
         file: String,
     },
+    /// A tensor with a NaN or infinite value (also a finite F64 value too large for
+    /// f32); a model loaded from it would give NaN logits.
+    #[error("tensor `{name}` has a non-finite value at index {index}: {value}")]
+    NonFinite {
+        /// The key, as the file names it.
+        name: String,
+        /// The first bad value's index, in the file's layout (row-major).
+        index: usize,
+        /// The value (after conversion to f32).
+        value: f32,
+    },
+    /// A BatchNorm running variance with a negative value.
+    #[error("tensor `{name}` is a running variance but has {value} at index {index}; a variance cannot be negative")]
+    NegativeVariance {
+        /// The key, as the file names it.
+        name: String,
+        /// The first negative value's index.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// Two keys of the file name the same weight once older spellings are normalised
+    /// (torchvision's `norm.1` and `norm1`, Keras 2's `conv1/conv/kernel:0` and
+    /// `conv1_conv/kernel`): which one is meant is ambiguous.
+    #[error("tensors `{first}` and `{second}` are both `{key}` (one spelled the older way); a file must have only one")]
+    DuplicateTensor {
+        /// The key both normalise to.
+        key: String,
+        /// One of the file's keys (the first in sorted order).
+        first: String,
+        /// The other.
+        second: String,
+    },
 }
 
 fn close_matches(close: &[String]) -> String {
@@ -182,6 +215,65 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// An image larger than the decoder accepts (its header's size is checked before
+    /// any pixel is decoded, so a small file claiming a huge image, a decompression
+    /// bomb, is refused without the allocation).
+    #[error(
+        "image{} is {width}x{height} pixels; the limit is {max_side} pixels a side and {max_pixels} pixels in all",
+        path_suffix(path)
+    )]
+    TooLarge {
+        /// The file, when decoding one.
+        path: Option<PathBuf>,
+        /// The image's width.
+        width: u32,
+        /// The image's height.
+        height: u32,
+        /// The longest side accepted.
+        max_side: u32,
+        /// The most pixels accepted.
+        max_pixels: u64,
+    },
+    /// An image whose aspect ratio is so extreme (or `resize` so large) that resizing
+    /// its shorter side to `resize` would make an image of more than `limit` pixels.
+    #[error(
+        "image{} is {width}x{height} pixels: resizing its shorter side to {resize} would make it {resized_width}x{resized_height}, more than the limit of {limit} pixels (aspect ratio too extreme)",
+        path_suffix(path)
+    )]
+    ResizedTooLarge {
+        /// The file, when decoding one.
+        path: Option<PathBuf>,
+        /// The image's width.
+        width: u32,
+        /// The image's height.
+        height: u32,
+        /// The configured length of the shorter side after resizing.
+        resize: u32,
+        /// The width the resize would give.
+        resized_width: u64,
+        /// The height the resize would give.
+        resized_height: u64,
+        /// The most pixels a resized image may have.
+        limit: u64,
+    },
+    /// Image data that ends before the image does (the JPEG decoder would fill the
+    /// missing part with gray and say nothing).
+    #[error(
+        "truncated image{}: the {format} data ends before the image does",
+        path_suffix(path)
+    )]
+    Truncated {
+        /// The file, when decoding one.
+        path: Option<PathBuf>,
+        /// The image format (`JPEG`).
+        format: String,
+    },
+}
+
+fn path_suffix(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!(" {}", p.display()))
+        .unwrap_or_default()
 }
 
 /// Why a dataset could not be built or a model could not be trained or evaluated on it
@@ -285,6 +377,44 @@ pub enum TrainError {
     /// The model rejected a batch (not expected once the dataset has been checked).
     #[error(transparent)]
     Model(#[from] Error),
+    /// The training loss became NaN or infinite (typically a learning rate too large).
+    /// [`fit`](crate::train::fit) stops at that batch, before the optimiser applies its
+    /// gradients and before any checkpoint of the diverged weights is written.
+    #[error(
+        "training diverged: the loss of epoch {epoch}, batch {batch} is {loss}; try a smaller learning rate"
+    )]
+    Diverged {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// The batch within the epoch (1-based).
+        batch: usize,
+        /// The non-finite loss.
+        loss: f32,
+    },
+    /// A weight or BatchNorm running statistic became NaN or infinite in a training
+    /// step (BatchNorm can keep the loss finite while they overflow). [`fit`](crate::train::fit)
+    /// stops after that step, before any evaluation or checkpoint of the weights.
+    #[error(
+        "training diverged: after epoch {epoch}, batch {batch}, `{tensor}` holds a non-finite value; try a smaller learning rate"
+    )]
+    NonFiniteWeights {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// The batch within the epoch (1-based).
+        batch: usize,
+        /// The tensor, by its torchvision key (e.g. `features.conv0.weight`).
+        tensor: String,
+    },
+    /// An optimiser or training-step setting outside its range.
+    #[error("{field} must be in {range}; got {value}")]
+    Setting {
+        /// The setting, e.g. `AdamConfig::betas.1` or `StepConfig::momentum`.
+        field: &'static str,
+        /// Its value.
+        value: f32,
+        /// The values it may take, e.g. `[0, 1)`.
+        range: &'static str,
+    },
 }
 
 /// Why a model could not be saved or exported. The file is replaced atomically, so on

@@ -344,8 +344,12 @@ fn check_no_overlap(rows: usize, cols: usize, row_stride: usize, col_stride: usi
                 } else {
                     (col_stride, cols, row_stride)
                 };
-                // No overflow: check_view has bounded (dim-1)·stride by the slice length.
-                small_stride >= 1 && large_stride >= small_stride * small_dim
+                // check_view bounded (dim-1)·stride by the slice length, so this
+                // cannot overflow; checked anyway, so no reasoning is needed.
+                small_stride >= 1
+                    && small_stride
+                        .checked_mul(small_dim)
+                        .is_some_and(|extent| large_stride >= extent)
             }
         };
     if !ok {

@@ -32,14 +32,20 @@ impl Window {
     ///
     /// # Panics
     ///
-    /// If `stride` is 0.
+    /// If `stride` is 0, or the padded input `len + 2p` overflows `usize` (caller bugs).
+    #[track_caller]
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         if self.stride == 0 {
             zero_stride();
         }
-        let axis = |len: usize, k: usize| match (len + 2 * self.padding).checked_sub(k) {
-            Some(span) => span / self.stride + 1,
-            None => 0,
+        let axis = |len: usize, k: usize| {
+            let Some(padded) = self.padding.checked_mul(2).and_then(|p| p.checked_add(len)) else {
+                padding_overflow(len, self.padding)
+            };
+            match padded.checked_sub(k) {
+                Some(span) => span / self.stride + 1,
+                None => 0,
+            }
         };
         (axis(h, self.kernel_h), axis(w, self.kernel_w))
     }
@@ -50,6 +56,29 @@ impl Window {
 #[track_caller]
 fn zero_stride() -> ! {
     panic!("window stride must be at least 1");
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn padding_overflow(len: usize, padding: usize) -> ! {
+    panic!("window: a side of {len} padded by {padding} on each end overflows usize");
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn size_overflow(what: &str) -> ! {
+    panic!("im2col: the {what} size overflows usize");
+}
+
+/// The product of `sizes`, 0 if any is 0 (however large the others), `None` if it
+/// overflows `usize`.
+fn product(sizes: &[usize]) -> Option<usize> {
+    if sizes.contains(&0) {
+        return Some(0);
+    }
+    sizes.iter().try_fold(1usize, |acc, &s| acc.checked_mul(s))
 }
 
 #[cold]
@@ -76,20 +105,29 @@ fn valid_taps(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> 
 ///
 /// # Panics
 ///
-/// If `input.len() != n·h·w·c`, `out.len() != n·oh·ow·kh·kw·c`, or `win.stride == 0`.
+/// If `input.len() != n·h·w·c`, `out.len() != n·oh·ow·kh·kw·c`, `win.stride == 0`, or
+/// one of these sizes overflows `usize` (caller bugs).
 #[track_caller]
 pub fn im2col(input: &[f32], n: usize, h: usize, w: usize, c: usize, win: Window, out: &mut [f32]) {
     let (oh, ow) = win.output_size(h, w);
-    let k_len = win.kernel_h * win.kernel_w * c;
-    if input.len() != n * h * w * c {
-        length_mismatch("input", n * h * w * c, input.len());
+    let Some(input_len) = product(&[n, h, w, c]) else {
+        size_overflow("input")
+    };
+    let Some(out_len) = product(&[n, oh, ow, win.kernel_h, win.kernel_w, c]) else {
+        size_overflow("output")
+    };
+    if input.len() != input_len {
+        length_mismatch("input", input_len, input.len());
     }
-    if out.len() != n * oh * ow * k_len {
-        length_mismatch("output", n * oh * ow * k_len, out.len());
+    if out.len() != out_len {
+        length_mismatch("output", out_len, out.len());
     }
     if out.is_empty() {
         return;
     }
+    // No overflow from here: every size is a factor of a length checked above (all
+    // nonzero, since `out` is not empty), and every index is below one of them.
+    let k_len = win.kernel_h * win.kernel_w * c;
     let image_len = h * w * c;
     let out_row_len = ow * k_len; // one output image row: ow windows
     let fill_row = |(r, dst): (usize, &mut [f32])| {
@@ -233,6 +271,33 @@ mod tests {
             assert_eq!(out, expected, "shape {:?}", (n, h, w, c, win));
         }
         const { assert!(30 * 30 * 3 * 9 * 8 >= PARALLEL_THRESHOLD) };
+    }
+
+    #[test]
+    #[should_panic(expected = "im2col: the output size overflows")]
+    fn an_output_size_that_overflows_panics() {
+        // 2 windows of 2³² × 2³² taps: the output's length wraps to 0 on 64 bits, which
+        // an empty output slice matched.
+        let half = 1usize << (usize::BITS / 2);
+        let win = Window {
+            kernel_h: half,
+            kernel_w: half,
+            stride: 1,
+            padding: half,
+        };
+        im2col(&[0.0; 4], 1, 2, 2, 1, win, &mut []);
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows usize")]
+    fn a_padding_that_overflows_panics() {
+        let win = Window {
+            kernel_h: 1,
+            kernel_w: 1,
+            stride: 1,
+            padding: usize::MAX / 2,
+        };
+        let _ = win.output_size(4, 4);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use ndarray::{Array2, ArrayView4, Axis, Ix2};
 
 use crate::error::{SaveError, TrainError};
 use crate::rng::Rng;
+use crate::stage::LayerRef;
 use crate::train::backward::step;
 use crate::train::dataset::permutation;
 use crate::train::{
@@ -36,6 +37,14 @@ impl Optimizer {
         match self {
             Optimizer::Sgd(c) => c.lr,
             Optimizer::Adam(c) => c.lr,
+        }
+    }
+
+    /// [`SgdConfig::validate`] or [`AdamConfig::validate`].
+    fn validate(&self) -> Result<(), TrainError> {
+        match self {
+            Optimizer::Sgd(c) => c.validate(),
+            Optimizer::Adam(c) => c.validate(),
         }
     }
 }
@@ -196,8 +205,15 @@ pub struct Evaluation {
 /// Checked before anything changes: [`TrainError::NoClassifier`];
 /// [`TrainError::ImageShape`] or [`TrainError::Classes`] if `train` (or the validation
 /// set) does not fit the model; [`TrainError::NoEpochs`]; [`TrainError::BatchSize`];
-/// [`TrainError::LearningRate`]; [`TrainError::Dropout`]; [`TrainError::Checkpoint`] if
-/// the checkpoint directory cannot be created. During training,
+/// [`TrainError::LearningRate`] or [`TrainError::Setting`] for an optimiser setting out
+/// of range ([`SgdConfig::validate`], [`AdamConfig::validate`]); [`TrainError::Dropout`];
+/// [`TrainError::Setting`] for a BatchNorm momentum outside `(0, 1]`;
+/// [`TrainError::Checkpoint`] if the checkpoint directory cannot be created. During
+/// training, [`TrainError::Diverged`] at the first NaN or infinite loss (before that
+/// batch's update) and [`TrainError::NonFiniteWeights`] after the first step that
+/// leaves a NaN or infinite weight or running statistic: the run stops there, so the
+/// checkpoints already written are the earlier, finite epochs', while the model keeps
+/// the diverged state;
 /// [`TrainError::Checkpoint`] if a checkpoint cannot be written (the model keeps the
 /// epochs trained so far).
 pub fn fit<M: Model + ?Sized>(
@@ -223,13 +239,19 @@ pub fn fit<M: Model + ?Sized>(
             min: min_batch,
         });
     }
+    config.optimizer.validate()?;
     let base_lr = config.optimizer.base_lr();
-    if !(base_lr.is_finite() && base_lr > 0.0) {
-        return Err(TrainError::LearningRate { lr: base_lr });
-    }
     let rate = config.step.dropout.unwrap_or(arch.dropout);
     if !(0.0..1.0).contains(&rate) {
         return Err(TrainError::Dropout { rate });
+    }
+    let bn_momentum = config.step.momentum;
+    if !(bn_momentum > 0.0 && bn_momentum <= 1.0) {
+        return Err(TrainError::Setting {
+            field: "StepConfig::momentum",
+            value: bn_momentum,
+            range: "(0, 1]",
+        });
     }
     if let Some(dir) = &config.checkpoint_dir {
         std::fs::create_dir_all(dir).map_err(|source| {
@@ -254,7 +276,7 @@ pub fn fit<M: Model + ?Sized>(
         let batches = train.batches(config.batch_size, Some(order))?;
         let mut display = Display::new(config.progress, epoch + 1, config.epochs, batches.len());
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for batch in batches {
+        for (index, batch) in batches.enumerate() {
             if batch.len() < min_batch {
                 continue;
             }
@@ -265,7 +287,25 @@ pub fn fit<M: Model + ?Sized>(
                 config.step,
                 &mut rng,
             )?;
+            // Diverged: stop before these gradients (non-finite too) reach the weights.
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    batch: index + 1,
+                    loss,
+                });
+            }
             optimizer.step(model, &grads);
+            // BatchNorm keeps a training-mode loss finite while weights and running
+            // statistics overflow (lr 1e6: an infinite running variance after the
+            // first step). One pass over the parameters, small beside the step.
+            if let Some(tensor) = first_non_finite(model) {
+                return Err(TrainError::NonFiniteWeights {
+                    epoch: epoch + 1,
+                    batch: index + 1,
+                    tensor,
+                });
+            }
             loss_sum += f64::from(loss) * batch.len() as f64;
             correct += count_correct(&logits, &batch.labels);
             seen += batch.len();
@@ -298,6 +338,46 @@ pub fn fit<M: Model + ?Sized>(
         history.epochs.push(stats);
     }
     Ok(history)
+}
+
+/// The torchvision key of the first weight or running statistic of `model` holding a
+/// NaN or infinity, if any.
+fn first_non_finite<M: Model + ?Sized>(model: &M) -> Option<String> {
+    let mut found = None;
+    model.visit_layers(&mut |name, layer| {
+        if found.is_some() {
+            return;
+        }
+        fn bad<'a>(values: impl IntoIterator<Item = &'a f32>) -> bool {
+            values.into_iter().any(|v| !v.is_finite())
+        }
+        let tensor = match layer {
+            LayerRef::Conv(conv) => bad(conv.weight().iter()).then_some("weight"),
+            LayerRef::BatchNorm(bn) => [
+                ("weight", bn.gamma()),
+                ("bias", bn.beta()),
+                ("running_mean", bn.running_mean()),
+                ("running_var", bn.running_var()),
+            ]
+            .into_iter()
+            .find(|(_, values)| bad(values.iter()))
+            .map(|(tensor, _)| tensor),
+            LayerRef::Linear(linear) => {
+                if bad(linear.weight().iter()) {
+                    Some("weight")
+                } else {
+                    bad(linear.bias().iter()).then_some("bias")
+                }
+            }
+        };
+        if let Some(tensor) = tensor {
+            found = Some(format!(
+                "{}.{tensor}",
+                weights::torchvision_path(name.site, name.part)
+            ));
+        }
+    });
+    found
 }
 
 /// The path of epoch `epoch`'s (1-based) checkpoint in `dir`: `dir/epoch-003.safetensors`.

@@ -18,6 +18,7 @@
 
 use ndarray::{ArrayViewD, ArrayViewMutD};
 
+use crate::error::TrainError;
 use crate::stage::LayerMut;
 use crate::train::{Gradients, LayerGrad};
 use crate::Model;
@@ -45,6 +46,25 @@ impl Default for SgdConfig {
             nesterov: true,
             weight_decay: 1e-4,
         }
+    }
+}
+
+impl SgdConfig {
+    /// Checks every setting: a positive finite learning rate
+    /// ([`TrainError::LearningRate`]), momentum in `[0, 1)` and a finite weight decay
+    /// `≥ 0` ([`TrainError::Setting`] naming the field). [`fit`](crate::train::fit)
+    /// calls it before the first step.
+    ///
+    /// # Errors
+    /// The first setting out of range.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        check_lr(self.lr)?;
+        check_unit(
+            "SgdConfig::momentum",
+            self.momentum,
+            (0.0..1.0).contains(&self.momentum),
+        )?;
+        check_decay("SgdConfig::weight_decay", self.weight_decay)
     }
 }
 
@@ -168,6 +188,63 @@ impl Default for AdamConfig {
             eps: 1e-8,
             weight_decay: 0.0,
         }
+    }
+}
+
+impl AdamConfig {
+    /// Checks every setting: a positive finite learning rate
+    /// ([`TrainError::LearningRate`]), both betas in `[0, 1)`, `eps` positive and finite,
+    /// and a finite weight decay `≥ 0` ([`TrainError::Setting`] naming the field).
+    /// [`fit`](crate::train::fit) calls it before the first step.
+    ///
+    /// # Errors
+    /// The first setting out of range.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        check_lr(self.lr)?;
+        let (b1, b2) = self.betas;
+        check_unit("AdamConfig::betas.0", b1, (0.0..1.0).contains(&b1))?;
+        check_unit("AdamConfig::betas.1", b2, (0.0..1.0).contains(&b2))?;
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(TrainError::Setting {
+                field: "AdamConfig::eps",
+                value: self.eps,
+                range: "(0, ∞) (finite)",
+            });
+        }
+        check_decay("AdamConfig::weight_decay", self.weight_decay)
+    }
+}
+
+fn check_lr(lr: f32) -> Result<(), TrainError> {
+    if lr.is_finite() && lr > 0.0 {
+        Ok(())
+    } else {
+        Err(TrainError::LearningRate { lr })
+    }
+}
+
+/// `[0, 1)` settings (momentum, betas): `ok` is the range test (false for NaN).
+fn check_unit(field: &'static str, value: f32, ok: bool) -> Result<(), TrainError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(TrainError::Setting {
+            field,
+            value,
+            range: "[0, 1)",
+        })
+    }
+}
+
+fn check_decay(field: &'static str, value: f32) -> Result<(), TrainError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(TrainError::Setting {
+            field,
+            value,
+            range: "[0, ∞) (finite)",
+        })
     }
 }
 

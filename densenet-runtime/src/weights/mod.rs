@@ -6,6 +6,7 @@
 //! a [`LoadError`], never a panic.
 
 mod naming;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,7 +47,7 @@ pub(crate) fn load_into<M: Model + ?Sized>(
     let mut tensors: BTreeMap<String, (String, TensorView<'_>)> = BTreeMap::new();
     for (key, view) in file.iter() {
         if !naming::is_bookkeeping(key) {
-            tensors.insert(naming::normalise(key, naming), (key.to_string(), view));
+            validate::insert_unique(&mut tensors, naming::normalise(key, naming), key, view)?;
         }
     }
     let all_keys: Vec<String> = tensors.values().map(|(key, _)| key.clone()).collect();
@@ -289,6 +290,7 @@ fn load_layer(
             name: file_key.clone(),
             dtype: format!("{:?}", view.dtype()),
         })?;
+        validate::values(tensor, &file_key, &values)?;
         Ok(ArrayD::from_shape_vec(IxDyn(&expected), values)
             .expect("length checked against the shape"))
     };

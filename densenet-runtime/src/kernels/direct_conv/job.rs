@@ -107,6 +107,9 @@ impl Job {
         out: &mut [f32],
         out_layout: ImageLayout,
     ) -> Self {
+        // No overflow here or in the tasks: `check` computed the input and output
+        // extents with checked arithmetic and bounded them by the slices, and every
+        // offset below (taps, pixel indices, task counts) is smaller.
         let mut taps = [0; MAX_TAPS];
         for ky in 0..shape.kernel_h {
             for kx in 0..shape.kernel_w {

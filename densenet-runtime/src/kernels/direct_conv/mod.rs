@@ -97,9 +97,28 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
-    /// Multiply-adds of the whole convolution.
+    /// Multiply-adds of the whole convolution, saturating at `usize::MAX` (a shape that
+    /// large is refused by [`direct_conv`]; see [`ConvShape::checked_macs`]).
     pub fn macs(&self) -> usize {
-        self.n * self.out_h * self.out_w * self.c_out * self.kernel_h * self.kernel_w * self.c_in
+        self.checked_macs().unwrap_or(usize::MAX)
+    }
+
+    /// Multiply-adds of the whole convolution, or `None` if the count overflows `usize`
+    /// (0 whenever a size is 0, however large the others).
+    pub fn checked_macs(&self) -> Option<usize> {
+        let sizes = [
+            self.n,
+            self.out_h,
+            self.out_w,
+            self.c_out,
+            self.kernel_h,
+            self.kernel_w,
+            self.c_in,
+        ];
+        if sizes.contains(&0) {
+            return Some(0);
+        }
+        sizes.into_iter().try_fold(1usize, usize::checked_mul)
     }
 }
 
@@ -128,10 +147,25 @@ pub fn relu(y: f32) -> f32 {
 
 /// Applies `epilogue` in place to the `rows × scale.len()` matrix at `data` with row
 /// stride `row_stride`: what the portable paths do after their GEMM.
+///
+/// # Panics
+///
+/// If the rows reach past `data` (a caller bug).
+#[track_caller]
 pub fn apply_epilogue(epilogue: Epilogue<'_>, data: &mut [f32], rows: usize, row_stride: usize) {
     let Epilogue::ScaleShiftRelu { scale, shift } = epilogue else {
         return;
     };
+    if rows == 0 {
+        return;
+    }
+    // The last row's end, computed without wrapping (no row index below can then wrap).
+    let end = (rows - 1)
+        .checked_mul(row_stride)
+        .and_then(|start| start.checked_add(scale.len()));
+    if end.is_none_or(|end| end > data.len()) {
+        bad_epilogue_rows(rows, row_stride, data.len());
+    }
     for r in 0..rows {
         let row = &mut data[r * row_stride..][..scale.len()];
         for ((v, &s), &t) in row.iter_mut().zip(scale).zip(shift) {
@@ -235,6 +269,13 @@ pub fn available() -> bool {
     isa().is_some()
 }
 
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn bad_epilogue_rows(rows: usize, row_stride: usize, len: usize) -> ! {
+    panic!("apply_epilogue: {rows} rows {row_stride} apart do not fit in {len} values")
+}
+
 /// The ways a call's geometry can be wrong (caller bugs, reported by panic).
 #[cold]
 #[inline(never)]
@@ -244,7 +285,12 @@ fn bad_geometry(what: &str) -> ! {
 }
 
 /// Checks every index the convolution will touch against the slices, and that distinct
-/// output elements are distinct memory (threads write disjoint tiles).
+/// output elements are distinct memory (threads write disjoint tiles). Every size derived
+/// from the caller's values is computed with checked arithmetic: a geometry whose sizes
+/// overflow `usize` is refused like any other bad geometry (unchecked, a huge stride
+/// wrapped the input extent to a small number, the bounds check passed, and the kernels
+/// read outside the input). Once it returns, the products the kernels form (taps, tiles,
+/// element indices) are bounded by the sizes checked here and cannot overflow.
 #[track_caller]
 #[allow(clippy::too_many_arguments)]
 fn check(
@@ -261,20 +307,29 @@ fn check(
     if s.stride == 0 || s.kernel_h == 0 || s.kernel_w == 0 {
         bad_geometry("stride and kernel must be at least 1");
     }
+    let Some(taps) = s.kernel_h.checked_mul(s.kernel_w) else {
+        bad_geometry("the window's size kernel_h·kernel_w overflows usize")
+    };
+    let Some(macs) = s.checked_macs() else {
+        bad_geometry(
+            "the convolution's size n·out_h·out_w·c_out·kernel_h·kernel_w·c_in overflows usize",
+        )
+    };
     if let Epilogue::ScaleShiftRelu { scale, shift } = prologue {
-        if s.kernel_h * s.kernel_w != 1 {
+        if taps != 1 {
             bad_geometry("a prologue needs a 1x1 convolution");
         }
         if scale.len() != s.c_in || shift.len() != s.c_in {
             bad_geometry("prologue scale and shift need c_in values");
         }
     }
-    let taps = s.kernel_h * s.kernel_w;
+    // `None` (overflow) matches no slice length or packed row count.
+    let rows = taps.checked_mul(s.c_in);
     match weight {
-        ConvWeight::Hwio(w) if w.len() != taps * s.c_in * s.c_out => {
+        ConvWeight::Hwio(w) if rows.and_then(|r| r.checked_mul(s.c_out)) != Some(w.len()) => {
             bad_geometry("weight is not [kernel_h, kernel_w, c_in, c_out]")
         }
-        ConvWeight::Packed(w) if (w.rows(), w.c_out()) != (taps * s.c_in, s.c_out) => {
+        ConvWeight::Packed(w) if (Some(w.rows()), w.c_out()) != (rows, s.c_out) => {
             bad_geometry("packed weight is not (kernel_h·kernel_w·c_in) × c_out")
         }
         _ => {}
@@ -284,11 +339,15 @@ fn check(
             bad_geometry("epilogue scale and shift need c_out values");
         }
     }
-    if s.macs() == 0 {
+    if macs == 0 {
         return;
     }
-    let in_h = (s.out_h - 1) * s.stride + s.kernel_h;
-    let in_w = (s.out_w - 1) * s.stride + s.kernel_w;
+    // Sizes are nonzero here. The input extent `(out − 1)·stride + kernel` per axis.
+    let extent = |out: usize, kernel: usize| (out - 1).checked_mul(s.stride)?.checked_add(kernel);
+    let (Some(in_h), Some(in_w)) = (extent(s.out_h, s.kernel_h), extent(s.out_w, s.kernel_w))
+    else {
+        bad_geometry("the input extent (out − 1)·stride + kernel overflows usize")
+    };
     match input_layout.end(s.n, in_h, in_w, s.c_in) {
         Some(end) if end <= input.len() => {}
         _ => bad_geometry("input layout reaches past the input slice"),
@@ -298,6 +357,7 @@ fn check(
         _ => bad_geometry("output layout reaches past the output slice"),
     }
     let o = out_layout;
+    // No overflow below: `end` bounded each of these sums by `out_len`.
     let disjoint = (s.out_w == 1 || o.pixel_stride >= s.c_out)
         && (s.out_h == 1 || o.row_stride >= (s.out_w - 1) * o.pixel_stride + s.c_out)
         && (s.n == 1
@@ -449,6 +509,7 @@ fn run(
     let Some(isa) = isa.filter(|&isa| supported(isa)) else {
         return false;
     };
+    // `check` refused a window whose size overflows.
     if shape.kernel_h * shape.kernel_w > MAX_TAPS {
         return false;
     }
@@ -850,6 +911,11 @@ mod tests {
             ..conv3(28, 128, 32)
         };
         assert!(!winograd::applies(&one_by_one));
+        // Shapes whose per-task scratch would be huge (or whose size overflows) take
+        // the direct kernel rather than allocating it.
+        assert!(!winograd::applies(&conv3(1 << 20, 1 << 10, 32)));
+        assert!(!winograd::applies(&conv3(1 << 40, 1 << 40, 32)));
+        assert!(!winograd::applies(&conv3(usize::MAX - 1, 64, 32)));
     }
 
     #[test]
@@ -892,6 +958,130 @@ mod tests {
             layout,
             false,
         );
+    }
+
+    /// A 2-row, 2-tap convolution whose stride is `usize::MAX`: the input extent
+    /// `(out_h − 1)·stride + kernel_h` wraps to 1 without checked arithmetic, so a
+    /// one-pixel input passed the bounds check and row 1 read before the slice.
+    #[test]
+    #[should_panic(expected = "direct_conv: the input extent")]
+    fn a_stride_that_overflows_the_input_extent_panics() {
+        let shape = ConvShape {
+            n: 1,
+            out_h: 2,
+            out_w: 1,
+            c_in: 1,
+            c_out: 1,
+            kernel_h: 2,
+            kernel_w: 1,
+            stride: usize::MAX,
+        };
+        direct_conv(
+            &[1.0],
+            ImageLayout::dense(1, 1, 1),
+            Epilogue::Store,
+            ConvWeight::Hwio(&[1.0; 2]),
+            shape,
+            Epilogue::Store,
+            &mut [0.0; 2],
+            ImageLayout::dense(2, 1, 1),
+            false,
+        );
+    }
+
+    /// The same through the oracle (safe code, but it must refuse, not wrap).
+    #[test]
+    #[should_panic(expected = "direct_conv: the input extent")]
+    fn the_reference_refuses_an_overflowing_stride_too() {
+        let shape = ConvShape {
+            n: 1,
+            out_h: 3,
+            out_w: 3,
+            c_in: 1,
+            c_out: 1,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride: 1 << (usize::BITS - 1),
+        };
+        direct_conv_reference(
+            &[1.0],
+            ImageLayout::dense(1, 1, 1),
+            Epilogue::Store,
+            &[1.0],
+            shape,
+            Epilogue::Store,
+            &mut [0.0; 9],
+            ImageLayout::dense(3, 3, 1),
+        );
+    }
+
+    /// A window of 2³² × 2³² taps: `kernel_h·kernel_w` wraps to 0 on 64 bits, which an
+    /// empty weight matched, and the convolution "ran" as a no-op.
+    #[test]
+    #[should_panic(expected = "direct_conv: the window")]
+    fn a_window_whose_size_overflows_panics() {
+        let half = 1usize << (usize::BITS / 2);
+        let shape = ConvShape {
+            n: 1,
+            out_h: 1,
+            out_w: 1,
+            c_in: 1,
+            c_out: 1,
+            kernel_h: half,
+            kernel_w: half,
+            stride: 1,
+        };
+        direct_conv(
+            &[1.0],
+            ImageLayout::dense(1, 1, 1),
+            Epilogue::Store,
+            ConvWeight::Hwio(&[]),
+            shape,
+            Epilogue::Store,
+            &mut [0.0; 1],
+            ImageLayout::dense(1, 1, 1),
+            false,
+        );
+    }
+
+    /// Sizes whose product of multiply-adds overflows `usize` are refused, even with
+    /// layouts of stride 0 that keep the slices small.
+    #[test]
+    #[should_panic(expected = "direct_conv: the convolution's size")]
+    fn a_shape_whose_multiply_adds_overflow_panics() {
+        let big = 1usize << (usize::BITS / 2);
+        let shape = ConvShape {
+            n: 1,
+            out_h: 1,
+            out_w: 1,
+            c_in: big,
+            c_out: big,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride: 1,
+        };
+        direct_conv(
+            &[1.0],
+            ImageLayout::dense(1, 1, 1),
+            Epilogue::Store,
+            ConvWeight::Hwio(&[]),
+            shape,
+            Epilogue::Store,
+            &mut [0.0; 1],
+            ImageLayout::dense(1, 1, 1),
+            false,
+        );
+    }
+
+    /// Row 1 at `usize::MAX` wrapped to index `usize::MAX·1`; refused up front now.
+    #[test]
+    #[should_panic(expected = "apply_epilogue: 2 rows")]
+    fn epilogue_rows_past_the_slice_panic() {
+        let epilogue = Epilogue::ScaleShiftRelu {
+            scale: &[1.0],
+            shift: &[0.0],
+        };
+        apply_epilogue(epilogue, &mut [1.0; 4], 2, usize::MAX);
     }
 
     #[test]

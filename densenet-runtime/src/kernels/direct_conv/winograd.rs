@@ -37,6 +37,10 @@ const MIN_C_IN: usize = 64;
 /// Fewest output columns: a row of tiles should fill the 14-row register tile. At 14x14
 /// (7 tiles a row) it measured at par with the direct kernel.
 const MIN_WIDTH: usize = 28;
+/// Most floats of a task's `V` and `M` (64 MiB, per thread): wider rows or more
+/// channels take the direct kernel, which needs no scratch. DenseNet-121's largest
+/// is `16·28·(128 + 32)` = 71,680.
+const MAX_TILE_FLOATS: usize = 1 << 24;
 
 thread_local! {
     /// The transformed weight of the call this thread makes.
@@ -56,6 +60,16 @@ pub(super) fn applies(s: &ConvShape) -> bool {
         && s.out_h.is_multiple_of(2)
         && s.out_w.is_multiple_of(2)
         && s.out_w >= MIN_WIDTH
+        && tile_floats(s).is_some_and(|f| f <= MAX_TILE_FLOATS)
+}
+
+/// Floats of a task's `V` (`16·tw·c_in`) and `M` (`16·tw·32`), `None` on overflow.
+/// Bounded by [`MAX_TILE_FLOATS`] where the path [`applies`], which also bounds
+/// `c_in ≤ 2²⁰`, so the transformed weight's `16·c_in·32` floats cannot overflow.
+fn tile_floats(s: &ConvShape) -> Option<usize> {
+    (s.out_w / 2)
+        .checked_mul(16)?
+        .checked_mul(s.c_in.checked_add(PANEL)?)
 }
 
 /// The convolution of `input` at `input_layout` with the HWIO weight `weight` into
@@ -110,6 +124,7 @@ pub(super) fn run(
             (0..tasks).for_each(|t| job.task(t));
         }
     };
+    // No overflow: `applies` bounded `c_in` (see `tile_floats`).
     let floats = 16 * s.c_in * PANEL;
     WEIGHT.with(|cell| match cell.try_borrow_mut() {
         Ok(mut u) => {
@@ -205,6 +220,7 @@ impl Job {
         let s = self.shape;
         let (th, tw) = (s.out_h / 2, s.out_w / 2);
         let (b, ty) = (t / th, t % th);
+        // No overflow: at most `MAX_TILE_FLOATS` together (`applies`).
         let (v_len, m_len) = (16 * tw * s.c_in, 16 * tw * PANEL);
         TILES.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
