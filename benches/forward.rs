@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use densenet::ndarray::{Array2, Array4, Ix4};
-use densenet::runtime::layers::reference;
+use densenet::runtime::reference;
 use densenet::runtime::stage::stages;
 use densenet::runtime::{input_to_nhwc, Workspace};
 use densenet::{densenet, densenet_yaml};

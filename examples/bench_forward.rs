@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use densenet::ndarray::{Array4, ArrayD, Ix4};
 use densenet::runtime::kernels::direct_conv::{force_avx2, force_direct, force_portable};
-use densenet::runtime::layers::reference;
+use densenet::runtime::reference;
 use densenet::runtime::stage::stages;
 use densenet::runtime::{input_to_nhwc, Model, Workspace};
 use densenet::{densenet, densenet_yaml};

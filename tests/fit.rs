@@ -15,7 +15,7 @@ use densenet::ndarray::Array4;
 use densenet::runtime::train::{
     evaluate, fit, AdamConfig, Dataset, FitConfig, Optimizer, Schedule, SgdConfig, StepConfig,
 };
-use densenet::runtime::{weights, LayerMut, Model, TrainError};
+use densenet::runtime::{weights, LayerMut, Network, TrainError};
 use densenet::{densenet, densenet_yaml};
 
 #[path = "../fixtures/digits/digits.rs"]

@@ -21,7 +21,7 @@ use densenet::ndarray::Array4;
 use densenet::runtime::train::{
     loss_and_gradients, step_lr, Adam, AdamConfig, Gradients, LayerGrad, Sgd, SgdConfig,
 };
-use densenet::runtime::{LayerRef, Model};
+use densenet::runtime::{LayerRef, Network};
 use safetensors::SafeTensors;
 
 mod common;

@@ -9,7 +9,7 @@ mod common;
 use common::{assert_close_scaled, fixture, read_f32};
 use densenet::ndarray::{Array2, Array4};
 use densenet::runtime::kernels::direct_conv::{available, force_portable};
-use densenet::runtime::layers::reference;
+use densenet::runtime::reference;
 use densenet::runtime::Workspace;
 use densenet::{densenet, densenet_yaml};
 use safetensors::SafeTensors;

@@ -19,7 +19,7 @@ use densenet::ndarray::{Array4, ArrayView4};
 use densenet::runtime::train::{
     loss_and_gradients, loss_and_gradients_with, LayerGrad, StepConfig,
 };
-use densenet::runtime::{LayerMut, LayerName, LayerRef, Model, Rng};
+use densenet::runtime::{LayerMut, LayerName, LayerRef, Model, Network, Rng};
 use safetensors::SafeTensors;
 
 mod common;

@@ -1,9 +1,9 @@
 //! `forward_into` with a reused [`Workspace`]: the same numbers as the simple
-//! allocating stage-by-stage path (`layers::reference::forward`), bit-identical across calls and
+//! allocating stage-by-stage path (`reference::forward`), bit-identical across calls and
 //! batch sizes sharing one workspace, and an arena of exactly the planned size.
 
 use densenet::ndarray::{Array2, Array4, ArrayD};
-use densenet::runtime::layers::reference;
+use densenet::runtime::reference;
 use densenet::runtime::{DynamicModel, Error, Model, Workspace};
 use densenet::{densenet, densenet_yaml};
 

@@ -4,17 +4,17 @@
 //! Not a second implementation: it holds the stages [`init_stages`] builds (the same
 //! layers, in the same order, from the same seed as a generated model's) and gets
 //! everything else — forward passes, loading, saving, ONNX export, training, summary —
-//! from [`Model`], like a generated model.
+//! from [`Model`](crate::Model), like a generated model.
 
 use std::path::Path;
 
 use crate::spec::{Architecture, Plan};
-use crate::stage::{init_stages, Stage, StageMut, StageRef};
+use crate::stage::{init_stages, Network, Stage, StageMut, StageRef};
 use crate::weights::{self, Naming};
-use crate::{LoadError, Model, Rng};
+use crate::{LoadError, Rng};
 
 /// A DenseNet whose architecture is a run-time value. Everything it can do comes from
-/// [`Model`] (bring the trait into scope).
+/// [`Model`](crate::Model) (bring the trait into scope).
 #[derive(Clone, Debug)]
 pub struct DynamicModel {
     architecture: Architecture,
@@ -74,7 +74,7 @@ impl DynamicModel {
     }
 }
 
-impl Model for DynamicModel {
+impl Network for DynamicModel {
     fn architecture(&self) -> &Architecture {
         &self.architecture
     }

@@ -1,30 +1,48 @@
-//! The runtime that `densenet!`-generated models compile against.
+//! The runtime that `densenet!`-generated models compile against, and that runs models
+//! built at run time ([`DynamicModel`]).
 //!
-//! Activations flow through the network as NHWC tensors (`Array4<f32>` in standard
-//! layout, often viewed as an `(N·H·W) × C` matrix): output pixels become the GEMM's
-//! rows, which measured fastest for DenseNet's narrow 3x3 convolutions, and a dense
-//! block's concatenation becomes a column range of one preallocated buffer.
-//! The public model API (`forward`) takes and returns NCHW, like torchvision.
+//! A model is a [`Network`] (its architecture, plan and stages: stem, dense blocks and
+//! transitions, head) and, through that, a [`Model`]: `forward`, `forward_into`,
+//! `predict`, `summary`, safetensors and ONNX export, training, all written once here.
 //!
-//! - [`kernels`]: GEMM and im2col, the only `unsafe` code;
-//! - [`layers`]: conv, batch norm, pooling, linear, and the building blocks generated
-//!   models are made of (stems, dense blocks, transitions, heads);
+//! Activations flow through the network as NHWC tensors (often viewed as an
+//! `(N·H·W) × C` matrix): output pixels are the rows of every convolution, which
+//! measured fastest for DenseNet's narrow 3x3 convolutions, and a dense block's
+//! concatenation is a column range of one preallocated buffer. The public API takes and
+//! returns NCHW, like torchvision.
+//!
+//! - [`stage`]: the network as stages, and [`Network`], the walk every pass uses;
+//! - [`layers`]: conv, batch norm, pooling, linear, dense layers, and each stage's fast
+//!   forward pass over the [`Workspace`] arena; [`reference`]: the plain oracle;
+//! - [`blocks`]: the typed building blocks a generated model's fields are made of;
 //! - [`weights`]: safetensors in torchvision/timm or Keras naming;
+//! - [`onnx`]: export to a standard ONNX graph (opset 17, dynamic batch) with the weights;
 //! - [`train`]: every layer's backward pass, a whole model's training step, optimisers,
 //!   datasets and the `fit` loop;
-//! - [`onnx`]: export to a standard ONNX graph (opset 17, dynamic batch) with the weights;
-//! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints.
+//! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints;
+//! - the convolution kernels (direct AVX-512/AVX2, Winograd, GEMM fallback) are
+//!   private: the only `unsafe` code, each block with a `// SAFETY:` comment.
 #![deny(missing_docs)]
 
 mod atomic_file;
+pub mod blocks;
 mod dynamic;
 mod error;
 #[cfg(feature = "image")]
 pub mod image;
+// The kernels and their process-wide test switches (`force_portable`, …) are not API:
+// public only with the `internals` feature, which this workspace's tests and benchmarks
+// enable.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod kernels;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)]
+mod kernels;
 pub mod layers;
 mod model;
 pub mod onnx;
+pub mod reference;
 pub mod rng;
 pub mod stage;
 mod summary;
@@ -34,23 +52,27 @@ mod workspace;
 
 pub use densenet_spec as spec;
 pub use dynamic::DynamicModel;
-pub use error::{Error, ImageError, LoadError, SaveError, TrainError};
+pub use error::Error;
+#[cfg(feature = "image")]
+pub use image::ImageError;
 pub use model::{input_to_nhwc, softmax, Model};
 pub use ndarray;
 pub use rng::Rng;
-pub use stage::{LayerMut, LayerName, LayerRef, Site, Stage, StageMut, StageRef};
+pub use stage::{LayerMut, LayerName, LayerRef, Network, Site, Stage, StageMut, StageRef};
 pub use summary::Summary;
+pub use train::TrainError;
 pub use weights::Naming;
+pub use weights::{LoadError, SaveError};
 pub use workspace::Workspace;
 
 /// What generated code calls; not part of the API (no stability promises).
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::layers::blocks::BuildingBlock;
+    pub use crate::blocks::BuildingBlock;
     pub use crate::stage::init_stages;
 
     use crate::stage::Stage;
-    use crate::{LoadError, Model, Naming};
+    use crate::{LoadError, Naming, Network};
 
     /// The next stage of `stages` as the building block `B`.
     ///
@@ -77,7 +99,7 @@ pub mod __private {
     ///
     /// # Errors
     /// A [`LoadError`] naming the tensor and what was wrong.
-    pub fn loaded<M: Model>(
+    pub fn loaded<M: Network>(
         init: impl FnOnce(&mut crate::Rng) -> M,
         bytes: &[u8],
         naming: Naming,

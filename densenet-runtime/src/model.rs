@@ -1,52 +1,37 @@
-//! The one model abstraction: what generated models and [`DynamicModel`](crate::DynamicModel)
-//! both are, and everything they can do, written once.
-//!
-//! A model says what it is (its [`Architecture`] and [`Plan`]) and lists its stages by
-//! index; inference, export, saving, summaries and training are provided on top of that,
-//! so a model built at run time can do all a generated one can.
+//! What every model can do, written once on top of what it is ([`Network`]): a model
+//! built at run time can do all a generated one can.
 
 use std::path::Path;
 
 use ndarray::{Array2, Array4, ArrayD, ArrayView4, ArrayViewMutD, Axis, Ix2};
 
-use crate::spec::{Architecture, Head, Plan};
-use crate::stage::{LayerMut, LayerName, LayerRef, StageMut, StageRef};
+use crate::spec::Head;
+use crate::stage::Network;
 use crate::train::{self, Dataset, Evaluation, FitConfig, Gradients, History};
 use crate::{onnx, weights, Error, SaveError, Summary, TrainError, Workspace};
 
-/// A DenseNet: a `densenet!`/`densenet_yaml!` model or a [`DynamicModel`](crate::DynamicModel).
+/// Everything a DenseNet can do, written once: forward passes, prediction, summary,
+/// saving, ONNX export and training, for every [`Network`] — a `densenet!`/`densenet_yaml!`
+/// model or a [`DynamicModel`](crate::DynamicModel). Bring it into scope and call
+/// these on any model; there is nothing to implement.
 ///
-/// Implementors provide four things: the architecture, the plan, and the stages by
-/// index (shared and mutable). Everything else is provided, so it is written once for
-/// every model. Object safe: `&dyn Model` runs, saves and exports like a concrete model
-/// (the methods taking a path need `Sized`; for `dyn Model` use
+/// Object safe: `&dyn Model` runs, saves and exports like a concrete model (the
+/// methods taking a path need `Sized`; for `dyn Model` use
 /// [`weights::save_file`](crate::weights::save_file) and [`onnx::save_file`]).
 ///
 /// ```
-/// use densenet_runtime::{DynamicModel, Model};
+/// use densenet_runtime::{DynamicModel, Model, Network};
 /// use densenet_runtime::ndarray::Array4;
 /// # let arch = densenet_runtime::spec::check(&densenet_runtime::spec::parse_yaml(
 /// #     "name: Tiny\ngrowth: 4\nblocks: [2, 2]\nstem: cifar\ninput: [3, 8, 8]\nclasses: 3\n", "t").unwrap()).unwrap();
 /// let model = DynamicModel::init(arch, 0);
 /// let logits = model.forward(Array4::zeros((2, 3, 8, 8)).view())?;
 /// assert_eq!(logits.shape(), &[2, 3]);
+/// println!("{}", model.summary());                // Keras-style table
 /// let bytes = model.to_safetensors_bytes();   // torchvision naming
 /// # Ok::<(), densenet_runtime::Error>(())
 /// ```
-pub trait Model: Send + Sync {
-    /// The checked architecture.
-    fn architecture(&self) -> &Architecture;
-
-    /// Every shape and count, stage by stage and layer by layer.
-    fn plan(&self) -> &Plan;
-
-    /// Stage `index` (0: the stem; then blocks and transitions; the head last), in the
-    /// order of [`Plan::stages`]; `None` past the head.
-    fn stage(&self, index: usize) -> Option<StageRef<'_>>;
-
-    /// [`stage`](Self::stage), mutably. Layers keep their shapes: only weights change.
-    fn stage_mut(&mut self, index: usize) -> Option<StageMut<'_>>;
-
+pub trait Model: Network {
     /// Runs the network on an NCHW batch: `(N, classes)` logits, `(N, C)` pooled
     /// features, or an `(N, C, H, W)` feature map, as the head says. Activations live
     /// in this thread's cached [`Workspace`]: only the output is allocated.
@@ -96,17 +81,6 @@ pub trait Model: Send + Sync {
     /// A Keras-style summary table; print it with `{}`.
     fn summary(&self) -> Summary<'_> {
         Summary::new(&self.architecture().name, self.plan())
-    }
-
-    /// Calls `f` on every layer with weights, in network order, with its structural
-    /// name: the order of saved files, gradients and optimiser state.
-    fn visit_layers(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
-        crate::stage::visit_layers(self, f);
-    }
-
-    /// [`visit_layers`](Self::visit_layers), mutably, in the same order with the same names.
-    fn visit_layers_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
-        crate::stage::visit_layers_mut(self, f);
     }
 
     /// The weights as safetensors bytes in torchvision naming (conv weights OIHW, BN
@@ -175,6 +149,8 @@ pub trait Model: Send + Sync {
         train::evaluate(self, data, batch_size)
     }
 }
+
+impl<T: Network + ?Sized> Model for T {}
 
 /// Checks an NCHW batch against the model's per-image `[C, H, W]` and converts it to
 /// the NHWC layout the layers use.

@@ -12,7 +12,100 @@ use densenet_spec::{Architecture, Head, Plan, StagePlan, Stem};
 
 use crate::layers::{stem_conv, BatchNorm2d, Conv2d, Conv2dConfig, DenseLayer, Linear};
 use crate::rng::Rng;
-use crate::Model;
+
+/// Calls `f` on every layer with weights of `stage`, in network order, with its
+/// structural name; `visit_stage_layers!(StageMut, LayerMut, iter_mut)` is the same walk
+/// over mutable borrows. One macro, since Rust cannot be generic over `&` and `&mut`.
+macro_rules! visit_stage_layers {
+    ($stage:expr, $f:expr, $Stage:ident, $Layer:ident, $iter:ident) => {
+        match $stage {
+            $Stage::Stem { conv, norm } => {
+                $f(LayerName::new(Site::Stem, "conv0"), $Layer::Conv(conv));
+                if let Some(norm) = norm {
+                    $f(LayerName::new(Site::Stem, "norm0"), $Layer::BatchNorm(norm));
+                }
+            }
+            $Stage::Block { index, layers } => {
+                for (j, layer) in layers.$iter().enumerate() {
+                    let site = Site::Dense {
+                        block: index,
+                        layer: j + 1,
+                    };
+                    let name = |part| LayerName::new(site, part);
+                    match layer {
+                        DenseLayer::Basic { norm1, conv1 } => {
+                            $f(name("norm1"), $Layer::BatchNorm(norm1));
+                            $f(name("conv1"), $Layer::Conv(conv1));
+                        }
+                        DenseLayer::Bottleneck {
+                            norm1,
+                            conv1,
+                            norm2,
+                            conv2,
+                        } => {
+                            $f(name("norm1"), $Layer::BatchNorm(norm1));
+                            $f(name("conv1"), $Layer::Conv(conv1));
+                            $f(name("norm2"), $Layer::BatchNorm(norm2));
+                            $f(name("conv2"), $Layer::Conv(conv2));
+                        }
+                    }
+                }
+            }
+            $Stage::Transition { index, norm, conv } => {
+                let site = Site::Transition { index };
+                $f(LayerName::new(site, "norm"), $Layer::BatchNorm(norm));
+                $f(LayerName::new(site, "conv"), $Layer::Conv(conv));
+            }
+            $Stage::Head {
+                norm, classifier, ..
+            } => {
+                $f(LayerName::new(Site::Head, "norm5"), $Layer::BatchNorm(norm));
+                if let Some(classifier) = classifier {
+                    $f(
+                        LayerName::new(Site::Head, "classifier"),
+                        $Layer::Linear(classifier),
+                    );
+                }
+            }
+        }
+    };
+}
+
+/// What a model is: its architecture, its plan, and its stages by index, borrowed or
+/// mutably. Generated models and [`DynamicModel`](crate::DynamicModel) implement it;
+/// every pass over a network (inference, the oracle, training, loading, saving, export)
+/// walks it; [`Model`](crate::Model) adds what a model can do, for every `Network`.
+pub trait Network: Send + Sync {
+    /// The checked architecture.
+    fn architecture(&self) -> &Architecture;
+
+    /// Every shape and count, stage by stage and layer by layer.
+    fn plan(&self) -> &Plan;
+
+    /// Stage `index` (0: the stem; then blocks and transitions; the head last), in the
+    /// order of [`Plan::stages`]; `None` past the head.
+    fn stage(&self, index: usize) -> Option<StageRef<'_>>;
+
+    /// [`stage`](Self::stage), mutably: weights and statistics may change, not shapes.
+    fn stage_mut(&mut self, index: usize) -> Option<StageMut<'_>>;
+
+    /// Calls `f` on every layer with weights, in network order, with its structural
+    /// name: the order of saved files, gradients and optimiser state.
+    fn visit_layers(&self, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+        for stage in stages(self) {
+            visit_stage_layers!(stage, f, StageRef, LayerRef, iter);
+        }
+    }
+
+    /// [`visit_layers`](Self::visit_layers), mutably, in the same order with the same names.
+    fn visit_layers_mut(&mut self, f: &mut dyn FnMut(LayerName, LayerMut<'_>)) {
+        let mut index = 0;
+        while let Some(stage) = self.stage_mut(index) {
+            visit_stage_layers!(stage, f, StageMut, LayerMut, iter_mut);
+            index += 1;
+        }
+    }
+}
 
 /// Where a layer sits in the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -301,7 +394,7 @@ pub fn init_stages(architecture: &Architecture, plan: &Plan, rng: &mut Rng) -> V
 }
 
 /// The stages of `model` in network order.
-pub fn stages<M: Model + ?Sized>(model: &M) -> impl Iterator<Item = StageRef<'_>> + Send {
+pub fn stages<M: Network + ?Sized>(model: &M) -> impl Iterator<Item = StageRef<'_>> + Send {
     StageIter { model, next: 0 }
 }
 
@@ -311,93 +404,12 @@ struct StageIter<'a, M: ?Sized> {
     next: usize,
 }
 
-impl<'a, M: Model + ?Sized> Iterator for StageIter<'a, M> {
+impl<'a, M: Network + ?Sized> Iterator for StageIter<'a, M> {
     type Item = StageRef<'a>;
 
     fn next(&mut self) -> Option<StageRef<'a>> {
         let stage = self.model.stage(self.next)?;
         self.next += 1;
         Some(stage)
-    }
-}
-
-/// Calls `f` on every layer with weights of `stage`, in network order, with its
-/// structural name; `visit_stage_layers!(StageMut, LayerMut, iter_mut)` is the same walk
-/// over mutable borrows. One macro, since Rust cannot be generic over `&` and `&mut`.
-macro_rules! visit_stage_layers {
-    ($stage:expr, $f:expr, $Stage:ident, $Layer:ident, $iter:ident) => {
-        match $stage {
-            $Stage::Stem { conv, norm } => {
-                $f(LayerName::new(Site::Stem, "conv0"), $Layer::Conv(conv));
-                if let Some(norm) = norm {
-                    $f(LayerName::new(Site::Stem, "norm0"), $Layer::BatchNorm(norm));
-                }
-            }
-            $Stage::Block { index, layers } => {
-                for (j, layer) in layers.$iter().enumerate() {
-                    let site = Site::Dense {
-                        block: index,
-                        layer: j + 1,
-                    };
-                    let name = |part| LayerName::new(site, part);
-                    match layer {
-                        DenseLayer::Basic { norm1, conv1 } => {
-                            $f(name("norm1"), $Layer::BatchNorm(norm1));
-                            $f(name("conv1"), $Layer::Conv(conv1));
-                        }
-                        DenseLayer::Bottleneck {
-                            norm1,
-                            conv1,
-                            norm2,
-                            conv2,
-                        } => {
-                            $f(name("norm1"), $Layer::BatchNorm(norm1));
-                            $f(name("conv1"), $Layer::Conv(conv1));
-                            $f(name("norm2"), $Layer::BatchNorm(norm2));
-                            $f(name("conv2"), $Layer::Conv(conv2));
-                        }
-                    }
-                }
-            }
-            $Stage::Transition { index, norm, conv } => {
-                let site = Site::Transition { index };
-                $f(LayerName::new(site, "norm"), $Layer::BatchNorm(norm));
-                $f(LayerName::new(site, "conv"), $Layer::Conv(conv));
-            }
-            $Stage::Head {
-                norm, classifier, ..
-            } => {
-                $f(LayerName::new(Site::Head, "norm5"), $Layer::BatchNorm(norm));
-                if let Some(classifier) = classifier {
-                    $f(
-                        LayerName::new(Site::Head, "classifier"),
-                        $Layer::Linear(classifier),
-                    );
-                }
-            }
-        }
-    };
-}
-
-/// Calls `f` on every layer with weights of `model`, in network order, with its
-/// structural name: the order of saved files, gradients and optimiser state.
-pub(crate) fn visit_layers<M: Model + ?Sized>(
-    model: &M,
-    f: &mut dyn FnMut(LayerName, LayerRef<'_>),
-) {
-    for stage in stages(model) {
-        visit_stage_layers!(stage, f, StageRef, LayerRef, iter);
-    }
-}
-
-/// [`visit_layers`], mutably, in the same order with the same names.
-pub(crate) fn visit_layers_mut<M: Model + ?Sized>(
-    model: &mut M,
-    f: &mut dyn FnMut(LayerName, LayerMut<'_>),
-) {
-    let mut index = 0;
-    while let Some(stage) = model.stage_mut(index) {
-        visit_stage_layers!(stage, f, StageMut, LayerMut, iter_mut);
-        index += 1;
     }
 }

@@ -30,8 +30,9 @@ use crate::layers::{
     stem_forward_into, transition_forward_into,
 };
 use crate::spec::{Head, Plan};
+use crate::stage::Network;
 use crate::stage::{stages, StageRef};
-use crate::{Error, Model};
+use crate::Error;
 
 /// A reusable activation arena for [`forward_into`] (and generated models'
 /// `forward_into`): grows on first use to what the batch needs, never shrinks.
@@ -144,7 +145,7 @@ fn check_shapes(plan: &Plan, x: &ArrayView4<'_, f32>, out: &[usize]) -> Result<u
 /// (`(N, classes)`, `(N, C)` or NCHW `(N, C, H, W)`, any memory layout), with every
 /// activation in `ws`'s arena: [`Model::forward_into`]. Allocates only when `ws` is
 /// smaller than `plan.arena_floats(N)`.
-pub(crate) fn forward_into<M: Model + ?Sized>(
+pub(crate) fn forward_into<M: Network + ?Sized>(
     model: &M,
     x: ArrayView4<'_, f32>,
     ws: &mut Workspace,
@@ -248,7 +249,7 @@ fn forward_into_on_this_thread<'a>(
 
 /// [`forward_into`] into a new output array, with this thread's cached workspace:
 /// [`Model::forward`]. Only the output is allocated in steady state.
-pub(crate) fn forward_alloc<M: Model + ?Sized>(
+pub(crate) fn forward_alloc<M: Network + ?Sized>(
     model: &M,
     x: ArrayView4<'_, f32>,
 ) -> Result<ArrayD<f32>, Error> {

@@ -47,11 +47,11 @@ pub fn expand_model(
     let (c_in, c_out) = (lit(plan.stem.c_in), lit(plan.stem.c_out));
     let (stem_ty, stem_doc) = match arch.stem {
         Stem::ImageNet => (
-            quote!(#rt::layers::ImageNetStem<#c_in, #c_out>),
+            quote!(#rt::blocks::ImageNetStem<#c_in, #c_out>),
             "Stem: 7x7/2 conv, BN, ReLU, 3x3/2 max pool",
         ),
         Stem::Cifar => (
-            quote!(#rt::layers::CifarStem<#c_in, #c_out>),
+            quote!(#rt::blocks::CifarStem<#c_in, #c_out>),
             "Stem: 3x3 conv",
         ),
     };
@@ -65,7 +65,7 @@ pub fn expand_model(
     for (i, block) in plan.blocks.iter().enumerate() {
         let field = format_ident!("block{}", i + 1);
         let (c_in, layers) = (lit(block.c_in), lit(block.layers));
-        let ty = quote!(#rt::layers::DenseBlock<#c_in, #layers, #growth, #bn_size>);
+        let ty = quote!(#rt::blocks::DenseBlock<#c_in, #layers, #growth, #bn_size>);
         let doc = format!(
             " Dense block {}: {} layers, {} → {} channels at {}x{}.",
             i + 1,
@@ -80,7 +80,7 @@ pub fn expand_model(
         if let Some(t) = plan.transitions.get(i) {
             let field = format_ident!("transition{}", i + 1);
             let (c_in, c_out) = (lit(t.c_in), lit(t.c_out));
-            let ty = quote!(#rt::layers::Transition<#c_in, #c_out>);
+            let ty = quote!(#rt::blocks::Transition<#c_in, #c_out>);
             let doc = format!(
                 " Transition {}: BN, ReLU, 1x1 conv, 2x2 average pool; {} → {} channels, {}x{}.",
                 i + 1,
@@ -108,7 +108,7 @@ pub fn expand_model(
     let classes = lit(arch.classes);
     let (head_ty, head_doc, output_ty, output_view) = match arch.head {
         Head::Classifier => (
-            quote!(#rt::layers::ClassifierHead<#c, #classes>),
+            quote!(#rt::blocks::ClassifierHead<#c, #classes>),
             format!(
                 " Head: BN, ReLU, global average pool, linear {} → {}.",
                 plan.head_channels, arch.classes
@@ -117,7 +117,7 @@ pub fn expand_model(
             quote!(#rt::ndarray::ArrayViewMut2<'_, f32>),
         ),
         Head::Avg => (
-            quote!(#rt::layers::AvgPoolHead<#c>),
+            quote!(#rt::blocks::AvgPoolHead<#c>),
             format!(
                 " Head: BN, ReLU, global average pool to {} features.",
                 plan.head_channels
@@ -126,7 +126,7 @@ pub fn expand_model(
             quote!(#rt::ndarray::ArrayViewMut2<'_, f32>),
         ),
         Head::Max => (
-            quote!(#rt::layers::MaxPoolHead<#c>),
+            quote!(#rt::blocks::MaxPoolHead<#c>),
             format!(
                 " Head: BN, ReLU, global max pool to {} features.",
                 plan.head_channels
@@ -135,7 +135,7 @@ pub fn expand_model(
             quote!(#rt::ndarray::ArrayViewMut2<'_, f32>),
         ),
         Head::None => (
-            quote!(#rt::layers::FeatureMapHead<#c>),
+            quote!(#rt::blocks::FeatureMapHead<#c>),
             format!(
                 " Head: BN, ReLU; the output is the final {}-channel feature map (NCHW).",
                 plan.head_channels
@@ -374,7 +374,7 @@ pub fn expand_model(
         }
 
         #[automatically_derived]
-        impl #rt::Model for #name {
+        impl #rt::Network for #name {
             fn architecture(&self) -> &#rt::spec::Architecture {
                 static ARCHITECTURE: #rt::spec::Architecture = #name::ARCHITECTURE;
                 &ARCHITECTURE

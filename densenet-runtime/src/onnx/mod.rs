@@ -42,9 +42,10 @@ use std::path::Path;
 use densenet_spec::Head;
 
 use crate::layers::{BatchNorm2d, Conv2d, DenseLayer, Linear};
+use crate::stage::Network;
 use crate::stage::{stages, LayerName, Site, StageRef};
 use crate::weights::torchvision_path as path;
-use crate::{Model, SaveError};
+use crate::SaveError;
 use proto::{Attribute, Dim, Message};
 
 /// The ONNX IR version written (`ModelProto.ir_version`): 8, that of ONNX 1.12.
@@ -67,7 +68,7 @@ const PRODUCER: &str = "densenet-rs";
 
 /// The model as a serialised ONNX `ModelProto`, weights included; see the
 /// [module docs](self) for the graph.
-pub fn to_bytes<M: Model + ?Sized>(model: &M) -> Vec<u8> {
+pub fn to_bytes<M: Network + ?Sized>(model: &M) -> Vec<u8> {
     let arch = model.architecture();
     let mut graph = Graph::default();
     let mut x = INPUT_NAME.to_owned();
@@ -173,7 +174,7 @@ pub fn to_bytes<M: Model + ?Sized>(model: &M) -> Vec<u8> {
 ///
 /// # Errors
 /// [`SaveError`] naming the file if it cannot be written.
-pub fn save_file<M: Model + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
+pub fn save_file<M: Network + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
     crate::atomic_file::write(path, &to_bytes(model))
 }
 

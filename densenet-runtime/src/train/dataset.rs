@@ -6,8 +6,8 @@
 
 use ndarray::{Array4, ArrayView4, Axis};
 
-use crate::error::TrainError;
 use crate::rng::Rng;
+use crate::train::TrainError;
 
 /// Labelled images in memory: `images` is `(N, C, H, W)`, `labels[i]` is image `i`'s
 /// class in `0..classes`.

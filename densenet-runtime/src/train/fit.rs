@@ -11,16 +11,17 @@ use std::time::Instant;
 use densenet_spec::Head;
 use ndarray::{Array2, ArrayView4, Axis, Ix2};
 
-use crate::error::{SaveError, TrainError};
 use crate::rng::Rng;
 use crate::stage::LayerRef;
-use crate::train::backward::step;
+use crate::stage::Network;
 use crate::train::dataset::permutation;
+use crate::train::tape::step;
+use crate::train::TrainError;
 use crate::train::{
     softmax_cross_entropy, step_lr, Adam, AdamConfig, Dataset, Sgd, SgdConfig, StepConfig,
 };
 use crate::weights;
-use crate::Model;
+use crate::weights::SaveError;
 
 /// Which optimiser [`fit`] uses, with its settings (the learning rate is the base rate
 /// of the [`Schedule`]).
@@ -184,7 +185,7 @@ pub struct Evaluation {
 /// use densenet_runtime::train::{evaluate, fit, AdamConfig, Dataset, FitConfig, Optimizer};
 /// use densenet_runtime::{Model, TrainError};
 ///
-/// fn train<M: Model + ?Sized>(model: &mut M, train: &Dataset, test: &Dataset) -> Result<f32, TrainError> {
+/// fn train<M: Model>(model: &mut M, train: &Dataset, test: &Dataset) -> Result<f32, TrainError> {
 ///     let config = FitConfig {
 ///         epochs: 3,
 ///         batch_size: 32,
@@ -216,7 +217,7 @@ pub struct Evaluation {
 /// the diverged state;
 /// [`TrainError::Checkpoint`] if a checkpoint cannot be written (the model keeps the
 /// epochs trained so far).
-pub fn fit<M: Model + ?Sized>(
+pub fn fit<M: Network + ?Sized>(
     model: &mut M,
     train: &Dataset,
     config: &FitConfig<'_>,
@@ -342,7 +343,7 @@ pub fn fit<M: Model + ?Sized>(
 
 /// The torchvision key of the first weight or running statistic of `model` holding a
 /// NaN or infinity, if any.
-fn first_non_finite<M: Model + ?Sized>(model: &M) -> Option<String> {
+fn first_non_finite<M: Network + ?Sized>(model: &M) -> Option<String> {
     let mut found = None;
     model.visit_layers(&mut |name, layer| {
         if found.is_some() {
@@ -385,7 +386,7 @@ pub fn checkpoint_path(dir: &Path, epoch: usize) -> PathBuf {
     dir.join(format!("epoch-{epoch:03}.safetensors"))
 }
 
-fn write_checkpoint<M: Model + ?Sized>(
+fn write_checkpoint<M: Network + ?Sized>(
     model: &M,
     dir: &Path,
     epoch: usize,
@@ -403,7 +404,7 @@ fn write_checkpoint<M: Model + ?Sized>(
 ///
 /// [`TrainError::NoClassifier`]; [`TrainError::ImageShape`] or [`TrainError::Classes`]
 /// if `data` does not fit the model; [`TrainError::BatchSize`] for `batch_size` 0.
-pub fn evaluate<M: Model + ?Sized>(
+pub fn evaluate<M: Network + ?Sized>(
     model: &M,
     data: &Dataset,
     batch_size: usize,
@@ -433,7 +434,7 @@ pub fn evaluate<M: Model + ?Sized>(
 /// As `forward` ([`TrainError::Model`] with [`Error::InputShape`](crate::Error::InputShape)
 /// or [`Error::EmptyBatch`](crate::Error::EmptyBatch)); [`TrainError::NoClassifier`]
 /// for a model without a classifier head.
-pub fn logits<M: Model + ?Sized>(
+pub fn logits<M: Network + ?Sized>(
     model: &M,
     x: ArrayView4<'_, f32>,
 ) -> Result<Array2<f32>, TrainError> {
@@ -443,7 +444,7 @@ pub fn logits<M: Model + ?Sized>(
             model: arch.name.to_string(),
         });
     }
-    let logits = model.forward(x)?;
+    let logits = crate::workspace::forward_alloc(model, x)?;
     Ok(logits
         .into_dimensionality::<Ix2>()
         .expect("a classifier head gives (N, classes)"))
@@ -470,7 +471,7 @@ fn argmax(values: impl Iterator<Item = f32>) -> usize {
 
 /// Checks that `data` fits `model`: a classifier with `data`'s image shape and at
 /// least its number of classes.
-fn check_fits<M: Model + ?Sized>(model: &M, data: &Dataset) -> Result<(), TrainError> {
+fn check_fits<M: Network + ?Sized>(model: &M, data: &Dataset) -> Result<(), TrainError> {
     let arch = model.architecture();
     let model = || arch.name.to_string();
     if arch.head != Head::Classifier {
@@ -507,7 +508,7 @@ impl Stepper {
         }
     }
 
-    fn step<M: Model + ?Sized>(&mut self, model: &mut M, grads: &crate::train::Gradients) {
+    fn step<M: Network + ?Sized>(&mut self, model: &mut M, grads: &crate::train::Gradients) {
         match self {
             Stepper::Sgd(o) => o.step(model, grads),
             Stepper::Adam(o) => o.step(model, grads),

@@ -46,20 +46,20 @@
 //! # Ok::<(), densenet_runtime::TrainError>(())
 //! ```
 
-mod backward;
 mod batch_norm;
 mod col2im;
 mod conv;
 mod dataset;
 mod dropout;
+mod error;
 mod fit;
 mod linear;
 mod loss;
 mod optim;
 mod pool;
 mod relu;
+mod tape;
 
-pub use backward::{loss_and_gradients, loss_and_gradients_with, Gradients, LayerGrad, StepConfig};
 pub use batch_norm::{batch_norm_apply, batch_norm_backward, batch_norm_train, BatchStats};
 pub use col2im::col2im;
 pub use conv::conv2d_backward;
@@ -76,8 +76,9 @@ pub use pool::{
     avg_pool2d_backward, global_avg_pool_backward, max_pool2d_backward, max_pool2d_train,
 };
 pub use relu::relu_backward;
+pub use tape::{loss_and_gradients, loss_and_gradients_with, Gradients, LayerGrad, StepConfig};
 
-pub use crate::error::TrainError;
+pub use error::TrainError;
 
 #[cfg(test)]
 pub(crate) mod check {

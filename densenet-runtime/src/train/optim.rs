@@ -18,10 +18,10 @@
 
 use ndarray::{ArrayViewD, ArrayViewMutD};
 
-use crate::error::TrainError;
 use crate::stage::LayerMut;
+use crate::stage::Network;
+use crate::train::TrainError;
 use crate::train::{Gradients, LayerGrad};
-use crate::Model;
 
 /// Settings of [`Sgd`]; [`Default`] is the DenseNet paper's (Huang et al. 2017, §4.2):
 /// learning rate 0.1, Nesterov momentum 0.9, weight decay 1e-4.
@@ -120,7 +120,7 @@ impl Sgd {
     /// If `grads` lacks a layer of `model` or has a gradient of another kind or shape
     /// than its parameter, or if the model's parameters are not those of the previous
     /// steps (the state is per parameter: use one optimiser per model).
-    pub fn step<M: Model + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
+    pub fn step<M: Network + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
         let first = self.velocity.is_empty();
         let config = self.config;
         let stateful = config.momentum != 0.0;
@@ -303,7 +303,7 @@ impl Adam {
     /// # Panics
     ///
     /// As [`Sgd::step`].
-    pub fn step<M: Model + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
+    pub fn step<M: Network + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
         let first = self.m.is_empty();
         self.t += 1;
         let (config, t) = (self.config, self.t);
@@ -391,7 +391,7 @@ type GradRef<'a> = ArrayViewD<'a, f32>;
 /// Calls `f(i, parameter, gradient)` for every parameter of `model`, `i` counting from
 /// 0 in walking order (conv weight; BN gamma, beta; linear weight, bias). Returns the
 /// number of parameters.
-fn for_each_param<M: Model + ?Sized>(
+fn for_each_param<M: Network + ?Sized>(
     model: &mut M,
     grads: &Gradients,
     f: &mut dyn FnMut(usize, ParamMut<'_>, GradRef<'_>),

@@ -5,6 +5,7 @@
 //! aside), and the model is returned only when all of it loaded. Any byte string gives
 //! a [`LoadError`], never a panic.
 
+mod error;
 mod naming;
 mod validate;
 
@@ -14,13 +15,13 @@ use std::path::Path;
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
+pub use error::{LoadError, SaveError};
 pub(crate) use naming::torchvision_path;
 pub use naming::Naming;
 use naming::Tensor;
 
-use crate::error::{LoadError, SaveError};
+use crate::stage::Network;
 use crate::stage::{LayerMut, LayerName, LayerRef};
-use crate::Model;
 
 /// Fills `model` from safetensors bytes in `naming` ([`Naming::Auto`] detects it from
 /// the keys). On error the model is partly overwritten: the constructors
@@ -29,7 +30,7 @@ use crate::Model;
 ///
 /// # Errors
 /// A [`LoadError`] naming the tensor and what was wrong.
-pub(crate) fn load_into<M: Model + ?Sized>(
+pub(crate) fn load_into<M: Network + ?Sized>(
     model: &mut M,
     bytes: &[u8],
     naming: Naming,
@@ -83,7 +84,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
 /// OIHW, BN running statistics and `num_batches_tracked` included), loadable by
 /// `torchvision.models.DenseNet.load_state_dict` and by the loaders:
 /// [`Model::to_safetensors_bytes`].
-pub fn to_bytes<M: Model + ?Sized>(model: &M) -> Vec<u8> {
+pub fn to_bytes<M: Network + ?Sized>(model: &M) -> Vec<u8> {
     let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut push = |name: LayerName,
                     tensor: Tensor,
@@ -175,7 +176,7 @@ pub fn to_bytes<M: Model + ?Sized>(model: &M) -> Vec<u8> {
 ///
 /// # Errors
 /// [`SaveError`] naming the file if it cannot be written.
-pub fn save_file<M: Model + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
+pub fn save_file<M: Network + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
     crate::atomic_file::write(path, &to_bytes(model))
 }
 
@@ -203,7 +204,7 @@ fn format_error(e: SafeTensorError) -> LoadError {
 
 /// Refuses, in one line, a file whose blocks differ from the model's (e.g. DenseNet-169
 /// weights into a DenseNet-121) instead of reporting hundreds of missing tensors.
-fn check_architecture<M: Model + ?Sized>(
+fn check_architecture<M: Network + ?Sized>(
     model: &M,
     tensors: &BTreeMap<String, (String, TensorView<'_>)>,
     naming: Naming,

@@ -6,7 +6,7 @@
 use std::collections::btree_map::{BTreeMap, Entry};
 
 use super::naming::Tensor;
-use crate::error::LoadError;
+use crate::weights::LoadError;
 
 /// Checks the values of `tensor` (named `name` in the file): all finite, and for a
 /// running variance none negative. The first bad value is reported with its index in

@@ -8,19 +8,19 @@ use ::densenet::runtime as __densenet_runtime_densenetbc100k12;
 #[derive(Clone, Debug)]
 pub struct DenseNetBC100K12 {
     /// Stem: 3x3 conv; 3 → 24 channels, 32x32.
-    pub stem: ::densenet::runtime::layers::CifarStem<3, 24>,
+    pub stem: ::densenet::runtime::blocks::CifarStem<3, 24>,
     /// Dense block 1: 16 layers, 24 → 216 channels at 32x32.
-    pub block1: ::densenet::runtime::layers::DenseBlock<24, 16, 12, 4>,
+    pub block1: ::densenet::runtime::blocks::DenseBlock<24, 16, 12, 4>,
     /// Transition 1: BN, ReLU, 1x1 conv, 2x2 average pool; 216 → 108 channels, 16x16.
-    pub transition1: ::densenet::runtime::layers::Transition<216, 108>,
+    pub transition1: ::densenet::runtime::blocks::Transition<216, 108>,
     /// Dense block 2: 16 layers, 108 → 300 channels at 16x16.
-    pub block2: ::densenet::runtime::layers::DenseBlock<108, 16, 12, 4>,
+    pub block2: ::densenet::runtime::blocks::DenseBlock<108, 16, 12, 4>,
     /// Transition 2: BN, ReLU, 1x1 conv, 2x2 average pool; 300 → 150 channels, 8x8.
-    pub transition2: ::densenet::runtime::layers::Transition<300, 150>,
+    pub transition2: ::densenet::runtime::blocks::Transition<300, 150>,
     /// Dense block 3: 16 layers, 150 → 342 channels at 8x8.
-    pub block3: ::densenet::runtime::layers::DenseBlock<150, 16, 12, 4>,
+    pub block3: ::densenet::runtime::blocks::DenseBlock<150, 16, 12, 4>,
     /// Head: BN, ReLU, global average pool, linear 342 → 10.
-    pub head: ::densenet::runtime::layers::ClassifierHead<342, 10>,
+    pub head: ::densenet::runtime::blocks::ClassifierHead<342, 10>,
 }
 impl DenseNetBC100K12 {
     /// The checked architecture this model was generated from.
@@ -212,7 +212,7 @@ impl DenseNetBC100K12 {
     }
 }
 #[automatically_derived]
-impl ::densenet::runtime::Model for DenseNetBC100K12 {
+impl ::densenet::runtime::Network for DenseNetBC100K12 {
     fn architecture(&self) -> &::densenet::runtime::spec::Architecture {
         static ARCHITECTURE: ::densenet::runtime::spec::Architecture = DenseNetBC100K12::ARCHITECTURE;
         &ARCHITECTURE

@@ -21,13 +21,14 @@ use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2};
 use crate::kernels::gemm::MatMut;
 use crate::layers::{avg_pool2d, global_avg_pool, BatchNorm2d, Conv2d, DenseLayer, Linear};
 use crate::rng::Rng;
+use crate::stage::Network;
 use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::{
     avg_pool2d_backward, batch_norm_apply, batch_norm_backward, batch_norm_train, conv2d_backward,
     dropout_in_place, global_avg_pool_backward, linear_backward, max_pool2d_backward,
     max_pool2d_train, softmax_cross_entropy, BatchStats,
 };
-use crate::{input_to_nhwc, Error, Model};
+use crate::{input_to_nhwc, Error};
 
 /// Options of a training step; [`Default`] is torch's behaviour with the architecture's
 /// dropout rate.
@@ -120,7 +121,7 @@ impl Gradients {
 /// # Panics
 ///
 /// As [`loss_and_gradients_with`].
-pub fn loss_and_gradients<M: Model + ?Sized>(
+pub fn loss_and_gradients<M: Network + ?Sized>(
     model: &mut M,
     x: ArrayView4<'_, f32>,
     labels: &[usize],
@@ -146,7 +147,7 @@ pub fn loss_and_gradients<M: Model + ?Sized>(
 /// is not N, a label is not below the number of classes, or the dropout rate is not in
 /// `[0, 1)`. During the pass, as torch: if a BatchNorm sees a single value per channel
 /// (batch of one image whose final feature map is 1x1).
-pub fn loss_and_gradients_with<M: Model + ?Sized>(
+pub fn loss_and_gradients_with<M: Network + ?Sized>(
     model: &mut M,
     x: ArrayView4<'_, f32>,
     labels: &[usize],
@@ -158,7 +159,7 @@ pub fn loss_and_gradients_with<M: Model + ?Sized>(
 
 /// [`loss_and_gradients_with`], also returning the training-mode logits `(N, classes)`
 /// (what `fit` counts its training accuracy from).
-pub(crate) fn step<M: Model + ?Sized>(
+pub(crate) fn step<M: Network + ?Sized>(
     model: &mut M,
     x: ArrayView4<'_, f32>,
     labels: &[usize],
@@ -198,7 +199,7 @@ pub(crate) fn step<M: Model + ?Sized>(
         let tape = match stage {
             StageMut::Stem { conv, norm } => {
                 let x = next_input.take().expect("the stem comes first");
-                let (out, tape) = stem_forward(conv, norm, x, &mut ctx);
+                let (out, tape) = record_stem(conv, norm, x, &mut ctx);
                 next_input = Some(out);
                 Tape::Stem(Box::new(tape))
             }
@@ -206,11 +207,11 @@ pub(crate) fn step<M: Model + ?Sized>(
                 let x = next_input
                     .take()
                     .expect("a block follows a stem or transition");
-                Tape::Block(block_forward(layers, x.view(), &mut ctx))
+                Tape::Block(record_block(layers, x.view(), &mut ctx))
             }
             StageMut::Transition { norm, conv, .. } => {
                 let input = last_block(&tapes).output();
-                let (out, tape) = transition_forward(norm, conv, input, &mut ctx);
+                let (out, tape) = record_transition(norm, conv, input, &mut ctx);
                 next_input = Some(out);
                 Tape::Transition(tape)
             }
@@ -219,7 +220,7 @@ pub(crate) fn step<M: Model + ?Sized>(
             } => {
                 let classifier = classifier.expect("a classifier head has a classifier");
                 let input = last_block(&tapes).output();
-                let (out, tape) = head_forward(norm, classifier, input, &mut ctx);
+                let (out, tape) = record_head(norm, classifier, input, &mut ctx);
                 logits = Some(out);
                 Tape::Head(tape)
             }
@@ -430,7 +431,8 @@ fn last_block(tapes: &[Tape]) -> &BlockTape {
     }
 }
 
-fn stem_forward(
+/// The stem in training mode (BatchNorm on batch statistics), recording its tape.
+fn record_stem(
     conv: &mut Conv2d,
     norm: Option<&mut BatchNorm2d>,
     x: Array4<f32>,
@@ -502,11 +504,8 @@ fn pixels_mut(x: &mut Array4<f32>) -> ArrayViewMut2<'_, f32> {
     matrix_mut(x.as_slice_mut().expect("contiguous"), n * h * w, c)
 }
 
-fn block_forward(
-    layers: &mut [DenseLayer],
-    x: ArrayView4<'_, f32>,
-    ctx: &mut Ctx<'_>,
-) -> BlockTape {
+/// A dense block in training mode, recording its tape (the shared buffer, BN statistics, bottleneck outputs, dropout generator states).
+fn record_block(layers: &mut [DenseLayer], x: ArrayView4<'_, f32>, ctx: &mut Ctx<'_>) -> BlockTape {
     let (n, h, w, c_in) = x.dim();
     let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
     let rows = n * h * w;
@@ -703,7 +702,8 @@ fn view4(data: &[f32], n: usize, h: usize, w: usize, c: usize) -> ArrayView4<'_,
     ArrayView4::from_shape((n, h, w, c), data).expect("n·h·w·c elements")
 }
 
-fn transition_forward(
+/// A transition in training mode, recording its tape.
+fn record_transition(
     norm: &mut BatchNorm2d,
     conv: &Conv2d,
     x: ArrayView4<'_, f32>,
@@ -760,7 +760,8 @@ fn transition_backward(
     dx
 }
 
-fn head_forward(
+/// The classifier head in training mode, recording its tape: the logits.
+fn record_head(
     norm: &mut BatchNorm2d,
     classifier: &Linear,
     x: ArrayView4<'_, f32>,

@@ -17,7 +17,9 @@ use image::imageops::FilterType;
 use image::{ImageFormat, ImageReader, Limits, RgbImage};
 use ndarray::{Array3, Array4, Axis};
 
-use crate::error::ImageError;
+mod error;
+
+pub use error::ImageError;
 
 /// Longest side of an image the decoder accepts (2²⁰; [`MAX_PIXELS`] bounds the area).
 pub const MAX_SIDE: u32 = 1 << 20;

@@ -4,8 +4,8 @@
 //! They are built only from [`Stage`]s of exactly their shape (what [`init_stages`]
 //! and the loaders produce), and their layers are private: a generated model's shapes
 //! are guarantees, not labels. Read them through the accessors, change weights through
-//! [`Model::stage_mut`](crate::Model::stage_mut) or
-//! [`Model::visit_layers_mut`](crate::Model::visit_layers_mut), which keep shapes.
+//! [`Network::stage_mut`](crate::Network::stage_mut) or
+//! [`Network::visit_layers_mut`](crate::Network::visit_layers_mut), which keep shapes.
 //!
 //! [`init_stages`]: crate::stage::init_stages
 
@@ -15,7 +15,7 @@ use crate::layers::{BatchNorm2d, Conv2d, DenseLayer, Linear};
 use crate::stage::{Stage, StageMut, StageRef};
 
 /// What generated code needs of a building block: built from a stage of its shape,
-/// viewed as stage `index`. Not for users (the generated model's `Model` impl is).
+/// viewed as stage `index`. Not for users (the generated model's `Network` impl is).
 #[doc(hidden)]
 pub trait BuildingBlock: Sized {
     /// `Some` when `stage` has exactly this block's shape.

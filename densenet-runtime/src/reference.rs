@@ -12,15 +12,18 @@ use crate::layers::{
     Linear,
 };
 use crate::spec::Head;
-use crate::stage::{stages, StageRef};
-use crate::{input_to_nhwc, Error, Model};
+use crate::stage::{stages, Network, StageRef};
+use crate::{input_to_nhwc, Error};
 
 /// Runs `model` stage by stage on the NCHW batch `x`, every stage returning a new
 /// array. Returns the head's output: `(N, classes)`, `(N, C)` or NCHW `(N, C, H, W)`.
 ///
 /// # Errors
 /// [`Error::InputShape`] or [`Error::EmptyBatch`].
-pub fn forward<M: Model + ?Sized>(model: &M, x: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, Error> {
+pub fn forward<M: Network + ?Sized>(
+    model: &M,
+    x: ArrayView4<'_, f32>,
+) -> Result<ArrayD<f32>, Error> {
     let mut x = input_to_nhwc(x, model.plan().input)?.into_dyn();
     for s in stages(model) {
         let input = x.view().into_dimensionality::<Ix4>();

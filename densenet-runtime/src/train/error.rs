@@ -1,0 +1,147 @@
+//! Why a dataset could not be built or a model trained.
+
+use thiserror::Error;
+
+use crate::weights::SaveError;
+use crate::Error;
+
+/// Why a dataset could not be built or a model could not be trained or evaluated on it
+/// ([`train::fit`](crate::train::fit), [`train::evaluate`](crate::train::evaluate),
+/// [`train::Dataset`](crate::train::Dataset)). Everything is checked before the first
+/// training step: a bad dataset or setting never leaves a half-trained model behind.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A dataset (or a subset, or a batch request) with no images.
+    #[error("empty dataset: there are no images")]
+    EmptyDataset,
+    /// Not one label per image.
+    #[error("{labels} labels for {images} images: a dataset needs exactly one label per image")]
+    LabelCount {
+        /// Number of images.
+        images: usize,
+        /// Number of labels.
+        labels: usize,
+    },
+    /// A label that is not a class index.
+    #[error("image {index} has label {label}, but there are only {classes} classes (labels 0..{classes})")]
+    LabelOutOfRange {
+        /// The image (0-based, in the dataset's order).
+        index: usize,
+        /// Its label.
+        label: usize,
+        /// The number of classes (of the dataset or the model, whichever was checked).
+        classes: usize,
+    },
+    /// A dataset declared with zero classes.
+    #[error("a dataset needs at least one class; got classes = 0")]
+    NoClasses,
+    /// An image with a NaN or infinite pixel.
+    #[error("image {index} has a NaN or infinite pixel")]
+    NonFinite {
+        /// The image (0-based, in the dataset's order).
+        index: usize,
+    },
+    /// A subset index past the end of the dataset.
+    #[error("index {index} is out of range for a dataset of {len} images")]
+    IndexOutOfRange {
+        /// The requested image.
+        index: usize,
+        /// The dataset's length.
+        len: usize,
+    },
+    /// The dataset's images are not the shape the model takes.
+    #[error("the dataset's images are {actual:?} (C, H, W), but {model} takes {expected:?}")]
+    ImageShape {
+        /// The model's name.
+        model: String,
+        /// The model's per-image input `[C, H, W]`.
+        expected: [usize; 3],
+        /// The dataset's per-image shape.
+        actual: [usize; 3],
+    },
+    /// The dataset has more classes than the model's classifier.
+    #[error("the dataset has {dataset} classes but {model} classifies into {classes}")]
+    Classes {
+        /// The model's name.
+        model: String,
+        /// The model's number of classes.
+        classes: usize,
+        /// The dataset's number of classes.
+        dataset: usize,
+    },
+    /// The model has no classifier head, so there are no logits to train or evaluate.
+    #[error("{model} has no classifier head (head: none, avg or max pooling only); training and evaluation need class logits")]
+    NoClassifier {
+        /// The model's name.
+        model: String,
+    },
+    /// A batch size too small: zero, or one where BatchNorm in training mode would see
+    /// a single value per channel (a model whose last feature map is 1x1).
+    #[error("batch_size must be at least {min}; got {batch_size}")]
+    BatchSize {
+        /// The requested batch size.
+        batch_size: usize,
+        /// The smallest that works.
+        min: usize,
+    },
+    /// Zero epochs requested.
+    #[error("epochs must be at least 1; got 0")]
+    NoEpochs,
+    /// A learning rate that is not a positive finite number.
+    #[error("the learning rate must be positive and finite; got {lr}")]
+    LearningRate {
+        /// The configured learning rate.
+        lr: f32,
+    },
+    /// A dropout rate outside `[0, 1)`.
+    #[error("the dropout rate must be in [0, 1); got {rate}")]
+    Dropout {
+        /// The configured rate.
+        rate: f32,
+    },
+    /// A checkpoint could not be written (or its directory created).
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[source] SaveError),
+    /// The model rejected a batch (not expected once the dataset has been checked).
+    #[error(transparent)]
+    Model(#[from] Error),
+    /// The training loss became NaN or infinite (typically a learning rate too large).
+    /// [`fit`](crate::train::fit) stops at that batch, before the optimiser applies its
+    /// gradients and before any checkpoint of the diverged weights is written.
+    #[error(
+        "training diverged: the loss of epoch {epoch}, batch {batch} is {loss}; try a smaller learning rate"
+    )]
+    Diverged {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// The batch within the epoch (1-based).
+        batch: usize,
+        /// The non-finite loss.
+        loss: f32,
+    },
+    /// A weight or BatchNorm running statistic became NaN or infinite in a training
+    /// step (BatchNorm can keep the loss finite while they overflow). [`fit`](crate::train::fit)
+    /// stops after that step, before any evaluation or checkpoint of the weights.
+    #[error(
+        "training diverged: after epoch {epoch}, batch {batch}, `{tensor}` holds a non-finite value; try a smaller learning rate"
+    )]
+    NonFiniteWeights {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// The batch within the epoch (1-based).
+        batch: usize,
+        /// The tensor, by its torchvision key (e.g. `features.conv0.weight`).
+        tensor: String,
+    },
+    /// An optimiser or training-step setting outside its range.
+    #[error("{field} must be in {range}; got {value}")]
+    Setting {
+        /// The setting, e.g. `AdamConfig::betas.1` or `StepConfig::momentum`.
+        field: &'static str,
+        /// Its value.
+        value: f32,
+        /// The values it may take, e.g. `[0, 1)`.
+        range: &'static str,
+    },
+}
