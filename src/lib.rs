@@ -24,21 +24,7 @@
 //! `densenet::densenet_yaml!("specs/densenet121.yaml");` (the path is relative to your
 //! crate's root, and Cargo rebuilds when the file changes).
 //!
-//! # Spec keys
-//! | key | meaning | default |
-//! |---|---|---|
-//! | `growth` | k, channels each dense layer adds | required |
-//! | `blocks` | layers per dense block, e.g. `[6, 12, 24, 16]` | one of `blocks`/`depth` |
-//! | `depth` | the paper's L for 3-block nets: (L-4)/6 layers per block, (L-4)/3 without bottleneck | |
-//! | `theta` | compression in (0, 1]: a transition keeps floor(θ·C) channels | 1.0 |
-//! | `bottleneck` | bottleneck width factor (bn_size), or `false` for none | 4 |
-//! | `stem` | `imagenet` (7x7/2 conv, BN, ReLU, 3x3/2 max pool) or `cifar` (3x3 conv) | `imagenet` |
-//! | `init_features` | stem channels | 2k (16 for a CIFAR stem without BC) |
-//! | `input` | per-image `[C, H, W]` | `[3, 224, 224]` (`[3, 32, 32]` for `cifar`) |
-//! | `classes` | classifier outputs | 1000 (10 for `cifar`) |
-//! | `head` | `classifier`, `avg`, `max` (pooled features) or `none` (feature map) | `classifier` |
-//! | `dropout` | rate after each conv but the first, used in training | 0 |
-//! | `eps` | BatchNorm epsilon (Keras uses 1.001e-5) | 1e-5 |
+#![doc = include_str!("../docs/SPEC.md")]
 //!
 //! # What a generated model offers
 //! Associated consts `PARAMS`, `BUFFERS`, `MACS`, `INPUT`, `OUTPUT`, `CLASSES`

@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "codegen")]
 pub mod expand;
+pub mod keys;
 #[cfg(feature = "codegen")]
 pub mod parse;
 pub mod plan;

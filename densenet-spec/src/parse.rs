@@ -15,8 +15,9 @@ use syn::parse::{Parse, ParseStream, Parser};
 use syn::{Attribute, Ident, Lit, Token, Visibility};
 
 use crate::ast::{Entry, RawSpec, Value};
-use crate::check::{example, TOO_LARGE};
+use crate::check::TOO_LARGE;
 use crate::error::{Sp, Span, SpecError};
+use crate::keys::example;
 
 /// Parses the input of one `densenet!` call: one or more model declarations.
 pub fn parse_specs(tokens: TokenStream) -> Result<Vec<RawSpec>, SpecError> {
