@@ -72,6 +72,39 @@ fn expand_prints_the_generated_struct() {
 }
 
 #[test]
+fn names_follow_the_macros_rules() {
+    let dir = std::env::temp_dir().join(format!("densenet-cli-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, kind) in [
+        ("Self", "keyword"),
+        ("crate", "keyword"),
+        ("f32", "primitive type"),
+    ] {
+        let spec = dir.join("net.yaml");
+        std::fs::write(&spec, format!("name: {name}\ngrowth: 12\ndepth: 40\n")).unwrap();
+        let out = densenet(&["check", spec.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let errors = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            errors.contains(&format!(
+                "net.yaml:1:7: model name `{name}` is a Rust {kind}"
+            )),
+            "{errors}"
+        );
+    }
+    // Without `name`, the file's name in UpperCamelCase, under the same rules.
+    let spec = dir.join("self.yaml");
+    std::fs::write(&spec, "growth: 12\ndepth: 40\n").unwrap();
+    let out = densenet(&["check", spec.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("self.yaml:1:1: model name `Self`"));
+    let spec = dir.join("tiny_net.yaml");
+    std::fs::write(&spec, "growth: 12\ndepth: 40\n").unwrap();
+    let out = densenet(&["check", spec.to_str().unwrap()]);
+    assert!(stdout(&out).contains(": ok (TinyNet, "), "{}", stdout(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn run_classifies_images_with_loaded_weights() {
     let out = densenet(&[
         "run",

@@ -30,7 +30,9 @@ pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
     let mut cx = Checker::default();
     let keys = cx.check_keys(&spec.entries);
 
-    check_name(&mut cx, &spec.name);
+    if let Err(e) = check_name(&spec.name) {
+        cx.error(e.span, e.message);
+    }
     let growth = match cx.get(&keys, "growth") {
         Some(v) => cx.int(v, "growth", 1, MAX_WIDTH),
         None => {
@@ -145,19 +147,44 @@ const HEADS: &[(&str, Head)] = &[
     ("none", Head::None),
 ];
 
-/// The model name becomes a Rust type name.
-fn check_name(cx: &mut Checker, name: &Sp<String>) {
-    let s = &name.value;
+/// The model name becomes a Rust type name, which generated code declares and uses: it
+/// must be an identifier, not a keyword (`Self`, `crate`, …) and not a primitive type
+/// (`f32`, `usize`, …), which the struct would shadow inside its own impl.
+pub fn check_name(name: &Sp<String>) -> Result<(), SpecError> {
+    let s = name.value.as_str();
     let mut chars = s.chars();
-    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !ok {
-        cx.error(
-            name.span,
-            format!("model name {s:?} is not a Rust identifier; use letters, digits and `_`, e.g. `DenseNet121`"),
-        );
-    }
+    let identifier = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s != "_";
+    let problem = if !identifier {
+        format!("model name {s:?} is not a Rust identifier; use letters, digits and `_`")
+    } else if KEYWORDS.contains(&s) {
+        format!("model name `{s}` is a Rust keyword; choose another name")
+    } else if PRIMITIVES.contains(&s) {
+        format!("model name `{s}` is a Rust primitive type; choose another name")
+    } else {
+        return Ok(());
+    };
+    Err(SpecError::new(
+        name.span,
+        format!("{problem}, e.g. `DenseNet121`"),
+    ))
 }
+
+/// Strict and reserved keywords of every edition up to 2024: none can name a struct.
+const KEYWORDS: &[&str] = &[
+    "Self", "abstract", "as", "async", "await", "become", "box", "break", "const", "continue",
+    "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if",
+    "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "override", "priv", "pub",
+    "ref", "return", "self", "static", "struct", "super", "trait", "true", "try", "type", "typeof",
+    "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
+];
+
+/// Primitive types (`f16` and `f128` included, on their way to stable).
+const PRIMITIVES: &[&str] = &[
+    "bool", "char", "str", "f16", "f32", "f64", "f128", "i8", "i16", "i32", "i64", "i128", "isize",
+    "u8", "u16", "u32", "u64", "u128", "usize",
+];
 
 /// Shapes that only the whole model shows: an input that pools away to nothing before
 /// the head, a transition that keeps no channels, counts beyond 64 bits.

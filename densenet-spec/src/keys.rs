@@ -63,7 +63,7 @@ pub const DEFAULT_BOTTLENECK: usize = 4;
 pub const KEYS: &[Key] = &[
     Key {
         name: "name",
-        meaning: "the model's type name (YAML only: inline specs write it before `<`)",
+        meaning: "the model's type name; not a keyword or primitive type (YAML only: inline specs write it before `<`)",
         example: "name: DenseNet121",
         default: KeyDefault::Derived("the file name in UpperCamelCase"),
         yaml_only: true,
