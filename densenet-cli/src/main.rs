@@ -19,10 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use densenet_runtime::image::{stack, Preprocessing};
 use densenet_runtime::ndarray::Array4;
 use densenet_runtime::{DynamicModel, Naming, Summary};
-use densenet_spec::config::upper_camel_case;
-use densenet_spec::{
-    check, parse_yaml, Architecture, Config, Plan, Span, SpecError, SpecFileError,
-};
+use densenet_spec::{check_yaml_file, Architecture, Config, LoadError, Plan, SpecSource};
 
 /// The 1000 ImageNet-1k class names in index order (torchvision's list).
 const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
@@ -134,13 +131,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 ExitCode::SUCCESS
             });
         }
-        Command::Expand { spec } => {
-            let text = read(&spec)?;
-            let code = Config::new()
-                .generate(&text, &stem_of(&spec), &spec.display().to_string())
-                .map_err(|e| e.to_string())?;
-            print!("{code}");
-        }
+        Command::Expand { spec } => print!("{}", expand(&spec)?),
         Command::Run {
             spec,
             weights,
@@ -153,33 +144,16 @@ fn run(command: Command) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn stem_of(path: &Path) -> String {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("model")
-        .to_string()
+/// The generated code of a spec file.
+fn expand(spec: &Path) -> Result<String, String> {
+    Config::new()
+        .generate_source(&SpecSource::YamlFile(spec), &spec.display().to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses and checks a spec file; errors carry `file:line:column`.
-fn load_spec(path: &Path) -> Result<Architecture, SpecFileError> {
-    let shown = path.display().to_string();
-    let fail = |errors| SpecFileError {
-        path: shown.clone(),
-        errors,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let message = format!("cannot read the spec: {e}");
-        fail(vec![SpecError::new(
-            Span::Yaml { line: 1, column: 1 },
-            message,
-        )])
-    })?;
-    let spec = parse_yaml(&text, &upper_camel_case(&stem_of(path))).map_err(fail)?;
-    check(&spec).map_err(fail)
+fn load_spec(path: &Path) -> Result<Architecture, LoadError> {
+    check_yaml_file(path).map(|model| model.architecture)
 }
 
 fn classify(
