@@ -6,29 +6,28 @@
 //! followed by the front door's stand-in model (a tiny placeholder with the same API) so
 //! that later uses of the name do not add a cascade of errors.
 //!
-//! Use them through the `densenet` crate, which re-exports them with the runtime the
-//! generated code needs.
+//! Use them through the `densenet` crate: its `macro_rules!` wrappers call these with
+//! their own `$crate` first (`$crate; pub Net<…>`), and generated code reaches the
+//! runtime through that path, so a renamed dependency works.
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
-use densenet_spec::expand::{default_runtime_path, expand_model};
+use densenet_spec::expand::expand_model;
 use densenet_spec::front::{CheckedSpec, Rejected, SpecSource};
 use densenet_spec::{Span, SpecError};
-use proc_macro2::TokenStream;
+use proc_macro2::{TokenStream, TokenTree};
 use quote::quote;
 
-/// Declares one or more DenseNet models inline.
-///
-/// ```ignore
-/// densenet!(pub DenseNet121<growth: 32, blocks: [6, 12, 24, 16], theta: 0.5>);
-/// ```
-///
-/// See the `densenet` crate for the keys and what the generated struct offers.
+/// `densenet::densenet!`'s implementation: `facade-path; spec…`.
+#[doc(hidden)]
 #[proc_macro]
 pub fn densenet(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
-    let rt = default_runtime_path();
-    match SpecSource::Inline(input.into()).check() {
+    let (rt, spec) = match split_runtime(input.into()) {
+        Ok(split) => split,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    match SpecSource::Inline(spec).check() {
         Ok(models) => models
             .iter()
             .map(|model| expand(model, &rt, rust_error))
@@ -40,22 +39,15 @@ pub fn densenet(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     }
 }
 
-/// Declares a DenseNet model from a YAML spec file, read at build time.
-///
-/// ```ignore
-/// densenet_yaml!("specs/densenet121.yaml");
-/// ```
-///
-/// The path is relative to the crate's `CARGO_MANIFEST_DIR` (absolute paths are
-/// rejected); Cargo rebuilds when the file changes. The model's name is the file's
-/// `name` key, or the file name in UpperCamelCase.
-///
-/// Test harnesses that compile the call in a generated crate elsewhere, such as
-/// trybuild, can set the environment variable `DENSENET_MANIFEST_DIR` to the real
-/// crate root.
+/// `densenet::densenet_yaml!`'s implementation: `facade-path; "spec.yaml"`.
+#[doc(hidden)]
 #[proc_macro]
 pub fn densenet_yaml(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
-    let lit = match syn::parse::<syn::LitStr>(input) {
+    let (rt, rest) = match split_runtime(input.into()) {
+        Ok(split) => split,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    let lit = match syn::parse2::<syn::LitStr>(rest) {
         Ok(lit) => lit,
         Err(e) => {
             let msg = "expected the spec's path as a string, e.g. \
@@ -63,9 +55,28 @@ pub fn densenet_yaml(input: proc_macro::TokenStream) -> proc_macro::TokenStream 
             return syn::Error::new(e.span(), msg).to_compile_error().into();
         }
     };
-    match expand_yaml(&lit, &default_runtime_path()) {
+    match expand_yaml(&lit, &rt) {
         Ok(tokens) | Err(tokens) => tokens.into(),
     }
+}
+
+/// The facade's path (the tokens before the first `;`, `$crate` from the wrappers) as
+/// `<path>::runtime`, and the rest of the input.
+fn split_runtime(input: TokenStream) -> syn::Result<(TokenStream, TokenStream)> {
+    let mut tokens = input.into_iter();
+    let mut facade = TokenStream::new();
+    for tt in tokens.by_ref() {
+        match tt {
+            TokenTree::Punct(p) if p.as_char() == ';' => {
+                return Ok((quote!(#facade::runtime), tokens.collect()))
+            }
+            tt => facade.extend([tt]),
+        }
+    }
+    Err(syn::Error::new(
+        proc_macro2::Span::call_site(),
+        "use this macro through the `densenet` crate: `densenet::densenet!`",
+    ))
 }
 
 fn expand_yaml(lit: &syn::LitStr, rt: &TokenStream) -> Result<TokenStream, TokenStream> {
