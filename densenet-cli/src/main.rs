@@ -4,6 +4,7 @@
 //! densenet summary specs/densenet121.yaml      Keras-style table
 //! densenet check specs/*.yaml                  every mistake with file:line:col (exit 1)
 //! densenet expand specs/densenet121.yaml       the generated Rust, formatted
+//! densenet expand 'pub Net<growth: 12, depth: 40>'   … of an inline spec
 //! densenet run --spec S --weights W IMAGE...   top-5 classes per image
 //! densenet bench --spec S                      forward-pass latency and throughput
 //! ```
@@ -19,7 +20,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use densenet_runtime::image::{stack, Preprocessing};
 use densenet_runtime::ndarray::Array4;
 use densenet_runtime::{DynamicModel, Naming, Summary};
-use densenet_spec::{check_yaml_file, Architecture, Config, LoadError, Plan, SpecSource};
+use densenet_spec::{
+    check_yaml_file, Architecture, CompileError, Config, LoadError, Plan, SpecSource,
+};
+
+mod inline;
 
 /// The 1000 ImageNet-1k class names in index order (torchvision's list).
 const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
@@ -48,9 +53,9 @@ enum Command {
         #[arg(required = true)]
         specs: Vec<PathBuf>,
     },
-    /// Print the Rust code `densenet_yaml!` generates for a spec, formatted.
+    /// Print the Rust code `densenet_yaml!` (or `densenet!`) generates for a spec, formatted.
     Expand {
-        /// A YAML spec file.
+        /// A YAML spec file, or an inline spec such as 'pub Net<growth: 12, depth: 40>'.
         spec: PathBuf,
     },
     /// Classify images: top classes with probabilities.
@@ -144,11 +149,23 @@ fn run(command: Command) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The generated code of a spec file.
+/// The generated code of a spec file, or of an inline spec when the argument names no
+/// file and reads as one (it has a `<`).
 fn expand(spec: &Path) -> Result<String, String> {
+    let inline = spec.to_str().filter(|s| !spec.exists() && s.contains('<'));
+    let Some(text) = inline else {
+        let source = SpecSource::YamlFile(spec);
+        return Config::new()
+            .generate_source(&source, &spec.display().to_string())
+            .map_err(|e| e.to_string());
+    };
+    let tokens = inline::tokens(text)?;
     Config::new()
-        .generate_source(&SpecSource::YamlFile(spec), &spec.display().to_string())
-        .map_err(|e| e.to_string())
+        .generate_source(&SpecSource::Inline(tokens), "an inline spec")
+        .map_err(|e| match e {
+            CompileError::Spec(e) => inline::render_errors(text, &e.errors),
+            e => e.to_string(),
+        })
 }
 
 /// Parses and checks a spec file; errors carry `file:line:column`.
