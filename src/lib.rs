@@ -22,23 +22,11 @@
 //!
 //! YAML specs compile the same way, at build time:
 //! `densenet::densenet_yaml!("specs/densenet121.yaml");` (the path is relative to your
-//! crate's root, and Cargo rebuilds when the file changes).
+//! crate's root, and Cargo rebuilds when the file changes). Both macros work under a
+//! renamed dependency (`dn = { package = "densenet", … }`, then `dn::densenet!`).
 //!
-//! # Spec keys
-//! | key | meaning | default |
-//! |---|---|---|
-//! | `growth` | k, channels each dense layer adds | required |
-//! | `blocks` | layers per dense block, e.g. `[6, 12, 24, 16]` | one of `blocks`/`depth` |
-//! | `depth` | the paper's L for 3-block nets: (L-4)/6 layers per block, (L-4)/3 without bottleneck | |
-//! | `theta` | compression in (0, 1]: a transition keeps floor(θ·C) channels | 1.0 |
-//! | `bottleneck` | bottleneck width factor (bn_size), or `false` for none | 4 |
-//! | `stem` | `imagenet` (7x7/2 conv, BN, ReLU, 3x3/2 max pool) or `cifar` (3x3 conv) | `imagenet` |
-//! | `init_features` | stem channels | 2k (16 for a CIFAR stem without BC) |
-//! | `input` | per-image `[C, H, W]` | `[3, 224, 224]` (`[3, 32, 32]` for `cifar`) |
-//! | `classes` | classifier outputs | 1000 (10 for `cifar`) |
-//! | `head` | `classifier`, `avg`, `max` (pooled features) or `none` (feature map) | `classifier` |
-//! | `dropout` | rate after each conv but the first, used in training | 0 |
-//! | `eps` | BatchNorm epsilon (Keras uses 1.001e-5) | 1e-5 |
+//!
+#![doc = include_str!("../docs/SPEC.md")]
 //!
 //! # What a generated model offers
 //! Associated consts `PARAMS`, `BUFFERS`, `MACS`, `INPUT`, `OUTPUT`, `CLASSES`
@@ -46,6 +34,61 @@
 //! Keras-style table; `init(seed)`; `forward` on NCHW batches and `predict` (softmax).
 #![deny(missing_docs)]
 
-pub use densenet_macros::{densenet, densenet_yaml};
+// The proc macros, for the wrappers below: generated code reaches the runtime through
+// the `$crate` they pass, whatever name the user's crate gives this one.
+#[doc(hidden)]
+pub use densenet_macros::{densenet as __densenet, densenet_yaml as __densenet_yaml};
+
+/// Declares one or more DenseNet models inline, as named structs.
+///
+/// ```
+/// densenet::densenet! {
+///     /// A small DenseNet-BC for 32x32 images.
+///     pub TinyNet<depth: 22, growth: 8, theta: 0.5, stem: cifar>;
+///     pub(crate) Features<growth: 4, blocks: [2, 2], stem: cifar, head: avg>
+/// }
+/// assert_eq!(TinyNet::CLASSES, 10);
+/// ```
+///
+/// Each model is `attributes visibility Name<key: value, …>`, separated by `;`; the keys
+/// are in the [crate docs](crate#spec-keys). Every mistake is reported at once, at the
+/// offending token, and the name still declares a stand-in with the same API, so its
+/// uses add no errors of their own.
+#[macro_export]
+macro_rules! densenet {
+    // The proc macro says the same, but its call site is inside this expansion; said
+    // here, the error points at the user's call as it did before the wrapper existed.
+    () => {
+        ::core::compile_error! {
+            "unexpected end of input, expected a model, e.g. `pub DenseNet121<growth: 32, blocks: [6, 12, 24, 16], theta: 0.5>`"
+        }
+    };
+    ($($spec:tt)+) => {
+        $crate::__densenet! { $crate; $($spec)* }
+    };
+}
+
+/// Declares a DenseNet model from a YAML spec file, read at build time.
+///
+/// ```
+/// densenet::densenet_yaml!("specs/densenet_bc100_k12.yaml");
+/// assert_eq!(DenseNetBC100K12::PARAMS, 769_162);
+/// ```
+///
+/// The path is relative to the calling crate's root (`CARGO_MANIFEST_DIR`; absolute
+/// paths are rejected), and Cargo rebuilds when the file changes. The model is named by
+/// the file's `name` key, or else after the file in UpperCamelCase. Mistakes are
+/// reported as `file:line:column` at the path.
+///
+/// Test harnesses that compile the call in a generated crate elsewhere, such as
+/// trybuild, can set the environment variable `DENSENET_MANIFEST_DIR` to the real
+/// crate root.
+#[macro_export]
+macro_rules! densenet_yaml {
+    ($($path:tt)*) => {
+        $crate::__densenet_yaml! { $crate; $($path)* }
+    };
+}
+
 pub use densenet_runtime as runtime;
 pub use densenet_runtime::ndarray;

@@ -4,6 +4,7 @@
 //! densenet summary specs/densenet121.yaml      Keras-style table
 //! densenet check specs/*.yaml                  every mistake with file:line:col (exit 1)
 //! densenet expand specs/densenet121.yaml       the generated Rust, formatted
+//! densenet expand 'pub Net<growth: 12, depth: 40>'   … of an inline spec
 //! densenet run --spec S --weights W IMAGE...   top-5 classes per image
 //! densenet bench --spec S                      forward-pass latency and throughput
 //! ```
@@ -19,10 +20,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use densenet_runtime::image::{stack, Preprocessing};
 use densenet_runtime::ndarray::Array4;
 use densenet_runtime::{DynamicModel, Model, Naming, Summary};
-use densenet_spec::config::upper_camel_case;
 use densenet_spec::{
-    check, parse_yaml, Architecture, Config, Plan, Span, SpecError, SpecFileError,
+    check_yaml_file, Architecture, CompileError, Config, LoadError, Plan, SpecSource,
 };
+
+mod inline;
 
 /// The 1000 ImageNet-1k class names in index order (torchvision's list).
 const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
@@ -51,9 +53,9 @@ enum Command {
         #[arg(required = true)]
         specs: Vec<PathBuf>,
     },
-    /// Print the Rust code `densenet_yaml!` generates for a spec, formatted.
+    /// Print the Rust code `densenet_yaml!` (or `densenet!`) generates for a spec, formatted.
     Expand {
-        /// A YAML spec file.
+        /// A YAML spec file, or an inline spec such as 'pub Net<growth: 12, depth: 40>'.
         spec: PathBuf,
     },
     /// Classify images: top classes with probabilities.
@@ -134,13 +136,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 ExitCode::SUCCESS
             });
         }
-        Command::Expand { spec } => {
-            let text = read(&spec)?;
-            let code = Config::new()
-                .generate(&text, &stem_of(&spec), &spec.display().to_string())
-                .map_err(|e| e.to_string())?;
-            print!("{code}");
-        }
+        Command::Expand { spec } => print!("{}", expand(&spec)?),
         Command::Run {
             spec,
             weights,
@@ -153,33 +149,28 @@ fn run(command: Command) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn stem_of(path: &Path) -> String {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("model")
-        .to_string()
+/// The generated code of a spec file, or of an inline spec when the argument names no
+/// file and reads as one (it has a `<`).
+fn expand(spec: &Path) -> Result<String, String> {
+    let inline = spec.to_str().filter(|s| !spec.exists() && s.contains('<'));
+    let Some(text) = inline else {
+        let source = SpecSource::YamlFile(spec);
+        return Config::new()
+            .generate_source(&source, &spec.display().to_string())
+            .map_err(|e| e.to_string());
+    };
+    let tokens = inline::tokens(text)?;
+    Config::new()
+        .generate_source(&SpecSource::Inline(tokens), "an inline spec")
+        .map_err(|e| match e {
+            CompileError::Spec(e) => inline::render_errors(text, &e.errors),
+            e => e.to_string(),
+        })
 }
 
 /// Parses and checks a spec file; errors carry `file:line:column`.
-fn load_spec(path: &Path) -> Result<Architecture, SpecFileError> {
-    let shown = path.display().to_string();
-    let fail = |errors| SpecFileError {
-        path: shown.clone(),
-        errors,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let message = format!("cannot read the spec: {e}");
-        fail(vec![SpecError::new(
-            Span::Yaml { line: 1, column: 1 },
-            message,
-        )])
-    })?;
-    let spec = parse_yaml(&text, &upper_camel_case(&stem_of(path))).map_err(fail)?;
-    check(&spec).map_err(fail)
+fn load_spec(path: &Path) -> Result<Architecture, LoadError> {
+    check_yaml_file(path).map(|model| model.architecture)
 }
 
 fn classify(

@@ -1,60 +1,53 @@
 //! The `densenet!` and `densenet_yaml!` macros: a thin shell over `densenet-spec`.
 //!
-//! Each macro runs the same pipeline: parse → check → plan → expand. All errors of a
-//! spec are reported at once, each at the offending token (or, for YAML, naming
-//! `file:line:column` at the macro call), followed by a stub of the model (a tiny
-//! placeholder architecture with the same API) so that later uses of the name do not add
-//! a cascade of errors.
+//! Each macro hands its spec to the front door (`densenet_spec::front`: parse → check →
+//! plan) and expands what comes back. All errors of a spec are reported at once, each at
+//! the offending token (or, for YAML, naming `file:line:column` at the path literal),
+//! followed by the front door's stand-in model (a tiny placeholder with the same API) so
+//! that later uses of the name do not add a cascade of errors.
 //!
-//! Use them through the `densenet` crate, which re-exports them with the runtime the
-//! generated code needs.
+//! Use them through the `densenet` crate: its `macro_rules!` wrappers call these with
+//! their own `$crate` first (`$crate; pub Net<…>`), and generated code reaches the
+//! runtime through that path, so a renamed dependency works.
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
-use densenet_spec::check::stub_architecture;
-use densenet_spec::config::upper_camel_case;
-use densenet_spec::expand::{default_runtime_path, expand_model, ItemInfo};
-use densenet_spec::{check, parse_specs, parse_yaml, Architecture, Plan, RawSpec, Span, SpecError};
-use proc_macro2::TokenStream;
+use densenet_spec::expand::expand_model;
+use densenet_spec::front::{CheckedSpec, Rejected, SpecSource};
+use densenet_spec::{Span, SpecError};
+use proc_macro2::{TokenStream, TokenTree};
 use quote::quote;
 
-/// Declares one or more DenseNet models inline.
-///
-/// ```ignore
-/// densenet!(pub DenseNet121<growth: 32, blocks: [6, 12, 24, 16], theta: 0.5>);
-/// ```
-///
-/// See the `densenet` crate for the keys and what the generated struct offers.
+/// `densenet::densenet!`'s implementation: `facade-path; spec…`.
+#[doc(hidden)]
 #[proc_macro]
 pub fn densenet(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
-    let specs = match parse_specs(input.into()) {
-        Ok(specs) => specs,
-        Err(e) => return rust_error(&e).to_compile_error().into(),
+    let (rt, spec) = match split_runtime(input.into()) {
+        Ok(split) => split,
+        Err(e) => return e.to_compile_error().into(),
     };
-    specs
-        .iter()
-        .map(|spec| expand_spec(spec, rust_error))
-        .collect::<TokenStream>()
-        .into()
+    match SpecSource::Inline(spec).check() {
+        Ok(models) => models
+            .iter()
+            .map(|model| expand(model, &rt, rust_error))
+            .collect::<TokenStream>()
+            .into(),
+        Err(e) => syn::Error::new(proc_macro2::Span::call_site(), e)
+            .to_compile_error()
+            .into(),
+    }
 }
 
-/// Declares a DenseNet model from a YAML spec file, read at build time.
-///
-/// ```ignore
-/// densenet_yaml!("specs/densenet121.yaml");
-/// ```
-///
-/// The path is relative to the crate's `CARGO_MANIFEST_DIR` (absolute paths are
-/// rejected); Cargo rebuilds when the file changes. The model's name is the file's
-/// `name` key, or the file name in UpperCamelCase.
-///
-/// Test harnesses that compile the call in a generated crate elsewhere, such as
-/// trybuild, can set the environment variable `DENSENET_MANIFEST_DIR` to the real
-/// crate root.
+/// `densenet::densenet_yaml!`'s implementation: `facade-path; "spec.yaml"`.
+#[doc(hidden)]
 #[proc_macro]
 pub fn densenet_yaml(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
-    let lit = match syn::parse::<syn::LitStr>(input) {
+    let (rt, rest) = match split_runtime(input.into()) {
+        Ok(split) => split,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    let lit = match syn::parse2::<syn::LitStr>(rest) {
         Ok(lit) => lit,
         Err(e) => {
             let msg = "expected the spec's path as a string, e.g. \
@@ -62,12 +55,31 @@ pub fn densenet_yaml(input: proc_macro::TokenStream) -> proc_macro::TokenStream 
             return syn::Error::new(e.span(), msg).to_compile_error().into();
         }
     };
-    match expand_yaml(&lit) {
+    match expand_yaml(&lit, &rt) {
         Ok(tokens) | Err(tokens) => tokens.into(),
     }
 }
 
-fn expand_yaml(lit: &syn::LitStr) -> Result<TokenStream, TokenStream> {
+/// The facade's path (the tokens before the first `;`, `$crate` from the wrappers) as
+/// `<path>::runtime`, and the rest of the input.
+fn split_runtime(input: TokenStream) -> syn::Result<(TokenStream, TokenStream)> {
+    let mut tokens = input.into_iter();
+    let mut facade = TokenStream::new();
+    for tt in tokens.by_ref() {
+        match tt {
+            TokenTree::Punct(p) if p.as_char() == ';' => {
+                return Ok((quote!(#facade::runtime), tokens.collect()))
+            }
+            tt => facade.extend([tt]),
+        }
+    }
+    Err(syn::Error::new(
+        proc_macro2::Span::call_site(),
+        "use this macro through the `densenet` crate: `densenet::densenet!`",
+    ))
+}
+
+fn expand_yaml(lit: &syn::LitStr, rt: &TokenStream) -> Result<TokenStream, TokenStream> {
     let fail = |msg: String| syn::Error::new(lit.span(), msg).to_compile_error();
     let rel = lit.value();
     if Path::new(&rel).is_absolute() {
@@ -77,24 +89,20 @@ fn expand_yaml(lit: &syn::LitStr) -> Result<TokenStream, TokenStream> {
         )));
     }
     let full = spec_root().join(&rel);
-    let text = std::fs::read_to_string(&full).map_err(|e| {
+    let models = SpecSource::YamlFile(&full).check().map_err(|e| {
         let shown = full.display();
-        fail(match e.kind() {
+        fail(match e.source.kind() {
             std::io::ErrorKind::NotFound => format!(
                 "spec file `{rel}` not found (looked for {shown}); \
                  paths are relative to the crate root (CARGO_MANIFEST_DIR)"
             ),
-            _ => format!("cannot read spec file `{rel}` at {shown}: {e}"),
+            _ => format!("cannot read spec file `{rel}` at {shown}: {}", e.source),
         })
     })?;
-    let stem = full.file_stem().and_then(|s| s.to_str()).unwrap_or("Model");
-    let spec = parse_yaml(&text, &upper_camel_case(stem)).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| fail(located(&rel, e)).into_iter().collect::<TokenStream>())
-            .collect::<TokenStream>()
-    })?;
-    let model = expand_spec(&spec, |e| syn::Error::new(lit.span(), located(&rel, e)));
+    let model: TokenStream = models
+        .iter()
+        .map(|m| expand(m, rt, |e| syn::Error::new(lit.span(), located(&rel, e))))
+        .collect();
     let full = full.to_string_lossy().into_owned();
     // Makes Cargo rebuild when the spec changes.
     Ok(quote! {
@@ -130,43 +138,21 @@ fn rust_error(e: &SpecError) -> syn::Error {
     }
 }
 
-/// check → plan → expand, or all errors plus a stub of the model.
-fn expand_spec(spec: &RawSpec, to_error: impl Fn(&SpecError) -> syn::Error) -> TokenStream {
-    let name = syn::parse_str::<syn::Ident>(&spec.name.value)
-        .ok()
-        .map(|mut ident| {
-            if let Span::Rust(span) = spec.name.span {
-                ident.set_span(span);
-            }
-            ident
-        });
-    let expand = |name: &syn::Ident, arch: &Architecture| {
-        let item = ItemInfo {
-            name,
-            attrs: &spec.attrs,
-            vis: &spec.vis,
-        };
-        expand_model(&item, arch, &Plan::new(arch), &default_runtime_path())
-    };
-    match (check(spec), name) {
-        (Ok(arch), Some(name)) => expand(&name, &arch),
-        (result, name) => {
-            let mut errors = result.err().unwrap_or_default();
-            if errors.is_empty() {
-                let message = format!(
-                    "`{}` cannot name a Rust type; choose another model name",
-                    spec.name.value
-                );
-                errors.push(SpecError::new(spec.name.span, message));
-            }
+/// The model, or its errors and the stand-in.
+fn expand(
+    model: &Result<CheckedSpec, Rejected>,
+    rt: &TokenStream,
+    to_error: impl Fn(&SpecError) -> syn::Error,
+) -> TokenStream {
+    let code = |m: &CheckedSpec| expand_model(&m.item(), &m.architecture, &m.plan, rt);
+    match model {
+        Ok(model) => code(model),
+        Err(Rejected { errors, stand_in }) => {
             let mut tokens: TokenStream = errors
                 .iter()
                 .map(|e| to_error(e).to_compile_error())
                 .collect();
-            // A stand-in with the same API, so uses of the model add no errors of their own.
-            if let Some(name) = name {
-                tokens.extend(expand(&name, &stub_architecture(spec)));
-            }
+            tokens.extend(stand_in.as_deref().map(code));
             tokens
         }
     }

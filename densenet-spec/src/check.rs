@@ -9,41 +9,11 @@ use std::collections::HashMap;
 use crate::arch::{Architecture, Head, Stem};
 use crate::ast::{Entry, RawSpec, Value};
 use crate::error::{Sp, Span, SpecError};
+use crate::keys::{
+    checked_keys, default_classes, default_init_features, default_input, default_value, example,
+    DEFAULT_BOTTLENECK,
+};
 use crate::plan::Plan;
-
-/// Every key a spec may use, with what it means (for suggestions and help).
-pub const KEYS: &[(&str, &str)] = &[
-    (
-        "growth",
-        "channels each dense layer adds, e.g. `growth: 32`",
-    ),
-    (
-        "blocks",
-        "layers per dense block, e.g. `blocks: [6, 12, 24, 16]`",
-    ),
-    (
-        "depth",
-        "the paper's L for a 3-block CIFAR net, e.g. `depth: 100`",
-    ),
-    ("theta", "compression in (0, 1], e.g. `theta: 0.5`"),
-    (
-        "bottleneck",
-        "1x1 bottleneck width factor, e.g. `bottleneck: 4`, or `false`",
-    ),
-    ("stem", "`imagenet` or `cifar`"),
-    (
-        "init_features",
-        "channels out of the stem, e.g. `init_features: 64`",
-    ),
-    (
-        "input",
-        "per-image input `[C, H, W]`, e.g. `input: [3, 224, 224]`",
-    ),
-    ("classes", "output classes, e.g. `classes: 1000`"),
-    ("head", "`classifier`, `avg`, `max` or `none`"),
-    ("dropout", "dropout rate in [0, 1), e.g. `dropout: 0.2`"),
-    ("eps", "BatchNorm epsilon, e.g. `eps: 1e-5`"),
-];
 
 // Generous limits that keep every count far from overflow.
 const MAX_WIDTH: i128 = 1 << 16;
@@ -60,7 +30,9 @@ pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
     let mut cx = Checker::default();
     let keys = cx.check_keys(&spec.entries);
 
-    check_name(&mut cx, &spec.name);
+    if let Err(e) = check_name(&spec.name) {
+        cx.error(e.span, e.message);
+    }
     let growth = match cx.get(&keys, "growth") {
         Some(v) => cx.int(v, "growth", 1, MAX_WIDTH),
         None => {
@@ -72,22 +44,10 @@ pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
             None
         }
     };
-    let bottleneck = match cx.get(&keys, "bottleneck") {
-        Some(v) => cx.check_bottleneck(v),
-        None => Some(Some(4)),
-    };
-    let theta = match cx.get(&keys, "theta") {
-        Some(v) => cx.check_theta(v),
-        None => Some(1.0),
-    };
-    let stem = match cx.get(&keys, "stem") {
-        Some(v) => cx.word(v, "stem", STEMS),
-        None => Some(Stem::ImageNet),
-    };
-    let head = match cx.get(&keys, "head") {
-        Some(v) => cx.word(v, "head", HEADS),
-        None => Some(Head::Classifier),
-    };
+    let bottleneck = cx.given_or_default(&keys, "bottleneck", Checker::check_bottleneck);
+    let theta = cx.given_or_default(&keys, "theta", Checker::check_theta);
+    let stem = cx.given_or_default(&keys, "stem", |cx, v| cx.word(v, "stem", STEMS));
+    let head = cx.given_or_default(&keys, "head", |cx, v| cx.word(v, "head", HEADS));
     let blocks = cx.check_blocks_or_depth(spec, &keys, bottleneck);
     let init_features = cx
         .get(&keys, "init_features")
@@ -96,14 +56,8 @@ pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
     let classes = cx
         .get(&keys, "classes")
         .map(|v| cx.int(v, "classes", 1, MAX_CLASSES));
-    let dropout = match cx.get(&keys, "dropout") {
-        Some(v) => cx.check_dropout(v),
-        None => Some(0.0),
-    };
-    let eps = match cx.get(&keys, "eps") {
-        Some(v) => cx.check_eps(v),
-        None => Some(1e-5),
-    };
+    let dropout = cx.given_or_default(&keys, "dropout", Checker::check_dropout);
+    let eps = cx.given_or_default(&keys, "eps", Checker::check_eps);
 
     let (
         Some(growth),
@@ -120,14 +74,8 @@ pub fn check(spec: &RawSpec) -> Result<Architecture, Vec<SpecError>> {
     };
     let (Some(init_features), Some(input), Some(classes)) = (
         init_features.unwrap_or(Some(default_init_features(stem, growth, bottleneck, theta))),
-        input.unwrap_or(Some(match stem {
-            Stem::ImageNet => [3, 224, 224],
-            Stem::Cifar => [3, 32, 32],
-        })),
-        classes.unwrap_or(Some(match stem {
-            Stem::ImageNet => 1000,
-            Stem::Cifar => 10,
-        })),
+        input.unwrap_or(Some(default_input(stem))),
+        classes.unwrap_or(Some(default_classes(stem))),
     ) else {
         return Err(cx.finish());
     };
@@ -199,35 +147,44 @@ const HEADS: &[(&str, Head)] = &[
     ("none", Head::None),
 ];
 
-/// The paper's stem width: 2k, but 16 for CIFAR nets that are not DenseNet-BC
-/// (Table 2's parameter counts need it).
-fn default_init_features(
-    stem: Stem,
-    growth: usize,
-    bottleneck: Option<usize>,
-    theta: f64,
-) -> usize {
-    let bc = bottleneck.is_some() && theta < 1.0;
-    if stem == Stem::Cifar && !bc {
-        16
+/// The model name becomes a Rust type name, which generated code declares and uses: it
+/// must be an identifier, not a keyword (`Self`, `crate`, …) and not a primitive type
+/// (`f32`, `usize`, …), which the struct would shadow inside its own impl.
+pub fn check_name(name: &Sp<String>) -> Result<(), SpecError> {
+    let s = name.value.as_str();
+    let mut chars = s.chars();
+    let identifier = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s != "_";
+    let problem = if !identifier {
+        format!("model name {s:?} is not a Rust identifier; use letters, digits and `_`")
+    } else if KEYWORDS.contains(&s) {
+        format!("model name `{s}` is a Rust keyword; choose another name")
+    } else if PRIMITIVES.contains(&s) {
+        format!("model name `{s}` is a Rust primitive type; choose another name")
     } else {
-        2 * growth
-    }
+        return Ok(());
+    };
+    Err(SpecError::new(
+        name.span,
+        format!("{problem}, e.g. `DenseNet121`"),
+    ))
 }
 
-/// The model name becomes a Rust type name.
-fn check_name(cx: &mut Checker, name: &Sp<String>) {
-    let s = &name.value;
-    let mut chars = s.chars();
-    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !ok {
-        cx.error(
-            name.span,
-            format!("model name {s:?} is not a Rust identifier; use letters, digits and `_`, e.g. `DenseNet121`"),
-        );
-    }
-}
+/// Strict and reserved keywords of every edition up to 2024: none can name a struct.
+const KEYWORDS: &[&str] = &[
+    "Self", "abstract", "as", "async", "await", "become", "box", "break", "const", "continue",
+    "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if",
+    "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "override", "priv", "pub",
+    "ref", "return", "self", "static", "struct", "super", "trait", "true", "try", "type", "typeof",
+    "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
+];
+
+/// Primitive types (`f16` and `f128` included, on their way to stable).
+const PRIMITIVES: &[&str] = &[
+    "bool", "char", "str", "f16", "f32", "f64", "f128", "i8", "i16", "i32", "i64", "i128", "isize",
+    "u8", "u16", "u32", "u64", "u128", "usize",
+];
 
 /// Shapes that only the whole model shows: an input that pools away to nothing before
 /// the head, a transition that keeps no channels, counts beyond 64 bits.
@@ -298,6 +255,25 @@ impl Checker {
         keys.get(key).map(|&(_, entry)| &entry.value)
     }
 
+    /// `check` applied to the value of `key` as written, or else to its fixed default
+    /// from the key table, as if written (a default the checks refuse is an error, not a
+    /// panic).
+    fn given_or_default<T>(
+        &mut self,
+        keys: &Keys<'_>,
+        key: &str,
+        check: impl FnOnce(&mut Self, &Sp<Value>) -> Option<T>,
+    ) -> Option<T> {
+        let value = match self.get(keys, key) {
+            Some(v) => v.clone(),
+            None => Sp::new(
+                default_value(key).unwrap_or(Value::Other("no default")),
+                Span::call_site(),
+            ),
+        };
+        check(self, &value)
+    }
+
     /// Errors found next sort under `key`'s entry (or first, if it is missing).
     fn at(&mut self, keys: &Keys<'_>, key: &str) {
         self.order = keys.get(key).map_or(0, |&(i, _)| i + 1);
@@ -323,14 +299,14 @@ impl Checker {
         for (i, entry) in entries.iter().enumerate() {
             self.order = i + 1;
             let key = entry.key.value.as_str();
-            if !KEYS.iter().any(|(k, _)| *k == key) {
-                let hint = match closest(key, KEYS.iter().map(|(k, _)| *k)) {
+            if !checked_keys().any(|k| k == key) {
+                let hint = match closest(key, checked_keys()) {
                     Some(k) => {
                         self.suggested.push(k);
                         format!("did you mean `{k}`?")
                     }
                     None => {
-                        let all: Vec<_> = KEYS.iter().map(|(k, _)| *k).collect();
+                        let all: Vec<_> = checked_keys().collect();
                         format!("expected one of: {}", all.join(", "))
                     }
                 };
@@ -480,7 +456,7 @@ impl Checker {
     fn check_bottleneck(&mut self, v: &Sp<Value>) -> Option<Option<usize>> {
         match v.value {
             Value::Bool(false) => Some(None),
-            Value::Bool(true) => Some(Some(4)),
+            Value::Bool(true) => Some(Some(DEFAULT_BOTTLENECK)),
             Value::Int(0) => {
                 self.error(
                     v.span,
@@ -606,7 +582,7 @@ impl Checker {
             (None, Some(depth)) => {
                 let l = self.int(depth, "depth", 1, MAX_DEPTH)?;
                 // Unknown bottleneck (its own error is already reported): assume the default.
-                let (per_layer, kind) = match bottleneck.unwrap_or(Some(4)) {
+                let (per_layer, kind) = match bottleneck.unwrap_or(Some(DEFAULT_BOTTLENECK)) {
                     Some(_) => (6, "with a bottleneck"),
                     None => (3, "without a bottleneck"),
                 };
@@ -652,25 +628,6 @@ fn number(value: &Value) -> String {
     }
 }
 
-/// An example entry for `key`, for messages.
-pub(crate) fn example(key: &str) -> &'static str {
-    match key {
-        "growth" => "growth: 32",
-        "init_features" => "init_features: 64",
-        "classes" => "classes: 1000",
-        "depth" => "depth: 100",
-        "blocks" => "blocks: [6, 12, 24, 16]",
-        "input" => "input: [3, 224, 224]",
-        "theta" => "theta: 0.5",
-        "dropout" => "dropout: 0.2",
-        "eps" => "eps: 1e-5",
-        "bottleneck" => "bottleneck: 4",
-        "stem" => "stem: cifar",
-        "head" => "head: avg",
-        _ => "key: value",
-    }
-}
-
 /// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
@@ -700,15 +657,9 @@ mod tests {
 
     #[test]
     fn suggests_nearest_key() {
-        assert_eq!(
-            closest("grwoth", KEYS.iter().map(|(k, _)| *k)),
-            Some("growth")
-        );
-        assert_eq!(
-            closest("block", KEYS.iter().map(|(k, _)| *k)),
-            Some("blocks")
-        );
-        assert_eq!(closest("zzzzzz", KEYS.iter().map(|(k, _)| *k)), None);
+        assert_eq!(closest("grwoth", checked_keys()), Some("growth"));
+        assert_eq!(closest("block", checked_keys()), Some("blocks"));
+        assert_eq!(closest("zzzzzz", checked_keys()), None);
     }
 
     #[cfg(feature = "yaml")]
@@ -754,6 +705,39 @@ mod tests {
         let stub = stub_architecture(&spec);
         assert_eq!(stub.head, Head::Classifier);
         assert!(Plan::new(&stub).params > 0);
+    }
+
+    /// The table's fixed defaults are what a spec without the key gets, and each passes
+    /// the checks as if written.
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn fixed_defaults_come_from_the_key_table() {
+        let arch = |text: &str| check(&crate::parse_yaml(text, "X").unwrap()).unwrap();
+        let bare = arch("growth: 12\nblocks: [2, 2]\n");
+        assert_eq!(
+            (bare.theta, bare.bottleneck, bare.stem),
+            (1.0, Some(4), Stem::ImageNet)
+        );
+        assert_eq!(
+            (bare.head, bare.dropout, bare.eps),
+            (Head::Classifier, 0.0, 1e-5)
+        );
+        let mut written = "growth: 12\nblocks: [2, 2]\n".to_string();
+        let mut fixed = 0;
+        for key in crate::keys::KEYS {
+            if let crate::keys::KeyDefault::Value(_) = key.default {
+                let value = match default_value(key.name).unwrap() {
+                    Value::Float(x) => format!("{x:?}"),
+                    Value::Int(i) => i.to_string(),
+                    other => other.as_word().unwrap().to_string(),
+                };
+                written.push_str(&format!("{}: {value}\n", key.name));
+                fixed += 1;
+            }
+        }
+        assert_eq!(fixed, 6, "{written}");
+        assert_eq!(arch(&written), bare, "{written}");
+        assert_eq!(arch("growth: 12\nblocks: [2, 2]\nbottleneck: true\n"), bare);
     }
 
     #[cfg(feature = "yaml")]

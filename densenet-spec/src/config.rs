@@ -17,10 +17,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use proc_macro2::TokenStream;
+use quote::ToTokens;
 
 use crate::error::SpecFileError;
-use crate::expand::{default_runtime_path, expand_model, ItemInfo};
-use crate::{check, parse_yaml, Plan};
+use crate::expand::{default_runtime_path, expand_model};
+use crate::front::{CheckedSpec, ReadError, SpecSource};
 
 /// Why a build-time compilation failed.
 #[derive(Debug)]
@@ -37,6 +38,17 @@ pub enum CompileError {
     Spec(SpecFileError),
     /// No output directory: not run from a build script and none given with [`Config::out_dir`].
     NoOutDir,
+    /// [`Config::runtime_path`] was given something that is not a Rust path.
+    RuntimePath(String),
+}
+
+impl From<ReadError> for CompileError {
+    fn from(e: ReadError) -> Self {
+        CompileError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 impl fmt::Display for CompileError {
@@ -47,6 +59,10 @@ impl fmt::Display for CompileError {
             CompileError::NoOutDir => {
                 f.write_str("OUT_DIR is not set: run from build.rs or call Config::out_dir")
             }
+            CompileError::RuntimePath(path) => write!(
+                f,
+                "runtime path `{path}` is not a Rust path; give one like `::densenet_runtime`"
+            ),
         }
     }
 }
@@ -56,7 +72,7 @@ impl std::error::Error for CompileError {
         match self {
             CompileError::Io { source, .. } => Some(source),
             CompileError::Spec(e) => Some(e),
-            CompileError::NoOutDir => None,
+            CompileError::NoOutDir | CompileError::RuntimePath(_) => None,
         }
     }
 }
@@ -122,12 +138,9 @@ impl Config {
             if self.cargo_directives {
                 println!("cargo:rerun-if-changed={}", spec.display());
             }
-            let text = std::fs::read_to_string(spec).map_err(|source| CompileError::Io {
-                path: spec.to_path_buf(),
-                source,
-            })?;
+            let code =
+                self.generate_source(&SpecSource::YamlFile(spec), &spec.display().to_string())?;
             let stem = spec.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-            let code = self.generate(&text, stem, &spec.display().to_string())?;
             let out = out_dir.join(format!("{stem}.rs"));
             if std::fs::read_to_string(&out).ok().as_deref() != Some(code.as_str()) {
                 std::fs::write(&out, code).map_err(|source| CompileError::Io {
@@ -140,57 +153,56 @@ impl Config {
         Ok(written)
     }
 
-    /// The formatted Rust source for one YAML spec's text; `stem` names the model when
-    /// the spec has no `name`, `shown` is the path used in messages and the header.
+    /// The formatted Rust source for one YAML spec's text; `path` is shown in messages
+    /// and the header, and names the model when the spec has no `name`.
     ///
     /// # Errors
     /// [`CompileError::Spec`] with every mistake in the spec.
-    pub fn generate(&self, text: &str, stem: &str, shown: &str) -> Result<String, CompileError> {
-        let spec_error = |errors| {
-            CompileError::Spec(SpecFileError {
+    pub fn generate(&self, text: &str, path: &str) -> Result<String, CompileError> {
+        self.generate_source(&SpecSource::Yaml { text, path }, path)
+    }
+
+    /// The formatted Rust source for every model of `source`; `shown` names it in
+    /// messages and the header.
+    ///
+    /// # Errors
+    /// [`CompileError::Spec`] with every mistake of every model, [`CompileError::Io`] for
+    /// a file that cannot be read.
+    pub fn generate_source(
+        &self,
+        source: &SpecSource<'_>,
+        shown: &str,
+    ) -> Result<String, CompileError> {
+        let mut models = Vec::new();
+        let mut errors = Vec::new();
+        for model in source.check()? {
+            match model {
+                Ok(model) => models.push(model),
+                Err(rejected) => errors.extend(rejected.errors),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CompileError::Spec(SpecFileError {
                 path: shown.to_string(),
                 errors,
-            })
-        };
-        let spec = parse_yaml(text, &upper_camel_case(stem)).map_err(spec_error)?;
-        let arch = check(&spec).map_err(spec_error)?;
-        let name = syn::parse_str::<syn::Ident>(&spec.name.value).map_err(|_| {
-            let message = format!(
-                "`{}` cannot name a Rust type; choose another model name",
-                spec.name.value
-            );
-            spec_error(vec![crate::SpecError::new(spec.name.span, message)])
-        })?;
-        let runtime: TokenStream = self.runtime.parse().map_err(|_| {
-            let message = format!("runtime path `{}` is not a Rust path", self.runtime);
-            spec_error(vec![crate::SpecError::new(spec.span, message)])
-        })?;
-        let item = ItemInfo {
-            name: &name,
-            attrs: &spec.attrs,
-            vis: &spec.vis,
-        };
-        let tokens = expand_model(&item, &arch, &Plan::new(&arch), &runtime);
+            }));
+        }
+        self.render(&models, shown)
+    }
+
+    /// The models' code, formatted under the `// @generated` header.
+    fn render(&self, models: &[CheckedSpec], shown: &str) -> Result<String, CompileError> {
+        let runtime = syn::parse_str::<syn::Path>(&self.runtime)
+            .map_err(|_| CompileError::RuntimePath(self.runtime.clone()))?
+            .into_token_stream();
+        let tokens: TokenStream = models
+            .iter()
+            .map(|m| expand_model(&m.item(), &m.architecture, &m.plan, &runtime))
+            .collect();
         let file: syn::File = syn::parse2(tokens).expect("generated code is valid Rust");
         Ok(format!(
             "// @generated by densenet-spec from {shown}. Do not edit: change the spec instead.\n\n{}",
             prettyplease::unparse(&file)
         ))
     }
-}
-
-/// `densenet_bc100` → `DensenetBc100`: the model name of a spec without `name`.
-pub fn upper_camel_case(stem: &str) -> String {
-    stem.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase())
-                .into_iter()
-                .chain(chars)
-                .collect::<String>()
-        })
-        .collect()
 }

@@ -8,6 +8,9 @@
 //! yaml (spec files) ─────┘   (ast.rs)  (check.rs) (arch.rs)  (plan.rs)  (expand.rs)
 //! ```
 //!
+//! [`front`] runs everything up to the plan for the macros, [`Config`] and tools, from a
+//! [`SpecSource`]; [`keys`] describes every key once (its rendering is `docs/SPEC.md`).
+//!
 //! Every parsed value keeps its [`Span`], so each [`SpecError`] points at the
 //! offending token or YAML line; all errors of a spec are reported together.
 //!
@@ -29,6 +32,9 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "codegen")]
 pub mod expand;
+#[cfg(feature = "yaml")]
+pub mod front;
+pub mod keys;
 #[cfg(feature = "codegen")]
 pub mod parse;
 pub mod plan;
@@ -41,6 +47,8 @@ pub use check::check;
 #[cfg(feature = "build")]
 pub use config::{CompileError, Config};
 pub use error::{Sp, Span, SpecError, SpecFileError};
+#[cfg(feature = "yaml")]
+pub use front::{check_yaml_file, CheckedSpec, LoadError, Rejected, SpecSource};
 #[cfg(feature = "codegen")]
 pub use parse::parse_specs;
 pub use plan::{ArenaPlan, LayerKind, LayerPlan, Plan, StagePlan};

@@ -15,8 +15,9 @@ use syn::parse::{Parse, ParseStream, Parser};
 use syn::{Attribute, Ident, Lit, Token, Visibility};
 
 use crate::ast::{Entry, RawSpec, Value};
-use crate::check::{example, TOO_LARGE};
+use crate::check::TOO_LARGE;
 use crate::error::{Sp, Span, SpecError};
+use crate::keys::example;
 
 /// Parses the input of one `densenet!` call: one or more model declarations.
 pub fn parse_specs(tokens: TokenStream) -> Result<Vec<RawSpec>, SpecError> {
@@ -46,12 +47,18 @@ impl Parse for SpecItem {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let attrs = input.call(Attribute::parse_outer)?;
         let vis: Visibility = input.parse()?;
-        let name: Ident = input.parse().map_err(|e| {
-            syn::Error::new(
-                e.span(),
-                "expected the model's name, e.g. `pub DenseNet121<growth: 32, …>`",
-            )
-        })?;
+        // A keyword before `<` (`pub Self<…>`) is read as a name, so the checks can say
+        // why it cannot be one.
+        let name: Ident = if input.peek(Ident::peek_any) && input.peek2(Token![<]) {
+            input.call(Ident::parse_any)?
+        } else {
+            input.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    "expected the model's name, e.g. `pub DenseNet121<growth: 32, …>`",
+                )
+            })?
+        };
         if !input.peek(Token![<]) {
             return Err(input.error(format!(
                 "expected `<` after `{name}`: write the spec as `{name}<growth: 32, blocks: [6, 12, 24, 16]>`"

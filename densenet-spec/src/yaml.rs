@@ -5,8 +5,8 @@
 //! and column of each top-level key and list item for the checks' messages.
 
 use crate::ast::{Entry, RawSpec, Value};
-use crate::check::example;
 use crate::error::{Sp, Span, SpecError};
+use crate::keys::example;
 
 /// Parses the text of a YAML spec. `default_name` names the model when the file has no
 /// `name` key (callers derive it from the file name).

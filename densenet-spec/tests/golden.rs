@@ -14,7 +14,7 @@ fn generated_code_matches_the_golden_file() {
     let spec = root.join("../specs/densenet_bc100_k12.yaml");
     let text = std::fs::read_to_string(&spec).unwrap();
     let code = Config::new()
-        .generate(&text, "densenet_bc100_k12", "specs/densenet_bc100_k12.yaml")
+        .generate(&text, "specs/densenet_bc100_k12.yaml")
         .unwrap();
     let golden = root.join("tests/golden/densenet_bc100_k12.rs");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {

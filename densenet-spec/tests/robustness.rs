@@ -1,6 +1,7 @@
 //! The spec parsers never panic: thousands of random and mutated specs, as YAML text and
-//! as Rust tokens, go through everything the macros run (parse, check, plan, expand; and
-//! for failing specs, the stub) and come out as errors or as valid Rust, never a panic.
+//! as Rust tokens, go through everything the macros run (the front door: parse, check,
+//! plan; then expand, and for failing specs the stand-in) and come out as errors or as
+//! valid Rust, never a panic.
 //!
 //! Mutations start from the real presets in `specs/`: characters deleted, inserted and
 //! replaced (Unicode and YAML/Rust punctuation included), lines swapped, deleted and
@@ -11,9 +12,10 @@
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use densenet_spec::check::stub_architecture;
-use densenet_spec::expand::{default_runtime_path, expand_model, ItemInfo};
-use densenet_spec::{check, parse_specs, parse_yaml, Architecture, Plan, RawSpec, Span, SpecError};
+use densenet_spec::expand::{default_runtime_path, expand_model};
+use densenet_spec::{
+    check, parse_specs, parse_yaml, CheckedSpec, Rejected, Span, SpecError, SpecSource,
+};
 use proptest::prelude::*;
 
 /// Cases per property; four properties stay well under 20 s in the test profile.
@@ -61,43 +63,42 @@ fn inline(yaml: &str) -> String {
     format!("/// Docs.\npub {name}<{}>", entries.join(", "))
 }
 
-/// What the macros do after parsing, with every invariant the macros rely on asserted.
-fn pipeline(spec: &RawSpec, yaml: Option<&str>) {
-    match check(spec) {
-        Ok(arch) => {
-            let plan = Plan::new(&arch);
+/// What the macros do with the front door's answer, with every invariant they rely on
+/// asserted.
+fn outcome(model: &Result<CheckedSpec, Rejected>, yaml: Option<&str>) {
+    match model {
+        Ok(model) => {
+            let (arch, plan) = (&model.architecture, &model.plan);
             assert!(plan.params > 0 && plan.params < u64::MAX, "{arch:?}");
             assert!(plan.stem.height > 0 && plan.stem.width > 0, "{arch:?}");
             assert!(plan
                 .transitions
                 .iter()
                 .all(|t| t.c_out > 0 && t.height > 0 && t.width > 0));
-            expand(spec, &arch, &plan);
+            expand(model);
         }
-        Err(errors) => {
-            assert!(!errors.is_empty(), "a failing check must say why");
-            for e in &errors {
+        Err(rejected) => {
+            assert!(!rejected.errors.is_empty(), "a failing spec must say why");
+            for e in &rejected.errors {
                 assert_good_error(e, yaml);
             }
-            let stub = stub_architecture(spec);
-            expand(spec, &stub, &Plan::new(&stub));
+            if let Some(stand_in) = &rejected.stand_in {
+                expand(stand_in);
+            }
         }
     }
 }
 
 /// Expands as the macros do; the expansion must parse as Rust.
-fn expand(spec: &RawSpec, arch: &Architecture, plan: &Plan) {
-    let Ok(name) = syn::parse_str::<syn::Ident>(&spec.name.value) else {
-        return;
-    };
-    let item = ItemInfo {
-        name: &name,
-        attrs: &spec.attrs,
-        vis: &spec.vis,
-    };
-    let tokens = expand_model(&item, arch, plan, &default_runtime_path());
+fn expand(model: &CheckedSpec) {
+    let tokens = expand_model(
+        &model.item(),
+        &model.architecture,
+        &model.plan,
+        &default_runtime_path(),
+    );
     if let Err(e) = syn::parse2::<syn::File>(tokens) {
-        panic!("expansion of {arch:?} is not valid Rust: {e}");
+        panic!("expansion of {model:?} is not valid Rust: {e}");
     }
 }
 
@@ -129,15 +130,13 @@ fn yaml_lines(text: &str) -> usize {
 }
 
 fn run_yaml(text: &str) {
-    match parse_yaml(text, "Model") {
-        Ok(spec) => pipeline(&spec, Some(text)),
-        Err(errors) => {
-            assert!(!errors.is_empty(), "a failing parse must say why");
-            for e in &errors {
-                assert_good_error(e, Some(text));
-            }
-        }
-    }
+    let source = SpecSource::Yaml {
+        text,
+        path: "model.yaml",
+    };
+    let models = source.check().expect("text needs no reading");
+    assert_eq!(models.len(), 1);
+    outcome(&models[0], Some(text));
 }
 
 fn run_tokens(text: &str) {
@@ -145,14 +144,12 @@ fn run_tokens(text: &str) {
     let Ok(tokens) = proc_macro2::TokenStream::from_str(text) else {
         return;
     };
-    match parse_specs(tokens) {
-        Ok(specs) => {
-            assert!(!specs.is_empty());
-            for spec in &specs {
-                pipeline(spec, None);
-            }
-        }
-        Err(e) => assert_good_error(&e, None),
+    let models = SpecSource::Inline(tokens)
+        .check()
+        .expect("tokens need no reading");
+    assert!(!models.is_empty());
+    for model in &models {
+        outcome(model, None);
     }
 }
 
