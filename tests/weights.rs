@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use densenet::densenet;
 use densenet::ndarray::{Array2, Array4};
-use densenet::runtime::{LoadError, Naming};
+use densenet::runtime::{weights, LoadError, Naming};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
 densenet! {
@@ -624,4 +625,29 @@ fn densenet121_parity_full_size() {
         "DenseNet-121 parity: max |ours - torchvision| = {diff:e}, max |torchvision| = {scale}"
     );
     assert_parity(&ours, &expected);
+}
+
+/// Written in Keras naming, a model's file is the file Keras wrote: the same 86 keys
+/// (Keras 3 `Variable.path`s), shapes and values as `keras_small.safetensors`, which
+/// `tools/make_fixtures.py` exported from `keras.applications`-style DenseNet layers.
+#[test]
+fn keras_naming_writes_what_keras_wrote() {
+    let original = std::fs::read(fixture("keras_small.safetensors")).unwrap();
+    let model = KerasSmall::from_safetensors_bytes(&original).unwrap();
+    let written = weights::to_bytes_with(&model, Naming::Keras);
+    let (original, written) = (
+        SafeTensors::deserialize(&original).unwrap(),
+        SafeTensors::deserialize(&written).unwrap(),
+    );
+    let mut keys = original.names();
+    keys.sort();
+    let mut ours = written.names();
+    ours.sort();
+    assert_eq!(ours, keys);
+    for key in keys {
+        let (a, b) = (original.tensor(key).unwrap(), written.tensor(key).unwrap());
+        assert_eq!(b.dtype(), Dtype::F32, "{key}");
+        assert_eq!(b.shape(), a.shape(), "{key}");
+        assert_eq!(b.data(), a.data(), "{key}");
+    }
 }

@@ -7,6 +7,8 @@
 //! densenet expand 'pub Net<growth: 12, depth: 40>'   … of an inline spec
 //! densenet run --spec S --weights W IMAGE...   top-5 classes per image
 //! densenet bench --spec S                      forward-pass latency and throughput
+//! densenet export --spec S --weights W --onnx OUT          an ONNX graph with the weights
+//! densenet convert --spec S --weights IN --naming keras --out OUT   rename the weights
 //! ```
 //!
 //! Specs given here are only known at run time, so models are `DynamicModel`s: the same
@@ -19,7 +21,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use densenet_runtime::image::{stack, Preprocessing};
 use densenet_runtime::ndarray::Array4;
-use densenet_runtime::{DynamicModel, Model, Naming, Summary};
+use densenet_runtime::{DynamicModel, Model, Naming, Network, Summary};
 use densenet_spec::{
     check_yaml_file, Architecture, CompileError, Config, LoadError, Plan, SpecSource,
 };
@@ -88,6 +90,43 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         iters: usize,
     },
+    /// Export a model with its weights as an ONNX graph (opset 17, dynamic batch).
+    Export {
+        /// The model's YAML spec.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Weights: safetensors in torchvision/timm or Keras naming.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Naming scheme of the weights.
+        #[arg(long, value_enum, default_value_t = NamingArg::Auto)]
+        naming: NamingArg,
+        /// The ONNX file to write (replaced atomically).
+        #[arg(long)]
+        onnx: PathBuf,
+    },
+    /// Rewrite a weights file in another naming scheme (torchvision/timm or Keras).
+    Convert {
+        /// The model's YAML spec.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Weights to read: safetensors in torchvision/timm or Keras naming (detected).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Naming scheme to write.
+        #[arg(long, value_enum)]
+        naming: OutputNaming,
+        /// The safetensors file to write (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// A naming scheme to write.
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputNaming {
+    Torchvision,
+    Keras,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,6 +184,35 @@ fn run(command: Command) -> Result<ExitCode, String> {
             images,
         } => classify(&spec, &weights, naming, top, &images)?,
         Command::Bench { spec, batch, iters } => bench(&spec, batch, iters)?,
+        Command::Export {
+            spec,
+            weights,
+            naming,
+            onnx,
+        } => {
+            let model = load_model(&spec, &weights, naming.into())?;
+            model.to_onnx(&onnx).map_err(|e| e.to_string())?;
+            println!("{}: {} as ONNX", onnx.display(), model.architecture().name);
+        }
+        Command::Convert {
+            spec,
+            weights,
+            naming,
+            out,
+        } => {
+            let model = load_model(&spec, &weights, Naming::Auto)?;
+            let naming = match naming {
+                OutputNaming::Torchvision => Naming::Torchvision,
+                OutputNaming::Keras => Naming::Keras,
+            };
+            densenet_runtime::weights::save_file_with(&model, &out, naming)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}: {} in {naming} naming",
+                out.display(),
+                model.architecture().name
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -168,6 +236,22 @@ fn expand(spec: &Path) -> Result<String, String> {
         })
 }
 
+impl From<NamingArg> for Naming {
+    fn from(naming: NamingArg) -> Naming {
+        match naming {
+            NamingArg::Auto => Naming::Auto,
+            NamingArg::Torchvision => Naming::Torchvision,
+            NamingArg::Keras => Naming::Keras,
+        }
+    }
+}
+
+/// The model of a spec file with its weights.
+fn load_model(spec: &Path, weights: &Path, naming: Naming) -> Result<DynamicModel, String> {
+    let arch = load_spec(spec).map_err(|e| e.to_string())?;
+    DynamicModel::load_safetensors(arch, weights, naming).map_err(|e| e.to_string())
+}
+
 /// Parses and checks a spec file; errors carry `file:line:column`.
 fn load_spec(path: &Path) -> Result<Architecture, LoadError> {
     check_yaml_file(path).map(|model| model.architecture)
@@ -187,13 +271,8 @@ fn classify(
             "run needs a square input to center-crop to; the spec's is {h}x{w}"
         ));
     }
-    let naming = match naming {
-        NamingArg::Auto => Naming::Auto,
-        NamingArg::Torchvision => Naming::Torchvision,
-        NamingArg::Keras => Naming::Keras,
-    };
     let classes = arch.classes;
-    let model = DynamicModel::load_safetensors(arch, weights, naming).map_err(|e| e.to_string())?;
+    let model = load_model(spec, weights, naming.into())?;
     // ImageNet's evaluation transform, scaled to the model's input: resize 256 → crop 224.
     let preprocessing = Preprocessing {
         crop: h as u32,

@@ -196,3 +196,107 @@ fn bench_reports_latency() {
         stdout(&out)
     );
 }
+
+/// `export` and `convert` run on a model built at run time from a spec file: the ONNX
+/// file is the one the library writes for that model, and the weights converted to
+/// Keras naming and back are the torchvision fixture's, value for value.
+#[test]
+fn export_and_convert_a_run_time_model() {
+    use densenet_runtime::{DynamicModel, Model, Naming};
+    use densenet_spec::check_yaml_file;
+
+    let dir = std::env::temp_dir().join(format!("densenet-cli-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // torchvision `DenseNet(growth_rate=8, block_config=(2, 3, 4, 2), num_init_features=16)`,
+    // the model of tests/fixtures/torchvision_small.safetensors.
+    let spec = dir.join("small.yaml");
+    std::fs::write(
+        &spec,
+        "name: Small\ngrowth: 8\nblocks: [2, 3, 4, 2]\ninit_features: 16\ntheta: 0.5\ninput: [3, 64, 64]\nclasses: 10\n",
+    )
+    .unwrap();
+    let weights = root().join("tests/fixtures/torchvision_small.safetensors");
+    let (spec_s, weights_s) = (spec.to_str().unwrap(), weights.to_str().unwrap());
+
+    let onnx = dir.join("small.onnx");
+    let out = densenet(&[
+        "export",
+        "--spec",
+        spec_s,
+        "--weights",
+        weights_s,
+        "--onnx",
+        onnx.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let arch = check_yaml_file(&spec).unwrap().architecture;
+    let model = DynamicModel::load_safetensors(arch.clone(), &weights, Naming::Auto).unwrap();
+    assert_eq!(std::fs::read(&onnx).unwrap(), model.to_onnx_bytes());
+
+    let keras = dir.join("small.keras.safetensors");
+    let out = densenet(&[
+        "convert",
+        "--spec",
+        spec_s,
+        "--weights",
+        weights_s,
+        "--naming",
+        "keras",
+        "--out",
+        keras.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keras_bytes = std::fs::read(&keras).unwrap();
+    let keys = safetensors::SafeTensors::deserialize(&keras_bytes)
+        .unwrap()
+        .names()
+        .len();
+    // The fixture's 163 keys less its 27 `num_batches_tracked` counters, which Keras lacks.
+    assert_eq!(keys, 163 - 27);
+    let back = dir.join("small.torchvision.safetensors");
+    let out = densenet(&[
+        "convert",
+        "--spec",
+        spec_s,
+        "--weights",
+        keras.to_str().unwrap(),
+        "--naming",
+        "torchvision",
+        "--out",
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloaded = DynamicModel::load_safetensors(arch, &back, Naming::Torchvision).unwrap();
+    assert_eq!(
+        reloaded.to_safetensors_bytes(),
+        model.to_safetensors_bytes()
+    );
+
+    // A bad weights file is a clear error, and nothing is written.
+    let missing = dir.join("never.onnx");
+    let out = densenet(&[
+        "export",
+        "--spec",
+        spec_s,
+        "--weights",
+        spec_s,
+        "--onnx",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("safetensors"));
+    assert!(!missing.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

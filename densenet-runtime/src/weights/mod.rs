@@ -83,27 +83,37 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
 /// Serialises a model's weights as safetensors in torchvision naming (conv weights
 /// OIHW, BN running statistics and `num_batches_tracked` included), loadable by
 /// `torchvision.models.DenseNet.load_state_dict` and by the loaders:
-/// [`Model::to_safetensors_bytes`].
+/// [`Model::to_safetensors_bytes`](crate::Model::to_safetensors_bytes).
 pub fn to_bytes<M: Network + ?Sized>(model: &M) -> Vec<u8> {
+    to_bytes_with(model, Naming::Torchvision)
+}
+
+/// [`to_bytes`] in `naming`: torchvision (also for [`Naming::Auto`]), or Keras 3
+/// (`Variable.path` keys such as `conv2_block1_1_conv/kernel`, conv kernels HWIO, dense
+/// kernels `(in, out)`, no `num_batches_tracked`), as `keras.applications.DenseNet121`
+/// names its weights. Every file loads back into the same model.
+pub fn to_bytes_with<M: Network + ?Sized>(model: &M, naming: Naming) -> Vec<u8> {
+    let keras = naming == Naming::Keras;
+    let naming = if keras {
+        Naming::Keras
+    } else {
+        Naming::Torchvision
+    };
     let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut push = |name: LayerName,
                     tensor: Tensor,
                     shape: Vec<usize>,
                     values: &mut dyn Iterator<Item = f32>| {
         let bytes = values.flat_map(f32::to_le_bytes).collect();
-        entries.push((
-            naming::key(name, tensor, Naming::Torchvision),
-            Dtype::F32,
-            shape,
-            bytes,
-        ));
+        entries.push((naming::key(name, tensor, naming), Dtype::F32, shape, bytes));
     };
     model.visit_layers(&mut |name, layer| match layer {
         LayerRef::Conv(conv) => {
             let hwio = conv.weight();
-            let oihw = hwio.view().permuted_axes([3, 2, 0, 1]);
-            let shape = oihw.shape().to_vec();
-            push(name, Tensor::ConvWeight, shape, &mut oihw.iter().copied());
+            let layout = if keras { [0, 1, 2, 3] } else { [3, 2, 0, 1] }; // HWIO or OIHW
+            let weight = hwio.view().permuted_axes(layout);
+            let shape = weight.shape().to_vec();
+            push(name, Tensor::ConvWeight, shape, &mut weight.iter().copied());
         }
         LayerRef::BatchNorm(bn) => {
             let c = vec![bn.channels()];
@@ -133,7 +143,9 @@ pub fn to_bytes<M: Network + ?Sized>(model: &M) -> Vec<u8> {
             );
         }
         LayerRef::Linear(linear) => {
+            // torch's (out, in); Keras's kernel is (in, out).
             let w = linear.weight();
+            let w = if keras { w.t() } else { w.view() };
             push(
                 name,
                 Tensor::LinearWeight,
@@ -172,12 +184,24 @@ pub fn to_bytes<M: Network + ?Sized>(model: &M) -> Vec<u8> {
 }
 
 /// Writes [`to_bytes`] to `path` atomically (a failed write leaves what was there):
-/// [`Model::save_safetensors`], also for `dyn Model`.
+/// [`Model::save_safetensors`](crate::Model::save_safetensors), also for `dyn Model`.
 ///
 /// # Errors
 /// [`SaveError`] naming the file if it cannot be written.
 pub fn save_file<M: Network + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
-    crate::atomic_file::write(path, &to_bytes(model))
+    save_file_with(model, path, Naming::Torchvision)
+}
+
+/// [`save_file`] in `naming` (see [`to_bytes_with`]).
+///
+/// # Errors
+/// [`SaveError`] naming the file if it cannot be written.
+pub fn save_file_with<M: Network + ?Sized>(
+    model: &M,
+    path: &Path,
+    naming: Naming,
+) -> Result<(), SaveError> {
+    crate::atomic_file::write(path, &to_bytes_with(model, naming))
 }
 
 fn format_error(e: SafeTensorError) -> LoadError {
