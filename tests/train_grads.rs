@@ -186,19 +186,17 @@ fn nudge<M: Model>(model: &mut M, target: LayerName, which: usize, i: usize, del
         if name != target {
             return;
         }
-        let value = match (layer, which) {
-            (LayerMut::Conv(conv), _) => {
-                // The guard stores the weight back (packed if wide) when dropped.
-                let mut weight = conv.weight_mut();
-                *weight.iter_mut().nth(i).expect("index in range") += delta;
-                return;
-            }
-            (LayerMut::BatchNorm(bn), 0) => bn.gamma_mut().iter_mut().nth(i),
-            (LayerMut::BatchNorm(bn), _) => bn.beta_mut().iter_mut().nth(i),
-            (LayerMut::Linear(linear), 0) => linear.weight_mut().iter_mut().nth(i),
-            (LayerMut::Linear(linear), _) => linear.bias_mut().iter_mut().nth(i),
+        let nudge = |mut values: densenet::ndarray::ArrayViewMutD<'_, f32>| {
+            *values.iter_mut().nth(i).expect("index in range") += delta;
         };
-        *value.expect("index in range") += delta;
+        match (layer, which) {
+            // The guard stores the weight back (packed if wide) when dropped.
+            (LayerMut::Conv(conv), _) => nudge(conv.weight_mut().view_mut().into_dyn()),
+            (LayerMut::BatchNorm(bn), 0) => nudge(bn.gamma_mut().into_dyn()),
+            (LayerMut::BatchNorm(bn), _) => nudge(bn.beta_mut().into_dyn()),
+            (LayerMut::Linear(linear), 0) => nudge(linear.weight_mut().into_dyn()),
+            (LayerMut::Linear(linear), _) => nudge(linear.bias_mut().into_dyn()),
+        }
     });
 }
 

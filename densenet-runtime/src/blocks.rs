@@ -363,3 +363,35 @@ norm_only_head!(
     FeatureMapHead,
     Head::None
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Conv2dConfig;
+    use crate::rng::Rng;
+
+    fn dense_layer(c_in: usize, growth: usize, bn_size: usize) -> DenseLayer {
+        DenseLayer::init(c_in, growth, bn_size, 1e-5, &mut Rng::new(0))
+    }
+
+    #[test]
+    fn blocks_take_only_stages_of_their_shape() {
+        let block = |layers| Stage::Block { index: 1, layers };
+        // 2 layers from 8 channels, growth 4, bottleneck 4: layer 2 reads 12.
+        let fits = vec![dense_layer(8, 4, 4), dense_layer(12, 4, 4)];
+        assert!(DenseBlock::<8, 2, 4, 4>::from_stage(block(fits.clone())).is_some());
+        assert!(DenseBlock::<8, 3, 4, 4>::from_stage(block(fits.clone())).is_none());
+        assert!(DenseBlock::<8, 2, 4, 0>::from_stage(block(fits)).is_none());
+        let unchained = vec![dense_layer(8, 4, 4), dense_layer(8, 4, 4)];
+        assert!(DenseBlock::<8, 2, 4, 4>::from_stage(block(unchained)).is_none());
+
+        let transition = |c_in, c_out| Stage::Transition {
+            index: 1,
+            norm: BatchNorm2d::init(c_in, 1e-5),
+            conv: Conv2d::init(c_in, c_out, 1, Conv2dConfig::default(), &mut Rng::new(0)),
+        };
+        assert!(Transition::<16, 8>::from_stage(transition(16, 8)).is_some());
+        assert!(Transition::<16, 8>::from_stage(transition(16, 7)).is_none());
+        assert!(ClassifierHead::<16, 3>::from_stage(transition(16, 8)).is_none());
+    }
+}

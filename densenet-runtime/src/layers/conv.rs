@@ -63,7 +63,7 @@ impl Default for Conv2dConfig {
 /// assert_eq!(conv.weight()[[0, 0, 3, 2]], (2 * 64 + 3) as f32); // unpacked on request
 ///
 /// // An in-place update: the guard packs the weight again when it drops.
-/// conv.weight_mut().mapv_inplace(|w| w * 0.5);
+/// conv.weight_mut().view_mut().mapv_inplace(|w| w * 0.5);
 /// assert_eq!(conv.weight().index_axis(Axis(3), 2)[[0, 0, 3]], (2 * 64 + 3) as f32 * 0.5);
 /// # Ok::<(), densenet_runtime::Error>(())
 /// ```
@@ -140,11 +140,10 @@ impl Conv2d {
         self.weight.shape()
     }
 
-    /// Mutable access to the HWIO weight, e.g. for an optimiser step: a guard that
-    /// dereferences to the `[kh, kw, c_in, c_out]` array and stores it back, packed if
-    /// wide, when dropped. Replacing the array with one of another shape changes the
-    /// layer's geometry accordingly. To replace the whole weight, [`Conv2d::set_weight`]
-    /// saves unpacking the old one.
+    /// Mutable access to the HWIO weight, e.g. for an optimiser step: a guard whose
+    /// [`view_mut`](WeightMut::view_mut) changes the `[kh, kw, c_in, c_out]` values (never
+    /// the shape) and that stores them back, packed if wide, when dropped. To replace
+    /// the whole weight, [`Conv2d::set_weight`] saves unpacking the old one.
     pub fn weight_mut(&mut self) -> WeightMut<'_> {
         WeightMut::new(&mut self.weight)
     }
@@ -966,7 +965,7 @@ mod tests {
                 conv_naive(&x, &wt, 1, 0).as_slice().unwrap(),
             );
             // In place, through the guard.
-            conv.weight_mut().mapv_inplace(|v| 0.5 - v);
+            conv.weight_mut().view_mut().mapv_inplace(|v| 0.5 - v);
             let changed = wt.mapv(|v| 0.5 - v);
             assert_eq!(conv.weight(), changed);
             let y = conv.forward(x.view());
@@ -975,7 +974,9 @@ mod tests {
             // A non-contiguous replacement (the same values, stored reversed).
             let mut reversed = Array4::zeros((c_out, 7, kernel, kernel));
             reversed.assign(&changed.view().reversed_axes());
-            *conv.weight_mut() = reversed.reversed_axes();
+            conv.weight_mut()
+                .view_mut()
+                .assign(&reversed.reversed_axes());
             assert_eq!(conv.weight(), changed);
             // A whole new weight, and one of the wrong shape.
             let doubled = changed.mapv(|v| v * 2.0);

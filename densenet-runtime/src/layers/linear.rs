@@ -1,6 +1,6 @@
 //! Fully connected layer (DenseNet's classifier).
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
 use crate::rng::Rng;
@@ -88,15 +88,14 @@ impl Linear {
         &self.bias
     }
 
-    /// Mutable `(out, in)` weight, e.g. to load trained values; its number of rows must
-    /// stay the bias's length.
-    pub fn weight_mut(&mut self) -> &mut Array2<f32> {
-        &mut self.weight
+    /// The `(out, in)` weight, mutably: its values, not its shape (a view).
+    pub fn weight_mut(&mut self) -> ArrayViewMut2<'_, f32> {
+        self.weight.view_mut()
     }
 
-    /// Mutable bias; its length must stay the weight's number of rows.
-    pub fn bias_mut(&mut self) -> &mut Array1<f32> {
-        &mut self.bias
+    /// The bias, mutably: its values, not its length (a view).
+    pub fn bias_mut(&mut self) -> ArrayViewMut1<'_, f32> {
+        self.bias.view_mut()
     }
 
     /// `out ← x·Wᵀ + b` for a contiguous `n × in_features` matrix `x`, written into the

@@ -478,13 +478,13 @@ mod tests {
         assert_grad_close("dx", &dx, &numeric, 2e-3);
         let numeric = numeric_grad(layer.gamma().as_slice().unwrap(), 1e-3, |g| {
             let mut moved = layer.clone();
-            *moved.gamma_mut() = Array1::from(g.to_vec());
+            moved.gamma_mut().assign(&Array1::from(g.to_vec()));
             dot(&r, forward(&moved, x.view(), relu).as_slice().unwrap())
         });
         assert_grad_close("dgamma", dgamma.as_slice().unwrap(), &numeric, 2e-3);
         let numeric = numeric_grad(layer.beta().as_slice().unwrap(), 1e-3, |b| {
             let mut moved = layer.clone();
-            *moved.beta_mut() = Array1::from(b.to_vec());
+            moved.beta_mut().assign(&Array1::from(b.to_vec()));
             dot(&r, forward(&moved, x.view(), relu).as_slice().unwrap())
         });
         assert_grad_close("dbeta", dbeta.as_slice().unwrap(), &numeric, 2e-3);
