@@ -292,19 +292,20 @@ pub enum Stage {
     },
 }
 
-impl Stage {
-    /// Borrows the stage.
-    pub fn as_ref(&self) -> StageRef<'_> {
-        match self {
-            Stage::Stem { conv, norm } => StageRef::Stem {
+/// `stage` viewed as `$View` (`StageRef` or `StageMut`), `$as` being `as_ref` or
+/// `as_mut`: one body for both borrows.
+macro_rules! borrow_stage {
+    ($stage:expr, $View:ident, $as:ident) => {
+        match $stage {
+            Stage::Stem { conv, norm } => $View::Stem {
                 conv,
-                norm: norm.as_ref(),
+                norm: norm.$as(),
             },
-            Stage::Block { index, layers } => StageRef::Block {
+            Stage::Block { index, layers } => $View::Block {
                 index: *index,
                 layers,
             },
-            Stage::Transition { index, norm, conv } => StageRef::Transition {
+            Stage::Transition { index, norm, conv } => $View::Transition {
                 index: *index,
                 norm,
                 conv,
@@ -313,40 +314,24 @@ impl Stage {
                 norm,
                 classifier,
                 head,
-            } => StageRef::Head {
+            } => $View::Head {
                 norm,
-                classifier: classifier.as_ref(),
+                classifier: classifier.$as(),
                 head: *head,
             },
         }
+    };
+}
+
+impl Stage {
+    /// Borrows the stage.
+    pub fn as_ref(&self) -> StageRef<'_> {
+        borrow_stage!(self, StageRef, as_ref)
     }
 
     /// Borrows the stage mutably.
     pub fn as_mut(&mut self) -> StageMut<'_> {
-        match self {
-            Stage::Stem { conv, norm } => StageMut::Stem {
-                conv,
-                norm: norm.as_mut(),
-            },
-            Stage::Block { index, layers } => StageMut::Block {
-                index: *index,
-                layers,
-            },
-            Stage::Transition { index, norm, conv } => StageMut::Transition {
-                index: *index,
-                norm,
-                conv,
-            },
-            Stage::Head {
-                norm,
-                classifier,
-                head,
-            } => StageMut::Head {
-                norm,
-                classifier: classifier.as_mut(),
-                head: *head,
-            },
-        }
+        borrow_stage!(self, StageMut, as_mut)
     }
 }
 
