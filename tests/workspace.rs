@@ -185,3 +185,28 @@ fn a_wrong_output_shape_is_an_error() {
         .unwrap();
     assert_eq!(t.t(), model.forward(x.view()).unwrap());
 }
+
+/// A batch too large to allocate is an error naming the batch, never an abort: here
+/// zero-stride views that claim 2^40 and 2^54 images of one value (the second overflows
+/// `usize` in bytes).
+#[test]
+fn a_batch_too_large_to_allocate_is_an_error() {
+    let model = Features::init(0);
+    let one = [0.5f32];
+    for n in [1usize << 40, 1 << 54] {
+        let shape = (n, 3, 11, 9);
+        let x = densenet::ndarray::ArrayView4::from_shape(
+            densenet::ndarray::ShapeBuilder::strides(shape, (0, 0, 0, 0)),
+            &one,
+        )
+        .unwrap();
+        let err = model.forward(x).unwrap_err();
+        assert!(
+            matches!(err, Error::BatchTooLarge { batch, .. } if batch == n),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("smaller batches"), "{err}");
+    }
+    // The model still runs afterwards.
+    assert!(model.forward(Array4::zeros((2, 3, 11, 9)).view()).is_ok());
+}

@@ -197,6 +197,20 @@ fn bench_reports_latency() {
     );
 }
 
+/// Absurd sizes are errors that say what was too large, never an abort.
+#[test]
+fn bench_refuses_absurd_sizes() {
+    let spec = "densenet-cli/tests/small.yaml";
+    let out = densenet(&["bench", "--spec", spec, "--batch", "100000000000"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too large to allocate"), "{err}");
+    let out = densenet(&["bench", "--spec", spec, "--iters", &u64::MAX.to_string()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--iters must be at most 100000"), "{err}");
+}
+
 /// `export` and `convert` run on a model built at run time from a spec file: the ONNX
 /// file is the one the library writes for that model, and the weights converted to
 /// Keras naming and back are the torchvision fixture's, value for value.

@@ -30,6 +30,15 @@ pub enum Error {
         /// The shape that was passed in.
         actual: Vec<usize>,
     },
+    /// A batch whose activations (or output) cannot be allocated: more bytes than memory
+    /// or `usize` holds. Split the batch.
+    #[error("a batch of {batch} images needs {bytes} bytes of activations, more than can be allocated; run it in smaller batches")]
+    BatchTooLarge {
+        /// Images in the batch.
+        batch: usize,
+        /// Bytes the batch would need.
+        bytes: u128,
+    },
     /// `predict` on a model whose head is not a classifier (no classes to score).
     #[error("{model} has no classifier head: `predict` needs one (use `forward` for features)")]
     NotAClassifier {

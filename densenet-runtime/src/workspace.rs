@@ -108,12 +108,40 @@ impl Workspace {
     }
 
     /// Makes the arena at least `floats` long. A larger arena is allocated afresh and
-    /// exactly (its old contents are dead between calls).
-    fn reserve(&mut self, floats: usize) {
+    /// exactly (its old contents are dead between calls), fallibly: a batch too large
+    /// for memory is an error, not an abort.
+    fn reserve(&mut self, floats: usize, batch: usize) -> Result<(), Error> {
         if self.arena.len() < floats {
             self.arena = Vec::new();
-            self.arena = vec![0.0; floats];
+            self.arena = zeroed(floats).ok_or(Error::BatchTooLarge {
+                batch,
+                bytes: floats as u128 * 4,
+            })?;
         }
+        Ok(())
+    }
+}
+
+/// `len` zeros, or `None` when the allocator cannot provide them.
+fn zeroed(len: usize) -> Option<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0.0);
+    Some(v)
+}
+
+/// Floats of the arena for a batch of `n`, or [`Error::BatchTooLarge`] when that does
+/// not fit in `usize` (a batch of zero-stride views can claim any size). The arena at
+/// `n` is at most `n` times the arena at 1, which bounds every product `plan.arena(n)`
+/// computes.
+fn arena_floats_checked(plan: &Plan, n: usize) -> Result<usize, Error> {
+    let per_image = plan.arena_floats(1);
+    match n.checked_mul(per_image).and_then(|f| f.checked_mul(4)) {
+        Some(_) => Ok(plan.arena_floats(n)),
+        None => Err(Error::BatchTooLarge {
+            batch: n,
+            bytes: n as u128 * per_image as u128 * 4,
+        }),
     }
 }
 
@@ -171,8 +199,8 @@ fn forward_into_on_this_thread<'a>(
     out: ArrayViewMutD<'_, f32>,
 ) -> Result<(), Error> {
     let n = check_shapes(plan, &x, out.shape())?;
+    ws.reserve(arena_floats_checked(plan, n)?, n)?;
     let arena = plan.arena(n);
-    ws.reserve(arena.total());
     let (a, rest) = ws.arena.split_at_mut(arena.concat[0]);
     let (b, rest) = rest.split_at_mut(arena.concat[1]);
     let (bn, scratch) = rest.split_at_mut(arena.bn_params);
@@ -253,9 +281,18 @@ pub(crate) fn forward_alloc<M: Network + ?Sized>(
     model: &M,
     x: ArrayView4<'_, f32>,
 ) -> Result<ArrayD<f32>, Error> {
-    let mut shape = vec![x.dim().0];
+    let n = x.dim().0;
+    let mut shape = vec![n];
     shape.extend_from_slice(&model.plan().output);
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&shape));
+    let per_image: usize = model.plan().output.iter().product();
+    let too_large = || Error::BatchTooLarge {
+        batch: n,
+        bytes: n as u128 * per_image as u128 * 4,
+    };
+    let len = n.checked_mul(per_image).ok_or_else(too_large)?;
+    let values = zeroed(len).ok_or_else(too_large)?;
+    let mut out =
+        ArrayD::from_shape_vec(IxDyn(&shape), values).expect("len is the shape's product");
     Workspace::with_thread_local(|ws| forward_into(model, x, ws, out.view_mut()))?;
     Ok(out)
 }

@@ -21,6 +21,10 @@ const MAX_LAYERS: i128 = 4096;
 const MAX_BLOCKS: usize = 16;
 const MAX_DEPTH: i128 = 6 * MAX_LAYERS + 4;
 const MAX_CLASSES: i128 = 10_000_000;
+/// Weights a model may hold: 2^32 floats, 16 GiB. DenseNet-264 has 33 million; past this
+/// a model would not fit the memory of the machines it runs on, and building it would
+/// abort instead of failing.
+const MAX_WEIGHTS: u64 = 1 << 32;
 
 /// Checks `spec` and resolves its defaults.
 ///
@@ -225,6 +229,16 @@ fn check_shapes(cx: &mut Checker, arch: &Architecture, size_span: Span, theta_sp
         cx.error(
             size_span,
             "model is too large to count its parameters in 64 bits; use smaller sizes",
+        );
+    } else if plan.params.saturating_add(plan.buffers) > MAX_WEIGHTS {
+        cx.error(
+            size_span,
+            format!(
+                "model has {} parameters and buffers ({} GiB of f32 weights); at most {MAX_WEIGHTS} \
+                 are supported: use smaller sizes",
+                plan.params.saturating_add(plan.buffers),
+                plan.params.saturating_add(plan.buffers).saturating_mul(4) >> 30
+            ),
         );
     }
 }
@@ -673,6 +687,19 @@ mod tests {
                 Span::Rust(_) => (0, e.message),
             })
             .collect()
+    }
+
+    /// 2.3e18 parameters used to pass the checker and abort the process building the
+    /// model; now refused with the count, at the sizes.
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn models_too_large_to_build_are_refused() {
+        let found = errors("growth: 1024\nblocks: [1024]\nstem: cifar\ninput: [3, 8, 8]\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].1.contains("at most 4294967296"), "{found:?}");
+        // DenseNet-264, the largest preset, is far below the limit.
+        let spec = crate::parse_yaml("growth: 32\nblocks: [6, 12, 64, 48]\n", "X").unwrap();
+        assert!(check(&spec).is_ok());
     }
 
     #[cfg(feature = "yaml")]
