@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use densenet::ndarray::{s, Array4};
-use densenet::runtime::train::evaluate;
+use densenet::train::evaluate;
 use densenet::{densenet, densenet_yaml};
 
 #[path = "../fixtures/digits/digits.rs"]

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use densenet::densenet_yaml;
-use densenet::runtime::train::{evaluate, fit, FitConfig, Optimizer, Schedule, SgdConfig};
+use densenet::train::{evaluate, fit, FitConfig, Optimizer, Schedule, SgdConfig};
 
 #[path = "../fixtures/digits/digits.rs"]
 mod digits;

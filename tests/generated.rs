@@ -127,3 +127,43 @@ fn summary_lists_every_layer() {
         11
     );
 }
+
+/// The spec crate's golden files (`densenet-spec/tests/golden/`) are what a build script
+/// gets from `Config`: they must compile against this crate and agree with the macro.
+#[allow(dead_code)]
+mod golden {
+    pub mod bc100 {
+        include!("../densenet-spec/tests/golden/densenet_bc100_k12.rs");
+    }
+    pub mod densenet121 {
+        include!("../densenet-spec/tests/golden/densenet121.rs");
+    }
+    pub mod features {
+        include!("../densenet-spec/tests/golden/features.rs");
+    }
+}
+
+#[test]
+fn golden_files_compile_and_agree_with_the_macro() {
+    use golden::{bc100::DenseNetBC100K12, densenet121::DenseNet121, features};
+
+    densenet! {
+        // `features` in densenet-spec/tests/golden.rs, inline.
+        GoldenFeatures<stem: cifar, growth: 6, blocks: [2, 3], bottleneck: false, head: none>
+    }
+    assert_eq!(DenseNetBC100K12::PARAMS, 769_162);
+    assert_eq!(DenseNet121::PARAMS, 7_978_856);
+    assert_eq!(DenseNet121::ARENA_FLOATS, 2_167_980);
+    assert_eq!(features::Features::PARAMS, GoldenFeatures::PARAMS);
+    assert_eq!(features::Features::MACS, GoldenFeatures::MACS);
+    assert_eq!(features::Features::OUTPUT, GoldenFeatures::OUTPUT);
+    assert_eq!(
+        features::Features::arena_floats(3),
+        GoldenFeatures::arena_floats(3)
+    );
+    let x = input(2, features::Features::INPUT);
+    assert_eq!(
+        features::Features::init(5).forward(x.view()).unwrap(),
+        GoldenFeatures::init(5).forward(x.view()).unwrap()
+    );
+}

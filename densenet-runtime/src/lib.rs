@@ -13,7 +13,7 @@
 //!
 //! - [`stage`]: the network as stages, and [`Network`], the walk every pass uses;
 //! - [`layers`]: conv, batch norm, pooling, linear, dense layers, and each stage's fast
-//!   forward pass over the [`Workspace`] arena; [`reference`]: the plain oracle;
+//!   forward pass over the [`Workspace`] arena; [`reference`](mod@reference): the plain oracle;
 //! - [`blocks`]: the typed building blocks a generated model's fields are made of;
 //! - [`weights`]: safetensors in torchvision/timm or Keras naming;
 //! - [`onnx`]: export to a standard ONNX graph (opset 17, dynamic batch) with the weights;

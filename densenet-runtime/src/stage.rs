@@ -1,6 +1,6 @@
 //! The network as a sequence of stages: stem, dense blocks and transitions, head.
 //!
-//! A model lists its stages by index ([`Model::stage`](crate::Model::stage)); every pass
+//! A model lists its stages by index ([`Network::stage`]); every pass
 //! over a network (inference, the oracle, training, weight naming, loading, export)
 //! walks that one list, in the order [`Plan::stages`](crate::spec::Plan::stages) gives,
 //! and [`init_stages`] builds it in that order for generated and run-time models alike.
@@ -383,7 +383,7 @@ pub fn stages<M: Network + ?Sized>(model: &M) -> impl Iterator<Item = StageRef<'
     StageIter { model, next: 0 }
 }
 
-/// [`stages`]: `Model::stage(0)`, `stage(1)`, … until `None`.
+/// [`stages`]: `Network::stage(0)`, `stage(1)`, … until `None`.
 struct StageIter<'a, M: ?Sized> {
     model: &'a M,
     next: usize,

@@ -4,18 +4,23 @@
 //! [`ArenaPlan`](crate::spec::ArenaPlan) says:
 //!
 //! ```text
-//! | concat A | concat B | BN scale/shift | scratch (reused by every stage)        |
-//!   block 1, 3, …  block 2, 4, …            stem:       input | im2col | conv | BN-ReLU
-//!                                           dense block: normed | bottleneck |
-//!                                                        bottleneck_padded | im2col
-//!                                           transition: BN-ReLU | pooled
-//!                                           head:       BN-ReLU | pooled | logits
+//! | concat A | concat B | BN scale/shift | scratch (reused by every stage)           |
+//!   block 1, 3, …  block 2, 4, …            stem:        input | conv (ImageNet stem)
+//!                                           dense block: normed | bottleneck_padded
+//!                                           transition:  pooled
+//!                                           head:        BN-ReLU | pooled | logits
 //! ```
 //!
 //! Each dense block works in place in its concatenation buffer `(n, H, W, C_out)`. The
 //! stem writes its output straight into the first `C_in` channels of block 1's buffer
-//! (A), and transition `i` reads its block's buffer and writes into the first channels
-//! of the other one, so no block input is ever copied. Padded BN-ReLU outputs (the
+//! (A): a CIFAR stem's conv directly, an ImageNet stem's max pool from its conv output
+//! (BN-ReLU fused into the conv). Transition `i` applies BN-ReLU and the 2x2 average
+//! pool in one pass into `pooled`, and its 1x1 conv writes into the first channels of
+//! the other buffer, so no block input is ever copied. A dense block runs a batch image
+//! by image, so its scratch is one image's: `normed` (the BN-ReLU of a layer without
+//! bottleneck) or `bottleneck_padded` (the 1x1 conv's output, norm1 fused before it and
+//! norm2 after). The im2col matrices of CPUs without AVX-512 or AVX2 are not in the
+//! arena: they live in a separate vector of the workspace, grown on first use. Padded BN-ReLU outputs (the
 //! input of each 3x3 conv) have their zero border written together with their interior
 //! (see [`BatchNorm2d::forward_relu_padded_into`](crate::layers::BatchNorm2d::forward_relu_padded_into)):
 //! the scratch region is shared by stages of different shapes, so no border survives
@@ -34,8 +39,8 @@ use crate::stage::Network;
 use crate::stage::{stages, StageRef};
 use crate::Error;
 
-/// A reusable activation arena for [`forward_into`] (and generated models'
-/// `forward_into`): grows on first use to what the batch needs, never shrinks.
+/// A reusable activation arena for [`Model::forward_into`](crate::Model::forward_into)
+/// (and generated models' `forward_into`): grows on first use to what the batch needs, never shrinks.
 ///
 /// After one call at a given batch size, further calls at that size or smaller
 /// allocate nothing in our code (see `tests/allocations.rs` for what the GEMM and rayon

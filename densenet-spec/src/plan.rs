@@ -567,8 +567,8 @@ impl Plan {
     ///
     /// Concatenation buffers, stem, transition and head scratch grow with the batch; a
     /// dense block's scratch (one image) and the BatchNorm scale/shift do not. The arena
-    /// of the AVX-512 kernels: elsewhere the runtime's portable convolutions need an
-    /// im2col matrix besides (allocated once, outside the arena).
+    /// of the direct kernels (AVX-512, or AVX2 + FMA): elsewhere the runtime's portable
+    /// convolutions need an im2col matrix besides (allocated once, outside the arena).
     pub fn arena_floats(&self, batch: usize) -> usize {
         self.arena(batch).total()
     }

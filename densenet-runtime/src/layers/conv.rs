@@ -1,4 +1,10 @@
-//! 2-D convolution without bias, NHWC activations, HWIO weights, by im2col + GEMM.
+//! 2-D convolution without bias, NHWC activations, HWIO weights.
+//!
+//! The main path is the direct kernel (AVX-512, else AVX2 + FMA, chosen at run time):
+//! it takes unpadded windows, so the model's forward passes write their inputs
+//! zero-padded and convolve with padding 0. A padded window, or a CPU without those
+//! instruction sets, falls back to im2col + GEMM (a 1x1 convolution: one GEMM). The
+//! choice is made in one place, `Conv2d::run`.
 
 use ndarray::{Array4, ArrayView4, CowArray, Ix4};
 
@@ -39,12 +45,11 @@ impl Default for Conv2dConfig {
 ///
 /// The weight is HWIO, `[kh, kw, c_in, c_out]`: the `(kh·kw·c_in) × c_out` right-hand
 /// matrix of the convolution's GEMM, whose rows are the output pixels of the NHWC input
-/// (see [`crate::kernels::im2col`]). A torch `OIHW` weight `w` becomes HWIO by
+/// (im2col's rows, or the direct kernel's tiles). A torch `OIHW` weight `w` becomes HWIO by
 /// `w.permuted_axes([2, 3, 1, 0])`.
 ///
 /// It is stored once, in the layout the kernels read: HWIO and contiguous for at most 32
-/// outputs; panel-major for more ([`PackedWeight`](crate::kernels::direct_conv::PackedWeight),
-/// 32-column panels that the direct kernels stream sequentially). [`Conv2d::weight`]
+/// outputs; panel-major for more (`PackedWeight`: 32-column panels that the direct kernels stream sequentially). [`Conv2d::weight`]
 /// therefore borrows a narrow weight and unpacks a wide one; [`Conv2d::weight_mut`]
 /// and [`Conv2d::set_weight`] write either.
 ///
@@ -233,10 +238,11 @@ impl Conv2d {
     /// example a column range of a dense block's concatenation buffer. `out`'s previous
     /// contents are ignored.
     ///
-    /// `x` is the contiguous NHWC input of shape `(n, h, w, c_in)`. A 1x1 convolution
-    /// with stride 1 and no padding multiplies `x` directly; any other builds the im2col
-    /// matrix in `scratch` (grown as needed, never shrunk, so reusing one buffer across
-    /// layers allocates only on the first, largest use).
+    /// `x` is the contiguous NHWC input of shape `(n, h, w, c_in)`. Without padding the
+    /// direct kernel runs when the CPU has one; otherwise a 1x1 convolution with stride 1
+    /// multiplies `x` directly and any other builds the im2col matrix in `scratch` (grown
+    /// as needed, never shrunk, so reusing one buffer across layers allocates only on the
+    /// first, largest use).
     ///
     /// # Panics
     ///

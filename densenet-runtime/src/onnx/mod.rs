@@ -170,7 +170,8 @@ pub fn to_bytes<M: Network + ?Sized>(model: &M) -> Vec<u8> {
     m.into_bytes()
 }
 
-/// Writes [`to_bytes`] to `path` atomically: [`Model::to_onnx`], also for `dyn Model`.
+/// Writes [`to_bytes`] to `path` atomically: [`Model::to_onnx`](crate::Model::to_onnx),
+/// also for `dyn Model`.
 ///
 /// # Errors
 /// [`SaveError`] naming the file if it cannot be written.

@@ -1,4 +1,4 @@
-//! col2im: the adjoint of [`im2col`](crate::kernels::im2col::im2col), summing every
+//! col2im: the adjoint of im2col (the convolution's GEMM input), summing every
 //! window row back onto the input pixels it was copied from.
 
 use rayon::prelude::*;
@@ -10,7 +10,7 @@ use crate::kernels::im2col::Window;
 const PARALLEL_THRESHOLD: usize = 1 << 16;
 
 /// `out ← col2im(cols)`: the NHWC tensor `(n, h, w, c)` whose pixel `(b, y, x)` is the
-/// sum of every entry of `cols` that [`im2col`](crate::kernels::im2col::im2col) copied
+/// sum of every entry of `cols` that im2col copied
 /// from it. Entries that im2col wrote for the zero padding are dropped.
 ///
 /// `cols` is the `(n·oh·ow) × (kh·kw·c)` row-major matrix laid out as im2col's output

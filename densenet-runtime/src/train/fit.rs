@@ -179,7 +179,7 @@ pub struct Evaluation {
 /// A batch of a single image is skipped if the model's last feature map is 1x1 (its
 /// BatchNorm in training mode would see one value per channel, which torch rejects).
 ///
-/// Any [`Model`] trains (a `densenet!` model, e.g. `let mut model = MyNet::init(0);`):
+/// Any [`Model`](crate::Model) trains (a `densenet!` model, e.g. `let mut model = MyNet::init(0);`):
 ///
 /// ```
 /// use densenet_runtime::train::{evaluate, fit, AdamConfig, Dataset, FitConfig, Optimizer};
@@ -427,7 +427,7 @@ pub fn evaluate<M: Network + ?Sized>(
 }
 
 /// The inference-mode logits `(N, classes)` of an NCHW batch, for any classifier
-/// [`Model`], by the path its `forward` takes (stages over a thread-local workspace).
+/// [`Model`](crate::Model), by the path its `forward` takes (stages over a thread-local workspace).
 ///
 /// # Errors
 ///

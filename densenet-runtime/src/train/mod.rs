@@ -3,8 +3,9 @@
 //!
 //! Each layer's backward is a plain function in its own file, checked against finite
 //! differences in its tests; [`loss_and_gradients`] chains them over a model's stages
-//! (`Model::stages_mut`) and returns one gradient per parameter, addressed by the same
-//! [`LayerName`](crate::LayerName) as `Model::visit_layers`.
+//! ([`Network::stage_mut`](crate::Network::stage_mut)) and returns one gradient per
+//! parameter, addressed by the same [`LayerName`](crate::LayerName) as
+//! [`Network::visit_layers`](crate::Network::visit_layers).
 //!
 //! Layouts are the runtime's: activations NHWC, seen as `(N·H·W) × C` matrices (pixels
 //! are rows); conv weights and their gradients HWIO; linear weights `(out, in)`.

@@ -6,7 +6,7 @@ use densenet::ndarray::Array4;
 
 include!(concat!(env!("OUT_DIR"), "/densenet_bc100_k12.rs"));
 
-fn main() -> Result<(), densenet::runtime::Error> {
+fn main() -> Result<(), densenet::Error> {
     println!(
         "{}: {} parameters, {} MACs per image",
         DenseNetBC100K12::ARCHITECTURE.name,
