@@ -196,7 +196,9 @@
 //! - [`ndarray`]: the array crate of every input and output, re-exported so versions
 //!   match.
 //!
-//! Cargo features: `image` (JPEG/PNG decoding and preprocessing, the `image` module).
+//! Cargo features: `image` (JPEG/PNG decoding and preprocessing, the `image` module);
+//! `yaml` (reading spec files at run time: `spec::parse_yaml`, `spec::check`, for
+//! [`DynamicModel`]); `progress` (on by default: a progress bar per epoch in `fit`).
 #![deny(missing_docs)]
 
 // The proc macros, for the wrappers below: generated code reaches the runtime through

@@ -163,32 +163,37 @@ pub fn expand_model(
     let (stem, block) = (lit(one.stem), lit(one.block));
     let (transition, head) = (lit(one.transition), lit(one.head));
 
-    // Intra-doc links resolve in the user's module: give the runtime a name there.
-    let rt_alias = format_ident!("__densenet_runtime_{}", name.to_string().to_lowercase());
-    let link = |item: &str| format!("{rt_alias}::{item}");
+    // Links to runtime items need a path that resolves in the user's crate: an absolute
+    // one (`::densenet::runtime`, build scripts) does; `$crate` (the macros) does not in
+    // rustdoc, so there the names stay plain code (the signatures still link them).
+    let rt_text = rt.to_string().replace(' ', "");
+    let link = |item: &str| match rt_text.starts_with("::") {
+        true => format!("[`{item}`]({rt_text}::{item})"),
+        false => format!("`{item}`"),
+    };
     let load_errors = format!(
-        " # Errors\n A [`LoadError`]({}) naming the tensor and what was wrong.",
+        " # Errors\n A {} naming the tensor and what was wrong.",
         link("LoadError")
     );
     let save_errors = format!(
-        " # Errors\n A [`SaveError`]({}) naming the file if it cannot be written.",
+        " # Errors\n A {} naming the file if it cannot be written.",
         link("SaveError")
     );
     let forward_errors = format!(
-        " # Errors\n [`Error::InputShape`]({}) when a per-image shape is not [`Self::INPUT`];\n [`Error::EmptyBatch`]({}) for N = 0.",
+        " # Errors\n {} when a per-image shape is not [`Self::INPUT`];\n {} for N = 0.",
         link("Error::InputShape"),
         link("Error::EmptyBatch")
     );
     let forward_into_errors = format!(
-        " # Errors\n As `forward`, and [`Error::OutputShape`]({}).",
+        " # Errors\n As `forward`, and {}.",
         link("Error::OutputShape")
     );
     let model_doc = format!(
-        " Saving, export, training and the rest come from [`Model`]({}), which this model implements.",
+        " Saving, export, training and the rest come from {}, which this model implements.",
         link("Model")
     );
     let workspace_doc = format!(
-        " [`forward`](Self::forward) into `out` (`(N, …)` of [`Self::OUTPUT`]) with every\n activation in `ws` (a [`Workspace`]({})): no allocation once `ws` has grown to the batch.",
+        " [`forward`](Self::forward) into `out` (`(N, …)` of [`Self::OUTPUT`]) with every\n activation in `ws` (a {}): no allocation once `ws` has grown to the batch.",
         link("Workspace")
     );
 
@@ -210,10 +215,6 @@ pub fn expand_model(
     });
 
     quote! {
-        #[doc(hidden)]
-        #[allow(unused_imports)]
-        use #rt as #rt_alias;
-
         #(#attrs)*
         ///
         #[doc = #model_doc]
