@@ -122,7 +122,7 @@
 //! }
 //!
 //! // The same architecture as a run-time value: same layers, same weights per seed.
-//! let dynamic = DynamicModel::init(Net::ARCHITECTURE, 0);
+//! let dynamic = DynamicModel::init(Net::ARCHITECTURE, 0)?;
 //! let generated = Net::init(0);
 //! assert_eq!(describe(&dynamic), describe(&generated));
 //! let x = Array4::from_elem((2, 3, 8, 8), 0.5);

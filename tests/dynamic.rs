@@ -29,6 +29,7 @@ fn same_seed_same_outputs_as_the_generated_model() {
     let x = batch(Small::INPUT);
     let generated = Small::init(5).forward(x.view()).unwrap();
     let dynamic = DynamicModel::init(Small::ARCHITECTURE, 5)
+        .unwrap()
         .forward(x.view())
         .unwrap();
     assert_eq!(dynamic.into_dimensionality::<Ix2>().unwrap(), generated);
@@ -36,11 +37,13 @@ fn same_seed_same_outputs_as_the_generated_model() {
     let x = batch(Features::INPUT);
     let generated = Features::init(1).forward(x.view()).unwrap();
     let dynamic = DynamicModel::init(Features::ARCHITECTURE, 1)
+        .unwrap()
         .forward(x.view())
         .unwrap();
     assert_eq!(dynamic.shape(), generated.shape());
     assert_eq!(dynamic.into_dimensionality().unwrap(), generated);
     let err = DynamicModel::init(Features::ARCHITECTURE, 1)
+        .unwrap()
         .predict(x.view())
         .unwrap_err();
     assert!(matches!(err, Error::NotAClassifier { .. }), "{err:?}");
@@ -71,7 +74,7 @@ fn the_run_time_model_is_the_generated_model() {
     let arch = check(&parse_yaml(TINY_BC, "TinyBC").unwrap()).unwrap();
     assert_eq!(arch, TinyBC::ARCHITECTURE);
     let mut generated = TinyBC::init(3);
-    let mut dynamic = DynamicModel::init(arch, 3);
+    let mut dynamic = DynamicModel::init(arch, 3).unwrap();
 
     let x = Array4::from_shape_fn((6, 3, 8, 8), |(n, c, h, w)| {
         ((n * 5 + c * 3 + h * 7 + w) % 23) as f32 / 23.0 - 0.5
@@ -139,7 +142,7 @@ fn the_run_time_model_is_the_generated_model() {
 fn models_are_object_safe() {
     let generated = TinyBC::init(1);
     let arch = check(&parse_yaml(TINY_BC, "TinyBC").unwrap()).unwrap();
-    let dynamic = DynamicModel::init(arch, 1);
+    let dynamic = DynamicModel::init(arch, 1).unwrap();
     let models: [&dyn Model; 2] = [&generated, &dynamic];
     let x = Array4::<f32>::zeros((1, 3, 8, 8));
     let outputs: Vec<_> = models
@@ -149,4 +152,32 @@ fn models_are_object_safe() {
     assert_eq!(outputs[0], outputs[1]);
     assert_eq!(outputs[0].shape(), &[1, 3]);
     assert_eq!(models[0].plan().params, TinyBC::PARAMS);
+}
+
+/// An `Architecture` built in code is checked by the spec's rules: a bad one is an
+/// error naming every broken rule, never a panic while building the model.
+#[test]
+fn an_invalid_architecture_is_an_error() {
+    let bad = densenet::runtime::spec::Architecture {
+        growth: 0,
+        theta: 0.0,
+        ..Small::ARCHITECTURE
+    };
+    let err = DynamicModel::init(bad.clone(), 0).unwrap_err();
+    let Error::InvalidArchitecture { model, problems } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(model, "Small");
+    assert!(
+        problems.iter().any(|p| p.contains("growth")),
+        "{problems:?}"
+    );
+    assert!(problems.iter().any(|p| p.contains("theta")), "{problems:?}");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/torchvision_small.safetensors");
+    let err = DynamicModel::load_safetensors(bad, &path, Naming::Auto).unwrap_err();
+    assert!(
+        err.to_string().contains("not a valid architecture"),
+        "{err}"
+    );
 }

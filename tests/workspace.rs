@@ -143,7 +143,7 @@ fn every_head_and_odd_sizes_match_the_reference_path() {
 #[test]
 fn dynamic_model_shares_the_path() {
     let model = DenseNet40K12::init(9);
-    let dynamic = DynamicModel::init(DenseNet40K12::ARCHITECTURE, 9);
+    let dynamic = DynamicModel::init(DenseNet40K12::ARCHITECTURE, 9).unwrap();
     let x = input(2, DenseNet40K12::INPUT, 0);
     let expected = model.forward(x.view()).unwrap().into_dyn();
     assert_eq!(dynamic.forward(x.view()).unwrap(), expected);

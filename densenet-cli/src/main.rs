@@ -326,7 +326,7 @@ fn bench(spec: &Path, batch: usize, iters: usize) -> Result<(), String> {
     }
     let macs = Plan::new(&arch).macs;
     let name = arch.name.to_string();
-    let model = DynamicModel::init(arch, 0);
+    let model = DynamicModel::init(arch, 0).map_err(|e| e.to_string())?;
     values.extend((0..batch).flat_map(|n| {
         (0..c).flat_map(move |c| {
             (0..h).flat_map(move |y| (0..w).map(move |x| ((n + c + y + x) % 7) as f32 / 7.0 - 0.5))

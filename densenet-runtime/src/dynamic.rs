@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::spec::{Architecture, Plan};
 use crate::stage::{init_stages, Network, Stage, StageMut, StageRef};
 use crate::weights::{self, Naming};
-use crate::{LoadError, Rng};
+use crate::{Error, LoadError, Rng};
 
 /// A DenseNet whose architecture is a run-time value. Everything it can do comes from
 /// [`Model`](crate::Model) (bring the trait into scope).
@@ -23,34 +23,50 @@ pub struct DynamicModel {
 }
 
 impl DynamicModel {
-    /// A model of `architecture` (checked, e.g. by `densenet_spec::check`) with the
-    /// deterministic initial weights a generated model of it gets from `init(seed)`.
-    pub fn init(architecture: Architecture, seed: u64) -> Self {
+    /// A model of `architecture` with the deterministic initial weights a generated model
+    /// of it gets from `init(seed)`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArchitecture`] when `architecture` breaks a spec rule (its fields
+    /// are public, so it may not come from `densenet_spec::check`): checked by the same
+    /// rules as a written spec ([`Architecture::validate`]).
+    pub fn init(architecture: Architecture, seed: u64) -> Result<Self, Error> {
         Self::init_with(architecture, &mut Rng::new(seed))
     }
 
     /// [`init`](Self::init) drawing from `rng`.
-    pub fn init_with(architecture: Architecture, rng: &mut Rng) -> Self {
+    ///
+    /// # Errors
+    /// As [`init`](Self::init).
+    pub fn init_with(architecture: Architecture, rng: &mut Rng) -> Result<Self, Error> {
+        if let Err(errors) = architecture.validate() {
+            return Err(Error::InvalidArchitecture {
+                model: architecture.name.to_string(),
+                problems: errors.into_iter().map(|e| e.message).collect(),
+            });
+        }
         let plan = Plan::new(&architecture);
         let stages = init_stages(&architecture, &plan, rng);
-        DynamicModel {
+        Ok(DynamicModel {
             architecture,
             plan,
             stages,
-        }
+        })
     }
 
     /// Loads weights (torchvision/timm or Keras naming) into a model of `architecture`.
     ///
     /// # Errors
-    /// A [`LoadError`] naming the tensor and what was wrong.
+    /// A [`LoadError`] naming the tensor and what was wrong; [`LoadError::Model`] for an
+    /// architecture that breaks a spec rule.
     pub fn from_safetensors_bytes(
         architecture: Architecture,
         bytes: &[u8],
         naming: Naming,
     ) -> Result<Self, LoadError> {
         // Every weight gets overwritten: skip drawing the initial ones.
-        let mut model = DynamicModel::init_with(architecture, &mut Rng::zeros());
+        let mut model =
+            DynamicModel::init_with(architecture, &mut Rng::zeros()).map_err(LoadError::Model)?;
         weights::load_into(&mut model, bytes, naming)?;
         Ok(model)
     }

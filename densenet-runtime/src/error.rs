@@ -39,6 +39,14 @@ pub enum Error {
         /// Bytes the batch would need.
         bytes: u128,
     },
+    /// An architecture built in code that breaks a spec rule (e.g. growth 0).
+    #[error("{model} is not a valid architecture: {}", problems.join("; "))]
+    InvalidArchitecture {
+        /// The model's name.
+        model: String,
+        /// Every rule it breaks, as the spec checker words it.
+        problems: Vec<String>,
+    },
     /// `predict` on a model whose head is not a classifier (no classes to score).
     #[error("{model} has no classifier head: `predict` needs one (use `forward` for features)")]
     NotAClassifier {

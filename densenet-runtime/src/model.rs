@@ -24,7 +24,7 @@ use crate::{onnx, weights, Error, SaveError, Summary, TrainError, Workspace};
 /// use densenet_runtime::ndarray::Array4;
 /// # let arch = densenet_runtime::spec::check(&densenet_runtime::spec::parse_yaml(
 /// #     "name: Tiny\ngrowth: 4\nblocks: [2, 2]\nstem: cifar\ninput: [3, 8, 8]\nclasses: 3\n", "t").unwrap()).unwrap();
-/// let model = DynamicModel::init(arch, 0);
+/// let model = DynamicModel::init(arch, 0)?;
 /// let logits = model.forward(Array4::zeros((2, 3, 8, 8)).view())?;
 /// assert_eq!(logits.shape(), &[2, 3]);
 /// println!("{}", model.summary());                // Keras-style table

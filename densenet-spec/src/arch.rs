@@ -63,3 +63,128 @@ impl Architecture {
         (self.theta * channels as f64).floor() as usize
     }
 }
+
+impl Architecture {
+    /// Checks an `Architecture` built in code (its fields are public) by the same rules
+    /// as a written spec: it is written back as spec entries and checked, so the rules
+    /// live in one place (`check.rs`). A checked architecture passes unchanged.
+    ///
+    /// # Errors
+    /// Every rule it breaks, each message naming the key; the spans are meaningless (the
+    /// `n`-th key is reported at line `n`).
+    pub fn validate(&self) -> Result<(), Vec<crate::SpecError>> {
+        use crate::ast::{Entry, RawSpec, Value};
+        use crate::error::{Sp, Span};
+
+        let at = |line| Span::Yaml { line, column: 1 };
+        let int = |n: usize| Value::Int(n as i128);
+        let word = |w: &str| Value::Ident(w.to_string());
+        let list = |items: &[usize]| {
+            Value::List(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| Sp::new(int(n), at(i + 1)))
+                    .collect(),
+            )
+        };
+        let values = [
+            ("input", list(&self.input)),
+            (
+                "stem",
+                word(match self.stem {
+                    Stem::ImageNet => "imagenet",
+                    Stem::Cifar => "cifar",
+                }),
+            ),
+            ("init_features", int(self.init_features)),
+            ("growth", int(self.growth)),
+            ("blocks", list(&self.blocks)),
+            (
+                "bottleneck",
+                self.bottleneck.map_or(Value::Bool(false), int),
+            ),
+            ("theta", Value::Float(self.theta)),
+            ("classes", int(self.classes)),
+            (
+                "head",
+                word(match self.head {
+                    Head::Classifier => "classifier",
+                    Head::Avg => "avg",
+                    Head::Max => "max",
+                    Head::None => "none",
+                }),
+            ),
+            ("dropout", Value::Float(f64::from(self.dropout))),
+            ("eps", Value::Float(f64::from(self.eps))),
+        ];
+        let entries = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, value))| Entry {
+                key: Sp::new(key.to_string(), at(i + 2)),
+                value: Sp::new(value, at(i + 2)),
+            })
+            .collect();
+        let spec = RawSpec {
+            name: Sp::new(self.name.to_string(), at(1)),
+            #[cfg(feature = "codegen")]
+            attrs: Vec::new(),
+            #[cfg(feature = "codegen")]
+            vis: syn::Visibility::Inherited,
+            entries,
+            span: at(1),
+        };
+        let checked = crate::check(&spec)?;
+        // Every field was written explicitly, so nothing was defaulted: a difference
+        // would be a rule that rewrites values, which none does.
+        debug_assert_eq!(&checked, self);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn densenet121() -> Architecture {
+        Architecture {
+            name: Cow::Borrowed("DenseNet121"),
+            input: [3, 224, 224],
+            stem: Stem::ImageNet,
+            init_features: 64,
+            growth: 32,
+            blocks: Cow::Borrowed(&[6, 12, 24, 16]),
+            bottleneck: Some(4),
+            theta: 0.5,
+            classes: 1000,
+            head: Head::Classifier,
+            dropout: 0.0,
+            eps: 1e-5,
+        }
+    }
+
+    #[test]
+    fn architectures_built_in_code_follow_the_spec_rules() {
+        assert!(densenet121().validate().is_ok());
+        let bad = Architecture {
+            name: Cow::Borrowed("f32"),
+            growth: 0,
+            blocks: Cow::Borrowed(&[]),
+            theta: 1.5,
+            ..densenet121()
+        };
+        let messages: Vec<String> = bad
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        for key in ["f32", "growth", "blocks", "theta"] {
+            assert!(
+                messages.iter().any(|m| m.contains(key)),
+                "{key}: {messages:?}"
+            );
+        }
+    }
+}

@@ -11,6 +11,9 @@ use crate::weights::Naming;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum LoadError {
+    /// The model to load into could not be built (an invalid architecture).
+    #[error(transparent)]
+    Model(#[from] crate::Error),
     /// The file could not be read or written.
     #[error("cannot access {}: {source}", path.display())]
     Io {
