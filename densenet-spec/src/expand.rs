@@ -5,10 +5,10 @@
 //! number of blocks, not layers: a dense block is one field whose type carries its size.
 
 use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, ToTokens};
 
 use crate::arch::{Architecture, Head, Stem};
-use crate::plan::Plan;
+use crate::plan::{Plan, StagePlan};
 
 /// How the generated item is declared: name, attributes, visibility.
 pub struct ItemInfo<'a> {
@@ -39,70 +39,6 @@ pub fn expand_model(
     let ItemInfo { name, attrs, vis } = item;
     let growth = lit(arch.growth);
     let bn_size = lit(arch.bottleneck.unwrap_or(0));
-
-    let mut fields = Vec::new();
-    // (field, stage index argument) in the order of `Plan::stages`.
-    let mut visits = Vec::new();
-
-    let (c_in, c_out) = (lit(plan.stem.c_in), lit(plan.stem.c_out));
-    let (stem_ty, stem_doc) = match arch.stem {
-        Stem::ImageNet => (
-            quote!(#rt::blocks::ImageNetStem<#c_in, #c_out>),
-            "Stem: 7x7/2 conv, BN, ReLU, 3x3/2 max pool",
-        ),
-        Stem::Cifar => (
-            quote!(#rt::blocks::CifarStem<#c_in, #c_out>),
-            "Stem: 3x3 conv",
-        ),
-    };
-    let stem_doc = format!(
-        " {stem_doc}; {} → {} channels, {}x{}.",
-        plan.stem.c_in, plan.stem.c_out, plan.stem.height, plan.stem.width
-    );
-    fields.push(quote!(#[doc = #stem_doc] pub stem: #stem_ty));
-    visits.push((quote!(stem), lit(0)));
-
-    for (i, block) in plan.blocks.iter().enumerate() {
-        let field = format_ident!("block{}", i + 1);
-        let (c_in, layers) = (lit(block.c_in), lit(block.layers));
-        let ty = quote!(#rt::blocks::DenseBlock<#c_in, #layers, #growth, #bn_size>);
-        let doc = format!(
-            " Dense block {}: {} layers, {} → {} channels at {}x{}.",
-            i + 1,
-            block.layers,
-            block.c_in,
-            block.c_out,
-            block.height,
-            block.width
-        );
-        fields.push(quote!(#[doc = #doc] pub #field: #ty));
-        visits.push((quote!(#field), lit(i + 1)));
-        if let Some(t) = plan.transitions.get(i) {
-            let field = format_ident!("transition{}", i + 1);
-            let (c_in, c_out) = (lit(t.c_in), lit(t.c_out));
-            let ty = quote!(#rt::blocks::Transition<#c_in, #c_out>);
-            let doc = format!(
-                " Transition {}: BN, ReLU, 1x1 conv, 2x2 average pool; {} → {} channels, {}x{}.",
-                i + 1,
-                t.c_in,
-                t.c_out,
-                t.height,
-                t.width
-            );
-            fields.push(quote!(#[doc = #doc] pub #field: #ty));
-            visits.push((quote!(#field), lit(i + 1)));
-        }
-    }
-    visits.push((quote!(head), lit(0)));
-    let field_names: Vec<&TokenStream> = visits.iter().map(|(field, _)| field).collect();
-    let stage_arms = visits.iter().enumerate().map(|(i, (field, index))| {
-        let i = lit(i);
-        quote!(#i => #rt::__private::BuildingBlock::stage(&self.#field, #index))
-    });
-    let stage_mut_arms = visits.iter().enumerate().map(|(i, (field, index))| {
-        let i = lit(i);
-        quote!(#i => #rt::__private::BuildingBlock::stage_mut(&mut self.#field, #index))
-    });
 
     let c = lit(plan.head_channels);
     let classes = lit(arch.classes);
@@ -144,7 +80,68 @@ pub fn expand_model(
             quote!(#rt::ndarray::ArrayViewMut4<'_, f32>),
         ),
     };
-    fields.push(quote!(#[doc = #head_doc] pub head: #head_ty));
+    // One field per stage, in the order of `Plan::stages`, with the stage index its
+    // `BuildingBlock` view takes.
+    let mut fields = Vec::new();
+    let mut visits = Vec::new();
+    for stage in plan.stages() {
+        let (field, index, ty, doc) = match stage {
+            StagePlan::Stem(stem) => {
+                let (c_in, c_out) = (lit(stem.c_in), lit(stem.c_out));
+                let (ty, what) = match arch.stem {
+                    Stem::ImageNet => (
+                        quote!(#rt::blocks::ImageNetStem<#c_in, #c_out>),
+                        "Stem: 7x7/2 conv, BN, ReLU, 3x3/2 max pool",
+                    ),
+                    Stem::Cifar => (
+                        quote!(#rt::blocks::CifarStem<#c_in, #c_out>),
+                        "Stem: 3x3 conv",
+                    ),
+                };
+                let doc = format!(
+                    " {what}; {} → {} channels, {}x{}.",
+                    stem.c_in, stem.c_out, stem.height, stem.width
+                );
+                (quote!(stem), 0, ty, doc)
+            }
+            StagePlan::Block { index, plan: block } => {
+                let (c_in, layers) = (lit(block.c_in), lit(block.layers));
+                let doc = format!(
+                    " Dense block {index}: {} layers, {} → {} channels at {}x{}.",
+                    block.layers, block.c_in, block.c_out, block.height, block.width
+                );
+                let field = format_ident!("block{index}").into_token_stream();
+                let ty = quote!(#rt::blocks::DenseBlock<#c_in, #layers, #growth, #bn_size>);
+                (field, index, ty, doc)
+            }
+            StagePlan::Transition { index, plan: t } => {
+                let (c_in, c_out) = (lit(t.c_in), lit(t.c_out));
+                let doc = format!(
+                    " Transition {index}: BN, ReLU, 1x1 conv, 2x2 average pool; {} → {} channels, {}x{}.",
+                    t.c_in, t.c_out, t.height, t.width
+                );
+                let field = format_ident!("transition{index}").into_token_stream();
+                (
+                    field,
+                    index,
+                    quote!(#rt::blocks::Transition<#c_in, #c_out>),
+                    doc,
+                )
+            }
+            StagePlan::Head { .. } => (quote!(head), 0, head_ty.clone(), head_doc.clone()),
+        };
+        fields.push(quote!(#[doc = #doc] pub #field: #ty));
+        visits.push((field, lit(index)));
+    }
+    let field_names: Vec<&TokenStream> = visits.iter().map(|(field, _)| field).collect();
+    let stage_arms = visits.iter().enumerate().map(|(i, (field, index))| {
+        let i = lit(i);
+        quote!(#i => #rt::__private::BuildingBlock::stage(&self.#field, #index))
+    });
+    let stage_mut_arms = visits.iter().enumerate().map(|(i, (field, index))| {
+        let i = lit(i);
+        quote!(#i => #rt::__private::BuildingBlock::stage_mut(&mut self.#field, #index))
+    });
 
     let arch_const = architecture_const(arch, rt);
     let [ic, ih, iw] = arch.input.map(lit);
