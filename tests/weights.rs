@@ -651,3 +651,29 @@ fn keras_naming_writes_what_keras_wrote() {
         assert_eq!(b.data(), a.data(), "{key}");
     }
 }
+
+/// A save that fails names the file, leaves what was there, and leaves no temporary
+/// file behind; ONNX export alike.
+#[test]
+fn failed_saves_name_the_file_and_keep_what_was_there() {
+    let model = KerasSmall::init(0);
+    let dir = std::env::temp_dir().join(format!("densenet-failed-save-{}", std::process::id()));
+    let taken = dir.join("taken.safetensors");
+    std::fs::create_dir_all(taken.join("inside")).unwrap();
+    let err = model.save_safetensors(&taken).unwrap_err();
+    assert!(err.to_string().contains("taken.safetensors"), "{err}");
+    let err = model.to_onnx(&taken).unwrap_err();
+    assert!(err.to_string().contains("taken.safetensors"), "{err}");
+    assert!(taken.join("inside").is_dir());
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+    // A good save replaces an existing file whole.
+    let good = dir.join("good.safetensors");
+    std::fs::write(&good, b"old").unwrap();
+    model.save_safetensors(&good).unwrap();
+    assert_eq!(std::fs::read(&good).unwrap(), model.to_safetensors_bytes());
+    std::fs::remove_dir_all(dir).unwrap();
+}

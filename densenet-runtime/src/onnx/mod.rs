@@ -176,7 +176,7 @@ pub fn to_bytes<M: Network + ?Sized>(model: &M) -> Vec<u8> {
 /// # Errors
 /// [`SaveError`] naming the file if it cannot be written.
 pub fn save_file<M: Network + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
-    crate::atomic_file::write(path, &to_bytes(model))
+    crate::atomic_file::write(path, &to_bytes(model)).map_err(|e| SaveError::io(path, e))
 }
 
 /// A node before encoding: its output is renamed when it turns out to be the last.

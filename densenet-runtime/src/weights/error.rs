@@ -161,3 +161,13 @@ pub enum SaveError {
         source: std::io::Error,
     },
 }
+
+impl SaveError {
+    /// `source` while writing `path`.
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        SaveError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -202,6 +202,7 @@ pub fn save_file_with<M: Network + ?Sized>(
     naming: Naming,
 ) -> Result<(), SaveError> {
     crate::atomic_file::write(path, &to_bytes_with(model, naming))
+        .map_err(|e| SaveError::io(path, e))
 }
 
 fn format_error(e: SafeTensorError) -> LoadError {
