@@ -13,11 +13,13 @@ use crate::keys::example;
 /// Parses the text of a YAML spec. `default_name` names the model when the file has no
 /// `name` key (callers derive it from the file name).
 ///
-/// Texts longer than [`MAX_SPEC_BYTES`] are refused.
+/// Texts longer than [`MAX_SPEC_BYTES`] are refused. A byte-order mark at the start is
+/// skipped; positions count from the character after it.
 pub fn parse_yaml(text: &str, default_name: &str) -> Result<RawSpec, Vec<SpecError>> {
     if text.len() > MAX_SPEC_BYTES {
         return Err(vec![too_large(Some(text.len() as u64))]);
     }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let index = KeyIndex::new(text);
     let doc: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| vec![syntax_error(&e, &index)])?;
@@ -465,6 +467,18 @@ mod tests {
                 format!("duplicate key `{key}`; give each key once")
             );
         }
+    }
+
+    /// Editors on Windows start files with a byte-order mark; YAML allows one.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let spec = parse_yaml("\u{feff}growth: 32\nblocks: [6, 12]\n", "X").unwrap();
+        assert_eq!(spec.entries[0].key.value, "growth");
+        assert_eq!(pos(spec.entries[0].value.span), (1, 9));
+        let Value::List(items) = &spec.entries[1].value.value else {
+            panic!()
+        };
+        assert_eq!(pos(items[1].span), (2, 13));
     }
 
     #[test]
