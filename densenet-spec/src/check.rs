@@ -355,6 +355,10 @@ impl Checker {
                 );
                 None
             }
+            Value::Str(ref s) if without_suffix(s).is_some() => {
+                self.suffixed(v.span, key, s);
+                None
+            }
             ref other => {
                 self.error(
                     v.span,
@@ -373,6 +377,10 @@ impl Checker {
         match v.value {
             Value::Float(x) => Some(x),
             Value::Int(i) => Some(i as f64),
+            Value::Str(ref s) if without_suffix(s).is_some() => {
+                self.suffixed(v.span, key, s);
+                None
+            }
             ref other => {
                 self.error(
                     v.span,
@@ -385,6 +393,15 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// A number written with a Rust type suffix, as YAML reads it: a string.
+    fn suffixed(&mut self, span: Span, key: &str, written: &str) {
+        let plain = without_suffix(written).unwrap_or(written);
+        self.error(
+            span,
+            format!("`{key}` takes a plain number: write `{plain}`, not `{written}`"),
+        );
     }
 
     fn word<T: Copy>(&mut self, v: &Sp<Value>, key: &str, options: &[(&str, T)]) -> Option<T> {
@@ -633,6 +650,20 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// `300` for `300u8`, `0.5` for `0.5f32`: a number with a Rust type suffix, without it.
+fn without_suffix(s: &str) -> Option<&str> {
+    const SUFFIXES: &[&str] = &[
+        "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+        "f32", "f64",
+    ];
+    let plain = SUFFIXES.iter().find_map(|suffix| s.strip_suffix(suffix))?;
+    let plain = plain.strip_suffix('_').unwrap_or(plain);
+    let digits = plain.strip_prefix('-').unwrap_or(plain);
+    (digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits.replace('_', "").parse::<f64>().is_ok())
+    .then_some(plain)
+}
+
 /// A number as written, for range errors: `0`, `1.0`, `-0.1`.
 fn number(value: &Value) -> String {
     match value {
@@ -700,6 +731,40 @@ mod tests {
         // DenseNet-264, the largest preset, is far below the limit.
         let spec = crate::parse_yaml("growth: 32\nblocks: [6, 12, 64, 48]\n", "X").unwrap();
         assert!(check(&spec).is_ok());
+    }
+
+    /// YAML reads `300u8` as a string; the message says to drop the suffix.
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn numbers_with_rust_suffixes_say_to_drop_them() {
+        let found = errors(
+            "growth: 32
+blocks: [6, 12u32]
+classes: 300u8
+theta: 0.5f32
+",
+        );
+        assert_eq!(
+            found,
+            [
+                (
+                    2,
+                    "`blocks` takes a plain number: write `12`, not `12u32`".to_string()
+                ),
+                (
+                    3,
+                    "`classes` takes a plain number: write `300`, not `300u8`".to_string()
+                ),
+                (
+                    4,
+                    "`theta` takes a plain number: write `0.5`, not `0.5f32`".to_string()
+                ),
+            ]
+        );
+        assert_eq!(without_suffix("1_000_usize"), Some("1_000"));
+        assert_eq!(without_suffix("-1e-5f64"), Some("-1e-5"));
+        assert_eq!(without_suffix("u8"), None);
+        assert_eq!(without_suffix("cifar"), None);
     }
 
     #[cfg(feature = "yaml")]

@@ -16,6 +16,7 @@
 //! ```
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::arch::Architecture;
@@ -23,7 +24,7 @@ use crate::ast::RawSpec;
 use crate::check::{check, check_name, stub_architecture};
 use crate::error::{Sp, SpecError, SpecFileError};
 use crate::plan::Plan;
-use crate::yaml::parse_yaml;
+use crate::yaml::{parse_yaml, too_large, MAX_SPEC_BYTES};
 
 /// Where a spec is written.
 #[derive(Clone, Debug)]
@@ -201,10 +202,30 @@ pub fn upper_camel_case(stem: &str) -> String {
         .collect()
 }
 
+/// Reads at most [`MAX_SPEC_BYTES`] and one byte more: a larger file (or a device that
+/// never ends) is refused without reading it all.
 fn yaml_file(path: &Path) -> Result<Result<CheckedSpec, Rejected>, ReadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError {
+    let read_error = |source| ReadError {
         path: path.to_path_buf(),
         source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() > MAX_SPEC_BYTES {
+        let size = std::fs::metadata(path).ok().map(|m| m.len());
+        return Ok(Err(Rejected {
+            errors: vec![too_large(size.filter(|&s| s > MAX_SPEC_BYTES as u64))],
+            stand_in: None,
+        }));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
     })?;
     Ok(yaml(&text, path))
 }

@@ -125,7 +125,7 @@ fn parse_value(input: ParseStream, key: &str) -> syn::Result<Sp<Value>> {
             Ok(TokenTree::Literal(l)) => Some(l),
             _ => None,
         };
-        let value = match number.as_ref().map(literal) {
+        let value = match number.as_ref().map(|l| literal(l, key)) {
             Some(Ok(Value::Int(i))) => Value::Int(-i),
             Some(Ok(Value::Float(x))) => Value::Float(-x),
             Some(Ok(Value::Other(TOO_LARGE))) => Value::Other(TOO_LARGE),
@@ -171,7 +171,7 @@ fn parse_value(input: ParseStream, key: &str) -> syn::Result<Sp<Value>> {
         TokenTree::Ident(i) if i == "true" => Value::Bool(true),
         TokenTree::Ident(i) if i == "false" => Value::Bool(false),
         TokenTree::Ident(i) => Value::Ident(i.to_string()),
-        TokenTree::Literal(l) => literal(l)?,
+        TokenTree::Literal(l) => literal(l, key)?,
         TokenTree::Group(_) => {
             return Err(syn::Error::new(
                 tt.span(),
@@ -189,9 +189,24 @@ fn parse_value(input: ParseStream, key: &str) -> syn::Result<Sp<Value>> {
 }
 
 /// A literal token's value. Integers beyond `i128` become [`TOO_LARGE`], which no key
-/// accepts, so the checks report them with the spec's other errors.
-fn literal(l: &proc_macro2::Literal) -> syn::Result<Value> {
-    Ok(match Lit::new(l.clone()) {
+/// accepts, so the checks report them with the spec's other errors. A suffix (`300u8`,
+/// `0.5f32`) is refused: the checks choose the types, and `256u8` would pass as 256.
+fn literal(l: &proc_macro2::Literal, key: &str) -> syn::Result<Value> {
+    let lit = Lit::new(l.clone());
+    let suffix = lit.suffix();
+    if !suffix.is_empty() {
+        let written = l.to_string();
+        let plain = written.strip_suffix(suffix).unwrap_or(&written);
+        let kind = match lit {
+            Lit::Int(_) | Lit::Float(_) => "number",
+            _ => "literal",
+        };
+        return Err(syn::Error::new(
+            l.span(),
+            format!("`{key}` takes a plain {kind}: write `{plain}`, not `{written}`"),
+        ));
+    }
+    Ok(match lit {
         Lit::Int(i) => i
             .base10_parse::<i128>()
             .map_or(Value::Other(TOO_LARGE), Value::Int),
@@ -225,6 +240,35 @@ mod tests {
         match &specs[0].entries[1].value.value {
             Value::List(items) => assert_eq!(items.len(), 4),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn suffixed_literals_are_refused() {
+        for (spec, message) in [
+            (
+                quote!(X<growth: 32, classes: 300u8>),
+                "`classes` takes a plain number: write `300`, not `300u8`",
+            ),
+            (
+                quote!(X<theta: 0.5f32>),
+                "`theta` takes a plain number: write `0.5`, not `0.5f32`",
+            ),
+            (
+                quote!(X<blocks: [6, 12usize]>),
+                "`blocks` takes a plain number: write `12`, not `12usize`",
+            ),
+            (
+                quote!(X<eps: -1e-5f64>),
+                "`eps` takes a plain number: write `1e-5`, not `1e-5f64`",
+            ),
+            (
+                quote!(X<stem: "cifar"x>),
+                "`stem` takes a plain literal: write `\"cifar\"`, not `\"cifar\"x`",
+            ),
+        ] {
+            let error = parse_specs(spec).unwrap_err();
+            assert_eq!(error.message, message);
         }
     }
 

@@ -4,13 +4,22 @@
 //! but its values carry no positions, so a small scanner over the text finds the line
 //! and column of each top-level key and list item for the checks' messages.
 
+use std::collections::HashMap;
+
 use crate::ast::{Entry, RawSpec, Value};
 use crate::error::{Sp, Span, SpecError};
 use crate::keys::example;
 
 /// Parses the text of a YAML spec. `default_name` names the model when the file has no
 /// `name` key (callers derive it from the file name).
+///
+/// Texts longer than [`MAX_SPEC_BYTES`] are refused. A byte-order mark at the start is
+/// skipped; positions count from the character after it.
 pub fn parse_yaml(text: &str, default_name: &str) -> Result<RawSpec, Vec<SpecError>> {
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(vec![too_large(Some(text.len() as u64))]);
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let index = KeyIndex::new(text);
     let doc: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| vec![syntax_error(&e, &index)])?;
@@ -62,6 +71,23 @@ pub fn parse_yaml(text: &str, default_name: &str) -> Result<RawSpec, Vec<SpecErr
     })
 }
 
+/// The largest spec file read, in bytes: 1 MiB. A spec is a dozen lines; this bounds the
+/// time any file can take (well under a second) and the errors it can give.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+/// The error for a spec of `size` bytes (unknown: more than the limit) past
+/// [`MAX_SPEC_BYTES`].
+pub(crate) fn too_large(size: Option<u64>) -> SpecError {
+    let size = size.map_or(format!("more than {MAX_SPEC_BYTES}"), |s| s.to_string());
+    SpecError::new(
+        at(1, 1),
+        format!(
+            "spec file is {size} bytes; at most {MAX_SPEC_BYTES} (1 MiB) are read: \
+             a spec is a few `key: value` lines"
+        ),
+    )
+}
+
 fn at(line: usize, column: usize) -> Span {
     Span::Yaml { line, column }
 }
@@ -73,7 +99,11 @@ fn syntax_error(e: &serde_yaml::Error, index: &KeyIndex) -> SpecError {
     let message = short_positions(&e.to_string());
     // serde_yaml rejects a repeated key without saying where: find the repeat.
     if message.starts_with("duplicate entry") {
-        if let Some((key, line)) = index.first_repeated_key() {
+        if let Some((key, line)) = index.first_repeated_key().filter(|(key, _)| {
+            [format!("{key:?}"), format!("`{key}`"), key.to_string()]
+                .iter()
+                .any(|k| message.ends_with(&format!("with key {k}")))
+        }) {
             return SpecError::new(
                 at(line + 1, 1),
                 format!("duplicate key `{key}`; give each key once"),
@@ -168,29 +198,58 @@ fn convert(value: &serde_yaml::Value, span: Span, items: &[(usize, usize)]) -> S
 }
 
 /// Positions of top-level keys, their values and list items, read off the raw text.
-struct KeyIndex {
-    lines: Vec<String>,
+///
+/// Built in one pass over the text and looked up by key, so a spec is scanned a fixed
+/// number of times whatever its size: rescanning every line for each key made a
+/// 150 KB file of keys take minutes.
+struct KeyIndex<'a> {
+    /// The lines, without their line breaks.
+    lines: Vec<&'a str>,
+    /// Each key written at the start of a line, in order, with its 0-based line and the
+    /// byte offset just past its colon.
+    keys: Vec<(String, usize, usize)>,
+    /// The first of `keys` for each key.
+    first: HashMap<String, usize>,
+    /// The second of `keys` written for a key already in `keys`, if any.
+    first_repeat: Option<usize>,
 }
 
-impl KeyIndex {
+impl<'a> KeyIndex<'a> {
     /// Lines as YAML (libyaml) counts them: `\n`, `\r\n`, `\r`, NEL, LS and PS all end one.
-    fn new(text: &str) -> Self {
+    fn new(text: &'a str) -> Self {
         let mut lines = Vec::new();
-        let mut line = String::new();
-        let mut chars = text.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
-                    if c == '\r' && chars.peek() == Some(&'\n') {
-                        chars.next();
-                    }
-                    lines.push(std::mem::take(&mut line));
+        let mut start = 0;
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if matches!(c, '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}') {
+                lines.push(&text[start..i]);
+                start = i + c.len_utf8();
+                if c == '\r' && matches!(chars.peek(), Some(&(_, '\n'))) {
+                    chars.next();
+                    start += 1;
                 }
-                c => line.push(c),
             }
         }
-        lines.push(line);
-        KeyIndex { lines }
+        lines.push(&text[start..]);
+        let mut index = KeyIndex {
+            lines,
+            keys: Vec::new(),
+            first: HashMap::new(),
+            first_repeat: None,
+        };
+        for (i, line) in index.lines.iter().enumerate() {
+            let Some((key, after_colon)) = line_key(line) else {
+                continue;
+            };
+            let k = index.keys.len();
+            if index.first.contains_key(&key) {
+                index.first_repeat.get_or_insert(k);
+            } else {
+                index.first.insert(key.clone(), k);
+            }
+            index.keys.push((key, i, after_colon));
+        }
+        index
     }
 
     /// A position inside the text: libyaml puts the end of a text without a final line
@@ -202,32 +261,16 @@ impl KeyIndex {
         }
     }
 
-    /// The first plain top-level key written twice, with the 0-based line of the repeat.
+    /// The first top-level key written twice, with the 0-based line of the repeat.
     fn first_repeated_key(&self) -> Option<(&str, usize)> {
-        let mut seen = std::collections::HashSet::new();
-        self.lines.iter().enumerate().find_map(|(i, line)| {
-            let (key, rest) = line.split_once(':')?;
-            let plain = !key.is_empty()
-                && key
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-');
-            let colon_ends = rest.is_empty() || rest.starts_with([' ', '\t']);
-            (plain && colon_ends && !seen.insert(key)).then_some((key, i))
-        })
+        let (key, line, _) = &self.keys[self.first_repeat?];
+        Some((key, *line))
     }
 
     /// The 0-based line of top-level `key:` and the byte offset just past its colon.
     fn key_line(&self, key: &str) -> Option<(usize, usize)> {
-        self.lines.iter().enumerate().find_map(|(i, line)| {
-            let rest = line
-                .strip_prefix(key)
-                .or_else(|| line.strip_prefix(&format!("\"{key}\"")))
-                .or_else(|| line.strip_prefix(&format!("'{key}'")))?;
-            let colon = rest.len() - rest.trim_start().len();
-            rest.trim_start()
-                .starts_with(':')
-                .then(|| (i, line.len() - rest.len() + colon + 1))
-        })
+        let (_, line, after_colon) = self.keys[*self.first.get(key)?];
+        Some((line, after_colon))
     }
 
     /// 1-based positions of the key and of its value.
@@ -235,13 +278,13 @@ impl KeyIndex {
         let Some((i, after_colon)) = self.key_line(key) else {
             return ((1, 1), (1, 1));
         };
-        let line = self.lines[i].as_str();
+        let line = self.lines[i];
         let rest = &line[after_colon..];
         let value_col = after_colon + (rest.len() - rest.trim_start().len());
         let value_pos = if rest.trim().is_empty() || rest.trim_start().starts_with('#') {
             // Block value on the next lines.
             self.next_content_line(i)
-                .unwrap_or((i + 1, after_colon + 1))
+                .unwrap_or((i + 1, column(line, after_colon)))
         } else {
             (i + 1, column(line, value_col))
         };
@@ -250,7 +293,7 @@ impl KeyIndex {
 
     fn next_content_line(&self, i: usize) -> Option<(usize, usize)> {
         (i + 1..self.lines.len()).find_map(|j| {
-            let line = self.lines[j].as_str();
+            let line = self.lines[j];
             let trimmed = line.trim_start();
             (!trimmed.is_empty() && !trimmed.starts_with('#'))
                 .then(|| (j + 1, column(line, line.len() - trimmed.len())))
@@ -262,21 +305,23 @@ impl KeyIndex {
         let Some((i, after_colon)) = self.key_line(key) else {
             return Vec::new();
         };
-        let line = self.lines[i].as_str();
+        let line = self.lines[i];
         let rest = &line[after_colon..];
         let trimmed = rest.trim_start();
         if trimmed.starts_with('[') {
             let open = after_colon + (rest.len() - trimmed.len());
+            // Columns counted as the items go: once per character, not once per item.
+            let mut col = column(line, open);
             let mut items = Vec::new();
             let mut expect_item = true;
-            for (off, ch) in line[open + 1..].char_indices() {
-                let byte = open + 1 + off;
+            for ch in line[open + 1..].chars() {
+                col += 1;
                 match ch {
                     ']' | '#' => break,
                     ',' => expect_item = true,
                     c if c.is_whitespace() => {}
                     _ if expect_item => {
-                        items.push((i + 1, column(line, byte)));
+                        items.push((i + 1, col));
                         expect_item = false;
                     }
                     _ => {}
@@ -304,9 +349,55 @@ impl KeyIndex {
     }
 }
 
+/// The key a line starts with, plain (`growth:`) or quoted (`"growth":`, `'growth':`),
+/// and the byte offset just past its colon.
+fn line_key(line: &str) -> Option<(String, usize)> {
+    let (key, rest) = if let Some(quoted) = line.strip_prefix('"') {
+        // Escapes would change the key: such keys are not found, and sit at 1:1.
+        let end = quoted.find(['"', '\\'])?;
+        (quoted[..end].to_string(), quoted[end..].strip_prefix('"')?)
+    } else if let Some(quoted) = line.strip_prefix('\'') {
+        // `''` is a quote inside a single-quoted key.
+        let mut end = 0;
+        loop {
+            end += quoted[end..].find('\'')?;
+            if quoted[end + 1..].starts_with('\'') {
+                end += 2;
+            } else {
+                break;
+            }
+        }
+        (quoted[..end].replace("''", "'"), &quoted[end + 1..])
+    } else {
+        // A plain key ends at the first `:` followed by a space or the end of the line.
+        let colon = line
+            .match_indices(':')
+            .map(|(i, _)| i)
+            .find(|&i| line[i + 1..].is_empty() || line[i + 1..].starts_with([' ', '\t']))?;
+        let key = line[..colon].trim_end();
+        // Comments, list items and flow or block indicators are not plain keys.
+        let indicator = key.starts_with(['#', '[', ']', '{', '}', ',', '&', '*', '!', '|', '>'])
+            || key.starts_with(['%', '@', '`'])
+            || ["- ", "? "].iter().any(|p| key.starts_with(p))
+            || key == "-"
+            || key == "?";
+        if key.is_empty() || key.starts_with(char::is_whitespace) || indicator {
+            return None;
+        }
+        (key.to_string(), &line[colon..])
+    };
+    let after_key = line.len() - rest.len();
+    let colon = rest.len() - rest.trim_start().len();
+    rest.trim_start()
+        .starts_with(':')
+        .then(|| (key, after_key + colon + 1))
+}
+
 /// 1-based character column of a byte offset.
 fn column(line: &str, byte: usize) -> usize {
-    line[..byte.min(line.len())].chars().count() + 1
+    line.get(..byte)
+        .map_or(line.chars().count(), |s| s.chars().count())
+        + 1
 }
 
 #[cfg(test)]
@@ -359,6 +450,68 @@ mod tests {
             errors[0].message,
             "duplicate key `growth`; give each key once"
         );
+    }
+
+    #[test]
+    fn quoted_duplicate_keys_are_found() {
+        for (text, line, key) in [
+            ("growth: 32\n\"growth\": 12\nblocks: [1]\n", 2, "growth"),
+            ("\"growth\": 32\nblocks: [1]\n'growth': 12\n", 3, "growth"),
+            ("'it''s': 1\nblocks: [1]\n\"it's\": 2\n", 3, "it's"),
+            ("# a: 1\n# a: 1\nblocks: [1]\nblocks: [2]\n", 4, "blocks"),
+        ] {
+            let errors = parse_yaml(text, "X").unwrap_err();
+            assert_eq!(pos(errors[0].span), (line, 1), "{text:?}");
+            assert_eq!(
+                errors[0].message,
+                format!("duplicate key `{key}`; give each key once")
+            );
+        }
+    }
+
+    /// Editors on Windows start files with a byte-order mark; YAML allows one.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let spec = parse_yaml("\u{feff}growth: 32\nblocks: [6, 12]\n", "X").unwrap();
+        assert_eq!(spec.entries[0].key.value, "growth");
+        assert_eq!(pos(spec.entries[0].value.span), (1, 9));
+        let Value::List(items) = &spec.entries[1].value.value else {
+            panic!()
+        };
+        assert_eq!(pos(items[1].span), (2, 13));
+    }
+
+    #[test]
+    fn texts_past_the_limit_are_refused() {
+        let text = "# padding\n".repeat(MAX_SPEC_BYTES / 10 + 1);
+        let errors = parse_yaml(&text, "X").unwrap_err();
+        assert_eq!(pos(errors[0].span), (1, 1));
+        assert_eq!(
+            errors[0].message,
+            format!(
+                "spec file is {} bytes; at most 1048576 (1 MiB) are read: \
+                 a spec is a few `key: value` lines",
+                text.len()
+            )
+        );
+        // At the limit, a text is read.
+        let mut text = "growth: 4\nblocks: [1]\n".to_string();
+        text.push_str(&"#".repeat(MAX_SPEC_BYTES - text.len()));
+        assert!(parse_yaml(&text, "X").is_ok());
+    }
+
+    #[test]
+    fn columns_count_characters_in_long_flow_lists() {
+        let mut text = "blocks: [\u{e9}".to_string();
+        for _ in 0..1000 {
+            text.push_str(", \u{1f980}");
+        }
+        text.push_str("]\n");
+        let index = KeyIndex::new(&text);
+        let items = index.list_items("blocks");
+        assert_eq!(items.len(), 1001);
+        assert_eq!(items[0], (1, 10));
+        assert_eq!(items[1000], (1, 10 + 3 * 1000));
     }
 
     #[test]

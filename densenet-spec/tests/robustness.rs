@@ -445,3 +445,107 @@ fn known_hard_inputs() {
         run_tokens(text);
     }
 }
+
+/// A megabyte of YAML, near the size limit: a list written on one line and in blocks.
+fn large_specs() -> Vec<(&'static str, String)> {
+    const SIZE: usize = 1000 * 1000;
+    let mut unknown_keys = String::new();
+    let mut i = 0;
+    while unknown_keys.len() < SIZE {
+        unknown_keys.push_str(&format!("key_{i}: {i}\n"));
+        i += 1;
+    }
+    let mut flow_list = String::from("growth: 32\nblocks: [1");
+    while flow_list.len() < SIZE {
+        flow_list.push_str(", 1");
+    }
+    flow_list.push_str("]\n");
+    let mut block_list = String::from("growth: 32\nblocks:\n");
+    while block_list.len() < SIZE {
+        block_list.push_str("  - 1\n");
+    }
+    vec![
+        ("unknown keys", unknown_keys),
+        ("flow list", flow_list),
+        ("block list", block_list),
+    ]
+}
+
+/// Finding where keys and list items are is one pass over the text: a megabyte of
+/// unknown keys or of list items is checked in well under a second (release), not the
+/// minutes that rescanning the text for each key or item took. 5 s leaves room for a
+/// debug build on a busy machine.
+#[test]
+fn large_specs_are_checked_in_linear_time() {
+    for (what, text) in large_specs() {
+        let start = std::time::Instant::now();
+        let source = SpecSource::Yaml {
+            text: &text,
+            path: "model.yaml",
+        };
+        let models = source.check().unwrap();
+        let elapsed = start.elapsed();
+        let Err(rejected) = &models[0] else {
+            panic!("{what}: accepted")
+        };
+        assert!(
+            elapsed < std::time::Duration::from_secs(5),
+            "{what}: {} bytes took {elapsed:?}",
+            text.len()
+        );
+        println!("{what}: {} bytes in {elapsed:?}", text.len());
+        let errors: Vec<String> = rejected.errors.iter().map(|e| e.to_string()).collect();
+        match what {
+            "unknown keys" => {
+                assert!(errors[0].starts_with("1:1: missing key `growth`"));
+                assert!(
+                    errors[1].starts_with("1:1: missing key `blocks`"),
+                    "{:?}",
+                    &errors[..3]
+                );
+                assert!(
+                    errors[2].starts_with("1:1: unknown key `key_0`"),
+                    "{:?}",
+                    &errors[..3]
+                );
+                assert!(errors
+                    .last()
+                    .unwrap()
+                    .starts_with(&format!("{}:1: unknown key `key_", text.lines().count())));
+            }
+            _ => assert!(
+                errors.len() == 1 && errors[0].ends_with("blocks; at most 16 are supported"),
+                "{what}: {errors:?}"
+            ),
+        }
+    }
+}
+
+/// A spec file past the limit is refused, unread past the limit, with its size.
+#[test]
+fn spec_files_past_the_limit_are_refused() {
+    let limit = densenet_spec::yaml::MAX_SPEC_BYTES;
+    let dir = std::env::temp_dir().join(format!("densenet-robustness-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("huge.yaml");
+    let mut text = "growth: 32\nblocks: [1]\n".to_string();
+    while text.len() <= 3 * limit {
+        text.push_str("key: 1\n");
+    }
+    std::fs::write(&path, &text).unwrap();
+    let start = std::time::Instant::now();
+    let error = densenet_spec::check_yaml_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        error,
+        format!(
+            "{}:1:1: spec file is {} bytes; at most {limit} (1 MiB) are read: a spec is a few \
+             `key: value` lines",
+            path.display(),
+            text.len()
+        )
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
