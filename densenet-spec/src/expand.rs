@@ -194,6 +194,23 @@ pub fn expand_model(
         link("Workspace")
     );
 
+    // A spec file carries no doc comment: say what the model is, so crates that deny
+    // missing docs can use it.
+    let has_doc = attrs.iter().any(|a| a.path().is_ident("doc"));
+    let summary_doc = if has_doc {
+        quote!(#[doc = ""])
+    } else {
+        let line = format!(
+            " A DenseNet generated from its spec: {} blocks of {:?} layers, growth {}, {} parameters, input {:?}.",
+            arch.blocks.len(),
+            &arch.blocks[..],
+            arch.growth,
+            plan.params,
+            arch.input
+        );
+        quote!(#[doc = #line] #[doc = ""])
+    };
+
     let classifier_items = (arch.head == Head::Classifier).then(|| {
         quote! {
             /// Number of output classes.
@@ -213,7 +230,7 @@ pub fn expand_model(
 
     quote! {
         #(#attrs)*
-        ///
+        #summary_doc
         #[doc = #model_doc]
         #[derive(Clone, Debug)]
         #vis struct #name {

@@ -1,6 +1,8 @@
 //! The `densenet` facade under another name: `dn = { package = "densenet", … }`. Nothing
 //! here may name `densenet`; if generated code did (`::densenet::runtime`), this crate
-//! would not compile.
+//! would not compile. Missing docs are denied: generated models document themselves,
+//! from a spec file too.
+#![deny(missing_docs)]
 
 dn::densenet! {
     /// An inline model.
