@@ -275,3 +275,10 @@ pub use densenet_runtime::{blocks, layers, onnx, reference, rng, spec, stage, tr
 #[cfg(feature = "image")]
 #[doc(inline)]
 pub use densenet_runtime::{image, ImageError};
+
+/// The traits every model method comes from, in one import:
+/// `use densenet::prelude::*;` gives `forward`, `save_safetensors`, `fit`, … ([`Model`])
+/// and `plan`, `architecture`, `visit_layers`, … ([`Network`]) on any model.
+pub mod prelude {
+    pub use densenet_runtime::{Model, Network};
+}
