@@ -314,3 +314,35 @@ fn export_and_convert_a_run_time_model() {
     assert!(!missing.exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A write cut short by the file-size limit (`ulimit -f`, as a full disk would) leaves
+/// the file that was there intact: saves go to a temporary file that is renamed over the
+/// target only once complete.
+#[cfg(unix)]
+#[test]
+fn a_write_cut_short_keeps_the_previous_file() {
+    let dir = std::env::temp_dir().join(format!("densenet-cli-fsize-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("small.yaml");
+    std::fs::write(
+        &spec,
+        "name: Small\ngrowth: 8\nblocks: [2, 3, 4, 2]\ninit_features: 16\ntheta: 0.5\ninput: [3, 64, 64]\nclasses: 10\n",
+    )
+    .unwrap();
+    let weights = root().join("tests/fixtures/torchvision_small.safetensors");
+    let out = dir.join("converted.safetensors");
+    let previous = b"the previous, good file".to_vec();
+    std::fs::write(&out, &previous).unwrap();
+    // 16 blocks of 512 bytes: far less than the ~170 KB the conversion writes.
+    let script = format!(
+        "ulimit -f 16 && exec '{}' convert --spec '{}' --weights '{}' --naming keras --out '{}'",
+        env!("CARGO_BIN_EXE_densenet"),
+        spec.display(),
+        weights.display(),
+        out.display()
+    );
+    let status = Command::new("sh").arg("-c").arg(&script).status().unwrap();
+    assert!(!status.success(), "the write must have been cut short");
+    assert_eq!(std::fs::read(&out).unwrap(), previous);
+    std::fs::remove_dir_all(dir).unwrap();
+}
