@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use densenet::densenet;
 use densenet::ndarray::{Array2, Array4};
-use densenet::runtime::{weights, LoadError, Naming};
+use densenet::runtime::weights::LoadOptions;
+use densenet::runtime::{weights, LayerRef, LoadError, Naming, Network};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
@@ -388,6 +389,23 @@ fn non_finite_values_are_refused() {
         assert_eq!((name.as_str(), *at), (key, index), "{err}");
         assert_eq!(found.to_bits(), value.to_bits(), "{err}");
         assert!(err.to_string().contains(key), "{err}");
+        // Opted out, the file loads with the value as it is.
+        let options = LoadOptions {
+            check_values: false,
+            ..LoadOptions::default()
+        };
+        let model =
+            TorchvisionSmall::from_safetensors_bytes_with(&with_value(key, index, value), options)
+                .unwrap();
+        let mut seen = None;
+        model.visit_layers(&mut |_, layer| {
+            if let LayerRef::Conv(conv) = layer {
+                seen = seen.or(Some(conv.weight().iter().any(|v| v.is_nan())));
+            }
+        });
+        if key == "features.conv0.weight" {
+            assert_eq!(seen, Some(true), "the NaN was loaded");
+        }
     }
     // A finite F64 too large for f32 is infinite once converted: refused too.
     let f64_bytes = rewrite(

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::spec::{Architecture, Plan};
 use crate::stage::{init_stages, Network, Stage, StageMut, StageRef};
-use crate::weights::{self, Naming};
+use crate::weights::{self, LoadOptions};
 use crate::{Error, LoadError, Rng};
 
 /// A DenseNet whose architecture is a run-time value. Everything it can do comes from
@@ -54,7 +54,8 @@ impl DynamicModel {
         })
     }
 
-    /// Loads weights (torchvision/timm or Keras naming) into a model of `architecture`.
+    /// Loads weights into a model of `architecture`, read as `options` say: a [`Naming`](crate::Naming)
+    /// (torchvision/timm, Keras, or `Auto`) or [`LoadOptions`].
     ///
     /// # Errors
     /// A [`LoadError`] naming the tensor and what was wrong; [`LoadError::Model`] for an
@@ -62,12 +63,12 @@ impl DynamicModel {
     pub fn from_safetensors_bytes(
         architecture: Architecture,
         bytes: &[u8],
-        naming: Naming,
+        options: impl Into<LoadOptions>,
     ) -> Result<Self, LoadError> {
         // Every weight gets overwritten: skip drawing the initial ones.
         let mut model =
             DynamicModel::init_with(architecture, &mut Rng::zeros()).map_err(LoadError::Model)?;
-        weights::load_into(&mut model, bytes, naming)?;
+        weights::load_into(&mut model, bytes, options.into())?;
         Ok(model)
     }
 
@@ -78,10 +79,10 @@ impl DynamicModel {
     pub fn load_safetensors(
         architecture: Architecture,
         path: impl AsRef<Path>,
-        naming: Naming,
+        options: impl Into<LoadOptions>,
     ) -> Result<Self, LoadError> {
         let bytes = weights::read_file(path.as_ref())?;
-        Self::from_safetensors_bytes(architecture, &bytes, naming)
+        Self::from_safetensors_bytes(architecture, &bytes, options)
     }
 
     /// Floats of the activation arena a batch of `batch` needs ([`Plan::arena_floats`]).

@@ -72,7 +72,7 @@ pub mod __private {
     pub use crate::stage::init_stages;
 
     use crate::stage::Stage;
-    use crate::{LoadError, Naming, Network};
+    use crate::{LoadError, Network};
 
     /// The next stage of `stages` as the building block `B`.
     ///
@@ -102,10 +102,10 @@ pub mod __private {
     pub fn loaded<M: Network>(
         init: impl FnOnce(&mut crate::Rng) -> M,
         bytes: &[u8],
-        naming: Naming,
+        options: impl Into<crate::weights::LoadOptions>,
     ) -> Result<M, LoadError> {
         let mut model = init(&mut crate::Rng::zeros());
-        crate::weights::load_into(&mut model, bytes, naming)?;
+        crate::weights::load_into(&mut model, bytes, options.into())?;
         Ok(model)
     }
 }

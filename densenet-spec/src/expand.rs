@@ -294,15 +294,16 @@ pub fn expand_model(
                 Self::load_safetensors_with(path, #rt::Naming::Auto)
             }
 
-            /// [`load_safetensors`](Self::load_safetensors) with the naming scheme forced.
+            /// [`load_safetensors`](Self::load_safetensors) read as `options` say: a
+            /// naming scheme forced, or the full load options (e.g. value checks off).
             ///
             #[doc = #load_errors]
             pub fn load_safetensors_with(
                 path: impl ::core::convert::AsRef<::std::path::Path>,
-                naming: #rt::Naming,
+                options: impl ::core::convert::Into<#rt::weights::LoadOptions>,
             ) -> ::core::result::Result<Self, #rt::LoadError> {
                 let bytes = #rt::__private::read(path.as_ref())?;
-                Self::from_safetensors_bytes_with(&bytes, naming)
+                Self::from_safetensors_bytes_with(&bytes, options)
             }
 
             /// Loads weights from safetensors bytes, e.g. embedded with `include_bytes!`.
@@ -312,14 +313,15 @@ pub fn expand_model(
                 Self::from_safetensors_bytes_with(bytes, #rt::Naming::Auto)
             }
 
-            /// [`from_safetensors_bytes`](Self::from_safetensors_bytes) with the naming scheme forced.
+            /// [`from_safetensors_bytes`](Self::from_safetensors_bytes) read as `options`
+            /// say: a naming scheme forced, or the full load options.
             ///
             #[doc = #load_errors]
             pub fn from_safetensors_bytes_with(
                 bytes: &[u8],
-                naming: #rt::Naming,
+                options: impl ::core::convert::Into<#rt::weights::LoadOptions>,
             ) -> ::core::result::Result<Self, #rt::LoadError> {
-                #rt::__private::loaded(Self::init_with, bytes, naming)
+                #rt::__private::loaded(Self::init_with, bytes, options)
             }
 
             /// Writes the weights as safetensors in torchvision naming, atomically.

@@ -88,16 +88,17 @@ impl Features {
     ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
         Self::load_safetensors_with(path, ::densenet::runtime::Naming::Auto)
     }
-    /// [`load_safetensors`](Self::load_safetensors) with the naming scheme forced.
+    /// [`load_safetensors`](Self::load_safetensors) read as `options` say: a
+    /// naming scheme forced, or the full load options (e.g. value checks off).
     ///
     /** # Errors
  A [`LoadError`](::densenet::runtime::LoadError) naming the tensor and what was wrong.*/
     pub fn load_safetensors_with(
         path: impl ::core::convert::AsRef<::std::path::Path>,
-        naming: ::densenet::runtime::Naming,
+        options: impl ::core::convert::Into<::densenet::runtime::weights::LoadOptions>,
     ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
         let bytes = ::densenet::runtime::__private::read(path.as_ref())?;
-        Self::from_safetensors_bytes_with(&bytes, naming)
+        Self::from_safetensors_bytes_with(&bytes, options)
     }
     /// Loads weights from safetensors bytes, e.g. embedded with `include_bytes!`.
     ///
@@ -108,15 +109,16 @@ impl Features {
     ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
         Self::from_safetensors_bytes_with(bytes, ::densenet::runtime::Naming::Auto)
     }
-    /// [`from_safetensors_bytes`](Self::from_safetensors_bytes) with the naming scheme forced.
+    /// [`from_safetensors_bytes`](Self::from_safetensors_bytes) read as `options`
+    /// say: a naming scheme forced, or the full load options.
     ///
     /** # Errors
  A [`LoadError`](::densenet::runtime::LoadError) naming the tensor and what was wrong.*/
     pub fn from_safetensors_bytes_with(
         bytes: &[u8],
-        naming: ::densenet::runtime::Naming,
+        options: impl ::core::convert::Into<::densenet::runtime::weights::LoadOptions>,
     ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
-        ::densenet::runtime::__private::loaded(Self::init_with, bytes, naming)
+        ::densenet::runtime::__private::loaded(Self::init_with, bytes, options)
     }
     /// Writes the weights as safetensors in torchvision naming, atomically.
     ///
