@@ -25,6 +25,9 @@ const MAX_CLASSES: i128 = 10_000_000;
 /// a model would not fit the memory of the machines it runs on, and building it would
 /// abort instead of failing.
 const MAX_WEIGHTS: u64 = 1 << 32;
+/// Activation floats one image may need (the forward pass's arena at batch 1): 2^32,
+/// 16 GiB. DenseNet-121 at 224x224 needs about 4 million.
+const MAX_ACTIVATIONS: usize = 1 << 32;
 
 /// Checks `spec` and resolves its defaults.
 ///
@@ -238,6 +241,16 @@ fn check_shapes(cx: &mut Checker, arch: &Architecture, size_span: Span, theta_sp
                  are supported: use smaller sizes",
                 plan.params.saturating_add(plan.buffers),
                 plan.params.saturating_add(plan.buffers).saturating_mul(4) >> 30
+            ),
+        );
+    } else if plan.arena_floats(1) > MAX_ACTIVATIONS {
+        cx.error(
+            size_span,
+            format!(
+                "one image needs {} floats of activations ({} GiB); at most {MAX_ACTIVATIONS} \
+                 are supported: use a smaller `input`",
+                plan.arena_floats(1),
+                plan.arena_floats(1) >> 28
             ),
         );
     }
@@ -728,6 +741,10 @@ mod tests {
         let found = errors("growth: 1024\nblocks: [1024]\nstem: cifar\ninput: [3, 8, 8]\n");
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].1.contains("at most 4294967296"), "{found:?}");
+        // Activations: a 65536x65536 input is far past 2^32 floats per image.
+        let found = errors("growth: 12\nblocks: [1, 1]\nstem: cifar\ninput: [3, 65536, 65536]\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].1.contains("floats of activations"), "{found:?}");
         // DenseNet-264, the largest preset, is far below the limit.
         let spec = crate::parse_yaml("growth: 32\nblocks: [6, 12, 64, 48]\n", "X").unwrap();
         assert!(check(&spec).is_ok());
