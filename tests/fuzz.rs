@@ -371,7 +371,7 @@ fn weights_mutated_files_load_or_refuse() {
     );
     fuzz(
         "weights_mutated_files_load_or_refuse",
-        1500,
+        2000,
         strategy,
         |(file, edits)| {
             let bytes = apply_file_edits(&file, &edits);
@@ -506,7 +506,7 @@ fn image_pngs_of_any_size_preprocess_or_refuse() {
     );
     fuzz(
         "image_pngs_of_any_size_preprocess_or_refuse",
-        400,
+        600,
         strategy,
         |((w, h), color, value, p)| {
             let bytes = encode(w, h, color, value, image::ImageFormat::Png);
@@ -630,7 +630,7 @@ fn image_claimed_sizes_are_refused_from_the_header() {
     let idat = prop_oneof![Just(Vec::new()), prop::collection::vec(any::<u8>(), 1..64)];
     fuzz(
         "image_claimed_sizes_are_refused_from_the_header",
-        600,
+        2000,
         (side.clone(), side, idat),
         |(w, h, idat)| {
             let bytes = png_header(w, h, &idat);
@@ -742,7 +742,7 @@ fn image_arbitrary_and_mutated_bytes_decode_or_refuse() {
     let outcomes = Cell::new([0u32; 2]);
     fuzz(
         "image_arbitrary_and_mutated_bytes_decode_or_refuse",
-        1500,
+        2000,
         inputs,
         |bytes| {
             let result = catch_unwind(|| p.decode(&bytes)).map_err(|e| {
@@ -868,7 +868,7 @@ fn values(len: usize, seed: &mut u64) -> Vec<f32> {
 fn kernel_direct_conv_matches_its_oracle() {
     fuzz(
         "kernel_direct_conv_matches_its_oracle",
-        600,
+        1000,
         conv_case(),
         |case| {
             let s = case.shape;
@@ -1213,7 +1213,7 @@ fn kernel_im2col_matches_or_refuses() {
     let outcomes = Cell::new([0u32; 2]);
     fuzz(
         "kernel_im2col_matches_or_refuses",
-        1000,
+        2000,
         (sizes, 0usize..300, 0usize..300),
         |((dims, win, exact), in_len, out_len)| {
             let (n, h, w, c) = dims;
