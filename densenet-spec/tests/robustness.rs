@@ -18,8 +18,20 @@ use densenet_spec::{
 };
 use proptest::prelude::*;
 
-/// Cases per property; four properties stay well under 20 s in the test profile.
+/// Cases per property; the properties stay well under 20 s in the test profile.
+/// `PROPTEST_CASES` overrides it for a longer campaign:
+/// `PROPTEST_CASES=100000 cargo test --release -p densenet-spec --test robustness`.
 const CASES: u32 = 3000;
+
+/// [`CASES`] cases, unless `PROPTEST_CASES` is set (`ProptestConfig::default()` reads
+/// it; `with_cases` would override it).
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = CASES;
+    }
+    config
+}
 
 /// The preset spec files, read once.
 fn presets() -> &'static [String] {
@@ -363,7 +375,7 @@ fn random_entries(value: BoxedStrategy<String>) -> impl Strategy<Value = Vec<Str
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(config())]
 
     #[test]
     fn mutated_yaml_presets_never_panic(
@@ -402,6 +414,53 @@ proptest! {
             .map(|(name, entries)| format!("pub {name}<{}>", entries.join(", ")))
             .collect();
         run_tokens(&apply(&text.join(";\n"), &edits, false));
+    }
+
+    /// Any text at all, not only spec-shaped text: control characters, astral planes,
+    /// unbalanced brackets and quotes, tabs, BOMs.
+    #[test]
+    fn arbitrary_text_as_yaml_never_panics(text in prop_oneof![
+        "\\PC{0,80}",
+        any::<String>(),
+        prop::collection::vec(any::<u8>(), 0..120)
+            .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        prop::collection::vec(interesting_char(false), 0..60)
+            .prop_map(|c| c.into_iter().collect::<String>()),
+    ]) {
+        run_yaml(&text);
+        // The library entry points, as `DynamicModel` users call them.
+        if let Ok(spec) = parse_yaml(&text, "Model") {
+            let _ = check(&spec);
+        }
+    }
+
+    /// Any text that lexes as Rust tokens, through the token front door and `parse_specs`.
+    #[test]
+    fn arbitrary_tokens_never_panic(text in prop_oneof![
+        "\\PC{0,80}",
+        prop::collection::vec(interesting_char(true), 0..60)
+            .prop_map(|c| c.into_iter().collect::<String>()),
+        (
+            "[A-Za-z_][A-Za-z0-9_]{0,6}",
+            prop::collection::vec(
+                prop_oneof![
+                    token_value(),
+                    prop::collection::vec(interesting_char(true), 0..6)
+                        .prop_map(|c| c.into_iter().collect::<String>()),
+                ],
+                0..10,
+            ),
+        )
+            .prop_map(|(name, parts)| format!("{name}<{}>", parts.join(" "))),
+    ]) {
+        run_tokens(&text);
+        if let Ok(tokens) = proc_macro2::TokenStream::from_str(&text) {
+            if let Ok(specs) = parse_specs(tokens) {
+                for spec in &specs {
+                    let _ = check(spec);
+                }
+            }
+        }
     }
 }
 

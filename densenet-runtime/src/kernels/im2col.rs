@@ -32,7 +32,8 @@ impl Window {
     ///
     /// # Panics
     ///
-    /// If `stride` is 0, or the padded input `len + 2p` overflows `usize` (caller bugs).
+    /// If `stride` is 0, or the padded input `len + 2p` or the output size overflows
+    /// `usize` (caller bugs).
     #[track_caller]
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         if self.stride == 0 {
@@ -43,7 +44,10 @@ impl Window {
                 padding_overflow(len, self.padding)
             };
             match padded.checked_sub(k) {
-                Some(span) => span / self.stride + 1,
+                // Overflows only for an empty window (k = 0) over `usize::MAX` at stride 1.
+                Some(span) => (span / self.stride)
+                    .checked_add(1)
+                    .unwrap_or_else(|| output_overflow(len, k)),
                 None => 0,
             }
         };
@@ -63,6 +67,13 @@ fn zero_stride() -> ! {
 #[track_caller]
 fn padding_overflow(len: usize, padding: usize) -> ! {
     panic!("window: a side of {len} padded by {padding} on each end overflows usize");
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn output_overflow(len: usize, kernel: usize) -> ! {
+    panic!("window: a side of {len} has more than usize::MAX windows of {kernel}");
 }
 
 #[cold]
@@ -286,6 +297,22 @@ mod tests {
             padding: half,
         };
         im2col(&[0.0; 4], 1, 2, 2, 1, win, &mut []);
+    }
+
+    /// Found by `tests/fuzz.rs`: `usize::MAX / 1 + 1` windows overflowed unchecked.
+    #[test]
+    #[should_panic(
+        expected = "window: a side of 18446744073709551615 has more than usize::MAX windows of 0"
+    )]
+    #[cfg(target_pointer_width = "64")]
+    fn an_output_count_that_overflows_panics() {
+        let window = Window {
+            kernel_h: 0,
+            kernel_w: 1,
+            stride: 1,
+            padding: 0,
+        };
+        window.output_size(usize::MAX, 1);
     }
 
     #[test]

@@ -38,18 +38,24 @@ impl PackedWeight {
     ///
     /// # Panics
     ///
-    /// If `hwio.len() != rows · c_out` (a caller bug).
+    /// If `hwio.len() != rows · c_out`, or that product overflows (a caller bug).
     pub fn from_hwio(hwio: &[f32], rows: usize, c_out: usize) -> Self {
-        assert_eq!(
-            hwio.len(),
-            rows * c_out,
+        // Checked: a wrapped `rows · c_out` (2³² × 2³²) matched an empty slice.
+        assert!(
+            rows.checked_mul(c_out) == Some(hwio.len()),
             "PackedWeight::from_hwio: the weight is not rows × c_out"
         );
+        // ⌈c_out / PACK⌉·PACK·rows < (c_out + PACK)·rows: no overflow for a slice's length.
         let mut packed = Self {
             data: vec![0.0; c_out.div_ceil(PACK) * rows * PACK],
             rows,
             c_out,
         };
+        if hwio.is_empty() {
+            // No values (0 rows, or 0 columns); ndarray would refuse a view of more
+            // than `isize::MAX` columns, even of 0 rows.
+            return packed;
+        }
         let matrix = ndarray::ArrayView4::from_shape((1, 1, rows, c_out), hwio)
             .expect("length checked above");
         packed.assign_hwio(matrix);
@@ -130,7 +136,8 @@ impl PackedWeight {
     /// The row-major `rows × c_out` matrix again (the HWIO weight it was packed from).
     pub fn to_hwio(&self) -> Vec<f32> {
         let mut hwio = vec![0.0; self.rows * self.c_out];
-        if self.rows > 0 {
+        // No panels without rows or columns (and `rows·PACK` may overflow without columns).
+        if self.rows > 0 && self.c_out > 0 {
             for (p, panel) in self.data.chunks_exact(self.rows * PACK).enumerate() {
                 let (c0, width) = (p * PACK, PACK.min(self.c_out - p * PACK));
                 for (dst, src) in hwio
@@ -171,6 +178,30 @@ impl std::fmt::Debug for PackedWeight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `tests/fuzz.rs`: an empty weight of a huge width was refused by
+    /// ndarray's size check, with the message of a broken invariant.
+    #[test]
+    fn an_empty_weight_may_have_any_width() {
+        for (rows, c_out) in [
+            (0, usize::MAX),
+            (0, 1 << 63),
+            (5, 0),
+            (usize::MAX, 0),
+            (0, 0),
+        ] {
+            let packed = PackedWeight::from_hwio(&[], rows, c_out);
+            assert_eq!((packed.rows(), packed.c_out()), (rows, c_out));
+            assert!(packed.as_slice().is_empty() && packed.to_hwio().is_empty());
+        }
+    }
+
+    /// `rows · c_out` wraps to 0 in a release build: still refused.
+    #[test]
+    #[should_panic(expected = "PackedWeight::from_hwio: the weight is not rows × c_out")]
+    fn an_overflowing_shape_is_refused() {
+        PackedWeight::from_hwio(&[], 1 << 32, 1 << 32);
+    }
 
     #[test]
     fn a_3x3_weight_from_torch_layout() {
