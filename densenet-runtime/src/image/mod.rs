@@ -177,7 +177,12 @@ fn decode_checked(bytes: &[u8]) -> Result<RgbImage, ImageError> {
             .with_guessed_format()
             .map_err(|e| decode_error(e.into()))
     };
-    let (width, height) = reader()?.into_dimensions().map_err(decode_error)?;
+    // A PNG's size is read from its IHDR chunk first: the decoder's own header reading
+    // refuses huge claims with a bare "memory limit" (or wants image data to report them).
+    let (width, height) = match png_size(bytes) {
+        Some(size) => size,
+        None => reader()?.into_dimensions().map_err(decode_error)?,
+    };
     let too_large = |path: Option<PathBuf>| ImageError::TooLarge {
         path,
         width,
@@ -206,6 +211,19 @@ fn decode_checked(bytes: &[u8]) -> Result<RgbImage, ImageError> {
         });
     }
     Ok(image.to_rgb8())
+}
+
+/// The `(width, height)` a PNG's header claims: the 8-byte signature, then the IHDR
+/// chunk (length, `IHDR`, width and height as big-endian `u32`s).
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let header = bytes.strip_prefix(SIGNATURE)?.get(4..16)?;
+    let (kind, size) = header.split_at(4);
+    if kind != b"IHDR" {
+        return None;
+    }
+    let side = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((side(&size[..4]), side(&size[4..])))
 }
 
 /// Whether JPEG `bytes` reach an end-of-image marker (`FF D9`). The decoder accepts
