@@ -211,6 +211,22 @@ fn bench_refuses_absurd_sizes() {
     assert!(err.contains("--iters must be at most 100000"), "{err}");
 }
 
+/// A scratch directory `densenet-cli-<name>-<pid>` holding `small.yaml`, the spec of
+/// torchvision `DenseNet(growth_rate=8, block_config=(2, 3, 4, 2), num_init_features=16)`,
+/// and the path of that model's weights fixture.
+fn small_model(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("densenet-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("small.yaml");
+    std::fs::write(
+        &spec,
+        "name: Small\ngrowth: 8\nblocks: [2, 3, 4, 2]\ninit_features: 16\ntheta: 0.5\ninput: [3, 64, 64]\nclasses: 10\n",
+    )
+    .unwrap();
+    let weights = root().join("tests/fixtures/torchvision_small.safetensors");
+    (dir, spec, weights)
+}
+
 /// `export` and `convert` run on a model built at run time from a spec file: the ONNX
 /// file is the one the library writes for that model, and the weights converted to
 /// Keras naming and back are the torchvision fixture's, value for value.
@@ -219,17 +235,7 @@ fn export_and_convert_a_run_time_model() {
     use densenet_runtime::{DynamicModel, Model, Naming};
     use densenet_spec::check_yaml_file;
 
-    let dir = std::env::temp_dir().join(format!("densenet-cli-export-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // torchvision `DenseNet(growth_rate=8, block_config=(2, 3, 4, 2), num_init_features=16)`,
-    // the model of tests/fixtures/torchvision_small.safetensors.
-    let spec = dir.join("small.yaml");
-    std::fs::write(
-        &spec,
-        "name: Small\ngrowth: 8\nblocks: [2, 3, 4, 2]\ninit_features: 16\ntheta: 0.5\ninput: [3, 64, 64]\nclasses: 10\n",
-    )
-    .unwrap();
-    let weights = root().join("tests/fixtures/torchvision_small.safetensors");
+    let (dir, spec, weights) = small_model("export");
     let (spec_s, weights_s) = (spec.to_str().unwrap(), weights.to_str().unwrap());
 
     let onnx = dir.join("small.onnx");
@@ -321,15 +327,7 @@ fn export_and_convert_a_run_time_model() {
 #[cfg(unix)]
 #[test]
 fn a_write_cut_short_keeps_the_previous_file() {
-    let dir = std::env::temp_dir().join(format!("densenet-cli-fsize-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("small.yaml");
-    std::fs::write(
-        &spec,
-        "name: Small\ngrowth: 8\nblocks: [2, 3, 4, 2]\ninit_features: 16\ntheta: 0.5\ninput: [3, 64, 64]\nclasses: 10\n",
-    )
-    .unwrap();
-    let weights = root().join("tests/fixtures/torchvision_small.safetensors");
+    let (dir, spec, weights) = small_model("fsize");
     let out = dir.join("converted.safetensors");
     let previous = b"the previous, good file".to_vec();
     std::fs::write(&out, &previous).unwrap();
