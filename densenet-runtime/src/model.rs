@@ -38,7 +38,8 @@ pub trait Model: Network {
     ///
     /// # Errors
     /// [`Error::InputShape`] when a per-image shape is not the model's input;
-    /// [`Error::EmptyBatch`] for N = 0.
+    /// [`Error::EmptyBatch`] for N = 0; [`Error::BatchTooLarge`] when the batch's
+    /// activations cannot be allocated.
     fn forward(&self, x: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, Error> {
         crate::workspace::forward_alloc(self, x)
     }
