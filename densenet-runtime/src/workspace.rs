@@ -34,7 +34,7 @@ use crate::layers::{
     dense_block_forward_into, feature_map_forward_into, pooled_head_forward_into,
     stem_forward_into, transition_forward_into,
 };
-use crate::spec::{Head, Plan};
+use crate::spec::{ArenaPlan, Head, Plan};
 use crate::stage::Network;
 use crate::stage::{stages, StageRef};
 use crate::Error;
@@ -135,14 +135,13 @@ fn zeroed(len: usize) -> Option<Vec<f32>> {
     Some(v)
 }
 
-/// Floats of the arena for a batch of `n`, or [`Error::BatchTooLarge`] when that does
-/// not fit in `usize` (a batch of zero-stride views can claim any size). The arena at
-/// `n` is at most `n` times the arena at 1, which bounds every product `plan.arena(n)`
-/// computes.
-fn arena_floats_checked(plan: &Plan, n: usize) -> Result<usize, Error> {
+/// The arena for a batch of `n`, or [`Error::BatchTooLarge`] when its size does not fit
+/// in `usize` (a batch of zero-stride views can claim any size). The arena at `n` is at
+/// most `n` times the arena at 1, which bounds every product `plan.arena(n)` computes.
+fn arena_checked(plan: &Plan, n: usize) -> Result<ArenaPlan, Error> {
     let per_image = plan.arena_floats(1);
     match n.checked_mul(per_image).and_then(|f| f.checked_mul(4)) {
-        Some(_) => Ok(plan.arena_floats(n)),
+        Some(_) => Ok(plan.arena(n)),
         None => Err(Error::BatchTooLarge {
             batch: n,
             bytes: n as u128 * per_image as u128 * 4,
@@ -204,8 +203,8 @@ fn forward_into_on_this_thread<'a>(
     out: ArrayViewMutD<'_, f32>,
 ) -> Result<(), Error> {
     let n = check_shapes(plan, &x, out.shape())?;
-    ws.reserve(arena_floats_checked(plan, n)?, n)?;
-    let arena = plan.arena(n);
+    let arena = arena_checked(plan, n)?;
+    ws.reserve(arena.total(), n)?;
     let (a, rest) = ws.arena.split_at_mut(arena.concat[0]);
     let (b, rest) = rest.split_at_mut(arena.concat[1]);
     let (bn, scratch) = rest.split_at_mut(arena.bn_params);

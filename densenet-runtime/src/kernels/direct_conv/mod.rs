@@ -1020,6 +1020,22 @@ mod tests {
         );
     }
 
+    /// `direct_conv` of `shape` on one input value, one output value and an empty
+    /// weight: the geometry check must refuse the shape before any of them is read.
+    fn run_on_one_value(shape: ConvShape) {
+        direct_conv(
+            &[1.0],
+            ImageLayout::dense(1, 1, 1),
+            Epilogue::Store,
+            ConvWeight::Hwio(&[]),
+            shape,
+            Epilogue::Store,
+            &mut [0.0; 1],
+            ImageLayout::dense(1, 1, 1),
+            false,
+        );
+    }
+
     /// A window of 2³² × 2³² taps: `kernel_h·kernel_w` wraps to 0 on 64 bits, which an
     /// empty weight matched, and the convolution "ran" as a no-op.
     #[test]
@@ -1036,17 +1052,7 @@ mod tests {
             kernel_w: half,
             stride: 1,
         };
-        direct_conv(
-            &[1.0],
-            ImageLayout::dense(1, 1, 1),
-            Epilogue::Store,
-            ConvWeight::Hwio(&[]),
-            shape,
-            Epilogue::Store,
-            &mut [0.0; 1],
-            ImageLayout::dense(1, 1, 1),
-            false,
-        );
+        run_on_one_value(shape);
     }
 
     /// Sizes whose product of multiply-adds overflows `usize` are refused, even with
@@ -1065,17 +1071,7 @@ mod tests {
             kernel_w: 1,
             stride: 1,
         };
-        direct_conv(
-            &[1.0],
-            ImageLayout::dense(1, 1, 1),
-            Epilogue::Store,
-            ConvWeight::Hwio(&[]),
-            shape,
-            Epilogue::Store,
-            &mut [0.0; 1],
-            ImageLayout::dense(1, 1, 1),
-            false,
-        );
+        run_on_one_value(shape);
     }
 
     /// Row 1 at `usize::MAX` wrapped to index `usize::MAX·1`; refused up front now.
