@@ -7,7 +7,7 @@ use ndarray::{Array2, Array4, ArrayD, ArrayView4, ArrayViewMutD, Axis, Ix2};
 
 use crate::spec::Head;
 use crate::stage::Network;
-use crate::train::{self, Dataset, Evaluation, FitConfig, Gradients, History};
+use crate::train::{self, Evaluation, FitConfig, Gradients, History, Source};
 use crate::{onnx, weights, Error, SaveError, Summary, TrainError, Workspace};
 
 /// Everything a DenseNet can do, written once: forward passes, prediction, summary,
@@ -138,7 +138,7 @@ pub trait Model: Network {
     ///
     /// # Errors
     /// As [`train::fit`].
-    fn fit(&mut self, data: &Dataset, config: &FitConfig<'_>) -> Result<History, TrainError> {
+    fn fit(&mut self, data: &dyn Source, config: &FitConfig<'_>) -> Result<History, TrainError> {
         train::fit(self, data, config)
     }
 
@@ -146,7 +146,7 @@ pub trait Model: Network {
     ///
     /// # Errors
     /// As [`train::evaluate`].
-    fn evaluate(&self, data: &Dataset, batch_size: usize) -> Result<Evaluation, TrainError> {
+    fn evaluate(&self, data: &dyn Source, batch_size: usize) -> Result<Evaluation, TrainError> {
         train::evaluate(self, data, batch_size)
     }
 }

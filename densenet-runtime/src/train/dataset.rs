@@ -105,6 +105,11 @@ impl Dataset {
         self.images.view()
     }
 
+    /// The images, consumed.
+    pub(crate) fn into_images(self) -> Array4<f32> {
+        self.images
+    }
+
     /// All labels, one per image.
     pub fn labels(&self) -> &[usize] {
         &self.labels

@@ -8,17 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use densenet_spec::Head;
-use ndarray::{Array2, ArrayView4, Axis, Ix2};
-
 use crate::rng::Rng;
 use crate::stage::LayerRef;
 use crate::stage::Network;
 use crate::train::dataset::permutation;
+use crate::train::evaluate::{check_fits, count_correct};
 use crate::train::tape::step;
-use crate::train::TrainError;
 use crate::train::{
-    softmax_cross_entropy, step_lr, Adam, AdamConfig, Dataset, Sgd, SgdConfig, StepConfig,
+    evaluate, Adam, AdamConfig, EpochStats, History, Schedule, Sgd, SgdConfig, Source, StepConfig,
+    TrainError,
 };
 use crate::weights;
 use crate::weights::SaveError;
@@ -50,26 +48,6 @@ impl Optimizer {
     }
 }
 
-/// How the learning rate changes over the epochs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Schedule {
-    /// The DenseNet paper's: divided by 10 at 50% and at 75% of the epochs ([`step_lr`]).
-    #[default]
-    Step,
-    /// The optimiser's rate throughout.
-    Constant,
-}
-
-impl Schedule {
-    /// The rate of epoch `epoch` (0-based) of `epochs` for a base rate `base`.
-    pub fn lr(self, base: f32, epoch: usize, epochs: usize) -> f32 {
-        match self {
-            Schedule::Step => step_lr(base, epoch, epochs),
-            Schedule::Constant => base,
-        }
-    }
-}
-
 /// Settings of [`fit`]. [`Default`]: 10 epochs of batches of 64 with the paper's SGD and
 /// step schedule, the architecture's dropout, seed 0, no validation, no checkpoints, no
 /// progress display.
@@ -89,7 +67,7 @@ pub struct FitConfig<'a> {
     /// values are the model's own (`M::init(seed)` by the caller).
     pub seed: u64,
     /// Evaluated after every epoch (accuracy in [`EpochStats::validation`]).
-    pub validation: Option<&'a Dataset>,
+    pub validation: Option<&'a dyn Source>,
     /// If set, the weights after epoch `e` (1-based) are written to
     /// `dir/epoch-{e:03}.safetensors` (torchvision naming, [`weights::save_file`]); the
     /// directory is created if needed.
@@ -113,61 +91,6 @@ impl Default for FitConfig<'_> {
             progress: false,
         }
     }
-}
-
-/// What one epoch of [`fit`] did.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EpochStats {
-    /// 1-based epoch number.
-    pub epoch: usize,
-    /// The learning rate used.
-    pub lr: f32,
-    /// Mean training loss over the epoch's images (each batch's mean softmax
-    /// cross-entropy in training mode, weighted by its size).
-    pub loss: f32,
-    /// Fraction of the epoch's training images whose training-mode logits (before that
-    /// batch's update) put the label first.
-    pub train_accuracy: f32,
-    /// The validation set's [`evaluate`] after the epoch, if one was given.
-    pub validation: Option<Evaluation>,
-    /// Training images per second (the steps only, not evaluation or checkpointing).
-    pub images_per_sec: f64,
-    /// Wall time of the whole epoch (steps, validation and checkpoint).
-    pub seconds: f64,
-    /// The checkpoint written after the epoch, if any.
-    pub checkpoint: Option<PathBuf>,
-}
-
-/// Every epoch's [`EpochStats`], in order.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct History {
-    /// One record per epoch.
-    pub epochs: Vec<EpochStats>,
-}
-
-impl History {
-    /// The last epoch's record (`None` only for an empty history).
-    pub fn last(&self) -> Option<&EpochStats> {
-        self.epochs.last()
-    }
-
-    /// Total wall time of all epochs, in seconds.
-    pub fn seconds(&self) -> f64 {
-        self.epochs.iter().map(|e| e.seconds).sum()
-    }
-}
-
-/// How a model does on a dataset: [`evaluate`]'s result.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Evaluation {
-    /// Mean softmax cross-entropy over the images.
-    pub loss: f32,
-    /// `correct / total`.
-    pub accuracy: f32,
-    /// Images whose largest logit (the first, on ties) is their label's.
-    pub correct: usize,
-    /// Images evaluated.
-    pub total: usize,
 }
 
 /// Trains `model` on `train` for `config.epochs` epochs and returns the per-epoch
@@ -217,9 +140,9 @@ pub struct Evaluation {
 /// the diverged state;
 /// [`TrainError::Checkpoint`] if a checkpoint cannot be written (the model keeps the
 /// epochs trained so far).
-pub fn fit<M: Network + ?Sized>(
+pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
     model: &mut M,
-    train: &Dataset,
+    train: &S,
     config: &FitConfig<'_>,
 ) -> Result<History, TrainError> {
     let arch = model.architecture().clone();
@@ -274,10 +197,11 @@ pub fn fit<M: Network + ?Sized>(
         optimizer.set_lr(lr);
         let start = Instant::now();
         let order = permutation(train.len(), &mut rng);
-        let batches = train.batches(config.batch_size, Some(order))?;
-        let mut display = Display::new(config.progress, epoch + 1, config.epochs, batches.len());
+        let chunks = order.chunks(config.batch_size);
+        let mut display = Display::new(config.progress, epoch + 1, config.epochs, chunks.len());
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for (index, batch) in batches.enumerate() {
+        for (index, chunk) in chunks.enumerate() {
+            let batch = train.batch(chunk, Some(rng.next_u64()))?;
             if batch.len() < min_batch {
                 continue;
             }
@@ -394,104 +318,6 @@ fn write_checkpoint<M: Network + ?Sized>(
     let path = checkpoint_path(dir, epoch);
     weights::save_file(model, &path).map_err(TrainError::Checkpoint)?;
     Ok(path)
-}
-
-/// Runs `model` in inference mode (BatchNorm on running statistics, no dropout: the
-/// same stage functions as `forward`) over `data` in batches of `batch_size`, and
-/// returns the mean cross-entropy and the accuracy.
-///
-/// # Errors
-///
-/// [`TrainError::NoClassifier`]; [`TrainError::ImageShape`] or [`TrainError::Classes`]
-/// if `data` does not fit the model; [`TrainError::BatchSize`] for `batch_size` 0.
-pub fn evaluate<M: Network + ?Sized>(
-    model: &M,
-    data: &Dataset,
-    batch_size: usize,
-) -> Result<Evaluation, TrainError> {
-    check_fits(model, data)?;
-    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-    for batch in data.batches(batch_size, None)? {
-        let logits = logits(model, batch.images.view())?;
-        let (loss, _) = softmax_cross_entropy(logits.view(), &batch.labels);
-        loss_sum += f64::from(loss) * batch.len() as f64;
-        correct += count_correct(&logits, &batch.labels);
-    }
-    let total = data.len();
-    Ok(Evaluation {
-        loss: (loss_sum / total as f64) as f32,
-        accuracy: (correct as f64 / total as f64) as f32,
-        correct,
-        total,
-    })
-}
-
-/// The inference-mode logits `(N, classes)` of an NCHW batch, for any classifier
-/// [`Model`](crate::Model), by the path its `forward` takes (stages over a thread-local workspace).
-///
-/// # Errors
-///
-/// As `forward` ([`TrainError::Model`] with [`Error::InputShape`](crate::Error::InputShape)
-/// or [`Error::EmptyBatch`](crate::Error::EmptyBatch)); [`TrainError::NoClassifier`]
-/// for a model without a classifier head.
-pub fn logits<M: Network + ?Sized>(
-    model: &M,
-    x: ArrayView4<'_, f32>,
-) -> Result<Array2<f32>, TrainError> {
-    let arch = model.architecture();
-    if arch.head != Head::Classifier {
-        return Err(TrainError::NoClassifier {
-            model: arch.name.to_string(),
-        });
-    }
-    let logits = crate::workspace::forward_alloc(model, x)?;
-    Ok(logits
-        .into_dimensionality::<Ix2>()
-        .expect("a classifier head gives (N, classes)"))
-}
-
-/// How many rows of `logits` have their largest entry (the first, on ties) at the label.
-fn count_correct(logits: &Array2<f32>, labels: &[usize]) -> usize {
-    logits
-        .axis_iter(Axis(0))
-        .zip(labels)
-        .filter(|(row, &label)| argmax(row.iter().copied()) == label)
-        .count()
-}
-
-fn argmax(values: impl Iterator<Item = f32>) -> usize {
-    let mut best = (0, f32::NEG_INFINITY);
-    for (i, v) in values.enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
-}
-
-/// Checks that `data` fits `model`: a classifier with `data`'s image shape and at
-/// least its number of classes.
-fn check_fits<M: Network + ?Sized>(model: &M, data: &Dataset) -> Result<(), TrainError> {
-    let arch = model.architecture();
-    let model = || arch.name.to_string();
-    if arch.head != Head::Classifier {
-        return Err(TrainError::NoClassifier { model: model() });
-    }
-    if data.image_shape() != arch.input {
-        return Err(TrainError::ImageShape {
-            model: model(),
-            expected: arch.input,
-            actual: data.image_shape(),
-        });
-    }
-    if data.classes() > arch.classes {
-        return Err(TrainError::Classes {
-            model: model(),
-            classes: arch.classes,
-            dataset: data.classes(),
-        });
-    }
-    Ok(())
 }
 
 /// The optimiser of a run.

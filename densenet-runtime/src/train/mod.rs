@@ -53,12 +53,16 @@ mod conv;
 mod dataset;
 mod dropout;
 mod error;
+mod evaluate;
 mod fit;
+mod history;
 mod linear;
 mod loss;
 mod optim;
 mod pool;
 mod relu;
+mod schedule;
+mod source;
 mod tape;
 
 pub use batch_norm::{batch_norm_apply, batch_norm_backward, batch_norm_train, BatchStats};
@@ -66,10 +70,11 @@ pub use col2im::col2im;
 pub use conv::conv2d_backward;
 pub use dataset::{permutation, Batch, Batches, Dataset};
 pub use dropout::dropout_in_place;
-pub use fit::{
-    checkpoint_path, evaluate, fit, logits, EpochStats, Evaluation, FitConfig, History, Optimizer,
-    Schedule,
-};
+pub use evaluate::{evaluate, logits, Evaluation};
+pub use fit::{checkpoint_path, fit, FitConfig, Optimizer};
+pub use history::{EpochStats, History};
+pub use schedule::Schedule;
+pub use source::Source;
 pub use linear::linear_backward;
 pub use loss::softmax_cross_entropy;
 pub use optim::{step_lr, Adam, AdamConfig, Sgd, SgdConfig};
