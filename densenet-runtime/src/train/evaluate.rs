@@ -105,7 +105,10 @@ fn argmax(values: impl Iterator<Item = f32>) -> usize {
 
 /// Checks that `data` fits `model`: a classifier with `data`'s image shape and at
 /// least its number of classes.
-pub(crate) fn check_fits<M: Network + ?Sized, S: Source + ?Sized>(model: &M, data: &S) -> Result<(), TrainError> {
+pub(crate) fn check_fits<M: Network + ?Sized, S: Source + ?Sized>(
+    model: &M,
+    data: &S,
+) -> Result<(), TrainError> {
     let arch = model.architecture();
     let model = || arch.name.to_string();
     if arch.head != Head::Classifier {

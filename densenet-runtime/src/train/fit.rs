@@ -15,8 +15,8 @@ use crate::train::dataset::permutation;
 use crate::train::evaluate::{check_fits, count_correct};
 use crate::train::tape::step;
 use crate::train::{
-    evaluate, Adam, AdamConfig, EpochStats, History, Schedule, Sgd, SgdConfig, Source, StepConfig,
-    TrainError,
+    evaluate, Adam, AdamConfig, EpochStats, History, Progress, Schedule, Sgd, SgdConfig, Source,
+    StepConfig, TrainError,
 };
 use crate::weights;
 use crate::weights::SaveError;
@@ -193,14 +193,25 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
     let mut rng = Rng::new(config.seed);
     let mut history = History::default();
     for epoch in 0..config.epochs {
-        let lr = config.schedule.lr(base_lr, epoch, config.epochs);
-        optimizer.set_lr(lr);
         let start = Instant::now();
         let order = permutation(train.len(), &mut rng);
         let chunks = order.chunks(config.batch_size);
-        let mut display = Display::new(config.progress, epoch + 1, config.epochs, chunks.len());
+        let steps = chunks.len();
+        let mut display = Display::new(config.progress, epoch + 1, config.epochs, steps);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = base_lr;
         for (index, chunk) in chunks.enumerate() {
+            let at = Progress {
+                epoch,
+                epochs: config.epochs,
+                step: index,
+                steps,
+            };
+            let rate = config.schedule.lr(base_lr, at, &history.epochs);
+            if index == 0 {
+                lr = rate;
+            }
+            optimizer.set_lr(rate);
             let batch = train.batch(chunk, Some(rng.next_u64()))?;
             if batch.len() < min_batch {
                 continue;

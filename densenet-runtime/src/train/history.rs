@@ -9,7 +9,7 @@ use crate::train::Evaluation;
 pub struct EpochStats {
     /// 1-based epoch number.
     pub epoch: usize,
-    /// The learning rate used.
+    /// The learning rate of the epoch's first step.
     pub lr: f32,
     /// Mean training loss over the epoch's images (each batch's mean softmax
     /// cross-entropy in training mode, weighted by its size).
