@@ -8,6 +8,7 @@ use ndarray::{Array2, Array4, ArrayD, ArrayView4, ArrayViewMutD, Axis, Ix2};
 use crate::spec::Head;
 use crate::stage::Network;
 use crate::train::{self, Evaluation, FitConfig, Gradients, History, Source};
+use crate::weights::{LoadReport, PartialLoad};
 use crate::{onnx, weights, Error, SaveError, Summary, TrainError, Workspace};
 
 /// Everything a DenseNet can do, written once: forward passes, prediction, summary,
@@ -101,6 +102,53 @@ pub trait Model: Network {
         Self: Sized,
     {
         weights::save_file(self, path.as_ref())
+    }
+
+    /// Loads part of a weights file as `how` says (e.g. [`PartialLoad::backbone`]: an
+    /// ImageNet file into a model with a new head) and reports what was loaded, kept
+    /// and unused. All or nothing: on an error the model is as it was.
+    ///
+    /// ```
+    /// use densenet_runtime::weights::PartialLoad;
+    /// use densenet_runtime::{DynamicModel, Model};
+    /// # let spec = |classes| densenet_runtime::spec::check(&densenet_runtime::spec::parse_yaml(
+    /// #     &format!("name: Tiny\ngrowth: 4\nblocks: [2, 2]\nstem: cifar\ninput: [3, 8, 8]\nclasses: {classes}\n"), "t").unwrap()).unwrap();
+    /// let pretrained = DynamicModel::init(spec(10), 1)?.to_safetensors_bytes();
+    /// let mut model = DynamicModel::init(spec(3), 0)?; // a new 3-class head
+    /// let report = model.load_partial(&pretrained, &PartialLoad::backbone())?;
+    /// assert_eq!(report.kept.len(), 1); // the classifier, skipped
+    /// assert_eq!(report.unused, ["classifier.bias", "classifier.weight"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A [`LoadError`](crate::LoadError): a corrupt file, a layer the file lacks or has
+    /// in another shape (unless [`PartialLoad::skip_mismatched`]), another architecture,
+    /// or [`LoadError::NoSuchPart`](crate::LoadError::NoSuchPart) for a skipped part the
+    /// model does not have.
+    fn load_partial(
+        &mut self,
+        bytes: &[u8],
+        how: &PartialLoad,
+    ) -> Result<LoadReport, crate::LoadError> {
+        weights::load_partial(self, bytes, how)
+    }
+
+    /// [`load_partial`](Self::load_partial) from a file.
+    ///
+    /// # Errors
+    /// [`LoadError::Io`](crate::LoadError::Io) if the file cannot be read, else as
+    /// [`load_partial`](Self::load_partial).
+    fn load_partial_file(
+        &mut self,
+        path: impl AsRef<Path>,
+        how: &PartialLoad,
+    ) -> Result<LoadReport, crate::LoadError>
+    where
+        Self: Sized,
+    {
+        let bytes = weights::read_file(path.as_ref())?;
+        weights::load_partial(self, &bytes, how)
     }
 
     /// A standard ONNX graph (opset 17, dynamic batch, weights included) for ONNX

@@ -118,6 +118,14 @@ pub enum LoadError {
         /// The value.
         value: f32,
     },
+    /// A partial load was asked to skip a part the model does not have.
+    #[error("{model} has no part `{part}` to skip")]
+    NoSuchPart {
+        /// The part.
+        part: crate::Part,
+        /// The model's name.
+        model: String,
+    },
     /// Two keys of the file name the same weight once older spellings are normalised
     /// (torchvision's `norm.1` and `norm1`, Keras 2's `conv1/conv/kernel:0` and
     /// `conv1_conv/kernel`): which one is meant is ambiguous.

@@ -8,6 +8,7 @@
 mod error;
 mod naming;
 mod options;
+mod partial;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,8 @@ pub(crate) use naming::torchvision_path;
 pub use naming::Naming;
 use naming::Tensor;
 pub use options::LoadOptions;
+pub(crate) use partial::load_partial;
+pub use partial::{Kept, LoadReport, PartialLoad};
 
 use crate::stage::Network;
 use crate::stage::{LayerMut, LayerName, LayerRef};
@@ -38,21 +41,7 @@ pub(crate) fn load_into<M: Network + ?Sized>(
     options: LoadOptions,
 ) -> Result<(), LoadError> {
     let file = SafeTensors::deserialize(bytes).map_err(format_error)?;
-    let naming = match options.naming {
-        Naming::Auto => naming::detect(file.names()).ok_or_else(|| {
-            let mut sample: Vec<String> = file.names().into_iter().map(str::to_string).collect();
-            sample.sort();
-            sample.truncate(3);
-            LoadError::UnknownNaming { sample }
-        })?,
-        forced => forced,
-    };
-    let mut tensors: BTreeMap<String, (String, TensorView<'_>)> = BTreeMap::new();
-    for (key, view) in file.iter() {
-        if !naming::is_bookkeeping(key) {
-            validate::insert_unique(&mut tensors, naming::normalise(key, naming), key, view)?;
-        }
-    }
+    let (naming, mut tensors) = tensor_map(&file, options.naming)?;
     let all_keys: Vec<String> = tensors.values().map(|(key, _)| key.clone()).collect();
     check_architecture(model, &tensors, naming)?;
     let mut result = Ok(());
@@ -69,6 +58,32 @@ pub(crate) fn load_into<M: Network + ?Sized>(
         });
     }
     Ok(())
+}
+
+/// The file's tensors by normalised key (bookkeeping left out), with their keys as the
+/// file spells them, and the naming scheme (`naming`, or the detected one for `Auto`).
+type TensorMap<'a> = BTreeMap<String, (String, TensorView<'a>)>;
+
+fn tensor_map<'a>(
+    file: &SafeTensors<'a>,
+    naming: Naming,
+) -> Result<(Naming, TensorMap<'a>), LoadError> {
+    let naming = match naming {
+        Naming::Auto => naming::detect(file.names()).ok_or_else(|| {
+            let mut sample: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+            sample.sort();
+            sample.truncate(3);
+            LoadError::UnknownNaming { sample }
+        })?,
+        forced => forced,
+    };
+    let mut tensors = TensorMap::new();
+    for (key, view) in file.iter() {
+        if !naming::is_bookkeeping(key) {
+            validate::insert_unique(&mut tensors, naming::normalise(key, naming), key, view)?;
+        }
+    }
+    Ok((naming, tensors))
 }
 
 /// The bytes of the file at `path`.
