@@ -378,6 +378,12 @@ pub fn init_stages(architecture: &Architecture, plan: &Plan, rng: &mut Rng) -> V
         .collect()
 }
 
+/// Calls `f` on every layer with weights of one stage, as [`Network::visit_layers`]
+/// does for the whole network.
+pub fn visit_stage_layers(stage: StageRef<'_>, f: &mut dyn FnMut(LayerName, LayerRef<'_>)) {
+    visit_stage_layers!(stage, f, StageRef, LayerRef, iter);
+}
+
 /// The stages of `model` in network order.
 pub fn stages<M: Network + ?Sized>(model: &M) -> impl Iterator<Item = StageRef<'_>> + Send {
     StageIter { model, next: 0 }

@@ -23,6 +23,9 @@ const TASK_ELEMENTS: usize = 1 << 16;
 pub struct BatchStats {
     mean: Vec<f32>,
     invstd: Vec<f32>,
+    /// The running statistics of a frozen BatchNorm ([`batch_norm_frozen`]): constants,
+    /// not functions of the batch, in the backward pass.
+    fixed: bool,
 }
 
 impl BatchStats {
@@ -39,6 +42,28 @@ impl BatchStats {
     /// Number of channels.
     pub fn channels(&self) -> usize {
         self.mean.len()
+    }
+
+    /// Whether these are a frozen BatchNorm's running statistics ([`batch_norm_frozen`]).
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
+    }
+}
+
+/// A frozen BatchNorm's statistics: its running mean and `1/√(running_var + eps)`,
+/// leaving them unchanged. With these, [`batch_norm_apply`] is the inference-mode
+/// output (as Keras runs a layer with `trainable = False`), and [`batch_norm_backward`]
+/// treats them as constants: `∂L/∂x = gamma·invstd·g`.
+pub fn batch_norm_frozen(bn: &BatchNorm2d) -> BatchStats {
+    let eps = f64::from(bn.eps());
+    BatchStats {
+        mean: bn.running_mean().to_vec(),
+        invstd: bn
+            .running_var()
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+            .collect(),
+        fixed: true,
     }
 }
 
@@ -163,6 +188,7 @@ pub fn batch_norm_train(bn: &mut BatchNorm2d, x: ArrayView2<'_, f32>, momentum: 
     BatchStats {
         mean: mean.iter().map(|&v| v as f32).collect(),
         invstd,
+        fixed: false,
     }
 }
 
@@ -335,12 +361,14 @@ pub fn batch_norm_backward(
         Vec::with_capacity(c),
         Vec::with_capacity(c),
     );
+    // Fixed (running) statistics do not depend on `x`: only the `a·g` term remains.
+    let through_stats = if stats.fixed { 0.0 } else { 1.0 };
     for j in 0..c {
         let invstd = f64::from(stats.invstd[j]);
         let aj = f64::from(bn.gamma()[j]) * invstd;
         a.push(aj as f32);
-        b.push((-aj * invstd * sum_gx[j] / count) as f32);
-        cc.push((-aj * sum_g[j] / count) as f32);
+        b.push((-through_stats * aj * invstd * sum_gx[j] / count) as f32);
+        cc.push((-through_stats * aj * sum_g[j] / count) as f32);
     }
     for_each_task(&x, &dy, dx, |xs, ds, mut out| {
         for ((xr, dr), mut o) in xs.rows().into_iter().zip(ds.rows()).zip(out.rows_mut()) {
@@ -488,6 +516,51 @@ mod tests {
             dot(&r, forward(&moved, x.view(), relu).as_slice().unwrap())
         });
         assert_grad_close("dbeta", dbeta.as_slice().unwrap(), &numeric, 2e-3);
+    }
+
+    #[test]
+    fn a_frozen_batch_norm_is_the_inference_layer_and_its_statistics_are_constants() {
+        let (rows, c) = (12, 3);
+        let layer = bn(c);
+        let x = Array2::from_shape_vec((rows, c), values(rows * c, 31)).unwrap();
+        let r = values(rows * c, 32);
+        let stats = batch_norm_frozen(&layer);
+        assert!(stats.is_fixed());
+        // The forward pass is the layer's own inference mode (NHWC as (1, rows, 1, c)).
+        let inference = |layer: &BatchNorm2d, x: ArrayView2<'_, f32>| {
+            let x4 = x.to_owned().into_shape_with_order((1, rows, 1, c)).unwrap();
+            layer
+                .forward_relu(x4.view())
+                .into_shape_with_order((rows, c))
+                .unwrap()
+        };
+        let mut out = Array2::zeros((rows, c));
+        batch_norm_apply(&layer, &stats, x.view(), true, out.view_mut());
+        let expected = inference(&layer, x.view());
+        for (a, e) in out.iter().zip(&expected) {
+            assert!((a - e).abs() <= 1e-6 * e.abs().max(1.0), "{a} vs {e}");
+        }
+        // Its gradients are those of the inference-mode output.
+        let mut dx = Array2::zeros((rows, c));
+        let (dgamma, _) = batch_norm_backward(
+            &layer,
+            &stats,
+            x.view(),
+            Array2::from_shape_vec((rows, c), r.clone()).unwrap().view(),
+            true,
+            dx.view_mut(),
+        );
+        let numeric = numeric_grad(x.as_slice().unwrap(), 1e-3, |xs| {
+            let x = ArrayView2::from_shape((rows, c), xs).unwrap();
+            dot(&r, inference(&layer, x).as_slice().unwrap())
+        });
+        assert_grad_close("dx", dx.as_slice().unwrap(), &numeric, 2e-3);
+        let numeric = numeric_grad(layer.gamma().as_slice().unwrap(), 1e-3, |g| {
+            let mut moved = layer.clone();
+            moved.gamma_mut().assign(&Array1::from(g.to_vec()));
+            dot(&r, inference(&moved, x.view()).as_slice().unwrap())
+        });
+        assert_grad_close("dgamma", dgamma.as_slice().unwrap(), &numeric, 2e-3);
     }
 
     #[test]

@@ -134,6 +134,14 @@ pub enum TrainError {
         /// The tensor, by its torchvision key (e.g. `features.conv0.weight`).
         tensor: String,
     },
+    /// A [`Freeze`](crate::train::Freeze) that does not fit the model.
+    #[error("cannot freeze {model} that way: {reason}")]
+    Freeze {
+        /// The model's name.
+        model: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An optimiser or training-step setting outside its range.
     #[error("{field} must be in {range}; got {value}")]
     Setting {

@@ -15,8 +15,8 @@ use crate::train::dataset::permutation;
 use crate::train::evaluate::{check_fits, count_correct};
 use crate::train::tape::step;
 use crate::train::{
-    evaluate, Adam, AdamConfig, EpochStats, History, Progress, Schedule, Sgd, SgdConfig, Source,
-    StepConfig, TrainError,
+    evaluate, Adam, AdamConfig, EpochStats, Freeze, History, Progress, Schedule, Sgd, SgdConfig,
+    Source, StepConfig, TrainError,
 };
 use crate::weights;
 use crate::weights::SaveError;
@@ -63,6 +63,8 @@ pub struct FitConfig<'a> {
     pub schedule: Schedule,
     /// The training step's dropout rate and BatchNorm momentum.
     pub step: StepConfig,
+    /// The layers left alone ([`Freeze::backbone`]: train the classifier only).
+    pub freeze: Freeze,
     /// Seeds the run's one generator (shuffling and dropout). The weights' initial
     /// values are the model's own (`M::init(seed)` by the caller).
     pub seed: u64,
@@ -85,6 +87,7 @@ impl Default for FitConfig<'_> {
             optimizer: Optimizer::Sgd(SgdConfig::default()),
             schedule: Schedule::Step,
             step: StepConfig::default(),
+            freeze: Freeze::none(),
             seed: 0,
             validation: None,
             checkpoint_dir: None,
@@ -164,6 +167,7 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
         });
     }
     config.optimizer.validate()?;
+    config.freeze.check(&*model)?;
     let base_lr = config.optimizer.base_lr();
     let rate = config.step.dropout.unwrap_or(arch.dropout);
     if !(0.0..1.0).contains(&rate) {
@@ -221,6 +225,7 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
                 batch.images.view(),
                 &batch.labels,
                 config.step,
+                &config.freeze,
                 &mut rng,
             )?;
             // Diverged: stop before these gradients (non-finite too) reach the weights.

@@ -55,6 +55,7 @@ mod dropout;
 mod error;
 mod evaluate;
 mod fit;
+mod freeze;
 mod history;
 mod linear;
 mod loss;
@@ -65,13 +66,16 @@ mod schedule;
 mod source;
 mod tape;
 
-pub use batch_norm::{batch_norm_apply, batch_norm_backward, batch_norm_train, BatchStats};
+pub use batch_norm::{
+    batch_norm_apply, batch_norm_backward, batch_norm_frozen, batch_norm_train, BatchStats,
+};
 pub use col2im::col2im;
 pub use conv::conv2d_backward;
 pub use dataset::{permutation, Batch, Batches, Dataset};
 pub use dropout::dropout_in_place;
 pub use evaluate::{evaluate, logits, Evaluation};
 pub use fit::{checkpoint_path, fit, FitConfig, Optimizer};
+pub use freeze::Freeze;
 pub use history::{EpochStats, History};
 pub use linear::linear_backward;
 pub use loss::softmax_cross_entropy;
@@ -82,7 +86,10 @@ pub use pool::{
 pub use relu::relu_backward;
 pub use schedule::{Progress, Schedule};
 pub use source::Source;
-pub use tape::{loss_and_gradients, loss_and_gradients_with, Gradients, LayerGrad, StepConfig};
+pub use tape::{
+    loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_with, Gradients, LayerGrad,
+    StepConfig,
+};
 
 pub use error::TrainError;
 

@@ -83,8 +83,9 @@ impl SgdConfig {
 #[derive(Clone, Debug)]
 pub struct Sgd {
     config: SgdConfig,
-    /// One momentum buffer per parameter, in walking order (empty before the first step).
-    velocity: Vec<Vec<f32>>,
+    /// One momentum buffer per parameter, in walking order (empty before the first
+    /// step); `None` until the parameter's first update (a frozen one has none).
+    velocity: Vec<Option<Vec<f32>>>,
 }
 
 impl Sgd {
@@ -112,26 +113,33 @@ impl Sgd {
         self.config.lr = lr;
     }
 
-    /// Updates every parameter of `model` once with `grads` (from
-    /// [`loss_and_gradients`](crate::train::loss_and_gradients) on the same model).
+    /// Updates every parameter of `model` that `grads` has a gradient for (from
+    /// [`loss_and_gradients`](crate::train::loss_and_gradients) on the same model);
+    /// layers without one (frozen) are left exactly as they are, weight decay included,
+    /// as torch skips parameters whose `grad` is `None`. A parameter's momentum buffer
+    /// starts at its first update, so unfreezing continues with the same optimiser.
     ///
     /// # Panics
     ///
-    /// If `grads` lacks a layer of `model` or has a gradient of another kind or shape
-    /// than its parameter, or if the model's parameters are not those of the previous
-    /// steps (the state is per parameter: use one optimiser per model).
+    /// If `grads` has a gradient of another kind or shape than its parameter, or if the
+    /// model's parameters are not those of the previous steps (the state is per
+    /// parameter: use one optimiser per model).
     pub fn step<M: Network + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
-        let first = self.velocity.is_empty();
         let config = self.config;
         let stateful = config.momentum != 0.0;
         let velocity = &mut self.velocity;
+        let fresh = velocity.is_empty();
         let count = for_each_param(model, grads, &mut |i, p, g| {
-            let len = if stateful { p.len() } else { 0 };
-            if first {
-                velocity.push(vec![0.0; len]);
+            if fresh && velocity.len() <= i {
+                velocity.resize(i + 1, None);
             }
-            sgd_update(&config, first, p, g, state(velocity, i, len));
+            let len = if stateful { p.len() } else { 0 };
+            let (buf, first) = state(velocity, i, len, || vec![0.0; len]);
+            sgd_update(&config, first, p, g, buf);
         });
+        if fresh {
+            velocity.resize(count, None);
+        }
         check_count(count, velocity.len());
     }
 }
@@ -262,9 +270,18 @@ pub struct Adam {
     config: AdamConfig,
     /// Steps taken.
     t: u32,
-    /// First and second moments per parameter, in walking order.
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// Per parameter, in walking order: its own step count and its first and second
+    /// moments, `None` until its first update (torch keeps a step count per parameter,
+    /// so one unfrozen later starts its bias correction afresh).
+    params: Vec<Option<AdamState>>,
+}
+
+/// One parameter's [`Adam`] state.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct AdamState {
+    t: u32,
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl Adam {
@@ -273,8 +290,7 @@ impl Adam {
         Adam {
             config,
             t: 0,
-            m: Vec::new(),
-            v: Vec::new(),
+            params: Vec::new(),
         }
     }
 
@@ -304,19 +320,27 @@ impl Adam {
     ///
     /// As [`Sgd::step`].
     pub fn step<M: Network + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
-        let first = self.m.is_empty();
         self.t += 1;
-        let (config, t) = (self.config, self.t);
-        let (ms, vs) = (&mut self.m, &mut self.v);
+        let config = self.config;
+        let params = &mut self.params;
+        let fresh = params.is_empty();
         let count = for_each_param(model, grads, &mut |i, p, g| {
-            if first {
-                ms.push(vec![0.0; p.len()]);
-                vs.push(vec![0.0; p.len()]);
+            if fresh && params.len() <= i {
+                params.resize(i + 1, None);
             }
             let len = p.len();
-            adam_update(&config, t, p, g, state(ms, i, len), state(vs, i, len));
+            let (s, _) = state(params, i, len, || AdamState {
+                t: 0,
+                m: vec![0.0; len],
+                v: vec![0.0; len],
+            });
+            s.t += 1;
+            adam_update(&config, s.t, p, g, &mut s.m, &mut s.v);
         });
-        check_count(count, self.m.len());
+        if fresh {
+            params.resize(count, None);
+        }
+        check_count(count, self.params.len());
     }
 }
 
@@ -362,17 +386,42 @@ pub fn step_lr(base_lr: f32, epoch: usize, epochs: usize) -> f32 {
     }
 }
 
-/// The state buffer of parameter `i`, checked against the parameter's length.
-fn state(buffers: &mut [Vec<f32>], i: usize, len: usize) -> &mut [f32] {
-    let buf = buffers
+/// A parameter's optimiser state: its length, checked against the parameter's.
+trait ParamState {
+    fn len(&self) -> usize;
+}
+
+impl ParamState for Vec<f32> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+impl ParamState for AdamState {
+    fn len(&self) -> usize {
+        self.m.len()
+    }
+}
+
+/// The state of parameter `i` (made by `new` at its first update), and whether it was
+/// just made. An SGD buffer without momentum is empty: its length is checked as 0.
+fn state<S: ParamState>(
+    states: &mut [Option<S>],
+    i: usize,
+    len: usize,
+    new: impl FnOnce() -> S,
+) -> (&mut S, bool) {
+    let slot = states
         .get_mut(i)
         .unwrap_or_else(|| panic!("optimiser state: parameter {i} is new since the last step"));
+    let first = slot.is_none();
+    let s = slot.get_or_insert_with(new);
     assert_eq!(
-        buf.len(),
+        s.len(),
         len,
         "optimiser state: parameter {i} changed size since the last step"
     );
-    buf
+    (s, first)
 }
 
 #[track_caller]
@@ -389,30 +438,32 @@ type ParamMut<'a> = ArrayViewMutD<'a, f32>;
 type GradRef<'a> = ArrayViewD<'a, f32>;
 
 /// Calls `f(i, parameter, gradient)` for every parameter of `model`, `i` counting from
-/// 0 in walking order (conv weight; BN gamma, beta; linear weight, bias). Returns the
-/// number of parameters.
+/// 0 in walking order (conv weight; BN gamma, beta; linear weight, bias); the gradient
+/// skips the parameters of a layer `grads` leaves out (a frozen one), counting them.
+/// Returns the number of parameters.
 fn for_each_param<M: Network + ?Sized>(
     model: &mut M,
     grads: &Gradients,
     f: &mut dyn FnMut(usize, ParamMut<'_>, GradRef<'_>),
 ) -> usize {
     let mut i = 0;
-    let mut apply = |what: &str, p: ArrayViewMutD<'_, f32>, g: ArrayViewD<'_, f32>| {
-        assert_eq!(p.shape(), g.shape(), "gradient of {what}: shape");
-        f(i, p, g);
-        i += 1;
-    };
     model.visit_layers_mut(&mut |name, layer| {
-        let grad = grads
-            .get(name)
-            .unwrap_or_else(|| panic!("no gradient for layer {name:?}"));
-        match (layer, grad) {
-            (LayerMut::Conv(conv), LayerGrad::Conv { weight }) => apply(
+        let mut apply = |what: &str, p: ArrayViewMutD<'_, f32>, g: ArrayViewD<'_, f32>| {
+            assert_eq!(p.shape(), g.shape(), "gradient of {what}: shape");
+            f(i, p, g);
+            i += 1;
+        };
+        match (layer, grads.get(name)) {
+            // Frozen: not even borrowed mutably (a packed conv weight's guard would
+            // unpack and repack it).
+            (LayerMut::Conv(_), None) => i += 1,
+            (LayerMut::BatchNorm(_) | LayerMut::Linear(_), None) => i += 2,
+            (LayerMut::Conv(conv), Some(LayerGrad::Conv { weight })) => apply(
                 "conv weight",
                 conv.weight_mut().view_mut().into_dyn(),
                 weight.view().into_dyn(),
             ),
-            (LayerMut::BatchNorm(bn), LayerGrad::BatchNorm { gamma, beta }) => {
+            (LayerMut::BatchNorm(bn), Some(LayerGrad::BatchNorm { gamma, beta })) => {
                 apply(
                     "BN gamma",
                     bn.gamma_mut().view_mut().into_dyn(),
@@ -424,7 +475,7 @@ fn for_each_param<M: Network + ?Sized>(
                     beta.view().into_dyn(),
                 );
             }
-            (LayerMut::Linear(linear), LayerGrad::Linear { weight, bias }) => {
+            (LayerMut::Linear(linear), Some(LayerGrad::Linear { weight, bias })) => {
                 apply(
                     "linear weight",
                     linear.weight_mut().view_mut().into_dyn(),
@@ -436,10 +487,16 @@ fn for_each_param<M: Network + ?Sized>(
                     bias.view().into_dyn(),
                 );
             }
-            _ => panic!("gradient of layer {name:?} is of another kind than the layer"),
+            (_, Some(_)) => wrong_kind(name),
         }
     });
     i
+}
+
+#[cold]
+#[track_caller]
+fn wrong_kind(name: crate::LayerName) -> ! {
+    panic!("gradient of layer {name:?} is of another kind than the layer")
 }
 
 #[cfg(test)]

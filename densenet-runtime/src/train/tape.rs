@@ -24,9 +24,9 @@ use crate::rng::Rng;
 use crate::stage::Network;
 use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::{
-    avg_pool2d_backward, batch_norm_apply, batch_norm_backward, batch_norm_train, conv2d_backward,
-    dropout_in_place, global_avg_pool_backward, linear_backward, max_pool2d_backward,
-    max_pool2d_train, softmax_cross_entropy, BatchStats,
+    avg_pool2d_backward, batch_norm_apply, batch_norm_backward, batch_norm_frozen,
+    batch_norm_train, conv2d_backward, dropout_in_place, global_avg_pool_backward, linear_backward,
+    max_pool2d_backward, max_pool2d_train, softmax_cross_entropy, BatchStats, Freeze,
 };
 use crate::{input_to_nhwc, Error};
 
@@ -154,7 +154,31 @@ pub fn loss_and_gradients_with<M: Network + ?Sized>(
     config: StepConfig,
     rng: &mut Rng,
 ) -> Result<(f32, Gradients), Error> {
-    step(model, x, labels, config, rng).map(|(loss, _, grads)| (loss, grads))
+    step(model, x, labels, config, &Freeze::none(), rng).map(|(loss, _, grads)| (loss, grads))
+}
+
+/// [`loss_and_gradients_with`] with the layers `freeze` names frozen: their BatchNorms
+/// normalise with their running statistics (left unchanged), stages whose layers are
+/// all frozen drop no units, and the returned gradients leave frozen layers out. The
+/// frozen stages before the first trainable one run as inference and the backward
+/// pass stops at that stage.
+///
+/// # Errors
+///
+/// As [`loss_and_gradients_with`].
+///
+/// # Panics
+///
+/// As [`loss_and_gradients_with`].
+pub fn loss_and_gradients_frozen<M: Network + ?Sized>(
+    model: &mut M,
+    x: ArrayView4<'_, f32>,
+    labels: &[usize],
+    config: StepConfig,
+    freeze: &Freeze,
+    rng: &mut Rng,
+) -> Result<(f32, Gradients), Error> {
+    step(model, x, labels, config, freeze, rng).map(|(loss, _, grads)| (loss, grads))
 }
 
 /// [`loss_and_gradients_with`], also returning the training-mode logits `(N, classes)`
@@ -164,6 +188,7 @@ pub(crate) fn step<M: Network + ?Sized>(
     x: ArrayView4<'_, f32>,
     labels: &[usize],
     config: StepConfig,
+    freeze: &Freeze,
     rng: &mut Rng,
 ) -> Result<(f32, Array2<f32>, Gradients), Error> {
     let arch = model.architecture().clone();
@@ -182,19 +207,52 @@ pub(crate) fn step<M: Network + ?Sized>(
     if !(0.0..1.0).contains(&p) {
         bad_dropout(p);
     }
+    // Per stage: whether all its layers are frozen (it then drops no units).
+    let frozen: Vec<bool> = crate::stage::stages(&*model)
+        .map(|stage| {
+            let mut all = true;
+            crate::stage::visit_stage_layers(stage, &mut |name, _| all &= freeze.contains(name));
+            all
+        })
+        .collect();
     let mut ctx = Ctx {
         p,
         momentum: config.momentum,
+        freeze,
         rng,
         s: Scratch::default(),
     };
 
-    // Forward, recording the tape.
+    // The frozen stages before the first trainable one (the head at the latest) run in
+    // inference mode, recording nothing: their output is all the next stage needs.
     let mut tapes: Vec<Tape> = Vec::new();
     let mut next_input = Some(x);
+    let trainable = frozen
+        .iter()
+        .position(|&f| !f)
+        .unwrap_or(frozen.len())
+        .min(frozen.len() - 1);
+    for index in 0..trainable {
+        let stage = model.stage(index).expect("a stage before the head");
+        let x = next_input
+            .take()
+            .expect("each stage gives the next its input");
+        let out = crate::reference::stage(stage, x.view());
+        next_input = Some(out.into_dimensionality().expect("NHWC before the head"));
+        tapes.push(Tape::Frozen(None));
+    }
+    if let (Some(last), Some(StageRef::Transition { .. } | StageRef::Head { .. })) =
+        (tapes.last_mut(), model.stage(trainable))
+    {
+        // A transition or head reads the block before it from the tape.
+        *last = Tape::Frozen(next_input.take());
+    }
+
+    // Forward, recording the tape.
     let mut logits = None;
-    let mut index = 0;
+    let mut index = trainable;
     while let Some(stage) = model.stage_mut(index) {
+        ctx.p = if frozen[index] { 0.0 } else { p };
         index += 1;
         let tape = match stage {
             StageMut::Stem { conv, norm } => {
@@ -203,15 +261,16 @@ pub(crate) fn step<M: Network + ?Sized>(
                 next_input = Some(out);
                 Tape::Stem(Box::new(tape))
             }
-            StageMut::Block { layers, .. } => {
+            StageMut::Block { index, layers } => {
                 let x = next_input
                     .take()
                     .expect("a block follows a stem or transition");
-                Tape::Block(record_block(layers, x.view(), &mut ctx))
+                Tape::Block(record_block(index, layers, x.view(), &mut ctx))
             }
-            StageMut::Transition { norm, conv, .. } => {
-                let input = last_block(&tapes).output();
-                let (out, tape) = record_transition(norm, conv, input, &mut ctx);
+            StageMut::Transition { index, norm, conv } => {
+                let input = last_output(&tapes);
+                let site = Site::Transition { index };
+                let (out, tape) = record_transition(site, norm, conv, input, &mut ctx);
                 next_input = Some(out);
                 Tape::Transition(tape)
             }
@@ -219,7 +278,7 @@ pub(crate) fn step<M: Network + ?Sized>(
                 norm, classifier, ..
             } => {
                 let classifier = classifier.expect("a classifier head has a classifier");
-                let input = last_block(&tapes).output();
+                let input = last_output(&tapes);
                 let (out, tape) = record_head(norm, classifier, input, &mut ctx);
                 logits = Some(out);
                 Tape::Head(tape)
@@ -235,7 +294,9 @@ pub(crate) fn step<M: Network + ?Sized>(
     // pass proceeds (a transition or head reads the block tape before it, still held).
     let mut found = HashMap::new();
     let mut record = |name: LayerName, grad: LayerGrad| {
-        found.insert(name, grad);
+        if !freeze.contains(name) {
+            found.insert(name, grad);
+        }
     };
     let stages: Vec<StageRef<'_>> = crate::stage::stages(&*model).collect();
     let mut grad: Option<Array4<f32>> = None;
@@ -243,6 +304,12 @@ pub(crate) fn step<M: Network + ?Sized>(
         stages_changed();
     }
     while let Some(tape) = tapes.pop() {
+        if matches!(tape, Tape::Frozen(_)) {
+            break; // Nothing before it trains.
+        }
+        ctx.p = if frozen[tapes.len()] { 0.0 } else { p };
+        // Whether a stage before this one needs the gradient of this one's input.
+        let need_dx = !matches!(tapes.last(), None | Some(Tape::Frozen(_)));
         grad = match (&stages[tapes.len()], &tape) {
             (
                 StageRef::Head {
@@ -251,15 +318,17 @@ pub(crate) fn step<M: Network + ?Sized>(
                 Tape::Head(tape),
             ) => {
                 let classifier = classifier.expect("a classifier head has a classifier");
-                let input = last_block(&tapes);
-                Some(head_backward(
+                let input = last_output(&tapes);
+                let need_norm = need_dx || !freeze.contains(LayerName::new(Site::Head, "norm5"));
+                head_backward(
                     norm,
                     classifier,
                     tape,
                     input,
                     &dlogits,
+                    need_norm,
                     &mut record,
-                ))
+                )
             }
             (StageRef::Block { index, layers }, Tape::Block(tape)) => {
                 let dy = grad.take().expect("a block is followed by a stage");
@@ -274,18 +343,19 @@ pub(crate) fn step<M: Network + ?Sized>(
             }
             (StageRef::Transition { index, norm, conv }, Tape::Transition(tape)) => {
                 let dy = grad.take().expect("a transition is followed by a block");
-                let input = last_block(&tapes);
+                let input = last_output(&tapes);
                 let site = Site::Transition { index: *index };
-                Some(transition_backward(
+                transition_backward(
                     site,
                     norm,
                     conv,
                     tape,
                     input,
                     dy,
+                    need_dx,
                     &mut ctx,
                     &mut record,
-                ))
+                )
             }
             (StageRef::Stem { conv, norm }, Tape::Stem(tape)) => {
                 let dy = grad.take().expect("the stem is followed by a block");
@@ -296,13 +366,14 @@ pub(crate) fn step<M: Network + ?Sized>(
         };
     }
 
-    // In the order (and with exactly the names) of `visit_layers`.
+    // In the order (and with exactly the names) of `visit_layers`, frozen layers left out.
     let mut layers = Vec::with_capacity(found.len());
-    model.visit_layers(&mut |name, _| {
-        let grad = found
-            .remove(&name)
-            .expect("every layer with weights gets a gradient");
-        layers.push((name, grad));
+    model.visit_layers(&mut |name, _| match found.remove(&name) {
+        Some(grad) => layers.push((name, grad)),
+        None => assert!(
+            freeze.contains(name),
+            "every trainable layer gets a gradient"
+        ),
     });
     debug_assert!(
         found.is_empty(),
@@ -318,10 +389,28 @@ pub(crate) fn step<M: Network + ?Sized>(
 
 /// The step's settings and reusable buffers.
 struct Ctx<'a> {
+    /// The dropout rate of the stage at hand (0 in a frozen stage).
     p: f32,
     momentum: f32,
+    freeze: &'a Freeze,
     rng: &'a mut Rng,
     s: Scratch,
+}
+
+/// The statistics BatchNorm `name` normalises with: the batch's (updating its running
+/// statistics), or, frozen, its running ones (left as they are).
+fn bn_stats(
+    freeze: &Freeze,
+    momentum: f32,
+    name: LayerName,
+    norm: &mut BatchNorm2d,
+    x: ArrayView2<'_, f32>,
+) -> BatchStats {
+    if freeze.contains(name) {
+        batch_norm_frozen(norm)
+    } else {
+        batch_norm_train(norm, x, momentum)
+    }
 }
 
 /// Buffers reused from layer to layer (grown, never shrunk).
@@ -375,6 +464,9 @@ fn bn_relu(norm: &BatchNorm2d, stats: &BatchStats, x: ArrayView4<'_, f32>) -> Ar
 
 /// One stage's record (the stem's, holding the input batch, is boxed: there is one).
 enum Tape {
+    /// A stage of the frozen prefix, run as inference; the last one keeps its output
+    /// when a transition or the head reads it.
+    Frozen(Option<Array4<f32>>),
     Stem(Box<StemTape>),
     Block(BlockTape),
     Transition(TransitionTape),
@@ -424,9 +516,12 @@ struct HeadTape {
     features: Array2<f32>,
 }
 
-fn last_block(tapes: &[Tape]) -> &BlockTape {
+/// The output of the block before a transition or the head: its buffer, or the frozen
+/// prefix's output.
+fn last_output(tapes: &[Tape]) -> ArrayView4<'_, f32> {
     match tapes.last() {
-        Some(Tape::Block(block)) => block,
+        Some(Tape::Block(block)) => block.output(),
+        Some(Tape::Frozen(Some(out))) => out.view(),
         _ => stages_changed(),
     }
 }
@@ -442,7 +537,8 @@ fn record_stem(
     match norm {
         None => (y, StemTape { x, norm: None }),
         Some(norm) => {
-            let stats = batch_norm_train(norm, pixels(y.view()), ctx.momentum);
+            let name = LayerName::new(Site::Stem, "norm0");
+            let stats = bn_stats(ctx.freeze, ctx.momentum, name, norm, pixels(y.view()));
             let r = bn_relu(norm, &stats, y.view());
             let (out, argmax) = max_pool2d_train(r.view(), 3, 2, 1);
             (
@@ -505,25 +601,35 @@ fn pixels_mut(x: &mut Array4<f32>) -> ArrayViewMut2<'_, f32> {
 }
 
 /// A dense block in training mode, recording its tape (the shared buffer, BN statistics, bottleneck outputs, dropout generator states).
-fn record_block(layers: &mut [DenseLayer], x: ArrayView4<'_, f32>, ctx: &mut Ctx<'_>) -> BlockTape {
+fn record_block(
+    block: usize,
+    layers: &mut [DenseLayer],
+    x: ArrayView4<'_, f32>,
+    ctx: &mut Ctx<'_>,
+) -> BlockTape {
     let (n, h, w, c_in) = x.dim();
     let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
     let rows = n * h * w;
     let mut buffer = Array4::<f32>::zeros((n, h, w, c_out));
     buffer.slice_mut(s![.., .., .., ..c_in]).assign(&x);
     let buf = buffer.as_slice_mut().expect("a new array is contiguous");
-    let (p, momentum) = (ctx.p, ctx.momentum);
+    let (p, momentum, freeze) = (ctx.p, ctx.momentum, ctx.freeze);
     let s = &mut ctx.s;
 
     let mut tapes = Vec::with_capacity(layers.len());
     let mut c = c_in;
-    for layer in layers.iter_mut() {
+    for (j, layer) in layers.iter_mut().enumerate() {
         let k = layer.growth();
+        let site = Site::Dense {
+            block,
+            layer: j + 1,
+        };
+        let name = |part| LayerName::new(site, part);
         let input = matrix(buf, rows, c_out).slice_move(s![.., ..c]);
         let normed = take(&mut s.normed, rows * c);
         let (stats, bottleneck, last_conv, last_input): (_, _, &Conv2d, &[f32]) = match layer {
             DenseLayer::Basic { norm1, conv1 } => {
-                let stats = batch_norm_train(norm1, input, momentum);
+                let stats = bn_stats(freeze, momentum, name("norm1"), norm1, input);
                 batch_norm_apply(norm1, &stats, input, true, matrix_mut(normed, rows, c));
                 (stats, None, &*conv1, &*normed)
             }
@@ -533,7 +639,7 @@ fn record_block(layers: &mut [DenseLayer], x: ArrayView4<'_, f32>, ctx: &mut Ctx
                 norm2,
                 conv2,
             } => {
-                let stats = batch_norm_train(norm1, input, momentum);
+                let stats = bn_stats(freeze, momentum, name("norm1"), norm1, input);
                 batch_norm_apply(norm1, &stats, input, true, matrix_mut(normed, rows, c));
                 let width = conv1.c_out();
                 let mut z = vec![0.0; rows * width];
@@ -547,7 +653,8 @@ fn record_block(layers: &mut [DenseLayer], x: ArrayView4<'_, f32>, ctx: &mut Ctx
                 );
                 let rng1 = ctx.rng.clone();
                 dropout_in_place(matrix_mut(&mut z, rows, width), p, ctx.rng);
-                let stats2 = batch_norm_train(norm2, matrix(&z, rows, width), momentum);
+                let z_matrix = matrix(&z, rows, width);
+                let stats2 = bn_stats(freeze, momentum, name("norm2"), norm2, z_matrix);
                 let normed2 = take(&mut s.normed2, rows * width);
                 batch_norm_apply(
                     norm2,
@@ -704,12 +811,14 @@ fn view4(data: &[f32], n: usize, h: usize, w: usize, c: usize) -> ArrayView4<'_,
 
 /// A transition in training mode, recording its tape.
 fn record_transition(
+    site: Site,
     norm: &mut BatchNorm2d,
     conv: &Conv2d,
     x: ArrayView4<'_, f32>,
     ctx: &mut Ctx<'_>,
 ) -> (Array4<f32>, TransitionTape) {
-    let stats = batch_norm_train(norm, pixels(x), ctx.momentum);
+    let name = LayerName::new(site, "norm");
+    let stats = bn_stats(ctx.freeze, ctx.momentum, name, norm, pixels(x));
     // Pool before the 1x1 conv, as the inference path: both are linear per pixel. The
     // dropout mask then applies to the pooled conv output.
     let pooled = avg_pool2d(bn_relu(norm, &stats, x).view(), 2, 2);
@@ -719,30 +828,41 @@ fn record_transition(
     (y, TransitionTape { stats, dropout })
 }
 
+/// Backpropagates through a transition; returns the gradient of its input if
+/// `need_dx` (else only the parameter gradients are recorded).
 #[allow(clippy::too_many_arguments)]
 fn transition_backward(
     site: Site,
     norm: &BatchNorm2d,
     conv: &Conv2d,
     tape: &TransitionTape,
-    input: &BlockTape,
+    x: ArrayView4<'_, f32>,
     mut dy: Array4<f32>,
+    need_dx: bool,
     ctx: &mut Ctx<'_>,
     record: &mut impl FnMut(LayerName, LayerGrad),
-) -> Array4<f32> {
-    let x = input.output();
+) -> Option<Array4<f32>> {
     let (_, h, w, _) = x.dim();
     dropout_in_place(pixels_mut(&mut dy), ctx.p, &mut tape.dropout.clone());
     let pooled = avg_pool2d(bn_relu(norm, &tape.stats, x).view(), 2, 2);
-    let mut d_pooled = Array4::zeros(pooled.dim());
+    let norm_name = LayerName::new(site, "norm");
+    let need_norm = need_dx || !ctx.freeze.contains(norm_name);
+    let mut d_pooled = Array4::zeros(if need_norm {
+        pooled.dim()
+    } else {
+        (0, 0, 0, 0)
+    });
     let weight = conv2d_backward(
         conv,
         pooled.view(),
         dy.as_slice().expect("contiguous"),
-        Some(d_pooled.as_slice_mut().expect("contiguous")),
+        need_norm.then(|| d_pooled.as_slice_mut().expect("contiguous")),
         &mut ctx.s.im2col,
     );
     record(LayerName::new(site, "conv"), LayerGrad::Conv { weight });
+    if !need_norm {
+        return None;
+    }
     let d_relu = avg_pool2d_backward(d_pooled.view(), 2, 2, (h, w));
     let mut dx = Array4::zeros(x.dim());
     let (gamma, beta) = batch_norm_backward(
@@ -753,11 +873,8 @@ fn transition_backward(
         true,
         pixels_mut(&mut dx),
     );
-    record(
-        LayerName::new(site, "norm"),
-        LayerGrad::BatchNorm { gamma, beta },
-    );
-    dx
+    record(norm_name, LayerGrad::BatchNorm { gamma, beta });
+    need_dx.then_some(dx)
 }
 
 /// The classifier head in training mode, recording its tape: the logits.
@@ -767,21 +884,24 @@ fn record_head(
     x: ArrayView4<'_, f32>,
     ctx: &mut Ctx<'_>,
 ) -> (Array2<f32>, HeadTape) {
-    let stats = batch_norm_train(norm, pixels(x), ctx.momentum);
+    let name = LayerName::new(Site::Head, "norm5");
+    let stats = bn_stats(ctx.freeze, ctx.momentum, name, norm, pixels(x));
     let features = global_avg_pool(bn_relu(norm, &stats, x).view());
     let logits = classifier.forward(features.view());
     (logits, HeadTape { stats, features })
 }
 
+/// Backpropagates through the head; through its BatchNorm only if `need_norm` (its
+/// gradients or its input's are wanted), returning its input's gradient then.
 fn head_backward(
     norm: &BatchNorm2d,
     classifier: &Linear,
     tape: &HeadTape,
-    input: &BlockTape,
+    x: ArrayView4<'_, f32>,
     dlogits: &Array2<f32>,
+    need_norm: bool,
     record: &mut impl FnMut(LayerName, LayerGrad),
-) -> Array4<f32> {
-    let x = input.output();
+) -> Option<Array4<f32>> {
     let (_, h, w, _) = x.dim();
     let (d_features, weight, bias) =
         linear_backward(classifier, tape.features.view(), dlogits.view());
@@ -789,6 +909,9 @@ fn head_backward(
         LayerName::new(Site::Head, "classifier"),
         LayerGrad::Linear { weight, bias },
     );
+    if !need_norm {
+        return None;
+    }
     let d_relu = global_avg_pool_backward(d_features.view(), (h, w));
     let mut dx = Array4::zeros(x.dim());
     let (gamma, beta) = batch_norm_backward(
@@ -803,7 +926,7 @@ fn head_backward(
         LayerName::new(Site::Head, "norm5"),
         LayerGrad::BatchNorm { gamma, beta },
     );
-    dx
+    Some(dx)
 }
 
 #[cold]
