@@ -19,7 +19,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use densenet_runtime::image::{stack, Preprocessing};
 use densenet_runtime::ndarray::Array4;
 use densenet_runtime::{DynamicModel, Model, Naming, Network, Summary};
 use densenet_spec::{
@@ -27,9 +26,7 @@ use densenet_spec::{
 };
 
 mod inline;
-
-/// The 1000 ImageNet-1k class names in index order (torchvision's list).
-const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +71,13 @@ enum Command {
         /// How many classes to show per image.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Class names, one per line in label order. Default: the names a training
+        /// checkpoint saved, else ImageNet's for 1000 classes, else `class N`.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         /// JPEG or PNG images.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -181,8 +185,18 @@ fn run(command: Command) -> Result<ExitCode, String> {
             weights,
             naming,
             top,
+            labels,
+            json,
             images,
-        } => classify(&spec, &weights, naming, top, &images)?,
+        } => run::classify(&run::Request {
+            spec: &spec,
+            weights: &weights,
+            naming: naming.into(),
+            top,
+            labels: labels.as_deref(),
+            json,
+            images: &images,
+        })?,
         Command::Bench { spec, batch, iters } => bench(&spec, batch, iters)?,
         Command::Export {
             spec,
@@ -247,59 +261,14 @@ impl From<NamingArg> for Naming {
 }
 
 /// The model of a spec file with its weights.
-fn load_model(spec: &Path, weights: &Path, naming: Naming) -> Result<DynamicModel, String> {
+pub(crate) fn load_model(spec: &Path, weights: &Path, naming: Naming) -> Result<DynamicModel, String> {
     let arch = load_spec(spec).map_err(|e| e.to_string())?;
     DynamicModel::load_safetensors(arch, weights, naming).map_err(|e| e.to_string())
 }
 
 /// Parses and checks a spec file; errors carry `file:line:column`.
-fn load_spec(path: &Path) -> Result<Architecture, LoadError> {
+pub(crate) fn load_spec(path: &Path) -> Result<Architecture, LoadError> {
     check_yaml_file(path).map(|model| model.architecture)
-}
-
-fn classify(
-    spec: &Path,
-    weights: &Path,
-    naming: NamingArg,
-    top: usize,
-    images: &[PathBuf],
-) -> Result<(), String> {
-    let arch = load_spec(spec).map_err(|e| e.to_string())?;
-    let [_, h, w] = arch.input;
-    if h != w {
-        return Err(format!(
-            "run needs a square input to center-crop to; the spec's is {h}x{w}"
-        ));
-    }
-    let classes = arch.classes;
-    let model = load_model(spec, weights, naming.into())?;
-    // ImageNet's evaluation transform, scaled to the model's input: resize 256 → crop 224.
-    let preprocessing = Preprocessing {
-        crop: h as u32,
-        resize: (h as f64 * 256.0 / 224.0).round() as u32,
-        ..Preprocessing::default()
-    };
-    let tensors = images
-        .iter()
-        .map(|path| preprocessing.load(path).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let batch = stack(&tensors).map_err(|e| e.to_string())?;
-    let probabilities = model.predict(batch.view()).map_err(|e| e.to_string())?;
-    let labels: Vec<&str> = IMAGENET_CLASSES.lines().collect();
-    for (path, row) in images.iter().zip(probabilities.rows()) {
-        println!("{}", path.display());
-        let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        for (class, p) in ranked.into_iter().take(top) {
-            let label = if classes == labels.len() {
-                labels[class].to_string()
-            } else {
-                format!("class {class}")
-            };
-            println!("  {:>6.2}%  {label}", p * 100.0);
-        }
-    }
-    Ok(())
 }
 
 /// Most timed passes `bench` runs (their times are kept to take the median).

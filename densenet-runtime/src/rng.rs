@@ -70,6 +70,29 @@ impl Rng {
         }
     }
 
+    /// The generator's position in its stream, for [`Rng::from_state`]: how a training
+    /// checkpoint resumes the run's one generator exactly.
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// A generator that continues from `state` (from [`Rng::state`]); `None` for the
+    /// all-zero state, which xoshiro cannot leave.
+    ///
+    /// ```
+    /// use densenet_runtime::rng::Rng;
+    /// let mut a = Rng::new(7);
+    /// a.next_u64();
+    /// let mut b = Rng::from_state(a.state()).unwrap();
+    /// assert_eq!(a.next_u64(), b.next_u64());
+    /// ```
+    pub fn from_state(state: [u64; 4]) -> Option<Self> {
+        (state != [0; 4]).then_some(Self {
+            s: state,
+            zeros: false,
+        })
+    }
+
     /// The next 64 uniformly distributed bits (xoshiro256++).
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;

@@ -142,6 +142,27 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
+    /// A run cannot resume from this checkpoint (another model's, another optimiser's,
+    /// a plain weights file, or damaged). Nothing has changed.
+    #[error("cannot resume from {}: {reason}", path.display())]
+    Resume {
+        /// The checkpoint.
+        path: std::path::PathBuf,
+        /// Why not.
+        reason: String,
+    },
+    /// A new run's checkpoint directory already holds another run's checkpoints, which
+    /// it would overwrite.
+    #[error(
+        "{} already holds checkpoints up to epoch {last}: resume that run, or choose another directory",
+        dir.display()
+    )]
+    RunExists {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Its latest checkpoint's epoch.
+        last: usize,
+    },
     /// An optimiser or training-step setting outside its range.
     #[error("{field} must be in {range}; got {value}")]
     Setting {

@@ -5,17 +5,20 @@
 //! [`Rng`] seeded with [`FitConfig::seed`], in a fixed sequence: the same model, data
 //! and configuration give the same weights bit for bit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
+use std::ops::ControlFlow;
+
 use crate::rng::Rng;
+use crate::train::checkpoint::{self, checkpoint_path, checkpoints_in, resume, RunState};
 use crate::stage::LayerRef;
 use crate::stage::Network;
 use crate::train::dataset::permutation;
 use crate::train::evaluate::{check_fits, count_correct};
 use crate::train::tape::step;
 use crate::train::{
-    evaluate, Adam, AdamConfig, EpochStats, Freeze, History, Progress, Schedule, Sgd, SgdConfig,
+    evaluate, optim::Stepper, Adam, AdamConfig, EpochStats, Freeze, History, Progress, Schedule, Sgd, SgdConfig,
     Source, StepConfig, TrainError,
 };
 use crate::weights;
@@ -70,13 +73,32 @@ pub struct FitConfig<'a> {
     pub seed: u64,
     /// Evaluated after every epoch (accuracy in [`EpochStats::validation`]).
     pub validation: Option<&'a dyn Source>,
-    /// If set, the weights after epoch `e` (1-based) are written to
-    /// `dir/epoch-{e:03}.safetensors` (torchvision naming, [`weights::save_file`]); the
-    /// directory is created if needed.
+    /// If set, a resumable checkpoint is written after every epoch `e` (1-based) to
+    /// `dir/epoch-{e:03}.safetensors` (the weights in torchvision naming, so it loads
+    /// as a weights file, plus the optimiser's state, the generator and the history:
+    /// see [`checkpoint_path`]); the directory is created if needed. A new run refuses
+    /// a directory that holds checkpoints ([`TrainError::RunExists`]) unless `resume`.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Continue the run whose checkpoints are in `checkpoint_dir` from its latest one
+    /// (weights, optimiser state, generator, history), or start it if there are none:
+    /// the result is the uninterrupted run's, bit for bit. `epochs` is the run's total.
+    pub resume: bool,
+    /// Called after every epoch with its record; [`ControlFlow::Break`] ends the run
+    /// there (after that epoch's checkpoint).
+    pub on_epoch_end: Option<OnEpochEnd<'a>>,
     /// Show a progress bar per epoch (with the `progress` feature, else one line per
     /// epoch) on standard error.
     pub progress: bool,
+}
+
+/// A function [`fit`] calls after every epoch ([`FitConfig::on_epoch_end`]).
+#[derive(Clone, Copy)]
+pub struct OnEpochEnd<'a>(pub &'a (dyn Fn(&EpochStats) -> ControlFlow<()> + Sync));
+
+impl std::fmt::Debug for OnEpochEnd<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnEpochEnd(..)")
+    }
 }
 
 impl Default for FitConfig<'_> {
@@ -91,6 +113,8 @@ impl Default for FitConfig<'_> {
             seed: 0,
             validation: None,
             checkpoint_dir: None,
+            resume: false,
+            on_epoch_end: None,
             progress: false,
         }
     }
@@ -181,7 +205,30 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
             range: "(0, 1]",
         });
     }
+    let mut optimizer = match config.optimizer {
+        Optimizer::Sgd(c) => Stepper::Sgd(Sgd::new(c)),
+        Optimizer::Adam(c) => Stepper::Adam(Adam::new(c)),
+    };
+    let mut rng = Rng::new(config.seed);
+    let mut history = History::default();
+    let mut first_epoch = 0;
     if let Some(dir) = &config.checkpoint_dir {
+        let existing = checkpoints_in(dir)?;
+        match (existing.last(), config.resume) {
+            (Some(&(last, _)), false) => {
+                return Err(TrainError::RunExists {
+                    dir: dir.clone(),
+                    last,
+                })
+            }
+            (Some((_, path)), true) => {
+                let resumed = resume(model, path, &mut optimizer, train.class_names())?;
+                rng = resumed.rng;
+                history = resumed.history;
+                first_epoch = resumed.epoch;
+            }
+            (None, _) => {}
+        }
         std::fs::create_dir_all(dir).map_err(|source| {
             TrainError::Checkpoint(SaveError::Io {
                 path: dir.clone(),
@@ -190,13 +237,7 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
         })?;
     }
 
-    let mut optimizer = match config.optimizer {
-        Optimizer::Sgd(c) => Stepper::Sgd(Sgd::new(c)),
-        Optimizer::Adam(c) => Stepper::Adam(Adam::new(c)),
-    };
-    let mut rng = Rng::new(config.seed);
-    let mut history = History::default();
-    for epoch in 0..config.epochs {
+    for epoch in first_epoch..config.epochs {
         let start = Instant::now();
         let order = permutation(train.len(), &mut rng);
         let chunks = order.chunks(config.batch_size);
@@ -261,10 +302,10 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
             Some(val) => Some(evaluate(model, val, config.batch_size)?),
             None => None,
         };
-        let checkpoint = match &config.checkpoint_dir {
-            Some(dir) => Some(write_checkpoint(model, dir, epoch + 1)?),
-            None => None,
-        };
+        let checkpoint = config
+            .checkpoint_dir
+            .as_ref()
+            .map(|dir| checkpoint_path(dir, epoch + 1));
         let stats = EpochStats {
             epoch: epoch + 1,
             lr,
@@ -277,6 +318,21 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
         };
         display.finish(&stats);
         history.epochs.push(stats);
+        if let Some(path) = &history.epochs[history.epochs.len() - 1].checkpoint {
+            let state = RunState {
+                epoch: epoch + 1,
+                rng: &rng,
+                optimizer: optimizer.export(),
+                history: &history,
+                class_names: train.class_names(),
+            };
+            checkpoint::write(&*model, path, &state)?;
+        }
+        if let Some(OnEpochEnd(f)) = config.on_epoch_end {
+            if f(&history.epochs[history.epochs.len() - 1]).is_break() {
+                break;
+            }
+        }
     }
     Ok(history)
 }
@@ -319,43 +375,6 @@ fn first_non_finite<M: Network + ?Sized>(model: &M) -> Option<String> {
         }
     });
     found
-}
-
-/// The path of epoch `epoch`'s (1-based) checkpoint in `dir`: `dir/epoch-003.safetensors`.
-pub fn checkpoint_path(dir: &Path, epoch: usize) -> PathBuf {
-    dir.join(format!("epoch-{epoch:03}.safetensors"))
-}
-
-fn write_checkpoint<M: Network + ?Sized>(
-    model: &M,
-    dir: &Path,
-    epoch: usize,
-) -> Result<PathBuf, TrainError> {
-    let path = checkpoint_path(dir, epoch);
-    weights::save_file(model, &path).map_err(TrainError::Checkpoint)?;
-    Ok(path)
-}
-
-/// The optimiser of a run.
-enum Stepper {
-    Sgd(Sgd),
-    Adam(Adam),
-}
-
-impl Stepper {
-    fn set_lr(&mut self, lr: f32) {
-        match self {
-            Stepper::Sgd(o) => o.set_lr(lr),
-            Stepper::Adam(o) => o.set_lr(lr),
-        }
-    }
-
-    fn step<M: Network + ?Sized>(&mut self, model: &mut M, grads: &crate::train::Gradients) {
-        match self {
-            Stepper::Sgd(o) => o.step(model, grads),
-            Stepper::Adam(o) => o.step(model, grads),
-        }
-    }
 }
 
 /// The progress display of one epoch: an `indicatif` bar with the `progress` feature,

@@ -48,6 +48,7 @@
 //! ```
 
 mod batch_norm;
+mod checkpoint;
 mod col2im;
 mod conv;
 mod dataset;
@@ -74,7 +75,8 @@ pub use conv::conv2d_backward;
 pub use dataset::{permutation, Batch, Batches, Dataset};
 pub use dropout::dropout_in_place;
 pub use evaluate::{evaluate, logits, Evaluation};
-pub use fit::{checkpoint_path, fit, FitConfig, Optimizer};
+pub use checkpoint::{checkpoint_path, checkpoints_in, read_checkpoint_info, CheckpointInfo};
+pub use fit::{fit, FitConfig, OnEpochEnd, Optimizer};
 pub use freeze::Freeze;
 pub use history::{EpochStats, History};
 pub use linear::linear_backward;

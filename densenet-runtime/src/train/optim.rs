@@ -372,6 +372,105 @@ fn adam_update(
     }
 }
 
+/// An optimiser's state as plain data, for training checkpoints (`checkpoint.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct OptimizerState {
+    /// `sgd` or `adam`.
+    pub kind: &'static str,
+    /// Steps taken ([`Adam::steps`]; 0 for SGD, which does not count).
+    pub steps: u32,
+    /// Per parameter in walking order: `None` before its first update, else its own
+    /// step count (1 for SGD) and buffers (SGD: `[velocity]`, empty without momentum;
+    /// Adam: `[m, v]`).
+    pub params: Vec<Option<(u32, Vec<Vec<f32>>)>>,
+}
+
+/// The optimiser of a training run, either kind.
+#[derive(Clone, Debug)]
+pub(crate) enum Stepper {
+    Sgd(Sgd),
+    Adam(Adam),
+}
+
+impl Stepper {
+    pub(crate) fn set_lr(&mut self, lr: f32) {
+        match self {
+            Stepper::Sgd(o) => o.set_lr(lr),
+            Stepper::Adam(o) => o.set_lr(lr),
+        }
+    }
+
+    pub(crate) fn step<M: Network + ?Sized>(&mut self, model: &mut M, grads: &Gradients) {
+        match self {
+            Stepper::Sgd(o) => o.step(model, grads),
+            Stepper::Adam(o) => o.step(model, grads),
+        }
+    }
+
+    /// The state, as data.
+    pub(crate) fn export(&self) -> OptimizerState {
+        match self {
+            Stepper::Sgd(o) => OptimizerState {
+                kind: "sgd",
+                steps: 0,
+                params: o
+                    .velocity
+                    .iter()
+                    .map(|b| b.as_ref().map(|b| (1, vec![b.clone()])))
+                    .collect(),
+            },
+            Stepper::Adam(o) => OptimizerState {
+                kind: "adam",
+                steps: o.t,
+                params: o
+                    .params
+                    .iter()
+                    .map(|p| p.as_ref().map(|p| (p.t, vec![p.m.clone(), p.v.clone()])))
+                    .collect(),
+            },
+        }
+    }
+
+    /// Replaces the state with `state` (checked by the caller against the model's
+    /// parameters); `Err` naming the kinds if `state` is another optimiser's.
+    pub(crate) fn import(&mut self, state: OptimizerState) -> Result<(), String> {
+        let kind = match self {
+            Stepper::Sgd(_) => "sgd",
+            Stepper::Adam(_) => "adam",
+        };
+        if state.kind != kind {
+            return Err(format!(
+                "the checkpoint's optimiser is {}, this run's is {kind}",
+                state.kind
+            ));
+        }
+        match self {
+            Stepper::Sgd(o) => {
+                o.velocity = state
+                    .params
+                    .into_iter()
+                    .map(|p| p.map(|(_, mut buffers)| buffers.pop().unwrap_or_default()))
+                    .collect();
+            }
+            Stepper::Adam(o) => {
+                o.t = state.steps;
+                o.params = state
+                    .params
+                    .into_iter()
+                    .map(|p| {
+                        p.map(|(t, mut buffers)| {
+                            let v = buffers.pop().unwrap_or_default();
+                            let m = buffers.pop().unwrap_or_default();
+                            AdamState { t, m, v }
+                        })
+                    })
+                    .collect();
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The DenseNet paper's step schedule: `base_lr` for the first half of training,
 /// `base_lr / 10` from epoch `⌈epochs / 2⌉`, `base_lr / 100` from epoch `⌈3·epochs / 4⌉`
 /// (`epoch` is 0-based; epochs past the end keep the last rate). With 300 epochs (the

@@ -18,7 +18,7 @@ use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 pub use error::{LoadError, SaveError};
-pub(crate) use naming::torchvision_path;
+pub(crate) use naming::{torchvision_path, CHECKPOINT_PREFIX};
 pub use naming::Naming;
 use naming::Tensor;
 pub use options::LoadOptions;
@@ -110,13 +110,27 @@ pub fn to_bytes<M: Network + ?Sized>(model: &M) -> Vec<u8> {
 /// kernels `(in, out)`, no `num_batches_tracked`), as `keras.applications.DenseNet121`
 /// names its weights. Every file loads back into the same model.
 pub fn to_bytes_with<M: Network + ?Sized>(model: &M, naming: Naming) -> Vec<u8> {
+    to_bytes_extended(model, naming, Vec::new(), None)
+}
+
+/// A tensor for [`to_bytes_extended`]: key, dtype, shape, little-endian bytes.
+pub(crate) type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// [`to_bytes_with`] plus `extra` tensors (whose keys the loaders skip, see
+/// `naming::is_bookkeeping`) and header `metadata`: a training checkpoint.
+pub(crate) fn to_bytes_extended<M: Network + ?Sized>(
+    model: &M,
+    naming: Naming,
+    extra: Vec<Entry>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Vec<u8> {
     let keras = naming == Naming::Keras;
     let naming = if keras {
         Naming::Keras
     } else {
         Naming::Torchvision
     };
-    let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     let mut push = |name: LayerName,
                     tensor: Tensor,
                     shape: Vec<usize>,
@@ -192,12 +206,14 @@ pub fn to_bytes_with<M: Network + ?Sized>(model: &M, naming: Naming) -> Vec<u8> 
         })
         .collect();
     entries.extend(counters);
+    entries.extend(extra);
     let views = entries.iter().map(|(key, dtype, shape, bytes)| {
         let view = TensorView::new(*dtype, shape.clone(), bytes)
             .expect("shape and byte length agree by construction");
         (key.as_str(), view)
     });
-    safetensors::serialize(views, None).expect("in-memory serialisation of valid views cannot fail")
+    safetensors::serialize(views, metadata)
+        .expect("in-memory serialisation of valid views cannot fail")
 }
 
 /// Writes [`to_bytes`] to `path` atomically (a failed write leaves what was there):

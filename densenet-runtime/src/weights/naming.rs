@@ -112,8 +112,12 @@ fn keras_layer(name: LayerName) -> String {
 
 /// Bookkeeping entries that carry no weights.
 pub(crate) fn is_bookkeeping(key: &str) -> bool {
-    key.ends_with("num_batches_tracked")
+    key.ends_with("num_batches_tracked") || key.starts_with(CHECKPOINT_PREFIX)
 }
+
+/// The key prefix of a training checkpoint's optimiser state: not weights, so a
+/// checkpoint loads as a weights file.
+pub(crate) const CHECKPOINT_PREFIX: &str = "optimizer/";
 
 /// Guesses the scheme from the keys.
 pub(crate) fn detect<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<Naming> {

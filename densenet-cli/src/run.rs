@@ -1,0 +1,130 @@
+//! `densenet run`: classify images, as a table or JSON, with class names from a file,
+//! a training checkpoint, or ImageNet's list.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use densenet_runtime::image::{stack, Preprocessing};
+use densenet_runtime::train::read_checkpoint_info;
+use densenet_runtime::{Model, Naming};
+
+use crate::{load_model, load_spec};
+
+/// The 1000 ImageNet-1k class names in index order (torchvision's list).
+const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
+
+/// What `densenet run` was asked.
+pub(crate) struct Request<'a> {
+    pub spec: &'a Path,
+    pub weights: &'a Path,
+    pub naming: Naming,
+    pub top: usize,
+    pub labels: Option<&'a Path>,
+    pub json: bool,
+    pub images: &'a [PathBuf],
+}
+
+/// The names of a model's `classes` classes: `--labels`, else those a training
+/// checkpoint saved, else ImageNet's for 1000 classes, else `class N`.
+pub(crate) fn class_names(
+    labels: Option<&Path>,
+    weights: &Path,
+    classes: usize,
+) -> Result<Vec<String>, String> {
+    let names: Vec<String> = match labels {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => match read_checkpoint_info(weights).ok().and_then(|i| i.class_names) {
+            Some(names) => names,
+            None if classes == 1000 => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
+            None => (0..classes).map(|c| format!("class {c}")).collect(),
+        },
+    };
+    if names.len() != classes {
+        return Err(format!(
+            "{} names {} classes, the model has {classes}",
+            labels.map_or_else(|| weights.display().to_string(), |l| l.display().to_string()),
+            names.len()
+        ));
+    }
+    Ok(names)
+}
+
+pub(crate) fn classify(request: &Request<'_>) -> Result<(), String> {
+    let arch = load_spec(request.spec).map_err(|e| e.to_string())?;
+    let [_, h, w] = arch.input;
+    if h != w {
+        return Err(format!(
+            "run needs a square input to center-crop to; the spec's is {h}x{w}"
+        ));
+    }
+    let names = class_names(request.labels, request.weights, arch.classes)?;
+    let model = load_model(request.spec, request.weights, request.naming)?;
+    // ImageNet's evaluation transform, scaled to the model's input: resize 256 → crop 224.
+    let preprocessing = Preprocessing {
+        crop: h as u32,
+        resize: (h as f64 * 256.0 / 224.0).round() as u32,
+        ..Preprocessing::default()
+    };
+    let tensors = request
+        .images
+        .iter()
+        .map(|path| preprocessing.load(path).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = stack(&tensors).map_err(|e| e.to_string())?;
+    let probabilities = model.predict(batch.view()).map_err(|e| e.to_string())?;
+    let mut json = Vec::new();
+    for (path, row) in request.images.iter().zip(probabilities.rows()) {
+        let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(request.top);
+        if request.json {
+            let top: Vec<String> = ranked
+                .iter()
+                .map(|&(class, p)| {
+                    format!(
+                        r#"{{"class":{class},"label":{},"probability":{p}}}"#,
+                        quote(&names[class])
+                    )
+                })
+                .collect();
+            json.push(format!(
+                r#"{{"image":{},"top":[{}]}}"#,
+                quote(&path.display().to_string()),
+                top.join(",")
+            ));
+        } else {
+            println!("{}", path.display());
+            for (class, p) in ranked {
+                println!("  {:>6.2}%  {}", p * 100.0, names[class]);
+            }
+        }
+    }
+    if request.json {
+        println!("[{}]", json.join(","));
+    }
+    Ok(())
+}
+
+/// `text` as a JSON string literal.
+pub(crate) fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
