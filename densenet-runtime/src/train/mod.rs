@@ -70,9 +70,9 @@ pub use col2im::col2im;
 pub use conv::conv2d_backward;
 pub use dataset::{permutation, Batch, Batches, Dataset};
 pub use dropout::dropout_in_place;
-pub use evaluate::{evaluate, logits, Evaluation};
+pub use evaluate::{evaluate, in_top_k, logits, Evaluation};
 pub use fit::{checkpoint_path, fit, FitConfig, Optimizer};
-pub use history::{EpochStats, History};
+pub use history::{EpochStats, History, HistoryError, Monitor, MonitorMode, ParseMonitorError};
 pub use linear::linear_backward;
 pub use loss::softmax_cross_entropy;
 pub use optim::{step_lr, Adam, AdamConfig, Sgd, SgdConfig};
@@ -80,7 +80,7 @@ pub use pool::{
     avg_pool2d_backward, global_avg_pool_backward, max_pool2d_backward, max_pool2d_train,
 };
 pub use relu::relu_backward;
-pub use schedule::{Progress, Schedule};
+pub use schedule::{CosineConfig, PlateauConfig, Progress, Schedule};
 pub use source::Source;
 pub use tape::{loss_and_gradients, loss_and_gradients_with, Gradients, LayerGrad, StepConfig};
 
