@@ -191,6 +191,7 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
         });
     }
     config.optimizer.validate()?;
+    config.schedule.validate(config.epochs)?;
     config.freeze.check(&*model)?;
     let base_lr = config.optimizer.base_lr();
     let rate = config.step.dropout.unwrap_or(arch.dropout);

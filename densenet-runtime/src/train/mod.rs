@@ -74,11 +74,11 @@ pub use col2im::col2im;
 pub use conv::conv2d_backward;
 pub use dataset::{permutation, Batch, Batches, Dataset};
 pub use dropout::dropout_in_place;
-pub use evaluate::{evaluate, logits, Evaluation};
 pub use checkpoint::{checkpoint_path, checkpoints_in, read_checkpoint_info, CheckpointInfo};
+pub use evaluate::{evaluate, in_top_k, logits, Evaluation};
 pub use fit::{fit, FitConfig, OnEpochEnd, Optimizer};
 pub use freeze::Freeze;
-pub use history::{EpochStats, History};
+pub use history::{EpochStats, History, HistoryError, Monitor, MonitorMode, ParseMonitorError};
 pub use linear::linear_backward;
 pub use loss::softmax_cross_entropy;
 pub use optim::{step_lr, Adam, AdamConfig, Sgd, SgdConfig};
@@ -86,7 +86,7 @@ pub use pool::{
     avg_pool2d_backward, global_avg_pool_backward, max_pool2d_backward, max_pool2d_train,
 };
 pub use relu::relu_backward;
-pub use schedule::{Progress, Schedule};
+pub use schedule::{CosineConfig, PlateauConfig, Progress, Schedule};
 pub use source::Source;
 pub use tape::{
     loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_with, Gradients, LayerGrad,
