@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use densenet::densenet;
 use densenet::runtime::train::{
-    checkpoints_in, fit, read_checkpoint_info, AdamConfig, Dataset, EpochStats, FitConfig,
-    Freeze, History, OnEpochEnd, Optimizer, SgdConfig,
+    checkpoints_in, fit, read_checkpoint_info, AdamConfig, Dataset, EarlyStopping, EpochStats,
+    FitConfig, Freeze, History, Monitor, OnEpochEnd, Optimizer, SgdConfig, BEST_CHECKPOINT,
 };
-use densenet::runtime::{Model, TrainError};
+use densenet::runtime::TrainError;
 
 #[path = "../fixtures/digits/digits.rs"]
 mod digits;
@@ -66,7 +66,12 @@ fn resumes_bit_for_bit(optimizer: Optimizer, name: &str) {
         ..FitConfig::default()
     };
     let mut straight = TinyDigits::init(1);
-    let full = fit(&mut straight, &train, &config(scratch(&format!("{name}-straight")))).unwrap();
+    let full = fit(
+        &mut straight,
+        &train,
+        &config(scratch(&format!("{name}-straight"))),
+    )
+    .unwrap();
 
     // Interrupted after epoch 2, then resumed by a new process (a fresh model).
     let dir = scratch(&format!("{name}-interrupted"));
@@ -98,22 +103,42 @@ fn resumes_bit_for_bit(optimizer: Optimizer, name: &str) {
         },
     )
     .unwrap();
-    assert_eq!(rest.epochs.len(), 4, "the resumed history holds the whole run");
+    assert_eq!(
+        rest.epochs.len(),
+        4,
+        "the resumed history holds the whole run"
+    );
     assert_eq!(trace(&rest), trace(&full));
-    assert_eq!(resumed.to_safetensors_bytes(), straight.to_safetensors_bytes());
+    assert_eq!(
+        resumed.to_safetensors_bytes(),
+        straight.to_safetensors_bytes()
+    );
     let epochs: Vec<usize> = checkpoints_in(&dir).unwrap().iter().map(|c| c.0).collect();
     assert_eq!(epochs, [1, 2, 3, 4]);
 
     // Resuming a finished run trains nothing more.
-    let again = fit(&mut resumed, &train, &FitConfig { resume: true, ..config(dir.clone()) })
-        .unwrap();
+    let again = fit(
+        &mut resumed,
+        &train,
+        &FitConfig {
+            resume: true,
+            ..config(dir.clone())
+        },
+    )
+    .unwrap();
     assert_eq!(trace(&again), trace(&full));
-    assert_eq!(resumed.to_safetensors_bytes(), straight.to_safetensors_bytes());
+    assert_eq!(
+        resumed.to_safetensors_bytes(),
+        straight.to_safetensors_bytes()
+    );
 
     // A checkpoint is also a weights file; its header keeps the run's record.
     let last = &checkpoints_in(&dir).unwrap()[3].1;
     let loaded = TinyDigits::load_safetensors(last).unwrap();
-    assert_eq!(loaded.to_safetensors_bytes(), straight.to_safetensors_bytes());
+    assert_eq!(
+        loaded.to_safetensors_bytes(),
+        straight.to_safetensors_bytes()
+    );
     let info = read_checkpoint_info(last).unwrap();
     assert_eq!((info.epoch, trace(&info.history)), (4, trace(&full)));
 }
@@ -145,14 +170,32 @@ fn an_interrupted_adam_run_with_frozen_layers_resumes_bit_for_bit() {
         ..FitConfig::default()
     };
     let mut straight = TinyDigits::init(2);
-    fit(&mut straight, &train, &FitConfig { checkpoint_dir: None, ..config(false) }).unwrap();
+    fit(
+        &mut straight,
+        &train,
+        &FitConfig {
+            checkpoint_dir: None,
+            ..config(false)
+        },
+    )
+    .unwrap();
     let stop = |_: &EpochStats| ControlFlow::Break(());
     let mut model = TinyDigits::init(2);
-    fit(&mut model, &train, &FitConfig { on_epoch_end: Some(OnEpochEnd(&stop)), ..config(false) })
-        .unwrap();
+    fit(
+        &mut model,
+        &train,
+        &FitConfig {
+            on_epoch_end: Some(OnEpochEnd(&stop)),
+            ..config(false)
+        },
+    )
+    .unwrap();
     let mut model = TinyDigits::init(3);
     fit(&mut model, &train, &config(true)).unwrap();
-    assert_eq!(model.to_safetensors_bytes(), straight.to_safetensors_bytes());
+    assert_eq!(
+        model.to_safetensors_bytes(),
+        straight.to_safetensors_bytes()
+    );
 }
 
 #[test]
@@ -171,13 +214,20 @@ fn checkpoints_of_another_run_are_refused_and_nothing_is_overwritten() {
 
     // A new run into the same directory.
     let err = fit(&mut TinyDigits::init(0), &train, &config(false)).unwrap_err();
-    assert!(matches!(err, TrainError::RunExists { last: 1, .. }), "{err}");
+    assert!(
+        matches!(err, TrainError::RunExists { last: 1, .. }),
+        "{err}"
+    );
     // Another architecture, resuming.
     let mut other = OtherDigits::init(0);
     let before = other.to_safetensors_bytes();
     let err = fit(&mut other, &train, &config(true)).unwrap_err();
     assert!(matches!(err, TrainError::Resume { .. }), "{err}");
-    assert!(err.to_string().contains("another architecture than OtherDigits's"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("another architecture than OtherDigits's"),
+        "{err}"
+    );
     assert_eq!(other.to_safetensors_bytes(), before);
     // Another optimiser.
     let adam = FitConfig {
@@ -186,8 +236,15 @@ fn checkpoints_of_another_run_are_refused_and_nothing_is_overwritten() {
         ..config(true)
     };
     let err = fit(&mut TinyDigits::init(0), &train, &adam).unwrap_err();
-    assert!(err.to_string().contains("the checkpoint's optimiser is sgd, this run's is adam"), "{err}");
-    assert_eq!(std::fs::read(dir.join("epoch-001.safetensors")).unwrap(), written);
+    assert!(
+        err.to_string()
+            .contains("the checkpoint's optimiser is sgd, this run's is adam"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("epoch-001.safetensors")).unwrap(),
+        written
+    );
 
     // A plain weights file where a checkpoint should be.
     let plain = scratch("plain");
@@ -198,8 +255,97 @@ fn checkpoints_of_another_run_are_refused_and_nothing_is_overwritten() {
     let err = fit(
         &mut TinyDigits::init(0),
         &train,
-        &FitConfig { checkpoint_dir: Some(plain), ..config(true) },
+        &FitConfig {
+            checkpoint_dir: Some(plain),
+            ..config(true)
+        },
     )
     .unwrap_err();
-    assert!(err.to_string().contains("not a training checkpoint"), "{err}");
+    assert!(
+        err.to_string().contains("not a training checkpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn early_stopping_restores_the_best_epoch_and_best_only_keeps_it() {
+    let (train, val) = data();
+    let dir = scratch("early");
+    let config = FitConfig {
+        epochs: 12,
+        batch_size: 25,
+        // A large constant rate, so that the validation loss does not only go down.
+        optimizer: Optimizer::Adam(AdamConfig {
+            lr: 0.03,
+            ..AdamConfig::default()
+        }),
+        schedule: densenet::runtime::train::Schedule::Constant,
+        validation: Some(&val),
+        checkpoint_dir: Some(dir.clone()),
+        save_best: Some(Monitor::ValLoss),
+        early_stopping: Some(EarlyStopping {
+            monitor: Monitor::ValLoss,
+            patience: 1,
+            restore_best: true,
+            ..EarlyStopping::default()
+        }),
+        ..FitConfig::default()
+    };
+    let mut model = TinyDigits::init(4);
+    let history = fit(&mut model, &train, &config).unwrap();
+    let losses: Vec<f32> = history
+        .epochs
+        .iter()
+        .map(|e| e.validation.unwrap().loss)
+        .collect();
+    // Keras's rule, by hand: stop at the first epoch (after the first) that is the
+    // second in a row without a new minimum.
+    let mut best = f32::INFINITY;
+    let (mut best_epoch, mut stale, mut stopped_at) = (0, 0, None);
+    for (i, &loss) in losses.iter().enumerate() {
+        if loss < best {
+            (best, best_epoch, stale) = (loss, i + 1, 0);
+        } else {
+            stale += 1;
+            if stale >= 1 && i > 0 {
+                stopped_at = Some(i + 1);
+                break;
+            }
+        }
+    }
+    assert!(
+        stopped_at.is_some(),
+        "the run should stop early: {losses:?}"
+    );
+    assert_eq!(stopped_at, Some(history.epochs.len()), "{losses:?}");
+    // The model holds the best epoch's weights, which best.safetensors also holds.
+    let best_file =
+        TinyDigits::load_safetensors(checkpoints_in(&dir).unwrap()[best_epoch - 1].1.clone())
+            .unwrap();
+    assert_eq!(
+        model.to_safetensors_bytes(),
+        best_file.to_safetensors_bytes()
+    );
+    let saved = TinyDigits::load_safetensors(dir.join(BEST_CHECKPOINT)).unwrap();
+    assert_eq!(
+        saved.to_safetensors_bytes(),
+        best_file.to_safetensors_bytes()
+    );
+
+    // Watching a validation metric without validation data is refused.
+    let err = fit(
+        &mut TinyDigits::init(0),
+        &train,
+        &FitConfig {
+            validation: None,
+            checkpoint_dir: None,
+            save_best: None,
+            ..config.clone()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "watching `val_loss` needs a validation set"
+    );
 }

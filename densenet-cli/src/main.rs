@@ -261,7 +261,11 @@ impl From<NamingArg> for Naming {
 }
 
 /// The model of a spec file with its weights.
-pub(crate) fn load_model(spec: &Path, weights: &Path, naming: Naming) -> Result<DynamicModel, String> {
+pub(crate) fn load_model(
+    spec: &Path,
+    weights: &Path,
+    naming: Naming,
+) -> Result<DynamicModel, String> {
     let arch = load_spec(spec).map_err(|e| e.to_string())?;
     DynamicModel::load_safetensors(arch, weights, naming).map_err(|e| e.to_string())
 }

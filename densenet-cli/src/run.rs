@@ -39,7 +39,10 @@ pub(crate) fn class_names(
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect(),
-        None => match read_checkpoint_info(weights).ok().and_then(|i| i.class_names) {
+        None => match read_checkpoint_info(weights)
+            .ok()
+            .and_then(|i| i.class_names)
+        {
             Some(names) => names,
             None if classes == 1000 => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
             None => (0..classes).map(|c| format!("class {c}")).collect(),
@@ -48,7 +51,10 @@ pub(crate) fn class_names(
     if names.len() != classes {
         return Err(format!(
             "{} names {} classes, the model has {classes}",
-            labels.map_or_else(|| weights.display().to_string(), |l| l.display().to_string()),
+            labels.map_or_else(
+                || weights.display().to_string(),
+                |l| l.display().to_string()
+            ),
             names.len()
         ));
     }

@@ -223,11 +223,18 @@ impl<'a> Parsed<'a> {
             .split(',')
             .map(|w| u64::from_str_radix(w, 16))
             .collect::<Result<_, _>>()
-            .map_err(|_| resume_error(self.path, format!("`rng` is not four hex words: {text:?}")))?;
+            .map_err(|_| {
+                resume_error(self.path, format!("`rng` is not four hex words: {text:?}"))
+            })?;
         <[u64; 4]>::try_from(words)
             .ok()
             .and_then(Rng::from_state)
-            .ok_or_else(|| resume_error(self.path, format!("`rng` is not a generator state: {text:?}")))
+            .ok_or_else(|| {
+                resume_error(
+                    self.path,
+                    format!("`rng` is not a generator state: {text:?}"),
+                )
+            })
     }
 }
 

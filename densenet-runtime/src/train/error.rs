@@ -163,6 +163,12 @@ pub enum TrainError {
         /// Its latest checkpoint's epoch.
         last: usize,
     },
+    /// Settings of `fit` that do not go together.
+    #[error("{reason}")]
+    Conflict {
+        /// What conflicts.
+        reason: String,
+    },
     /// An optimiser or training-step setting outside its range.
     #[error("{field} must be in {range}; got {value}")]
     Setting {

@@ -11,17 +11,19 @@ use std::time::Instant;
 use std::ops::ControlFlow;
 
 use crate::rng::Rng;
-use crate::train::checkpoint::{self, checkpoint_path, checkpoints_in, resume, RunState};
 use crate::stage::LayerRef;
 use crate::stage::Network;
+use crate::train::callbacks::best_epoch;
+use crate::train::checkpoint::{self, checkpoint_path, checkpoints_in, resume, RunState};
 use crate::train::dataset::permutation;
 use crate::train::evaluate::{check_fits, count_correct};
 use crate::train::tape::step;
 use crate::train::{
-    evaluate, optim::Stepper, Adam, AdamConfig, EpochStats, Freeze, History, Progress, Schedule, Sgd, SgdConfig,
-    Source, StepConfig, TrainError,
+    evaluate, optim::Stepper, Adam, AdamConfig, EarlyStopping, EpochStats, Freeze, History,
+    Monitor, Progress, Schedule, Sgd, SgdConfig, Source, StepConfig, TrainError,
 };
 use crate::weights;
+use crate::weights::Naming;
 use crate::weights::SaveError;
 
 /// Which optimiser [`fit`] uses, with its settings (the learning rate is the base rate
@@ -83,6 +85,12 @@ pub struct FitConfig<'a> {
     /// (weights, optimiser state, generator, history), or start it if there are none:
     /// the result is the uninterrupted run's, bit for bit. `epochs` is the run's total.
     pub resume: bool,
+    /// Also write `checkpoint_dir/best.safetensors` (a checkpoint like the others)
+    /// after every epoch whose metric is the best so far (Keras's
+    /// `ModelCheckpoint(save_best_only=True)`). Needs `checkpoint_dir`.
+    pub save_best: Option<Monitor>,
+    /// Stop when a metric stops improving (Keras's `EarlyStopping`).
+    pub early_stopping: Option<EarlyStopping>,
     /// Called after every epoch with its record; [`ControlFlow::Break`] ends the run
     /// there (after that epoch's checkpoint).
     pub on_epoch_end: Option<OnEpochEnd<'a>>,
@@ -114,6 +122,8 @@ impl Default for FitConfig<'_> {
             validation: None,
             checkpoint_dir: None,
             resume: false,
+            save_best: None,
+            early_stopping: None,
             on_epoch_end: None,
             progress: false,
         }
@@ -192,6 +202,22 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
     }
     config.optimizer.validate()?;
     config.schedule.validate(config.epochs)?;
+    let watched = config
+        .save_best
+        .into_iter()
+        .chain(config.early_stopping.map(|e| e.monitor));
+    for monitor in watched {
+        if monitor.is_validation() && config.validation.is_none() {
+            return Err(TrainError::Conflict {
+                reason: format!("watching `{monitor}` needs a validation set"),
+            });
+        }
+    }
+    if config.save_best.is_some() && config.checkpoint_dir.is_none() {
+        return Err(TrainError::Conflict {
+            reason: "saving the best epoch needs a checkpoint directory".into(),
+        });
+    }
     config.freeze.check(&*model)?;
     let base_lr = config.optimizer.base_lr();
     let rate = config.step.dropout.unwrap_or(arch.dropout);
@@ -238,6 +264,8 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
         })?;
     }
 
+    // The best epoch's weights, for `EarlyStopping::restore_best`.
+    let mut best_weights: Option<(usize, Vec<u8>)> = None;
     for epoch in first_epoch..config.epochs {
         let start = Instant::now();
         let order = permutation(train.len(), &mut rng);
@@ -328,6 +356,32 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
                 class_names: train.class_names(),
             };
             checkpoint::write(&*model, path, &state)?;
+            let best = config
+                .save_best
+                .and_then(|m| best_epoch(m, &history.epochs));
+            if best == Some(epoch + 1) {
+                let dir = path.parent().expect("a checkpoint is in its directory");
+                checkpoint::write(&*model, &dir.join(BEST_CHECKPOINT), &state)?;
+            }
+        }
+        if let Some(stopping) = &config.early_stopping {
+            let verdict = stopping.verdict(&history.epochs);
+            // This epoch is the new best: keep its weights (an earlier best of a
+            // resumed run is read back from its checkpoint instead).
+            if stopping.restore_best && verdict.best == Some(epoch + 1) {
+                best_weights = Some((epoch + 1, weights::to_bytes(&*model)));
+            }
+            if verdict.stop {
+                if let (true, Some(best)) = (stopping.restore_best, verdict.best) {
+                    restore(
+                        model,
+                        best,
+                        best_weights.take(),
+                        config.checkpoint_dir.as_deref(),
+                    )?;
+                }
+                break;
+            }
         }
         if let Some(OnEpochEnd(f)) = config.on_epoch_end {
             if f(&history.epochs[history.epochs.len() - 1]).is_break() {
@@ -336,6 +390,34 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
         }
     }
     Ok(history)
+}
+
+/// The file [`FitConfig::save_best`] writes in the checkpoint directory.
+pub const BEST_CHECKPOINT: &str = "best.safetensors";
+
+/// Puts back epoch `best`'s weights: kept in memory when this process trained it, else
+/// (a resumed run) read from its checkpoint.
+fn restore<M: Network + ?Sized>(
+    model: &mut M,
+    best: usize,
+    kept: Option<(usize, Vec<u8>)>,
+    dir: Option<&std::path::Path>,
+) -> Result<(), TrainError> {
+    let bytes = match (kept, dir) {
+        (Some((epoch, bytes)), _) if epoch == best => bytes,
+        (_, Some(dir)) => {
+            let path = checkpoint_path(dir, best);
+            std::fs::read(&path).map_err(|e| TrainError::Resume {
+                path: path.clone(),
+                reason: format!("cannot read the best epoch's weights: {e}"),
+            })?
+        }
+        _ => unreachable!("the best epoch's weights are kept from the epoch on"),
+    };
+    weights::load_into(model, &bytes, Naming::Torchvision.into()).map_err(|e| TrainError::Resume {
+        path: dir.map(|d| checkpoint_path(d, best)).unwrap_or_default(),
+        reason: e.to_string(),
+    })
 }
 
 /// The torchvision key of the first weight or running statistic of `model` holding a

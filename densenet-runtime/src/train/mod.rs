@@ -48,6 +48,7 @@
 //! ```
 
 mod batch_norm;
+mod callbacks;
 mod checkpoint;
 mod col2im;
 mod conv;
@@ -70,13 +71,14 @@ mod tape;
 pub use batch_norm::{
     batch_norm_apply, batch_norm_backward, batch_norm_frozen, batch_norm_train, BatchStats,
 };
+pub use callbacks::EarlyStopping;
+pub use checkpoint::{checkpoint_path, checkpoints_in, read_checkpoint_info, CheckpointInfo};
 pub use col2im::col2im;
 pub use conv::conv2d_backward;
 pub use dataset::{permutation, Batch, Batches, Dataset};
 pub use dropout::dropout_in_place;
-pub use checkpoint::{checkpoint_path, checkpoints_in, read_checkpoint_info, CheckpointInfo};
 pub use evaluate::{evaluate, in_top_k, logits, Evaluation};
-pub use fit::{fit, FitConfig, OnEpochEnd, Optimizer};
+pub use fit::{fit, FitConfig, OnEpochEnd, Optimizer, BEST_CHECKPOINT};
 pub use freeze::Freeze;
 pub use history::{EpochStats, History, HistoryError, Monitor, MonitorMode, ParseMonitorError};
 pub use linear::linear_backward;

@@ -18,9 +18,9 @@ use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
 pub use error::{LoadError, SaveError};
-pub(crate) use naming::{torchvision_path, CHECKPOINT_PREFIX};
 pub use naming::Naming;
 use naming::Tensor;
+pub(crate) use naming::{torchvision_path, CHECKPOINT_PREFIX};
 pub use options::LoadOptions;
 pub(crate) use partial::load_partial;
 pub use partial::{Kept, LoadReport, PartialLoad};

@@ -119,9 +119,10 @@ pub(crate) fn is_bookkeeping(key: &str) -> bool {
 /// checkpoint loads as a weights file.
 pub(crate) const CHECKPOINT_PREFIX: &str = "optimizer/";
 
-/// Guesses the scheme from the keys.
+/// Guesses the scheme from the keys (bookkeeping keys, such as a checkpoint's
+/// `optimizer/…`, say nothing about it).
 pub(crate) fn detect<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<Naming> {
-    for key in keys {
+    for key in keys.into_iter().filter(|k| !is_bookkeeping(k)) {
         if key.starts_with("features.") || key.starts_with("classifier.") {
             return Some(Naming::Torchvision);
         }
