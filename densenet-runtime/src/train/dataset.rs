@@ -7,7 +7,7 @@
 use ndarray::{Array4, ArrayView4, Axis};
 
 use crate::rng::Rng;
-use crate::train::TrainError;
+use crate::train::{Augment, TrainError};
 
 /// Labelled images in memory: `images` is `(N, C, H, W)`, `labels[i]` is image `i`'s
 /// class in `0..classes`.
@@ -30,6 +30,7 @@ pub struct Dataset {
     images: Array4<f32>,
     labels: Vec<usize>,
     classes: usize,
+    augment: Augment,
 }
 
 impl Dataset {
@@ -76,7 +77,27 @@ impl Dataset {
             images: images.as_standard_layout().into_owned(),
             labels,
             classes,
+            augment: Augment::None,
         })
+    }
+
+    /// The dataset with training batches augmented by `augment` (as a
+    /// [`Source`](crate::train::Source), when asked for `Some(seed)`): e.g.
+    /// [`Augment::cifar`] for the paper's CIFAR training. Subsets and splits keep it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Augment::validate`].
+    pub fn with_augment(mut self, augment: Augment) -> Result<Self, TrainError> {
+        augment.validate()?;
+        self.augment = augment;
+        Ok(self)
+    }
+
+    /// The augmentation of training batches ([`Augment::None`] unless set by
+    /// [`with_augment`](Self::with_augment)).
+    pub fn augment(&self) -> Augment {
+        self.augment
     }
 
     /// Number of images (never 0).
@@ -222,6 +243,7 @@ impl Dataset {
             images: self.images.select(Axis(0), indices),
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             classes: self.classes,
+            augment: self.augment,
         }
     }
 }
@@ -240,7 +262,7 @@ pub fn permutation(len: usize, rng: &mut Rng) -> Vec<usize> {
 
 /// A uniform integer in `0..n` (`n > 0`): rejects the top `2⁶⁴ mod n` values of the
 /// 64-bit stream so that the remainder is unbiased.
-fn below(rng: &mut Rng, n: u64) -> u64 {
+pub(crate) fn below(rng: &mut Rng, n: u64) -> u64 {
     let reject = (u64::MAX % n + 1) % n; // 2^64 mod n
     loop {
         let x = rng.next_u64();

@@ -1,5 +1,7 @@
 //! Why a dataset could not be built or a model trained.
 
+use std::path::PathBuf;
+
 use thiserror::Error;
 
 use crate::weights::SaveError;
@@ -178,5 +180,57 @@ pub enum TrainError {
         value: f32,
         /// The values it may take, e.g. `[0, 1)`.
         range: &'static str,
+    },
+    // Image folders (`image::ImageFolder`): reading the folder and its files.
+    /// The image folder (or one of its class folders) could not be read: missing, or
+    /// not readable.
+    #[error("cannot read image folder {}: {source}", path.display())]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The image folder's path is not a directory.
+    #[error("{} is not a directory: an image folder holds one sub-folder per class", path.display())]
+    NotAFolder {
+        /// The path.
+        path: PathBuf,
+    },
+    /// An image folder without class sub-folders.
+    #[error("{} has no class folders: put each class's JPEG or PNG images in a sub-folder named after the class", path.display())]
+    NoClassFolders {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A class folder without JPEG or PNG images.
+    #[error("class folder `{class}` ({}) holds no .jpg, .jpeg or .png images", path.display())]
+    EmptyClass {
+        /// The class (the folder's name).
+        class: String,
+        /// The class folder.
+        path: PathBuf,
+    },
+    /// An image file that could not be read or decoded (with the folder's
+    /// `Unreadable::Error` setting; `Unreadable::Skip` skips and counts it).
+    #[error("unreadable image {}: {reason}", path.display())]
+    UnreadableImage {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong (the OS's or the decoder's message).
+        reason: String,
+    },
+    /// An image whose size is not the one required (an image folder's exact-size mode).
+    #[error(
+        "image {} is {}x{} (height x width), but the folder's images must be exactly {}x{} (exact-size mode; resize them or let the folder resize)",
+        path.display(), actual[0], actual[1], expected[0], expected[1]
+    )]
+    ImageSize {
+        /// The file.
+        path: PathBuf,
+        /// The required `[height, width]`.
+        expected: [usize; 2],
+        /// The image's `[height, width]`.
+        actual: [usize; 2],
     },
 }

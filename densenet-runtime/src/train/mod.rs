@@ -25,7 +25,11 @@
 //! - [`linear_backward`]; [`dropout_in_place`]; [`softmax_cross_entropy`];
 //! - [`loss_and_gradients`]: a whole training-mode forward and backward pass;
 //! - [`Sgd`], [`Adam`], [`step_lr`]: optimisers and the paper's schedule;
-//! - [`Dataset`], [`permutation`]: labelled images in memory, seeded shuffling, batches;
+//! - [`Source`]: where training reads batches; [`Dataset`], [`permutation`]: labelled
+//!   images in memory, seeded shuffling, batches; [`Subset`], [`split`]: a stratified,
+//!   seeded train/validation split of any source;
+//! - [`Augment`]: seeded augmentation (CIFAR pad-crop-flip, ImageNet random resized
+//!   crop, flips; [`resize_bilinear`]), drawn per image from [`image_rng`];
 //! - [`fit`]: the training loop (per-epoch [`History`], checkpoints, progress bar);
 //!   [`evaluate`]: loss and accuracy in inference mode. Errors are [`TrainError`]s,
 //!   checked before the first step.
@@ -47,6 +51,7 @@
 //! # Ok::<(), densenet_runtime::TrainError>(())
 //! ```
 
+mod augment;
 mod batch_norm;
 mod callbacks;
 mod checkpoint;
@@ -68,6 +73,7 @@ mod schedule;
 mod source;
 mod tape;
 
+pub use augment::{image_rng, resize_bilinear, Augment, MAX_PAD};
 pub use batch_norm::{
     batch_norm_apply, batch_norm_backward, batch_norm_frozen, batch_norm_train, BatchStats,
 };
@@ -89,7 +95,7 @@ pub use pool::{
 };
 pub use relu::relu_backward;
 pub use schedule::{CosineConfig, PlateauConfig, Progress, Schedule};
-pub use source::Source;
+pub use source::{split, Source, Subset};
 pub use tape::{
     loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_with, Gradients, LayerGrad,
     StepConfig,
