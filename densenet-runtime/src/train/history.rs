@@ -600,13 +600,7 @@ mod tests {
         let values: Vec<_> = Monitor::ALL.iter().map(|m| m.value(&e)).collect();
         assert_eq!(
             values,
-            [
-                Some(0.125),
-                Some(2.25),
-                Some(0.5),
-                Some(1.75),
-                Some(0.9)
-            ]
+            [Some(0.125), Some(2.25), Some(0.5), Some(1.75), Some(0.9)]
         );
         assert_eq!(Monitor::ValLoss.value(&stats(1, None)), None);
         // Strict comparison; min_delta is a magnitude, as Keras takes abs(min_delta).
