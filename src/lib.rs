@@ -185,7 +185,9 @@
 //!
 //! # The rest of the API
 //!
-//! - [`train`]: datasets, `fit`/`evaluate`, optimisers, every layer's backward pass;
+//! - [`train`]: datasets, `fit`/`evaluate`, optimisers, learning-rate schedules (step,
+//!   cosine with warmup, reduce-on-plateau), the history as CSV/JSON/PNG, every layer's
+//!   backward pass;
 //! - [`weights`]: safetensors loading and saving, the naming schemes;
 //! - [`onnx`]: ONNX export of any [`Network`];
 //! - [`spec`]: the spec language's data ([`spec::Architecture`], [`spec::Plan`]);
@@ -198,7 +200,8 @@
 //!
 //! Cargo features: `image` (JPEG/PNG decoding and preprocessing, the `image` module);
 //! `yaml` (reading spec files at run time: `spec::parse_yaml`, `spec::check`, for
-//! [`DynamicModel`]); `progress` (on by default: a progress bar per epoch in `fit`).
+//! [`DynamicModel`]); `progress` (on by default: a progress bar per epoch in `fit`);
+//! `plot` (a training history as a PNG chart: `History::save_plot`).
 #![deny(missing_docs)]
 
 // The proc macros, for the wrappers below: generated code reaches the runtime through

@@ -22,9 +22,9 @@ Writes ``fixtures/schedules/keras_schedules.json``, read by ``tests/schedules.rs
   than ``values``: the rate after the last epoch. The values are float32 numbers, as
   ``EpochStats`` holds them.
 
-Usage (a venv with the pinned keras and jax of tools/requirements.txt):
+Usage (a venv with the pinned keras and jax of tools/requirements.txt, see tools/README.md):
 
-    KERAS_BACKEND=jax /work/venv-keras/bin/python tools/make_schedule_fixtures.py
+    /work/venv/bin/python tools/make_schedule_fixtures.py   # KERAS_BACKEND=jax is set here
 """
 
 from __future__ import annotations

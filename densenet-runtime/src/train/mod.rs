@@ -25,14 +25,22 @@
 //! - [`linear_backward`]; [`dropout_in_place`]; [`softmax_cross_entropy`];
 //! - [`loss_and_gradients`]: a whole training-mode forward and backward pass;
 //! - [`Sgd`], [`Adam`], [`step_lr`]: optimisers and the paper's schedule;
+//! - [`Schedule`]: the learning rate of every step: the paper's steps, constant, cosine
+//!   with linear warmup ([`CosineConfig`], Keras's `CosineDecay`) or reduce-on-plateau
+//!   ([`PlateauConfig`], Keras's `ReduceLROnPlateau`), each a pure function of the
+//!   position in the run and the history, so a resumed run gets the same rates;
 //! - [`Source`]: where training reads batches; [`Dataset`], [`permutation`]: labelled
 //!   images in memory, seeded shuffling, batches; [`Subset`], [`split`]: a stratified,
 //!   seeded train/validation split of any source;
 //! - [`Augment`]: seeded augmentation (CIFAR pad-crop-flip, ImageNet random resized
 //!   crop, flips; [`resize_bilinear`]), drawn per image from [`image_rng`];
 //! - [`fit`]: the training loop (per-epoch [`History`], checkpoints, progress bar);
-//!   [`evaluate`]: loss and accuracy in inference mode. Errors are [`TrainError`]s,
-//!   checked before the first step.
+//!   [`evaluate`]: loss, accuracy and top-k accuracy ([`in_top_k`]) in inference mode.
+//!   Errors are [`TrainError`]s, checked before the first step;
+//! - [`History`]: written as CSV in Keras's `CSVLogger` columns, as JSON read back
+//!   exactly, and (feature `plot`) as a PNG chart; [`Monitor`]: a metric by its Keras
+//!   name, with Keras's improvement test, for schedules, early stopping and best-only
+//!   checkpoints.
 //!
 //! ```
 //! use densenet_runtime::ndarray::Array4;
@@ -67,6 +75,8 @@ mod history;
 mod linear;
 mod loss;
 mod optim;
+#[cfg(feature = "plot")]
+mod plot;
 mod pool;
 mod relu;
 mod schedule;
