@@ -75,8 +75,8 @@ fn resumes_bit_for_bit(optimizer: Optimizer, name: &str) {
 
     // Interrupted after epoch 2, then resumed by a new process (a fresh model).
     let dir = scratch(&format!("{name}-interrupted"));
-    let stop = |e: &EpochStats| {
-        if e.epoch == 2 {
+    let stop = |h: &History| {
+        if h.epochs.len() == 2 {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
@@ -179,7 +179,7 @@ fn an_interrupted_adam_run_with_frozen_layers_resumes_bit_for_bit() {
         },
     )
     .unwrap();
-    let stop = |_: &EpochStats| ControlFlow::Break(());
+    let stop = |_: &History| ControlFlow::Break(());
     let mut model = TinyDigits::init(2);
     fit(
         &mut model,

@@ -5,7 +5,9 @@
 //! densenet check specs/*.yaml                  every mistake with file:line:col (exit 1)
 //! densenet expand specs/densenet121.yaml       the generated Rust, formatted
 //! densenet expand 'pub Net<growth: 12, depth: 40>'   … of an inline spec
-//! densenet run --spec S --weights W IMAGE...   top-5 classes per image
+//! densenet run --spec S --weights W IMAGE...   top-5 classes per image (--labels, --json)
+//! densenet train --spec S --data DIR --epochs N --out DIR [--init-weights W] [--freeze backbone] [--resume]
+//! densenet eval --spec S --weights W --data DIR  loss, top-1 and top-5 accuracy
 //! densenet bench --spec S                      forward-pass latency and throughput
 //! densenet export --spec S --weights W --onnx OUT          an ONNX graph with the weights
 //! densenet convert --spec S --weights IN --naming keras --out OUT   rename the weights
@@ -27,6 +29,7 @@ use densenet_spec::{
 
 mod inline;
 mod run;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +85,11 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Train or fine-tune a spec's model on a folder of images (one sub-folder per
+    /// class), with checkpoints, history and resumption in --out.
+    Train(Box<train::TrainArgs>),
+    /// Evaluate weights on a folder of images: loss, top-1 and top-5 accuracy.
+    Eval(train::EvalArgs),
     /// Time the forward pass (random weights): latency and throughput.
     Bench {
         /// The model's YAML spec.
@@ -197,6 +205,8 @@ fn run(command: Command) -> Result<ExitCode, String> {
             json,
             images: &images,
         })?,
+        Command::Train(args) => train::train(&args)?,
+        Command::Eval(args) => train::eval(&args)?,
         Command::Bench { spec, batch, iters } => bench(&spec, batch, iters)?,
         Command::Export {
             spec,

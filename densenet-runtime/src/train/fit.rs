@@ -91,8 +91,9 @@ pub struct FitConfig<'a> {
     pub save_best: Option<Monitor>,
     /// Stop when a metric stops improving (Keras's `EarlyStopping`).
     pub early_stopping: Option<EarlyStopping>,
-    /// Called after every epoch with its record; [`ControlFlow::Break`] ends the run
-    /// there (after that epoch's checkpoint).
+    /// Called after every epoch with the history so far (on a resumed run, the whole
+    /// run's); [`ControlFlow::Break`] ends the run there (after that epoch's
+    /// checkpoint). E.g. write the history to a file, or stop on a condition of your own.
     pub on_epoch_end: Option<OnEpochEnd<'a>>,
     /// Show a progress bar per epoch (with the `progress` feature, else one line per
     /// epoch) on standard error.
@@ -101,7 +102,7 @@ pub struct FitConfig<'a> {
 
 /// A function [`fit`] calls after every epoch ([`FitConfig::on_epoch_end`]).
 #[derive(Clone, Copy)]
-pub struct OnEpochEnd<'a>(pub &'a (dyn Fn(&EpochStats) -> ControlFlow<()> + Sync));
+pub struct OnEpochEnd<'a>(pub &'a (dyn Fn(&History) -> ControlFlow<()> + Sync));
 
 impl std::fmt::Debug for OnEpochEnd<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -384,7 +385,7 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
             }
         }
         if let Some(OnEpochEnd(f)) = config.on_epoch_end {
-            if f(&history.epochs[history.epochs.len() - 1]).is_break() {
+            if f(&history).is_break() {
                 break;
             }
         }
