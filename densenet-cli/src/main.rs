@@ -11,6 +11,7 @@
 //! densenet bench --spec S                      forward-pass latency and throughput
 //! densenet export --spec S --weights W --onnx OUT          an ONNX graph with the weights
 //! densenet convert --spec S --weights IN --naming keras --out OUT   rename the weights
+//! densenet convert --spec S --weights IN --backbone --out OUT       a backbone under a new head
 //! ```
 //!
 //! Specs given here are only known at run time, so models are `DynamicModel`s: the same
@@ -22,6 +23,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use densenet_runtime::ndarray::Array4;
+use densenet_runtime::weights::PartialLoad;
 use densenet_runtime::{DynamicModel, Model, Naming, Network, Summary};
 use densenet_spec::{
     check_yaml_file, Architecture, CompileError, Config, LoadError, Plan, SpecSource,
@@ -126,8 +128,13 @@ enum Command {
         #[arg(long)]
         weights: PathBuf,
         /// Naming scheme to write.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, default_value_t = OutputNaming::Torchvision)]
         naming: OutputNaming,
+        /// Take only the backbone from --weights (every layer but the classifier, as
+        /// Keras's include_top=False): for a model with another head, class count or
+        /// input size; the classifier, if the spec has one, is freshly initialised.
+        #[arg(long)]
+        backbone: bool,
         /// The safetensors file to write (replaced atomically).
         #[arg(long)]
         out: PathBuf,
@@ -222,9 +229,20 @@ fn run(command: Command) -> Result<ExitCode, String> {
             spec,
             weights,
             naming,
+            backbone,
             out,
         } => {
-            let model = load_model(&spec, &weights, Naming::Auto)?;
+            let model = if backbone {
+                let arch = load_spec(&spec).map_err(|e| e.to_string())?;
+                let mut model = DynamicModel::init(arch, 0).map_err(|e| e.to_string())?;
+                let report = model
+                    .load_partial_file(&weights, &PartialLoad::backbone())
+                    .map_err(|e| format!("{}: {e}", weights.display()))?;
+                eprintln!("{}: {report}", weights.display());
+                model
+            } else {
+                load_model(&spec, &weights, Naming::Auto)?
+            };
             let naming = match naming {
                 OutputNaming::Torchvision => Naming::Torchvision,
                 OutputNaming::Keras => Naming::Keras,

@@ -344,3 +344,301 @@ fn a_write_cut_short_keeps_the_previous_file() {
     assert_eq!(std::fs::read(&out).unwrap(), previous);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A folder of 16x16 PNGs in four classes, one sub-folder each: a bright 6x6 patch in
+/// the class's quadrant over noise, drawn from `seed`. A small network learns it in a
+/// few epochs, so `train` can be held to an accuracy.
+fn quadrant_folder(dir: &std::path::Path, per_class: usize, seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 56) as u8 / 4
+    };
+    for (class, name) in ["north_west", "north_east", "south_west", "south_east"]
+        .iter()
+        .enumerate()
+    {
+        let class_dir = dir.join(name);
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for i in 0..per_class {
+            let (qy, qx) = ((class / 2) as u32 * 8, (class % 2) as u32 * 8);
+            let image = image::RgbImage::from_fn(16, 16, |x, y| {
+                let inside = (qx + 1..qx + 7).contains(&x) && (qy + 1..qy + 7).contains(&y);
+                let base = if inside { 180 } else { 40 };
+                image::Rgb([base + noise(), base + noise(), base + noise()])
+            });
+            image.save(class_dir.join(format!("{i:03}.png"))).unwrap();
+        }
+    }
+}
+
+/// The spec of a small CIFAR-stem model for 16x16 RGB images in four classes.
+const QUADRANT_SPEC: &str = "name: Quadrants\ninput: [3, 16, 16]\nstem: cifar\ngrowth: 6\nblocks: [2, 2]\ninit_features: 12\ntheta: 0.5\nclasses: 4\n";
+
+fn load_weights(spec: &std::path::Path, weights: &std::path::Path) -> Vec<u8> {
+    use densenet_runtime::{DynamicModel, Model, Naming};
+    let arch = densenet_spec::check_yaml_file(spec).unwrap().architecture;
+    DynamicModel::load_safetensors(arch, weights, Naming::Auto)
+        .unwrap()
+        .to_safetensors_bytes()
+}
+
+/// `train` on a generated folder reaches a stated accuracy, writes its checkpoints and
+/// history, resumes to the uninterrupted run's weights, and `eval` and `run` use what
+/// it wrote (the class names included).
+#[test]
+fn train_eval_and_run_on_an_image_folder() {
+    let dir = std::env::temp_dir().join(format!("densenet-cli-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, val) = (dir.join("data"), dir.join("val"));
+    quadrant_folder(&data, 48, 1);
+    quadrant_folder(&val, 8, 2);
+    let spec = dir.join("quadrants.yaml");
+    std::fs::write(&spec, QUADRANT_SPEC).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let train = |out: &std::path::Path, epochs: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train".to_string(),
+            "--spec".into(),
+            s(&spec),
+            "--data".into(),
+            s(&data),
+            "--val".into(),
+            s(&val),
+            "--epochs".into(),
+            epochs.into(),
+            "--batch".into(),
+            "16".into(),
+            "--schedule".into(),
+            "constant".into(),
+            "--lr".into(),
+            "0.01".into(),
+            // A flip would move the patch to the other class's quadrant.
+            "--augment".into(),
+            "none".into(),
+            "--out".into(),
+            s(out),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        densenet(&refs)
+    };
+
+    let full = dir.join("full");
+    let out = train(&full, "6", &[]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The last line: "epoch 4: loss …, val top-1 XX.XX%, …".
+    let top1: f32 = text
+        .lines()
+        .last()
+        .and_then(|l| l.split("val top-1 ").nth(1))
+        .and_then(|r| r.split('%').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no validation accuracy in {text}"));
+    assert!(
+        top1 >= 90.0,
+        "validation top-1 {top1}% after 6 epochs:\n{text}"
+    );
+    for file in [
+        "epoch-006.safetensors",
+        "best.safetensors",
+        "history.csv",
+        "history.json",
+        "history.png",
+    ] {
+        assert!(full.join(file).exists(), "{file}");
+    }
+    let csv = std::fs::read_to_string(full.join("history.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert!(csv.starts_with("epoch,accuracy,"), "{csv}");
+
+    // The same run interrupted after 2 epochs (the constant rate does not depend on the
+    // total) and resumed: the same weights.
+    let split = dir.join("split");
+    assert!(train(&split, "2", &[]).status.success());
+    let again = train(&split, "2", &[]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("already holds checkpoints up to epoch 2"),
+        "{err}"
+    );
+    let resumed = train(&split, "4", &["--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(
+        load_weights(&spec, &split.join("epoch-004.safetensors")),
+        load_weights(&spec, &full.join("epoch-004.safetensors"))
+    );
+
+    // eval and run read the checkpoint (a weights file) and its class names.
+    let weights = s(&full.join("epoch-004.safetensors"));
+    let out = densenet(&[
+        "eval",
+        "--spec",
+        &s(&spec),
+        "--weights",
+        &weights,
+        "--data",
+        &s(&val),
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("32 images of 4 classes") && text.contains("top-4 100.00%"),
+        "{text}"
+    );
+    let image = s(&val.join("south_east").join("000.png"));
+    let out = densenet(&[
+        "run",
+        "--spec",
+        &s(&spec),
+        "--weights",
+        &weights,
+        "--json",
+        "--top",
+        "1",
+        &image,
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("[{\"image\":") && text.contains("\"label\":\"south_east\""),
+        "{text}"
+    );
+
+    // Typed errors: an empty class folder, a corrupt image (an error, or skipped and
+    // counted), and resuming with another model.
+    std::fs::create_dir_all(data.join("zz_empty")).unwrap();
+    let out = train(&dir.join("empty"), "1", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("zz_empty"), "{err}");
+    std::fs::remove_dir(data.join("zz_empty")).unwrap();
+    std::fs::write(data.join("north_west").join("broken.png"), b"not a png").unwrap();
+    let out = train(&dir.join("broken"), "1", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("broken.png"), "{err}");
+    let out = train(&dir.join("skipped"), "1", &["--skip-unreadable"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("skipped 1 unreadable images"),
+        "{err}"
+    );
+    std::fs::remove_file(data.join("north_west").join("broken.png")).unwrap();
+    std::fs::write(&spec, QUADRANT_SPEC.replace("growth: 6", "growth: 4")).unwrap();
+    let out = train(&split, "5", &["--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another architecture"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// ImageNet-layout weights (the torchvision fixture) go into models with another head:
+/// `convert --backbone` into a pooled-features model and a 5-class model at 96x96, and
+/// `train --init-weights --freeze backbone` trains the new head only; what was skipped
+/// is reported.
+#[test]
+fn a_pretrained_backbone_under_a_new_head() {
+    let (dir, _, weights) = small_model("backbone");
+    let weights = weights.to_str().unwrap().to_string();
+    let arch = "growth: 8\nblocks: [2, 3, 4, 2]\ninit_features: 16\ntheta: 0.5\n";
+    for (name, tail) in [
+        ("avg", "input: [3, 64, 64]\nhead: avg\n"),
+        ("five", "input: [3, 96, 96]\nclasses: 5\n"),
+    ] {
+        let spec = dir.join(format!("{name}.yaml"));
+        std::fs::write(&spec, format!("name: Small\n{arch}{tail}")).unwrap();
+        let out_file = dir.join(format!("{name}.safetensors"));
+        let out = densenet(&[
+            "convert",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--weights",
+            &weights,
+            "--backbone",
+            "--out",
+            out_file.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("unused in the file: classifier.bias, classifier.weight"),
+            "{err}"
+        );
+        if name == "five" {
+            assert!(
+                err.contains("kept as initialised: classifier (skipped: classifier)"),
+                "{err}"
+            );
+        }
+        assert!(out_file.exists());
+    }
+
+    // Head-only training on an image folder from the ImageNet-layout backbone: the
+    // backbone in the checkpoint is the file's, value for value.
+    let data = dir.join("data");
+    quadrant_folder(&data, 6, 3);
+    let spec = dir.join("four.yaml");
+    std::fs::write(
+        &spec,
+        format!("name: Small\n{arch}input: [3, 32, 32]\nclasses: 4\n"),
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = densenet(&[
+        "train",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--init-weights",
+        &weights,
+        "--freeze",
+        "backbone",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("kept as initialised: classifier (skipped: classifier)"),
+        "{err}"
+    );
+    let trained = std::fs::read(run.join("epoch-001.safetensors")).unwrap();
+    let trained = safetensors::SafeTensors::deserialize(&trained).unwrap();
+    let original = std::fs::read(&weights).unwrap();
+    let original = safetensors::SafeTensors::deserialize(&original).unwrap();
+    let mut compared = 0;
+    for (key, view) in original.tensors() {
+        if key.starts_with("features.") && !key.ends_with("num_batches_tracked") {
+            assert_eq!(trained.tensor(&key).unwrap().data(), view.data(), "{key}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "{compared}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
