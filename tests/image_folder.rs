@@ -9,11 +9,17 @@ use densenet::runtime::image::{
     FolderConfig, ImageFolder, Normalization, Preprocessing, Resize, Unreadable,
 };
 use densenet::runtime::ndarray::{s, Array3, Array4, Axis};
+use densenet::runtime::train::{evaluate, fit, AdamConfig, FitConfig, Optimizer, Schedule};
 use densenet::runtime::train::{image_rng, split, Augment, Batch, Source};
 use densenet::runtime::TrainError;
 
 #[path = "../tools/shapes.rs"]
 mod shapes;
+
+densenet::densenet! {
+    /// A small DenseNet for the 16x16 shapes.
+    TinyShapes<input: [3, 16, 16], stem: cifar, growth: 8, blocks: [2, 2], init_features: 16, theta: 0.5, classes: 4>
+}
 
 /// A temporary directory, unique to the test, removed when dropped (also on failure).
 struct TempDir(PathBuf);
@@ -525,4 +531,46 @@ fn normalization_modes_equal_keras_preprocess_input() {
         caffe.slice(s![.., 0, 0]).to_vec(),
         [255.0 - 103.939, 128.0 - 116.779, 0.0 - 123.68]
     );
+}
+
+/// The shapes are learnable, by shape and not by colour: a small DenseNet trained for a
+/// few epochs on 240 augmented 16x16 images classifies 80 others far above chance (1/4).
+#[test]
+fn a_small_densenet_learns_the_shapes() {
+    let dir = TempDir::new("learn");
+    shapes::write_shapes_folder(&dir.0.join("train"), 60, 16, 11).unwrap();
+    shapes::write_shapes_folder(&dir.0.join("val"), 20, 16, 12).unwrap();
+    let config = FolderConfig {
+        size: (16, 16),
+        augment: Augment::Flip,
+        cache: true,
+        ..FolderConfig::default()
+    };
+    let train = ImageFolder::open(dir.0.join("train"), config).unwrap();
+    let val = ImageFolder::open(dir.0.join("val"), config).unwrap();
+    let mut model = TinyShapes::init(0);
+    // Measured: validation accuracy 0.9 after these 10 epochs (chance 0.25); a logistic
+    // regression on each image's mean and std colour gets 0.265 (800 / 200 images of 24x24).
+    let history = fit(
+        &mut model,
+        &train,
+        &FitConfig {
+            epochs: 10,
+            batch_size: 16,
+            optimizer: Optimizer::Adam(AdamConfig {
+                lr: 3e-3,
+                ..AdamConfig::default()
+            }),
+            schedule: Schedule::Constant,
+            ..FitConfig::default()
+        },
+    )
+    .unwrap();
+    let accuracy = evaluate(&model, &val, 40).unwrap().accuracy;
+    let last = history.epochs.last().unwrap();
+    println!(
+        "training loss {}, accuracy {}; validation accuracy {accuracy}",
+        last.loss, last.train_accuracy
+    );
+    assert!(accuracy > 0.6, "validation accuracy {accuracy}");
 }

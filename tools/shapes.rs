@@ -6,9 +6,13 @@
 //! from [`Rng`] seeded by the caller, so a seed always writes the same pixels (the JPEG
 //! files' bytes depend on the `image` crate's encoder version).
 //!
-//! The classes differ only in shape: the shape's and the background's colours, the
-//! shape's size and position and the noise are drawn independently of the class, so a
-//! model cannot classify by mean colour but a small CNN learns the shapes in a few epochs.
+//! The classes differ only in shape: the colours (one dark, one light, which is the shape
+//! at random), the size (scaled so that every class covers the same area), the position,
+//! the background's gradient and the noise are drawn independently of the class. A
+//! logistic regression on an image's mean and std colour is at chance (0.265 for 4
+//! classes); a small DenseNet reaches 0.9 in 10 epochs (`tests/image_folder.rs`). With
+//! colours uniform over all RGB, including low-contrast pairs, neither it nor a 4-layer
+//! Keras CNN learned anything in 10 epochs: hence the contrast.
 
 #![allow(dead_code)] // each includer uses part of the module
 
@@ -68,17 +72,17 @@ pub fn write_shapes_folder(
 /// One image of class `class` (an index into [`CLASSES`]).
 pub fn draw(class: usize, size: u32, rng: &mut Rng) -> RgbImage {
     let s = size as f32;
-    let background = color(rng);
-    // The shape's colour is at least this far from the background's (sum over channels),
-    // so the shape is visible; both are otherwise uniform over all colours.
-    let foreground = loop {
-        let c = color(rng);
-        let distance: f32 = c.iter().zip(&background).map(|(a, b)| (a - b).abs()).sum();
-        if distance > 150.0 {
-            break c;
-        }
-    };
-    let radius = s * (0.18 + 0.14 * rng.uniform());
+    // Colours are uniform over their ranges, whatever the class: which of the two is the
+    // darker is random too, so neither brightness nor hue tells the class.
+    let (mut background, mut foreground) = (color(rng, 0.0, 110.0), color(rng, 145.0, 255.0));
+    if rng.uniform() < 0.5 {
+        std::mem::swap(&mut background, &mut foreground);
+    }
+    // Per class, a scale that gives every shape the same area (in units of the radius
+    // squared: cross 2.04, disc π, square 2.56, triangle 1.8), so the share of the image
+    // in the shape's colour does not tell the class either.
+    let equal_area = [1.24, 1.0, 1.108, 1.32][class % 4];
+    let radius = s * (0.16 + 0.12 * rng.uniform()) * equal_area;
     let margin = radius + 1.0;
     let cx = margin + (s - 2.0 * margin) * rng.uniform();
     let cy = margin + (s - 2.0 * margin) * rng.uniform();
@@ -106,7 +110,7 @@ pub fn draw(class: usize, size: u32, rng: &mut Rng) -> RgbImage {
     })
 }
 
-/// A uniformly random RGB colour.
-fn color(rng: &mut Rng) -> [f32; 3] {
-    [0; 3].map(|_| 255.0 * rng.uniform())
+/// A random RGB colour, each channel uniform in `lo..hi`.
+fn color(rng: &mut Rng, lo: f32, hi: f32) -> [f32; 3] {
+    [0; 3].map(|_| lo + (hi - lo) * rng.uniform())
 }

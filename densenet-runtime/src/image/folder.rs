@@ -151,15 +151,28 @@ impl FolderConfig {
 /// case-insensitively. Hidden files and folders (a name starting with `.`) are ignored,
 /// and so are other files; a symbolic link to a sub-folder of a class is not followed.
 ///
-/// ```no_run
+/// ```
 /// use densenet_runtime::image::{FolderConfig, ImageFolder};
-/// use densenet_runtime::train::{split, Source};
+/// use densenet_runtime::train::{split, Augment, Source};
 ///
-/// let folder = ImageFolder::open("flowers/", FolderConfig::default())?;
-/// println!("{} images of {:?}", folder.len(), folder.class_names());
-/// let (train, val) = split(&folder, 0.2, 42)?; // --val-split 0.2
-/// let batch = train.batch(&[0, 1, 2], Some(7))?; // augmented, normalised
-/// # Ok::<(), densenet_runtime::TrainError>(())
+/// // A folder of two classes, three 8x8 PNGs each (`cat` first: classes sort by name).
+/// let root = std::env::temp_dir().join(format!("doc-image-folder-{}", std::process::id()));
+/// for (class, shade) in [("dog", 200), ("cat", 50)] {
+///     std::fs::create_dir_all(root.join(class))?;
+///     for i in 0..3u8 {
+///         let image = image::RgbImage::from_pixel(8, 8, image::Rgb([shade, i, 0]));
+///         image.save(root.join(class).join(format!("{i}.png")))?;
+///     }
+/// }
+/// let config = FolderConfig { size: (8, 8), augment: Augment::Flip, ..FolderConfig::default() };
+/// let folder = ImageFolder::open(&root, config)?;
+/// assert_eq!(folder.class_names().unwrap(), ["cat", "dog"]);
+/// let (train, val) = split(&folder, 1.0 / 3.0, 42)?; // --val-split 0.33: one per class
+/// assert_eq!((train.len(), val.len()), (4, 2));
+/// let batch = train.batch(&[0, 3], Some(7))?; // a training batch: augmented, normalised
+/// assert_eq!((batch.images.dim(), batch.labels), ((2, 3, 8, 8), vec![0, 1]));
+/// std::fs::remove_dir_all(&root)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct ImageFolder {
     root: PathBuf,

@@ -1,8 +1,15 @@
 //! Images in, tensors out: decode JPEG/PNG and preprocess as torchvision's ImageNet
-//! evaluation transform (and Keras's "torch" mode) do.
+//! evaluation transform (and Keras's "torch" mode) do; read labelled image folders.
 //!
-//! `Resize(256)` (shorter side, bilinear with antialiasing) → `CenterCrop(224)` →
-//! `ToTensor()` (scale to [0, 1]) → `Normalize(mean, std)`, giving a CHW tensor.
+//! - [`Preprocessing`]: `Resize(256)` (shorter side, bilinear with antialiasing) →
+//!   `CenterCrop(224)` → `ToTensor()` (scale to [0, 1]) → `Normalize(mean, std)`, giving
+//!   a CHW tensor; [`Preprocessing::pixels`] stops before the normalisation.
+//! - [`Normalization`]: Keras's `preprocess_input` modes by name (`torch`, `tf`, `caffe`)
+//!   and torchvision's `Normalize`.
+//! - [`ImageFolder`]: one sub-folder per class, decoded a batch at a time in parallel,
+//!   with the evaluation transform ([`Resize`]), seeded augmentation
+//!   ([`Augment`](crate::train::Augment)) and a [`Normalization`]; a
+//!   [`Source`](crate::train::Source) for [`fit`](crate::train::fit).
 //!
 //! Any bytes give a tensor or an [`ImageError`], never a panic or an abort: images
 //! larger than [`MAX_SIDE`] or [`MAX_PIXELS`] are refused from their header, before
