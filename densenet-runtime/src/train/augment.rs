@@ -143,6 +143,8 @@ impl Augment {
         self.validate()?;
         let (_, h, w) = image.dim();
         let (out, flip) = match *self {
+            // An empty image has no window to crop (nor anything to flip).
+            _ if h == 0 || w == 0 => return Ok(image.to_owned()),
             Augment::None => return Ok(image.to_owned()),
             Augment::Flip => (image.to_owned(), true),
             Augment::PadCropFlip { pad, flip } => {
@@ -490,5 +492,9 @@ mod tests {
             assert!(augment.apply(image.view(), &mut Rng::new(0)).is_err());
         }
         assert!(Augment::cifar().validate().is_ok() && Augment::imagenet().validate().is_ok());
+        // An empty image comes back as it is.
+        let empty = Array3::<f32>::zeros((3, 0, 5));
+        let out = Augment::imagenet().apply(empty.view(), &mut Rng::new(0));
+        assert_eq!(out.unwrap().dim(), (3, 0, 5));
     }
 }
