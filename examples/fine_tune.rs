@@ -105,7 +105,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             fit(&mut scratch, &train, &config)?;
             let accuracy = scratch.evaluate(&test, 100)?.accuracy;
-            println!("from scratch, same epochs: test accuracy {:.1}%", 100.0 * accuracy);
+            println!(
+                "from scratch, same epochs: test accuracy {:.1}%",
+                100.0 * accuracy
+            );
         }
     }
     Ok(())
@@ -191,7 +194,10 @@ fn pretrain(work: &Path, backbone: &Path) -> Result<(), Box<dyn std::error::Erro
             ..FolderConfig::default()
         },
     )?;
-    println!("pretraining the backbone on {} images of four shapes", images.len());
+    println!(
+        "pretraining the backbone on {} images of four shapes",
+        images.len()
+    );
     let mut model = ShapesNet::init(0);
     let config = FitConfig {
         epochs: 25,

@@ -176,21 +176,36 @@ fn a_frozen_stage_inside_the_network_runs_in_inference_mode_and_passes_gradients
     let x = data(6, 7);
     // Block 1 frozen with the stem trainable: block 1 is recorded with frozen BNs and
     // backpropagated through. With the stem frozen too it runs as plain inference.
-    let inner = Freeze::parts([Part::Block(1)]);
-    let prefix = Freeze::parts([Part::Stem, Part::Block(1)]);
-    let (loss_inner, inner_grads) = grads_of(&mut model.clone(), &inner, &x);
-    let (loss_prefix, prefix_grads) = grads_of(&mut model.clone(), &prefix, &x);
-    assert!((loss_inner - loss_prefix).abs() <= 1e-5 * loss_inner.abs());
-    assert!(inner_grads.keys().all(|k| !k.contains("block: 1")));
-    assert!(inner_grads.keys().any(|k| k.contains("Stem")));
-    for (key, values) in &prefix_grads {
-        let other = &inner_grads[key];
-        let scale = values.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let diff = values
-            .iter()
-            .zip(other)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff <= 1e-4 * scale, "{key}: {diff} vs scale {scale}");
+    // With transition 1 frozen too, the prefix ends in a transition, whose output the
+    // inference pass leaves in a wider buffer.
+    let mut inner_grads = BTreeMap::new();
+    for (i, last) in [
+        vec![Part::Block(1)],
+        vec![Part::Block(1), Part::Transition(1)],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let inner = Freeze::parts(last.clone());
+        let prefix = Freeze::parts([vec![Part::Stem], last].concat());
+        let (loss_inner, inner) = grads_of(&mut model.clone(), &inner, &x);
+        let (loss_prefix, prefix_grads) = grads_of(&mut model.clone(), &prefix, &x);
+        assert!((loss_inner - loss_prefix).abs() <= 1e-5 * loss_inner.abs());
+        assert!(inner.keys().all(|k| !k.contains("block: 1")));
+        assert!(inner.keys().any(|k| k.contains("Stem")));
+        assert_eq!(prefix_grads.len() + 1, inner.len()); // all but the stem conv
+        for (key, values) in &prefix_grads {
+            let other = &inner[key];
+            let scale = values.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let diff = values
+                .iter()
+                .zip(other)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff <= 1e-4 * scale, "{key}: {diff} vs scale {scale}");
+        }
+        if i == 0 {
+            inner_grads = inner;
+        }
     }
 
     // The stem's gradient through the frozen block matches central differences of the
@@ -213,7 +228,7 @@ fn a_frozen_stage_inside_the_network_runs_in_inference_mode_and_passes_gradients
                     *slot += delta;
                 }
             });
-            f64::from(grads_of(&mut m, &inner, &x).0)
+            f64::from(grads_of(&mut m, &Freeze::parts([Part::Block(1)]), &x).0)
         };
         let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * f64::from(h));
         let a = f64::from(analytic[i]);

@@ -28,7 +28,7 @@
 
 use std::cell::RefCell;
 
-use ndarray::{ArrayD, ArrayView4, ArrayViewMutD, Ix2, Ix4, IxDyn};
+use ndarray::{Array4, ArrayD, ArrayView4, ArrayViewMutD, Ix2, Ix4, IxDyn};
 
 use crate::layers::{
     dense_block_forward_into, feature_map_forward_into, pooled_head_forward_into,
@@ -149,9 +149,8 @@ fn arena_checked(plan: &Plan, n: usize) -> Result<ArenaPlan, Error> {
     }
 }
 
-/// Checks an NCHW batch and the output view against the plan: the typed errors of
-/// every forward pass.
-fn check_shapes(plan: &Plan, x: &ArrayView4<'_, f32>, out: &[usize]) -> Result<usize, Error> {
+/// Checks an NCHW batch against the plan; returns its size.
+fn check_input(plan: &Plan, x: &ArrayView4<'_, f32>) -> Result<usize, Error> {
     let (n, c, h, w) = x.dim();
     if [c, h, w] != plan.input {
         return Err(Error::InputShape {
@@ -162,6 +161,13 @@ fn check_shapes(plan: &Plan, x: &ArrayView4<'_, f32>, out: &[usize]) -> Result<u
     if n == 0 {
         return Err(Error::EmptyBatch);
     }
+    Ok(n)
+}
+
+/// Checks an NCHW batch and the output view against the plan: the typed errors of
+/// every forward pass.
+fn check_shapes(plan: &Plan, x: &ArrayView4<'_, f32>, out: &[usize]) -> Result<usize, Error> {
+    let n = check_input(plan, x)?;
     if out.len() != plan.output.len() + 1 || out[0] != n || out[1..] != plan.output[..] {
         let mut expected = vec![n];
         expected.extend_from_slice(&plan.output);
@@ -189,20 +195,55 @@ pub(crate) fn forward_into<M: Network + ?Sized>(
         // then queue their tasks on the worker's own deque. Called from outside the pool,
         // each loop would go through rayon's global injector, which allocates a block
         // per 63 tasks; this way it is one task per pass.
-        return rayon::scope(|_| forward_into_on_this_thread(stages, plan, x, ws, out));
+        return rayon::scope(|_| {
+            forward_into_on_this_thread(stages, plan, x, ws, Output::Head(out)).map(drop)
+        });
     }
-    forward_into_on_this_thread(stages, plan, x, ws, out)
+    forward_into_on_this_thread(stages, plan, x, ws, Output::Head(out)).map(drop)
 }
 
-/// [`forward_into`] on the calling thread.
+/// The inference output of the first `count` stages of `model` (not the head), NHWC:
+/// what the frozen stages before the first trainable one give a training step. The
+/// same arena pass as [`forward_into`], stopped early, in this thread's workspace.
+pub(crate) fn forward_prefix<M: Network + ?Sized>(
+    model: &M,
+    x: ArrayView4<'_, f32>,
+    count: usize,
+) -> Result<Array4<f32>, Error> {
+    let (stages, plan) = (stages(model).take(count), model.plan());
+    Workspace::with_thread_local(|ws| {
+        let run = |ws: &mut Workspace| {
+            forward_into_on_this_thread(stages, plan, x, ws, Output::Prefix)?
+                .ok_or(Error::EmptyBatch)
+        };
+        if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+            rayon::scope(|_| run(ws))
+        } else {
+            run(ws)
+        }
+    })
+}
+
+/// Where a pass ends: the head, into the caller's view, or an earlier stage, whose
+/// output is copied out.
+enum Output<'o> {
+    Head(ArrayViewMutD<'o, f32>),
+    Prefix,
+}
+
+/// [`forward_into`] on the calling thread; for [`Output::Prefix`], returns the last
+/// stage's output.
 fn forward_into_on_this_thread<'a>(
     stages: impl IntoIterator<Item = StageRef<'a>>,
     plan: &Plan,
     x: ArrayView4<'_, f32>,
     ws: &mut Workspace,
-    out: ArrayViewMutD<'_, f32>,
-) -> Result<(), Error> {
-    let n = check_shapes(plan, &x, out.shape())?;
+    output: Output<'_>,
+) -> Result<Option<Array4<f32>>, Error> {
+    let (n, out) = match output {
+        Output::Head(out) => (check_shapes(plan, &x, out.shape())?, Some(out)),
+        Output::Prefix => (check_input(plan, &x)?, None),
+    };
     let arena = arena_checked(plan, n)?;
     ws.reserve(arena.total(), n)?;
     let (a, rest) = ws.arena.split_at_mut(arena.concat[0]);
@@ -211,14 +252,18 @@ fn forward_into_on_this_thread<'a>(
     let scratch = &mut scratch[..arena.scratch()];
     let mut concat = [a, b];
     let (mut concat_used, mut scratch_used) = ([0; 2], 0);
-    let mut out = Some(out);
+    let prefix = out.is_none();
+    let mut out = out;
     // (buffer, h, w, c) of the latest activation.
     let (mut h, mut w) = (plan.stem.height, plan.stem.width);
     let mut last = (0, plan.stem.c_out);
+    // The latest stage's output: (buffer, channels, row stride).
+    let mut latest = (0, 0, 0);
     for stage in stages {
         let used = match stage {
             StageRef::Stem { conv, norm } => {
                 let stride = plan.blocks.first().map_or(plan.stem.c_out, |b| b.c_out);
+                latest = (0, plan.stem.c_out, stride);
                 let dst = &mut concat[0][..n * h * w * stride];
                 stem_forward_into(conv, norm, x, dst, stride, bn, scratch, &mut ws.fallback)
             }
@@ -229,6 +274,7 @@ fn forward_into_on_this_thread<'a>(
                 concat_used[which] = concat_used[which].max(len);
                 let buf = &mut concat[which][..len];
                 last = (which, plan_block.c_out);
+                latest = (which, plan_block.c_out, plan_block.c_out);
                 let shape = (n, h, w, plan_block.c_in);
                 dense_block_forward_into(layers, shape, buf, bn, scratch, &mut ws.fallback)
             }
@@ -237,6 +283,7 @@ fn forward_into_on_this_thread<'a>(
                 let stride = plan.blocks.get(index).map_or(t.c_out, |b| b.c_out);
                 let [a, b] = &mut concat;
                 let (src, dst) = if (index - 1) % 2 == 0 { (a, b) } else { (b, a) };
+                latest = (index % 2, t.c_out, stride);
                 let src = &src[..n * h * w * t.c_in];
                 let dst = &mut dst[..n * t.height * t.width * stride];
                 let used =
@@ -276,7 +323,18 @@ fn forward_into_on_this_thread<'a>(
         scratch_used = scratch_used.max(used);
     }
     ws.used = concat_used[0] + concat_used[1] + arena.bn_params + scratch_used;
-    Ok(())
+    if !prefix {
+        return Ok(None);
+    }
+    // Copy the latest output out of its (strided) buffer.
+    let (which, c, stride) = latest;
+    let mut copy = Array4::zeros((n, h, w, c));
+    let dst = copy.as_slice_mut().expect("a new array is contiguous");
+    let src = &concat[which][..n * h * w * stride];
+    for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(stride)) {
+        d.copy_from_slice(&s[..c]);
+    }
+    Ok(Some(copy))
 }
 
 /// [`forward_into`] into a new output array, with this thread's cached workspace:

@@ -195,6 +195,7 @@ pub(crate) fn step<M: Network + ?Sized>(
     if arch.head != Head::Classifier {
         no_classifier(&arch.name);
     }
+    let x_nchw = x;
     let x = input_to_nhwc(x, arch.input)?;
     let n = x.dim().0;
     if labels.len() != n {
@@ -232,14 +233,12 @@ pub(crate) fn step<M: Network + ?Sized>(
         .position(|&f| !f)
         .unwrap_or(frozen.len())
         .min(frozen.len() - 1);
-    for index in 0..trainable {
-        let stage = model.stage(index).expect("a stage before the head");
-        let x = next_input
-            .take()
-            .expect("each stage gives the next its input");
-        let out = crate::reference::stage(stage, x.view());
-        next_input = Some(out.into_dimensionality().expect("NHWC before the head"));
-        tapes.push(Tape::Frozen(None));
+    if trainable > 0 {
+        // The inference arena's pass (fused kernels), stopped before that stage.
+        next_input = Some(crate::workspace::forward_prefix(
+            &*model, x_nchw, trainable,
+        )?);
+        tapes.extend((0..trainable).map(|_| Tape::Frozen(None)));
     }
     if let (Some(last), Some(StageRef::Transition { .. } | StageRef::Head { .. })) =
         (tapes.last_mut(), model.stage(trainable))
