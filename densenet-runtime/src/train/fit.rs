@@ -131,11 +131,15 @@ impl Default for FitConfig<'_> {
     }
 }
 
-/// Trains `model` on `train` for `config.epochs` epochs and returns the per-epoch
-/// history. Each epoch visits the images in a fresh random order, in batches of
-/// `config.batch_size`: a training step ([`loss_and_gradients_with`](crate::train::loss_and_gradients_with))
-/// then an optimiser step per batch, the learning rate set from the schedule at the
-/// start of the epoch. Then the validation set is evaluated and the checkpoint written.
+/// Trains `model` on `train` (any [`Source`]: a [`Dataset`](crate::train::Dataset) in
+/// memory, an `image::ImageFolder` on disk, a [`Subset`](crate::train::Subset)) for
+/// `config.epochs` epochs and returns the per-epoch history. Each epoch visits the
+/// images in a fresh random order, in batches of `config.batch_size` (augmented by the
+/// source, from the run's generator): per batch the learning rate from the schedule, a
+/// training step ([`loss_and_gradients_frozen`](crate::train::loss_and_gradients_frozen),
+/// with `config.freeze`) and an optimiser step. After each epoch: the validation set is
+/// evaluated, the checkpoint (and the best epoch's) written, early stopping decided and
+/// `on_epoch_end` called. With `resume`, the run continues from its latest checkpoint.
 ///
 /// A batch of a single image is skipped if the model's last feature map is 1x1 (its
 /// BatchNorm in training mode would see one value per channel, which torch rejects).
@@ -170,6 +174,13 @@ impl Default for FitConfig<'_> {
 /// [`TrainError::LearningRate`] or [`TrainError::Setting`] for an optimiser setting out
 /// of range ([`SgdConfig::validate`], [`AdamConfig::validate`]); [`TrainError::Dropout`];
 /// [`TrainError::Setting`] for a BatchNorm momentum outside `(0, 1]`;
+/// [`TrainError::Setting`] for a schedule setting out of range ([`Schedule::validate`]);
+/// [`TrainError::Freeze`] for a part the model lacks or nothing left to train;
+/// [`TrainError::Conflict`] for a validation metric watched without a validation set,
+/// or a best checkpoint without a checkpoint directory;
+/// [`TrainError::RunExists`] for a new run into a directory holding checkpoints;
+/// [`TrainError::Resume`] for a checkpoint of another model, optimiser or class list
+/// (the model unchanged);
 /// [`TrainError::Checkpoint`] if the checkpoint directory cannot be created. During
 /// training, [`TrainError::Diverged`] at the first NaN or infinite loss (before that
 /// batch's update) and [`TrainError::NonFiniteWeights`] after the first step that
@@ -203,10 +214,15 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
     }
     config.optimizer.validate()?;
     config.schedule.validate(config.epochs)?;
+    let plateau = match config.schedule {
+        Schedule::Plateau(p) => Some(p.monitor),
+        _ => None,
+    };
     let watched = config
         .save_best
         .into_iter()
-        .chain(config.early_stopping.map(|e| e.monitor));
+        .chain(config.early_stopping.map(|e| e.monitor))
+        .chain(plateau);
     for monitor in watched {
         if monitor.is_validation() && config.validation.is_none() {
             return Err(TrainError::Conflict {
