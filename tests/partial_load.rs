@@ -2,8 +2,6 @@
 //! with a new head, another head kind or another input size, and the report says what
 //! was loaded, kept and unused. Checked against the frameworks' own logits.
 
-use std::path::PathBuf;
-
 use densenet::densenet;
 use densenet::ndarray::{Array2, Array4, Ix2};
 use densenet::runtime::weights::{Kept, PartialLoad};
@@ -25,27 +23,20 @@ densenet! {
     KerasAvg<growth: 32, blocks: [1, 2, 2, 1], theta: 0.5, input: [3, 64, 64], head: avg, eps: 1.001e-5>
 }
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read(path).unwrap()
+mod common;
+use common::{assert_close_scaled, fixture, read_f32};
+
+fn bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).unwrap()
 }
 
 /// A float32 tensor of a safetensors file, with its shape.
 fn tensor(bytes: &[u8], key: &str) -> (Vec<usize>, Vec<f32>) {
-    let file = SafeTensors::deserialize(bytes).unwrap();
-    let view = file.tensor(key).unwrap();
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (view.shape().to_vec(), values)
+    read_f32(&SafeTensors::deserialize(bytes).unwrap(), key)
 }
 
 fn io(name: &str) -> (Array4<f32>, Array2<f32>) {
-    let bytes = fixture(&format!("{name}.io.safetensors"));
+    let bytes = bytes(&format!("{name}.io.safetensors"));
     let (xs, x) = tensor(&bytes, "input");
     let (ys, y) = tensor(&bytes, "output");
     (
@@ -54,15 +45,9 @@ fn io(name: &str) -> (Array4<f32>, Array2<f32>) {
     )
 }
 
-/// `max |ours − theirs| <= 1e-4 · max(1, max |theirs|)`.
+/// The parity bar of `tests/weights.rs`: `max |ours − theirs| <= 1e-4 · max(1, max |theirs|)`.
 fn assert_parity(ours: &Array2<f32>, theirs: &Array2<f32>) {
-    assert_eq!(ours.dim(), theirs.dim());
-    let scale = theirs.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let diff = ours
-        .iter()
-        .zip(theirs)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff <= 1e-4 * scale, "max diff {diff:e} (scale {scale})");
+    assert_close_scaled(ours, theirs, 1e-4);
 }
 
 /// The logits a pooled-features model's output gives under the file's classifier:
@@ -90,7 +75,7 @@ fn weights_of(model: &dyn Model) -> std::collections::BTreeMap<String, Vec<f32>>
 
 #[test]
 fn a_torchvision_backbone_under_a_pooled_head_reproduces_torchvisions_logits() {
-    let file = fixture("torchvision_small.safetensors");
+    let file = bytes("torchvision_small.safetensors");
     let mut model = TorchvisionAvg::init(7);
     let report = model.load_partial(&file, &PartialLoad::backbone()).unwrap();
     // Every layer loaded (the model has no classifier); the file's classifier unused.
@@ -114,7 +99,7 @@ fn a_torchvision_backbone_under_a_pooled_head_reproduces_torchvisions_logits() {
 
 #[test]
 fn a_new_five_class_head_keeps_its_initialisation_and_the_backbone_is_the_files() {
-    let file = fixture("torchvision_small.safetensors");
+    let file = bytes("torchvision_small.safetensors");
     // A strict load refuses: the classifier has 10 rows in the file.
     assert!(matches!(
         Torchvision5::from_safetensors_bytes(&file),
@@ -148,7 +133,7 @@ fn a_new_five_class_head_keeps_its_initialisation_and_the_backbone_is_the_files(
 
 #[test]
 fn a_backbone_loads_into_a_model_of_another_input_size() {
-    let file = fixture("torchvision_small.safetensors");
+    let file = bytes("torchvision_small.safetensors");
     let mut model = Torchvision96::init(0);
     let report = model.load_partial(&file, &PartialLoad::backbone()).unwrap();
     assert_eq!(report.kept.len(), 1);
@@ -162,7 +147,7 @@ fn a_backbone_loads_into_a_model_of_another_input_size() {
 
 #[test]
 fn a_keras_backbone_loads_under_a_new_head_and_under_a_pooled_head() {
-    let file = fixture("keras_small.safetensors");
+    let file = bytes("keras_small.safetensors");
     let mut three = Keras3::init(0);
     let report = three.load_partial(&file, &PartialLoad::backbone()).unwrap();
     assert_eq!(report.naming, densenet::runtime::Naming::Keras);
@@ -198,7 +183,7 @@ fn a_keras_backbone_loads_under_a_new_head_and_under_a_pooled_head() {
 
 #[test]
 fn skipping_parts_and_mismatches_is_reported_and_errors_leave_the_model_as_it_was() {
-    let file = fixture("torchvision_small.safetensors");
+    let file = bytes("torchvision_small.safetensors");
     // Skip block 4 and the head: they keep the seed's values.
     let mut model = Torchvision10::init(5);
     let how = PartialLoad {

@@ -27,6 +27,7 @@ pub fn read_f32(file: &SafeTensors<'_>, key: &str) -> (Vec<usize>, Vec<f32>) {
 
 /// torchvision's `state_dict` prefix of a layer (written out here, independently of the
 /// crate's naming code, so the tests also check the structure).
+#[allow(dead_code)] // not every test file that shares this module uses it
 pub fn torchvision_layer(name: LayerName) -> String {
     let part = name.part;
     match name.site {

@@ -77,30 +77,13 @@ pub(crate) fn best_epoch(monitor: Monitor, history: &[EpochStats]) -> Option<usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::Evaluation;
+    use crate::train::history::test_epoch;
 
     fn history(val_losses: &[f32]) -> Vec<EpochStats> {
         val_losses
             .iter()
             .enumerate()
-            .map(|(i, &loss)| EpochStats {
-                epoch: i + 1,
-                lr: 0.1,
-                loss: 1.0,
-                train_accuracy: 0.5,
-                validation: Some(Evaluation {
-                    loss,
-                    accuracy: 0.5,
-                    correct: 1,
-                    total: 2,
-                    top_k: 1,
-                    top_k_correct: 1,
-                    top_k_accuracy: 0.5,
-                }),
-                images_per_sec: 1.0,
-                seconds: 1.0,
-                checkpoint: None,
-            })
+            .map(|(i, &loss)| test_epoch(i + 1, 1.0, Some(loss)))
             .collect()
     }
 

@@ -411,6 +411,30 @@ pub(crate) mod exact {
     }
 }
 
+/// An epoch record with the given training and validation losses (other fields
+/// fixed), for the tests of what reads histories.
+#[cfg(test)]
+pub(crate) fn test_epoch(epoch: usize, loss: f32, val_loss: Option<f32>) -> EpochStats {
+    EpochStats {
+        epoch,
+        lr: 0.1,
+        loss,
+        train_accuracy: 0.5,
+        validation: val_loss.map(|loss| Evaluation {
+            loss,
+            accuracy: 0.5,
+            correct: 1,
+            total: 2,
+            top_k: 1,
+            top_k_correct: 1,
+            top_k_accuracy: 0.5,
+        }),
+        images_per_sec: 1.0,
+        seconds: 1.0,
+        checkpoint: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -258,7 +258,7 @@ impl PlateauConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::Evaluation;
+    use crate::train::history::test_epoch;
 
     fn at(epoch: usize, step: usize, epochs: usize, steps: usize) -> Progress {
         Progress {
@@ -266,27 +266,6 @@ mod tests {
             epochs,
             step,
             steps,
-        }
-    }
-
-    fn epoch(loss: f32, val_loss: Option<f32>) -> EpochStats {
-        EpochStats {
-            epoch: 1,
-            lr: 0.1,
-            loss,
-            train_accuracy: 0.5,
-            validation: val_loss.map(|loss| Evaluation {
-                loss,
-                accuracy: 0.5,
-                correct: 1,
-                total: 2,
-                top_k: 1,
-                top_k_correct: 1,
-                top_k_accuracy: 0.5,
-            }),
-            images_per_sec: 1.0,
-            seconds: 1.0,
-            checkpoint: None,
         }
     }
 
@@ -326,9 +305,9 @@ mod tests {
             ..PlateauConfig::default()
         });
         let history = [
-            epoch(1.0, Some(1.0)),
-            epoch(1.0, None),
-            epoch(1.0, Some(2.0)),
+            test_epoch(1, 1.0, Some(1.0)),
+            test_epoch(1, 1.0, None),
+            test_epoch(1, 1.0, Some(2.0)),
         ];
         // Epoch 1 sees one value: nothing to compare with.
         assert_eq!(s.lr(0.1, at(1, 0, 5, 3), &history), 0.1);
