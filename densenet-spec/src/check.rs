@@ -27,7 +27,7 @@ const MAX_CLASSES: i128 = 10_000_000;
 const MAX_WEIGHTS: u64 = 1 << 32;
 /// Activation floats one image may need (the forward pass's arena at batch 1): 2^32,
 /// 16 GiB. DenseNet-121 at 224x224 needs about 4 million.
-const MAX_ACTIVATIONS: usize = 1 << 32;
+const MAX_ACTIVATIONS: u64 = 1 << 32;
 
 /// Checks `spec` and resolves its defaults.
 ///
@@ -243,7 +243,7 @@ fn check_shapes(cx: &mut Checker, arch: &Architecture, size_span: Span, theta_sp
                 plan.params.saturating_add(plan.buffers).saturating_mul(4) >> 30
             ),
         );
-    } else if plan.arena_floats(1) > MAX_ACTIVATIONS {
+    } else if plan.arena_floats(1) as u64 > MAX_ACTIVATIONS {
         cx.error(
             size_span,
             format!(
