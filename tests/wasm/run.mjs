@@ -1,0 +1,31 @@
+// Loads the wasm32 build of tests/wasm (a plain module: no imports, `extern "C"`
+// exports) and checks every fixture's logits against its framework's, as the host
+// tests do (`parity` <= 1e-4); prints the time of a forward pass of each.
+//
+//   node tests/wasm/run.mjs target/wasm32-unknown-unknown/release/densenet_wasm_test.wasm
+import { readFileSync } from "node:fs";
+
+const names = ["torchvision_small", "cifar_bc", "keras_small"];
+const path = process.argv[2];
+if (!path) {
+  console.error("usage: node run.mjs MODULE.wasm");
+  process.exit(2);
+}
+const { instance } = await WebAssembly.instantiate(readFileSync(path), {});
+const { fixtures, parity, forward } = instance.exports;
+let failed = 0;
+for (let i = 0; i < fixtures(); i++) {
+  const d = parity(i);
+  const ok = d >= 0 && d <= 1e-4;
+  forward(i, 1); // warm-up
+  const runs = 5;
+  const start = performance.now();
+  const logit = forward(i, runs);
+  const ms = (performance.now() - start) / runs;
+  console.log(
+    `${names[i] ?? i}: max |wasm - framework| / scale = ${d.toExponential(2)} ` +
+      `${ok ? "ok" : "FAILED"}; forward ${ms.toFixed(1)} ms (batch of 2), logit ${logit}`,
+  );
+  if (!ok || !Number.isFinite(logit)) failed++;
+}
+process.exit(failed ? 1 : 0);
