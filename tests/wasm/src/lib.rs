@@ -123,6 +123,121 @@ pub extern "C" fn forward(index: u32, iterations: u32) -> f32 {
     first
 }
 
+/// Whether the direct convolution kernels run in this build (SIMD128 in a wasm32 build
+/// with `target-feature=+simd128`; AVX-512 or AVX2 on an x86-64 host): 1 or 0.
+#[no_mangle]
+pub extern "C" fn kernels() -> u32 {
+    u32::from(densenet_runtime::kernels::direct_conv::available())
+}
+
+/// The direct convolution against its plain-loop oracle on shapes that reach every tile
+/// size, partial vector and weight layout: `1x1` with a BatchNorm-ReLU prologue and
+/// epilogue, `3x3` over a padded input, outputs written into a wider buffer. Returns the
+/// largest `|kernel − oracle| / (√k · max(1, |oracle|))` (k the dot products' length;
+/// the host tests allow 1e-5), −1 if the kernels do not run here, −2 if they declined a
+/// shape.
+#[no_mangle]
+pub extern "C" fn kernel_check() -> f32 {
+    use densenet_runtime::kernels::direct_conv::{
+        direct_conv, direct_conv_reference, ConvShape, ConvWeight, Epilogue, ImageLayout,
+        PackedWeight,
+    };
+    if kernels() == 0 {
+        return -1.0;
+    }
+    let mut rng = densenet::runtime::Rng::new(5);
+    let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal()).collect() };
+    let mut worst = 0.0f32;
+    for (case, &(n, out_w, c_in, c_out, kernel)) in [
+        (1, 9, 16, 1, 1),
+        (2, 7, 24, 3, 1),
+        (1, 13, 8, 5, 1),
+        (3, 6, 12, 8, 1),
+        (1, 15, 40, 12, 3),
+        (2, 5, 20, 40, 3),
+        (1, 11, 64, 64, 1),
+        (1, 8, 7, 33, 3),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let shape = ConvShape {
+            n,
+            out_h: out_w - 1,
+            out_w,
+            c_in,
+            c_out,
+            kernel_h: kernel,
+            kernel_w: kernel,
+            stride: 1,
+        };
+        let (in_h, in_w) = (shape.out_h + kernel - 1, out_w + kernel - 1);
+        let input_layout = ImageLayout::dense(in_h, in_w, c_in);
+        let input = random(n * in_h * in_w * c_in);
+        let weight = random(kernel * kernel * c_in * c_out);
+        let (scale, shift) = (random(c_out), random(c_out));
+        let (pro_scale, pro_shift) = (random(c_in), random(c_in));
+        // 1x1: prologue and epilogue; 3x3: neither (as DenseNet's layers have them).
+        let (prologue, epilogue) = if kernel == 1 {
+            (
+                Epilogue::ScaleShiftRelu {
+                    scale: &pro_scale,
+                    shift: &pro_shift,
+                },
+                Epilogue::ScaleShiftRelu {
+                    scale: &scale,
+                    shift: &shift,
+                },
+            )
+        } else {
+            (Epilogue::Store, Epilogue::Store)
+        };
+        // Output channels are columns `3 ..` of a buffer 5 wider (a block buffer).
+        let stride = c_out + 5;
+        let out_layout = ImageLayout {
+            offset: 3,
+            image_stride: shape.out_h * out_w * stride,
+            row_stride: out_w * stride,
+            pixel_stride: stride,
+        };
+        let sentinel = random(3 + n * out_layout.image_stride);
+        let mut expected = sentinel.clone();
+        direct_conv_reference(
+            &input,
+            input_layout,
+            prologue,
+            &weight,
+            shape,
+            epilogue,
+            &mut expected,
+            out_layout,
+        );
+        let packed = PackedWeight::from_hwio(&weight, kernel * kernel * c_in, c_out);
+        for weight in [ConvWeight::Hwio(&weight), ConvWeight::Packed(&packed)] {
+            let mut actual = sentinel.clone();
+            let parallel = case % 2 == 0;
+            if !direct_conv(
+                &input,
+                input_layout,
+                prologue,
+                weight,
+                shape,
+                epilogue,
+                &mut actual,
+                out_layout,
+                parallel,
+            ) {
+                return -2.0;
+            }
+            let k = ((kernel * kernel * c_in) as f32).sqrt();
+            for (&e, &a) in expected.iter().zip(&actual) {
+                worst = worst.max((e - a).abs() / (k * e.abs().max(1.0)));
+            }
+        }
+    }
+    worst
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +250,10 @@ mod tests {
             assert!(forward(index, 1).is_finite());
         }
         assert_eq!(parity(7), -1.0);
+        // On an x86-64 host with AVX-512 or AVX2, the same check of those kernels.
+        if kernels() == 1 {
+            let worst = kernel_check();
+            assert!((0.0..=1e-5).contains(&worst), "{worst}");
+        }
     }
 }

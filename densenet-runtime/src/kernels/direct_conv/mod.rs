@@ -175,26 +175,48 @@ pub fn apply_epilogue(epilogue: Epilogue<'_>, data: &mut [f32], rows: usize, row
 }
 
 /// Most output pixels per tile of any kernel (the AVX-512 one's).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    allow(dead_code)
+)]
 const MAX_TILE: usize = 14;
 /// Largest block of input channels of a 1x1 convolution: a tile's block of inputs
 /// (14 KiB, packed when there is a prologue) stays in L1 while every panel of the
 /// weight rows streams past it from L2; the tile accumulates block by block. Also the
 /// size of the buffer a prologue packs into.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    allow(dead_code)
+)]
 const MAX_BLOCK: usize = 256;
 /// Smallest block of input channels of a 1x1 convolution (more would cost more
 /// accumulator round trips than they save).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    allow(dead_code)
+)]
 const MIN_BLOCK: usize = 64;
 /// Weight floats (`block × c_out`, 128 KiB) a 1x1 convolution's block spans, which
 /// every tile streams from L2: wider convolutions take fewer input channels per block
 /// (DenseNet-121's transitions, 128–512 outputs: 9% faster than 256-channel blocks).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    allow(dead_code)
+)]
 const BLOCK_WEIGHT_FLOATS: usize = 32 * 1024;
 /// How many weight rows ahead the tile kernel prefetches (~170 cycles of a 14x32
 /// tile's multiply-adds: about an L3 hit's latency).
+// Used by the x86-64 kernels (WebAssembly has no prefetch).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_ROWS: usize = 12;
 /// Largest window the kernel takes (the 7x7 stem); others fall back.
 const MAX_TAPS: usize = 49;
 /// Convolutions with fewer multiply-adds run on the calling thread: splitting ~10 µs
 /// of work across threads costs about as much as it saves.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    allow(dead_code)
+)]
 const PARALLEL_MACS: usize = 1 << 20;
 
 /// Set by [`force_portable`].
@@ -231,6 +253,9 @@ enum Isa {
     Avx512,
     /// AVX2 and FMA: 6-pixel × 16-channel tiles.
     Avx2,
+    /// WebAssembly SIMD128 (a `wasm32` build with `target-feature=+simd128`): 6-pixel ×
+    /// 8-channel tiles.
+    Simd128,
 }
 
 /// The best instruction set of this CPU that [`direct_conv`] has kernels for (detected
@@ -241,6 +266,9 @@ fn isa() -> Option<Isa> {
     }
     if supported(Isa::Avx512) && !AVX2_ONLY.load(Ordering::Relaxed) {
         return Some(Isa::Avx512);
+    }
+    if supported(Isa::Simd128) {
+        return Some(Isa::Simd128);
     }
     supported(Isa::Avx2).then_some(Isa::Avx2)
 }
@@ -254,17 +282,19 @@ fn supported(isa: Isa) -> bool {
             Isa::Avx2 => {
                 std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
             }
+            Isa::Simd128 => false,
         }
     }
+    // WebAssembly has no run-time detection: SIMD128 is in the build or not.
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = isa;
-        false
+        isa == Isa::Simd128 && cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
     }
 }
 
 /// Whether [`direct_conv`] runs on this CPU (AVX-512F, or AVX2 with FMA, detected at
-/// run time), unless [`force_portable`] turned it off.
+/// run time; WebAssembly SIMD128 in a build for it), unless [`force_portable`] turned
+/// it off.
 pub fn available() -> bool {
     isa().is_some()
 }
@@ -546,9 +576,28 @@ fn run(
         match isa {
             Isa::Avx512 => job.run::<avx512::Avx512>(parallel),
             Isa::Avx2 => job.run::<avx2::Avx2>(parallel),
+            Isa::Simd128 => unreachable!("not an x86-64 instruction set"),
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        let _ = (isa, winograd);
+        let job = job::Job::new(
+            input,
+            input_layout,
+            prologue,
+            weight,
+            shape,
+            epilogue,
+            out,
+            out_layout,
+        );
+        job.run::<simd128::Simd128>(parallel);
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )))]
     let _ = (
         isa,
         winograd,
@@ -566,6 +615,10 @@ fn run(
 
 /// Splits a row of `w` pixels into tiles of at most [`MAX_TILE`], as even as possible
 /// (56 → 4 × 14, 32 → 11 + 11 + 10): `(start, len)` of tile `t` of `count`.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    allow(dead_code)
+)]
 fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
     let base = w / count;
     let extra = w % count;
@@ -577,9 +630,14 @@ fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
 mod job;
 mod packed;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
 #[cfg(target_arch = "x86_64")]
 mod winograd;
 
