@@ -201,7 +201,10 @@
 //! Cargo features: `image` (JPEG/PNG decoding and preprocessing, the `image` module);
 //! `yaml` (reading spec files at run time: `spec::parse_yaml`, `spec::check`, for
 //! [`DynamicModel`]); `progress` (on by default: a progress bar per epoch in `fit`);
-//! `plot` (a training history as a PNG chart: `History::save_plot`).
+//! `parallel` (on by default: rayon's threads in the kernels, layers and training;
+//! without it everything runs on the calling thread with the same results, e.g. for
+//! WebAssembly in the browser); `plot` (a training history as a PNG chart:
+//! `History::save_plot`).
 #![deny(missing_docs)]
 
 // The proc macros, for the wrappers below: generated code reaches the runtime through

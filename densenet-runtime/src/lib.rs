@@ -42,6 +42,7 @@ mod kernels;
 pub mod layers;
 mod model;
 pub mod onnx;
+mod parallel;
 mod part;
 pub mod reference;
 pub mod rng;

@@ -190,12 +190,14 @@ pub(crate) fn forward_into<M: Network + ?Sized>(
     out: ArrayViewMutD<'_, f32>,
 ) -> Result<(), Error> {
     let (stages, plan) = (stages(model), model.plan());
-    if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+    if crate::parallel::current_thread_index().is_none()
+        && crate::parallel::current_num_threads() > 1
+    {
         // The whole pass runs as one task on rayon's pool: the kernels' parallel loops
         // then queue their tasks on the worker's own deque. Called from outside the pool,
         // each loop would go through rayon's global injector, which allocates a block
         // per 63 tasks; this way it is one task per pass.
-        return rayon::scope(|_| {
+        return crate::parallel::scope(|_| {
             forward_into_on_this_thread(stages, plan, x, ws, Output::Head(out)).map(drop)
         });
     }
@@ -216,8 +218,10 @@ pub(crate) fn forward_prefix<M: Network + ?Sized>(
             forward_into_on_this_thread(stages, plan, x, ws, Output::Prefix)?
                 .ok_or(Error::EmptyBatch)
         };
-        if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
-            rayon::scope(|_| run(ws))
+        if crate::parallel::current_thread_index().is_none()
+            && crate::parallel::current_num_threads() > 1
+        {
+            crate::parallel::scope(|_| run(ws))
         } else {
             run(ws)
         }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use crate::parallel::prelude::*;
 use ndarray::{Array3, Array4, Axis};
-use rayon::prelude::*;
 
 use super::{
     center_window, decode_checked, resize_cover, resize_shorter_side, Normalization,

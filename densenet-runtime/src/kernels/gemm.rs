@@ -17,6 +17,7 @@ use gemm::Parallelism;
 /// DenseNet-121 is 196 × 992 × 128 ≈ 25 M multiply-adds), while the 56x56 layers
 /// (≥ 100 M) and the stem gain. 2²⁵ ≈ 33.5 M sits between; a tuning guess, not a
 /// measured optimum.
+#[cfg_attr(not(feature = "parallel"), allow(dead_code))]
 const PARALLEL_THRESHOLD: usize = 1 << 25;
 
 /// A read-only strided view of an `f32` matrix: element `(i, j)` is
@@ -462,6 +463,7 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'
         return;
     }
     let parallelism = match m.saturating_mul(n).saturating_mul(k) {
+        #[cfg(feature = "parallel")]
         flops if flops >= PARALLEL_THRESHOLD => Parallelism::Rayon(0),
         _ => Parallelism::None,
     };

@@ -6,7 +6,7 @@
 //! in the zero padding are written as 0. Safe code: per window row, the in-bounds pixels
 //! are one contiguous run of the input, copied with `copy_from_slice`.
 
-use rayon::prelude::*;
+use crate::parallel::prelude::*;
 
 /// Output matrices with at least this many elements are filled by rayon's threads,
 /// one output image row per task.

@@ -1,8 +1,8 @@
 //! Batch normalisation in inference mode, alone or fused with the ReLU that follows it
 //! everywhere in DenseNet.
 
+use crate::parallel::prelude::*;
 use ndarray::{Array1, Array4, ArrayView4, ArrayViewMut1};
-use rayon::prelude::*;
 
 use crate::kernels::elementwise::scale_shift_relu;
 use crate::Error;

@@ -4,8 +4,8 @@
 //! input pixels in its window, so the inner loops run over contiguous channels and
 //! vectorise. Large outputs are split over rayon's threads by output image row.
 
+use crate::parallel::prelude::*;
 use ndarray::{Array2, Array4, ArrayView4};
-use rayon::prelude::*;
 
 use crate::kernels::im2col::Window;
 

@@ -1,6 +1,6 @@
 //! Transition between dense blocks: BN → ReLU → 1x1 conv → 2x2 average pool.
 
-use rayon::prelude::*;
+use crate::parallel::prelude::*;
 
 use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::elementwise::scale_shift_relu_add;
@@ -55,7 +55,7 @@ pub fn transition_forward_into(
             dst.iter_mut().for_each(|v| *v *= 0.25);
         }
     };
-    if pooled.len() >= PARALLEL_POOL && rayon::current_num_threads() > 1 {
+    if pooled.len() >= PARALLEL_POOL && crate::parallel::current_num_threads() > 1 {
         pooled.par_chunks_mut(wo * c).enumerate().for_each(row);
     } else {
         pooled.chunks_mut(wo * c).enumerate().for_each(row);

@@ -12,8 +12,8 @@
 //! after whatever preprocessing its images had (zero is then the normalised value 0,
 //! typically the mean colour).
 
+use crate::parallel::prelude::*;
 use ndarray::{s, Array3, Array4, ArrayView3, Axis};
-use rayon::prelude::*;
 
 use crate::rng::Rng;
 use crate::train::dataset::below;
@@ -426,6 +426,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "parallel")]
     fn positions_and_seeds_draw_independent_transforms_in_any_thread_count() {
         let images = Array4::from_shape_fn((6, 3, 8, 8), |(n, c, y, x)| {
             (n * 192 + c * 64 + y * 8 + x) as f32

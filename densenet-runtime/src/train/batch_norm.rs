@@ -5,8 +5,8 @@
 //! Inputs are `rows × channels` matrix views (pixels × channels of an NHWC tensor), so
 //! a dense block's layer reads the first `c` columns of the shared buffer in place.
 
+use crate::parallel::prelude::*;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
-use rayon::prelude::*;
 
 use crate::layers::BatchNorm2d;
 

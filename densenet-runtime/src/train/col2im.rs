@@ -1,7 +1,7 @@
 //! col2im: the adjoint of im2col (the convolution's GEMM input), summing every
 //! window row back onto the input pixels it was copied from.
 
-use rayon::prelude::*;
+use crate::parallel::prelude::*;
 
 use crate::kernels::im2col::Window;
 

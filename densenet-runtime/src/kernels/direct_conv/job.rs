@@ -3,7 +3,7 @@
 //! block of input channels by block and panel of output channels by panel by a
 //! [`Microkernel`] (`avx512.rs`, `avx2.rs`).
 
-use rayon::prelude::*;
+use crate::parallel::prelude::*;
 
 use super::{
     tile_span, ConvShape, ConvWeight, Epilogue, ImageLayout, BLOCK_WEIGHT_FLOATS, MAX_BLOCK,
@@ -154,7 +154,10 @@ impl Job {
         // One task per output row, or per tile (see `Job::flat`): even a 7x7 map gives
         // two threads 4 tasks to share.
         let tasks = self.tasks::<K>();
-        if parallel && self.shape.macs() >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
+        if parallel
+            && self.shape.macs() >= PARALLEL_MACS
+            && crate::parallel::current_num_threads() > 1
+        {
             (0..tasks).into_par_iter().for_each(|t| self.task::<K>(t));
         } else {
             (0..tasks).for_each(|t| self.task::<K>(t));

@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use rayon::prelude::*;
+use crate::parallel::prelude::*;
 
 use super::avx512::Avx512;
 use super::job::Microkernel;
@@ -118,7 +118,7 @@ pub(super) fn run(
             out_layout,
         };
         let tasks = s.n * s.out_h / 2;
-        if parallel && s.macs() >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
+        if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
             (0..tasks).into_par_iter().for_each(|t| job.task(t));
         } else {
             (0..tasks).for_each(|t| job.task(t));

@@ -1,0 +1,91 @@
+//! Data parallelism: rayon's with the `parallel` feature (on by default), the same
+//! calls run sequentially on the calling thread without it, for targets without
+//! threads (WebAssembly in the browser) or where a thread pool is unwanted.
+//!
+//! The runtime's code writes `par_chunks_mut`, `into_par_iter`, `par_iter` and reads
+//! `current_num_threads()` through this module only: without the feature the `par_*`
+//! methods are the slices' and ranges' own sequential iterators, which have the same
+//! adapters (`enumerate`, `zip`, `map`, `for_each`, `collect`), and the results are
+//! the same bit for bit (every parallel reduction here combines its parts in a fixed
+//! order).
+
+#[cfg(feature = "parallel")]
+pub(crate) use rayon::{current_num_threads, current_thread_index, scope};
+
+/// `rayon::prelude` with the feature; sequential stand-ins without.
+pub(crate) mod prelude {
+    #[cfg(feature = "parallel")]
+    pub(crate) use rayon::prelude::*;
+
+    #[cfg(not(feature = "parallel"))]
+    pub(crate) use super::sequential::{
+        IndexedParallelIterator, IntoParallelIterator, ParallelSlice, ParallelSliceMut,
+    };
+}
+
+#[cfg(not(feature = "parallel"))]
+pub(crate) use sequential::{current_num_threads, current_thread_index, scope};
+
+#[cfg(not(feature = "parallel"))]
+mod sequential {
+    /// One thread: the caller's.
+    pub(crate) fn current_num_threads() -> usize {
+        1
+    }
+
+    /// Never inside a pool.
+    pub(crate) fn current_thread_index() -> Option<usize> {
+        None
+    }
+
+    /// Runs `f` on the calling thread.
+    pub(crate) fn scope<R>(f: impl FnOnce(&()) -> R) -> R {
+        f(&())
+    }
+
+    /// `par_chunks_mut` as `chunks_mut`.
+    pub(crate) trait ParallelSliceMut<T> {
+        fn par_chunks_mut(&mut self, size: usize) -> std::slice::ChunksMut<'_, T>;
+    }
+
+    impl<T> ParallelSliceMut<T> for [T] {
+        fn par_chunks_mut(&mut self, size: usize) -> std::slice::ChunksMut<'_, T> {
+            self.chunks_mut(size)
+        }
+    }
+
+    /// `par_chunks` and `par_iter` as `chunks` and `iter`.
+    pub(crate) trait ParallelSlice<T> {
+        fn par_chunks(&self, size: usize) -> std::slice::Chunks<'_, T>;
+        #[allow(dead_code)] // the image folder's (feature `image`)
+        fn par_iter(&self) -> std::slice::Iter<'_, T>;
+    }
+
+    impl<T> ParallelSlice<T> for [T] {
+        fn par_chunks(&self, size: usize) -> std::slice::Chunks<'_, T> {
+            self.chunks(size)
+        }
+
+        fn par_iter(&self) -> std::slice::Iter<'_, T> {
+            self.iter()
+        }
+    }
+
+    /// `into_par_iter` as `into_iter`.
+    pub(crate) trait IntoParallelIterator: IntoIterator + Sized {
+        fn into_par_iter(self) -> Self::IntoIter {
+            self.into_iter()
+        }
+    }
+
+    impl<I: IntoIterator> IntoParallelIterator for I {}
+
+    /// `with_min_len` (a hint for splitting work) as nothing.
+    pub(crate) trait IndexedParallelIterator: Iterator + Sized {
+        fn with_min_len(self, _min: usize) -> Self {
+            self
+        }
+    }
+
+    impl<I: Iterator> IndexedParallelIterator for I {}
+}
