@@ -8,6 +8,8 @@
 //!   JSON: dtypes, shapes, offsets, keys, punctuation; the length prefix; truncation;
 //!   data values), into a generated model and a `DynamicModel` of the same architecture.
 //!   `tests/weights.rs::mutated_files_never_panic` flips raw bytes of a larger file.
+//! - `checkpoint_*`: training checkpoints (weights, optimiser tensors, the run's header)
+//!   mutated as the weights files, and in their header's values, resumed by `fit`.
 //! - `image_*`: arbitrary bytes, mutated PNG and JPEG files, PNGs of arbitrary small,
 //!   odd and extreme dimensions (1xN, Nx1) under arbitrary preprocessing settings, and
 //!   PNG headers claiming any size up to `u32::MAX` a side.
@@ -38,7 +40,8 @@ use densenet::runtime::kernels::direct_conv::{
     direct_conv, direct_conv_reference, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight,
 };
 use densenet::runtime::kernels::im2col::{im2col, Window};
-use densenet::runtime::{DynamicModel, ImageError, LoadError, Model, Naming, Network};
+use densenet::runtime::train::{fit, AdamConfig, Dataset, FitConfig, Optimizer, SgdConfig};
+use densenet::runtime::{DynamicModel, ImageError, LoadError, Model, Naming, Network, TrainError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
@@ -387,6 +390,142 @@ fn weights_mutated_files_load_or_refuse() {
     assert!(
         refused > 0 && loaded > 0,
         "{refused} refused, {loaded} loaded"
+    );
+}
+
+/// A training checkpoint of `Tiny` after one epoch (weights, optimiser tensors and the
+/// run's header), written by `fit` into `dir`.
+fn tiny_checkpoint(dir: &std::path::Path, optimizer: Optimizer) -> Vec<u8> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut model = Tiny::init(3);
+    let data = tiny_data();
+    let config = FitConfig {
+        epochs: 1,
+        batch_size: 4,
+        optimizer,
+        checkpoint_dir: Some(dir.to_path_buf()),
+        ..FitConfig::default()
+    };
+    fit(&mut model, &data, &config).expect("a tiny run");
+    std::fs::read(dir.join("epoch-001.safetensors")).expect("its checkpoint")
+}
+
+fn tiny_data() -> Dataset {
+    let images = densenet::ndarray::Array4::from_shape_fn((8, 3, 8, 8), |(n, c, y, x)| {
+        ((n * 7 + c * 5 + y * 3 + x) % 11) as f32 / 11.0 - 0.5
+    });
+    Dataset::new(images, (0..8).map(|i| i % 3).collect(), 3).expect("valid")
+}
+
+/// Mutated training checkpoints (header numbers, keys and punctuation, the metadata's
+/// values, truncation, data) resume a run or refuse with `TrainError::Resume`, never a
+/// panic; a refused resume leaves the model as it was. Both outcomes occur.
+#[test]
+fn checkpoint_mutated_files_resume_or_refuse() {
+    let base = std::env::temp_dir().join(format!("densenet-fuzz-ckpt-{}", std::process::id()));
+    let files = [
+        tiny_checkpoint(&base.join("sgd"), Optimizer::Sgd(SgdConfig::default())),
+        tiny_checkpoint(&base.join("adam"), Optimizer::Adam(AdamConfig::default())),
+    ];
+    let kinds = ["sgd", "adam"];
+    let outcomes = Cell::new([0u32; 2]);
+    let strategy = (
+        0..2usize,
+        prop::collection::vec(file_edit(), 0..3),
+        prop::option::of((0..9usize, "[-a-z0-9,.{}\\[\\]\":]{0,12}")),
+    );
+    fuzz(
+        "checkpoint_mutated_files_resume_or_refuse",
+        1000,
+        strategy,
+        |(which, edits, metadata_edit)| {
+            let mut bytes = apply_file_edits(&files[which], &edits);
+            // Replace one metadata value (there are 8 or 9) by arbitrary text.
+            let prefix = bytes
+                .get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+            let whole_header = prefix.is_some_and(|n| n <= bytes.len() as u64 - 8)
+                && std::str::from_utf8(&bytes[8..8 + prefix.unwrap_or(0) as usize]).is_ok();
+            if let (Some((index, text)), true) = (&metadata_edit, whole_header) {
+                let (header, data) = split(&bytes);
+                let keys = [
+                    "format",
+                    "architecture",
+                    "epoch",
+                    "rng",
+                    "optimizer",
+                    "optimizer_steps",
+                    "parameter_steps",
+                    "history",
+                    "class_names",
+                ];
+                let key = format!("\"{}\":\"", keys[index % keys.len()]);
+                if let Some(start) = header.find(&key).map(|s| s + key.len()) {
+                    let end = header[start..]
+                        .find('"')
+                        .map_or(header.len(), |e| start + e);
+                    let mut edited = header.clone();
+                    edited.replace_range(start..end, &text.replace('"', "'"));
+                    let mut out = (edited.len() as u64).to_le_bytes().to_vec();
+                    out.extend_from_slice(edited.as_bytes());
+                    out.extend_from_slice(&data);
+                    bytes = out;
+                }
+            }
+            let dir = base.join(format!("case-{}", kinds[which]));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            std::fs::write(dir.join("epoch-001.safetensors"), &bytes)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let optimizer = if which == 0 {
+                Optimizer::Sgd(SgdConfig::default())
+            } else {
+                Optimizer::Adam(AdamConfig::default())
+            };
+            let mut model = Tiny::init(5);
+            let before = model.to_safetensors_bytes();
+            let data = tiny_data();
+            let config = FitConfig {
+                epochs: 2,
+                batch_size: 4,
+                optimizer,
+                checkpoint_dir: Some(dir.clone()),
+                resume: true,
+                ..FitConfig::default()
+            };
+            let result = catch_unwind(AssertUnwindSafe(|| fit(&mut model, &data, &config)))
+                .map_err(|p| {
+                    TestCaseError::fail(format!("fit panicked: {}", panic_message(&*p)))
+                })?;
+            let resumed = match result {
+                Ok(history) => {
+                    prop_assert_eq!(history.epochs.len(), 2);
+                    true
+                }
+                Err(TrainError::Resume { .. }) => {
+                    prop_assert_eq!(&model.to_safetensors_bytes(), &before);
+                    false
+                }
+                // A finite run can still diverge from edited weights or state.
+                Err(TrainError::Diverged { .. } | TrainError::NonFiniteWeights { .. }) => false,
+                Err(e) => return Err(TestCaseError::fail(format!("unexpected error: {e}"))),
+            };
+            // The file also loads, or not, as a weights file, and partially.
+            let _ = Tiny::from_safetensors_bytes(&bytes);
+            let _ = Tiny::init(0)
+                .load_partial(&bytes, &densenet::runtime::weights::PartialLoad::backbone());
+            let mut o = outcomes.get();
+            o[usize::from(resumed)] += 1;
+            outcomes.set(o);
+            Ok(())
+        },
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    let [refused, resumed] = outcomes.get();
+    println!("checkpoints: {resumed} resumed, {refused} refused");
+    assert!(
+        refused > 0 && resumed > 0,
+        "{refused} refused, {resumed} resumed"
     );
 }
 

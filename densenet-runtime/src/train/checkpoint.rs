@@ -292,6 +292,15 @@ pub(crate) fn resume<M: Network + ?Sized>(
     let epoch: usize = file.number("epoch")?;
     let rng = file.rng()?;
     let history = file.history()?;
+    if history.epochs.len() != epoch {
+        return Err(resume_error(
+            path,
+            format!(
+                "its header says {epoch} epochs are done, its history has {}",
+                history.epochs.len()
+            ),
+        ));
+    }
 
     // The optimiser's state, checked against the model's parameters.
     let lengths = parameter_lengths(&*model);
