@@ -551,10 +551,14 @@ fn run(
     if shape.macs() == 0 {
         return true;
     }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    ))]
     {
         // DenseNet's 3x3 convolutions (no prologue or epilogue, HWIO: at most 32
         // outputs) on AVX-512, but for the last block's odd maps.
+        #[cfg(target_arch = "x86_64")]
         if let (Isa::Avx512, true, Epilogue::Store, Epilogue::Store, ConvWeight::Hwio(w)) =
             (isa, winograd, prologue, epilogue, weight)
         {
@@ -563,6 +567,8 @@ fn run(
                 return true;
             }
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = winograd;
         let job = job::Job::new(
             input,
             input_layout,
@@ -574,25 +580,16 @@ fn run(
             out_layout,
         );
         match isa {
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => job.run::<avx512::Avx512>(parallel),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => job.run::<avx2::Avx2>(parallel),
-            Isa::Simd128 => unreachable!("not an x86-64 instruction set"),
+            #[cfg(target_arch = "wasm32")]
+            Isa::Simd128 => job.run::<simd128::Simd128>(parallel),
+            // `supported` holds only for this build's instruction sets.
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("{isa:?} is not this build's"),
         }
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        let _ = (isa, winograd);
-        let job = job::Job::new(
-            input,
-            input_layout,
-            prologue,
-            weight,
-            shape,
-            epilogue,
-            out,
-            out_layout,
-        );
-        job.run::<simd128::Simd128>(parallel);
     }
     #[cfg(not(any(
         target_arch = "x86_64",
