@@ -38,6 +38,34 @@ pub fn conv2d_backward(
     dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
 ) -> Array4<f32> {
+    backward(conv, x, dy, dx, scratch, true).expect("asked for the weight gradient")
+}
+
+/// [`conv2d_backward`]'s input gradient alone, for a frozen convolution: neither the
+/// `Xᵀ·dY` product nor the im2col matrix of `x` it needs.
+///
+/// # Panics
+///
+/// As [`conv2d_backward`].
+pub(crate) fn conv2d_backward_input(
+    conv: &Conv2d,
+    x: ArrayView4<'_, f32>,
+    dy: &[f32],
+    dx: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    backward(conv, x, dy, Some(dx), scratch, false);
+}
+
+/// [`conv2d_backward`], the weight gradient only if `weights`.
+fn backward(
+    conv: &Conv2d,
+    x: ArrayView4<'_, f32>,
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    scratch: &mut Vec<f32>,
+    weights: bool,
+) -> Option<Array4<f32>> {
     let (n, h, w, c_in) = x.dim();
     let c_out = conv.c_out();
     let (oh, ow) = conv.output_size(h, w);
@@ -59,7 +87,12 @@ pub fn conv2d_backward(
     let win = conv.window();
     let k_len = win.kernel_h * win.kernel_w * c_in;
     let w_mat = MatRef::row_major(weight, k_len, c_out);
-    let mut dw = Array4::<f32>::zeros((win.kernel_h, win.kernel_w, c_in, c_out));
+    let dw_shape = if weights {
+        (win.kernel_h, win.kernel_w, c_in, c_out)
+    } else {
+        (0, 0, 0, 0)
+    };
+    let mut dw = Array4::<f32>::zeros(dw_shape);
     let dw_slice = dw.as_slice_mut().expect("a new array is contiguous");
 
     let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1 && win.padding == 0;
@@ -67,17 +100,19 @@ pub fn conv2d_backward(
         let rows = n * h * w;
         let dy = MatRef::row_major(dy, rows, c_out);
         let x_mat = MatRef::row_major(x, rows, c_in);
-        gemm(
-            1.0,
-            x_mat.t(),
-            dy,
-            0.0,
-            MatMut::row_major(dw_slice, k_len, c_out),
-        );
+        if weights {
+            gemm(
+                1.0,
+                x_mat.t(),
+                dy,
+                0.0,
+                MatMut::row_major(dw_slice, k_len, c_out),
+            );
+        }
         if let Some(dx) = dx {
             gemm(1.0, dy, w_mat.t(), 0.0, MatMut::row_major(dx, rows, c_in));
         }
-        return dw;
+        return weights.then_some(dw);
     }
 
     let image_in = h * w * c_in;
@@ -94,29 +129,31 @@ pub fn conv2d_backward(
             scratch.resize(len, 0.0);
         }
         let cols = &mut scratch[..len];
-        im2col(
-            &x[first * image_in..(first + count) * image_in],
-            count,
-            h,
-            w,
-            c_in,
-            win,
-            cols,
-        );
         let dy_step = MatRef::row_major(
             &dy[first * image_rows * c_out..][..rows * c_out],
             rows,
             c_out,
         );
-        // dW (+)= Xᵀ·dY, accumulated over the steps.
-        let beta = if first == 0 { 0.0 } else { 1.0 };
-        gemm(
-            1.0,
-            MatRef::row_major(cols, rows, k_len).t(),
-            dy_step,
-            beta,
-            MatMut::row_major(dw_slice, k_len, c_out),
-        );
+        if weights {
+            im2col(
+                &x[first * image_in..(first + count) * image_in],
+                count,
+                h,
+                w,
+                c_in,
+                win,
+                cols,
+            );
+            // dW (+)= Xᵀ·dY, accumulated over the steps.
+            let beta = if first == 0 { 0.0 } else { 1.0 };
+            gemm(
+                1.0,
+                MatRef::row_major(cols, rows, k_len).t(),
+                dy_step,
+                beta,
+                MatMut::row_major(dw_slice, k_len, c_out),
+            );
+        }
         if let Some(dx) = dx.as_deref_mut() {
             // dX = dY·Wᵀ into the same scratch (X is no longer needed), then col2im.
             gemm(
@@ -138,7 +175,7 @@ pub fn conv2d_backward(
         }
         first += count;
     }
-    dw
+    weights.then_some(dw)
 }
 
 #[cold]
@@ -175,6 +212,27 @@ mod tests {
             Array4::from_shape_vec((kh, kw, c_in, c_out), values(kh * kw * c_in * c_out, 7))
                 .unwrap();
         Conv2d::new(weight, Conv2dConfig { stride, padding }).unwrap()
+    }
+
+    /// The input gradient alone (a frozen convolution's) is the full backward's, bit
+    /// for bit, for a 1x1 and a strided, padded 3x3.
+    #[test]
+    fn the_input_gradient_alone_is_the_full_backwards() {
+        for layer in [conv(1, 1, 5, 3, 1, 0), conv(3, 3, 4, 6, 2, 1)] {
+            let (n, h, w) = (2, 7, 6);
+            let (oh, ow) = layer.output_size(h, w);
+            let x = Array4::from_shape_vec(
+                (n, h, w, layer.c_in()),
+                values(n * h * w * layer.c_in(), 3),
+            )
+            .unwrap();
+            let dy = values(n * oh * ow * layer.c_out(), 4);
+            let (mut full, mut alone) = (vec![0.0; x.len()], vec![1.0; x.len()]);
+            let mut scratch = Vec::new();
+            conv2d_backward(&layer, x.view(), &dy, Some(&mut full), &mut scratch);
+            conv2d_backward_input(&layer, x.view(), &dy, &mut alone, &mut Vec::new());
+            assert_eq!(full, alone);
+        }
     }
 
     /// `L = Σ r·conv(x)`: checks ∂L/∂x and ∂L/∂W against central differences.

@@ -23,6 +23,7 @@ use crate::layers::{avg_pool2d, global_avg_pool, BatchNorm2d, Conv2d, DenseLayer
 use crate::rng::Rng;
 use crate::stage::Network;
 use crate::stage::{LayerName, Site, StageMut, StageRef};
+use crate::train::conv::conv2d_backward_input;
 use crate::train::{
     avg_pool2d_backward, batch_norm_apply, batch_norm_backward, batch_norm_frozen,
     batch_norm_train, conv2d_backward, dropout_in_place, global_avg_pool_backward, linear_backward,
@@ -396,6 +397,28 @@ struct Ctx<'a> {
     s: Scratch,
 }
 
+/// Backpropagates through convolution `name`: records its weight gradient (unless it
+/// is frozen: then only its input's gradient is computed) and writes its input's
+/// gradient into `dx`, if given.
+#[allow(clippy::too_many_arguments)]
+fn conv_backward(
+    freeze: &Freeze,
+    name: LayerName,
+    conv: &Conv2d,
+    x: ArrayView4<'_, f32>,
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    scratch: &mut Vec<f32>,
+    record: &mut impl FnMut(LayerName, LayerGrad),
+) {
+    if !freeze.contains(name) {
+        let weight = conv2d_backward(conv, x, dy, dx, scratch);
+        record(name, LayerGrad::Conv { weight });
+    } else if let Some(dx) = dx {
+        conv2d_backward_input(conv, x, dy, dx, scratch);
+    }
+}
+
 /// The statistics BatchNorm `name` normalises with: the batch's (updating its running
 /// statistics), or, frozen, its running ones (left as they are).
 fn bn_stats(
@@ -698,7 +721,7 @@ fn block_backward(
     let (n, h, w, c_out) = tape.buffer.dim();
     let rows = n * h * w;
     let buf = tape.buffer.as_slice().expect("contiguous");
-    let p = ctx.p;
+    let (p, freeze) = (ctx.p, ctx.freeze);
     let s = &mut ctx.s;
     let mut c = c_out;
     for (j, (layer, lt)) in layers.iter().zip(&tape.layers).enumerate().rev() {
@@ -727,16 +750,16 @@ fn block_backward(
         );
         let d_normed = take(&mut s.d_normed, rows * c);
         match (layer, &lt.bottleneck) {
-            (DenseLayer::Basic { conv1, .. }, None) => {
-                let weight = conv2d_backward(
-                    conv1,
-                    view4(normed, n, h, w, c),
-                    d_new,
-                    Some(&mut *d_normed),
-                    &mut s.im2col,
-                );
-                record(name("conv1"), LayerGrad::Conv { weight });
-            }
+            (DenseLayer::Basic { conv1, .. }, None) => conv_backward(
+                freeze,
+                name("conv1"),
+                conv1,
+                view4(normed, n, h, w, c),
+                d_new,
+                Some(&mut *d_normed),
+                &mut s.im2col,
+                record,
+            ),
             (
                 DenseLayer::Bottleneck {
                     conv1,
@@ -751,14 +774,16 @@ fn block_backward(
                 let normed2 = take(&mut s.normed2, rows * width);
                 batch_norm_apply(norm2, stats2, z, true, matrix_mut(normed2, rows, width));
                 let d_normed2 = take(&mut s.d_normed2, rows * width);
-                let weight = conv2d_backward(
+                conv_backward(
+                    freeze,
+                    name("conv2"),
                     conv2,
                     view4(normed2, n, h, w, width),
                     d_new,
                     Some(&mut *d_normed2),
                     &mut s.im2col,
+                    record,
                 );
-                record(name("conv2"), LayerGrad::Conv { weight });
                 let dz = take(&mut s.dz, rows * width);
                 dz.fill(0.0);
                 let (gamma, beta) = batch_norm_backward(
@@ -771,14 +796,16 @@ fn block_backward(
                 );
                 record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
                 dropout_in_place(matrix_mut(dz, rows, width), p, &mut rng1.clone());
-                let weight = conv2d_backward(
+                conv_backward(
+                    freeze,
+                    name("conv1"),
                     conv1,
                     view4(normed, n, h, w, c),
                     dz,
                     Some(&mut *d_normed),
                     &mut s.im2col,
+                    record,
                 );
-                record(name("conv1"), LayerGrad::Conv { weight });
             }
             _ => stages_changed(),
         }
@@ -851,14 +878,16 @@ fn transition_backward(
     } else {
         (0, 0, 0, 0)
     });
-    let weight = conv2d_backward(
+    conv_backward(
+        ctx.freeze,
+        LayerName::new(site, "conv"),
         conv,
         pooled.view(),
         dy.as_slice().expect("contiguous"),
         need_norm.then(|| d_pooled.as_slice_mut().expect("contiguous")),
         &mut ctx.s.im2col,
+        record,
     );
-    record(LayerName::new(site, "conv"), LayerGrad::Conv { weight });
     if !need_norm {
         return None;
     }
