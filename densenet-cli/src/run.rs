@@ -1,7 +1,6 @@
 //! `densenet run`: classify images, as a table or JSON, with class names from a file,
 //! a training checkpoint, or ImageNet's list.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use densenet_runtime::image::{stack, Preprocessing};
@@ -90,20 +89,13 @@ pub(crate) fn classify(request: &Request<'_>) -> Result<(), String> {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         ranked.truncate(request.top);
         if request.json {
-            let top: Vec<String> = ranked
+            let top: Vec<_> = ranked
                 .iter()
                 .map(|&(class, p)| {
-                    format!(
-                        r#"{{"class":{class},"label":{},"probability":{p}}}"#,
-                        quote(&names[class])
-                    )
+                    serde_json::json!({"class": class, "label": names[class], "probability": p})
                 })
                 .collect();
-            json.push(format!(
-                r#"{{"image":{},"top":[{}]}}"#,
-                quote(&path.display().to_string()),
-                top.join(",")
-            ));
+            json.push(serde_json::json!({"image": path.display().to_string(), "top": top}));
         } else {
             println!("{}", path.display());
             for (class, p) in ranked {
@@ -112,25 +104,7 @@ pub(crate) fn classify(request: &Request<'_>) -> Result<(), String> {
         }
     }
     if request.json {
-        println!("[{}]", json.join(","));
+        println!("{}", serde_json::Value::Array(json));
     }
     Ok(())
-}
-
-/// `text` as a JSON string literal.
-pub(crate) fn quote(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }

@@ -167,6 +167,17 @@ pub enum LayerMut<'a> {
     Linear(&'a mut Linear),
 }
 
+impl LayerMut<'_> {
+    /// The same layer, borrowed shared.
+    pub fn as_ref(&self) -> LayerRef<'_> {
+        match self {
+            LayerMut::Conv(conv) => LayerRef::Conv(conv),
+            LayerMut::BatchNorm(bn) => LayerRef::BatchNorm(bn),
+            LayerMut::Linear(linear) => LayerRef::Linear(linear),
+        }
+    }
+}
+
 /// One stage of a network, borrowed: what every pass over a model sees of it.
 #[derive(Clone, Copy, Debug)]
 pub enum StageRef<'a> {

@@ -21,6 +21,7 @@ use super::{
     center_window, decode_checked, resize_cover, resize_shorter_side, Normalization,
     MAX_RESIZED_PIXELS,
 };
+use crate::train::source::check_indices;
 use crate::train::{image_rng, Augment, Batch, Source, TrainError};
 
 /// The file extensions read (compared case-insensitively); other files are ignored.
@@ -406,15 +407,7 @@ impl Source for ImageFolder {
     /// leave the batch shorter (possibly empty); otherwise the first failure in batch
     /// order is the error.
     fn batch(&self, indices: &[usize], augment: Option<u64>) -> Result<Batch, TrainError> {
-        if indices.is_empty() {
-            return Err(TrainError::EmptyDataset);
-        }
-        if let Some(&index) = indices.iter().find(|&&i| i >= self.len()) {
-            return Err(TrainError::IndexOutOfRange {
-                index,
-                len: self.len(),
-            });
-        }
+        check_indices(indices, self.len())?;
         let images = indices
             .par_iter()
             .enumerate()

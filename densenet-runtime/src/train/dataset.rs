@@ -7,6 +7,7 @@
 use ndarray::{Array4, ArrayView4, Axis};
 
 use crate::rng::Rng;
+use crate::train::source::check_indices;
 use crate::train::{Augment, TrainError};
 
 /// Labelled images in memory: `images` is `(N, C, H, W)`, `labels[i]` is image `i`'s
@@ -169,15 +170,7 @@ impl Dataset {
     ///
     /// [`TrainError::EmptyDataset`] for no indices; [`TrainError::IndexOutOfRange`].
     pub fn subset(&self, indices: &[usize]) -> Result<Dataset, TrainError> {
-        if indices.is_empty() {
-            return Err(TrainError::EmptyDataset);
-        }
-        if let Some(&index) = indices.iter().find(|&&i| i >= self.len()) {
-            return Err(TrainError::IndexOutOfRange {
-                index,
-                len: self.len(),
-            });
-        }
+        check_indices(indices, self.len())?;
         Ok(self.gather(indices))
     }
 
@@ -220,15 +213,7 @@ impl Dataset {
             return Err(TrainError::BatchSize { batch_size, min: 1 });
         }
         let order = order.unwrap_or_else(|| (0..self.len()).collect());
-        if order.is_empty() {
-            return Err(TrainError::EmptyDataset);
-        }
-        if let Some(&index) = order.iter().find(|&&i| i >= self.len()) {
-            return Err(TrainError::IndexOutOfRange {
-                index,
-                len: self.len(),
-            });
-        }
+        check_indices(&order, self.len())?;
         Ok(Batches {
             data: self,
             order,

@@ -80,7 +80,7 @@ mod plot;
 mod pool;
 mod relu;
 mod schedule;
-mod source;
+pub(crate) mod source;
 mod tape;
 
 pub use augment::{image_rng, resize_bilinear, Augment, MAX_PAD};

@@ -53,6 +53,22 @@ pub trait Source: Sync + std::fmt::Debug {
     fn batch(&self, indices: &[usize], augment: Option<u64>) -> Result<Batch, TrainError>;
 }
 
+/// Checks a batch or subset request against a source of `len` images.
+///
+/// # Errors
+///
+/// [`TrainError::EmptyDataset`] for no indices; [`TrainError::IndexOutOfRange`] for the
+/// first index past the end.
+pub(crate) fn check_indices(indices: &[usize], len: usize) -> Result<(), TrainError> {
+    if indices.is_empty() {
+        return Err(TrainError::EmptyDataset);
+    }
+    match indices.iter().find(|&&i| i >= len) {
+        Some(&index) => Err(TrainError::IndexOutOfRange { index, len }),
+        None => Ok(()),
+    }
+}
+
 impl Source for Dataset {
     fn len(&self) -> usize {
         Dataset::len(self)
@@ -119,15 +135,7 @@ impl<'a, S: Source + ?Sized> Subset<'a, S> {
     ///
     /// [`TrainError::EmptyDataset`] for no indices; [`TrainError::IndexOutOfRange`].
     pub fn new(source: &'a S, indices: Vec<usize>) -> Result<Self, TrainError> {
-        if indices.is_empty() {
-            return Err(TrainError::EmptyDataset);
-        }
-        if let Some(&index) = indices.iter().find(|&&i| i >= source.len()) {
-            return Err(TrainError::IndexOutOfRange {
-                index,
-                len: source.len(),
-            });
-        }
+        check_indices(&indices, source.len())?;
         Ok(Subset { source, indices })
     }
 

@@ -188,7 +188,7 @@ fn load_partial_into<M: Network + ?Sized>(
             report.kept.push((path, Kept::Skipped(part)));
             return;
         }
-        let r = layer_ref(&layer);
+        let r = layer.as_ref();
         let mut why = None;
         for &tensor in tensors_of(r) {
             let key = naming::key(name, tensor, naming);
@@ -230,12 +230,4 @@ fn load_partial_into<M: Network + ?Sized>(
     report.unused = tensors.into_values().map(|(key, _)| key).collect();
     report.unused.sort();
     Ok(report)
-}
-
-fn layer_ref<'a>(layer: &'a crate::stage::LayerMut<'_>) -> LayerRef<'a> {
-    match layer {
-        crate::stage::LayerMut::Conv(c) => LayerRef::Conv(c),
-        crate::stage::LayerMut::BatchNorm(b) => LayerRef::BatchNorm(b),
-        crate::stage::LayerMut::Linear(l) => LayerRef::Linear(l),
-    }
 }

@@ -36,21 +36,6 @@ fn model() -> Result<&'static ShapesNet, String> {
 /// The latest answer, which `result` points to.
 static RESULT: Mutex<String> = Mutex::new(String::new());
 
-/// `text` as a JSON string literal.
-fn quote(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// The classes of an encoded image, best first, as JSON.
 pub fn classify_bytes(bytes: &[u8]) -> String {
     let run = || -> Result<String, String> {
@@ -68,16 +53,16 @@ pub fn classify_bytes(bytes: &[u8]) -> String {
             probabilities.row(0).iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let labels: Vec<&str> = LABELS.lines().collect();
-        let top: Vec<String> = ranked
+        let top: Vec<_> = ranked
             .iter()
             .map(|&(class, p)| {
                 let label = labels.get(class).copied().unwrap_or("?");
-                format!(r#"{{"label":{},"probability":{p}}}"#, quote(label))
+                serde_json::json!({"label": label, "probability": p})
             })
             .collect();
-        Ok(format!(r#"{{"top":[{}]}}"#, top.join(",")))
+        Ok(serde_json::json!({ "top": top }).to_string())
     };
-    run().unwrap_or_else(|e| format!(r#"{{"error":{}}}"#, quote(&e)))
+    run().unwrap_or_else(|e| serde_json::json!({ "error": e }).to_string())
 }
 
 /// A buffer of `len` bytes for the page to fill; free it with [`dealloc`].
