@@ -204,8 +204,11 @@
 //! `parallel` (on by default: rayon's threads in the kernels, layers and training;
 //! without it everything runs on the calling thread with the same results, e.g. for
 //! WebAssembly in the browser); `plot` (a training history as a PNG chart:
-//! `History::save_plot`).
+//! `History::save_plot`); `std` (on by default: files, threads, training, ONNX; without
+//! it the inference path builds on `core` + `alloc` for bare-metal targets, see the
+//! README's "Embedding: no_std").
 #![deny(missing_docs)]
+#![cfg_attr(not(feature = "std"), no_std)]
 
 // The proc macros, for the wrappers below: generated code reaches the runtime through
 // the `$crate` they pass, whatever name the user's crate gives this one.
@@ -272,11 +275,15 @@ pub use densenet_runtime::ndarray;
 #[doc(inline)]
 pub use densenet_runtime::{
     DynamicModel, Error, LayerMut, LayerName, LayerRef, LoadError, Model, Naming, Network, Rng,
-    SaveError, Site, Stage, StageMut, StageRef, Summary, TrainError, Workspace,
+    Site, Stage, StageMut, StageRef, Summary, Workspace,
 };
 
 #[doc(inline)]
-pub use densenet_runtime::{blocks, layers, onnx, reference, rng, spec, stage, train, weights};
+pub use densenet_runtime::{blocks, layers, reference, rng, spec, stage, weights};
+
+#[cfg(feature = "std")]
+#[doc(inline)]
+pub use densenet_runtime::{onnx, train, SaveError, TrainError};
 
 #[cfg(feature = "image")]
 #[doc(inline)]

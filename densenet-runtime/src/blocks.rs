@@ -12,6 +12,7 @@
 use densenet_spec::Head;
 
 use crate::layers::{BatchNorm2d, Conv2d, DenseLayer, Linear};
+use crate::prelude::*;
 use crate::stage::{Stage, StageMut, StageRef};
 
 /// What generated code needs of a building block: built from a stage of its shape,

@@ -6,8 +6,10 @@
 //! everything else — forward passes, loading, saving, ONNX export, training, summary —
 //! from [`Model`](crate::Model), like a generated model.
 
+#[cfg(feature = "std")]
 use std::path::Path;
 
+use crate::prelude::*;
 use crate::spec::{Architecture, Plan};
 use crate::stage::{init_stages, Network, Stage, StageMut, StageRef};
 use crate::weights::{self, LoadOptions};
@@ -76,6 +78,7 @@ impl DynamicModel {
     ///
     /// # Errors
     /// [`LoadError::Io`] if the file cannot be read, else as `from_safetensors_bytes`.
+    #[cfg(feature = "std")]
     pub fn load_safetensors(
         architecture: Architecture,
         path: impl AsRef<Path>,

@@ -1,6 +1,7 @@
 //! What can go wrong running a model: [`Error`]. Loading, saving, training and
 //! images have their own errors, in their modules.
 
+use crate::prelude::*;
 use thiserror::Error;
 
 /// What can go wrong when running or building a model.

@@ -22,9 +22,21 @@
 //! - [`Summary`]: the Keras-style table; [`spec`]: the planner it prints;
 //! - the convolution kernels (direct AVX-512/AVX2, Winograd, GEMM fallback) are
 //!   private: the only `unsafe` code, each block with a `// SAFETY:` comment.
+//!
+//! Without the `std` feature (on by default) the crate is `no_std` + `alloc`: layers,
+//! kernels (chosen by compile-time target features there), weights from bytes and
+//! `forward_into` with a caller's [`Workspace`] remain; files, threads, training, ONNX
+//! and images need `std`.
 #![deny(missing_docs)]
+#![cfg_attr(not(feature = "std"), no_std)]
 
+extern crate alloc;
+
+#[cfg(feature = "std")]
 mod atomic_file;
+// Tests use files and threads whatever the features.
+#[cfg(any(feature = "std", test))]
+extern crate std;
 pub mod blocks;
 mod dynamic;
 mod error;
@@ -40,14 +52,18 @@ pub mod kernels;
 #[allow(dead_code)]
 mod kernels;
 pub mod layers;
+mod math;
 mod model;
+#[cfg(feature = "std")]
 pub mod onnx;
 mod parallel;
 mod part;
+mod prelude;
 pub mod reference;
 pub mod rng;
 pub mod stage;
 mod summary;
+#[cfg(feature = "std")]
 pub mod train;
 pub mod weights;
 mod workspace;
@@ -63,16 +79,75 @@ pub use part::{ParsePartError, Part};
 pub use rng::Rng;
 pub use stage::{LayerMut, LayerName, LayerRef, Network, Site, Stage, StageMut, StageRef};
 pub use summary::Summary;
+#[cfg(feature = "std")]
 pub use train::TrainError;
+pub use weights::LoadError;
 pub use weights::Naming;
-pub use weights::{LoadError, SaveError};
+#[cfg(feature = "std")]
+pub use weights::SaveError;
 pub use workspace::Workspace;
+
+/// Its input with the `std` feature, nothing without: generated models' methods that
+/// take paths. Not API.
+#[cfg(feature = "std")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_std {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// Its input with the `std` feature, nothing without: generated models' methods that
+/// take paths. Not API.
+#[cfg(not(feature = "std"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_std {
+    ($($item:tt)*) => {};
+}
 
 /// What generated code calls; not part of the API (no stability promises).
 #[doc(hidden)]
 pub mod __private {
     pub use crate::blocks::BuildingBlock;
     pub use crate::stage::init_stages;
+    pub use alloc::borrow::Cow;
+
+    /// Whether this build has the `std` feature (for tests of `no_std` builds).
+    pub const STD: bool = cfg!(feature = "std");
+    pub use alloc::vec::Vec;
+    #[cfg(feature = "std")]
+    pub use std::path::Path;
+
+    /// A generated model's plan, computed on first use: `OnceLock` with `std`; without
+    /// it `once_cell::race::OnceBox` (no lock: racing threads may each compute the plan,
+    /// one result is kept).
+    pub struct PlanCell {
+        #[cfg(feature = "std")]
+        cell: std::sync::OnceLock<crate::spec::Plan>,
+        #[cfg(not(feature = "std"))]
+        cell: once_cell::race::OnceBox<crate::spec::Plan>,
+    }
+
+    impl PlanCell {
+        /// An empty cell.
+        #[allow(clippy::new_without_default)]
+        pub const fn new() -> Self {
+            PlanCell {
+                #[cfg(feature = "std")]
+                cell: std::sync::OnceLock::new(),
+                #[cfg(not(feature = "std"))]
+                cell: once_cell::race::OnceBox::new(),
+            }
+        }
+
+        /// The plan, made by `init` on first use.
+        pub fn get_or_init(&self, init: impl FnOnce() -> crate::spec::Plan) -> &crate::spec::Plan {
+            #[cfg(feature = "std")]
+            return self.cell.get_or_init(init);
+            #[cfg(not(feature = "std"))]
+            self.cell.get_or_init(|| alloc::boxed::Box::new(init()))
+        }
+    }
 
     use crate::stage::Stage;
     use crate::{LoadError, Network};
@@ -93,6 +168,7 @@ pub mod __private {
     ///
     /// # Errors
     /// [`LoadError::Io`] naming the file.
+    #[cfg(feature = "std")]
     pub fn read(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
         crate::weights::read_file(path)
     }

@@ -1,15 +1,20 @@
 //! What every model can do, written once on top of what it is ([`Network`]): a model
 //! built at run time can do all a generated one can.
 
+#[cfg(feature = "std")]
 use std::path::Path;
 
 use ndarray::{Array2, Array4, ArrayD, ArrayView4, ArrayViewMutD, Axis, Ix2};
 
+use crate::prelude::*;
 use crate::spec::Head;
 use crate::stage::Network;
+#[cfg(feature = "std")]
 use crate::train::{self, Evaluation, FitConfig, Gradients, History, Source};
 use crate::weights::{LoadReport, PartialLoad};
-use crate::{onnx, weights, Error, SaveError, Summary, TrainError, Workspace};
+#[cfg(feature = "std")]
+use crate::{onnx, SaveError, TrainError};
+use crate::{weights, Error, Summary, Workspace};
 
 /// Everything a DenseNet can do, written once: forward passes, prediction, summary,
 /// saving, ONNX export and training, for every [`Network`] — a `densenet!`/`densenet_yaml!`
@@ -97,6 +102,7 @@ pub trait Model: Network {
     ///
     /// # Errors
     /// [`SaveError`] naming the file when it cannot be written.
+    #[cfg(feature = "std")]
     fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), SaveError>
     where
         Self: Sized,
@@ -118,7 +124,7 @@ pub trait Model: Network {
     /// let report = model.load_partial(&pretrained, &PartialLoad::backbone())?;
     /// assert_eq!(report.kept.len(), 1); // the classifier, skipped
     /// assert_eq!(report.unused, ["classifier.bias", "classifier.weight"]);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # Ok::<(), Box<dyn core::error::Error>>(())
     /// ```
     ///
     /// # Errors
@@ -139,6 +145,7 @@ pub trait Model: Network {
     /// # Errors
     /// [`LoadError::Io`](crate::LoadError::Io) if the file cannot be read, else as
     /// [`load_partial`](Self::load_partial).
+    #[cfg(feature = "std")]
     fn load_partial_file(
         &mut self,
         path: impl AsRef<Path>,
@@ -153,6 +160,7 @@ pub trait Model: Network {
 
     /// A standard ONNX graph (opset 17, dynamic batch, weights included) for ONNX
     /// Runtime, Triton or TensorRT, serialised.
+    #[cfg(feature = "std")]
     fn to_onnx_bytes(&self) -> Vec<u8> {
         onnx::to_bytes(self)
     }
@@ -161,6 +169,7 @@ pub trait Model: Network {
     ///
     /// # Errors
     /// [`SaveError`] naming the file when it cannot be written.
+    #[cfg(feature = "std")]
     fn to_onnx(&self, path: impl AsRef<Path>) -> Result<(), SaveError>
     where
         Self: Sized,
@@ -174,6 +183,7 @@ pub trait Model: Network {
     ///
     /// # Errors
     /// As [`train::loss_and_gradients`].
+    #[cfg(feature = "std")]
     fn loss_and_gradients(
         &mut self,
         x: ArrayView4<'_, f32>,
@@ -186,6 +196,7 @@ pub trait Model: Network {
     ///
     /// # Errors
     /// As [`train::fit`].
+    #[cfg(feature = "std")]
     fn fit(&mut self, data: &dyn Source, config: &FitConfig<'_>) -> Result<History, TrainError> {
         train::fit(self, data, config)
     }
@@ -194,6 +205,7 @@ pub trait Model: Network {
     ///
     /// # Errors
     /// As [`train::evaluate`].
+    #[cfg(feature = "std")]
     fn evaluate(&self, data: &dyn Source, batch_size: usize) -> Result<Evaluation, TrainError> {
         train::evaluate(self, data, batch_size)
     }
@@ -226,7 +238,7 @@ pub fn input_to_nhwc(x: ArrayView4<'_, f32>, expected: [usize; 3]) -> Result<Arr
 pub fn softmax(mut logits: Array2<f32>) -> Array2<f32> {
     for mut row in logits.axis_iter_mut(Axis(0)) {
         let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        row.mapv_inplace(|v| (v - max).exp());
+        row.mapv_inplace(|v| crate::math::expf(v - max));
         let sum = row.sum();
         row.mapv_inplace(|v| v / sum);
     }

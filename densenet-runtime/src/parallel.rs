@@ -17,7 +17,9 @@ pub(crate) mod prelude {
     #[cfg(feature = "parallel")]
     pub(crate) use rayon::prelude::*;
 
+    // Training uses them all; the inference path of a `no_std` build only some.
     #[cfg(not(feature = "parallel"))]
+    #[allow(unused_imports)]
     pub(crate) use super::sequential::{
         IndexedParallelIterator, IntoParallelIterator, ParallelSlice, ParallelSliceMut,
     };
@@ -27,6 +29,7 @@ pub(crate) mod prelude {
 pub(crate) use sequential::{current_num_threads, current_thread_index, scope};
 
 #[cfg(not(feature = "parallel"))]
+#[cfg_attr(not(feature = "std"), allow(dead_code))] // training uses them all
 mod sequential {
     /// One thread: the caller's.
     pub(crate) fn current_num_threads() -> usize {
@@ -45,28 +48,28 @@ mod sequential {
 
     /// `par_chunks_mut` as `chunks_mut`.
     pub(crate) trait ParallelSliceMut<T> {
-        fn par_chunks_mut(&mut self, size: usize) -> std::slice::ChunksMut<'_, T>;
+        fn par_chunks_mut(&mut self, size: usize) -> core::slice::ChunksMut<'_, T>;
     }
 
     impl<T> ParallelSliceMut<T> for [T] {
-        fn par_chunks_mut(&mut self, size: usize) -> std::slice::ChunksMut<'_, T> {
+        fn par_chunks_mut(&mut self, size: usize) -> core::slice::ChunksMut<'_, T> {
             self.chunks_mut(size)
         }
     }
 
     /// `par_chunks` and `par_iter` as `chunks` and `iter`.
     pub(crate) trait ParallelSlice<T> {
-        fn par_chunks(&self, size: usize) -> std::slice::Chunks<'_, T>;
+        fn par_chunks(&self, size: usize) -> core::slice::Chunks<'_, T>;
         #[allow(dead_code)] // the image folder's (feature `image`)
-        fn par_iter(&self) -> std::slice::Iter<'_, T>;
+        fn par_iter(&self) -> core::slice::Iter<'_, T>;
     }
 
     impl<T> ParallelSlice<T> for [T] {
-        fn par_chunks(&self, size: usize) -> std::slice::Chunks<'_, T> {
+        fn par_chunks(&self, size: usize) -> core::slice::Chunks<'_, T> {
             self.chunks(size)
         }
 
-        fn par_iter(&self) -> std::slice::Iter<'_, T> {
+        fn par_iter(&self) -> core::slice::Iter<'_, T> {
             self.iter()
         }
     }

@@ -1,11 +1,12 @@
 //! Named parts of a network (`stem`, `block2`, `head`, `classifier`, `backbone`, …):
 //! what partial loading skips and training freezes.
 
-use std::fmt;
-use std::str::FromStr;
+use core::fmt;
+use core::str::FromStr;
 
 use thiserror::Error;
 
+use crate::prelude::*;
 use crate::stage::{LayerName, Network, Site};
 
 /// A part of a DenseNet, by the names of its generated fields (and Keras's notion of a

@@ -11,6 +11,7 @@ use crate::layers::{
     avg_pool2d, global_avg_pool, global_max_pool, max_pool2d, BatchNorm2d, Conv2d, DenseLayer,
     Linear,
 };
+use crate::prelude::*;
 use crate::spec::Head;
 use crate::stage::{stages, Network, StageRef};
 use crate::{input_to_nhwc, Error};

@@ -128,8 +128,8 @@ impl Rng {
         // u1 in (0, 1], so ln(u1) is finite; u2 in [0, 1).
         let u1 = ((self.next_u64() >> 11) + 1) as f64 * TWO_POW_M53;
         let u2 = (self.next_u64() >> 11) as f64 * TWO_POW_M53;
-        let r = (-2.0 * u1.ln()).sqrt();
-        (r * (std::f64::consts::TAU * u2).cos()) as f32
+        let r = crate::math::sqrt(-2.0 * crate::math::ln(u1));
+        (r * crate::math::cos(core::f64::consts::TAU * u2)) as f32
     }
 }
 

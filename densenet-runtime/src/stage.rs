@@ -11,6 +11,7 @@
 use densenet_spec::{Architecture, Head, Plan, StagePlan, Stem};
 
 use crate::layers::{stem_conv, BatchNorm2d, Conv2d, Conv2dConfig, DenseLayer, Linear};
+use crate::prelude::*;
 use crate::rng::Rng;
 
 /// Calls `f` on every layer with weights of `stage`, in network order, with its

@@ -1,7 +1,8 @@
 //! A Keras-style model summary: one row a layer, then the totals.
 
-use std::fmt;
+use core::fmt;
 
+use crate::prelude::*;
 use densenet_spec::Plan;
 
 /// A printable summary of a model's layers, shapes and parameter counts, in the

@@ -26,7 +26,8 @@
 //! the scratch region is shared by stages of different shapes, so no border survives
 //! from one use to the next, and rewriting it costs about `4/H` of the map.
 
-use std::cell::RefCell;
+#[cfg(feature = "std")]
+use core::cell::RefCell;
 
 use ndarray::{Array4, ArrayD, ArrayView4, ArrayViewMutD, Ix2, Ix4, IxDyn};
 
@@ -34,6 +35,7 @@ use crate::layers::{
     dense_block_forward_into, feature_map_forward_into, pooled_head_forward_into,
     stem_forward_into, transition_forward_into,
 };
+use crate::prelude::*;
 use crate::spec::{ArenaPlan, Head, Plan};
 use crate::stage::Network;
 use crate::stage::{stages, StageRef};
@@ -54,7 +56,8 @@ pub struct Workspace {
     fallback: Vec<f32>,
 }
 
-thread_local! {
+#[cfg(feature = "std")]
+std::thread_local! {
     static THREAD_WORKSPACE: RefCell<Workspace> = const { RefCell::new(Workspace::new()) };
 }
 
@@ -84,7 +87,7 @@ impl Workspace {
 
     /// Size of the arena, in bytes.
     pub fn bytes(&self) -> usize {
-        self.arena.len() * std::mem::size_of::<f32>()
+        self.arena.len() * core::mem::size_of::<f32>()
     }
 
     /// Floats the last forward pass actually touched, measured region by region
@@ -96,20 +99,27 @@ impl Workspace {
 
     /// Runs `f` with this thread's cached workspace (created empty, kept for the
     /// thread's lifetime), or a fresh one if that is already in use on this thread.
+    /// Without `std` there are no thread-locals: always a fresh one (pass your own to
+    /// `forward_into` to allocate once).
     pub fn with_thread_local<R>(f: impl FnOnce(&mut Workspace) -> R) -> R {
-        let mut f = Some(f);
-        let result = THREAD_WORKSPACE
-            .try_with(|cell| {
-                let mut ws = cell.try_borrow_mut().ok()?;
-                f.take().map(|f| f(&mut ws))
-            })
-            .ok()
-            .flatten();
-        match (result, f) {
-            (Some(r), _) => r,
-            (None, Some(f)) => f(&mut Workspace::new()),
-            (None, None) => unreachable!("f runs exactly once"),
+        #[cfg(feature = "std")]
+        {
+            let mut f = Some(f);
+            let result = THREAD_WORKSPACE
+                .try_with(|cell| {
+                    let mut ws = cell.try_borrow_mut().ok()?;
+                    f.take().map(|f| f(&mut ws))
+                })
+                .ok()
+                .flatten();
+            match (result, f) {
+                (Some(r), _) => r,
+                (None, Some(f)) => f(&mut Workspace::new()),
+                (None, None) => unreachable!("f runs exactly once"),
+            }
         }
+        #[cfg(not(feature = "std"))]
+        f(&mut Workspace::new())
     }
 
     /// Makes the arena at least `floats` long. A larger arena is allocated afresh and
@@ -207,6 +217,7 @@ pub(crate) fn forward_into<M: Network + ?Sized>(
 /// The inference output of the first `count` stages of `model` (not the head), NHWC:
 /// what the frozen stages before the first trainable one give a training step. The
 /// same arena pass as [`forward_into`], stopped early, in this thread's workspace.
+#[cfg(feature = "std")]
 pub(crate) fn forward_prefix<M: Network + ?Sized>(
     model: &M,
     x: ArrayView4<'_, f32>,
@@ -232,6 +243,7 @@ pub(crate) fn forward_prefix<M: Network + ?Sized>(
 /// output is copied out.
 enum Output<'o> {
     Head(ArrayViewMutD<'o, f32>),
+    #[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
     Prefix,
 }
 

@@ -3,7 +3,8 @@
 //! Generated code embeds it as a `const`, so the run-time summary and the macro's
 //! compile-time counts come from the same planner (`plan.rs`).
 
-use std::borrow::Cow;
+use crate::prelude::*;
+use alloc::borrow::Cow;
 
 /// The network's first layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +61,8 @@ pub struct Architecture {
 impl Architecture {
     /// Channels a transition keeps out of `channels`: `floor(θ·C)`.
     pub fn compress(&self, channels: usize) -> usize {
-        (self.theta * channels as f64).floor() as usize
+        // `as` truncates toward zero, which is `floor` for θ·C ≥ 0 (and needs no libm).
+        (self.theta * channels as f64) as usize
     }
 }
 

@@ -4,6 +4,7 @@
 //! checks in `check.rs` then treat them alike.
 
 use crate::error::{Sp, Span};
+use crate::prelude::*;
 
 /// A literal value as written in a spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,8 +74,8 @@ pub struct RawSpec {
     pub span: Span,
 }
 
-impl std::fmt::Debug for RawSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for RawSpec {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RawSpec")
             .field("name", &self.name)
             .field("entries", &self.entries)

@@ -3,8 +3,8 @@
 //! Input is a [`RawSpec`] from either front end; output is an [`Architecture`] with
 //! every default resolved, or every mistake found, each at the offending token.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
+use alloc::borrow::Cow;
+use alloc::collections::BTreeMap;
 
 use crate::arch::{Architecture, Head, Stem};
 use crate::ast::{Entry, RawSpec, Value};
@@ -14,6 +14,7 @@ use crate::keys::{
     DEFAULT_BOTTLENECK,
 };
 use crate::plan::Plan;
+use crate::prelude::*;
 
 // Generous limits that keep every count far from overflow.
 const MAX_WIDTH: i128 = 1 << 16;
@@ -257,7 +258,7 @@ fn check_shapes(cx: &mut Checker, arch: &Architecture, size_span: Span, theta_sp
 }
 
 /// The first entry of each known key, with its index among the entries.
-type Keys<'a> = HashMap<&'a str, (usize, &'a Entry)>;
+type Keys<'a> = BTreeMap<&'a str, (usize, &'a Entry)>;
 
 #[derive(Default)]
 struct Checker {

@@ -1,12 +1,14 @@
 //! Where a spec came from, and what was wrong with it.
 
-use std::fmt;
+use core::fmt;
+
+use crate::prelude::*;
 
 /// A place in a spec: a Rust token (inline `densenet!`) or a line and column of a YAML file.
 #[derive(Clone, Copy, Debug)]
 pub enum Span {
     /// A token of the macro input.
-    Rust(proc_macro2::Span),
+    Rust(RustSpan),
     /// A 1-based line and column in a YAML file.
     Yaml {
         /// 1-based line.
@@ -19,9 +21,25 @@ pub enum Span {
 impl Span {
     /// A span for values that were not written by the user (defaults).
     pub fn call_site() -> Self {
-        Span::Rust(proc_macro2::Span::call_site())
+        #[cfg(feature = "std")]
+        return Span::Rust(proc_macro2::Span::call_site());
+        #[cfg(not(feature = "std"))]
+        Span::Rust(RustSpan)
     }
 }
+
+/// A token's place in the macro input: `proc_macro2::Span` with the `std` feature
+/// (which the macros and tools use); nothing without it, where specs are only checked,
+/// never parsed from tokens.
+#[cfg(feature = "std")]
+pub type RustSpan = proc_macro2::Span;
+
+/// A token's place in the macro input: `proc_macro2::Span` with the `std` feature
+/// (which the macros and tools use); nothing without it, where specs are only checked,
+/// never parsed from tokens.
+#[cfg(not(feature = "std"))]
+#[derive(Clone, Copy, Debug)]
+pub struct RustSpan;
 
 /// A value together with where it was written.
 #[derive(Clone, Debug)]
@@ -74,7 +92,7 @@ impl fmt::Display for SpecError {
     }
 }
 
-impl std::error::Error for SpecError {}
+impl core::error::Error for SpecError {}
 
 /// All the mistakes found in one spec file, reported together, each with `file:line:column`.
 #[derive(Clone, Debug)]
@@ -102,4 +120,4 @@ impl fmt::Display for SpecFileError {
     }
 }
 
-impl std::error::Error for SpecFileError {}
+impl core::error::Error for SpecFileError {}

@@ -257,7 +257,7 @@ pub fn expand_model(
 
             /// Every shape and count, stage by stage and layer by layer (Keras-style names).
             pub fn plan() -> &'static #rt::spec::Plan {
-                static PLAN: ::std::sync::OnceLock<#rt::spec::Plan> = ::std::sync::OnceLock::new();
+                static PLAN: #rt::__private::PlanCell = #rt::__private::PlanCell::new();
                 PLAN.get_or_init(|| #rt::spec::Plan::new(&Self::ARCHITECTURE))
             }
 
@@ -284,28 +284,6 @@ pub fn expand_model(
                 Self { #(#field_names: #rt::__private::take(&mut stages),)* }
             }
 
-            /// Loads weights from a safetensors file in torchvision/timm or Keras naming
-            /// (detected from the keys).
-            ///
-            #[doc = #load_errors]
-            pub fn load_safetensors(
-                path: impl ::core::convert::AsRef<::std::path::Path>,
-            ) -> ::core::result::Result<Self, #rt::LoadError> {
-                Self::load_safetensors_with(path, #rt::Naming::Auto)
-            }
-
-            /// [`load_safetensors`](Self::load_safetensors) read as `options` say: a
-            /// naming scheme forced, or the full load options (e.g. value checks off).
-            ///
-            #[doc = #load_errors]
-            pub fn load_safetensors_with(
-                path: impl ::core::convert::AsRef<::std::path::Path>,
-                options: impl ::core::convert::Into<#rt::weights::LoadOptions>,
-            ) -> ::core::result::Result<Self, #rt::LoadError> {
-                let bytes = #rt::__private::read(path.as_ref())?;
-                Self::from_safetensors_bytes_with(&bytes, options)
-            }
-
             /// Loads weights from safetensors bytes, e.g. embedded with `include_bytes!`.
             ///
             #[doc = #load_errors]
@@ -324,30 +302,9 @@ pub fn expand_model(
                 #rt::__private::loaded(Self::init_with, bytes, options)
             }
 
-            /// Writes the weights as safetensors in torchvision naming, atomically.
-            ///
-            #[doc = #save_errors]
-            pub fn save_safetensors(
-                &self,
-                path: impl ::core::convert::AsRef<::std::path::Path>,
-            ) -> ::core::result::Result<(), #rt::SaveError> {
-                #rt::Model::save_safetensors(self, path)
-            }
-
             /// The weights as safetensors bytes in torchvision naming.
-            pub fn to_safetensors_bytes(&self) -> ::std::vec::Vec<u8> {
+            pub fn to_safetensors_bytes(&self) -> #rt::__private::Vec<u8> {
                 #rt::Model::to_safetensors_bytes(self)
-            }
-
-            /// Writes a standard ONNX graph (opset 17, dynamic batch, weights included) for
-            /// ONNX Runtime, Triton or TensorRT, atomically.
-            ///
-            #[doc = #save_errors]
-            pub fn to_onnx(
-                &self,
-                path: impl ::core::convert::AsRef<::std::path::Path>,
-            ) -> ::core::result::Result<(), #rt::SaveError> {
-                #rt::Model::to_onnx(self, path)
             }
 
             /// Floats of the activation arena at batch `batch`, from sizes the macro
@@ -387,6 +344,55 @@ pub fn expand_model(
                 out: #output_view,
             ) -> ::core::result::Result<(), #rt::Error> {
                 #rt::Model::forward_into(self, x, ws, out.into_dyn())
+            }
+        }
+
+        // Files need `std`: without the runtime's `std` feature (bare metal) the runtime's
+        // `__if_std!` drops these methods.
+        #rt::__if_std! {
+            impl #name {
+                /// Loads weights from a safetensors file in torchvision/timm or Keras naming
+                /// (detected from the keys).
+                ///
+                #[doc = #load_errors]
+                pub fn load_safetensors(
+                    path: impl ::core::convert::AsRef<#rt::__private::Path>,
+                ) -> ::core::result::Result<Self, #rt::LoadError> {
+                    Self::load_safetensors_with(path, #rt::Naming::Auto)
+                }
+
+                /// [`load_safetensors`](Self::load_safetensors) read as `options` say: a
+                /// naming scheme forced, or the full load options (e.g. value checks off).
+                ///
+                #[doc = #load_errors]
+                pub fn load_safetensors_with(
+                    path: impl ::core::convert::AsRef<#rt::__private::Path>,
+                    options: impl ::core::convert::Into<#rt::weights::LoadOptions>,
+                ) -> ::core::result::Result<Self, #rt::LoadError> {
+                    let bytes = #rt::__private::read(path.as_ref())?;
+                    Self::from_safetensors_bytes_with(&bytes, options)
+                }
+
+                /// Writes the weights as safetensors in torchvision naming, atomically.
+                ///
+                #[doc = #save_errors]
+                pub fn save_safetensors(
+                    &self,
+                    path: impl ::core::convert::AsRef<#rt::__private::Path>,
+                ) -> ::core::result::Result<(), #rt::SaveError> {
+                    #rt::Model::save_safetensors(self, path)
+                }
+
+                /// Writes a standard ONNX graph (opset 17, dynamic batch, weights included) for
+                /// ONNX Runtime, Triton or TensorRT, atomically.
+                ///
+                #[doc = #save_errors]
+                pub fn to_onnx(
+                    &self,
+                    path: impl ::core::convert::AsRef<#rt::__private::Path>,
+                ) -> ::core::result::Result<(), #rt::SaveError> {
+                    #rt::Model::to_onnx(self, path)
+                }
             }
         }
 
@@ -448,12 +454,12 @@ fn architecture_const(arch: &Architecture, rt: &TokenStream) -> TokenStream {
     let eps = Literal::f32_suffixed(arch.eps);
     quote! {
         #rt::spec::Architecture {
-            name: ::std::borrow::Cow::Borrowed(#name),
+            name: #rt::__private::Cow::Borrowed(#name),
             input: [#ic, #ih, #iw],
             stem: #stem,
             init_features: #init_features,
             growth: #growth,
-            blocks: ::std::borrow::Cow::Borrowed(&[#(#blocks),*]),
+            blocks: #rt::__private::Cow::Borrowed(&[#(#blocks),*]),
             bottleneck: #bottleneck,
             theta: #theta,
             classes: #classes,

@@ -7,6 +7,7 @@
 
 use crate::arch::Stem;
 use crate::ast::Value;
+use crate::prelude::*;
 
 /// One spec key.
 #[derive(Clone, Copy, Debug)]

@@ -23,6 +23,11 @@
 //! assert_eq!(Plan::new(&arch).params, 7_978_856);
 //! ```
 #![deny(missing_docs)]
+// Checking and planning need only `core` and `alloc`, so the runtime can run on bare
+// metal; parsing (tokens, YAML, files) is behind `std`.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
 
 pub mod arch;
 pub mod ast;
@@ -38,6 +43,7 @@ pub mod keys;
 #[cfg(feature = "codegen")]
 pub mod parse;
 pub mod plan;
+mod prelude;
 #[cfg(feature = "yaml")]
 pub mod yaml;
 
@@ -46,7 +52,7 @@ pub use ast::{Entry, RawSpec, Value};
 pub use check::check;
 #[cfg(feature = "build")]
 pub use config::{CompileError, Config};
-pub use error::{Sp, Span, SpecError, SpecFileError};
+pub use error::{RustSpan, Sp, Span, SpecError, SpecFileError};
 #[cfg(feature = "yaml")]
 pub use front::{check_yaml_file, CheckedSpec, LoadError, Rejected, SpecSource};
 #[cfg(feature = "codegen")]

@@ -8,6 +8,7 @@
 //! that absurd specs cannot overflow; `check.rs` rejects those before code is generated.
 
 use crate::arch::{Architecture, Head, Stem};
+use crate::prelude::*;
 
 /// What a planned layer does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,16 +275,16 @@ impl Plan {
                 .transitions
                 .get(i)
                 .map(|&plan| StagePlan::Transition { index: i + 1, plan });
-            std::iter::once(StagePlan::Block { index: i + 1, plan }).chain(transition)
+            core::iter::once(StagePlan::Block { index: i + 1, plan }).chain(transition)
         });
         let head = StagePlan::Head {
             channels: self.head_channels,
             head: self.head,
             classes: self.classes,
         };
-        std::iter::once(StagePlan::Stem(self.stem))
+        core::iter::once(StagePlan::Stem(self.stem))
             .chain(blocks)
-            .chain(std::iter::once(head))
+            .chain(core::iter::once(head))
     }
 
     /// Plans `arch`. Never panics; sizes that shrink to nothing come out as 0
@@ -493,7 +494,7 @@ impl ArenaPlan {
 
     /// [`total`](Self::total) in bytes.
     pub fn bytes(&self) -> usize {
-        self.total() * std::mem::size_of::<f32>()
+        self.total() * core::mem::size_of::<f32>()
     }
 }
 

@@ -12,8 +12,8 @@
 pub fn scale_shift_relu(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
     let len = dst.len();
     let (src, scale, shift) = (&src[..len], &scale[..len], &shift[..len]);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
         // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
         // of a `#[target_feature]` function; the body is safe code.
         unsafe { scale_shift_relu_avx512(src, scale, shift, dst) };
@@ -27,7 +27,7 @@ pub fn scale_shift_relu(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f3
 /// # Safety
 ///
 /// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[target_feature(enable = "avx512f")]
 unsafe fn scale_shift_relu_avx512(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
     scale_shift_relu_body(src, scale, shift, dst);
@@ -50,8 +50,8 @@ fn scale_shift_relu_body(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f
 pub fn scale_shift_relu_add(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
     let len = dst.len();
     let (src, scale, shift) = (&src[..len], &scale[..len], &shift[..len]);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
         // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
         // of a `#[target_feature]` function; the body is safe code.
         unsafe { scale_shift_relu_add_avx512(src, scale, shift, dst) };
@@ -65,7 +65,7 @@ pub fn scale_shift_relu_add(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut
 /// # Safety
 ///
 /// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[target_feature(enable = "avx512f")]
 unsafe fn scale_shift_relu_add_avx512(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
     scale_shift_relu_add_body(src, scale, shift, dst);

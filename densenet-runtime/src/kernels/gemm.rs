@@ -3,10 +3,13 @@
 //! Matrices are slices with explicit row and column strides ([`MatRef`], [`MatMut`]),
 //! so a transposed weight, or a column range of a dense block's concatenation buffer,
 //! is a view, not a copy. [`gemm()`] is the checked public wrapper around the `gemm`
-//! crate; [`gemm_reference`] is a plain triple loop that the tests use as the oracle.
+//! crate (with `std`; without it, on bare metal where the crate's SIMD layer does not
+//! build, a plain cache-friendly loop); [`gemm_reference`] is a plain triple loop in
+//! `f64` that the tests use as the oracle.
 
-use std::fmt;
+use core::fmt;
 
+#[cfg(feature = "std")]
 use gemm::Parallelism;
 
 /// Products with at least this many multiply-adds (`m·n·k`) let the `gemm` crate use
@@ -452,7 +455,26 @@ fn scale_in_place(beta: f32, c: &mut MatMut<'_>) {
 /// If the dimensions do not agree: `a.rows() != c.rows()`, `a.cols() != b.rows()` or
 /// `b.cols() != c.cols()` (a caller bug).
 #[track_caller]
-pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'_>) {
+pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    #[cfg(feature = "std")]
+    return gemm_with(product_crate, alpha, a, b, beta, c);
+    #[cfg(not(feature = "std"))]
+    gemm_with(product_portable, alpha, a, b, beta, c)
+}
+
+/// A product of nonempty matrices: `c ← alpha·a·b + beta·c`, `alpha != 0`.
+type Product = fn(f32, MatRef<'_>, MatRef<'_>, f32, MatMut<'_>);
+
+/// [`gemm()`]'s checks and empty cases, then `product`.
+#[track_caller]
+fn gemm_with(
+    product: Product,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    mut c: MatMut<'_>,
+) {
     check_dims(&a, &b, &c);
     let (m, n, k) = (c.rows, c.cols, a.cols);
     if m == 0 || n == 0 {
@@ -461,6 +483,19 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'
     if k == 0 || alpha == 0.0 {
         scale_in_place(beta, &mut c);
         return;
+    }
+    product(alpha, a, b, beta, c);
+}
+
+/// The `gemm` crate's product (threads from [`PARALLEL_THRESHOLD`] multiply-adds).
+#[cfg(feature = "std")]
+#[track_caller]
+fn product_crate(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    // Checked again so that this function is sound on its own (a few comparisons).
+    check_dims(&a, &b, &c);
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    if m == 0 || n == 0 || k == 0 {
+        return gemm_with(product_portable, alpha, a, b, beta, c);
     }
     let parallelism = match m.saturating_mul(n).saturating_mul(k) {
         #[cfg(feature = "parallel")]
@@ -474,7 +509,7 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'
     //   `j < cols` lies inside the view's slice, and that the strides fit in `isize`; the
     //   `gemm` crate only touches those elements of `dst`, `lhs` and `rhs`.
     // - `check_dims` above guarantees the `m × k`, `k × n` and `m × n` shapes agree, and
-    //   m, n, k are all nonzero here.
+    //   m, n, k are all nonzero (checked above).
     // - `c.data` is a unique `&mut` borrow, so it cannot alias `a.data` or `b.data`
     //   (shared borrows), and `check_no_overlap` guarantees distinct (i, j) of `c` are
     //   distinct memory, so the threads the crate may spawn never write the same element.
@@ -504,6 +539,22 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'
             false,
             parallelism,
         );
+    }
+}
+
+/// The product without the `gemm` crate (builds without `std`): `c ← beta·c`, then each
+/// row of `c` gains `alpha·a[i][p]` times row `p` of `b`, so the inner loop runs along
+/// rows of `b` and `c`. Safe code; tested against [`gemm_reference`] like the crate's.
+#[cfg_attr(all(feature = "std", not(test)), allow(dead_code))]
+fn product_portable(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'_>) {
+    scale_in_place(beta, &mut c);
+    for i in 0..c.rows {
+        for p in 0..a.cols {
+            let x = alpha * a.get(i, p);
+            for j in 0..c.cols {
+                *c.get_mut(i, j) += x * b.get(p, j);
+            }
+        }
     }
 }
 
@@ -587,8 +638,9 @@ mod tests {
         }
     }
 
-    /// Runs `gemm` and `gemm_reference` on copies of the same `c` and compares every
-    /// element of the buffer, including those outside the view (which must not change).
+    /// Runs `gemm` (and the portable product of `no_std` builds) and `gemm_reference` on
+    /// copies of the same `c` and compares every element of the buffer, including those
+    /// outside the view (which must not change).
     #[allow(clippy::too_many_arguments)]
     fn check_case(
         m: usize,
@@ -613,6 +665,7 @@ mod tests {
         let (c_len, c_off, c_rs, c_cs) = c_layout.geometry(m, n);
         let c_init = random_buffer(c_len, rng);
         let mut c_fast = c_init.clone();
+        let mut c_portable = c_init.clone();
         let mut c_ref = c_init.clone();
         gemm(
             alpha,
@@ -620,6 +673,14 @@ mod tests {
             b,
             beta,
             MatMut::new(&mut c_fast[c_off..], m, n, c_rs, c_cs),
+        );
+        gemm_with(
+            product_portable,
+            alpha,
+            a,
+            b,
+            beta,
+            MatMut::new(&mut c_portable[c_off..], m, n, c_rs, c_cs),
         );
         gemm_reference(
             alpha,
@@ -632,11 +693,11 @@ mod tests {
         // [-1, 1], so Σ|a||b| <= k.
         let scale = (alpha.abs() * k as f32 + beta.abs()).max(1.0);
         let tol = 1e-6 * (k as f32 + 2.0) * scale;
-        for (idx, (x, y)) in c_fast.iter().zip(&c_ref).enumerate() {
+        for (idx, ((x, p), y)) in c_fast.iter().zip(&c_portable).zip(&c_ref).enumerate() {
             assert!(
-                (x - y).abs() <= tol,
+                (x - y).abs() <= tol && (p - y).abs() <= tol,
                 "m={m} n={n} k={k} alpha={alpha} beta={beta} layouts={layouts:?}: \
-                 element {idx}: gemm {x} vs reference {y} (tol {tol})"
+                 element {idx}: gemm {x}, portable {p} vs reference {y} (tol {tol})"
             );
         }
     }

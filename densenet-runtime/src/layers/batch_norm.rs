@@ -2,6 +2,7 @@
 //! everywhere in DenseNet.
 
 use crate::parallel::prelude::*;
+use crate::prelude::*;
 use ndarray::{Array1, Array4, ArrayView4, ArrayViewMut1};
 
 use crate::kernels::elementwise::scale_shift_relu;
@@ -159,8 +160,8 @@ impl BatchNorm2d {
         let eps = f64::from(self.eps);
         (0..c)
             .map(|i| {
-                let scale =
-                    f64::from(self.gamma[i]) / (f64::from(self.running_var[i]) + eps).sqrt();
+                let scale = f64::from(self.gamma[i])
+                    / crate::math::sqrt(f64::from(self.running_var[i]) + eps);
                 let shift = f64::from(self.beta[i]) - f64::from(self.running_mean[i]) * scale;
                 (scale as f32, shift as f32)
             })
@@ -248,7 +249,8 @@ impl BatchNorm2d {
         );
         let eps = f64::from(self.eps);
         for i in 0..c {
-            let s = f64::from(self.gamma[i]) / (f64::from(self.running_var[i]) + eps).sqrt();
+            let s =
+                f64::from(self.gamma[i]) / crate::math::sqrt(f64::from(self.running_var[i]) + eps);
             let t = f64::from(self.beta[i]) - f64::from(self.running_mean[i]) * s;
             (scale[i], shift[i]) = (s as f32, t as f32);
         }
@@ -276,42 +278,68 @@ impl BatchNorm2d {
         out: &mut [f32],
     ) {
         let c = self.channels();
-        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-        let pixels = n * h * w;
-        let needed = match pixels {
-            0 => 0,
-            _ => (pixels - 1) * pixel_stride + c,
-        };
-        if pixel_stride < c || x.len() < needed || out.len() != n * hp * wp * c {
-            matrix_mismatch(c, pixels, pixel_stride, x.len(), out.len());
+        if params.len() < 2 * c {
+            matrix_mismatch(c, n * h * w, pixel_stride, x.len(), out.len());
         }
         let (scale, rest) = params.split_at_mut(c);
         let shift = &mut rest[..c];
         self.scale_shift_into(scale, shift);
-        let (scale, shift) = (&*scale, &*shift);
-        if out.is_empty() {
+        relu_padded_into(x, pixel_stride, (n, h, w), pad, scale, shift, out);
+    }
+}
+
+/// `relu(x·scale + shift)` of the first `c = scale.len()` channels of every pixel of an
+/// NHWC map `x` (`n·h·w` pixels, pixel `p` at `p·pixel_stride`), written into `out` as
+/// an `(n, h + 2·pad, w + 2·pad, c)` map with a zero `pad`-wide border (written here):
+/// [`BatchNorm2d::forward_relu_padded_into`] with the scale and shift given, e.g. from a
+/// training step's batch statistics.
+///
+/// # Panics
+///
+/// If `shift` is shorter than `scale`, a slice is too short for the shapes, or
+/// `out.len()` is not `n·(h+2·pad)·(w+2·pad)·c`.
+pub(crate) fn relu_padded_into(
+    x: &[f32],
+    pixel_stride: usize,
+    (n, h, w): (usize, usize, usize),
+    pad: usize,
+    scale: &[f32],
+    shift: &[f32],
+    out: &mut [f32],
+) {
+    let c = scale.len();
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let pixels = n * h * w;
+    let needed = match pixels {
+        0 => 0,
+        _ => (pixels - 1) * pixel_stride + c,
+    };
+    if shift.len() < c || pixel_stride < c || x.len() < needed || out.len() != n * hp * wp * c {
+        matrix_mismatch(c, pixels, pixel_stride, x.len(), out.len());
+    }
+    let shift = &shift[..c];
+    if out.is_empty() {
+        return;
+    }
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (b, yp) = (r / hp, r % hp);
+        if yp < pad || yp >= h + pad {
+            dst.fill(0.0);
             return;
         }
-        let row = |(r, dst): (usize, &mut [f32])| {
-            let (b, yp) = (r / hp, r % hp);
-            if yp < pad || yp >= h + pad {
-                dst.fill(0.0);
-                return;
-            }
-            dst[..pad * c].fill(0.0);
-            dst[(w + pad) * c..].fill(0.0);
-            let first = (b * h + yp - pad) * w;
-            for (xx, o) in dst[pad * c..(w + pad) * c].chunks_exact_mut(c).enumerate() {
-                let src = &x[(first + xx) * pixel_stride..][..c];
-                // As `apply`: keeps NaN and turns -0.0 into 0.0.
-                scale_shift_relu(src, scale, shift, o);
-            }
-        };
-        if out.len() >= PARALLEL_THRESHOLD {
-            out.par_chunks_mut(wp * c).enumerate().for_each(row);
-        } else {
-            out.chunks_mut(wp * c).enumerate().for_each(row);
+        dst[..pad * c].fill(0.0);
+        dst[(w + pad) * c..].fill(0.0);
+        let first = (b * h + yp - pad) * w;
+        for (xx, o) in dst[pad * c..(w + pad) * c].chunks_exact_mut(c).enumerate() {
+            let src = &x[(first + xx) * pixel_stride..][..c];
+            // As `apply`: keeps NaN and turns -0.0 into 0.0.
+            scale_shift_relu(src, scale, shift, o);
         }
+    };
+    if out.len() >= PARALLEL_THRESHOLD {
+        out.par_chunks_mut(wp * c).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(wp * c).enumerate().for_each(row);
     }
 }
 

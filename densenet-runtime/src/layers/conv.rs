@@ -12,6 +12,7 @@ use super::conv_weight::{StoredWeight, WeightMut};
 use crate::kernels::direct_conv::{apply_epilogue, direct_conv, ConvShape, Epilogue, ImageLayout};
 use crate::kernels::gemm::{MatMut, MatRef};
 use crate::kernels::im2col::{im2col, Window};
+use crate::prelude::*;
 use crate::rng::Rng;
 use crate::Error;
 
@@ -126,7 +127,7 @@ impl Conv2d {
         if c_in == 0 || c_out == 0 || kernel == 0 || config.stride == 0 {
             invalid_init(c_in, c_out, kernel, config);
         }
-        let std = (2.0 / (c_in * kernel * kernel) as f64).sqrt() as f32;
+        let std = crate::math::sqrt(2.0 / (c_in * kernel * kernel) as f64) as f32;
         let shape = [kernel, kernel, c_in, c_out];
         Self {
             weight: StoredWeight::from_fn(shape, || rng.normal() * std),

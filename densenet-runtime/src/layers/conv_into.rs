@@ -15,6 +15,7 @@ use crate::kernels::elementwise::scale_shift_relu;
 use crate::kernels::gemm::{MatMut, MatRef};
 use crate::layers::conv::SCRATCH_LIMIT;
 use crate::layers::Conv2d;
+use crate::prelude::*;
 
 /// Writes the convolution of the contiguous NHWC input `x` (`n, h, w, c_in`) into `out`
 /// (`(n·oh·ow) × c_out`, any row stride, column stride 1), then `epilogue` (a BatchNorm
@@ -139,7 +140,7 @@ pub fn conv1x1_into_padded(
 }
 
 /// Zeroes the `pad`-wide border of every `(h + 2·pad, w + 2·pad, c)` image of `out`.
-fn zero_border(out: &mut [f32], (h, w, c): (usize, usize, usize), pad: usize) {
+pub(crate) fn zero_border(out: &mut [f32], (h, w, c): (usize, usize, usize), pad: usize) {
     if pad == 0 {
         return;
     }

@@ -4,7 +4,7 @@
 //! sequentially (DenseNet-121's 1x1 convolutions: 4–14% faster than strided HWIO rows),
 //! and the HWIO view is made on request ([`WeightMut`] writes it back).
 
-use std::ops::Deref;
+use core::ops::Deref;
 
 use ndarray::{Array4, ArrayView4, ArrayViewMut4, CowArray, Ix4};
 
@@ -85,7 +85,7 @@ impl StoredWeight {
     /// Takes the HWIO weight out (unpacking it), leaving an empty placeholder.
     fn take_hwio(&mut self) -> Array4<f32> {
         let empty = Self::Hwio(Array4::zeros((0, 0, 0, 0)));
-        match std::mem::replace(self, empty) {
+        match core::mem::replace(self, empty) {
             Self::Hwio(w) => w,
             packed => packed.hwio().into_owned(),
         }
@@ -160,13 +160,13 @@ impl WeightMut<'_> {
 
 impl Drop for WeightMut<'_> {
     fn drop(&mut self) {
-        let hwio = std::mem::replace(&mut self.hwio, Array4::zeros((0, 0, 0, 0)));
+        let hwio = core::mem::replace(&mut self.hwio, Array4::zeros((0, 0, 0, 0)));
         *self.stored = StoredWeight::from_hwio(hwio);
     }
 }
 
-impl std::fmt::Debug for WeightMut<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for WeightMut<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_tuple("WeightMut").field(&self.hwio).finish()
     }
 }

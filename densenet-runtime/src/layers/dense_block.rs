@@ -9,6 +9,7 @@ use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
 use crate::layers::conv_into::{conv1x1_into_padded, conv2d_into};
 use crate::layers::{BatchNorm2d, Conv2d, Conv2dConfig};
+use crate::prelude::*;
 use crate::rng::Rng;
 
 /// One dense layer H_l.

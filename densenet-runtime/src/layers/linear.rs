@@ -3,6 +3,7 @@
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
+use crate::prelude::*;
 use crate::rng::Rng;
 use crate::Error;
 
@@ -58,7 +59,7 @@ impl Linear {
         if in_features == 0 || out_features == 0 {
             invalid_init(in_features, out_features);
         }
-        let bound = 1.0 / (in_features as f32).sqrt();
+        let bound = 1.0 / crate::math::sqrtf(in_features as f32);
         let weight = Array2::from_shape_simple_fn((out_features, in_features), || {
             (rng.uniform() * 2.0 - 1.0) * bound
         });

@@ -17,9 +17,13 @@ mod pool;
 mod stem;
 mod transition;
 
+#[cfg(feature = "std")] // training's
+pub(crate) use batch_norm::relu_padded_into;
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
 pub(crate) use conv_into::conv2d_into;
+#[cfg(feature = "std")] // training's
+pub(crate) use conv_into::{conv1x1_into_padded, zero_border};
 pub use conv_weight::WeightMut;
 pub(crate) use dense_block::dense_block_forward_into;
 pub use dense_block::DenseLayer;

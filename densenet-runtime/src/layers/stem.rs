@@ -5,6 +5,7 @@ use ndarray::{ArrayView4, ArrayViewMut4};
 use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
 use crate::layers::{conv2d_into, pool2d_into};
+use crate::prelude::*;
 
 use crate::layers::{BatchNorm2d, Conv2d, Conv2dConfig};
 use densenet_spec::Stem;

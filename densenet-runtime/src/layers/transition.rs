@@ -1,6 +1,7 @@
 //! Transition between dense blocks: BN → ReLU → 1x1 conv → 2x2 average pool.
 
 use crate::parallel::prelude::*;
+use crate::prelude::*;
 
 use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::elementwise::scale_shift_relu_add;

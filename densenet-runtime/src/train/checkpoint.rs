@@ -16,7 +16,7 @@
 //! function of the history, so a run resumed from epoch `e` continues exactly as the
 //! uninterrupted run did after epoch `e`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use densenet_spec::Architecture;
@@ -116,7 +116,7 @@ pub(crate) fn write<M: Network + ?Sized>(
         .to_json()
         .map_err(|e| TrainError::Checkpoint(SaveError::io(path, std::io::Error::other(e))))?;
     let rng = state.rng.state().map(|w| format!("{w:016x}")).join(",");
-    let mut metadata = HashMap::from([
+    let mut metadata = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
         (
             "architecture".to_string(),
@@ -176,7 +176,7 @@ fn resume_error(path: &Path, reason: impl Into<String>) -> TrainError {
 /// A checkpoint's header, read.
 struct Parsed<'a> {
     path: &'a Path,
-    metadata: HashMap<String, String>,
+    metadata: std::collections::HashMap<String, String>,
 }
 
 impl<'a> Parsed<'a> {

@@ -1,9 +1,11 @@
 //! Why weights could not be loaded or saved.
 
+#[cfg(feature = "std")]
 use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::prelude::*;
 use crate::weights::Naming;
 
 /// Why weights could not be loaded (or saved). Each variant names the tensor or file
@@ -15,6 +17,7 @@ pub enum LoadError {
     #[error(transparent)]
     Model(#[from] crate::Error),
     /// The file could not be read or written.
+    #[cfg(feature = "std")]
     #[error("cannot access {}: {source}", path.display())]
     Io {
         /// The file.
@@ -157,6 +160,7 @@ fn more(others: usize) -> String {
 
 /// Why a model could not be saved or exported. The file is replaced atomically, so on
 /// error whatever was at the path is still there.
+#[cfg(feature = "std")]
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SaveError {
@@ -170,6 +174,7 @@ pub enum SaveError {
     },
 }
 
+#[cfg(feature = "std")]
 impl SaveError {
     /// `source` while writing `path`.
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {

@@ -11,20 +11,26 @@ mod options;
 mod partial;
 mod validate;
 
-use std::collections::BTreeMap;
+use alloc::collections::BTreeMap;
+#[cfg(feature = "std")]
 use std::path::Path;
 
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 
-pub use error::{LoadError, SaveError};
+pub use error::LoadError;
+#[cfg(feature = "std")]
+pub use error::SaveError;
+pub(crate) use naming::torchvision_path;
 pub use naming::Naming;
 use naming::Tensor;
-pub(crate) use naming::{torchvision_path, CHECKPOINT_PREFIX};
+#[cfg(feature = "std")]
+pub(crate) use naming::CHECKPOINT_PREFIX;
 pub use options::LoadOptions;
 pub(crate) use partial::load_partial;
 pub use partial::{Kept, LoadReport, PartialLoad};
 
+use crate::prelude::*;
 use crate::stage::Network;
 use crate::stage::{LayerMut, LayerName, LayerRef};
 
@@ -90,6 +96,7 @@ fn tensor_map<'a>(
 ///
 /// # Errors
 /// [`LoadError::Io`] naming the file.
+#[cfg(feature = "std")]
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
     std::fs::read(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
@@ -122,7 +129,7 @@ pub(crate) fn to_bytes_extended<M: Network + ?Sized>(
     model: &M,
     naming: Naming,
     extra: Vec<Entry>,
-    metadata: Option<std::collections::HashMap<String, String>>,
+    metadata: Option<BTreeMap<String, String>>,
 ) -> Vec<u8> {
     let keras = naming == Naming::Keras;
     let naming = if keras {
@@ -212,7 +219,7 @@ pub(crate) fn to_bytes_extended<M: Network + ?Sized>(
             .expect("shape and byte length agree by construction");
         (key.as_str(), view)
     });
-    safetensors::serialize(views, metadata)
+    safetensors::serialize(views, metadata.map(|m| m.into_iter().collect()))
         .expect("in-memory serialisation of valid views cannot fail")
 }
 
@@ -221,6 +228,7 @@ pub(crate) fn to_bytes_extended<M: Network + ?Sized>(
 ///
 /// # Errors
 /// [`SaveError`] naming the file if it cannot be written.
+#[cfg(feature = "std")]
 pub fn save_file<M: Network + ?Sized>(model: &M, path: &Path) -> Result<(), SaveError> {
     save_file_with(model, path, Naming::Torchvision)
 }
@@ -229,6 +237,7 @@ pub fn save_file<M: Network + ?Sized>(model: &M, path: &Path) -> Result<(), Save
 ///
 /// # Errors
 /// [`SaveError`] naming the file if it cannot be written.
+#[cfg(feature = "std")]
 pub fn save_file_with<M: Network + ?Sized>(
     model: &M,
     path: &Path,

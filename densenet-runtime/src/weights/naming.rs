@@ -4,8 +4,9 @@
 //! spellings (torchvision's `norm.1`, Keras 2's `conv1/conv/kernel:0`) are normalised to
 //! the current ones before lookup.
 
-use std::fmt;
+use core::fmt;
 
+use crate::prelude::*;
 use crate::stage::{LayerName, Site};
 
 /// How a file names its tensors.

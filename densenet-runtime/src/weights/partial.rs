@@ -2,11 +2,12 @@
 //! `include_top=False`, torch's `load_state_dict(strict=False)`), saying what was
 //! loaded, what was left as it was and why, and what the file had that went unused.
 
-use std::fmt;
+use core::fmt;
 
 use safetensors::tensor::SafeTensors;
 
 use crate::part::Part;
+use crate::prelude::*;
 use crate::stage::{LayerName, LayerRef, Network};
 use crate::weights::naming::{self, Tensor};
 use crate::weights::{

@@ -3,9 +3,10 @@
 //! [`LoadError`] naming the tensor (or both keys) instead of loading a model whose
 //! logits would be NaN, or silently keeping one of two spellings.
 
-use std::collections::btree_map::{BTreeMap, Entry};
+use alloc::collections::btree_map::{BTreeMap, Entry};
 
 use super::naming::Tensor;
+use crate::prelude::*;
 use crate::weights::LoadError;
 
 /// Checks the values of `tensor` (named `name` in the file): all finite, and for a

@@ -27,12 +27,12 @@ pub struct DenseNet121 {
 impl DenseNet121 {
     /// The checked architecture this model was generated from.
     pub const ARCHITECTURE: ::densenet::runtime::spec::Architecture = ::densenet::runtime::spec::Architecture {
-        name: ::std::borrow::Cow::Borrowed("DenseNet121"),
+        name: ::densenet::runtime::__private::Cow::Borrowed("DenseNet121"),
         input: [3, 224, 224],
         stem: ::densenet::runtime::spec::Stem::ImageNet,
         init_features: 64,
         growth: 32,
-        blocks: ::std::borrow::Cow::Borrowed(&[6, 12, 24, 16]),
+        blocks: ::densenet::runtime::__private::Cow::Borrowed(&[6, 12, 24, 16]),
         bottleneck: ::core::option::Option::Some(4),
         theta: 0.5f64,
         classes: 1000,
@@ -70,7 +70,7 @@ impl DenseNet121 {
     }
     /// Every shape and count, stage by stage and layer by layer (Keras-style names).
     pub fn plan() -> &'static ::densenet::runtime::spec::Plan {
-        static PLAN: ::std::sync::OnceLock<::densenet::runtime::spec::Plan> = ::std::sync::OnceLock::new();
+        static PLAN: ::densenet::runtime::__private::PlanCell = ::densenet::runtime::__private::PlanCell::new();
         PLAN.get_or_init(|| ::densenet::runtime::spec::Plan::new(&Self::ARCHITECTURE))
     }
     /// The per-layer table: name, kind, output shape, parameters.
@@ -106,28 +106,6 @@ impl DenseNet121 {
             head: ::densenet::runtime::__private::take(&mut stages),
         }
     }
-    /// Loads weights from a safetensors file in torchvision/timm or Keras naming
-    /// (detected from the keys).
-    ///
-    /** # Errors
- A [`LoadError`](::densenet::runtime::LoadError) naming the tensor and what was wrong.*/
-    pub fn load_safetensors(
-        path: impl ::core::convert::AsRef<::std::path::Path>,
-    ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
-        Self::load_safetensors_with(path, ::densenet::runtime::Naming::Auto)
-    }
-    /// [`load_safetensors`](Self::load_safetensors) read as `options` say: a
-    /// naming scheme forced, or the full load options (e.g. value checks off).
-    ///
-    /** # Errors
- A [`LoadError`](::densenet::runtime::LoadError) naming the tensor and what was wrong.*/
-    pub fn load_safetensors_with(
-        path: impl ::core::convert::AsRef<::std::path::Path>,
-        options: impl ::core::convert::Into<::densenet::runtime::weights::LoadOptions>,
-    ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
-        let bytes = ::densenet::runtime::__private::read(path.as_ref())?;
-        Self::from_safetensors_bytes_with(&bytes, options)
-    }
     /// Loads weights from safetensors bytes, e.g. embedded with `include_bytes!`.
     ///
     /** # Errors
@@ -148,30 +126,9 @@ impl DenseNet121 {
     ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
         ::densenet::runtime::__private::loaded(Self::init_with, bytes, options)
     }
-    /// Writes the weights as safetensors in torchvision naming, atomically.
-    ///
-    /** # Errors
- A [`SaveError`](::densenet::runtime::SaveError) naming the file if it cannot be written.*/
-    pub fn save_safetensors(
-        &self,
-        path: impl ::core::convert::AsRef<::std::path::Path>,
-    ) -> ::core::result::Result<(), ::densenet::runtime::SaveError> {
-        ::densenet::runtime::Model::save_safetensors(self, path)
-    }
     /// The weights as safetensors bytes in torchvision naming.
-    pub fn to_safetensors_bytes(&self) -> ::std::vec::Vec<u8> {
+    pub fn to_safetensors_bytes(&self) -> ::densenet::runtime::__private::Vec<u8> {
         ::densenet::runtime::Model::to_safetensors_bytes(self)
-    }
-    /// Writes a standard ONNX graph (opset 17, dynamic batch, weights included) for
-    /// ONNX Runtime, Triton or TensorRT, atomically.
-    ///
-    /** # Errors
- A [`SaveError`](::densenet::runtime::SaveError) naming the file if it cannot be written.*/
-    pub fn to_onnx(
-        &self,
-        path: impl ::core::convert::AsRef<::std::path::Path>,
-    ) -> ::core::result::Result<(), ::densenet::runtime::SaveError> {
-        ::densenet::runtime::Model::to_onnx(self, path)
     }
     /// Floats of the activation arena at batch `batch`, from sizes the macro
     /// computed (`plan().arena(batch)` has the breakdown).
@@ -216,6 +173,53 @@ impl DenseNet121 {
     ) -> ::core::result::Result<(), ::densenet::runtime::Error> {
         ::densenet::runtime::Model::forward_into(self, x, ws, out.into_dyn())
     }
+}
+::densenet::runtime::__if_std! {
+impl DenseNet121 {
+    /// Loads weights from a safetensors file in torchvision/timm or Keras naming
+    /// (detected from the keys).
+    ///
+    /** # Errors
+ A [`LoadError`](::densenet::runtime::LoadError) naming the tensor and what was wrong.*/
+    pub fn load_safetensors(
+        path: impl ::core::convert::AsRef<::densenet::runtime::__private::Path>,
+    ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
+        Self::load_safetensors_with(path, ::densenet::runtime::Naming::Auto)
+    }
+    /// [`load_safetensors`](Self::load_safetensors) read as `options` say: a
+    /// naming scheme forced, or the full load options (e.g. value checks off).
+    ///
+    /** # Errors
+ A [`LoadError`](::densenet::runtime::LoadError) naming the tensor and what was wrong.*/
+    pub fn load_safetensors_with(
+        path: impl ::core::convert::AsRef<::densenet::runtime::__private::Path>,
+        options: impl ::core::convert::Into<::densenet::runtime::weights::LoadOptions>,
+    ) -> ::core::result::Result<Self, ::densenet::runtime::LoadError> {
+        let bytes = ::densenet::runtime::__private::read(path.as_ref())?;
+        Self::from_safetensors_bytes_with(&bytes, options)
+    }
+    /// Writes the weights as safetensors in torchvision naming, atomically.
+    ///
+    /** # Errors
+ A [`SaveError`](::densenet::runtime::SaveError) naming the file if it cannot be written.*/
+    pub fn save_safetensors(
+        &self,
+        path: impl ::core::convert::AsRef<::densenet::runtime::__private::Path>,
+    ) -> ::core::result::Result<(), ::densenet::runtime::SaveError> {
+        ::densenet::runtime::Model::save_safetensors(self, path)
+    }
+    /// Writes a standard ONNX graph (opset 17, dynamic batch, weights included) for
+    /// ONNX Runtime, Triton or TensorRT, atomically.
+    ///
+    /** # Errors
+ A [`SaveError`](::densenet::runtime::SaveError) naming the file if it cannot be written.*/
+    pub fn to_onnx(
+        &self,
+        path: impl ::core::convert::AsRef<::densenet::runtime::__private::Path>,
+    ) -> ::core::result::Result<(), ::densenet::runtime::SaveError> {
+        ::densenet::runtime::Model::to_onnx(self, path)
+    }
+}
 }
 #[automatically_derived]
 impl ::densenet::runtime::Network for DenseNet121 {

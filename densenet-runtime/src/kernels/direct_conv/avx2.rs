@@ -2,7 +2,7 @@
 //! in 12 of the 16 ymm registers (the shape of the classic AVX2 GEMM microkernel: two
 //! weight vectors and one broadcast input alongside the accumulators).
 
-use std::arch::x86_64::*;
+use core::arch::x86_64::*;
 
 use super::job::Microkernel;
 use super::{MAX_TILE, PREFETCH_ROWS};

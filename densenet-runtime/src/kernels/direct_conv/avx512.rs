@@ -1,6 +1,6 @@
 //! The AVX-512 kernels: 14-pixel × 32-channel tiles in 28 of the 32 zmm registers.
 
-use std::arch::x86_64::*;
+use core::arch::x86_64::*;
 
 use super::job::Microkernel;
 use super::{MAX_TILE, PREFETCH_ROWS};

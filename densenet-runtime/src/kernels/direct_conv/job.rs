@@ -118,11 +118,11 @@ impl Job {
             }
         }
         let (scale, shift) = match epilogue {
-            Epilogue::Store => (std::ptr::null(), std::ptr::null()),
+            Epilogue::Store => (core::ptr::null(), core::ptr::null()),
             Epilogue::ScaleShiftRelu { scale, shift } => (scale.as_ptr(), shift.as_ptr()),
         };
         let prologue = match prologue {
-            Epilogue::Store => (std::ptr::null(), std::ptr::null()),
+            Epilogue::Store => (core::ptr::null(), core::ptr::null()),
             Epilogue::ScaleShiftRelu { scale, shift } => (scale.as_ptr(), shift.as_ptr()),
         };
         let (weight, panel_stride, ldb) = match weight {
@@ -262,7 +262,7 @@ impl Job {
         };
         // With a prologue (1x1 only, so `block ≤ MAX_BLOCK`): the tile's transformed
         // inputs. Uninitialised: `pack_prologue` writes what the kernel then reads.
-        let mut packed = [std::mem::MaybeUninit::<f32>::uninit(); MAX_TILE * MAX_BLOCK];
+        let mut packed = [core::mem::MaybeUninit::<f32>::uninit(); MAX_TILE * MAX_BLOCK];
         for k0 in (0..s.c_in).step_by(block) {
             let kc = block.min(s.c_in - k0);
             let last = k0 + kc == s.c_in;
@@ -298,7 +298,7 @@ impl Job {
                     // SAFETY: columns `co < c_out` of the `c_out` scale and shift.
                     unsafe { (self.scale.add(co), self.shift.add(co)) }
                 } else {
-                    (std::ptr::null(), std::ptr::null())
+                    (core::ptr::null(), core::ptr::null())
                 };
                 // SAFETY:
                 // - The CPU has `K`'s instruction set: `run` checked it before

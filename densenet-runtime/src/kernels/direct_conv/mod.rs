@@ -28,7 +28,7 @@
 //! `job.rs` splits a call into tasks and tiles for any instruction set; `avx512.rs` and
 //! `avx2.rs` hold the register-tiled kernels; `packed.rs` the panel-major weight.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Where element `(image, row, column, channel)` of an NHWC image batch lives in a slice:
 /// `offset + image·image_stride + row·row_stride + column·pixel_stride + channel`.
@@ -176,7 +176,10 @@ pub fn apply_epilogue(epilogue: Epilogue<'_>, data: &mut [f32], rows: usize, row
 
 /// Most output pixels per tile of any kernel (the AVX-512 one's).
 #[cfg_attr(
-    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    not(any(
+        all(target_arch = "x86_64", target_feature = "sse2"),
+        target_feature = "simd128"
+    )),
     allow(dead_code)
 )]
 const MAX_TILE: usize = 14;
@@ -185,14 +188,20 @@ const MAX_TILE: usize = 14;
 /// weight rows streams past it from L2; the tile accumulates block by block. Also the
 /// size of the buffer a prologue packs into.
 #[cfg_attr(
-    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    not(any(
+        all(target_arch = "x86_64", target_feature = "sse2"),
+        target_feature = "simd128"
+    )),
     allow(dead_code)
 )]
 const MAX_BLOCK: usize = 256;
 /// Smallest block of input channels of a 1x1 convolution (more would cost more
 /// accumulator round trips than they save).
 #[cfg_attr(
-    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    not(any(
+        all(target_arch = "x86_64", target_feature = "sse2"),
+        target_feature = "simd128"
+    )),
     allow(dead_code)
 )]
 const MIN_BLOCK: usize = 64;
@@ -200,21 +209,30 @@ const MIN_BLOCK: usize = 64;
 /// every tile streams from L2: wider convolutions take fewer input channels per block
 /// (DenseNet-121's transitions, 128–512 outputs: 9% faster than 256-channel blocks).
 #[cfg_attr(
-    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    not(any(
+        all(target_arch = "x86_64", target_feature = "sse2"),
+        target_feature = "simd128"
+    )),
     allow(dead_code)
 )]
 const BLOCK_WEIGHT_FLOATS: usize = 32 * 1024;
 /// How many weight rows ahead the tile kernel prefetches (~170 cycles of a 14x32
 /// tile's multiply-adds: about an L3 hit's latency).
 // Used by the x86-64 kernels (WebAssembly has no prefetch).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_feature = "sse2")),
+    allow(dead_code)
+)]
 const PREFETCH_ROWS: usize = 12;
 /// Largest window the kernel takes (the 7x7 stem); others fall back.
 const MAX_TAPS: usize = 49;
 /// Convolutions with fewer multiply-adds run on the calling thread: splitting ~10 µs
 /// of work across threads costs about as much as it saves.
 #[cfg_attr(
-    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    not(any(
+        all(target_arch = "x86_64", target_feature = "sse2"),
+        target_feature = "simd128"
+    )),
     allow(dead_code)
 )]
 const PARALLEL_MACS: usize = 1 << 20;
@@ -273,20 +291,19 @@ fn isa() -> Option<Isa> {
     supported(Isa::Avx2).then_some(Isa::Avx2)
 }
 
-/// Whether this CPU runs `isa`'s kernels (detected at run time, cached by std).
+/// Whether this CPU runs `isa`'s kernels (detected at run time, cached by std; without
+/// std, the build's target features).
 fn supported(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     {
         match isa {
-            Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
-            Isa::Avx2 => {
-                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-            }
+            Isa::Avx512 => super::cpu::avx512f(),
+            Isa::Avx2 => super::cpu::avx2_fma(),
             Isa::Simd128 => false,
         }
     }
     // WebAssembly has no run-time detection: SIMD128 is in the build or not.
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
     {
         isa == Isa::Simd128 && cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
     }
@@ -552,13 +569,13 @@ fn run(
         return true;
     }
     #[cfg(any(
-        target_arch = "x86_64",
+        all(target_arch = "x86_64", target_feature = "sse2"),
         all(target_arch = "wasm32", target_feature = "simd128")
     ))]
     {
         // DenseNet's 3x3 convolutions (no prologue or epilogue, HWIO: at most 32
         // outputs) on AVX-512, but for the last block's odd maps.
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
         if let (Isa::Avx512, true, Epilogue::Store, Epilogue::Store, ConvWeight::Hwio(w)) =
             (isa, winograd, prologue, epilogue, weight)
         {
@@ -567,7 +584,7 @@ fn run(
                 return true;
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
         let _ = winograd;
         let job = job::Job::new(
             input,
@@ -580,9 +597,9 @@ fn run(
             out_layout,
         );
         match isa {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
             Isa::Avx512 => job.run::<avx512::Avx512>(parallel),
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
             Isa::Avx2 => job.run::<avx2::Avx2>(parallel),
             #[cfg(target_arch = "wasm32")]
             Isa::Simd128 => job.run::<simd128::Simd128>(parallel),
@@ -592,7 +609,7 @@ fn run(
         }
     }
     #[cfg(not(any(
-        target_arch = "x86_64",
+        all(target_arch = "x86_64", target_feature = "sse2"),
         all(target_arch = "wasm32", target_feature = "simd128")
     )))]
     let _ = (
@@ -613,7 +630,10 @@ fn run(
 /// Splits a row of `w` pixels into tiles of at most [`MAX_TILE`], as even as possible
 /// (56 → 4 × 14, 32 → 11 + 11 + 10): `(start, len)` of tile `t` of `count`.
 #[cfg_attr(
-    not(any(target_arch = "x86_64", target_feature = "simd128")),
+    not(any(
+        all(target_arch = "x86_64", target_feature = "sse2"),
+        target_feature = "simd128"
+    )),
     allow(dead_code)
 )]
 fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
@@ -623,19 +643,19 @@ fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
     (start, base + usize::from(t < extra))
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod avx2;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod avx512;
 #[cfg(any(
-    target_arch = "x86_64",
+    all(target_arch = "x86_64", target_feature = "sse2"),
     all(target_arch = "wasm32", target_feature = "simd128")
 ))]
 mod job;
 mod packed;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod winograd;
 
 pub use packed::{ConvWeight, PackedWeight, PACK};
@@ -927,7 +947,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     fn winograd_takes_densenet_3x3_shapes_only() {
         let conv3 = |hw, c_in, c_out| ConvShape {
             n: 1,

@@ -9,6 +9,7 @@
 //! hardware prefetchers follow even when other processes crowd the caches. Measured on
 //! DenseNet-121's 1x1 convolutions: 1–8% faster on a quiet machine, up to 24% on a
 //! busy one. Weights with at most 32 outputs are one panel already and stay HWIO.
+use crate::prelude::*;
 
 /// Columns per panel of a [`PackedWeight`]: the AVX-512 kernel's panel, twice the
 /// AVX2 one's (each instruction set's panel divides it).
@@ -165,9 +166,9 @@ impl PackedWeight {
     }
 }
 
-impl std::fmt::Debug for PackedWeight {
+impl core::fmt::Debug for PackedWeight {
     /// The shape only (the values are the HWIO weight's).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PackedWeight")
             .field("rows", &self.rows)
             .field("c_out", &self.c_out)

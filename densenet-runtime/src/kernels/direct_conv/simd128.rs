@@ -6,7 +6,7 @@
 //! outside relaxed SIMD, so products and sums round separately; masked loads and
 //! stores of a last partial vector go through a small stack buffer.
 
-use std::arch::wasm32::*;
+use core::arch::wasm32::*;
 
 use super::job::Microkernel;
 use super::MAX_TILE;
@@ -61,7 +61,7 @@ impl Microkernel for Simd128 {
 unsafe fn load_partial(p: *const f32, lanes: usize) -> v128 {
     let mut buf = [0.0f32; 4];
     // SAFETY: `lanes ≤ 4` floats, readable by the caller's contract, into the buffer.
-    unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), lanes) };
+    unsafe { core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), lanes) };
     // SAFETY: the buffer holds 4 floats.
     unsafe { v128_load(buf.as_ptr().cast()) }
 }
@@ -77,7 +77,7 @@ unsafe fn store_partial(p: *mut f32, lanes: usize, x: v128) {
     // SAFETY: the buffer holds 4 floats.
     unsafe { v128_store(buf.as_mut_ptr().cast(), x) };
     // SAFETY: `lanes ≤ 4` floats, writable by the caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, lanes) };
+    unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), p, lanes) };
 }
 
 /// [`relu`](super::relu) of 4 lanes: `y <= 0 → 0`, so NaN stays NaN (as torch's relu)

@@ -18,10 +18,12 @@
 //! or epilogue: DenseNet-121's 3x3 convolutions on its 56x56 and 28x28 maps. Measured on DenseNet-121's 3x3
 //! convolutions (`conv_gflops --winograd`): see BENCHMARKS.md.
 
-use std::arch::x86_64::*;
-use std::cell::RefCell;
+use core::arch::x86_64::*;
+#[cfg(feature = "std")]
+use core::cell::RefCell;
 
 use crate::parallel::prelude::*;
+use crate::prelude::*;
 
 use super::avx512::Avx512;
 use super::job::Microkernel;
@@ -42,11 +44,43 @@ const MIN_WIDTH: usize = 28;
 /// is `16·28·(128 + 32)` = 71,680.
 const MAX_TILE_FLOATS: usize = 1 << 24;
 
-thread_local! {
+#[cfg(feature = "std")]
+std::thread_local! {
     /// The transformed weight of the call this thread makes.
     static WEIGHT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// `V` and `M` of the task this thread runs.
     static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A thread's reusable buffer; without `std` (no thread-locals) each call allocates.
+#[cfg(feature = "std")]
+type Buffer = &'static std::thread::LocalKey<RefCell<Vec<f32>>>;
+#[cfg(not(feature = "std"))]
+type Buffer = &'static ();
+#[cfg(not(feature = "std"))]
+const WEIGHT: () = ();
+#[cfg(not(feature = "std"))]
+const TILES: () = ();
+
+/// Runs `f` on the first `len` floats of this thread's `buffer` (grown as needed), or of
+/// a zeroed buffer of its own if that one is in use further up this thread's stack
+/// (rayon ran this call while an outer one waited) or there are no thread-locals.
+fn with_buffer<R>(buffer: Buffer, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    #[cfg(feature = "std")]
+    return buffer.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.len() < len {
+                scratch.resize(len, 0.0);
+            }
+            f(&mut scratch[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    });
+    #[cfg(not(feature = "std"))]
+    {
+        let _ = buffer;
+        f(&mut vec![0.0; len])
+    }
 }
 
 /// Whether a convolution of `shape` with no prologue or epilogue runs here.
@@ -93,7 +127,7 @@ pub(super) fn run(
     // What every `unsafe` block below relies on, checked here too so that this function
     // is sound on its own (a few comparisons per call).
     assert!(
-        applies(&s) && std::is_x86_feature_detected!("avx512f"),
+        applies(&s) && crate::kernels::cpu::avx512f(),
         "winograd::run: shape or CPU not supported"
     );
     let (store, hwio) = (Epilogue::Store, ConvWeight::Hwio(weight));
@@ -126,24 +160,11 @@ pub(super) fn run(
     };
     // No overflow: `applies` bounded `c_in` (see `tile_floats`).
     let floats = 16 * s.c_in * PANEL;
-    WEIGHT.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut u) => {
-            if u.len() < floats {
-                u.resize(floats, 0.0);
-            }
-            // SAFETY: AVX-512F asserted above; `check` verified that `weight` holds the
-            // 9·c_in·c_out values read, and `u` holds the 16·c_in·32 written.
-            unsafe { transform_weight(weight, s.c_in, s.c_out, &mut u[..floats]) };
-            with_weight(&u[..floats]);
-        }
-        // This thread's buffer is held by a call further up its stack (rayon ran this
-        // call's pass while that one waited): a buffer of its own.
-        Err(_) => {
-            let mut u = vec![0.0; floats];
-            // SAFETY: as above.
-            unsafe { transform_weight(weight, s.c_in, s.c_out, &mut u) };
-            with_weight(&u);
-        }
+    with_buffer(&WEIGHT, floats, |u| {
+        // SAFETY: AVX-512F asserted above; `check` verified that `weight` holds the
+        // 9·c_in·c_out values read, and `u` holds the 16·c_in·32 written.
+        unsafe { transform_weight(weight, s.c_in, s.c_out, u) };
+        with_weight(u);
     });
 }
 
@@ -179,7 +200,7 @@ unsafe fn transform_weight(weight: &[f32], c_in: usize, c_out: usize, u: &mut [f
                 _mm512_maskz_loadu_ps(mask, weight.as_ptr().add((t * c_in + ci) * c_out + c0))
             };
             // G g: the rows of the filter (ky), column kx by column.
-            let columns: [[__m512; 4]; 3] = std::array::from_fn(|kx| {
+            let columns: [[__m512; 4]; 3] = core::array::from_fn(|kx| {
                 let (g0, g1, g2) = (g(kx), g(3 + kx), g(6 + kx));
                 let (m1, m2) = mid(g0, g1, g2);
                 [g0, m1, m2, g2]
@@ -222,21 +243,9 @@ impl Job {
         let (b, ty) = (t / th, t % th);
         // No overflow: at most `MAX_TILE_FLOATS` together (`applies`).
         let (v_len, m_len) = (16 * tw * s.c_in, 16 * tw * PANEL);
-        TILES.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut scratch) => {
-                if scratch.len() < v_len + m_len {
-                    scratch.resize(v_len + m_len, 0.0);
-                }
-                let (v, m) = scratch[..v_len + m_len].split_at_mut(v_len);
-                self.tile_row(b, ty, v, m);
-            }
-            // Unreachable (a task calls nothing that could run another), but a
-            // buffer of its own is as correct.
-            Err(_) => {
-                let mut scratch = vec![0.0; v_len + m_len];
-                let (v, m) = scratch.split_at_mut(v_len);
-                self.tile_row(b, ty, v, m);
-            }
+        with_buffer(&TILES, v_len + m_len, |scratch| {
+            let (v, m) = scratch.split_at_mut(v_len);
+            self.tile_row(b, ty, v, m);
         });
     }
 
@@ -252,8 +261,8 @@ impl Job {
         // `.. 2·tw + 2 = out_w + 2`, channels `c0 .. c0 + 16 ≤ c_in` (`c_in % 16 == 0`).
         // Writes go to `v` (length asserted above).
         unsafe { input_tiles(self.input, self.input_layout, (b, ty, tw, s.c_in), v) };
-        let offsets: [usize; MAX_TILE] = std::array::from_fn(|i| i * PANEL);
-        let null = (std::ptr::null(), std::ptr::null());
+        let offsets: [usize; MAX_TILE] = core::array::from_fn(|i| i * PANEL);
+        let null = (core::ptr::null(), core::ptr::null());
         for xi in 0..16 {
             for t0 in (0..tw).step_by(Avx512::TILE) {
                 let rows = Avx512::TILE.min(tw - t0);

@@ -1,0 +1,7 @@
+//! What the standard prelude would bring, from `alloc`: the crate is `no_std` without
+//! its `std` feature.
+
+pub(crate) use alloc::format;
+pub(crate) use alloc::string::{String, ToString};
+pub(crate) use alloc::vec;
+pub(crate) use alloc::vec::Vec;
