@@ -295,6 +295,53 @@ fn the_step_updates_running_statistics_but_not_weights() {
     });
 }
 
+/// Every gradient with its layer's name, in the model's order.
+fn listed(grads: &densenet::runtime::train::Gradients) -> Vec<String> {
+    grads
+        .iter()
+        .map(|(name, g)| format!("{name:?} {g:?}"))
+        .collect()
+}
+
+/// Steps reuse their thread's buffers (block buffers, gradients, scratch): a step after
+/// steps of other models and batch sizes, whose values are still in those buffers, gives
+/// bit for bit what a step on a fresh thread gives, and so does a step after the memory
+/// was released.
+#[test]
+fn kept_step_memory_changes_nothing() {
+    let mut rng = Rng::new(5);
+    let x = Array4::from_shape_simple_fn((3, 3, 8, 8), || rng.normal());
+    let labels = [0, 2, 1];
+    let fresh = std::thread::spawn({
+        let x = x.clone();
+        move || {
+            let mut model = TinyBC::init(4);
+            let (loss, grads) = step(&mut model, x.view(), &labels);
+            (loss, listed(&grads), format!("{model:?}"))
+        }
+    })
+    .join()
+    .unwrap();
+    // Other shapes first, leaving their values in this thread's kept buffers.
+    let mut other = TorchvisionSmall::init(1);
+    let big = Array4::from_shape_simple_fn((2, 3, 64, 64), || rng.normal());
+    let _ = step(&mut other, big.view(), &[3, 7]);
+    let mut bigger = TinyBC::init(9);
+    let many = Array4::from_shape_simple_fn((6, 3, 8, 8), || rng.normal() * 3.0);
+    let _ = step(&mut bigger, many.view(), &[0, 1, 2, 0, 1, 2]);
+    for release in [false, true] {
+        if release {
+            densenet::runtime::train::release_step_memory();
+        }
+        let mut model = TinyBC::init(4);
+        let (loss, grads) = step(&mut model, x.view(), &labels);
+        let again = (loss, listed(&grads), format!("{model:?}"));
+        assert_eq!(again.0, fresh.0, "loss, released: {release}");
+        assert!(again.1 == fresh.1, "gradients, released: {release}");
+        assert!(again.2 == fresh.2, "model, released: {release}");
+    }
+}
+
 #[test]
 #[should_panic(expected = "label 3 is not below the model's 3 classes")]
 fn out_of_range_labels_panic_before_anything_changes() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side DenseNet-121 inference timings: ours vs ONNX Runtime vs PyTorch eager
-(and tract, when given its bench binary), on the same weights, in one run.
+(and tract, when given its bench binary), on the same weights, in one run; with
+``--train``, training-step timings: ours vs PyTorch eager.
 
 What it does:
 
@@ -36,6 +37,19 @@ Usage (any venv with the packages; /work/venv on the reference machine)::
     python tools/bench_compare.py                       # ~5 minutes on 2 cores
     python tools/bench_compare.py --rounds 3 --batches 1 --threads 1,2   # quicker
     python tools/bench_compare.py --tract-bin /path/to/tract-bench        # add tract
+
+Training mode (``--train``): one training step (forward with batch statistics,
+cross-entropy loss, backward to every parameter's gradient; no optimiser update, as our
+``loss_and_gradients_with``) of DenseNet-BC-100 (k = 12) at batch 64 on 32x32 images and
+DenseNet-121 at batch 16 on 224x224, on one and two threads: ours
+(``examples/bench_train.rs --serve``, built in release) and torch eager with the same
+architecture built the paper's way (torchvision's ``DenseNet`` classes; for CIFAR a 3x3
+stem convolution of 2k channels and no stem BN or pooling, as ``densenet!``'s ``stem:
+cifar``), alternating rounds as above. Prints the medians, ours/torch, and the step's
+FLOP rate (3x the forward multiply-adds, 2 FLOPs each)::
+
+    python tools/bench_compare.py --train                 # ~15 minutes on 2 cores
+    python tools/bench_compare.py --train --models bc100 --rounds 3
 
 ``--tract-bin`` takes a program speaking the same stdin protocol as ``bench_forward
 --serve`` with arguments ``--onnx PATH --batch N --threads T --input PATH --output
@@ -260,8 +274,149 @@ def peak_memory(bench_bin: Path, weights: Path, onnx_path: Path, input_path: Pat
             "weights_mib": weights.stat().st_size / 2**20}
 
 
+def build_example(name: str) -> Path:
+    """`cargo build --release --example NAME`; the binary's path."""
+    cmd = ["cargo", "build", "--release", "--example", name,
+           "--message-format=json-render-diagnostics"]
+    print("$ " + " ".join(cmd[:5]), flush=True)
+    out = subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if (msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == name
+                and msg.get("executable")):
+            return Path(msg["executable"])
+    raise SystemExit(f"cargo did not report the {name} executable")
+
+
+# Training mode: (our --model, batch, input size, macs per image from our plan).
+TRAIN_MODELS = {
+    "bc100": (64, 32),
+    "121": (16, 224),
+}
+
+
+def torch_train_model(which: str) -> nn.Module:
+    """The architecture `examples/bench_train.rs` builds, in torch."""
+    from torchvision.models.densenet import DenseNet
+    if which == "121":
+        return torchvision.models.densenet121(weights=None)
+    # DenseNet-BC (L = 100, k = 12): 3 blocks of 16 bottleneck layers, 2k = 24 stem
+    # channels, compression 0.5 (torchvision's transitions halve), CIFAR stem.
+    model = DenseNet(growth_rate=12, block_config=(16, 16, 16), num_init_features=24,
+                     bn_size=4, drop_rate=0.0, num_classes=10)
+    model.features.conv0 = nn.Conv2d(3, 24, kernel_size=3, stride=1, padding=1, bias=False)
+    for name in ("norm0", "relu0", "pool0"):
+        delattr(model.features, name)
+    # torchvision's last block is followed by norm5 inside `features`, as ours.
+    return model
+
+
+def train_main(args) -> int:
+    info = machine()
+    info["load_average_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(json.dumps(info, indent=1), flush=True)
+    bench_bin = build_example("bench_train")
+    torch.set_num_interop_threads(1)
+    table, results, all_ok = [], {"machine": info, "configs": []}, True
+    for which in args.models.split(","):
+        batch, size = TRAIN_MODELS[which]
+        torch.manual_seed(WEIGHT_SEED)
+        model = torch_train_model(which).train()
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(INPUT_SEED))
+        classes = model.classifier.out_features
+        labels = torch.arange(batch) % classes
+        # Multiply-adds per image of the convolutions and the classifier, from torch's
+        # shapes (a forward hook per layer), for the FLOP rate.
+        counted = []
+
+        def count(module, inputs, output):
+            if isinstance(module, nn.Conv2d):
+                counted.append(output[0].numel() * module.in_channels
+                               * module.kernel_size[0] * module.kernel_size[1])
+            elif isinstance(module, nn.Linear):
+                counted.append(module.in_features * module.out_features)
+        hooks = [m.register_forward_hook(count) for m in model.modules()
+                 if isinstance(m, (nn.Conv2d, nn.Linear))]
+        with torch.no_grad():
+            model(x[:1])
+        for h in hooks:
+            h.remove()
+        macs = sum(counted)
+
+        def torch_step():
+            model.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), labels)
+            loss.backward()
+
+        torch_step()  # warm-up: torch's first steps allocate and pick kernels
+        for threads in [int(t) for t in args.threads.split(",")]:
+            print(f"\n== training step, {which} batch {batch} {size}x{size}, {threads} thread(s) ==",
+                  flush=True)
+            torch.set_num_threads(threads)
+            env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+            ours = Server("ours", [str(bench_bin), "--model", which, "--batch", str(batch),
+                                   "--serve"], env)
+            torch_step()  # warm-up at this thread count
+            runners = {"ours": ours.run, "torch": lambda k: timed_calls(torch_step, k)}
+            names = list(runners)
+            times = {n: [] for n in names}
+            probe = ForeignLoad(lambda: [ours.proc.pid])
+            cpus = os.cpu_count() or 1
+            allowed = args.max_foreign_load + max(0, cpus - threads) / cpus
+            wait_for_idle(allowed, args.wait_idle)
+            kept = tried = 0
+            while kept < args.rounds and tried < args.rounds + args.max_extra_rounds:
+                order = names[tried % 2:] + names[:tried % 2]
+                tried += 1
+                probe.start()
+                got = {}
+                for n in order:  # steps of seconds: no untimed pass needed
+                    got[n] = runners[n](args.train_iters)
+                load = probe.stop()
+                line = ", ".join(f"{n} {statistics.median(got[n]):.0f}" for n in names)
+                if load > allowed:
+                    print(f"  round {tried}: {line}  [discarded: other processes used {load:.0%}]",
+                          flush=True)
+                    continue
+                kept += 1
+                for n in names:
+                    times[n].extend(got[n])
+                print(f"  round {tried}: {line}  [other processes {load:.0%}]", flush=True)
+            ours.close()
+            if kept < args.rounds:
+                all_ok = False
+            if kept == 0:
+                continue
+            med = {n: statistics.median(t) for n, t in times.items()}
+            gflops = {n: 3 * 2 * macs * batch / (med[n] / 1e3) / 1e9 for n in names}
+            row = {"model": which, "batch": batch, "size": size, "threads": threads,
+                   "macs_per_image": macs, "rounds_kept": kept, "rounds_run": tried,
+                   "median_ms": med, "gflops": gflops, "times_ms": times}
+            results["configs"].append(row)
+            table.append(row)
+    info["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "train_results.json").write_text(json.dumps(results, indent=1))
+    print("\nTraining step (forward, loss, backward), median ms (ratio < 1: ours faster)\n")
+    print("| config | ours ms | torch ms | ours/torch | ours GFLOP/s | torch GFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for r in table:
+        m, g = r["median_ms"], r["gflops"]
+        print(f"| {r['model']} batch {r['batch']} {r['size']}x{r['size']}, {r['threads']} thread"
+              f"{'s' if r['threads'] > 1 else ''} | {m['ours']:.0f} | {m['torch']:.0f} | "
+              f"{m['ours'] / m['torch']:.2f} | {g['ours']:.1f} | {g['torch']:.1f} |")
+    print(f"load average start {info['load_average_start']}, end {info['load_average_end']}")
+    return 0 if all_ok else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", action="store_true",
+                    help="time training steps (ours vs torch) instead of inference")
+    ap.add_argument("--models", default="bc100,121",
+                    help="training mode: comma-separated models (bc100, 121)")
+    ap.add_argument("--train-iters", type=int, default=1,
+                    help="training mode: steps per framework per round")
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--rounds", type=int, default=7, help="alternation rounds per config")
@@ -285,6 +440,8 @@ def main(argv=None) -> int:
                     help="before each config, wait up to this many seconds for other "
                          "processes to use less than --max-foreign-load of the machine")
     args = ap.parse_args(argv)
+    if args.train:
+        return train_main(args)
 
     batches = [int(b) for b in args.batches.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]

@@ -1,11 +1,20 @@
-//! Convolution backward: weight and input gradients by the same im2col + GEMM as the
-//! forward pass.
+//! Convolution backward: weight and input gradients.
+//!
+//! A stride-1 "same" convolution (DenseNet's 3x3s) with the direct kernels available
+//! takes its input gradient as a convolution of the padded output gradient with the
+//! flipped kernel (on the direct kernels), and its weight gradient as one GEMM per tap
+//! of a shifted view of the padded input: no im2col or col2im matrix, which cost more
+//! than the products at DenseNet's widths. 1x1 convolutions are two GEMMs; anything
+//! else (the stem's strided 7x7) takes im2col + GEMM and col2im, as does every
+//! convolution on CPUs without the direct kernels.
 
 use ndarray::{Array4, ArrayView4};
 
+use crate::kernels::direct_conv::{self, Epilogue};
 use crate::kernels::gemm::{gemm, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
-use crate::layers::Conv2d;
+use crate::layers::{conv2d_into, zero_border, Conv2d, Conv2dConfig};
+use crate::parallel::prelude::*;
 use crate::train::col2im;
 
 /// Largest im2col matrix, in elements, built at once (16 MiB of `f32`), as in the
@@ -115,11 +124,28 @@ fn backward(
         return weights.then_some(dw);
     }
 
+    // A stride-1 "same" convolution's input gradient is itself a convolution: of `dy`
+    // padded by `kh − 1 − padding`, with the kernel flipped and its channels swapped. On
+    // the direct kernels that needs neither the `dY·Wᵀ` matrix nor col2im.
+    let mut dx = dx;
+    let same = win.stride == 1
+        && (oh, ow) == (h, w)
+        && win.kernel_h == win.kernel_w
+        && win.padding < win.kernel_h;
+    if same && direct_conv::available() {
+        if let Some(dx) = dx.take() {
+            input_gradient_by_flipped_conv(conv, dy, (n, h, w), dx, scratch);
+        }
+        if weights {
+            weight_gradient_by_taps(conv, x, dy, (n, h, w), dw_slice, scratch);
+        }
+        return weights.then_some(dw);
+    }
+
     let image_in = h * w * c_in;
     let image_rows = oh * ow;
     let image_scratch = image_rows * k_len;
     let images_per_step = (SCRATCH_LIMIT / image_scratch.max(1)).clamp(1, n.max(1));
-    let mut dx = dx;
     let mut first = 0;
     while first < n {
         let count = images_per_step.min(n - first);
@@ -178,6 +204,125 @@ fn backward(
     weights.then_some(dw)
 }
 
+/// `dx ← conv(pad(dy, q), W′)` with `q = k − 1 − padding` and `W′[a][b][o][i] =
+/// W[k−1−a][k−1−b][i][o]`: the input gradient of a stride-1 convolution whose output
+/// has its input's size, `dy` being `(n·h·w) × c_out`. `scratch` holds the padded `dy`.
+fn input_gradient_by_flipped_conv(
+    conv: &Conv2d,
+    dy: &[f32],
+    (n, h, w): (usize, usize, usize),
+    dx: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let win = conv.window();
+    let (k, c_in, c_out) = (win.kernel_h, conv.c_in(), conv.c_out());
+    let weight = conv.weight();
+    let flipped = ndarray::Array4::from_shape_fn((k, k, c_out, c_in), |(a, b, o, i)| {
+        weight[[k - 1 - a, k - 1 - b, i, o]]
+    });
+    let flipped = Conv2d::new(flipped, Conv2dConfig::default())
+        .expect("a convolution's flipped kernel is a valid kernel");
+    let q = k - 1 - win.padding;
+    let (hp, wp) = (h + 2 * q, w + 2 * q);
+    let len = n * hp * wp * c_out;
+    if scratch.len() < len {
+        scratch.resize(len, 0.0);
+    }
+    let padded = &mut scratch[..len];
+    // The zero border, then `dy`'s rows into the interior.
+    zero_border(padded, (h, w, c_out), q);
+    for (r, src) in dy.chunks_exact(w * c_out).enumerate() {
+        let (b, y) = (r / h, r % h);
+        let start = ((b * hp + y + q) * wp + q) * c_out;
+        padded[start..start + w * c_out].copy_from_slice(src);
+    }
+    conv2d_into(
+        &flipped,
+        padded,
+        (n, hp, wp),
+        true,
+        Epilogue::Store,
+        MatMut::row_major(dx, n * h * w, c_in),
+        &mut Vec::new(),
+    );
+}
+
+/// Rows of the padded grid one task of [`weight_gradient_by_taps`] sums over: fixed, so
+/// the partial sums and the order they are added in do not depend on the thread count.
+const TAP_ROWS: usize = 8192;
+
+/// `dW[a][b] = Σ_p x_pad[p + off(a, b)]ᵀ · dy_grid[p]` for a stride-1 "same"
+/// convolution: `x` padded into `(n, h + 2·pad, w + 2·pad)` images, `dy` placed in the
+/// same grid (zero outside the `h × w` outputs), so that every tap is one GEMM of a
+/// shifted view of the padded input over all the batch's pixels, with no im2col
+/// matrix (whose `k·k`-fold copy costs more than the products here). Rows are split
+/// into [`TAP_ROWS`]-row tasks run in parallel, whose partial gradients are added in
+/// task order.
+fn weight_gradient_by_taps(
+    conv: &Conv2d,
+    x: &[f32],
+    dy: &[f32],
+    (n, h, w): (usize, usize, usize),
+    dw: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let win = conv.window();
+    let (k, pad, c_in, c_out) = (win.kernel_h, win.padding, conv.c_in(), conv.c_out());
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let grid = n * hp * wp;
+    // Taps reach up to `(k−1)·(wp + 1)` pixels past a grid position: zeros there.
+    let tail = (k - 1) * (wp + 1);
+    let (x_len, dy_len) = ((grid + tail) * c_in, grid * c_out);
+    if scratch.len() < x_len + dy_len {
+        scratch.resize(x_len + dy_len, 0.0);
+    }
+    let (xp, dyg) = scratch[..x_len + dy_len].split_at_mut(x_len);
+    // Zeros where no value is copied: `x`'s border and the tail, `dy`'s grid past each
+    // image's `h × w` outputs (the last `2·pad` columns of a row, the last `2·pad` rows).
+    let (images, tail_x) = xp.split_at_mut(grid * c_in);
+    zero_border(images, (h, w, c_in), pad);
+    tail_x.fill(0.0);
+    for (r, row) in dyg.chunks_exact_mut(wp * c_out).enumerate() {
+        if r % hp < h {
+            row[w * c_out..].fill(0.0);
+        } else {
+            row.fill(0.0);
+        }
+    }
+    for r in 0..n * h {
+        let (b, y) = (r / h, r % h);
+        let xs = ((b * hp + y + pad) * wp + pad) * c_in;
+        xp[xs..xs + w * c_in].copy_from_slice(&x[r * w * c_in..][..w * c_in]);
+        let ds = (b * hp + y) * wp * c_out;
+        dyg[ds..ds + w * c_out].copy_from_slice(&dy[r * w * c_out..][..w * c_out]);
+    }
+    let (xp, dyg) = (&*xp, &*dyg);
+    let taps = k * k;
+    let per_tap = c_in * c_out;
+    let tasks = grid.div_ceil(TAP_ROWS);
+    let partial = |t: usize| {
+        let rows = TAP_ROWS.min(grid - t * TAP_ROWS);
+        let first = t * TAP_ROWS;
+        let mut out = vec![0.0f32; taps * per_tap];
+        let b = MatRef::row_major(&dyg[first * c_out..][..rows * c_out], rows, c_out);
+        for (tap, dst) in out.chunks_exact_mut(per_tap).enumerate() {
+            let off = (tap / k) * wp + tap % k;
+            let a = MatRef::row_major(&xp[(first + off) * c_in..][..rows * c_in], rows, c_in);
+            gemm(1.0, a.t(), b, 0.0, MatMut::row_major(dst, c_in, c_out));
+        }
+        out
+    };
+    let partials: Vec<Vec<f32>> = if tasks > 1 {
+        (0..tasks).into_par_iter().map(partial).collect()
+    } else {
+        (0..tasks).map(partial).collect()
+    };
+    dw.fill(0.0);
+    for p in partials {
+        dw.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+    }
+}
+
 #[cold]
 #[inline(never)]
 #[track_caller]
@@ -212,6 +357,55 @@ mod tests {
             Array4::from_shape_vec((kh, kw, c_in, c_out), values(kh * kw * c_in * c_out, 7))
                 .unwrap();
         Conv2d::new(weight, Conv2dConfig { stride, padding }).unwrap()
+    }
+
+    /// The 3x3 paths (flipped-kernel input gradient, per-tap weight gradient over
+    /// several row tasks) against plain loops in `f64`, on a batch whose padded grid is
+    /// larger than one task.
+    #[test]
+    fn same_convolutions_match_plain_loops_across_row_tasks() {
+        let (n, h, w, c_in, c_out) = (2, 70, 66, 5, 3);
+        assert!(n * (h + 2) * (w + 2) > TAP_ROWS);
+        let layer = conv(3, 3, c_in, c_out, 1, 1);
+        let x = Array4::from_shape_vec((n, h, w, c_in), values(n * h * w * c_in, 3)).unwrap();
+        let dy = values(n * h * w * c_out, 5);
+        let mut dx = vec![f32::NAN; n * h * w * c_in];
+        let dw = conv2d_backward(&layer, x.view(), &dy, Some(&mut dx), &mut Vec::new());
+        let wt = layer.weight();
+        let (mut want_dw, mut want_dx) = (vec![0.0f64; 9 * c_in * c_out], vec![0.0f64; dx.len()]);
+        for b in 0..n {
+            for y in 0..h {
+                for xx in 0..w {
+                    for (ky, kx) in (0..3).flat_map(|a| (0..3).map(move |c| (a, c))) {
+                        let (iy, ix) = (y + ky, xx + kx); // padded coordinates
+                        if iy < 1 || ix < 1 || iy > h || ix > w {
+                            continue;
+                        }
+                        let (iy, ix) = (iy - 1, ix - 1);
+                        for ci in 0..c_in {
+                            for co in 0..c_out {
+                                let g = f64::from(dy[((b * h + y) * w + xx) * c_out + co]);
+                                let xi = ((b * h + iy) * w + ix) * c_in + ci;
+                                want_dw[((ky * 3 + kx) * c_in + ci) * c_out + co] +=
+                                    f64::from(x.as_slice().unwrap()[xi]) * g;
+                                want_dx[xi] += f64::from(wt[[ky, kx, ci, co]]) * g;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let close = |got: &[f32], want: &[f64], what: &str| {
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (i, (g, e)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (f64::from(*g) - e).abs() <= 1e-5 * scale,
+                    "{what}[{i}]: {g} vs {e}"
+                );
+            }
+        };
+        close(dw.as_slice().unwrap(), &want_dw, "dW");
+        close(&dx, &want_dx, "dX");
     }
 
     /// The input gradient alone (a frozen convolution's) is the full backward's, bit

@@ -213,6 +213,8 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
         });
     }
     config.optimizer.validate()?;
+    // Steps reuse this thread's step memory; a finished (or failed) run frees it.
+    let _release = ReleaseStepMemory;
     config.schedule.validate(config.epochs)?;
     let plateau = match config.schedule {
         Schedule::Plateau(p) => Some(p.monitor),
@@ -549,5 +551,14 @@ impl Display {
             }
         }
         eprintln!("epoch {}/{} {line}", self.epoch, self.epochs);
+    }
+}
+
+/// Frees this thread's kept step memory when dropped ([`super::release_step_memory`]).
+struct ReleaseStepMemory;
+
+impl Drop for ReleaseStepMemory {
+    fn drop(&mut self) {
+        super::release_step_memory();
     }
 }

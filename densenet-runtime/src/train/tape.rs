@@ -18,11 +18,21 @@ use std::collections::HashMap;
 use densenet_spec::Head;
 use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2};
 
+use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
-use crate::layers::{avg_pool2d, global_avg_pool, BatchNorm2d, Conv2d, DenseLayer, Linear};
+use crate::kernels::gemm::{gemm, MatRef};
+use crate::layers::{
+    avg_pool2d, conv1x1_into_padded, conv2d_into, global_avg_pool, relu_padded_into, BatchNorm2d,
+    Conv2d, DenseLayer, Linear,
+};
+use crate::parallel::prelude::*;
 use crate::rng::Rng;
 use crate::stage::Network;
 use crate::stage::{LayerName, Site, StageMut, StageRef};
+use crate::train::batch_norm::{
+    batch_norm_backward_with_sums, batch_norm_train_moments, scale_shift, BackwardCoef, Moments,
+};
+use crate::train::buffers::Buffers;
 use crate::train::conv::conv2d_backward_input;
 use crate::train::{
     avg_pool2d_backward, batch_norm_apply, batch_norm_backward, batch_norm_frozen,
@@ -217,12 +227,14 @@ pub(crate) fn step<M: Network + ?Sized>(
             all
         })
         .collect();
+    let (s, b) = Memory::take();
     let mut ctx = Ctx {
         p,
         momentum: config.momentum,
         freeze,
         rng,
-        s: Scratch::default(),
+        s,
+        b,
     };
 
     // The frozen stages before the first trainable one (the head at the latest) run in
@@ -265,12 +277,14 @@ pub(crate) fn step<M: Network + ?Sized>(
                 let x = next_input
                     .take()
                     .expect("a block follows a stem or transition");
-                Tape::Block(record_block(index, layers, x.view(), &mut ctx))
+                let tape = record_block(index, layers, x.view(), &mut ctx);
+                ctx.b.give4(x);
+                Tape::Block(tape)
             }
             StageMut::Transition { index, norm, conv } => {
-                let input = last_output(&tapes);
+                let (input, moments) = (last_output(&tapes), last_moments(&tapes));
                 let site = Site::Transition { index };
-                let (out, tape) = record_transition(site, norm, conv, input, &mut ctx);
+                let (out, tape) = record_transition(site, norm, conv, input, moments, &mut ctx);
                 next_input = Some(out);
                 Tape::Transition(tape)
             }
@@ -278,8 +292,8 @@ pub(crate) fn step<M: Network + ?Sized>(
                 norm, classifier, ..
             } => {
                 let classifier = classifier.expect("a classifier head has a classifier");
-                let input = last_output(&tapes);
-                let (out, tape) = record_head(norm, classifier, input, &mut ctx);
+                let (input, moments) = (last_output(&tapes), last_moments(&tapes));
+                let (out, tape) = record_head(norm, classifier, input, moments, &mut ctx);
                 logits = Some(out);
                 Tape::Head(tape)
             }
@@ -327,6 +341,7 @@ pub(crate) fn step<M: Network + ?Sized>(
                     input,
                     &dlogits,
                     need_norm,
+                    &mut ctx.b,
                     &mut record,
                 )
             }
@@ -364,7 +379,9 @@ pub(crate) fn step<M: Network + ?Sized>(
             }
             _ => stages_changed(),
         };
+        tape.recycle(&mut ctx.b);
     }
+    Memory::keep(ctx.s, ctx.b);
 
     // In the order (and with exactly the names) of `visit_layers`, frozen layers left out.
     let mut layers = Vec::with_capacity(found.len());
@@ -395,6 +412,8 @@ struct Ctx<'a> {
     freeze: &'a Freeze,
     rng: &'a mut Rng,
     s: Scratch,
+    /// The tape's and the gradients' large buffers.
+    b: Buffers,
 }
 
 /// Backpropagates through convolution `name`: records its weight gradient (unless it
@@ -435,6 +454,58 @@ fn bn_stats(
     }
 }
 
+/// [`bn_stats`] from the input's moments, computed before (a dense block's channels).
+fn bn_stats_from(
+    freeze: &Freeze,
+    momentum: f32,
+    name: LayerName,
+    norm: &mut BatchNorm2d,
+    moments: &Moments,
+) -> BatchStats {
+    if freeze.contains(name) {
+        batch_norm_frozen(norm)
+    } else {
+        batch_norm_train_moments(norm, moments, momentum)
+    }
+}
+
+/// Frees the memory this thread keeps between training steps: the block buffers,
+/// gradients and scratch of its last step (about the step's peak, e.g. 0.5 GiB for
+/// DenseNet-BC-100 at batch 64), which the next step would otherwise reuse instead of
+/// allocating and faulting in afresh. Call it when a thread is done training.
+pub fn release_step_memory() {
+    MEMORY.with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            *m = Default::default();
+        }
+    });
+}
+
+/// A thread's step memory, kept from one step to the next (see `buffers.rs`).
+struct Memory;
+
+std::thread_local! {
+    static MEMORY: std::cell::RefCell<(Scratch, Buffers)> = Default::default();
+}
+
+impl Memory {
+    /// This thread's kept memory (empty if a step on this thread holds it already).
+    fn take() -> (Scratch, Buffers) {
+        MEMORY
+            .with(|m| m.try_borrow_mut().map(|mut m| std::mem::take(&mut *m)))
+            .unwrap_or_default()
+    }
+
+    /// Keeps a step's memory for this thread's next step.
+    fn keep(s: Scratch, b: Buffers) {
+        MEMORY.with(|m| {
+            if let Ok(mut m) = m.try_borrow_mut() {
+                *m = (s, b);
+            }
+        });
+    }
+}
+
 /// Buffers reused from layer to layer (grown, never shrunk).
 #[derive(Default)]
 struct Scratch {
@@ -445,6 +516,8 @@ struct Scratch {
     dy: Vec<f32>,
     dz: Vec<f32>,
     im2col: Vec<f32>,
+    /// A BN-ReLU output with the zero border of the 3x3 convolution that reads it.
+    padded: Vec<f32>,
 }
 
 /// The first `len` elements of `v`, grown with zeros if needed (old contents kept).
@@ -471,8 +544,13 @@ fn pixels(x: ArrayView4<'_, f32>) -> ArrayView2<'_, f32> {
 }
 
 /// The BN-ReLU output of `x` under `stats`, as a new NHWC tensor of `x`'s shape.
-fn bn_relu(norm: &BatchNorm2d, stats: &BatchStats, x: ArrayView4<'_, f32>) -> Array4<f32> {
-    let mut out = Array4::zeros(x.dim());
+fn bn_relu(
+    norm: &BatchNorm2d,
+    stats: &BatchStats,
+    x: ArrayView4<'_, f32>,
+    b: &mut Buffers,
+) -> Array4<f32> {
+    let mut out = b.array4(x.dim());
     let (n, h, w, c) = x.dim();
     batch_norm_apply(
         norm,
@@ -495,6 +573,24 @@ enum Tape {
     Head(HeadTape),
 }
 
+impl Tape {
+    /// Gives the tape's large buffers back once the backward pass is past its stage.
+    fn recycle(self, b: &mut Buffers) {
+        match self {
+            Tape::Frozen(Some(out)) => b.give4(out),
+            Tape::Block(block) => {
+                b.give4(block.buffer);
+                for layer in block.layers {
+                    if let Some((z, ..)) = layer.bottleneck {
+                        b.give(z);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 struct StemTape {
     /// The NHWC input batch (the stem conv's input).
     x: Array4<f32>,
@@ -508,6 +604,9 @@ struct BlockTape {
     /// Channels of the block's input.
     c_in: usize,
     layers: Vec<LayerTape>,
+    /// The batch moments of every buffer channel, for the BatchNorm that reads the
+    /// block's output (each channel's are computed once, when it is written).
+    moments: Moments,
 }
 
 impl BlockTape {
@@ -548,6 +647,30 @@ fn last_output(tapes: &[Tape]) -> ArrayView4<'_, f32> {
     }
 }
 
+/// The batch moments of [`last_output`]'s channels, if a block recorded them.
+fn last_moments(tapes: &[Tape]) -> Option<&Moments> {
+    match tapes.last() {
+        Some(Tape::Block(block)) => Some(&block.moments),
+        _ => None,
+    }
+}
+
+/// [`bn_stats`] of `x`'s channels, from their `moments` if known.
+fn bn_stats_of(
+    ctx: &Ctx<'_>,
+    name: LayerName,
+    norm: &mut BatchNorm2d,
+    x: ArrayView4<'_, f32>,
+    moments: Option<&Moments>,
+) -> BatchStats {
+    match moments {
+        Some(m) if m.channels() == x.dim().3 => {
+            bn_stats_from(ctx.freeze, ctx.momentum, name, norm, m)
+        }
+        _ => bn_stats(ctx.freeze, ctx.momentum, name, norm, pixels(x)),
+    }
+}
+
 /// The stem in training mode (BatchNorm on batch statistics), recording its tape.
 fn record_stem(
     conv: &mut Conv2d,
@@ -561,8 +684,9 @@ fn record_stem(
         Some(norm) => {
             let name = LayerName::new(Site::Stem, "norm0");
             let stats = bn_stats(ctx.freeze, ctx.momentum, name, norm, pixels(y.view()));
-            let r = bn_relu(norm, &stats, y.view());
+            let r = bn_relu(norm, &stats, y.view(), &mut ctx.b);
             let (out, argmax) = max_pool2d_train(r.view(), 3, 2, 1);
+            ctx.b.give4(r);
             (
                 out,
                 StemTape {
@@ -632,11 +756,13 @@ fn record_block(
     let (n, h, w, c_in) = x.dim();
     let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
     let rows = n * h * w;
-    let mut buffer = Array4::<f32>::zeros((n, h, w, c_out));
+    // Written whole: the input's columns now, each layer's as it runs.
+    let mut buffer = ctx.b.overwritten4((n, h, w, c_out));
     buffer.slice_mut(s![.., .., .., ..c_in]).assign(&x);
     let buf = buffer.as_slice_mut().expect("a new array is contiguous");
     let (p, momentum, freeze) = (ctx.p, ctx.momentum, ctx.freeze);
     let s = &mut ctx.s;
+    let mut moments = Moments::of(matrix(buf, rows, c_out).slice_move(s![.., ..c_in]));
 
     let mut tapes = Vec::with_capacity(layers.len());
     let mut c = c_in;
@@ -647,13 +773,18 @@ fn record_block(
             layer: j + 1,
         };
         let name = |part| LayerName::new(site, part);
-        let input = matrix(buf, rows, c_out).slice_move(s![.., ..c]);
-        let normed = take(&mut s.normed, rows * c);
-        let (stats, bottleneck, last_conv, last_input): (_, _, &Conv2d, &[f32]) = match layer {
+        // BN-ReLU runs fused into the convolutions as in inference: norm1 as the 1x1
+        // conv's prologue (the normalised input is never stored), norm2 (or a plain
+        // layer's norm1) while writing the padded map the 3x3 conv reads directly.
+        let (stats, bottleneck, last_conv) = match layer {
             DenseLayer::Basic { norm1, conv1 } => {
-                let stats = bn_stats(freeze, momentum, name("norm1"), norm1, input);
-                batch_norm_apply(norm1, &stats, input, true, matrix_mut(normed, rows, c));
-                (stats, None, &*conv1, &*normed)
+                let stats = bn_stats_from(freeze, momentum, name("norm1"), norm1, &moments);
+                let (scale, shift) = scale_shift(norm1, &stats);
+                let pad = conv1.window().padding;
+                let len = n * (h + 2 * pad) * (w + 2 * pad) * c;
+                let padded = take(&mut s.padded, len);
+                relu_padded_into(buf, c_out, (n, h, w), pad, &scale, &shift, padded);
+                (stats, None, &*conv1)
             }
             DenseLayer::Bottleneck {
                 norm1,
@@ -661,39 +792,56 @@ fn record_block(
                 norm2,
                 conv2,
             } => {
-                let stats = bn_stats(freeze, momentum, name("norm1"), norm1, input);
-                batch_norm_apply(norm1, &stats, input, true, matrix_mut(normed, rows, c));
+                let stats = bn_stats_from(freeze, momentum, name("norm1"), norm1, &moments);
+                let (scale, shift) = scale_shift(norm1, &stats);
                 let width = conv1.c_out();
-                let mut z = vec![0.0; rows * width];
-                conv1.forward_into(
-                    normed,
-                    n,
-                    h,
-                    w,
-                    MatMut::row_major(&mut z, rows, width),
+                let mut z = ctx.b.overwritten(rows * width); // the 1x1 conv writes it whole
+                let prologue = Epilogue::ScaleShiftRelu {
+                    scale: &scale,
+                    shift: &shift,
+                };
+                conv1x1_into_padded(
+                    conv1,
+                    buf,
+                    c_out,
+                    (n, h, w),
+                    prologue,
+                    Epilogue::Store,
+                    &mut z,
+                    0,
                     &mut s.im2col,
                 );
                 let rng1 = ctx.rng.clone();
                 dropout_in_place(matrix_mut(&mut z, rows, width), p, ctx.rng);
                 let z_matrix = matrix(&z, rows, width);
                 let stats2 = bn_stats(freeze, momentum, name("norm2"), norm2, z_matrix);
-                let normed2 = take(&mut s.normed2, rows * width);
-                batch_norm_apply(
-                    norm2,
-                    &stats2,
-                    matrix(&z, rows, width),
-                    true,
-                    matrix_mut(normed2, rows, width),
-                );
-                (stats, Some((z, stats2, rng1)), &*conv2, &*normed2)
+                let (scale, shift) = scale_shift(norm2, &stats2);
+                let pad = conv2.window().padding;
+                let len = n * (h + 2 * pad) * (w + 2 * pad) * width;
+                let padded = take(&mut s.padded, len);
+                relu_padded_into(&z, width, (n, h, w), pad, &scale, &shift, padded);
+                (stats, Some((z, stats2, rng1)), &*conv2)
             }
         };
         // The layer's k new channels go straight into the buffer's next columns.
+        let pad = last_conv.window().padding;
+        let len = n * (h + 2 * pad) * (w + 2 * pad) * last_conv.c_in();
         let dst = MatMut::new(&mut buf[c..], rows, k, c_out, 1);
-        last_conv.forward_into(last_input, n, h, w, dst, &mut s.im2col);
+        conv2d_into(
+            last_conv,
+            &s.padded[..len],
+            (n, h + 2 * pad, w + 2 * pad),
+            true,
+            Epilogue::Store,
+            dst,
+            &mut s.im2col,
+        );
         let dropout = ctx.rng.clone();
         let new = matrix_mut(buf, rows, c_out).slice_move(s![.., c..c + k]);
         dropout_in_place(new, p, ctx.rng);
+        moments.extend(Moments::of(
+            matrix(buf, rows, c_out).slice_move(s![.., c..c + k]),
+        ));
         tapes.push(LayerTape {
             stats,
             bottleneck,
@@ -705,6 +853,7 @@ fn record_block(
         buffer,
         c_in,
         layers: tapes,
+        moments,
     }
 }
 
@@ -740,26 +889,24 @@ fn block_backward(
         matrix_mut(d_new, rows, k).assign(&matrix(grad, rows, c_out).slice(s![.., c..c + k]));
         dropout_in_place(matrix_mut(d_new, rows, k), p, &mut lt.dropout.clone());
 
-        let normed = take(&mut s.normed, rows * c);
-        batch_norm_apply(
-            layer_norm1(layer),
-            &lt.stats,
-            input,
-            true,
-            matrix_mut(normed, rows, c),
-        );
         let d_normed = take(&mut s.d_normed, rows * c);
+        // BN1's sums, when the bottleneck's pass below computed them on the way.
+        let mut sums1 = None;
         match (layer, &lt.bottleneck) {
-            (DenseLayer::Basic { conv1, .. }, None) => conv_backward(
-                freeze,
-                name("conv1"),
-                conv1,
-                view4(normed, n, h, w, c),
-                d_new,
-                Some(&mut *d_normed),
-                &mut s.im2col,
-                record,
-            ),
+            (DenseLayer::Basic { norm1, conv1 }, None) => {
+                let normed = take(&mut s.normed, rows * c);
+                batch_norm_apply(norm1, &lt.stats, input, true, matrix_mut(normed, rows, c));
+                conv_backward(
+                    freeze,
+                    name("conv1"),
+                    conv1,
+                    view4(normed, n, h, w, c),
+                    d_new,
+                    Some(&mut *d_normed),
+                    &mut s.im2col,
+                    record,
+                )
+            }
             (
                 DenseLayer::Bottleneck {
                     conv1,
@@ -796,33 +943,118 @@ fn block_backward(
                 );
                 record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
                 dropout_in_place(matrix_mut(dz, rows, width), p, &mut rng1.clone());
-                conv_backward(
-                    freeze,
-                    name("conv1"),
+                let need_dw = !freeze.contains(name("conv1"));
+                let (dw, sums) = bottleneck_input_backward(
+                    layer_norm1(layer),
+                    &lt.stats,
                     conv1,
-                    view4(normed, n, h, w, c),
+                    input,
                     dz,
-                    Some(&mut *d_normed),
-                    &mut s.im2col,
-                    record,
+                    d_normed,
+                    need_dw,
                 );
+                if let Some(weight) = dw {
+                    record(name("conv1"), LayerGrad::Conv { weight });
+                }
+                sums1 = Some(sums);
             }
             _ => stages_changed(),
         }
         // BN1-ReLU backward adds ∂L/∂(layer input) into the buffer gradient's first c columns.
         let d_input = matrix_mut(grad, rows, c_out).slice_move(s![.., ..c]);
-        let (gamma, beta) = batch_norm_backward(
-            layer_norm1(layer),
-            &lt.stats,
-            input,
-            matrix(d_normed, rows, c),
-            true,
-            d_input,
-        );
+        let d_normed = matrix(d_normed, rows, c);
+        let norm1 = layer_norm1(layer);
+        let (gamma, beta) = match sums1 {
+            Some(sums) => batch_norm_backward_with_sums(
+                norm1, &lt.stats, input, d_normed, true, &sums, d_input,
+            ),
+            None => batch_norm_backward(norm1, &lt.stats, input, d_normed, true, d_input),
+        };
         record(name("norm1"), LayerGrad::BatchNorm { gamma, beta });
     }
     debug_assert_eq!(c, tape.c_in);
-    dy.slice(s![.., .., .., ..tape.c_in]).to_owned()
+    let mut dx = ctx.b.overwritten4((n, h, w, tape.c_in));
+    dx.assign(&dy.slice(s![.., .., .., ..tape.c_in]));
+    ctx.b.give4(dy);
+    dx
+}
+
+/// Rows of one task of [`bottleneck_input_backward`] (fixed, so its partial sums, added
+/// in task order, do not depend on the thread count), and of one chunk within a task:
+/// a chunk's `c` input columns, recomputed BN1-ReLU and input gradient stay in L2.
+const TASK_ROWS: usize = 8192;
+const CHUNK_ROWS: usize = 256;
+
+/// A bottleneck's 1x1 convolution backward fused with what surrounds it, chunk by chunk
+/// of rows: BN1-ReLU of the block's input recomputed (never stored whole), the conv's
+/// weight gradient `normedᵀ·dz` (if `need_dw`), its input gradient `dz·Wᵀ` into
+/// `d_normed`, and BN1's backward sums over the two while both are in cache. Returns
+/// the weight gradient and the sums for [`batch_norm_backward_with_sums`]: the block
+/// buffer's `c` columns are read once here instead of four times.
+fn bottleneck_input_backward(
+    norm1: &BatchNorm2d,
+    stats: &BatchStats,
+    conv1: &Conv2d,
+    input: ArrayView2<'_, f32>,
+    dz: &[f32],
+    d_normed: &mut [f32],
+    need_dw: bool,
+) -> (Option<Array4<f32>>, Vec<f64>) {
+    let (rows, c) = input.dim();
+    let width = conv1.c_out();
+    let coef = BackwardCoef::new(norm1, stats);
+    let (scale, shift) = scale_shift(norm1, stats);
+    let weight = conv1.weight();
+    let w_mat = MatRef::row_major(weight.as_slice().expect("weight() is contiguous"), c, width);
+    let task = |(t, d_task): (usize, &mut [f32])| {
+        let first = t * TASK_ROWS;
+        let task_rows = d_task.len() / c.max(1);
+        let mut normed = vec![0.0f32; CHUNK_ROWS.min(task_rows) * c];
+        let mut dw = vec![0.0f32; if need_dw { c * width } else { 0 }];
+        let mut sums = vec![0.0f64; 2 * c];
+        for (i, d_chunk) in d_task.chunks_mut(CHUNK_ROWS * c).enumerate() {
+            let r0 = first + i * CHUNK_ROWS;
+            let r = d_chunk.len() / c;
+            let x = input.slice(s![r0..r0 + r, ..]);
+            let normed = &mut normed[..r * c];
+            for (src, dst) in x.rows().into_iter().zip(normed.chunks_exact_mut(c)) {
+                let src = src.to_slice().expect("unit column stride");
+                crate::kernels::elementwise::scale_shift_relu(src, &scale, &shift, dst);
+            }
+            let dz_chunk = MatRef::row_major(&dz[r0 * width..][..r * width], r, width);
+            if need_dw {
+                let beta = if i == 0 { 0.0 } else { 1.0 };
+                let a = MatRef::row_major(normed, r, c).t();
+                gemm(1.0, a, dz_chunk, beta, MatMut::row_major(&mut dw, c, width));
+            }
+            gemm(
+                1.0,
+                dz_chunk,
+                w_mat.t(),
+                0.0,
+                MatMut::row_major(d_chunk, r, c),
+            );
+            coef.add_sums(x, matrix(d_chunk, r, c), true, &mut sums);
+        }
+        (dw, sums)
+    };
+    let tasks: Vec<_> = d_normed[..rows * c]
+        .chunks_mut(TASK_ROWS * c.max(1))
+        .enumerate()
+        .collect();
+    let partials: Vec<(Vec<f32>, Vec<f64>)> = if tasks.len() > 1 {
+        tasks.into_par_iter().map(task).collect()
+    } else {
+        tasks.into_iter().map(task).collect()
+    };
+    let mut dw = vec![0.0f32; if need_dw { c * width } else { 0 }];
+    let mut sums = vec![0.0f64; 2 * c];
+    for (p_dw, p_sums) in partials {
+        dw.iter_mut().zip(p_dw).for_each(|(d, v)| *d += v);
+        sums.iter_mut().zip(p_sums).for_each(|(d, v)| *d += v);
+    }
+    let dw = need_dw.then(|| Array4::from_shape_vec((1, 1, c, width), dw).expect("c·width"));
+    (dw, sums)
 }
 
 fn layer_norm1(layer: &DenseLayer) -> &BatchNorm2d {
@@ -841,13 +1073,16 @@ fn record_transition(
     norm: &mut BatchNorm2d,
     conv: &Conv2d,
     x: ArrayView4<'_, f32>,
+    moments: Option<&Moments>,
     ctx: &mut Ctx<'_>,
 ) -> (Array4<f32>, TransitionTape) {
     let name = LayerName::new(site, "norm");
-    let stats = bn_stats(ctx.freeze, ctx.momentum, name, norm, pixels(x));
+    let stats = bn_stats_of(ctx, name, norm, x, moments);
     // Pool before the 1x1 conv, as the inference path: both are linear per pixel. The
     // dropout mask then applies to the pooled conv output.
-    let pooled = avg_pool2d(bn_relu(norm, &stats, x).view(), 2, 2);
+    let normed = bn_relu(norm, &stats, x, &mut ctx.b);
+    let pooled = avg_pool2d(normed.view(), 2, 2);
+    ctx.b.give4(normed);
     let mut y = conv.forward(pooled.view());
     let dropout = ctx.rng.clone();
     dropout_in_place(pixels_mut(&mut y), ctx.p, ctx.rng);
@@ -870,7 +1105,9 @@ fn transition_backward(
 ) -> Option<Array4<f32>> {
     let (_, h, w, _) = x.dim();
     dropout_in_place(pixels_mut(&mut dy), ctx.p, &mut tape.dropout.clone());
-    let pooled = avg_pool2d(bn_relu(norm, &tape.stats, x).view(), 2, 2);
+    let normed = bn_relu(norm, &tape.stats, x, &mut ctx.b);
+    let pooled = avg_pool2d(normed.view(), 2, 2);
+    ctx.b.give4(normed);
     let norm_name = LayerName::new(site, "norm");
     let need_norm = need_dx || !ctx.freeze.contains(norm_name);
     let mut d_pooled = Array4::zeros(if need_norm {
@@ -888,11 +1125,12 @@ fn transition_backward(
         &mut ctx.s.im2col,
         record,
     );
+    ctx.b.give4(dy);
     if !need_norm {
         return None;
     }
     let d_relu = avg_pool2d_backward(d_pooled.view(), 2, 2, (h, w));
-    let mut dx = Array4::zeros(x.dim());
+    let mut dx = ctx.b.array4(x.dim());
     let (gamma, beta) = batch_norm_backward(
         norm,
         &tape.stats,
@@ -902,7 +1140,13 @@ fn transition_backward(
         pixels_mut(&mut dx),
     );
     record(norm_name, LayerGrad::BatchNorm { gamma, beta });
-    need_dx.then_some(dx)
+    ctx.b.give4(d_relu);
+    if need_dx {
+        Some(dx)
+    } else {
+        ctx.b.give4(dx);
+        None
+    }
 }
 
 /// The classifier head in training mode, recording its tape: the logits.
@@ -910,17 +1154,21 @@ fn record_head(
     norm: &mut BatchNorm2d,
     classifier: &Linear,
     x: ArrayView4<'_, f32>,
+    moments: Option<&Moments>,
     ctx: &mut Ctx<'_>,
 ) -> (Array2<f32>, HeadTape) {
     let name = LayerName::new(Site::Head, "norm5");
-    let stats = bn_stats(ctx.freeze, ctx.momentum, name, norm, pixels(x));
-    let features = global_avg_pool(bn_relu(norm, &stats, x).view());
+    let stats = bn_stats_of(ctx, name, norm, x, moments);
+    let normed = bn_relu(norm, &stats, x, &mut ctx.b);
+    let features = global_avg_pool(normed.view());
+    ctx.b.give4(normed);
     let logits = classifier.forward(features.view());
     (logits, HeadTape { stats, features })
 }
 
 /// Backpropagates through the head; through its BatchNorm only if `need_norm` (its
 /// gradients or its input's are wanted), returning its input's gradient then.
+#[allow(clippy::too_many_arguments)]
 fn head_backward(
     norm: &BatchNorm2d,
     classifier: &Linear,
@@ -928,6 +1176,7 @@ fn head_backward(
     x: ArrayView4<'_, f32>,
     dlogits: &Array2<f32>,
     need_norm: bool,
+    b: &mut Buffers,
     record: &mut impl FnMut(LayerName, LayerGrad),
 ) -> Option<Array4<f32>> {
     let (_, h, w, _) = x.dim();
@@ -941,7 +1190,7 @@ fn head_backward(
         return None;
     }
     let d_relu = global_avg_pool_backward(d_features.view(), (h, w));
-    let mut dx = Array4::zeros(x.dim());
+    let mut dx = b.array4(x.dim());
     let (gamma, beta) = batch_norm_backward(
         norm,
         &tape.stats,
@@ -954,6 +1203,7 @@ fn head_backward(
         LayerName::new(Site::Head, "norm5"),
         LayerGrad::BatchNorm { gamma, beta },
     );
+    b.give4(d_relu);
     Some(dx)
 }
 
@@ -990,4 +1240,97 @@ fn bad_dropout(p: f32) -> ! {
 #[track_caller]
 fn stages_changed() -> ! {
     panic!("loss_and_gradients: the model's stages are not stem, (block, transition)*, block, head, or changed between the forward and backward pass");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Conv2dConfig;
+    use crate::train::check::values;
+
+    /// The fused bottleneck pass equals the unfused one (BN1-ReLU recomputed whole, the
+    /// conv's backward, BN1's backward) on a batch of more rows than one task, from a
+    /// column range of a wider buffer.
+    #[test]
+    fn fused_bottleneck_backward_matches_the_layer_by_layer_one() {
+        let (n, h, w, c, c_out, width) = (9, 32, 32, 20, 27, 8);
+        let rows = n * h * w;
+        assert!(rows > TASK_ROWS);
+        let buf = values(rows * c_out, 1);
+        let input = matrix(&buf, rows, c_out).slice_move(s![.., ..c]);
+        let mut norm1 = BatchNorm2d::init(c, 1e-5);
+        norm1
+            .gamma_mut()
+            .assign(&ndarray::Array1::from(values(c, 2)));
+        norm1
+            .beta_mut()
+            .assign(&ndarray::Array1::from(values(c, 3)));
+        let stats = batch_norm_train(&mut norm1, input, 0.1);
+        let weight = Array4::from_shape_vec((1, 1, c, width), values(c * width, 4)).unwrap();
+        let conv1 = Conv2d::new(weight, Conv2dConfig::default()).unwrap();
+        let dz = values(rows * width, 5);
+
+        let mut d_normed = vec![f32::NAN; rows * c];
+        let (dw, sums) =
+            bottleneck_input_backward(&norm1, &stats, &conv1, input, &dz, &mut d_normed, true);
+        let mut dx = vec![0.5f32; rows * c];
+        let (gamma, beta) = batch_norm_backward_with_sums(
+            &norm1,
+            &stats,
+            input,
+            matrix(&d_normed, rows, c),
+            true,
+            &sums,
+            matrix_mut(&mut dx, rows, c),
+        );
+
+        let mut normed = vec![0.0; rows * c];
+        batch_norm_apply(
+            &norm1,
+            &stats,
+            input,
+            true,
+            matrix_mut(&mut normed, rows, c),
+        );
+        let mut want_d_normed = vec![0.0; rows * c];
+        let want_dw = conv2d_backward(
+            &conv1,
+            view4(&normed, n, h, w, c),
+            &dz,
+            Some(&mut want_d_normed),
+            &mut Vec::new(),
+        );
+        let mut want_dx = vec![0.5f32; rows * c];
+        let (want_gamma, want_beta) = batch_norm_backward(
+            &norm1,
+            &stats,
+            input,
+            matrix(&want_d_normed, rows, c),
+            true,
+            matrix_mut(&mut want_dx, rows, c),
+        );
+        let close = |got: &[f32], want: &[f32], what: &str| {
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (i, (g, e)) in got.iter().zip(want).enumerate() {
+                assert!((g - e).abs() <= 1e-5 * scale, "{what}[{i}]: {g} vs {e}");
+            }
+        };
+        close(
+            dw.unwrap().as_slice().unwrap(),
+            want_dw.as_slice().unwrap(),
+            "dW",
+        );
+        close(&d_normed, &want_d_normed, "d_normed");
+        close(&dx, &want_dx, "dx");
+        close(
+            gamma.as_slice().unwrap(),
+            want_gamma.as_slice().unwrap(),
+            "dgamma",
+        );
+        close(
+            beta.as_slice().unwrap(),
+            want_beta.as_slice().unwrap(),
+            "dbeta",
+        );
+    }
 }
