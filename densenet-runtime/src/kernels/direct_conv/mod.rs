@@ -652,6 +652,9 @@ mod avx512;
     all(target_arch = "wasm32", target_feature = "simd128")
 ))]
 mod job;
+// bf16 and int8 kernels (issue 15); they use thread-local scratch, so `std` only.
+#[cfg(feature = "std")]
+pub mod lowp;
 mod packed;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
