@@ -219,6 +219,14 @@ impl<T: Network + ?Sized> Model for T {}
 /// # Errors
 /// [`Error::InputShape`] when the per-image shape differs; [`Error::EmptyBatch`] for N = 0.
 pub fn input_to_nhwc(x: ArrayView4<'_, f32>, expected: [usize; 3]) -> Result<Array4<f32>, Error> {
+    check_input(x, expected)?;
+    Ok(x.permuted_axes([0, 2, 3, 1])
+        .as_standard_layout()
+        .into_owned())
+}
+
+/// [`input_to_nhwc`]'s checks: `x` is a nonempty NCHW batch of `expected` `[C, H, W]`.
+pub(crate) fn check_input(x: ArrayView4<'_, f32>, expected: [usize; 3]) -> Result<(), Error> {
     let (n, c, h, w) = x.dim();
     if [c, h, w] != expected {
         return Err(Error::InputShape {
@@ -229,9 +237,7 @@ pub fn input_to_nhwc(x: ArrayView4<'_, f32>, expected: [usize; 3]) -> Result<Arr
     if n == 0 {
         return Err(Error::EmptyBatch);
     }
-    Ok(x.permuted_axes([0, 2, 3, 1])
-        .as_standard_layout()
-        .into_owned())
+    Ok(())
 }
 
 /// Row-wise softmax of `(N, classes)` logits, computed stably (max subtracted).

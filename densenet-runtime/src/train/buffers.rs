@@ -11,6 +11,13 @@
 
 use ndarray::Array4;
 
+/// Most vectors kept: far above a step's (a few per layer: DenseNet-264 has 264 convs).
+const MAX_FREE: usize = 4096;
+
+/// Floats below which a vector counts as small: any free one of up to twice the
+/// request plus this much is taken.
+const SMALL: usize = 16 * 1024;
+
 /// Free vectors of `f32`, reused by capacity.
 #[derive(Default)]
 pub(crate) struct Buffers {
@@ -27,14 +34,21 @@ impl Buffers {
         v
     }
 
-    /// The free vector with the least capacity that holds `len`, else the largest (to be
-    /// grown), else a new one.
+    /// The free vector with the least capacity that holds `len`, unless that wastes
+    /// most of it (then a new one: a small request, e.g. a weight gradient that leaves
+    /// the step, must not carry off a block buffer); else the largest (to be grown),
+    /// else a new one.
     fn best_fit(&mut self, len: usize) -> Vec<f32> {
         let fit = (0..self.free.len())
             .filter(|&i| self.free[i].capacity() >= len)
-            .min_by_key(|&i| self.free[i].capacity())
-            .or_else(|| (0..self.free.len()).max_by_key(|&i| self.free[i].capacity()));
-        fit.map_or_else(Vec::new, |i| self.free.swap_remove(i))
+            .min_by_key(|&i| self.free[i].capacity());
+        match fit {
+            Some(i) if self.free[i].capacity() <= 2 * len + SMALL => self.free.swap_remove(i),
+            Some(_) => Vec::new(),
+            None => (0..self.free.len())
+                .max_by_key(|&i| self.free[i].capacity())
+                .map_or_else(Vec::new, |i| self.free.swap_remove(i)),
+        }
     }
 
     /// A vector of `len` floats holding whatever an earlier use left (given-back vectors
@@ -65,9 +79,11 @@ impl Buffers {
         Array4::from_shape_vec(dim, v).expect("n·h·w·c elements")
     }
 
-    /// Gives `v` back for later steps.
+    /// Gives `v` back for later steps (or frees it, if the list is full: vectors given
+    /// but never taken, e.g. gradients recycled on a thread that no longer trains,
+    /// cannot pile up).
     pub(crate) fn give(&mut self, v: Vec<f32>) {
-        if v.capacity() > 0 {
+        if v.capacity() > 0 && self.free.len() < MAX_FREE {
             self.free.push(v);
         }
     }

@@ -47,7 +47,24 @@ pub fn conv2d_backward(
     dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
 ) -> Array4<f32> {
-    backward(conv, x, dy, dx, scratch, true).expect("asked for the weight gradient")
+    conv2d_backward_reusing(conv, x, dy, dx, scratch, Vec::new())
+}
+
+/// [`conv2d_backward`] with the weight gradient written into `storage` (resized and
+/// zeroed first): a training step's buffers, reused from step to step.
+///
+/// # Panics
+///
+/// As [`conv2d_backward`].
+pub(crate) fn conv2d_backward_reusing(
+    conv: &Conv2d,
+    x: ArrayView4<'_, f32>,
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    scratch: &mut Vec<f32>,
+    storage: Vec<f32>,
+) -> Array4<f32> {
+    backward(conv, x, dy, dx, scratch, Some(storage)).expect("asked for the weight gradient")
 }
 
 /// [`conv2d_backward`]'s input gradient alone, for a frozen convolution: neither the
@@ -63,18 +80,19 @@ pub(crate) fn conv2d_backward_input(
     dx: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
-    backward(conv, x, dy, Some(dx), scratch, false);
+    backward(conv, x, dy, Some(dx), scratch, None);
 }
 
-/// [`conv2d_backward`], the weight gradient only if `weights`.
+/// [`conv2d_backward`], the weight gradient (in `storage`) only if `storage` is given.
 fn backward(
     conv: &Conv2d,
     x: ArrayView4<'_, f32>,
     dy: &[f32],
     dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
-    weights: bool,
+    storage: Option<Vec<f32>>,
 ) -> Option<Array4<f32>> {
+    let weights = storage.is_some();
     let (n, h, w, c_in) = x.dim();
     let c_out = conv.c_out();
     let (oh, ow) = conv.output_size(h, w);
@@ -101,7 +119,10 @@ fn backward(
     } else {
         (0, 0, 0, 0)
     };
-    let mut dw = Array4::<f32>::zeros(dw_shape);
+    let mut storage = storage.unwrap_or_default();
+    storage.clear();
+    storage.resize(dw_shape.0 * dw_shape.1 * dw_shape.2 * dw_shape.3, 0.0);
+    let mut dw = Array4::from_shape_vec(dw_shape, storage).expect("sized for dw_shape");
     let dw_slice = dw.as_slice_mut().expect("a new array is contiguous");
 
     let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1 && win.padding == 0;
@@ -273,10 +294,15 @@ fn weight_gradient_by_taps(
     // Taps reach up to `(k−1)·(wp + 1)` pixels past a grid position: zeros there.
     let tail = (k - 1) * (wp + 1);
     let (x_len, dy_len) = ((grid + tail) * c_in, grid * c_out);
-    if scratch.len() < x_len + dy_len {
-        scratch.resize(x_len + dy_len, 0.0);
+    let (taps, per_tap) = (k * k, c_in * c_out);
+    let tasks = grid.div_ceil(TAP_ROWS);
+    // Each task's partial weight gradient lives in the scratch too, after the two maps.
+    let partials_len = tasks * taps * per_tap;
+    if scratch.len() < x_len + dy_len + partials_len {
+        scratch.resize(x_len + dy_len + partials_len, 0.0);
     }
-    let (xp, dyg) = scratch[..x_len + dy_len].split_at_mut(x_len);
+    let (maps, partials) = scratch[..x_len + dy_len + partials_len].split_at_mut(x_len + dy_len);
+    let (xp, dyg) = maps.split_at_mut(x_len);
     // Zeros where no value is copied: `x`'s border and the tail, `dy`'s grid past each
     // image's `h × w` outputs (the last `2·pad` columns of a row, the last `2·pad` rows).
     let (images, tail_x) = xp.split_at_mut(grid * c_in);
@@ -297,29 +323,29 @@ fn weight_gradient_by_taps(
         dyg[ds..ds + w * c_out].copy_from_slice(&dy[r * w * c_out..][..w * c_out]);
     }
     let (xp, dyg) = (&*xp, &*dyg);
-    let taps = k * k;
-    let per_tap = c_in * c_out;
-    let tasks = grid.div_ceil(TAP_ROWS);
-    let partial = |t: usize| {
+    let partial = |(t, out): (usize, &mut [f32])| {
         let rows = TAP_ROWS.min(grid - t * TAP_ROWS);
         let first = t * TAP_ROWS;
-        let mut out = vec![0.0f32; taps * per_tap];
         let b = MatRef::row_major(&dyg[first * c_out..][..rows * c_out], rows, c_out);
         for (tap, dst) in out.chunks_exact_mut(per_tap).enumerate() {
             let off = (tap / k) * wp + tap % k;
             let a = MatRef::row_major(&xp[(first + off) * c_in..][..rows * c_in], rows, c_in);
             gemm(1.0, a.t(), b, 0.0, MatMut::row_major(dst, c_in, c_out));
         }
-        out
     };
-    let partials: Vec<Vec<f32>> = if tasks > 1 {
-        (0..tasks).into_par_iter().map(partial).collect()
+    let task_len = (taps * per_tap).max(1);
+    if tasks > 1 {
+        partials
+            .par_chunks_mut(task_len)
+            .enumerate()
+            .for_each(partial);
     } else {
-        (0..tasks).map(partial).collect()
-    };
+        partials.chunks_mut(task_len).enumerate().for_each(partial);
+    }
+    // Added in task order: the same sums on any number of threads.
     dw.fill(0.0);
-    for p in partials {
-        dw.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+    for p in partials.chunks(task_len) {
+        dw.iter_mut().zip(p).for_each(|(d, &v)| *d += v);
     }
 }
 

@@ -326,6 +326,7 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
                 });
             }
             optimizer.step(model, &grads);
+            grads.recycle();
             // BatchNorm keeps a training-mode loss finite while weights and running
             // statistics overflow (lr 1e6: an infinite running variance after the
             // first step). One pass over the parameters, small beside the step.

@@ -14,6 +14,20 @@ fn taps(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> (usize
 }
 
 #[track_caller]
+/// The output size `(oh, ow)` of a pooling window over an `input_hw` map.
+///
+/// # Panics
+///
+/// If `kernel` or `stride` is 0.
+pub(crate) fn output_size(
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    (h, w): (usize, usize),
+) -> (usize, usize) {
+    window(kernel, stride, padding).output_size(h, w)
+}
+
 fn window(kernel: usize, stride: usize, padding: usize) -> Window {
     if kernel == 0 || stride == 0 {
         invalid_window(kernel, stride);
@@ -44,6 +58,34 @@ pub fn max_pool2d_train(
     stride: usize,
     padding: usize,
 ) -> (Array4<f32>, Array4<u32>) {
+    let (n, h, w, c) = x.dim();
+    let (oh, ow) = window(kernel, stride, padding).output_size(h, w);
+    let mut y = Array4::zeros((n, oh, ow, c));
+    let mut idx = Array4::<u32>::zeros((n, oh, ow, c));
+    max_pool2d_train_into(
+        x,
+        kernel,
+        stride,
+        padding,
+        y.as_slice_mut().expect("a new array is contiguous"),
+        idx.as_slice_mut().expect("a new array is contiguous"),
+    );
+    (y, idx)
+}
+
+/// [`max_pool2d_train`] into `ys` and `is` (`n·oh·ow·c` each, overwritten).
+///
+/// # Panics
+///
+/// As [`max_pool2d_train`], and if a slice does not have the output's size.
+pub(crate) fn max_pool2d_train_into(
+    x: ArrayView4<'_, f32>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    ys: &mut [f32],
+    is: &mut [u32],
+) {
     let win = window(kernel, stride, padding);
     let (n, h, w, c) = x.dim();
     assert!(
@@ -51,14 +93,14 @@ pub fn max_pool2d_train(
         "max_pool2d_train: image too large for u32 indices"
     );
     let (oh, ow) = win.output_size(h, w);
+    assert!(
+        ys.len() == n * oh * ow * c && is.len() == ys.len(),
+        "max_pool2d_train: output slices do not fit"
+    );
+    ys.fill(f32::NEG_INFINITY);
+    is.fill(0);
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
-    let mut y = Array4::from_elem((n, oh, ow, c), f32::NEG_INFINITY);
-    let mut idx = Array4::<u32>::zeros((n, oh, ow, c));
-    let (ys, is) = (
-        y.as_slice_mut().expect("a new array is contiguous"),
-        idx.as_slice_mut().expect("a new array is contiguous"),
-    );
     let image_len = h * w * c;
     for b in 0..n {
         let image = &x[b * image_len..][..image_len];
@@ -89,7 +131,6 @@ pub fn max_pool2d_train(
             }
         }
     }
-    (y, idx)
 }
 
 /// Backward of [`max_pool2d_train`]: each output gradient goes to the input pixel its
@@ -104,13 +145,36 @@ pub fn max_pool2d_backward(
     argmax: ArrayView4<'_, u32>,
     input_hw: (usize, usize),
 ) -> Array4<f32> {
+    let (n, _, _, c) = dy.dim();
+    let (h, w) = input_hw;
+    let mut dx = Array4::zeros((n, h, w, c));
+    max_pool2d_backward_into(
+        dy,
+        argmax,
+        input_hw,
+        dx.as_slice_mut().expect("a new array is contiguous"),
+    );
+    dx
+}
+
+/// [`max_pool2d_backward`] into `out` (`n·h·w·c`, overwritten).
+///
+/// # Panics
+///
+/// As [`max_pool2d_backward`], and if `out` does not have the input's size.
+pub(crate) fn max_pool2d_backward_into(
+    dy: ArrayView4<'_, f32>,
+    argmax: ArrayView4<'_, u32>,
+    input_hw: (usize, usize),
+    out: &mut [f32],
+) {
     let (n, oh, ow, c) = dy.dim();
     let (h, w) = input_hw;
     if argmax.dim() != dy.dim() {
         shape_mismatch("max_pool2d_backward: argmax", dy.dim(), argmax.dim());
     }
-    let mut dx = Array4::zeros((n, h, w, c));
-    let out = dx.as_slice_mut().expect("a new array is contiguous");
+    assert_eq!(out.len(), n * h * w * c, "max_pool2d_backward: output size");
+    out.fill(0.0);
     let (dy, argmax) = (dy.as_standard_layout(), argmax.as_standard_layout());
     let (dy, argmax) = (
         dy.as_slice().expect("standard layout is contiguous"),
@@ -129,7 +193,6 @@ pub fn max_pool2d_backward(
             }
         }
     }
-    dx
 }
 
 /// Backward of [`avg_pool2d`](crate::layers::avg_pool2d) (`kernel × kernel`, no
@@ -147,6 +210,31 @@ pub fn avg_pool2d_backward(
     stride: usize,
     input_hw: (usize, usize),
 ) -> Array4<f32> {
+    let (n, _, _, c) = dy.dim();
+    let (h, w) = input_hw;
+    let mut dx = Array4::zeros((n, h, w, c));
+    avg_pool2d_backward_into(
+        dy,
+        kernel,
+        stride,
+        input_hw,
+        dx.as_slice_mut().expect("a new array is contiguous"),
+    );
+    dx
+}
+
+/// [`avg_pool2d_backward`] into `out` (`n·h·w·c`, overwritten).
+///
+/// # Panics
+///
+/// As [`avg_pool2d_backward`], and if `out` does not have the input's size.
+pub(crate) fn avg_pool2d_backward_into(
+    dy: ArrayView4<'_, f32>,
+    kernel: usize,
+    stride: usize,
+    input_hw: (usize, usize),
+    out: &mut [f32],
+) {
     let win = window(kernel, stride, 0);
     let (n, oh, ow, c) = dy.dim();
     let (h, w) = input_hw;
@@ -154,8 +242,8 @@ pub fn avg_pool2d_backward(
         let (eh, ew) = win.output_size(h, w);
         shape_mismatch("avg_pool2d_backward: dy", (n, eh, ew, c), dy.dim());
     }
-    let mut dx = Array4::zeros((n, h, w, c));
-    let out = dx.as_slice_mut().expect("a new array is contiguous");
+    assert_eq!(out.len(), n * h * w * c, "avg_pool2d_backward: output size");
+    out.fill(0.0);
     let dy = dy.as_standard_layout();
     let dy = dy.as_slice().expect("standard layout is contiguous");
     let inv = 1.0 / (kernel * kernel) as f32;
@@ -170,7 +258,6 @@ pub fn avg_pool2d_backward(
             }
         }
     }
-    dx
 }
 
 /// Backward of [`global_avg_pool`](crate::layers::global_avg_pool): `dy` is `(n, c)`;
@@ -178,8 +265,40 @@ pub fn avg_pool2d_backward(
 pub fn global_avg_pool_backward(dy: ArrayView2<'_, f32>, input_hw: (usize, usize)) -> Array4<f32> {
     let (n, c) = dy.dim();
     let (h, w) = input_hw;
+    let mut dx = Array4::zeros((n, h, w, c));
+    global_avg_pool_backward_into(
+        dy,
+        input_hw,
+        dx.as_slice_mut().expect("a new array is contiguous"),
+    );
+    dx
+}
+
+/// [`global_avg_pool_backward`] into `out` (`n·h·w·c`, overwritten).
+///
+/// # Panics
+///
+/// If `out` does not have the input's size.
+pub(crate) fn global_avg_pool_backward_into(
+    dy: ArrayView2<'_, f32>,
+    input_hw: (usize, usize),
+    out: &mut [f32],
+) {
+    let (n, c) = dy.dim();
+    let (h, w) = input_hw;
+    assert_eq!(
+        out.len(),
+        n * h * w * c,
+        "global_avg_pool_backward: output size"
+    );
     let inv = 1.0 / (h * w) as f32;
-    Array4::from_shape_fn((n, h, w, c), |(b, _, _, ch)| dy[[b, ch]] * inv)
+    for (b, image) in out.chunks_mut((h * w * c).max(1)).enumerate().take(n) {
+        for pixel in image.chunks_exact_mut(c.max(1)) {
+            for (d, &g) in pixel.iter_mut().zip(dy.row(b)) {
+                *d = g * inv;
+            }
+        }
+    }
 }
 
 #[cold]

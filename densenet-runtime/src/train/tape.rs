@@ -22,9 +22,10 @@ use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::MatMut;
 use crate::kernels::gemm::{gemm, MatRef};
 use crate::layers::{
-    avg_pool2d, conv1x1_into_padded, conv2d_into, global_avg_pool, relu_padded_into, BatchNorm2d,
+    conv1x1_into_padded, conv2d_into, global_avg_pool, pool2d_into, relu_padded_into, BatchNorm2d,
     Conv2d, DenseLayer, Linear,
 };
+use crate::model::check_input;
 use crate::parallel::prelude::*;
 use crate::rng::Rng;
 use crate::stage::Network;
@@ -33,13 +34,16 @@ use crate::train::batch_norm::{
     batch_norm_backward_with_sums, batch_norm_train_moments, scale_shift, BackwardCoef, Moments,
 };
 use crate::train::buffers::Buffers;
-use crate::train::conv::conv2d_backward_input;
-use crate::train::{
-    avg_pool2d_backward, batch_norm_apply, batch_norm_backward, batch_norm_frozen,
-    batch_norm_train, conv2d_backward, dropout_in_place, global_avg_pool_backward, linear_backward,
-    max_pool2d_backward, max_pool2d_train, softmax_cross_entropy, BatchStats, Freeze,
+use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing};
+use crate::train::pool::{
+    avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
+    max_pool2d_train_into, output_size,
 };
-use crate::{input_to_nhwc, Error};
+use crate::train::{
+    batch_norm_apply, batch_norm_backward, batch_norm_frozen, batch_norm_train, dropout_in_place,
+    linear_backward, softmax_cross_entropy, BatchStats, Freeze,
+};
+use crate::Error;
 
 /// Options of a training step; [`Default`] is torch's behaviour with the architecture's
 /// dropout rate.
@@ -118,6 +122,22 @@ impl Gradients {
     /// Whether there are no layers (never, for a model).
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
+    }
+
+    /// Gives the weight gradients' storage to this thread's step memory, from which the
+    /// next training step on this thread takes its weight gradients instead of
+    /// allocating them ([`fit`](crate::train::fit) does this after each optimiser step;
+    /// a custom loop can too). Dropping the gradients instead just frees them.
+    pub fn recycle(self) {
+        MEMORY.with(|m| {
+            if let Ok(mut m) = m.try_borrow_mut() {
+                for (_, grad) in self.layers {
+                    if let LayerGrad::Conv { weight } = grad {
+                        m.1.give4(weight);
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -206,8 +226,7 @@ pub(crate) fn step<M: Network + ?Sized>(
     if arch.head != Head::Classifier {
         no_classifier(&arch.name);
     }
-    let x_nchw = x;
-    let x = input_to_nhwc(x, arch.input)?;
+    check_input(x, arch.input)?;
     let n = x.dim().0;
     if labels.len() != n {
         bad_labels(n, labels.len(), None, arch.classes);
@@ -240,19 +259,28 @@ pub(crate) fn step<M: Network + ?Sized>(
     // The frozen stages before the first trainable one (the head at the latest) run in
     // inference mode, recording nothing: their output is all the next stage needs.
     let mut tapes: Vec<Tape> = Vec::new();
-    let mut next_input = Some(x);
     let trainable = frozen
         .iter()
         .position(|&f| !f)
         .unwrap_or(frozen.len())
         .min(frozen.len() - 1);
-    if trainable > 0 {
-        // The inference arena's pass (fused kernels), stopped before that stage.
-        next_input = Some(crate::workspace::forward_prefix(
-            &*model, x_nchw, trainable,
-        )?);
+    let mut next_input = if trainable > 0 {
         tapes.extend((0..trainable).map(|_| Tape::Frozen(None)));
-    }
+        // The inference arena's pass (fused kernels), stopped before that stage.
+        match crate::workspace::forward_prefix(&*model, x, trainable) {
+            Ok(out) => Some(out),
+            Err(e) => {
+                Memory::keep(ctx.s, ctx.b);
+                return Err(e);
+            }
+        }
+    } else {
+        // The batch in NHWC, in the step's memory.
+        let (n, c, h, w) = x.dim();
+        let mut nhwc = ctx.b.overwritten4((n, h, w, c));
+        nhwc.assign(&x.permuted_axes([0, 2, 3, 1]));
+        Some(nhwc)
+    };
     if let (Some(last), Some(StageRef::Transition { .. } | StageRef::Head { .. })) =
         (tapes.last_mut(), model.stage(trainable))
     {
@@ -379,7 +407,7 @@ pub(crate) fn step<M: Network + ?Sized>(
             }
             _ => stages_changed(),
         };
-        tape.recycle(&mut ctx.b);
+        tape.recycle(&mut ctx.b, &mut ctx.s);
     }
     Memory::keep(ctx.s, ctx.b);
 
@@ -428,14 +456,22 @@ fn conv_backward(
     dy: &[f32],
     dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
+    b: &mut Buffers,
     record: &mut impl FnMut(LayerName, LayerGrad),
 ) {
     if !freeze.contains(name) {
-        let weight = conv2d_backward(conv, x, dy, dx, scratch);
+        let storage = b.overwritten(weight_len(conv));
+        let weight = conv2d_backward_reusing(conv, x, dy, dx, scratch, storage);
         record(name, LayerGrad::Conv { weight });
     } else if let Some(dx) = dx {
         conv2d_backward_input(conv, x, dy, dx, scratch);
     }
+}
+
+/// Floats of `conv`'s weight (and of its gradient).
+fn weight_len(conv: &Conv2d) -> usize {
+    let win = conv.window();
+    win.kernel_h * win.kernel_w * conv.c_in() * conv.c_out()
 }
 
 /// The statistics BatchNorm `name` normalises with: the batch's (updating its running
@@ -516,6 +552,11 @@ struct Scratch {
     dy: Vec<f32>,
     dz: Vec<f32>,
     im2col: Vec<f32>,
+    /// The bottleneck input backward's per-task chunks, weight gradients and sums.
+    tasks: Vec<f32>,
+    sums: Vec<f64>,
+    /// The stem's max-pool argmax (held by its tape during a step).
+    argmax: Vec<u32>,
     /// A BN-ReLU output with the zero border of the 3x3 convolution that reads it.
     padded: Vec<f32>,
 }
@@ -562,6 +603,32 @@ fn bn_relu(
     out
 }
 
+/// The 2x2 average pool of `x`'s BN-ReLU output under `stats` (a transition's conv
+/// input: pooling before the 1x1 conv, as inference does, since both are linear per
+/// pixel).
+fn bn_relu_pooled(
+    norm: &BatchNorm2d,
+    stats: &BatchStats,
+    x: ArrayView4<'_, f32>,
+    b: &mut Buffers,
+) -> Array4<f32> {
+    let normed = bn_relu(norm, stats, x, b);
+    let (n, h, w, c) = normed.dim();
+    let mut pooled = b.overwritten4((n, h / 2, w / 2, c));
+    pool2d_into(
+        normed.as_slice().expect("contiguous"),
+        (n, h, w, c),
+        2,
+        2,
+        0,
+        false,
+        pooled.as_slice_mut().expect("contiguous"),
+        c,
+    );
+    b.give4(normed);
+    pooled
+}
+
 /// One stage's record (the stem's, holding the input batch, is boxed: there is one).
 enum Tape {
     /// A stage of the frozen prefix, run as inference; the last one keeps its output
@@ -575,9 +642,17 @@ enum Tape {
 
 impl Tape {
     /// Gives the tape's large buffers back once the backward pass is past its stage.
-    fn recycle(self, b: &mut Buffers) {
+    fn recycle(self, b: &mut Buffers, s: &mut Scratch) {
         match self {
             Tape::Frozen(Some(out)) => b.give4(out),
+            Tape::Stem(stem) => {
+                let StemTape { x, norm } = *stem;
+                b.give4(x);
+                if let Some((y, _, argmax)) = norm {
+                    b.give4(y);
+                    s.argmax = argmax.into_raw_vec_and_offset().0;
+                }
+            }
             Tape::Block(block) => {
                 b.give4(block.buffer);
                 for layer in block.layers {
@@ -678,14 +753,43 @@ fn record_stem(
     x: Array4<f32>,
     ctx: &mut Ctx<'_>,
 ) -> (Array4<f32>, StemTape) {
-    let y = conv.forward(x.view());
+    let (n, h, w, _) = x.dim();
+    let (oh, ow) = conv.output_size(h, w);
+    let mut y = ctx.b.overwritten4((n, oh, ow, conv.c_out()));
+    conv2d_into(
+        conv,
+        x.as_slice().expect("contiguous"),
+        (n, h, w),
+        false,
+        Epilogue::Store,
+        MatMut::row_major(
+            y.as_slice_mut().expect("contiguous"),
+            n * oh * ow,
+            conv.c_out(),
+        ),
+        &mut ctx.s.im2col,
+    );
     match norm {
         None => (y, StemTape { x, norm: None }),
         Some(norm) => {
             let name = LayerName::new(Site::Stem, "norm0");
             let stats = bn_stats(ctx.freeze, ctx.momentum, name, norm, pixels(y.view()));
             let r = bn_relu(norm, &stats, y.view(), &mut ctx.b);
-            let (out, argmax) = max_pool2d_train(r.view(), 3, 2, 1);
+            let (ph, pw) = output_size(3, 2, 1, (oh, ow));
+            let c = conv.c_out();
+            let mut out = ctx.b.overwritten4((n, ph, pw, c));
+            let mut argmax = std::mem::take(&mut ctx.s.argmax);
+            argmax.clear();
+            argmax.resize(n * ph * pw * c, 0);
+            max_pool2d_train_into(
+                r.view(),
+                3,
+                2,
+                1,
+                out.as_slice_mut().expect("contiguous"),
+                &mut argmax,
+            );
+            let argmax = Array4::from_shape_vec((n, ph, pw, c), argmax).expect("n·ph·pw·c");
             ctx.b.give4(r);
             (
                 out,
@@ -710,8 +814,15 @@ fn stem_backward(
         (None, None) => dy,
         (Some(norm), Some((y, stats, argmax))) => {
             let (_, h, w, _) = y.dim();
-            let d_relu = max_pool2d_backward(dy.view(), argmax.view(), (h, w));
-            let mut d_conv = Array4::zeros(y.dim());
+            let mut d_relu = ctx.b.overwritten4(y.dim());
+            max_pool2d_backward_into(
+                dy.view(),
+                argmax.view(),
+                (h, w),
+                d_relu.as_slice_mut().expect("contiguous"),
+            );
+            ctx.b.give4(dy);
+            let mut d_conv = ctx.b.array4(y.dim());
             let (gamma, beta) = batch_norm_backward(
                 norm,
                 stats,
@@ -720,6 +831,7 @@ fn stem_backward(
                 true,
                 pixels_mut(&mut d_conv),
             );
+            ctx.b.give4(d_relu);
             record(
                 LayerName::new(Site::Stem, "norm0"),
                 LayerGrad::BatchNorm { gamma, beta },
@@ -728,13 +840,16 @@ fn stem_backward(
         }
         _ => stages_changed(),
     };
-    let weight = conv2d_backward(
+    let storage = ctx.b.overwritten(weight_len(conv));
+    let weight = conv2d_backward_reusing(
         conv,
         tape.x.view(),
         d_conv.as_slice().expect("contiguous"),
         None,
         &mut ctx.s.im2col,
+        storage,
     );
+    ctx.b.give4(d_conv);
     record(
         LayerName::new(Site::Stem, "conv0"),
         LayerGrad::Conv { weight },
@@ -904,6 +1019,7 @@ fn block_backward(
                     d_new,
                     Some(&mut *d_normed),
                     &mut s.im2col,
+                    &mut ctx.b,
                     record,
                 )
             }
@@ -929,6 +1045,7 @@ fn block_backward(
                     d_new,
                     Some(&mut *d_normed2),
                     &mut s.im2col,
+                    &mut ctx.b,
                     record,
                 );
                 let dz = take(&mut s.dz, rows * width);
@@ -943,7 +1060,8 @@ fn block_backward(
                 );
                 record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
                 dropout_in_place(matrix_mut(dz, rows, width), p, &mut rng1.clone());
-                let need_dw = !freeze.contains(name("conv1"));
+                let dw_storage = (!freeze.contains(name("conv1")))
+                    .then(|| ctx.b.overwritten(conv1.c_in() * width));
                 let (dw, sums) = bottleneck_input_backward(
                     layer_norm1(layer),
                     &lt.stats,
@@ -951,7 +1069,8 @@ fn block_backward(
                     input,
                     dz,
                     d_normed,
-                    need_dw,
+                    dw_storage,
+                    (&mut s.tasks, &mut s.sums),
                 );
                 if let Some(weight) = dw {
                     record(name("conv1"), LayerGrad::Conv { weight });
@@ -991,6 +1110,7 @@ const CHUNK_ROWS: usize = 256;
 /// `d_normed`, and BN1's backward sums over the two while both are in cache. Returns
 /// the weight gradient and the sums for [`batch_norm_backward_with_sums`]: the block
 /// buffer's `c` columns are read once here instead of four times.
+#[allow(clippy::too_many_arguments)]
 fn bottleneck_input_backward(
     norm1: &BatchNorm2d,
     stats: &BatchStats,
@@ -998,20 +1118,29 @@ fn bottleneck_input_backward(
     input: ArrayView2<'_, f32>,
     dz: &[f32],
     d_normed: &mut [f32],
-    need_dw: bool,
+    dw_storage: Option<Vec<f32>>,
+    (task_scratch, sums_scratch): (&mut Vec<f32>, &mut Vec<f64>),
 ) -> (Option<Array4<f32>>, Vec<f64>) {
+    let need_dw = dw_storage.is_some();
     let (rows, c) = input.dim();
     let width = conv1.c_out();
     let coef = BackwardCoef::new(norm1, stats);
     let (scale, shift) = scale_shift(norm1, stats);
     let weight = conv1.weight();
     let w_mat = MatRef::row_major(weight.as_slice().expect("weight() is contiguous"), c, width);
-    let task = |(t, d_task): (usize, &mut [f32])| {
+    // Each task's recomputed chunk and partial weight gradient, and its partial sums,
+    // in the step's scratch.
+    let tasks = rows.div_ceil(TASK_ROWS);
+    let dw_len = if need_dw { c * width } else { 0 };
+    let task_len = (CHUNK_ROWS.min(rows) * c + dw_len).max(1);
+    let task_floats = take(task_scratch, tasks * task_len);
+    let task_sums = sums_scratch;
+    task_sums.clear();
+    task_sums.resize(tasks * 2 * c, 0.0);
+    type Task<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f64]));
+    let task = |(t, ((d_task, floats), sums)): Task<'_>| {
         let first = t * TASK_ROWS;
-        let task_rows = d_task.len() / c.max(1);
-        let mut normed = vec![0.0f32; CHUNK_ROWS.min(task_rows) * c];
-        let mut dw = vec![0.0f32; if need_dw { c * width } else { 0 }];
-        let mut sums = vec![0.0f64; 2 * c];
+        let (normed, dw) = floats.split_at_mut(floats.len() - dw_len);
         for (i, d_chunk) in d_task.chunks_mut(CHUNK_ROWS * c).enumerate() {
             let r0 = first + i * CHUNK_ROWS;
             let r = d_chunk.len() / c;
@@ -1025,7 +1154,7 @@ fn bottleneck_input_backward(
             if need_dw {
                 let beta = if i == 0 { 0.0 } else { 1.0 };
                 let a = MatRef::row_major(normed, r, c).t();
-                gemm(1.0, a, dz_chunk, beta, MatMut::row_major(&mut dw, c, width));
+                gemm(1.0, a, dz_chunk, beta, MatMut::row_major(dw, c, width));
             }
             gemm(
                 1.0,
@@ -1034,24 +1163,31 @@ fn bottleneck_input_backward(
                 0.0,
                 MatMut::row_major(d_chunk, r, c),
             );
-            coef.add_sums(x, matrix(d_chunk, r, c), true, &mut sums);
+            coef.add_sums(x, matrix(d_chunk, r, c), true, sums);
         }
-        (dw, sums)
     };
-    let tasks: Vec<_> = d_normed[..rows * c]
-        .chunks_mut(TASK_ROWS * c.max(1))
-        .enumerate()
-        .collect();
-    let partials: Vec<(Vec<f32>, Vec<f64>)> = if tasks.len() > 1 {
-        tasks.into_par_iter().map(task).collect()
+    let jobs = d_normed[..rows * c]
+        .par_chunks_mut(TASK_ROWS * c.max(1))
+        .zip(task_floats.par_chunks_mut(task_len))
+        .zip(task_sums.par_chunks_mut((2 * c).max(1)))
+        .enumerate();
+    if tasks > 1 {
+        jobs.for_each(task);
     } else {
-        tasks.into_iter().map(task).collect()
-    };
-    let mut dw = vec![0.0f32; if need_dw { c * width } else { 0 }];
+        jobs.take(1).for_each(task);
+    }
+    // Added in task order: the same sums on any number of threads.
+    let mut dw = dw_storage.unwrap_or_default();
+    dw.clear();
+    dw.resize(dw_len, 0.0);
     let mut sums = vec![0.0f64; 2 * c];
-    for (p_dw, p_sums) in partials {
-        dw.iter_mut().zip(p_dw).for_each(|(d, v)| *d += v);
-        sums.iter_mut().zip(p_sums).for_each(|(d, v)| *d += v);
+    for (floats, p_sums) in task_floats
+        .chunks(task_len)
+        .zip(task_sums.chunks((2 * c).max(1)))
+    {
+        let p_dw = &floats[floats.len() - dw_len..];
+        dw.iter_mut().zip(p_dw).for_each(|(d, &v)| *d += v);
+        sums.iter_mut().zip(p_sums).for_each(|(d, &v)| *d += v);
     }
     let dw = need_dw.then(|| Array4::from_shape_vec((1, 1, c, width), dw).expect("c·width"));
     (dw, sums)
@@ -1080,10 +1216,23 @@ fn record_transition(
     let stats = bn_stats_of(ctx, name, norm, x, moments);
     // Pool before the 1x1 conv, as the inference path: both are linear per pixel. The
     // dropout mask then applies to the pooled conv output.
-    let normed = bn_relu(norm, &stats, x, &mut ctx.b);
-    let pooled = avg_pool2d(normed.view(), 2, 2);
-    ctx.b.give4(normed);
-    let mut y = conv.forward(pooled.view());
+    let pooled = bn_relu_pooled(norm, &stats, x, &mut ctx.b);
+    let (n, oh, ow, _) = pooled.dim();
+    let mut y = ctx.b.overwritten4((n, oh, ow, conv.c_out()));
+    conv2d_into(
+        conv,
+        pooled.as_slice().expect("contiguous"),
+        (n, oh, ow),
+        false,
+        Epilogue::Store,
+        MatMut::row_major(
+            y.as_slice_mut().expect("contiguous"),
+            n * oh * ow,
+            conv.c_out(),
+        ),
+        &mut ctx.s.im2col,
+    );
+    ctx.b.give4(pooled);
     let dropout = ctx.rng.clone();
     dropout_in_place(pixels_mut(&mut y), ctx.p, ctx.rng);
     (y, TransitionTape { stats, dropout })
@@ -1105,12 +1254,10 @@ fn transition_backward(
 ) -> Option<Array4<f32>> {
     let (_, h, w, _) = x.dim();
     dropout_in_place(pixels_mut(&mut dy), ctx.p, &mut tape.dropout.clone());
-    let normed = bn_relu(norm, &tape.stats, x, &mut ctx.b);
-    let pooled = avg_pool2d(normed.view(), 2, 2);
-    ctx.b.give4(normed);
+    let pooled = bn_relu_pooled(norm, &tape.stats, x, &mut ctx.b);
     let norm_name = LayerName::new(site, "norm");
     let need_norm = need_dx || !ctx.freeze.contains(norm_name);
-    let mut d_pooled = Array4::zeros(if need_norm {
+    let mut d_pooled = ctx.b.array4(if need_norm {
         pooled.dim()
     } else {
         (0, 0, 0, 0)
@@ -1123,13 +1270,24 @@ fn transition_backward(
         dy.as_slice().expect("contiguous"),
         need_norm.then(|| d_pooled.as_slice_mut().expect("contiguous")),
         &mut ctx.s.im2col,
+        &mut ctx.b,
         record,
     );
     ctx.b.give4(dy);
+    ctx.b.give4(pooled);
     if !need_norm {
+        ctx.b.give4(d_pooled);
         return None;
     }
-    let d_relu = avg_pool2d_backward(d_pooled.view(), 2, 2, (h, w));
+    let mut d_relu = ctx.b.overwritten4(x.dim());
+    avg_pool2d_backward_into(
+        d_pooled.view(),
+        2,
+        2,
+        (h, w),
+        d_relu.as_slice_mut().expect("contiguous"),
+    );
+    ctx.b.give4(d_pooled);
     let mut dx = ctx.b.array4(x.dim());
     let (gamma, beta) = batch_norm_backward(
         norm,
@@ -1189,7 +1347,12 @@ fn head_backward(
     if !need_norm {
         return None;
     }
-    let d_relu = global_avg_pool_backward(d_features.view(), (h, w));
+    let mut d_relu = b.overwritten4(x.dim());
+    global_avg_pool_backward_into(
+        d_features.view(),
+        (h, w),
+        d_relu.as_slice_mut().expect("contiguous"),
+    );
     let mut dx = b.array4(x.dim());
     let (gamma, beta) = batch_norm_backward(
         norm,
@@ -1271,8 +1434,16 @@ mod tests {
         let dz = values(rows * width, 5);
 
         let mut d_normed = vec![f32::NAN; rows * c];
-        let (dw, sums) =
-            bottleneck_input_backward(&norm1, &stats, &conv1, input, &dz, &mut d_normed, true);
+        let (dw, sums) = bottleneck_input_backward(
+            &norm1,
+            &stats,
+            &conv1,
+            input,
+            &dz,
+            &mut d_normed,
+            Some(Vec::new()),
+            (&mut vec![f32::NAN; 7], &mut vec![f64::NAN; 3]),
+        );
         let mut dx = vec![0.5f32; rows * c];
         let (gamma, beta) = batch_norm_backward_with_sums(
             &norm1,
@@ -1293,7 +1464,7 @@ mod tests {
             matrix_mut(&mut normed, rows, c),
         );
         let mut want_d_normed = vec![0.0; rows * c];
-        let want_dw = conv2d_backward(
+        let want_dw = crate::train::conv2d_backward(
             &conv1,
             view4(&normed, n, h, w, c),
             &dz,

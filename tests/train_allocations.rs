@@ -1,0 +1,147 @@
+//! Allocations of a training step, with a counting global allocator: after the first
+//! step of a shape, a step (forward, backward, SGD update, gradients recycled as `fit`
+//! recycles them) allocates no large buffer. The tape's block buffers, bottleneck
+//! outputs, buffer gradients, pooled maps, the stem's maps and argmax, every scratch
+//! matrix and the weight gradients come from the thread's step memory, kept from one
+//! step to the next (`train/buffers.rs`).
+//!
+//! What a step still allocates is small and counted here: per-layer batch statistics
+//! and tape records (a few floats per channel: ~2,500 allocations, 1.6 MiB, for the
+//! BC model below at batch 16, against 70 MiB in its first step), and the `gemm`
+//! crate's packing buffers, told apart by their SIMD alignment (~550 a step, 31 MiB in
+//! all: the crate allocates them on every call and takes no caller scratch). A step
+//! with no allocation at all needs GEMMs of our own for the weight gradients and the
+//! bottleneck's input gradient, working in the caller's scratch.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use densenet::densenet;
+use densenet::ndarray::Array4;
+use densenet::runtime::train::{loss_and_gradients, Sgd, SgdConfig};
+use densenet::runtime::{Model, Rng};
+
+/// Counts allocation calls and bytes (alloc, alloc_zeroed and realloc's new size),
+/// apart for SIMD-aligned ones (the `gemm` crate's packing buffers).
+struct Counting;
+
+/// `[calls, bytes, largest]` of allocations aligned to less than 32 bytes.
+static PLAIN: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+/// `[calls, bytes, largest]` of allocations aligned to 32 bytes or more.
+static ALIGNED: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+
+fn record(size: usize, align: usize) {
+    let stats = if align >= 32 { &ALIGNED } else { &PLAIN };
+    stats[0].fetch_add(1, Ordering::Relaxed);
+    stats[1].fetch_add(size, Ordering::Relaxed);
+    stats[2].fetch_max(size, Ordering::Relaxed);
+}
+
+/// Reads and resets one counter set.
+fn drain(stats: &[AtomicUsize; 3]) -> [usize; 3] {
+    stats.each_ref().map(|a| a.swap(0, Ordering::Relaxed))
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        record(layout.size(), layout.align());
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        record(layout.size(), layout.align());
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        record(new_size, layout.align());
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// One test at a time, so the counts see only one of them.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+densenet! {
+    /// DenseNet-BC, CIFAR stem, with dropout (its masks are regenerated, not stored).
+    Bc<growth: 12, blocks: [4, 4, 4], stem: cifar, theta: 0.5, input: [3, 32, 32], classes: 10, dropout: 0.1>;
+    /// ImageNet stem (7x7 conv, BN, max pool with its argmax), plain layers.
+    Plain<growth: 8, blocks: [3, 3], init_features: 16, bottleneck: false, theta: 0.5, input: [3, 64, 64], classes: 5>
+}
+
+/// `[calls, bytes, largest]` of plain and of aligned allocations of each of `steps`
+/// SGD steps on one batch, the gradients recycled after the update as `fit` does.
+fn steps<M: Model>(mut model: M, n: usize, steps: usize) -> Vec<([usize; 3], [usize; 3])> {
+    let arch = model.architecture().clone();
+    let [c, h, w] = arch.input;
+    let mut rng = Rng::new(5);
+    let x = Array4::from_shape_simple_fn((n, c, h, w), || rng.uniform() - 0.5);
+    let labels: Vec<usize> = (0..n).map(|i| i % arch.classes).collect();
+    let mut sgd = Sgd::new(SgdConfig::default());
+    (0..steps)
+        .map(|_| {
+            drain(&PLAIN);
+            drain(&ALIGNED);
+            let (_, grads) = loss_and_gradients(&mut model, x.view(), &labels).unwrap();
+            sgd.step(&mut model, &grads);
+            grads.recycle();
+            (drain(&PLAIN), drain(&ALIGNED))
+        })
+        .collect()
+}
+
+/// After two steps (the second settles which kept vector serves which request), no
+/// step makes a plain allocation of 64 KiB or more, and a step's plain allocations add
+/// up to under 3% of the first step's.
+fn no_large_allocation_after_warm_up<M: Model>(label: &str, model: M, n: usize) {
+    let counts = steps(model, n, 5);
+    for (i, (plain, aligned)) in counts.iter().enumerate() {
+        println!(
+            "{label} step {i}: {} allocations, {} KiB, largest {} KiB; \
+             SIMD-aligned (gemm's packing): {}, {} KiB",
+            plain[0],
+            plain[1] / 1024,
+            plain[2] / 1024,
+            aligned[0],
+            aligned[1] / 1024
+        );
+    }
+    let first = counts[0].0[1];
+    for (i, (plain, _)) in counts.iter().enumerate().skip(2) {
+        assert!(
+            plain[2] < 64 * 1024,
+            "{label} step {i}: an allocation of {} bytes",
+            plain[2]
+        );
+        assert!(
+            plain[1] * 100 < first * 3,
+            "{label} step {i}: {} bytes allocated, the first step {first}",
+            plain[1]
+        );
+    }
+}
+
+#[test]
+fn a_bottleneck_step_allocates_no_large_buffer_after_warm_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    no_large_allocation_after_warm_up("BC, batch 16", Bc::init(1), 16);
+}
+
+#[test]
+fn an_imagenet_stem_step_allocates_no_large_buffer_after_warm_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    no_large_allocation_after_warm_up("plain, batch 8", Plain::init(2), 8);
+}
