@@ -39,7 +39,7 @@ use densenet::ndarray::{concatenate, Array4, Axis};
 use densenet::runtime::layers::{avg_pool2d, global_avg_pool, DenseLayer};
 use densenet::runtime::spec::Plan;
 use densenet::runtime::stage::stages;
-use densenet::runtime::train::{loss_and_gradients_with, StepConfig};
+use densenet::runtime::train::{loss_and_gradients_with, release_step_memory, StepConfig};
 use densenet::runtime::{input_to_nhwc, Model, Rng, StageRef};
 
 /// Counts live heap bytes and their peak.
@@ -205,6 +205,9 @@ fn main() {
         &mut rng,
     )
     .expect("a valid batch");
+    // The step memory a thread keeps between steps is the step's own: free the
+    // warm-up's, so that the measured step allocates (and counts) all of it.
+    release_step_memory();
     let start = Instant::now();
     let ((loss, grads), ours) = peak_of(|| {
         loss_and_gradients_with(

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use densenet::densenet;
 use densenet::ndarray::Array4;
-use densenet::runtime::train::{loss_and_gradients, Sgd, SgdConfig};
+use densenet::runtime::train::{kept_step_memory, loss_and_gradients, Sgd, SgdConfig};
 use densenet::runtime::{Model, Rng};
 
 /// Counts allocation calls and bytes (alloc, alloc_zeroed and realloc's new size),
@@ -84,7 +84,8 @@ densenet! {
 
 /// `[calls, bytes, largest]` of plain and of aligned allocations of each of `steps`
 /// SGD steps on one batch, the gradients recycled after the update as `fit` does.
-fn steps<M: Model>(mut model: M, n: usize, steps: usize) -> Vec<([usize; 3], [usize; 3])> {
+/// Also the step memory the thread keeps after each.
+fn steps<M: Model>(mut model: M, n: usize, steps: usize) -> Vec<([usize; 3], [usize; 3], usize)> {
     let arch = model.architecture().clone();
     let [c, h, w] = arch.input;
     let mut rng = Rng::new(5);
@@ -98,29 +99,34 @@ fn steps<M: Model>(mut model: M, n: usize, steps: usize) -> Vec<([usize; 3], [us
             let (_, grads) = loss_and_gradients(&mut model, x.view(), &labels).unwrap();
             sgd.step(&mut model, &grads);
             grads.recycle();
-            (drain(&PLAIN), drain(&ALIGNED))
+            (drain(&PLAIN), drain(&ALIGNED), kept_step_memory())
         })
         .collect()
 }
 
-/// After two steps (the second settles which kept vector serves which request), no
-/// step makes a plain allocation of 64 KiB or more, and a step's plain allocations add
-/// up to under 3% of the first step's.
+/// After the first step no step makes a plain allocation of 64 KiB or more, a step's
+/// plain allocations add up to under 3% of the first step's, and the memory kept
+/// between steps stays what the first step left (no capacity creeping up).
 fn no_large_allocation_after_warm_up<M: Model>(label: &str, model: M, n: usize) {
     let counts = steps(model, n, 5);
-    for (i, (plain, aligned)) in counts.iter().enumerate() {
+    for (i, (plain, aligned, kept)) in counts.iter().enumerate() {
         println!(
             "{label} step {i}: {} allocations, {} KiB, largest {} KiB; \
-             SIMD-aligned (gemm's packing): {}, {} KiB",
+             SIMD-aligned (gemm's packing): {}, {} KiB; kept {} KiB",
             plain[0],
             plain[1] / 1024,
             plain[2] / 1024,
             aligned[0],
-            aligned[1] / 1024
+            aligned[1] / 1024,
+            kept / 1024
         );
     }
-    let first = counts[0].0[1];
-    for (i, (plain, _)) in counts.iter().enumerate().skip(2) {
+    let (first, kept) = (counts[0].0[1], counts[0].2);
+    for (i, (plain, _, kept_after)) in counts.iter().enumerate().skip(1) {
+        assert_eq!(
+            *kept_after, kept,
+            "{label} step {i}: kept step memory changed"
+        );
         assert!(
             plain[2] < 64 * 1024,
             "{label} step {i}: an allocation of {} bytes",

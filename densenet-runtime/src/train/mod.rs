@@ -108,8 +108,8 @@ pub use relu::relu_backward;
 pub use schedule::{CosineConfig, PlateauConfig, Progress, Schedule};
 pub use source::{split, Source, Subset};
 pub use tape::{
-    loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_with, release_step_memory,
-    Gradients, LayerGrad, StepConfig,
+    kept_step_memory, loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_with,
+    release_step_memory, Gradients, LayerGrad, StepConfig,
 };
 
 pub use error::TrainError;

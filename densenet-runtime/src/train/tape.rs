@@ -133,7 +133,7 @@ impl Gradients {
             if let Ok(mut m) = m.try_borrow_mut() {
                 for (_, grad) in self.layers {
                     if let LayerGrad::Conv { weight } = grad {
-                        m.1.give4(weight);
+                        m.1.give_gradient(weight.into_raw_vec_and_offset().0);
                     }
                 }
             }
@@ -460,7 +460,7 @@ fn conv_backward(
     record: &mut impl FnMut(LayerName, LayerGrad),
 ) {
     if !freeze.contains(name) {
-        let storage = b.overwritten(weight_len(conv));
+        let storage = b.leaving(weight_len(conv));
         let weight = conv2d_backward_reusing(conv, x, dy, dx, scratch, storage);
         record(name, LayerGrad::Conv { weight });
     } else if let Some(dx) = dx {
@@ -515,6 +515,33 @@ pub fn release_step_memory() {
             *m = Default::default();
         }
     });
+}
+
+/// Bytes of step memory this thread keeps between training steps (see
+/// [`release_step_memory`]): after a step, what that step used at its peak, in the
+/// buffers and scratch the next step reuses. 0 before the first step.
+pub fn kept_step_memory() -> usize {
+    MEMORY.with(|m| {
+        m.try_borrow().map_or(0, |m| {
+            let (s, b) = &*m;
+            let f32s = [
+                &s.normed,
+                &s.normed2,
+                &s.d_normed,
+                &s.d_normed2,
+                &s.dy,
+                &s.dz,
+                &s.im2col,
+                &s.tasks,
+                &s.padded,
+            ]
+            .iter()
+            .map(|v| v.capacity())
+            .sum::<usize>()
+                + b.floats();
+            f32s * 4 + s.sums.capacity() * 8 + s.argmax.capacity() * 4
+        })
+    })
 }
 
 /// A thread's step memory, kept from one step to the next (see `buffers.rs`).
@@ -840,7 +867,7 @@ fn stem_backward(
         }
         _ => stages_changed(),
     };
-    let storage = ctx.b.overwritten(weight_len(conv));
+    let storage = ctx.b.leaving(weight_len(conv));
     let weight = conv2d_backward_reusing(
         conv,
         tape.x.view(),
@@ -1060,8 +1087,8 @@ fn block_backward(
                 );
                 record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
                 dropout_in_place(matrix_mut(dz, rows, width), p, &mut rng1.clone());
-                let dw_storage = (!freeze.contains(name("conv1")))
-                    .then(|| ctx.b.overwritten(conv1.c_in() * width));
+                let dw_storage =
+                    (!freeze.contains(name("conv1"))).then(|| ctx.b.leaving(conv1.c_in() * width));
                 let (dw, sums) = bottleneck_input_backward(
                     layer_norm1(layer),
                     &lt.stats,
