@@ -1,0 +1,386 @@
+//! The low-precision forward pass on the kernels of `kernels/direct_conv/lowp`.
+//!
+//! Stage by stage, as [`reference`](crate::reference) runs fp32, with each dense
+//! block's channels in one buffer (`(n, h, w, c_out)` f32, every layer writing its
+//! `k` channels in place). A DenseNet-B layer is two kernel calls:
+//! - the 1x1 reads the first `c` channels of the block buffer through norm1 + ReLU
+//!   (the prologue, applied while a tile's inputs are packed and quantized with the
+//!   calibrated scale, or rounded to bf16) and writes through norm2 + ReLU (the
+//!   epilogue) into the interior of the 3x3's zero-bordered input, as u8 (requantized
+//!   with the 3x3's input scale) or bf16;
+//! - the 3x3 reads that map in place and writes f32 into its channels of the buffer.
+//!
+//! A plain layer writes its BN-ReLU'd input zero-padded in f32 and runs its 3x3 on it;
+//! a transition pools its BN-ReLU'd input in f32 and runs its 1x1 on the pooled map. The
+//! stem and the head run fp32 (`reference::stem`, `reference::stage`).
+
+use half::bf16;
+use ndarray::{Array4, ArrayD, ArrayView4};
+
+use super::quantized::{LowWeight, QConv};
+use super::QuantizeError;
+use crate::input_to_nhwc;
+use crate::kernels::direct_conv::lowp::{
+    conv_bf16, conv_int8, Bf16Input, Bf16Output, Int8Input, Int8Output, LowpError,
+};
+use crate::kernels::direct_conv::{ConvShape, Epilogue, ImageLayout};
+use crate::layers::{avg_pool2d, DenseLayer};
+use crate::reference;
+use crate::stage::{stages, Network, StageRef};
+use crate::weights::torchvision_path;
+
+/// `model` on the NCHW batch `x` with its quantized convolutions `convs` (site order)
+/// on the low-precision kernels.
+///
+/// # Errors
+/// [`Error::InputShape`], [`Error::EmptyBatch`], [`QuantizeError::TooLarge`] for a
+/// batch whose buffers overflow `usize`, [`QuantizeError::Kernel`] if a kernel refuses
+/// (`LowpError::Unsupported` when the kernels were turned off meanwhile).
+pub(crate) fn forward<M: Network + ?Sized>(
+    model: &M,
+    convs: &[QConv],
+    x: ArrayView4<'_, f32>,
+) -> Result<ArrayD<f32>, QuantizeError> {
+    let mut x = input_to_nhwc(x, model.plan().input)?;
+    let mut site = 0;
+    for stage in stages(model) {
+        x = match stage {
+            StageRef::Stem { conv, norm } => reference::stem(conv, norm, x.view()),
+            StageRef::Block { layers, .. } => block(layers, x.view(), convs, &mut site)?,
+            StageRef::Transition { norm, conv, .. } => {
+                let pooled = avg_pool2d(norm.forward_relu(x.view()).view(), 2, 2);
+                let pooled = pooled.as_standard_layout();
+                let (n, h, w, c) = pooled.dim();
+                let c_out = conv.c_out();
+                let mut out = vec![0.0f32; size(&[n, h, w, c_out], "a transition's output")?];
+                let src = Src::F32 {
+                    data: pooled.as_slice().expect("standard layout"),
+                    prologue: Epilogue::Store,
+                };
+                let shape = pointwise(n, h, w, c, c_out);
+                let conv = next(convs, &mut site)?;
+                let (input, output) =
+                    (ImageLayout::dense(h, w, c), ImageLayout::dense(h, w, c_out));
+                run(
+                    conv,
+                    src,
+                    input,
+                    shape,
+                    Epilogue::Store,
+                    Dst::F32(&mut out),
+                    output,
+                )?;
+                Array4::from_shape_vec((n, h, w, c_out), out).expect("sized above")
+            }
+            head @ StageRef::Head { .. } => return Ok(reference::stage(head, x.view())),
+        };
+    }
+    Ok(x.into_dyn())
+}
+
+/// A dense block on the kernels (see the module's documentation).
+fn block(
+    layers: &[DenseLayer],
+    x: ArrayView4<'_, f32>,
+    convs: &[QConv],
+    site: &mut usize,
+) -> Result<Array4<f32>, QuantizeError> {
+    let (n, h, w, c_in) = x.dim();
+    let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
+    let mut buf = vec![0.0f32; size(&[n, h, w, c_out], "a dense block's buffer")?];
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
+    for (dst, src) in buf.chunks_exact_mut(c_out).zip(x.chunks_exact(c_in)) {
+        dst[..c_in].copy_from_slice(src);
+    }
+    let at = |offset| ImageLayout {
+        offset,
+        image_stride: h * w * c_out,
+        row_stride: w * c_out,
+        pixel_stride: c_out,
+    };
+    let mut padded = Vec::new();
+    let mut params = Vec::new();
+    let mut mid: Option<Mid> = None;
+    let mut c = c_in;
+    for layer in layers {
+        let k = layer.growth();
+        match layer {
+            DenseLayer::Basic { norm1, conv1 } => {
+                let win = conv1.window();
+                let (hp, wp) = (h + 2 * win.padding, w + 2 * win.padding);
+                padded.resize(size(&[n, hp, wp, c], "a padded input")?, 0.0);
+                params.resize(2 * c, 0.0);
+                norm1.forward_relu_padded_into(
+                    &buf,
+                    c_out,
+                    (n, h, w),
+                    win.padding,
+                    &mut params,
+                    &mut padded,
+                );
+                let (oh, ow) = conv1.output_size(h, w);
+                let shape = window_shape(n, oh, ow, c, k, conv1.window());
+                let src = Src::F32 {
+                    data: &padded,
+                    prologue: Epilogue::Store,
+                };
+                let conv = next(convs, site)?;
+                run(
+                    conv,
+                    src,
+                    ImageLayout::dense(hp, wp, c),
+                    shape,
+                    Epilogue::Store,
+                    Dst::F32(&mut buf),
+                    at(c),
+                )?;
+            }
+            DenseLayer::Bottleneck {
+                norm1,
+                conv1,
+                norm2,
+                conv2,
+            } => {
+                let width = conv1.c_out();
+                let (scale1, shift1) = norm1.scale_shift();
+                let (scale2, shift2) = norm2.scale_shift();
+                let win = conv2.window();
+                let (hp, wp) = (h + 2 * win.padding, w + 2 * win.padding);
+                let len = size(&[n, hp, wp, width], "a bottleneck's output")?;
+                let (first, second) = (next(convs, site)?, next(convs, site)?);
+                // The map's border stays 0 (u8's and bf16's zero): the 1x1 writes only
+                // its interior, the same for every layer of the block.
+                let mid = match &mut mid {
+                    Some(m) if m.len() == len => m,
+                    slot => slot.insert(Mid::for_weight(&second.weight, len)),
+                };
+                let mid_layout = ImageLayout::dense(hp, wp, width);
+                let interior = ImageLayout {
+                    offset: (win.padding * wp + win.padding) * width,
+                    ..mid_layout
+                };
+                let src = Src::F32 {
+                    data: &buf,
+                    prologue: Epilogue::ScaleShiftRelu {
+                        scale: &scale1,
+                        shift: &shift1,
+                    },
+                };
+                let epilogue = Epilogue::ScaleShiftRelu {
+                    scale: &scale2,
+                    shift: &shift2,
+                };
+                let shape = pointwise(n, h, w, c, width);
+                run(
+                    first,
+                    src,
+                    at(0),
+                    shape,
+                    epilogue,
+                    mid.as_dst(second),
+                    interior,
+                )?;
+                let (oh, ow) = conv2.output_size(h, w);
+                let shape = window_shape(n, oh, ow, width, k, win);
+                run(
+                    second,
+                    mid.as_src(),
+                    mid_layout,
+                    shape,
+                    Epilogue::Store,
+                    Dst::F32(&mut buf),
+                    at(c),
+                )?;
+            }
+        }
+        c += k;
+    }
+    Ok(Array4::from_shape_vec((n, h, w, c_out), buf).expect("sized above"))
+}
+
+/// The bottleneck's output between its 1x1 and its 3x3: u8 or bf16.
+enum Mid {
+    U8(Vec<u8>),
+    Bf16(Vec<bf16>),
+}
+
+impl Mid {
+    /// Zeros of the type `weight`'s kernel reads.
+    fn for_weight(weight: &LowWeight, len: usize) -> Mid {
+        match weight {
+            LowWeight::Int8 { .. } => Mid::U8(vec![0; len]),
+            LowWeight::Bf16(_) => Mid::Bf16(vec![bf16::ZERO; len]),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Mid::U8(v) => v.len(),
+            Mid::Bf16(v) => v.len(),
+        }
+    }
+
+    /// The map as the output of the 1x1, requantized with `reader`'s input scale.
+    fn as_dst(&mut self, reader: &QConv) -> Dst<'_> {
+        match self {
+            Mid::U8(v) => Dst::U8(v, reader.input_scale()),
+            Mid::Bf16(v) => Dst::Bf16(v),
+        }
+    }
+
+    fn as_src(&self) -> Src<'_> {
+        match self {
+            Mid::U8(v) => Src::U8(v),
+            Mid::Bf16(v) => Src::Bf16(v),
+        }
+    }
+}
+
+/// A convolution's input.
+enum Src<'a> {
+    F32 {
+        data: &'a [f32],
+        prologue: Epilogue<'a>,
+    },
+    U8(&'a [u8]),
+    Bf16(&'a [bf16]),
+}
+
+/// A convolution's output.
+enum Dst<'a> {
+    F32(&'a mut [f32]),
+    /// Requantized with this scale.
+    U8(&'a mut [u8], f32),
+    Bf16(&'a mut [bf16]),
+}
+
+/// Runs `conv` on its kernel. Mixed precisions (a u8 input for a bf16 weight) are
+/// refused as a geometry error; `Quantized` never builds them.
+fn run(
+    conv: &QConv,
+    src: Src<'_>,
+    input_layout: ImageLayout,
+    shape: ConvShape,
+    epilogue: Epilogue<'_>,
+    dst: Dst<'_>,
+    out_layout: ImageLayout,
+) -> Result<(), QuantizeError> {
+    let mixed = LowpError::Geometry("an input or output of another precision than the weight");
+    let result = match &conv.weight {
+        LowWeight::Int8 {
+            weight,
+            input_scale: scale,
+        } => {
+            let scale = *scale;
+            let input = match src {
+                Src::F32 { data, prologue } => Ok(Int8Input::F32 {
+                    data,
+                    prologue,
+                    scale,
+                }),
+                Src::U8(data) => Ok(Int8Input::U8 { data, scale }),
+                Src::Bf16(_) => Err(mixed.clone()),
+            };
+            let output = match dst {
+                Dst::F32(o) => Ok(Int8Output::F32(o)),
+                Dst::U8(data, scale) => Ok(Int8Output::U8 { data, scale }),
+                Dst::Bf16(_) => Err(mixed),
+            };
+            input.and_then(|input| {
+                let output = output?;
+                conv_int8(
+                    input,
+                    input_layout,
+                    weight,
+                    shape,
+                    epilogue,
+                    output,
+                    out_layout,
+                    true,
+                )
+            })
+        }
+        LowWeight::Bf16(weight) => {
+            let input = match src {
+                Src::F32 { data, prologue } => Ok(Bf16Input::F32 { data, prologue }),
+                Src::Bf16(data) => Ok(Bf16Input::Bf16(data)),
+                Src::U8(_) => Err(mixed.clone()),
+            };
+            let output = match dst {
+                Dst::F32(o) => Ok(Bf16Output::F32(o)),
+                Dst::Bf16(o) => Ok(Bf16Output::Bf16(o)),
+                Dst::U8(..) => Err(mixed),
+            };
+            input.and_then(|input| {
+                let output = output?;
+                conv_bf16(
+                    input,
+                    input_layout,
+                    weight,
+                    shape,
+                    epilogue,
+                    output,
+                    out_layout,
+                    true,
+                )
+            })
+        }
+    };
+    result.map_err(|source| QuantizeError::Kernel {
+        layer: torchvision_path(conv.name.site, conv.name.part),
+        source,
+    })
+}
+
+/// The next site's convolution.
+fn next<'a>(convs: &'a [QConv], site: &mut usize) -> Result<&'a QConv, QuantizeError> {
+    let conv = convs.get(*site).ok_or(QuantizeError::Kernel {
+        layer: format!("(site {site})"),
+        source: LowpError::Geometry("the model has more convolutions than quantized weights"),
+    })?;
+    *site += 1;
+    Ok(conv)
+}
+
+/// A 1x1, stride-1 convolution over `n × h × w` pixels.
+fn pointwise(n: usize, h: usize, w: usize, c_in: usize, c_out: usize) -> ConvShape {
+    ConvShape {
+        n,
+        out_h: h,
+        out_w: w,
+        c_in,
+        c_out,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride: 1,
+    }
+}
+
+/// A convolution with `window`, run on an input padded beforehand.
+fn window_shape(
+    n: usize,
+    out_h: usize,
+    out_w: usize,
+    c_in: usize,
+    c_out: usize,
+    window: crate::kernels::im2col::Window,
+) -> ConvShape {
+    ConvShape {
+        n,
+        out_h,
+        out_w,
+        c_in,
+        c_out,
+        kernel_h: window.kernel_h,
+        kernel_w: window.kernel_w,
+        stride: window.stride,
+    }
+}
+
+/// The product of `dims`, or [`QuantizeError::TooLarge`] naming `what`.
+pub(crate) fn size(dims: &[usize], what: &'static str) -> Result<usize, QuantizeError> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or(QuantizeError::TooLarge { what })
+}
