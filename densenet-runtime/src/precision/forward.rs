@@ -78,7 +78,9 @@ pub(crate) fn forward<M: Network + ?Sized>(
     Ok(x.into_dyn())
 }
 
-/// A dense block on the kernels (see the module's documentation).
+/// A dense block on the kernels (see the module's documentation), image by image as
+/// the fp32 arena runs blocks: one image's buffer and bottleneck map stay in cache
+/// from layer to layer.
 fn block(
     layers: &[DenseLayer],
     x: ArrayView4<'_, f32>,
@@ -93,15 +95,55 @@ fn block(
     for (dst, src) in buf.chunks_exact_mut(c_out).zip(x.chunks_exact(c_in)) {
         dst[..c_in].copy_from_slice(src);
     }
+    let first = *site;
+    let mut scratch = Scratch::default();
+    for image in buf.chunks_exact_mut(h * w * c_out) {
+        *site = first;
+        image_layers(
+            layers,
+            image,
+            (h, w, c_in, c_out),
+            convs,
+            site,
+            &mut scratch,
+        )?;
+    }
+    Ok(Array4::from_shape_vec((n, h, w, c_out), buf).expect("sized above"))
+}
+
+/// A block's buffers reused from image to image.
+#[derive(Default)]
+struct Scratch {
+    /// A plain layer's padded f32 input.
+    padded: Vec<f32>,
+    /// BatchNorm scale and shift.
+    params: Vec<f32>,
+    /// The bottleneck's output, zero-bordered.
+    mid: Option<Mid>,
+}
+
+/// A block's layers on one image's buffer `(h, w, c_out)`, whose first `c_in` channels
+/// hold the block's input.
+fn image_layers(
+    layers: &[DenseLayer],
+    buf: &mut [f32],
+    (h, w, c_in, c_out): (usize, usize, usize, usize),
+    convs: &[QConv],
+    site: &mut usize,
+    scratch: &mut Scratch,
+) -> Result<(), QuantizeError> {
+    let n = 1;
     let at = |offset| ImageLayout {
         offset,
         image_stride: h * w * c_out,
         row_stride: w * c_out,
         pixel_stride: c_out,
     };
-    let mut padded = Vec::new();
-    let mut params = Vec::new();
-    let mut mid: Option<Mid> = None;
+    let Scratch {
+        padded,
+        params,
+        mid,
+    } = scratch;
     let mut c = c_in;
     for layer in layers {
         let k = layer.growth();
@@ -111,18 +153,11 @@ fn block(
                 let (hp, wp) = (h + 2 * win.padding, w + 2 * win.padding);
                 padded.resize(size(&[n, hp, wp, c], "a padded input")?, 0.0);
                 params.resize(2 * c, 0.0);
-                norm1.forward_relu_padded_into(
-                    &buf,
-                    c_out,
-                    (n, h, w),
-                    win.padding,
-                    &mut params,
-                    &mut padded,
-                );
+                norm1.forward_relu_padded_into(buf, c_out, (n, h, w), win.padding, params, padded);
                 let (oh, ow) = conv1.output_size(h, w);
                 let shape = window_shape(n, oh, ow, c, k, conv1.window());
                 let src = Src::F32 {
-                    data: &padded,
+                    data: padded,
                     prologue: Epilogue::Store,
                 };
                 let conv = next(convs, site)?;
@@ -132,7 +167,7 @@ fn block(
                     ImageLayout::dense(hp, wp, c),
                     shape,
                     Epilogue::Store,
-                    Dst::F32(&mut buf),
+                    Dst::F32(buf),
                     at(c),
                 )?;
             }
@@ -151,7 +186,7 @@ fn block(
                 let (first, second) = (next(convs, site)?, next(convs, site)?);
                 // The map's border stays 0 (u8's and bf16's zero): the 1x1 writes only
                 // its interior, the same for every layer of the block.
-                let mid = match &mut mid {
+                let mid = match &mut *mid {
                     Some(m) if m.len() == len => m,
                     slot => slot.insert(Mid::for_weight(&second.weight, len)),
                 };
@@ -161,7 +196,7 @@ fn block(
                     ..mid_layout
                 };
                 let src = Src::F32 {
-                    data: &buf,
+                    data: buf,
                     prologue: Epilogue::ScaleShiftRelu {
                         scale: &scale1,
                         shift: &shift1,
@@ -189,14 +224,14 @@ fn block(
                     mid_layout,
                     shape,
                     Epilogue::Store,
-                    Dst::F32(&mut buf),
+                    Dst::F32(buf),
                     at(c),
                 )?;
             }
         }
         c += k;
     }
-    Ok(Array4::from_shape_vec((n, h, w, c_out), buf).expect("sized above"))
+    Ok(())
 }
 
 /// The bottleneck's output between its 1x1 and its 3x3: u8 or bf16.
