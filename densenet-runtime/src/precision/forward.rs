@@ -11,8 +11,9 @@
 //! - the 3x3 reads that map in place and writes f32 into its channels of the buffer.
 //!
 //! A plain layer writes its BN-ReLU'd input zero-padded in f32 and runs its 3x3 on it;
-//! a transition pools its BN-ReLU'd input in f32 and runs its 1x1 on the pooled map. The
-//! stem and the head run fp32 (`reference::stem`, `reference::stage`).
+//! a transition pools its BN-ReLU'd input in f32 (one pass, as the fp32 arena) and runs
+//! its 1x1 on the pooled map. The stem runs fp32 as the arena runs it
+//! (`stem_forward_into`: direct kernel, BN-ReLU fused), the head as `reference::stage`.
 
 use half::bf16;
 use ndarray::{Array4, ArrayD, ArrayView4};
@@ -24,7 +25,9 @@ use crate::kernels::direct_conv::lowp::{
     conv_bf16, conv_int8, Bf16Input, Bf16Output, Int8Input, Int8Output, LowpError,
 };
 use crate::kernels::direct_conv::{ConvShape, Epilogue, ImageLayout};
-use crate::layers::{avg_pool2d, DenseLayer};
+use crate::kernels::elementwise::scale_shift_relu_add;
+use crate::layers::{stem_forward_into, BatchNorm2d, Conv2d, DenseLayer};
+use crate::parallel::prelude::*;
 use crate::reference;
 use crate::stage::{stages, Network, StageRef};
 use crate::weights::torchvision_path;
@@ -45,11 +48,10 @@ pub(crate) fn forward<M: Network + ?Sized>(
     let mut site = 0;
     for stage in stages(model) {
         x = match stage {
-            StageRef::Stem { conv, norm } => reference::stem(conv, norm, x.view()),
+            StageRef::Stem { conv, norm } => stem(conv, norm, x.view())?,
             StageRef::Block { layers, .. } => block(layers, x.view(), convs, &mut site)?,
             StageRef::Transition { norm, conv, .. } => {
-                let pooled = avg_pool2d(norm.forward_relu(x.view()).view(), 2, 2);
-                let pooled = pooled.as_standard_layout();
+                let pooled = bn_relu_pool(norm, x.view())?;
                 let (n, h, w, c) = pooled.dim();
                 let c_out = conv.c_out();
                 let mut out = vec![0.0f32; size(&[n, h, w, c_out], "a transition's output")?];
@@ -76,6 +78,77 @@ pub(crate) fn forward<M: Network + ?Sized>(
         };
     }
     Ok(x.into_dyn())
+}
+
+/// The stem in fp32 as the fp32 arena runs it (`stem_forward_into`: the direct kernel on
+/// an input padded once, an ImageNet stem's BN-ReLU fused into its epilogue, then the
+/// max pool), on NHWC input.
+fn stem(
+    conv: &Conv2d,
+    norm: Option<&BatchNorm2d>,
+    x: ArrayView4<'_, f32>,
+) -> Result<Array4<f32>, QuantizeError> {
+    let (n, h, w, c) = x.dim();
+    let p = conv.config().padding;
+    let (oh, ow) = conv.output_size(h, w);
+    let c0 = conv.c_out();
+    // torch's 3x3/2 max pool with padding 1 after an ImageNet stem.
+    let (out_h, out_w) = match norm {
+        Some(_) => ((oh.max(1) - 1) / 2 + 1, (ow.max(1) - 1) / 2 + 1),
+        None => (oh, ow),
+    };
+    let padded = size(&[n, h + 2 * p, w + 2 * p, c], "the stem's padded input")?;
+    let conv_out = match norm {
+        Some(_) => size(&[n, oh, ow, c0], "the stem's output")?,
+        None => 0,
+    };
+    let scratch_len = padded
+        .checked_add(conv_out)
+        .ok_or(QuantizeError::TooLarge {
+            what: "the stem's scratch",
+        })?;
+    let mut scratch = vec![0.0f32; scratch_len];
+    let mut out = vec![0.0f32; size(&[n, out_h, out_w, c0], "the stem's output")?];
+    let mut params = vec![0.0f32; 2 * c0];
+    let nchw = x.permuted_axes([0, 3, 1, 2]);
+    stem_forward_into(
+        conv,
+        norm,
+        nchw,
+        &mut out,
+        c0,
+        &mut params,
+        &mut scratch,
+        &mut Vec::new(),
+    );
+    Ok(Array4::from_shape_vec((n, out_h, out_w, c0), out).expect("sized above"))
+}
+
+/// A transition's BN-ReLU and 2x2 average pool (floor mode) in one pass, as the fp32
+/// arena's transition computes them: `(n, h/2, w/2, c)`.
+fn bn_relu_pool(norm: &BatchNorm2d, x: ArrayView4<'_, f32>) -> Result<Array4<f32>, QuantizeError> {
+    let (n, h, w, c) = x.dim();
+    let (ho, wo) = (h / 2, w / 2);
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
+    let (scale, shift) = norm.scale_shift();
+    let mut pooled = vec![0.0f32; size(&[n, ho, wo, c], "a transition's pooled input")?];
+    if wo > 0 {
+        pooled
+            .par_chunks_mut(wo * c)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let (b, oy) = (r / ho, r % ho);
+                for (ox, dst) in dst.chunks_exact_mut(c).enumerate() {
+                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let p = (b * h + 2 * oy + dy) * w + 2 * ox + dx;
+                        scale_shift_relu_add(&x[p * c..(p + 1) * c], &scale, &shift, dst);
+                    }
+                    dst.iter_mut().for_each(|v| *v *= 0.25);
+                }
+            });
+    }
+    Ok(Array4::from_shape_vec((n, ho, wo, c), pooled).expect("sized above"))
 }
 
 /// A dense block on the kernels (see the module's documentation), image by image as
