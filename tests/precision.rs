@@ -171,7 +171,8 @@ fn int8_and_bf16_logits_track_fp32_on_the_fixture_models() {
 fn plain_layers_and_feature_heads_run_too() {
     let plain = CifarPlain::init(3);
     let x = gaussian(4, CifarPlain::INPUT, 5);
-    let int8 = Quantized::int8(&plain, &[x.clone()], CalibrationMethod::MinMax).unwrap();
+    let int8 =
+        Quantized::int8(&plain, std::slice::from_ref(&x), CalibrationMethod::MinMax).unwrap();
     let (cos, _) = agreement(&plain, &int8, &x);
     assert!(cos >= 0.99, "plain int8 cosine {cos}");
     let bf16 = Quantized::bf16(&plain).unwrap();
@@ -180,7 +181,12 @@ fn plain_layers_and_feature_heads_run_too() {
 
     let features = SmallAvg::init(4);
     let x = gaussian(2, SmallAvg::INPUT, 6);
-    let int8 = Quantized::int8(&features, &[x.clone()], CalibrationMethod::MinMax).unwrap();
+    let int8 = Quantized::int8(
+        &features,
+        std::slice::from_ref(&x),
+        CalibrationMethod::MinMax,
+    )
+    .unwrap();
     let fp32 = Model::forward(&features, x.view()).unwrap();
     let low = int8.forward(x.view()).unwrap();
     assert_eq!(low.shape(), fp32.shape());
@@ -285,7 +291,7 @@ fn trained_shapes_model_keeps_its_held_out_accuracy_as_a_dynamic_model() {
         cache: true,
         ..FolderConfig::default()
     };
-    let test = ImageFolder::open(dir.join("test"), config.clone()).unwrap();
+    let test = ImageFolder::open(dir.join("test"), config).unwrap();
     let calib = ImageFolder::open(dir.join("calibration"), config).unwrap();
     let all: Vec<usize> = (0..calib.len()).collect();
     let calibration = vec![calib.batch(&all, None).unwrap().images];
@@ -469,7 +475,11 @@ fn calibration_errors_are_typed() {
     ));
     for p in [0.0, -1.0, 100.5, f64::NAN] {
         assert!(matches!(
-            Quantized::int8(&model, &[good.clone()], CalibrationMethod::Percentile(p)),
+            Quantized::int8(
+                &model,
+                std::slice::from_ref(&good),
+                CalibrationMethod::Percentile(p)
+            ),
             Err(QuantizeError::Percentile { .. })
         ));
     }
@@ -482,7 +492,7 @@ fn calibration_errors_are_typed() {
             }
         }
     });
-    match Quantized::int8(&broken, &[good.clone()], method) {
+    match Quantized::int8(&broken, std::slice::from_ref(&good), method) {
         Err(QuantizeError::Kernel { layer, .. }) => {
             assert_eq!(layer, "features.denseblock1.denselayer1.conv2")
         }

@@ -36,7 +36,7 @@ fn relative_gap(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
 
 /// The fallback's outputs against the kernels' and fp32's, for one model.
 fn check<M: Network + Clone>(name: &str, model: &M, x: &Array4<f32>) {
-    let int8 = Quantized::int8(model, &[x.clone()], CalibrationMethod::MinMax).unwrap();
+    let int8 = Quantized::int8(model, std::slice::from_ref(x), CalibrationMethod::MinMax).unwrap();
     let bf16 = Quantized::bf16(model).unwrap();
     let fp32 = model.forward(x.view()).unwrap();
     let strict = int8.clone().require_kernels().unwrap();
