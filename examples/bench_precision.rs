@@ -7,6 +7,15 @@
 //! cargo run --release --example bench_precision [-- --rounds 7 --batches 1,8 --threads 1,2 --images 64]
 //! ```
 //!
+//! For `tools/bench_int8.py` (ONNX Runtime's own int8 model of the same weights):
+//! `--export DIR` writes the fp32 weights (`densenet121.safetensors`), their ONNX graph
+//! (`densenet121.onnx`, our exporter) and the 16 calibration images and 16 evaluation
+//! images as raw little-endian f32 NCHW (`calibration.f32`, `eval.f32`), then exits;
+//! `--serve` reads requests `PRECISION BATCH THREADS ITERS` (`fp32|bf16|int8`) from stdin,
+//! one per line, and answers each with a line of the passes' times in ms (after one
+//! untimed pass), or `logits PRECISION` with the evaluation images' logits, as f32
+//! numbers on one line.
+//!
 //! Weights: torchvision's DenseNet-121 layout with random values as
 //! `tools/make_fixtures.py` draws them for its fixtures (He-normal convolutions;
 //! BatchNorm gamma ~ U(0.5, 1.5), beta ~ 0.1·N(0, 1), running mean ~ 0.1·N(0, 1),
@@ -195,8 +204,16 @@ fn main() {
     }
 
     let model = densenet121();
-    let start = Instant::now();
     let calibration: Vec<Array4<f32>> = (0..2).map(|b| images(8, 1000 + b)).collect();
+    if let Some(dir) = args
+        .iter()
+        .position(|a| a == "--export")
+        .and_then(|i| args.get(i + 1))
+    {
+        export(&model, &calibration, std::path::Path::new(dir));
+        return;
+    }
+    let start = Instant::now();
     let int8 = Quantized::int8(&model, &calibration, CalibrationMethod::MinMax).unwrap();
     println!(
         "int8 calibrated on 16 images (min-max) in {:.1} s",
@@ -219,6 +236,10 @@ fn main() {
         ("bf16", Variant::Low(&bf16)),
         ("int8", Variant::Low(&int8)),
     ];
+    if args.iter().any(|a| a == "--serve") {
+        serve(&variants);
+        return;
+    }
 
     // Speed.
     println!("\n{rounds} rounds after a warm-up; ms = median of the rounds; ratio = median of the per-round ratios to fp32");
@@ -291,5 +312,85 @@ fn main() {
             100.0 * top1,
             100.0 * top5
         );
+    }
+}
+
+/// The evaluation images of `--export` and `--serve`'s `logits`.
+fn eval_images() -> Array4<f32> {
+    images(16, 9000)
+}
+
+/// `--export DIR`: weights, ONNX graph, calibration and evaluation images.
+fn export(model: &DenseNet121, calibration: &[Array4<f32>], dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("the export directory");
+    Model::save_safetensors(model, dir.join("densenet121.safetensors")).expect("weights");
+    Model::to_onnx(model, dir.join("densenet121.onnx")).expect("ONNX");
+    let raw = |arrays: &[&Array4<f32>]| -> Vec<u8> {
+        arrays
+            .iter()
+            .flat_map(|a| a.iter().flat_map(|v| v.to_le_bytes()))
+            .collect()
+    };
+    let parts: Vec<&Array4<f32>> = calibration.iter().collect();
+    std::fs::write(dir.join("calibration.f32"), raw(&parts)).expect("calibration images");
+    std::fs::write(dir.join("eval.f32"), raw(&[&eval_images()])).expect("evaluation images");
+    println!("wrote {}", dir.display());
+}
+
+/// `--serve`: timing and logits requests on stdin (see the module documentation).
+fn serve(variants: &[(&str, Variant<'_>)]) {
+    use std::io::BufRead;
+    let mut pools: Vec<(usize, rayon::ThreadPool)> = Vec::new();
+    let mut inputs: Vec<(usize, Array4<f32>)> = Vec::new();
+    println!("ready");
+    for line in std::io::stdin().lock().lines() {
+        let line = line.expect("a request line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let find = |name: &str| {
+            variants
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v)
+                .expect("fp32, bf16 or int8")
+        };
+        match words.as_slice() {
+            ["logits", precision] => {
+                let logits = find(precision).logits(&eval_images());
+                let text: Vec<String> = logits.iter().map(|v| v.to_string()).collect();
+                println!("{}", text.join(" "));
+            }
+            [precision, batch, threads, iters] => {
+                let (batch, threads, iters): (usize, usize, usize) = (
+                    batch.parse().expect("batch"),
+                    threads.parse().expect("threads"),
+                    iters.parse().expect("iters"),
+                );
+                if !pools.iter().any(|(t, _)| *t == threads) {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("a thread pool");
+                    pools.push((threads, pool));
+                }
+                if !inputs.iter().any(|(b, _)| *b == batch) {
+                    inputs.push((batch, images(batch, 7)));
+                }
+                let pool = &pools.iter().find(|(t, _)| *t == threads).unwrap().1;
+                let x = &inputs.iter().find(|(b, _)| *b == batch).unwrap().1;
+                let variant = find(precision);
+                let times: Vec<String> = pool.install(|| {
+                    std::hint::black_box(variant.logits(x));
+                    (0..iters)
+                        .map(|_| {
+                            let start = Instant::now();
+                            std::hint::black_box(variant.logits(x));
+                            format!("{:.4}", start.elapsed().as_secs_f64() * 1e3)
+                        })
+                        .collect()
+                });
+                println!("{}", times.join(" "));
+            }
+            _ => println!("error: expected `PRECISION BATCH THREADS ITERS` or `logits PRECISION`"),
+        }
     }
 }
