@@ -24,7 +24,9 @@ use std::path::PathBuf;
 
 use densenet::runtime::image::{FolderConfig, ImageFolder};
 use densenet::runtime::ndarray::{Array2, Array4, ArrayD, Axis, Ix2};
-use densenet::runtime::precision::{CalibrationMethod, Precision, QuantizeError, Quantized};
+use densenet::runtime::precision::{
+    CalibrationMethod, LowpWorkspace, Precision, QuantizeError, Quantized,
+};
 use densenet::runtime::train::{Augment, Source};
 use densenet::runtime::{DynamicModel, LoadError, Model, Naming, Network, Rng};
 use densenet::{densenet, densenet_yaml};
@@ -510,16 +512,25 @@ fn calibration_errors_are_typed() {
         int8.forward(Array4::zeros((0, 3, 64, 64)).view()),
         Err(QuantizeError::Model(densenet::runtime::Error::EmptyBatch))
     ));
+    let mut ws = LowpWorkspace::new();
     let mut out = ArrayD::zeros(vec![1, 9]);
     assert!(matches!(
-        int8.forward_into(Array4::zeros((1, 3, 64, 64)).view(), out.view_mut()),
+        int8.forward_into(
+            Array4::zeros((1, 3, 64, 64)).view(),
+            &mut ws,
+            out.view_mut()
+        ),
         Err(QuantizeError::Model(
             densenet::runtime::Error::OutputShape { .. }
         ))
     ));
     let mut out = Array2::<f32>::zeros((1, 10)).into_dyn();
-    int8.forward_into(Array4::zeros((1, 3, 64, 64)).view(), out.view_mut())
-        .unwrap();
+    int8.forward_into(
+        Array4::zeros((1, 3, 64, 64)).view(),
+        &mut ws,
+        out.view_mut(),
+    )
+    .unwrap();
 }
 
 /// `bytes` with the tensor `key` replaced by `(dtype, shape, data)` (or removed).
@@ -702,4 +713,43 @@ fn this_cpu_runs_the_kernels() {
     } else {
         assert!(bf16.fallback_notice().is_some());
     }
+}
+
+/// `q` on `x` through `ws`, through a fresh workspace and through `forward`: equal.
+fn same_through_workspaces<M: Network>(q: &Quantized<M>, x: &Array4<f32>, ws: &mut LowpWorkspace) {
+    let shape: Vec<usize> = std::iter::once(x.dim().0)
+        .chain(q.network().plan().output.iter().copied())
+        .collect();
+    let mut reused = ArrayD::zeros(shape.clone());
+    q.forward_into(x.view(), ws, reused.view_mut()).unwrap();
+    let mut fresh = ArrayD::zeros(shape);
+    q.forward_into(x.view(), &mut LowpWorkspace::new(), fresh.view_mut())
+        .unwrap();
+    assert_eq!(reused, fresh, "{} batch {}", q.precision(), x.dim().0);
+    assert_eq!(reused, q.forward(x.view()).unwrap());
+}
+
+#[test]
+fn a_reused_workspace_gives_the_same_outputs() {
+    // One workspace across models, precisions and batch sizes (buffers handed from one
+    // shape to another must come back zeroed where it matters): equal to a fresh one
+    // and to `forward` (a per-thread workspace), bit for bit.
+    let small = small();
+    let int8 = Quantized::int8(
+        &small,
+        &calibration(Small::INPUT),
+        CalibrationMethod::MinMax,
+    )
+    .unwrap();
+    let bf16 = Quantized::bf16(&CifarPlain::init(7)).unwrap();
+    let mut ws = LowpWorkspace::new();
+    for n in [1, 3, 2] {
+        same_through_workspaces(&int8, &gaussian(n, Small::INPUT, 40 + n as u64), &mut ws);
+        same_through_workspaces(
+            &bf16,
+            &gaussian(n, CifarPlain::INPUT, 50 + n as u64),
+            &mut ws,
+        );
+    }
+    assert!(ws.capacity_bytes() > 0);
 }

@@ -43,18 +43,19 @@ pub(crate) fn forward<M: Network + ?Sized>(
     model: &M,
     convs: &[QConv],
     x: ArrayView4<'_, f32>,
+    ws: &mut LowpWorkspace,
 ) -> Result<ArrayD<f32>, QuantizeError> {
     let mut x = input_to_nhwc(x, model.plan().input)?;
     let mut site = 0;
     for stage in stages(model) {
-        x = match stage {
-            StageRef::Stem { conv, norm } => stem(conv, norm, x.view())?,
-            StageRef::Block { layers, .. } => block(layers, x.view(), convs, &mut site)?,
+        let next_x = match stage {
+            StageRef::Stem { conv, norm } => stem(conv, norm, x.view(), ws)?,
+            StageRef::Block { layers, .. } => block(layers, x.view(), convs, &mut site, ws)?,
             StageRef::Transition { norm, conv, .. } => {
-                let pooled = bn_relu_pool(norm, x.view())?;
+                let pooled = bn_relu_pool(norm, x.view(), ws)?;
                 let (n, h, w, c) = pooled.dim();
                 let c_out = conv.c_out();
-                let mut out = vec![0.0f32; size(&[n, h, w, c_out], "a transition's output")?];
+                let mut out = ws.take(size(&[n, h, w, c_out], "a transition's output")?);
                 let src = Src::F32 {
                     data: pooled.as_slice().expect("standard layout"),
                     prologue: Epilogue::Store,
@@ -72,12 +73,71 @@ pub(crate) fn forward<M: Network + ?Sized>(
                     Dst::F32(&mut out),
                     output,
                 )?;
+                ws.give(pooled);
                 Array4::from_shape_vec((n, h, w, c_out), out).expect("sized above")
             }
-            head @ StageRef::Head { .. } => return Ok(reference::stage(head, x.view())),
+            head @ StageRef::Head { .. } => {
+                let y = reference::stage(head, x.view());
+                ws.give(x);
+                return Ok(y);
+            }
         };
+        ws.give(core::mem::replace(&mut x, next_x));
     }
     Ok(x.into_dyn())
+}
+
+/// The buffers of [`Quantized`](super::Quantized)'s forward passes, kept between calls
+/// so that a pass after the first of its batch size allocates only its output (and the
+/// NHWC copy of its input): [`Quantized::forward_into`](super::Quantized::forward_into)
+/// takes one; `forward` uses one per thread. Buffers are zero-filled when handed out.
+#[derive(Debug, Default)]
+pub struct LowpWorkspace {
+    /// Free f32 buffers (activations: block buffers, pooled maps, stem scratch).
+    free: Vec<Vec<f32>>,
+    /// A block's scratch, kept between blocks and passes.
+    scratch: Scratch,
+}
+
+impl LowpWorkspace {
+    /// An empty workspace; it grows to the largest batch it runs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held.
+    pub fn capacity_bytes(&self) -> usize {
+        let f32s: usize = self.free.iter().map(Vec::capacity).sum::<usize>()
+            + self.scratch.padded.capacity()
+            + self.scratch.params.capacity();
+        let mid = match &self.scratch.mid {
+            Some(Mid::U8(v)) => v.capacity(),
+            Some(Mid::Bf16(v)) => 2 * v.capacity(),
+            None => 0,
+        };
+        4 * f32s + mid
+    }
+
+    /// A zeroed buffer of `len` floats: the free buffer with the smallest capacity
+    /// that holds it, else the largest one, grown.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let fits = (0..self.free.len())
+            .filter(|&i| self.free[i].capacity() >= len)
+            .min_by_key(|&i| self.free[i].capacity());
+        let largest = (0..self.free.len()).max_by_key(|&i| self.free[i].capacity());
+        let mut v = fits
+            .or(largest)
+            .map(|i| self.free.swap_remove(i))
+            .unwrap_or_default();
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// Returns an array's buffer for later passes.
+    fn give(&mut self, a: Array4<f32>) {
+        self.free.push(a.into_raw_vec_and_offset().0);
+    }
 }
 
 /// The stem in fp32 as the fp32 arena runs it (`stem_forward_into`: the direct kernel on
@@ -87,6 +147,7 @@ fn stem(
     conv: &Conv2d,
     norm: Option<&BatchNorm2d>,
     x: ArrayView4<'_, f32>,
+    ws: &mut LowpWorkspace,
 ) -> Result<Array4<f32>, QuantizeError> {
     let (n, h, w, c) = x.dim();
     let p = conv.config().padding;
@@ -107,8 +168,8 @@ fn stem(
         .ok_or(QuantizeError::TooLarge {
             what: "the stem's scratch",
         })?;
-    let mut scratch = vec![0.0f32; scratch_len];
-    let mut out = vec![0.0f32; size(&[n, out_h, out_w, c0], "the stem's output")?];
+    let mut scratch = ws.take(scratch_len);
+    let mut out = ws.take(size(&[n, out_h, out_w, c0], "the stem's output")?);
     let mut params = vec![0.0f32; 2 * c0];
     let nchw = x.permuted_axes([0, 3, 1, 2]);
     stem_forward_into(
@@ -121,18 +182,23 @@ fn stem(
         &mut scratch,
         &mut Vec::new(),
     );
+    ws.free.push(scratch);
     Ok(Array4::from_shape_vec((n, out_h, out_w, c0), out).expect("sized above"))
 }
 
 /// A transition's BN-ReLU and 2x2 average pool (floor mode) in one pass, as the fp32
 /// arena's transition computes them: `(n, h/2, w/2, c)`.
-fn bn_relu_pool(norm: &BatchNorm2d, x: ArrayView4<'_, f32>) -> Result<Array4<f32>, QuantizeError> {
+fn bn_relu_pool(
+    norm: &BatchNorm2d,
+    x: ArrayView4<'_, f32>,
+    ws: &mut LowpWorkspace,
+) -> Result<Array4<f32>, QuantizeError> {
     let (n, h, w, c) = x.dim();
     let (ho, wo) = (h / 2, w / 2);
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout");
     let (scale, shift) = norm.scale_shift();
-    let mut pooled = vec![0.0f32; size(&[n, ho, wo, c], "a transition's pooled input")?];
+    let mut pooled = ws.take(size(&[n, ho, wo, c], "a transition's pooled input")?);
     if wo > 0 {
         pooled
             .par_chunks_mut(wo * c)
@@ -159,33 +225,29 @@ fn block(
     x: ArrayView4<'_, f32>,
     convs: &[QConv],
     site: &mut usize,
+    ws: &mut LowpWorkspace,
 ) -> Result<Array4<f32>, QuantizeError> {
     let (n, h, w, c_in) = x.dim();
     let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
-    let mut buf = vec![0.0f32; size(&[n, h, w, c_out], "a dense block's buffer")?];
+    let mut buf = ws.take(size(&[n, h, w, c_out], "a dense block's buffer")?);
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout");
     for (dst, src) in buf.chunks_exact_mut(c_out).zip(x.chunks_exact(c_in)) {
         dst[..c_in].copy_from_slice(src);
     }
     let first = *site;
-    let mut scratch = Scratch::default();
+    let scratch = &mut ws.scratch;
+    // The bottleneck map's geometry is the block's: zeroed once, at its first layer.
+    scratch.mid_ready = false;
     for image in buf.chunks_exact_mut(h * w * c_out) {
         *site = first;
-        image_layers(
-            layers,
-            image,
-            (h, w, c_in, c_out),
-            convs,
-            site,
-            &mut scratch,
-        )?;
+        image_layers(layers, image, (h, w, c_in, c_out), convs, site, scratch)?;
     }
     Ok(Array4::from_shape_vec((n, h, w, c_out), buf).expect("sized above"))
 }
 
-/// A block's buffers reused from image to image.
-#[derive(Default)]
+/// A block's buffers reused from image to image (and block to block).
+#[derive(Debug, Default)]
 struct Scratch {
     /// A plain layer's padded f32 input.
     padded: Vec<f32>,
@@ -193,6 +255,8 @@ struct Scratch {
     params: Vec<f32>,
     /// The bottleneck's output, zero-bordered.
     mid: Option<Mid>,
+    /// Whether `mid` has this block's size and a zero border.
+    mid_ready: bool,
 }
 
 /// A block's layers on one image's buffer `(h, w, c_out)`, whose first `c_in` channels
@@ -216,6 +280,7 @@ fn image_layers(
         padded,
         params,
         mid,
+        mid_ready,
     } = scratch;
     let mut c = c_in;
     for layer in layers {
@@ -260,8 +325,11 @@ fn image_layers(
                 // The map's border stays 0 (u8's and bf16's zero): the 1x1 writes only
                 // its interior, the same for every layer of the block.
                 let mid = match &mut *mid {
-                    Some(m) if m.len() == len => m,
-                    slot => slot.insert(Mid::for_weight(&second.weight, len)),
+                    Some(m) if *mid_ready => m,
+                    slot => {
+                        *mid_ready = true;
+                        Mid::reset(slot, &second.weight, len)
+                    }
                 };
                 let mid_layout = ImageLayout::dense(hp, wp, width);
                 let interior = ImageLayout {
@@ -308,25 +376,33 @@ fn image_layers(
 }
 
 /// The bottleneck's output between its 1x1 and its 3x3: u8 or bf16.
+#[derive(Debug)]
 enum Mid {
     U8(Vec<u8>),
     Bf16(Vec<bf16>),
 }
 
 impl Mid {
-    /// Zeros of the type `weight`'s kernel reads.
-    fn for_weight(weight: &LowWeight, len: usize) -> Mid {
-        match weight {
-            LowWeight::Int8 { .. } => Mid::U8(vec![0; len]),
-            LowWeight::Bf16(_) => Mid::Bf16(vec![bf16::ZERO; len]),
+    /// `len` zeros of the type `weight`'s kernel reads, in `slot`'s memory if it holds
+    /// that type.
+    fn reset<'a>(slot: &'a mut Option<Mid>, weight: &LowWeight, len: usize) -> &'a mut Mid {
+        match (&mut *slot, weight) {
+            (Some(Mid::U8(v)), LowWeight::Int8 { .. }) => {
+                v.clear();
+                v.resize(len, 0);
+            }
+            (Some(Mid::Bf16(v)), LowWeight::Bf16(_)) => {
+                v.clear();
+                v.resize(len, bf16::ZERO);
+            }
+            _ => {
+                *slot = Some(match weight {
+                    LowWeight::Int8 { .. } => Mid::U8(vec![0; len]),
+                    LowWeight::Bf16(_) => Mid::Bf16(vec![bf16::ZERO; len]),
+                })
+            }
         }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Mid::U8(v) => v.len(),
-            Mid::Bf16(v) => v.len(),
-        }
+        slot.get_or_insert_with(|| Mid::U8(Vec::new()))
     }
 
     /// The map as the output of the 1x1, requantized with `reader`'s input scale.

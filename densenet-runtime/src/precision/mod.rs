@@ -73,4 +73,5 @@ mod simulate;
 pub use crate::kernels::direct_conv::lowp::{LowpIsa, Precision};
 pub use calibrate::CalibrationMethod;
 pub use error::QuantizeError;
+pub use forward::LowpWorkspace;
 pub use quantized::{PrecisionSummary, Quantized};

@@ -1,12 +1,13 @@
 //! [`Quantized`]: a model whose convolutions run in bf16 or int8.
 
+use core::cell::RefCell;
 use core::fmt;
 use std::path::Path;
 
 use ndarray::{Array2, Array4, ArrayD, ArrayView4, ArrayViewMutD, Axis, Ix2};
 
 use super::calibrate::{calibrate, CalibrationMethod};
-use super::{forward, io, simulate, Precision, QuantizeError};
+use super::{forward, io, simulate, LowpWorkspace, Precision, QuantizeError};
 use crate::kernels::direct_conv::lowp::{
     bf16_round, quantize_activation, Bf16Weight, Int8Weight, LowpError,
 };
@@ -285,10 +286,29 @@ impl<M: Network> Quantized<M> {
     /// [`QuantizeError::Model`] with [`Error::InputShape`] or [`Error::EmptyBatch`];
     /// [`QuantizeError::Unsupported`] after [`require_kernels`](Self::require_kernels)
     /// on a CPU without the kernels; [`QuantizeError::TooLarge`] for an absurd batch.
+    ///
+    /// Activations live in this thread's [`LowpWorkspace`] (kept between calls, as
+    /// [`Model::forward`](crate::Model::forward) keeps its arena).
     pub fn forward(&self, x: ArrayView4<'_, f32>) -> Result<ArrayD<f32>, QuantizeError> {
+        thread_local! {
+            static WORKSPACE: RefCell<LowpWorkspace> = RefCell::new(LowpWorkspace::new());
+        }
+        WORKSPACE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut ws) => self.run(x, &mut ws),
+            // Held further up this thread's stack (a rayon task of another pass).
+            Err(_) => self.run(x, &mut LowpWorkspace::new()),
+        })
+    }
+
+    /// The kernels' pass in `ws`, or the fallback's.
+    fn run(
+        &self,
+        x: ArrayView4<'_, f32>,
+        ws: &mut LowpWorkspace,
+    ) -> Result<ArrayD<f32>, QuantizeError> {
         self.check_kernels()?;
         if self.kernels_available() {
-            return forward::forward(&self.model, &self.convs, x);
+            return forward::forward(&self.model, &self.convs, x, ws);
         }
         let convs = &self.convs;
         Ok(simulate::forward(&self.model, x, &mut |site, values| {
@@ -296,13 +316,17 @@ impl<M: Network> Quantized<M> {
         })?)
     }
 
-    /// [`forward`](Self::forward) into `out` (`[N] ++ plan().output`, any layout).
+    /// [`forward`](Self::forward) into `out` (`[N] ++ plan().output`, any layout), with
+    /// the activations in the caller's workspace `ws` (it grows to the batch and keeps
+    /// its buffers: later passes of that size allocate only the NHWC copy of the input
+    /// and the head's small arrays).
     ///
     /// # Errors
     /// As [`forward`](Self::forward); [`Error::OutputShape`] when `out` has another shape.
     pub fn forward_into(
         &self,
         x: ArrayView4<'_, f32>,
+        ws: &mut LowpWorkspace,
         mut out: ArrayViewMutD<'_, f32>,
     ) -> Result<(), QuantizeError> {
         let expected: Vec<usize> = core::iter::once(x.dim().0)
@@ -315,7 +339,7 @@ impl<M: Network> Quantized<M> {
             }
             .into());
         }
-        let y = self.forward(x)?;
+        let y = self.run(x, ws)?;
         out.assign(&y);
         Ok(())
     }
