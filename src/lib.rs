@@ -283,7 +283,7 @@ pub use densenet_runtime::{blocks, layers, reference, rng, spec, stage, weights}
 
 #[cfg(feature = "std")]
 #[doc(inline)]
-pub use densenet_runtime::{onnx, train, SaveError, TrainError};
+pub use densenet_runtime::{onnx, precision, train, SaveError, TrainError};
 
 #[cfg(feature = "image")]
 #[doc(inline)]

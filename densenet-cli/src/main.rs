@@ -30,6 +30,7 @@ use densenet_spec::{
 };
 
 mod inline;
+mod precision;
 mod run;
 mod train;
 
@@ -86,6 +87,8 @@ enum Command {
         /// JPEG or PNG images.
         #[arg(required = true)]
         images: Vec<PathBuf>,
+        #[command(flatten)]
+        precision: precision::PrecisionArgs,
     },
     /// Train or fine-tune a spec's model on a folder of images (one sub-folder per
     /// class), with checkpoints, history and resumption in --out.
@@ -103,6 +106,8 @@ enum Command {
         /// Timed forward passes (after one warm-up).
         #[arg(long, default_value_t = 10)]
         iters: usize,
+        #[command(flatten)]
+        precision: precision::PrecisionArgs,
     },
     /// Export a model with its weights as an ONNX graph (opset 17, dynamic batch).
     Export {
@@ -203,6 +208,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             labels,
             json,
             images,
+            precision,
         } => run::classify(&run::Request {
             spec: &spec,
             weights: &weights,
@@ -211,10 +217,16 @@ fn run(command: Command) -> Result<ExitCode, String> {
             labels: labels.as_deref(),
             json,
             images: &images,
+            precision: &precision,
         })?,
         Command::Train(args) => train::train(&args)?,
         Command::Eval(args) => train::eval(&args)?,
-        Command::Bench { spec, batch, iters } => bench(&spec, batch, iters)?,
+        Command::Bench {
+            spec,
+            batch,
+            iters,
+            precision,
+        } => bench(&spec, batch, iters, &precision)?,
         Command::Export {
             spec,
             weights,
@@ -306,7 +318,13 @@ pub(crate) fn load_spec(path: &Path) -> Result<Architecture, LoadError> {
 /// Most timed passes `bench` runs (their times are kept to take the median).
 const MAX_ITERS: usize = 100_000;
 
-fn bench(spec: &Path, batch: usize, iters: usize) -> Result<(), String> {
+fn bench(
+    spec: &Path,
+    batch: usize,
+    iters: usize,
+    precision: &precision::PrecisionArgs,
+) -> Result<(), String> {
+    precision.validate(false)?;
     let arch = load_spec(spec).map_err(|e| e.to_string())?;
     if batch == 0 || iters == 0 {
         return Err("--batch and --iters must be at least 1".into());
@@ -327,28 +345,56 @@ fn bench(spec: &Path, batch: usize, iters: usize) -> Result<(), String> {
     }
     let macs = Plan::new(&arch).macs;
     let name = arch.name.to_string();
+    let input = arch.input;
     let model = DynamicModel::init(arch, 0).map_err(|e| e.to_string())?;
+    let model = precision.apply(model, |args| match &args.calibration {
+        Some(_) => {
+            let preprocessing = run::preprocessing(input)?;
+            precision::calibration_from_files(args, &|path| {
+                preprocessing.load(path).map_err(|e| e.to_string())
+            })
+        }
+        None => Ok(generated_images(input, args.calibration_images)),
+    })?;
     values.extend((0..batch).flat_map(|n| {
         (0..c).flat_map(move |c| {
             (0..h).flat_map(move |y| (0..w).map(move |x| ((n + c + y + x) % 7) as f32 / 7.0 - 0.5))
         })
     }));
     let x = Array4::from_shape_vec((batch, c, h, w), values).expect("len is the shape's product");
-    model.forward(x.view()).map_err(|e| e.to_string())?;
+    model.forward(&x)?;
     let mut times: Vec<f64> = (0..iters)
         .map(|_| {
             let start = Instant::now();
-            let _ = model.forward(x.view());
+            let _ = model.forward(&x);
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "{name}: batch {batch}, median {median:.2} ms over {iters} runs (min {:.2}), {:.1} images/s, {:.1} GFLOP/s",
+        "{name}{}: batch {batch}, median {median:.2} ms over {iters} runs (min {:.2}), {:.1} images/s, {:.1} GFLOP/s",
+        model.describe(),
         times[0],
         batch as f64 / (median / 1e3),
         2.0 * macs as f64 * batch as f64 / (median / 1e3) / 1e9
     );
     Ok(())
+}
+
+/// int8 calibration images for `bench` without `--calibration`: `n` images of uniform
+/// noise in [-2, 2] (the range of normalised pixels), in batches of 16.
+fn generated_images([c, h, w]: [usize; 3], n: usize) -> Vec<Array4<f32>> {
+    let mut rng = densenet_runtime::Rng::new(1);
+    let n = n.min(64);
+    eprintln!("calibrating int8 on {n} generated images (give --calibration DIR for real ones)");
+    (0..n)
+        .step_by(16)
+        .map(|start| {
+            let images = (n - start).min(16);
+            Array4::from_shape_simple_fn((images, c, h, w), || {
+                (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+            })
+        })
+        .collect()
 }

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use densenet_runtime::image::{stack, Preprocessing};
 use densenet_runtime::train::read_checkpoint_info;
-use densenet_runtime::{Model, Naming};
+use densenet_runtime::Naming;
 
+use crate::precision::{calibration_from_files, PrecisionArgs};
 use crate::{load_model, load_spec};
 
 /// The 1000 ImageNet-1k class names in index order (torchvision's list).
@@ -21,6 +22,7 @@ pub(crate) struct Request<'a> {
     pub labels: Option<&'a Path>,
     pub json: bool,
     pub images: &'a [PathBuf],
+    pub precision: &'a PrecisionArgs,
 }
 
 /// The names of a model's `classes` classes: `--labels`, else those a training
@@ -60,29 +62,42 @@ pub(crate) fn class_names(
     Ok(names)
 }
 
-pub(crate) fn classify(request: &Request<'_>) -> Result<(), String> {
-    let arch = load_spec(request.spec).map_err(|e| e.to_string())?;
-    let [_, h, w] = arch.input;
+/// ImageNet's evaluation transform scaled to a square input: resize 256 → crop 224.
+///
+/// # Errors
+/// A non-square input.
+pub(crate) fn preprocessing([_, h, w]: [usize; 3]) -> Result<Preprocessing, String> {
     if h != w {
         return Err(format!(
             "run needs a square input to center-crop to; the spec's is {h}x{w}"
         ));
     }
-    let names = class_names(request.labels, request.weights, arch.classes)?;
-    let model = load_model(request.spec, request.weights, request.naming)?;
-    // ImageNet's evaluation transform, scaled to the model's input: resize 256 → crop 224.
-    let preprocessing = Preprocessing {
-        crop: h as u32,
+    let side = u32::try_from(h).map_err(|_| format!("input size {h} is too large"))?;
+    Ok(Preprocessing {
+        crop: side,
         resize: (h as f64 * 256.0 / 224.0).round() as u32,
         ..Preprocessing::default()
-    };
+    })
+}
+
+pub(crate) fn classify(request: &Request<'_>) -> Result<(), String> {
+    request.precision.validate(true)?;
+    let arch = load_spec(request.spec).map_err(|e| e.to_string())?;
+    let preprocessing = preprocessing(arch.input)?;
+    let names = class_names(request.labels, request.weights, arch.classes)?;
+    let model = load_model(request.spec, request.weights, request.naming)?;
+    let model = request.precision.apply(model, |args| {
+        calibration_from_files(args, &|path| {
+            preprocessing.load(path).map_err(|e| e.to_string())
+        })
+    })?;
     let tensors = request
         .images
         .iter()
         .map(|path| preprocessing.load(path).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let batch = stack(&tensors).map_err(|e| e.to_string())?;
-    let probabilities = model.predict(batch.view()).map_err(|e| e.to_string())?;
+    let probabilities = model.predict(&batch)?;
     let mut json = Vec::new();
     for (path, row) in request.images.iter().zip(probabilities.rows()) {
         let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();

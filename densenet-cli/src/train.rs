@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use densenet_runtime::image::{FolderConfig, ImageFolder, Normalization, Unreadable};
 use densenet_runtime::train::{
-    self, checkpoints_in, evaluate, fit, split, AdamConfig, Augment, CosineConfig, EarlyStopping,
-    FitConfig, Freeze, History, Monitor, OnEpochEnd, Optimizer, PlateauConfig, Schedule, SgdConfig,
-    Source,
+    self, checkpoints_in, fit, split, AdamConfig, Augment, CosineConfig, EarlyStopping, FitConfig,
+    Freeze, History, Monitor, OnEpochEnd, Optimizer, PlateauConfig, Schedule, SgdConfig, Source,
 };
 use densenet_runtime::weights::PartialLoad;
 use densenet_runtime::{DynamicModel, Model, Naming, Network};
 
 use crate::load_spec;
+use crate::precision::{calibration_from_source, PrecisionArgs};
 
 /// `densenet train`'s arguments.
 #[derive(Args)]
@@ -102,6 +102,8 @@ pub(crate) struct EvalArgs {
     /// Pixel normalisation, as Keras's preprocess_input modes.
     #[arg(long, value_enum, default_value_t = NormalizationArg::Torch)]
     normalization: NormalizationArg,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -353,6 +355,7 @@ pub(crate) fn train(args: &TrainArgs) -> Result<(), String> {
 }
 
 pub(crate) fn eval(args: &EvalArgs) -> Result<(), String> {
+    args.precision.validate(true)?;
     let arch = load_spec(&args.spec).map_err(|e| e.to_string())?;
     let data = folder(
         &args.data,
@@ -374,12 +377,30 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<(), String> {
             ));
         }
     }
+    let input = arch.input;
     let model = DynamicModel::load_safetensors(arch, &args.weights, Naming::Auto)
         .map_err(|e| e.to_string())?;
-    let result = evaluate(&model, &data, args.batch).map_err(|e| e.to_string())?;
+    let name = model.architecture().name.to_string();
+    // Calibration images are read as the evaluation data: same size and normalisation.
+    let model = args.precision.apply(model, |p| {
+        let dir = p
+            .calibration
+            .as_deref()
+            .ok_or("--precision int8 needs --calibration DIR")?;
+        let images = folder(
+            dir,
+            input,
+            args.normalization.into(),
+            Augment::None,
+            false,
+            Unreadable::Error,
+        )?;
+        calibration_from_source(p, &images)
+    })?;
+    let result = model.evaluate(&data, args.batch)?;
     println!(
-        "{}: {} images of {} classes: loss {:.4}, top-1 {:.2}%, top-{} {:.2}%",
-        model.architecture().name,
+        "{name}{}: {} images of {} classes: loss {:.4}, top-1 {:.2}%, top-{} {:.2}%",
+        model.describe(),
         result.total,
         data.classes(),
         result.loss,

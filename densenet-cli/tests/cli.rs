@@ -642,3 +642,151 @@ fn a_pretrained_backbone_under_a_new_head() {
     assert!(compared > 100, "{compared}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--precision bf16|int8` on `run`, `eval` and `bench`, int8 calibrated on a folder,
+/// and the mistakes: int8 without images, calibration options without int8, a
+/// percentile out of range.
+#[test]
+fn precision_on_run_eval_and_bench() {
+    let (dir, spec, weights) = small_model("precision");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (spec, weights) = (s(&spec), s(&weights));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--spec", &spec, "--weights", &weights, "--top", "3"];
+        args.extend_from_slice(extra);
+        args.extend([
+            "tests/fixtures/astronaut.png",
+            "tests/fixtures/astronaut.jpg",
+        ]);
+        densenet(&args)
+    };
+    let fp32 = run(&[]);
+    assert!(fp32.status.success());
+    for extra in [
+        &["--precision", "int8", "--calibration", "tests/fixtures"][..],
+        &[
+            "--precision",
+            "int8",
+            "--calibration",
+            "tests/fixtures",
+            "--percentile",
+            "99.9",
+        ],
+        &["--precision", "bf16", "--strict-precision"],
+    ] {
+        let out = run(extra);
+        let text = stdout(&out);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            text.lines().filter(|l| l.contains("% ")).count(),
+            6,
+            "{text}"
+        );
+        // Random weights, two images: the same top class as fp32.
+        let top = |t: &str| {
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .split('%')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(top(&text), top(&stdout(&fp32)), "{extra:?}");
+    }
+    for (extra, message) in [
+        (&["--precision", "int8"][..], "needs --calibration DIR"),
+        (
+            &["--precision", "bf16", "--calibration", "tests/fixtures"],
+            "int8 only",
+        ),
+        (
+            &[
+                "--precision",
+                "int8",
+                "--calibration",
+                "tests/fixtures",
+                "--percentile",
+                "150",
+            ],
+            "percentile must be in (0, 100]",
+        ),
+        (
+            &["--precision", "int8", "--calibration", "densenet-cli/src"],
+            "no JPEG or PNG images",
+        ),
+        (
+            &[
+                "--precision",
+                "int8",
+                "--calibration",
+                "tests/fixtures",
+                "--calibration-images",
+                "0",
+            ],
+            "--calibration-images must be in",
+        ),
+    ] {
+        let out = run(extra);
+        assert!(!out.status.success(), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{extra:?}: {err}");
+    }
+
+    // eval on a folder, calibrated on another folder read the same way.
+    let (data, calibration) = (dir.join("data"), dir.join("calibration"));
+    quadrant_folder(&data, 4, 3);
+    quadrant_folder(&calibration, 2, 4);
+    let out = densenet(&[
+        "eval",
+        "--spec",
+        &spec,
+        "--weights",
+        &weights,
+        "--data",
+        &s(&data),
+        "--precision",
+        "int8",
+        "--calibration",
+        &s(&calibration),
+        "--calibration-images",
+        "6",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Small int8 (") && text.contains("16 images of 4 classes"),
+        "{text}"
+    );
+
+    let out = densenet(&[
+        "bench",
+        "--spec",
+        &spec,
+        "--iters",
+        "2",
+        "--precision",
+        "int8",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Small int8 (") && text.contains("batch 1, median"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("generated images"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -58,6 +58,8 @@ mod model;
 pub mod onnx;
 mod parallel;
 mod part;
+#[cfg(feature = "std")]
+pub mod precision;
 mod prelude;
 pub mod reference;
 pub mod rng;

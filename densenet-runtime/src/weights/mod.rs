@@ -131,6 +131,19 @@ pub(crate) fn to_bytes_extended<M: Network + ?Sized>(
     extra: Vec<Entry>,
     metadata: Option<BTreeMap<String, String>>,
 ) -> Vec<u8> {
+    let mut entries = entries_except(model, naming, &|_, _| false);
+    entries.extend(extra);
+    serialize(entries, metadata)
+}
+
+/// The tensors of every layer of `model` in `naming` (torchvision unless Keras) except
+/// those `skip` names, and for torchvision each BatchNorm's `num_batches_tracked`: what
+/// [`to_bytes_extended`] writes; a low-precision file writes its convolutions itself.
+pub(crate) fn entries_except<M: Network + ?Sized>(
+    model: &M,
+    naming: Naming,
+    skip: &dyn Fn(LayerName, LayerRef<'_>) -> bool,
+) -> Vec<Entry> {
     let keras = naming == Naming::Keras;
     let naming = if keras {
         Naming::Keras
@@ -146,6 +159,7 @@ pub(crate) fn to_bytes_extended<M: Network + ?Sized>(
         entries.push((naming::key(name, tensor, naming), Dtype::F32, shape, bytes));
     };
     model.visit_layers(&mut |name, layer| match layer {
+        _ if skip(name, layer) => {}
         LayerRef::Conv(conv) => {
             let hwio = conv.weight();
             let layout = if keras { [0, 1, 2, 3] } else { [3, 2, 0, 1] }; // HWIO or OIHW
@@ -213,7 +227,14 @@ pub(crate) fn to_bytes_extended<M: Network + ?Sized>(
         })
         .collect();
     entries.extend(counters);
-    entries.extend(extra);
+    entries
+}
+
+/// A safetensors file of `entries` and header `metadata`.
+pub(crate) fn serialize(
+    entries: Vec<Entry>,
+    metadata: Option<BTreeMap<String, String>>,
+) -> Vec<u8> {
     let views = entries.iter().map(|(key, dtype, shape, bytes)| {
         let view = TensorView::new(*dtype, shape.clone(), bytes)
             .expect("shape and byte length agree by construction");
@@ -247,7 +268,7 @@ pub fn save_file_with<M: Network + ?Sized>(
         .map_err(|e| SaveError::io(path, e))
 }
 
-fn format_error(e: SafeTensorError) -> LoadError {
+pub(crate) fn format_error(e: SafeTensorError) -> LoadError {
     use SafeTensorError as E;
     match e {
         E::HeaderTooSmall | E::InvalidHeaderLength => LoadError::Truncated {

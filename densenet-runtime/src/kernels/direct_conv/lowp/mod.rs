@@ -100,6 +100,11 @@
 //! | int8 (f32 in and out) | 0.43 | 0.41 | 0.46 | 0.41 |
 //! | int8, u8 from 1x1 to 3x3 | 0.36 | 0.34 | 0.39 | 0.38 |
 //!
+//! On a Zen 5 guest (`AMD EPYC`, family 26, 2026-12-03) the same benchmark gave, at
+//! batch 1 on one thread, bf16 0.69 and int8 0.45 / 0.42 (u8) of fp32's time: its
+//! `VDPBF16PS` is not half-rate. The whole model through `precision::Quantized`:
+//! BENCHMARKS.md, "Low precision".
+//!
 //! int8's time goes to the bottleneck 1x1s (~47%: each layer quantizes all of its
 //! block buffer's channels through its own BN-ReLU, 40-55% on top of the products at
 //! 56x56), the 3x3s (~37%, ~60% of `VPDPBUSD`'s peak in the runtime's layout, 83% in

@@ -1,0 +1,570 @@
+//! The low-precision forward pass on the kernels of `kernels/direct_conv/lowp`.
+//!
+//! Stage by stage, as [`reference`](crate::reference) runs fp32, with each dense
+//! block's channels in one buffer (`(n, h, w, c_out)` f32, every layer writing its
+//! `k` channels in place). A DenseNet-B layer is two kernel calls:
+//! - the 1x1 reads the first `c` channels of the block buffer through norm1 + ReLU
+//!   (the prologue, applied while a tile's inputs are packed and quantized with the
+//!   calibrated scale, or rounded to bf16) and writes through norm2 + ReLU (the
+//!   epilogue) into the interior of the 3x3's zero-bordered input, as u8 (requantized
+//!   with the 3x3's input scale) or bf16;
+//! - the 3x3 reads that map in place and writes f32 into its channels of the buffer.
+//!
+//! A plain layer writes its BN-ReLU'd input zero-padded in f32 and runs its 3x3 on it;
+//! a transition pools its BN-ReLU'd input in f32 (one pass, as the fp32 arena) and runs
+//! its 1x1 on the pooled map. The stem runs fp32 as the arena runs it
+//! (`stem_forward_into`: direct kernel, BN-ReLU fused), the head as `reference::stage`.
+
+use half::bf16;
+use ndarray::{Array4, ArrayD, ArrayView4};
+
+use super::quantized::{LowWeight, QConv};
+use super::QuantizeError;
+use crate::input_to_nhwc;
+use crate::kernels::direct_conv::lowp::{
+    conv_bf16, conv_int8, Bf16Input, Bf16Output, Int8Input, Int8Output, LowpError,
+};
+use crate::kernels::direct_conv::{ConvShape, Epilogue, ImageLayout};
+use crate::kernels::elementwise::scale_shift_relu_add;
+use crate::layers::{stem_forward_into, BatchNorm2d, Conv2d, DenseLayer};
+use crate::parallel::prelude::*;
+use crate::reference;
+use crate::stage::{stages, Network, StageRef};
+use crate::weights::torchvision_path;
+
+/// `model` on the NCHW batch `x` with its quantized convolutions `convs` (site order)
+/// on the low-precision kernels.
+///
+/// # Errors
+/// [`Error::InputShape`], [`Error::EmptyBatch`], [`QuantizeError::TooLarge`] for a
+/// batch whose buffers overflow `usize`, [`QuantizeError::Kernel`] if a kernel refuses
+/// (`LowpError::Unsupported` when the kernels were turned off meanwhile).
+pub(crate) fn forward<M: Network + ?Sized>(
+    model: &M,
+    convs: &[QConv],
+    x: ArrayView4<'_, f32>,
+    ws: &mut LowpWorkspace,
+) -> Result<ArrayD<f32>, QuantizeError> {
+    let mut x = input_to_nhwc(x, model.plan().input)?;
+    let mut site = 0;
+    for stage in stages(model) {
+        let next_x = match stage {
+            StageRef::Stem { conv, norm } => stem(conv, norm, x.view(), ws)?,
+            StageRef::Block { layers, .. } => block(layers, x.view(), convs, &mut site, ws)?,
+            StageRef::Transition { norm, conv, .. } => {
+                let pooled = bn_relu_pool(norm, x.view(), ws)?;
+                let (n, h, w, c) = pooled.dim();
+                let c_out = conv.c_out();
+                let mut out = ws.take(size(&[n, h, w, c_out], "a transition's output")?);
+                let src = Src::F32 {
+                    data: pooled.as_slice().expect("standard layout"),
+                    prologue: Epilogue::Store,
+                };
+                let shape = pointwise(n, h, w, c, c_out);
+                let conv = next(convs, &mut site)?;
+                let (input, output) =
+                    (ImageLayout::dense(h, w, c), ImageLayout::dense(h, w, c_out));
+                run(
+                    conv,
+                    src,
+                    input,
+                    shape,
+                    Epilogue::Store,
+                    Dst::F32(&mut out),
+                    output,
+                )?;
+                ws.give(pooled);
+                Array4::from_shape_vec((n, h, w, c_out), out).expect("sized above")
+            }
+            head @ StageRef::Head { .. } => {
+                let y = reference::stage(head, x.view());
+                ws.give(x);
+                return Ok(y);
+            }
+        };
+        ws.give(core::mem::replace(&mut x, next_x));
+    }
+    Ok(x.into_dyn())
+}
+
+/// The buffers of [`Quantized`](super::Quantized)'s forward passes, kept between calls
+/// so that a pass after the first of its batch size allocates only its output (and the
+/// NHWC copy of its input): [`Quantized::forward_into`](super::Quantized::forward_into)
+/// takes one; `forward` uses one per thread. Buffers are zero-filled when handed out.
+#[derive(Debug, Default)]
+pub struct LowpWorkspace {
+    /// Free f32 buffers (activations: block buffers, pooled maps, stem scratch).
+    free: Vec<Vec<f32>>,
+    /// A block's scratch, kept between blocks and passes.
+    scratch: Scratch,
+}
+
+impl LowpWorkspace {
+    /// An empty workspace; it grows to the largest batch it runs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes held.
+    pub fn capacity_bytes(&self) -> usize {
+        let f32s: usize = self.free.iter().map(Vec::capacity).sum::<usize>()
+            + self.scratch.padded.capacity()
+            + self.scratch.params.capacity();
+        let mid = match &self.scratch.mid {
+            Some(Mid::U8(v)) => v.capacity(),
+            Some(Mid::Bf16(v)) => 2 * v.capacity(),
+            None => 0,
+        };
+        4 * f32s + mid
+    }
+
+    /// A zeroed buffer of `len` floats: the free buffer with the smallest capacity
+    /// that holds it, else the largest one, grown.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let fits = (0..self.free.len())
+            .filter(|&i| self.free[i].capacity() >= len)
+            .min_by_key(|&i| self.free[i].capacity());
+        let largest = (0..self.free.len()).max_by_key(|&i| self.free[i].capacity());
+        let mut v = fits
+            .or(largest)
+            .map(|i| self.free.swap_remove(i))
+            .unwrap_or_default();
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// Returns an array's buffer for later passes.
+    fn give(&mut self, a: Array4<f32>) {
+        self.free.push(a.into_raw_vec_and_offset().0);
+    }
+}
+
+/// The stem in fp32 as the fp32 arena runs it (`stem_forward_into`: the direct kernel on
+/// an input padded once, an ImageNet stem's BN-ReLU fused into its epilogue, then the
+/// max pool), on NHWC input.
+fn stem(
+    conv: &Conv2d,
+    norm: Option<&BatchNorm2d>,
+    x: ArrayView4<'_, f32>,
+    ws: &mut LowpWorkspace,
+) -> Result<Array4<f32>, QuantizeError> {
+    let (n, h, w, c) = x.dim();
+    let p = conv.config().padding;
+    let (oh, ow) = conv.output_size(h, w);
+    let c0 = conv.c_out();
+    // torch's 3x3/2 max pool with padding 1 after an ImageNet stem.
+    let (out_h, out_w) = match norm {
+        Some(_) => ((oh.max(1) - 1) / 2 + 1, (ow.max(1) - 1) / 2 + 1),
+        None => (oh, ow),
+    };
+    let padded = size(&[n, h + 2 * p, w + 2 * p, c], "the stem's padded input")?;
+    let conv_out = match norm {
+        Some(_) => size(&[n, oh, ow, c0], "the stem's output")?,
+        None => 0,
+    };
+    let scratch_len = padded
+        .checked_add(conv_out)
+        .ok_or(QuantizeError::TooLarge {
+            what: "the stem's scratch",
+        })?;
+    let mut scratch = ws.take(scratch_len);
+    let mut out = ws.take(size(&[n, out_h, out_w, c0], "the stem's output")?);
+    let mut params = vec![0.0f32; 2 * c0];
+    let nchw = x.permuted_axes([0, 3, 1, 2]);
+    stem_forward_into(
+        conv,
+        norm,
+        nchw,
+        &mut out,
+        c0,
+        &mut params,
+        &mut scratch,
+        &mut Vec::new(),
+    );
+    ws.free.push(scratch);
+    Ok(Array4::from_shape_vec((n, out_h, out_w, c0), out).expect("sized above"))
+}
+
+/// A transition's BN-ReLU and 2x2 average pool (floor mode) in one pass, as the fp32
+/// arena's transition computes them: `(n, h/2, w/2, c)`.
+fn bn_relu_pool(
+    norm: &BatchNorm2d,
+    x: ArrayView4<'_, f32>,
+    ws: &mut LowpWorkspace,
+) -> Result<Array4<f32>, QuantizeError> {
+    let (n, h, w, c) = x.dim();
+    let (ho, wo) = (h / 2, w / 2);
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
+    let (scale, shift) = norm.scale_shift();
+    let mut pooled = ws.take(size(&[n, ho, wo, c], "a transition's pooled input")?);
+    if wo > 0 {
+        pooled
+            .par_chunks_mut(wo * c)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let (b, oy) = (r / ho, r % ho);
+                for (ox, dst) in dst.chunks_exact_mut(c).enumerate() {
+                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let p = (b * h + 2 * oy + dy) * w + 2 * ox + dx;
+                        scale_shift_relu_add(&x[p * c..(p + 1) * c], &scale, &shift, dst);
+                    }
+                    dst.iter_mut().for_each(|v| *v *= 0.25);
+                }
+            });
+    }
+    Ok(Array4::from_shape_vec((n, ho, wo, c), pooled).expect("sized above"))
+}
+
+/// A dense block on the kernels (see the module's documentation), image by image as
+/// the fp32 arena runs blocks: one image's buffer and bottleneck map stay in cache
+/// from layer to layer.
+fn block(
+    layers: &[DenseLayer],
+    x: ArrayView4<'_, f32>,
+    convs: &[QConv],
+    site: &mut usize,
+    ws: &mut LowpWorkspace,
+) -> Result<Array4<f32>, QuantizeError> {
+    let (n, h, w, c_in) = x.dim();
+    let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
+    let mut buf = ws.take(size(&[n, h, w, c_out], "a dense block's buffer")?);
+    let x = x.as_standard_layout();
+    let x = x.as_slice().expect("standard layout");
+    for (dst, src) in buf.chunks_exact_mut(c_out).zip(x.chunks_exact(c_in)) {
+        dst[..c_in].copy_from_slice(src);
+    }
+    let first = *site;
+    let scratch = &mut ws.scratch;
+    // The bottleneck map's geometry is the block's: zeroed once, at its first layer.
+    scratch.mid_ready = false;
+    for image in buf.chunks_exact_mut(h * w * c_out) {
+        *site = first;
+        image_layers(layers, image, (h, w, c_in, c_out), convs, site, scratch)?;
+    }
+    Ok(Array4::from_shape_vec((n, h, w, c_out), buf).expect("sized above"))
+}
+
+/// A block's buffers reused from image to image (and block to block).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// A plain layer's padded f32 input.
+    padded: Vec<f32>,
+    /// BatchNorm scale and shift.
+    params: Vec<f32>,
+    /// The bottleneck's output, zero-bordered.
+    mid: Option<Mid>,
+    /// Whether `mid` has this block's size and a zero border.
+    mid_ready: bool,
+}
+
+/// A block's layers on one image's buffer `(h, w, c_out)`, whose first `c_in` channels
+/// hold the block's input.
+fn image_layers(
+    layers: &[DenseLayer],
+    buf: &mut [f32],
+    (h, w, c_in, c_out): (usize, usize, usize, usize),
+    convs: &[QConv],
+    site: &mut usize,
+    scratch: &mut Scratch,
+) -> Result<(), QuantizeError> {
+    let n = 1;
+    let at = |offset| ImageLayout {
+        offset,
+        image_stride: h * w * c_out,
+        row_stride: w * c_out,
+        pixel_stride: c_out,
+    };
+    let Scratch {
+        padded,
+        params,
+        mid,
+        mid_ready,
+    } = scratch;
+    let mut c = c_in;
+    for layer in layers {
+        let k = layer.growth();
+        match layer {
+            DenseLayer::Basic { norm1, conv1 } => {
+                let win = conv1.window();
+                let (hp, wp) = (h + 2 * win.padding, w + 2 * win.padding);
+                padded.resize(size(&[n, hp, wp, c], "a padded input")?, 0.0);
+                params.resize(2 * c, 0.0);
+                norm1.forward_relu_padded_into(buf, c_out, (n, h, w), win.padding, params, padded);
+                let (oh, ow) = conv1.output_size(h, w);
+                let shape = window_shape(n, oh, ow, c, k, conv1.window());
+                let src = Src::F32 {
+                    data: padded,
+                    prologue: Epilogue::Store,
+                };
+                let conv = next(convs, site)?;
+                run(
+                    conv,
+                    src,
+                    ImageLayout::dense(hp, wp, c),
+                    shape,
+                    Epilogue::Store,
+                    Dst::F32(buf),
+                    at(c),
+                )?;
+            }
+            DenseLayer::Bottleneck {
+                norm1,
+                conv1,
+                norm2,
+                conv2,
+            } => {
+                let width = conv1.c_out();
+                let (scale1, shift1) = norm1.scale_shift();
+                let (scale2, shift2) = norm2.scale_shift();
+                let win = conv2.window();
+                let (hp, wp) = (h + 2 * win.padding, w + 2 * win.padding);
+                let len = size(&[n, hp, wp, width], "a bottleneck's output")?;
+                let (first, second) = (next(convs, site)?, next(convs, site)?);
+                // The map's border stays 0 (u8's and bf16's zero): the 1x1 writes only
+                // its interior, the same for every layer of the block.
+                let mid = match &mut *mid {
+                    Some(m) if *mid_ready => m,
+                    slot => {
+                        *mid_ready = true;
+                        Mid::reset(slot, &second.weight, len)
+                    }
+                };
+                let mid_layout = ImageLayout::dense(hp, wp, width);
+                let interior = ImageLayout {
+                    offset: (win.padding * wp + win.padding) * width,
+                    ..mid_layout
+                };
+                let src = Src::F32 {
+                    data: buf,
+                    prologue: Epilogue::ScaleShiftRelu {
+                        scale: &scale1,
+                        shift: &shift1,
+                    },
+                };
+                let epilogue = Epilogue::ScaleShiftRelu {
+                    scale: &scale2,
+                    shift: &shift2,
+                };
+                let shape = pointwise(n, h, w, c, width);
+                run(
+                    first,
+                    src,
+                    at(0),
+                    shape,
+                    epilogue,
+                    mid.as_dst(second),
+                    interior,
+                )?;
+                let (oh, ow) = conv2.output_size(h, w);
+                let shape = window_shape(n, oh, ow, width, k, win);
+                run(
+                    second,
+                    mid.as_src(),
+                    mid_layout,
+                    shape,
+                    Epilogue::Store,
+                    Dst::F32(buf),
+                    at(c),
+                )?;
+            }
+        }
+        c += k;
+    }
+    Ok(())
+}
+
+/// The bottleneck's output between its 1x1 and its 3x3: u8 or bf16.
+#[derive(Debug)]
+enum Mid {
+    U8(Vec<u8>),
+    Bf16(Vec<bf16>),
+}
+
+impl Mid {
+    /// `len` zeros of the type `weight`'s kernel reads, in `slot`'s memory if it holds
+    /// that type.
+    fn reset<'a>(slot: &'a mut Option<Mid>, weight: &LowWeight, len: usize) -> &'a mut Mid {
+        match (&mut *slot, weight) {
+            (Some(Mid::U8(v)), LowWeight::Int8 { .. }) => {
+                v.clear();
+                v.resize(len, 0);
+            }
+            (Some(Mid::Bf16(v)), LowWeight::Bf16(_)) => {
+                v.clear();
+                v.resize(len, bf16::ZERO);
+            }
+            _ => {
+                *slot = Some(match weight {
+                    LowWeight::Int8 { .. } => Mid::U8(vec![0; len]),
+                    LowWeight::Bf16(_) => Mid::Bf16(vec![bf16::ZERO; len]),
+                })
+            }
+        }
+        slot.get_or_insert_with(|| Mid::U8(Vec::new()))
+    }
+
+    /// The map as the output of the 1x1, requantized with `reader`'s input scale.
+    fn as_dst(&mut self, reader: &QConv) -> Dst<'_> {
+        match self {
+            Mid::U8(v) => Dst::U8(v, reader.input_scale()),
+            Mid::Bf16(v) => Dst::Bf16(v),
+        }
+    }
+
+    fn as_src(&self) -> Src<'_> {
+        match self {
+            Mid::U8(v) => Src::U8(v),
+            Mid::Bf16(v) => Src::Bf16(v),
+        }
+    }
+}
+
+/// A convolution's input.
+enum Src<'a> {
+    F32 {
+        data: &'a [f32],
+        prologue: Epilogue<'a>,
+    },
+    U8(&'a [u8]),
+    Bf16(&'a [bf16]),
+}
+
+/// A convolution's output.
+enum Dst<'a> {
+    F32(&'a mut [f32]),
+    /// Requantized with this scale.
+    U8(&'a mut [u8], f32),
+    Bf16(&'a mut [bf16]),
+}
+
+/// Runs `conv` on its kernel. Mixed precisions (a u8 input for a bf16 weight) are
+/// refused as a geometry error; `Quantized` never builds them.
+fn run(
+    conv: &QConv,
+    src: Src<'_>,
+    input_layout: ImageLayout,
+    shape: ConvShape,
+    epilogue: Epilogue<'_>,
+    dst: Dst<'_>,
+    out_layout: ImageLayout,
+) -> Result<(), QuantizeError> {
+    let mixed = LowpError::Geometry("an input or output of another precision than the weight");
+    let result = match &conv.weight {
+        LowWeight::Int8 {
+            weight,
+            input_scale: scale,
+        } => {
+            let scale = *scale;
+            let input = match src {
+                Src::F32 { data, prologue } => Ok(Int8Input::F32 {
+                    data,
+                    prologue,
+                    scale,
+                }),
+                Src::U8(data) => Ok(Int8Input::U8 { data, scale }),
+                Src::Bf16(_) => Err(mixed.clone()),
+            };
+            let output = match dst {
+                Dst::F32(o) => Ok(Int8Output::F32(o)),
+                Dst::U8(data, scale) => Ok(Int8Output::U8 { data, scale }),
+                Dst::Bf16(_) => Err(mixed),
+            };
+            input.and_then(|input| {
+                let output = output?;
+                conv_int8(
+                    input,
+                    input_layout,
+                    weight,
+                    shape,
+                    epilogue,
+                    output,
+                    out_layout,
+                    true,
+                )
+            })
+        }
+        LowWeight::Bf16(weight) => {
+            let input = match src {
+                Src::F32 { data, prologue } => Ok(Bf16Input::F32 { data, prologue }),
+                Src::Bf16(data) => Ok(Bf16Input::Bf16(data)),
+                Src::U8(_) => Err(mixed.clone()),
+            };
+            let output = match dst {
+                Dst::F32(o) => Ok(Bf16Output::F32(o)),
+                Dst::Bf16(o) => Ok(Bf16Output::Bf16(o)),
+                Dst::U8(..) => Err(mixed),
+            };
+            input.and_then(|input| {
+                let output = output?;
+                conv_bf16(
+                    input,
+                    input_layout,
+                    weight,
+                    shape,
+                    epilogue,
+                    output,
+                    out_layout,
+                    true,
+                )
+            })
+        }
+    };
+    result.map_err(|source| QuantizeError::Kernel {
+        layer: torchvision_path(conv.name.site, conv.name.part),
+        source,
+    })
+}
+
+/// The next site's convolution.
+fn next<'a>(convs: &'a [QConv], site: &mut usize) -> Result<&'a QConv, QuantizeError> {
+    let conv = convs.get(*site).ok_or(QuantizeError::Kernel {
+        layer: format!("(site {site})"),
+        source: LowpError::Geometry("the model has more convolutions than quantized weights"),
+    })?;
+    *site += 1;
+    Ok(conv)
+}
+
+/// A 1x1, stride-1 convolution over `n × h × w` pixels.
+fn pointwise(n: usize, h: usize, w: usize, c_in: usize, c_out: usize) -> ConvShape {
+    ConvShape {
+        n,
+        out_h: h,
+        out_w: w,
+        c_in,
+        c_out,
+        kernel_h: 1,
+        kernel_w: 1,
+        stride: 1,
+    }
+}
+
+/// A convolution with `window`, run on an input padded beforehand.
+fn window_shape(
+    n: usize,
+    out_h: usize,
+    out_w: usize,
+    c_in: usize,
+    c_out: usize,
+    window: crate::kernels::im2col::Window,
+) -> ConvShape {
+    ConvShape {
+        n,
+        out_h,
+        out_w,
+        c_in,
+        c_out,
+        kernel_h: window.kernel_h,
+        kernel_w: window.kernel_w,
+        stride: window.stride,
+    }
+}
+
+/// The product of `dims`, or [`QuantizeError::TooLarge`] naming `what`.
+pub(crate) fn size(dims: &[usize], what: &'static str) -> Result<usize, QuantizeError> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or(QuantizeError::TooLarge { what })
+}
