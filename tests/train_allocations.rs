@@ -19,7 +19,9 @@ use std::sync::Mutex;
 
 use densenet::densenet;
 use densenet::ndarray::Array4;
-use densenet::runtime::train::{kept_step_memory, loss_and_gradients, Sgd, SgdConfig};
+use densenet::runtime::train::{
+    kept_step_memory, loss_and_gradients_frozen, Freeze, Sgd, SgdConfig, StepConfig,
+};
 use densenet::runtime::{Model, Rng};
 
 /// Counts allocation calls and bytes (alloc, alloc_zeroed and realloc's new size),
@@ -83,9 +85,14 @@ densenet! {
 }
 
 /// `[calls, bytes, largest]` of plain and of aligned allocations of each of `steps`
-/// SGD steps on one batch, the gradients recycled after the update as `fit` does.
-/// Also the step memory the thread keeps after each.
-fn steps<M: Model>(mut model: M, n: usize, steps: usize) -> Vec<([usize; 3], [usize; 3], usize)> {
+/// SGD steps on one batch with `freeze`, the gradients recycled after the update as
+/// `fit` does. Also the step memory the thread keeps after each.
+fn steps<M: Model>(
+    mut model: M,
+    n: usize,
+    freeze: &Freeze,
+    steps: usize,
+) -> Vec<([usize; 3], [usize; 3], usize)> {
     let arch = model.architecture().clone();
     let [c, h, w] = arch.input;
     let mut rng = Rng::new(5);
@@ -96,7 +103,15 @@ fn steps<M: Model>(mut model: M, n: usize, steps: usize) -> Vec<([usize; 3], [us
         .map(|_| {
             drain(&PLAIN);
             drain(&ALIGNED);
-            let (_, grads) = loss_and_gradients(&mut model, x.view(), &labels).unwrap();
+            let (_, grads) = loss_and_gradients_frozen(
+                &mut model,
+                x.view(),
+                &labels,
+                StepConfig::default(),
+                freeze,
+                &mut Rng::new(0),
+            )
+            .unwrap();
             sgd.step(&mut model, &grads);
             grads.recycle();
             (drain(&PLAIN), drain(&ALIGNED), kept_step_memory())
@@ -107,8 +122,8 @@ fn steps<M: Model>(mut model: M, n: usize, steps: usize) -> Vec<([usize; 3], [us
 /// After the first step no step makes a plain allocation of 64 KiB or more, a step's
 /// plain allocations add up to under 3% of the first step's, and the memory kept
 /// between steps stays what the first step left (no capacity creeping up).
-fn no_large_allocation_after_warm_up<M: Model>(label: &str, model: M, n: usize) {
-    let counts = steps(model, n, 5);
+fn no_large_allocation_after_warm_up<M: Model>(label: &str, model: M, n: usize, freeze: &Freeze) {
+    let counts = steps(model, n, freeze, 5);
     for (i, (plain, aligned, kept)) in counts.iter().enumerate() {
         println!(
             "{label} step {i}: {} allocations, {} KiB, largest {} KiB; \
@@ -143,11 +158,20 @@ fn no_large_allocation_after_warm_up<M: Model>(label: &str, model: M, n: usize) 
 #[test]
 fn a_bottleneck_step_allocates_no_large_buffer_after_warm_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    no_large_allocation_after_warm_up("BC, batch 16", Bc::init(1), 16);
+    no_large_allocation_after_warm_up("BC, batch 16", Bc::init(1), 16, &Freeze::none());
 }
 
 #[test]
 fn an_imagenet_stem_step_allocates_no_large_buffer_after_warm_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    no_large_allocation_after_warm_up("plain, batch 8", Plain::init(2), 8);
+    no_large_allocation_after_warm_up("plain, batch 8", Plain::init(2), 8, &Freeze::none());
+}
+
+/// Fine-tuning's first phase: the frozen backbone runs as inference (its output copied
+/// into the step memory), only the head trains.
+#[test]
+fn a_frozen_backbone_step_allocates_no_large_buffer_after_warm_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let label = "BC, backbone frozen, batch 16";
+    no_large_allocation_after_warm_up(label, Bc::init(3), 16, &Freeze::backbone());
 }

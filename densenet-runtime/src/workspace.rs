@@ -222,11 +222,12 @@ pub(crate) fn forward_prefix<M: Network + ?Sized>(
     model: &M,
     x: ArrayView4<'_, f32>,
     count: usize,
+    storage: &mut (dyn FnMut(usize) -> Vec<f32> + Send),
 ) -> Result<Array4<f32>, Error> {
     let (stages, plan) = (stages(model).take(count), model.plan());
     Workspace::with_thread_local(|ws| {
         let run = |ws: &mut Workspace| {
-            forward_into_on_this_thread(stages, plan, x, ws, Output::Prefix)?
+            forward_into_on_this_thread(stages, plan, x, ws, Output::Prefix(&mut *storage))?
                 .ok_or(Error::EmptyBatch)
         };
         if crate::parallel::current_thread_index().is_none()
@@ -243,8 +244,9 @@ pub(crate) fn forward_prefix<M: Network + ?Sized>(
 /// output is copied out.
 enum Output<'o> {
     Head(ArrayViewMutD<'o, f32>),
+    /// The output's storage: a vector of the given length (contents unspecified).
     #[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
-    Prefix,
+    Prefix(&'o mut (dyn FnMut(usize) -> Vec<f32> + Send)),
 }
 
 /// [`forward_into`] on the calling thread; for [`Output::Prefix`], returns the last
@@ -256,9 +258,9 @@ fn forward_into_on_this_thread<'a>(
     ws: &mut Workspace,
     output: Output<'_>,
 ) -> Result<Option<Array4<f32>>, Error> {
-    let (n, out) = match output {
-        Output::Head(out) => (check_shapes(plan, &x, out.shape())?, Some(out)),
-        Output::Prefix => (check_input(plan, &x)?, None),
+    let (n, mut out, storage) = match output {
+        Output::Head(out) => (check_shapes(plan, &x, out.shape())?, Some(out), None),
+        Output::Prefix(storage) => (check_input(plan, &x)?, None, Some(storage)),
     };
     let arena = arena_checked(plan, n)?;
     ws.reserve(arena.total(), n)?;
@@ -268,8 +270,6 @@ fn forward_into_on_this_thread<'a>(
     let scratch = &mut scratch[..arena.scratch()];
     let mut concat = [a, b];
     let (mut concat_used, mut scratch_used) = ([0; 2], 0);
-    let prefix = out.is_none();
-    let mut out = out;
     // (buffer, h, w, c) of the latest activation.
     let (mut h, mut w) = (plan.stem.height, plan.stem.width);
     let mut last = (0, plan.stem.c_out);
@@ -339,13 +339,16 @@ fn forward_into_on_this_thread<'a>(
         scratch_used = scratch_used.max(used);
     }
     ws.used = concat_used[0] + concat_used[1] + arena.bn_params + scratch_used;
-    if !prefix {
+    let Some(storage) = storage else {
         return Ok(None);
-    }
+    };
     // Copy the latest output out of its (strided) buffer.
     let (which, c, stride) = latest;
-    let mut copy = Array4::zeros((n, h, w, c));
-    let dst = copy.as_slice_mut().expect("a new array is contiguous");
+    let mut copy = Array4::from_shape_vec((n, h, w, c), storage(n * h * w * c))
+        .expect("storage of the asked length");
+    let dst = copy
+        .as_slice_mut()
+        .expect("a standard-layout array is contiguous");
     let src = &concat[which][..n * h * w * stride];
     for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(stride)) {
         d.copy_from_slice(&s[..c]);

@@ -267,7 +267,9 @@ pub(crate) fn step<M: Network + ?Sized>(
     let mut next_input = if trainable > 0 {
         tapes.extend((0..trainable).map(|_| Tape::Frozen(None)));
         // The inference arena's pass (fused kernels), stopped before that stage.
-        match crate::workspace::forward_prefix(&*model, x, trainable) {
+        let b = &mut ctx.b;
+        match crate::workspace::forward_prefix(&*model, x, trainable, &mut |len| b.overwritten(len))
+        {
             Ok(out) => Some(out),
             Err(e) => {
                 Memory::keep(ctx.s, ctx.b);
@@ -347,6 +349,7 @@ pub(crate) fn step<M: Network + ?Sized>(
     }
     while let Some(tape) = tapes.pop() {
         if matches!(tape, Tape::Frozen(_)) {
+            tape.recycle(&mut ctx.b, &mut ctx.s);
             break; // Nothing before it trains.
         }
         ctx.p = if frozen[tapes.len()] { 0.0 } else { p };
