@@ -166,9 +166,12 @@ fn fine_tune<M: Model>(
     };
     let history = fit(model, train, &all)?;
     history.save_csv(out.join("history.csv"))?;
+    // The model to ship (weights only; the checkpoints also hold the optimiser's state).
+    model.save_safetensors(out.join("fine_tuned.safetensors"))?;
     let result = model.evaluate(test, 100)?;
     println!(
-        "fine-tuned: test accuracy {:.1}% (top-{} {:.1}%), {} epochs; checkpoints in {}",
+        "fine-tuned: test accuracy {:.1}% (top-{} {:.1}%), {} epochs; model and checkpoints \
+         in {}",
         100.0 * result.accuracy,
         result.top_k,
         100.0 * result.top_k_accuracy,

@@ -45,7 +45,9 @@ densenet! {
     /// Pooled features, no classifier.
     SmallAvg<growth: 8, blocks: [2, 3, 2], init_features: 16, theta: 0.5, input: [3, 64, 64], head: avg>;
     /// ShapesNet's architecture (`specs/shapes.yaml`), run as a `DynamicModel` below.
-    ShapesNet<input: [3, 32, 32], stem: cifar, growth: 8, blocks: [3, 3, 3], init_features: 16, theta: 0.5, bottleneck: 4, classes: 4>
+    ShapesNet<input: [3, 32, 32], stem: cifar, growth: 8, blocks: [3, 3, 3], init_features: 16, theta: 0.5, bottleneck: 4, classes: 4>;
+    /// `examples/fine_tune.rs`'s model: ShapesNet's backbone with a new 3-class head.
+    ThreeShapes<input: [3, 32, 32], stem: cifar, growth: 8, blocks: [3, 3, 3], init_features: 16, theta: 0.5, bottleneck: 4, classes: 3>
 }
 
 densenet_yaml!("specs/digits.yaml");
@@ -304,6 +306,44 @@ fn trained_shapes_model_keeps_its_held_out_accuracy_as_a_dynamic_model() {
         result[0]
     );
     check_accuracies("ShapesNet", result);
+}
+
+/// The fine-tuning example's model, as it ships: `fixtures/shapes/three_shapes_fine_tuned.safetensors`
+/// is the `target/fine_tune/shapes/fine_tuned.safetensors` that `cargo run --release
+/// --example fine_tune` writes (ShapesNet pretrained, head trained on the frozen base,
+/// then everything at a low rate; 99.3% on its test set).
+#[test]
+fn fine_tuned_model_keeps_its_held_out_accuracy() {
+    let model = ThreeShapes::load_safetensors(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/shapes/three_shapes_fine_tuned.safetensors"),
+    )
+    .unwrap();
+    // As the example draws them: its test set (seed 8, 100 a class) and, to calibrate,
+    // its task folder (seed 7, 40 a class), both without the fourth shape ("cross").
+    let dir = scratch_dir("precision_fine_tuned");
+    shapes::write_shapes_folder(&dir.join("test"), 100, 32, 8).unwrap();
+    shapes::write_shapes_folder(&dir.join("task"), 40, 32, 7).unwrap();
+    for set in ["test", "task"] {
+        std::fs::remove_dir_all(dir.join(set).join("cross")).unwrap();
+    }
+    let config = FolderConfig {
+        size: (32, 32),
+        augment: Augment::None,
+        cache: true,
+        ..FolderConfig::default()
+    };
+    let test = ImageFolder::open(dir.join("test"), config).unwrap();
+    let task = ImageFolder::open(dir.join("task"), config).unwrap();
+    let all: Vec<usize> = (0..task.len()).collect();
+    let calibration = vec![task.batch(&all, None).unwrap().images];
+    let result = accuracies(&model, &test, &calibration);
+    assert!(
+        result[0] >= 95.0,
+        "the fine-tuned model's own accuracy: {}",
+        result[0]
+    );
+    check_accuracies("ThreeShapes (fine-tuned)", result);
 }
 
 /// An F32 tensor of a safetensors file.
