@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Side-by-side DenseNet-121 inference timings: ours vs ONNX Runtime vs PyTorch eager
 (and tract, when given its bench binary), on the same weights, in one run; with
-``--train``, training-step timings: ours vs PyTorch eager.
+``--train``, training-step timings: ours vs PyTorch eager; with ``--int8``, ours
+fp32/bf16/int8 against ONNX Runtime fp32 and ONNX Runtime's own int8 model
+(``tools/bench_int8.py``, which needs no torch: ``python tools/bench_compare.py --int8
+[--rounds 9 --batches 1,8 --threads 1,2]``).
 
 What it does:
 
@@ -70,10 +73,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
-import torchvision
-from safetensors.torch import save_file
-from torch import nn
+
+if "--int8" not in sys.argv[1:]:  # the int8 comparison needs no torch
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+    from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHT_SEED, BN_SEED, INPUT_SEED = 4, 104, 1004
@@ -410,6 +415,15 @@ def train_main(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--int8" in argv:
+        # Ours fp32/bf16/int8 against ONNX Runtime fp32 and its own int8 model
+        # (quantize_static, QDQ, per-channel, same calibration images): bench_int8.py,
+        # which takes the remaining options (--batches, --threads, --rounds, ...).
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_int8
+
+        return bench_int8.main([a for a in argv if a != "--int8"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", action="store_true",
                     help="time training steps (ours vs torch) instead of inference")
