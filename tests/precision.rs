@@ -276,6 +276,28 @@ fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A generated shapes folder (`tools/shapes.rs`) of 32x32 images, `per_class` of each
+/// kind drawn with `seed`, without the "cross" class if `three`, opened for evaluation.
+fn shapes_folder(dir: &std::path::Path, per_class: usize, seed: u64, three: bool) -> ImageFolder {
+    shapes::write_shapes_folder(dir, per_class, 32, seed).unwrap();
+    if three {
+        std::fs::remove_dir_all(dir.join("cross")).unwrap();
+    }
+    let config = FolderConfig {
+        size: (32, 32),
+        augment: Augment::None,
+        cache: true,
+        ..FolderConfig::default()
+    };
+    ImageFolder::open(dir, config).unwrap()
+}
+
+/// Every image of `folder` as one calibration batch.
+fn one_batch(folder: &ImageFolder) -> Vec<Array4<f32>> {
+    let all: Vec<usize> = (0..folder.len()).collect();
+    vec![folder.batch(&all, None).unwrap().images]
+}
+
 #[test]
 fn trained_shapes_model_keeps_its_held_out_accuracy_as_a_dynamic_model() {
     let bytes = std::fs::read(
@@ -287,18 +309,8 @@ fn trained_shapes_model_keeps_its_held_out_accuracy_as_a_dynamic_model() {
     // As `examples/train_shapes.rs` draws them: the test set (seed 9, 50 a class), and a
     // calibration set from the training seed (1), 16 a class.
     let dir = scratch_dir("precision_shapes");
-    shapes::write_shapes_folder(&dir.join("test"), 50, 32, 9).unwrap();
-    shapes::write_shapes_folder(&dir.join("calibration"), 16, 32, 1).unwrap();
-    let config = FolderConfig {
-        size: (32, 32),
-        augment: Augment::None,
-        cache: true,
-        ..FolderConfig::default()
-    };
-    let test = ImageFolder::open(dir.join("test"), config).unwrap();
-    let calib = ImageFolder::open(dir.join("calibration"), config).unwrap();
-    let all: Vec<usize> = (0..calib.len()).collect();
-    let calibration = vec![calib.batch(&all, None).unwrap().images];
+    let test = shapes_folder(&dir.join("test"), 50, 9, false);
+    let calibration = one_batch(&shapes_folder(&dir.join("calibration"), 16, 1, false));
     let result = accuracies(&model, &test, &calibration);
     assert!(
         result[0] >= 90.0,
@@ -322,21 +334,8 @@ fn fine_tuned_model_keeps_its_held_out_accuracy() {
     // As the example draws them: its test set (seed 8, 100 a class) and, to calibrate,
     // its task folder (seed 7, 40 a class), both without the fourth shape ("cross").
     let dir = scratch_dir("precision_fine_tuned");
-    shapes::write_shapes_folder(&dir.join("test"), 100, 32, 8).unwrap();
-    shapes::write_shapes_folder(&dir.join("task"), 40, 32, 7).unwrap();
-    for set in ["test", "task"] {
-        std::fs::remove_dir_all(dir.join(set).join("cross")).unwrap();
-    }
-    let config = FolderConfig {
-        size: (32, 32),
-        augment: Augment::None,
-        cache: true,
-        ..FolderConfig::default()
-    };
-    let test = ImageFolder::open(dir.join("test"), config).unwrap();
-    let task = ImageFolder::open(dir.join("task"), config).unwrap();
-    let all: Vec<usize> = (0..task.len()).collect();
-    let calibration = vec![task.batch(&all, None).unwrap().images];
+    let test = shapes_folder(&dir.join("test"), 100, 8, true);
+    let calibration = one_batch(&shapes_folder(&dir.join("task"), 40, 7, true));
     let result = accuracies(&model, &test, &calibration);
     assert!(
         result[0] >= 95.0,
