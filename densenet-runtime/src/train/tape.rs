@@ -527,22 +527,7 @@ pub fn kept_step_memory() -> usize {
     MEMORY.with(|m| {
         m.try_borrow().map_or(0, |m| {
             let (s, b) = &*m;
-            let f32s = [
-                &s.normed,
-                &s.normed2,
-                &s.d_normed,
-                &s.d_normed2,
-                &s.dy,
-                &s.dz,
-                &s.im2col,
-                &s.tasks,
-                &s.padded,
-            ]
-            .iter()
-            .map(|v| v.capacity())
-            .sum::<usize>()
-                + b.floats();
-            f32s * 4 + s.sums.capacity() * 8 + s.argmax.capacity() * 4
+            s.bytes() + 4 * b.floats()
         })
     })
 }
@@ -589,6 +574,27 @@ struct Scratch {
     argmax: Vec<u32>,
     /// A BN-ReLU output with the zero border of the 3x3 convolution that reads it.
     padded: Vec<f32>,
+}
+
+impl Scratch {
+    /// Bytes held (capacity), beside the fields so that a new one is counted too.
+    fn bytes(&self) -> usize {
+        let f32s = [
+            &self.normed,
+            &self.normed2,
+            &self.d_normed,
+            &self.d_normed2,
+            &self.dy,
+            &self.dz,
+            &self.im2col,
+            &self.tasks,
+            &self.padded,
+        ]
+        .iter()
+        .map(|v| v.capacity())
+        .sum::<usize>();
+        4 * f32s + 8 * self.sums.capacity() + 4 * self.argmax.capacity()
+    }
 }
 
 /// The first `len` elements of `v`, grown with zeros if needed (old contents kept).
@@ -1201,11 +1207,7 @@ fn bottleneck_input_backward(
         .zip(task_floats.par_chunks_mut(task_len))
         .zip(task_sums.par_chunks_mut((2 * c).max(1)))
         .enumerate();
-    if tasks > 1 {
-        jobs.for_each(task);
-    } else {
-        jobs.take(1).for_each(task);
-    }
+    jobs.for_each(task);
     // Added in task order: the same sums on any number of threads.
     let mut dw = dw_storage.unwrap_or_default();
     dw.clear();
