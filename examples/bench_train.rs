@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use densenet::densenet;
 use densenet::ndarray::Array4;
-use densenet::runtime::train::{kept_step_memory, loss_and_gradients_with, StepConfig};
+use densenet::runtime::train::{loss_and_gradients_with, step_memory, StepConfig};
 use densenet::runtime::{DynamicModel, Model, Network, Rng};
 
 densenet! {
@@ -34,6 +34,8 @@ fn arg(name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
 }
+
+const MIB: f64 = (1 << 20) as f64;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -96,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r#"{{"round":{round},"step_ms":{:.1},"forward_ms":{:.1},"kept_mib":{:.1}}}"#,
             steps[round] * 1e3,
             forwards[round] * 1e3,
-            kept_step_memory() as f64 / (1 << 20) as f64
+            step_memory().kept_bytes as f64 / MIB
         );
     }
     let (step, forward) = (median(steps), median(forwards));
@@ -105,13 +107,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{which}, batch {batch} at {h}x{w}, {} threads: step {:.1} ms ({:.1} images/s, \
          {step_rate:.1} GFLOP/s), forward {:.1} ms ({forward_rate:.1} GFLOP/s); \
-         step rate / forward rate {:.2}; step memory kept {:.1} MiB",
+         step rate / forward rate {:.2}",
         rayon::current_num_threads(),
         step * 1e3,
         batch as f64 / step,
         forward * 1e3,
         step_rate / forward_rate,
-        kept_step_memory() as f64 / (1 << 20) as f64
+    );
+    let memory = step_memory();
+    let planned = memory.buffers;
+    println!(
+        "step memory kept {:.1} MiB: {} buffer requests in {} planned vectors of {:.1} MiB \
+         (at most {:.1} MiB live at once), scratch {:.1} MiB, weight gradients {:.1} MiB",
+        memory.kept_bytes as f64 / MIB,
+        planned.requests,
+        planned.slots,
+        4.0 * planned.slot_floats as f64 / MIB,
+        4.0 * planned.live_peak_floats as f64 / MIB,
+        memory.scratch_bytes as f64 / MIB,
+        (memory.kept_bytes - memory.scratch_bytes - 4 * planned.slot_floats) as f64 / MIB,
     );
     Ok(())
 }

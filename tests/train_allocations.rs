@@ -5,6 +5,10 @@
 //! matrix and the weight gradients come from the thread's step memory, kept from one
 //! step to the next (`train/buffers.rs`).
 //!
+//! Which kept vector serves which request is planned from the first step; a step of
+//! another batch size (an epoch's last, partial batch) is served around the plan and
+//! leaves it in place, checked below.
+//!
 //! What a step still allocates is small and counted here: per-layer batch statistics
 //! and tape records (a few floats per channel: ~2,500 allocations, 1.6 MiB, for the
 //! BC model below at batch 16, against 70 MiB in its first step), and the `gemm`
@@ -20,7 +24,7 @@ use std::sync::Mutex;
 use densenet::densenet;
 use densenet::ndarray::Array4;
 use densenet::runtime::train::{
-    kept_step_memory, loss_and_gradients_frozen, Freeze, Sgd, SgdConfig, StepConfig,
+    kept_step_memory, loss_and_gradients_frozen, step_memory, Freeze, Sgd, SgdConfig, StepConfig,
 };
 use densenet::runtime::{Model, Rng};
 
@@ -88,25 +92,40 @@ densenet! {
 /// SGD steps on one batch with `freeze`, the gradients recycled after the update as
 /// `fit` does. Also the step memory the thread keeps after each.
 fn steps<M: Model>(
-    mut model: M,
+    model: M,
     n: usize,
     freeze: &Freeze,
     steps: usize,
 ) -> Vec<([usize; 3], [usize; 3], usize)> {
+    steps_of(model, &vec![n; steps], freeze)
+}
+
+/// [`steps`] with a batch of `batches[i]` images in step `i`.
+fn steps_of<M: Model>(
+    mut model: M,
+    batches: &[usize],
+    freeze: &Freeze,
+) -> Vec<([usize; 3], [usize; 3], usize)> {
     let arch = model.architecture().clone();
     let [c, h, w] = arch.input;
     let mut rng = Rng::new(5);
+    let n = batches.iter().copied().max().unwrap_or(0);
     let x = Array4::from_shape_simple_fn((n, c, h, w), || rng.uniform() - 0.5);
     let labels: Vec<usize> = (0..n).map(|i| i % arch.classes).collect();
     let mut sgd = Sgd::new(SgdConfig::default());
-    (0..steps)
-        .map(|_| {
+    batches
+        .iter()
+        .map(|&n| {
+            let (x, labels) = (
+                x.slice(densenet::ndarray::s![..n, .., .., ..]),
+                &labels[..n],
+            );
             drain(&PLAIN);
             drain(&ALIGNED);
             let (_, grads) = loss_and_gradients_frozen(
                 &mut model,
                 x.view(),
-                &labels,
+                labels,
                 StepConfig::default(),
                 freeze,
                 &mut Rng::new(0),
@@ -174,4 +193,28 @@ fn a_frozen_backbone_step_allocates_no_large_buffer_after_warm_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let label = "BC, backbone frozen, batch 16";
     no_large_allocation_after_warm_up(label, Bc::init(3), 16, &Freeze::backbone());
+}
+
+/// An epoch's last batch is smaller: that step is served from the plan's free vectors
+/// (and fresh ones, freed again, where none holds a request), and the full batches after it run on the plan as
+/// before (no large allocation, the same kept memory). The plan keeps at most a third
+/// more than the most the step has live at once (the price of whole vectors rather
+/// than offsets in one block: a later request can only reuse a vector as large).
+#[test]
+fn a_smaller_batch_between_full_ones_leaves_the_plan_in_place() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let counts = steps_of(Bc::init(4), &[16, 16, 7, 16, 16], &Freeze::none());
+    let planned = step_memory().buffers;
+    assert!(planned.requests > 0 && planned.slots > 0);
+    assert!(
+        planned.live_peak_floats <= planned.slot_floats
+            && 3 * planned.slot_floats <= 4 * planned.live_peak_floats,
+        "{planned:?}"
+    );
+    let kept = counts[1].2;
+    assert_eq!(counts[2].2, kept, "the partial batch's step keeps the plan");
+    for (i, (plain, _, kept_after)) in counts.iter().enumerate().skip(3) {
+        assert_eq!(*kept_after, kept, "step {i}");
+        assert!(plain[2] < 64 * 1024, "step {i}: {} bytes", plain[2]);
+    }
 }

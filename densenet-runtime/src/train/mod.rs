@@ -88,6 +88,7 @@ pub use augment::{image_rng, resize_bilinear, Augment, MAX_PAD};
 pub use batch_norm::{
     batch_norm_apply, batch_norm_backward, batch_norm_frozen, batch_norm_train, BatchStats,
 };
+pub use buffers::PlannedBuffers;
 pub use callbacks::EarlyStopping;
 pub use checkpoint::{checkpoint_path, checkpoints_in, read_checkpoint_info, CheckpointInfo};
 pub use col2im::col2im;
@@ -109,7 +110,7 @@ pub use schedule::{CosineConfig, PlateauConfig, Progress, Schedule};
 pub use source::{split, Source, Subset};
 pub use tape::{
     kept_step_memory, loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_with,
-    release_step_memory, Gradients, LayerGrad, StepConfig,
+    release_step_memory, step_memory, Gradients, LayerGrad, StepConfig, StepMemory,
 };
 
 pub use error::TrainError;

@@ -33,7 +33,7 @@ use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::batch_norm::{
     batch_norm_backward_with_sums, batch_norm_train_moments, scale_shift, BackwardCoef, Moments,
 };
-use crate::train::buffers::Buffers;
+use crate::train::buffers::{Buffers, PlannedBuffers};
 use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing};
 use crate::train::pool::{
     avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
@@ -272,7 +272,7 @@ pub(crate) fn step<M: Network + ?Sized>(
         {
             Ok(out) => Some(out),
             Err(e) => {
-                Memory::keep(ctx.s, ctx.b);
+                Memory::keep(ctx.s, ctx.b, false);
                 return Err(e);
             }
         }
@@ -412,7 +412,7 @@ pub(crate) fn step<M: Network + ?Sized>(
         };
         tape.recycle(&mut ctx.b, &mut ctx.s);
     }
-    Memory::keep(ctx.s, ctx.b);
+    Memory::keep(ctx.s, ctx.b, true);
 
     // In the order (and with exactly the names) of `visit_layers`, frozen layers left out.
     let mut layers = Vec::with_capacity(found.len());
@@ -532,6 +532,50 @@ pub fn kept_step_memory() -> usize {
     })
 }
 
+/// What this thread keeps between training steps, and the plan of the last step's
+/// buffers (see [`step_memory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepMemory {
+    /// The plan of the step's buffers: the tape (block buffers, bottleneck outputs),
+    /// activation gradients and recomputed BN-ReLU outputs.
+    pub buffers: PlannedBuffers,
+    /// Bytes kept in all: the buffers' slots, the per-layer scratch and the recycled
+    /// weight gradients ([`kept_step_memory`]).
+    pub kept_bytes: usize,
+    /// Of which the per-layer scratch (each vector as large as the largest layer's need).
+    pub scratch_bytes: usize,
+}
+
+/// This thread's training-step memory: the plan of its last step's buffers (all zero
+/// before the first step) and what it keeps. The first step of a model, batch size and
+/// settings allocates as it goes (its peak is what is live at once); the next ones
+/// reuse `buffers.slot_floats` floats in `buffers.slots` vectors planned from it.
+///
+/// ```
+/// use densenet_runtime::train::{loss_and_gradients, step_memory};
+/// use densenet_runtime::{ndarray::Array4, DynamicModel};
+/// # let arch = densenet_runtime::spec::check(&densenet_runtime::spec::parse_yaml(
+/// #     "name: Tiny\ngrowth: 4\nblocks: [2, 2]\nstem: cifar\ninput: [3, 16, 16]\nclasses: 3\n", "t").unwrap()).unwrap();
+/// let mut model = DynamicModel::init(arch, 0).unwrap();
+/// let x = Array4::<f32>::zeros((4, 3, 16, 16));
+/// loss_and_gradients(&mut model, x.view(), &[0, 1, 2, 0]).unwrap();
+/// let memory = step_memory();
+/// assert!(memory.buffers.slot_floats >= memory.buffers.live_peak_floats);
+/// assert!(memory.kept_bytes >= 4 * memory.buffers.slot_floats);
+/// ```
+pub fn step_memory() -> StepMemory {
+    MEMORY.with(|m| {
+        m.try_borrow().map_or(StepMemory::default(), |m| {
+            let (s, b) = &*m;
+            StepMemory {
+                buffers: b.planned(),
+                kept_bytes: s.bytes() + 4 * b.floats(),
+                scratch_bytes: s.bytes(),
+            }
+        })
+    })
+}
+
 /// A thread's step memory, kept from one step to the next (see `buffers.rs`).
 struct Memory;
 
@@ -540,15 +584,20 @@ std::thread_local! {
 }
 
 impl Memory {
-    /// This thread's kept memory (empty if a step on this thread holds it already).
+    /// This thread's kept memory (empty if a step on this thread holds it already), for
+    /// a step.
     fn take() -> (Scratch, Buffers) {
-        MEMORY
+        let (s, mut b): (Scratch, Buffers) = MEMORY
             .with(|m| m.try_borrow_mut().map(|mut m| std::mem::take(&mut *m)))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        b.begin_step();
+        (s, b)
     }
 
-    /// Keeps a step's memory for this thread's next step.
-    fn keep(s: Scratch, b: Buffers) {
+    /// Keeps a step's memory for this thread's next step (planning its buffers if the
+    /// step `completed` and was the first of its kind, see `buffers.rs`).
+    fn keep(s: Scratch, mut b: Buffers, completed: bool) {
+        b.end_step(completed);
         MEMORY.with(|m| {
             if let Ok(mut m) = m.try_borrow_mut() {
                 *m = (s, b);
@@ -557,43 +606,24 @@ impl Memory {
     }
 }
 
-/// Buffers reused from layer to layer (grown, never shrunk).
+/// Small buffers reused from layer to layer (grown, never shrunk); the large per-layer
+/// ones are requests to the planned [`Buffers`].
 #[derive(Default)]
 struct Scratch {
-    normed: Vec<f32>,
-    normed2: Vec<f32>,
-    d_normed: Vec<f32>,
-    d_normed2: Vec<f32>,
-    dy: Vec<f32>,
-    dz: Vec<f32>,
     im2col: Vec<f32>,
     /// The bottleneck input backward's per-task chunks, weight gradients and sums.
     tasks: Vec<f32>,
     sums: Vec<f64>,
     /// The stem's max-pool argmax (held by its tape during a step).
     argmax: Vec<u32>,
-    /// A BN-ReLU output with the zero border of the 3x3 convolution that reads it.
-    padded: Vec<f32>,
 }
 
 impl Scratch {
     /// Bytes held (capacity), beside the fields so that a new one is counted too.
     fn bytes(&self) -> usize {
-        let f32s = [
-            &self.normed,
-            &self.normed2,
-            &self.d_normed,
-            &self.d_normed2,
-            &self.dy,
-            &self.dz,
-            &self.im2col,
-            &self.tasks,
-            &self.padded,
-        ]
-        .iter()
-        .map(|v| v.capacity())
-        .sum::<usize>();
-        4 * f32s + 8 * self.sums.capacity() + 4 * self.argmax.capacity()
+        4 * (self.im2col.capacity() + self.tasks.capacity())
+            + 8 * self.sums.capacity()
+            + 4 * self.argmax.capacity()
     }
 }
 
@@ -927,15 +957,15 @@ fn record_block(
         // BN-ReLU runs fused into the convolutions as in inference: norm1 as the 1x1
         // conv's prologue (the normalised input is never stored), norm2 (or a plain
         // layer's norm1) while writing the padded map the 3x3 conv reads directly.
-        let (stats, bottleneck, last_conv) = match layer {
+        let (stats, bottleneck, last_conv, padded) = match layer {
             DenseLayer::Basic { norm1, conv1 } => {
                 let stats = bn_stats_from(freeze, momentum, name("norm1"), norm1, &moments);
                 let (scale, shift) = scale_shift(norm1, &stats);
                 let pad = conv1.window().padding;
                 let len = n * (h + 2 * pad) * (w + 2 * pad) * c;
-                let padded = take(&mut s.padded, len);
-                relu_padded_into(buf, c_out, (n, h, w), pad, &scale, &shift, padded);
-                (stats, None, &*conv1)
+                let mut padded = ctx.b.overwritten(len);
+                relu_padded_into(buf, c_out, (n, h, w), pad, &scale, &shift, &mut padded);
+                (stats, None, &*conv1, padded)
             }
             DenseLayer::Bottleneck {
                 norm1,
@@ -969,24 +999,24 @@ fn record_block(
                 let (scale, shift) = scale_shift(norm2, &stats2);
                 let pad = conv2.window().padding;
                 let len = n * (h + 2 * pad) * (w + 2 * pad) * width;
-                let padded = take(&mut s.padded, len);
-                relu_padded_into(&z, width, (n, h, w), pad, &scale, &shift, padded);
-                (stats, Some((z, stats2, rng1)), &*conv2)
+                let mut padded = ctx.b.overwritten(len);
+                relu_padded_into(&z, width, (n, h, w), pad, &scale, &shift, &mut padded);
+                (stats, Some((z, stats2, rng1)), &*conv2, padded)
             }
         };
         // The layer's k new channels go straight into the buffer's next columns.
         let pad = last_conv.window().padding;
-        let len = n * (h + 2 * pad) * (w + 2 * pad) * last_conv.c_in();
         let dst = MatMut::new(&mut buf[c..], rows, k, c_out, 1);
         conv2d_into(
             last_conv,
-            &s.padded[..len],
+            &padded,
             (n, h + 2 * pad, w + 2 * pad),
             true,
             Epilogue::Store,
             dst,
             &mut s.im2col,
         );
+        ctx.b.give(padded);
         let dropout = ctx.rng.clone();
         let new = matrix_mut(buf, rows, c_out).slice_move(s![.., c..c + k]);
         dropout_in_place(new, p, ctx.rng);
@@ -1036,28 +1066,35 @@ fn block_backward(
         let grad = dy.as_slice_mut().expect("contiguous");
 
         // ∂L/∂(last conv output): the buffer gradient's k columns, through the dropout.
-        let d_new = take(&mut s.dy, rows * k);
-        matrix_mut(d_new, rows, k).assign(&matrix(grad, rows, c_out).slice(s![.., c..c + k]));
-        dropout_in_place(matrix_mut(d_new, rows, k), p, &mut lt.dropout.clone());
+        let mut d_new = ctx.b.overwritten(rows * k);
+        matrix_mut(&mut d_new, rows, k).assign(&matrix(grad, rows, c_out).slice(s![.., c..c + k]));
+        dropout_in_place(matrix_mut(&mut d_new, rows, k), p, &mut lt.dropout.clone());
 
-        let d_normed = take(&mut s.d_normed, rows * c);
+        let mut d_normed = ctx.b.overwritten(rows * c);
         // BN1's sums, when the bottleneck's pass below computed them on the way.
         let mut sums1 = None;
         match (layer, &lt.bottleneck) {
             (DenseLayer::Basic { norm1, conv1 }, None) => {
-                let normed = take(&mut s.normed, rows * c);
-                batch_norm_apply(norm1, &lt.stats, input, true, matrix_mut(normed, rows, c));
+                let mut normed = ctx.b.overwritten(rows * c);
+                batch_norm_apply(
+                    norm1,
+                    &lt.stats,
+                    input,
+                    true,
+                    matrix_mut(&mut normed, rows, c),
+                );
                 conv_backward(
                     freeze,
                     name("conv1"),
                     conv1,
-                    view4(normed, n, h, w, c),
-                    d_new,
-                    Some(&mut *d_normed),
+                    view4(&normed, n, h, w, c),
+                    &d_new,
+                    Some(&mut d_normed),
                     &mut s.im2col,
                     &mut ctx.b,
                     record,
-                )
+                );
+                ctx.b.give(normed);
             }
             (
                 DenseLayer::Bottleneck {
@@ -1070,32 +1107,39 @@ fn block_backward(
             ) => {
                 let width = conv1.c_out();
                 let z = matrix(z, rows, width);
-                let normed2 = take(&mut s.normed2, rows * width);
-                batch_norm_apply(norm2, stats2, z, true, matrix_mut(normed2, rows, width));
-                let d_normed2 = take(&mut s.d_normed2, rows * width);
+                let mut normed2 = ctx.b.overwritten(rows * width);
+                batch_norm_apply(
+                    norm2,
+                    stats2,
+                    z,
+                    true,
+                    matrix_mut(&mut normed2, rows, width),
+                );
+                let mut d_normed2 = ctx.b.overwritten(rows * width);
                 conv_backward(
                     freeze,
                     name("conv2"),
                     conv2,
-                    view4(normed2, n, h, w, width),
-                    d_new,
-                    Some(&mut *d_normed2),
+                    view4(&normed2, n, h, w, width),
+                    &d_new,
+                    Some(&mut d_normed2),
                     &mut s.im2col,
                     &mut ctx.b,
                     record,
                 );
-                let dz = take(&mut s.dz, rows * width);
-                dz.fill(0.0);
+                ctx.b.give(normed2);
+                let mut dz = ctx.b.zeros(rows * width);
                 let (gamma, beta) = batch_norm_backward(
                     norm2,
                     stats2,
                     z,
-                    matrix(d_normed2, rows, width),
+                    matrix(&d_normed2, rows, width),
                     true,
-                    matrix_mut(dz, rows, width),
+                    matrix_mut(&mut dz, rows, width),
                 );
+                ctx.b.give(d_normed2);
                 record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
-                dropout_in_place(matrix_mut(dz, rows, width), p, &mut rng1.clone());
+                dropout_in_place(matrix_mut(&mut dz, rows, width), p, &mut rng1.clone());
                 let dw_storage =
                     (!freeze.contains(name("conv1"))).then(|| ctx.b.leaving(conv1.c_in() * width));
                 let (dw, sums) = bottleneck_input_backward(
@@ -1103,11 +1147,12 @@ fn block_backward(
                     &lt.stats,
                     conv1,
                     input,
-                    dz,
-                    d_normed,
+                    &dz,
+                    &mut d_normed,
                     dw_storage,
                     (&mut s.tasks, &mut s.sums),
                 );
+                ctx.b.give(dz);
                 if let Some(weight) = dw {
                     record(name("conv1"), LayerGrad::Conv { weight });
                 }
@@ -1117,15 +1162,17 @@ fn block_backward(
         }
         // BN1-ReLU backward adds ∂L/∂(layer input) into the buffer gradient's first c columns.
         let d_input = matrix_mut(grad, rows, c_out).slice_move(s![.., ..c]);
-        let d_normed = matrix(d_normed, rows, c);
+        let d_normed_m = matrix(&d_normed, rows, c);
         let norm1 = layer_norm1(layer);
         let (gamma, beta) = match sums1 {
             Some(sums) => batch_norm_backward_with_sums(
-                norm1, &lt.stats, input, d_normed, true, &sums, d_input,
+                norm1, &lt.stats, input, d_normed_m, true, &sums, d_input,
             ),
-            None => batch_norm_backward(norm1, &lt.stats, input, d_normed, true, d_input),
+            None => batch_norm_backward(norm1, &lt.stats, input, d_normed_m, true, d_input),
         };
         record(name("norm1"), LayerGrad::BatchNorm { gamma, beta });
+        ctx.b.give(d_normed);
+        ctx.b.give(d_new);
     }
     debug_assert_eq!(c, tape.c_in);
     let mut dx = ctx.b.overwritten4((n, h, w, tape.c_in));
