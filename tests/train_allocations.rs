@@ -218,3 +218,57 @@ fn a_smaller_batch_between_full_ones_leaves_the_plan_in_place() {
         assert!(plain[2] < 64 * 1024, "step {i}: {} bytes", plain[2]);
     }
 }
+
+/// The buffers a real step plans from its requests are those `Plan::training` lists from
+/// the shapes alone (so `summary()`'s training figure is what a step keeps): the same
+/// number of requests, the same slots, the same live peak; and the plan scales with the
+/// batch.
+#[test]
+fn a_step_plans_the_buffers_the_shapes_predict() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    fn check<M: Model>(label: &str, model: M, n: usize) {
+        let plan = model.plan().training(n);
+        densenet::runtime::train::release_step_memory();
+        steps(model, n, &Freeze::none(), 1);
+        let made = densenet::runtime::train::planned_requests();
+        let differ =
+            (0..made.len().max(plan.requests.len())).find(|&i| made.get(i) != plan.requests.get(i));
+        assert!(
+            differ.is_none(),
+            "{label}, batch {n}: request {differ:?} of the step differs from the plan's: \
+             {:?} against {:?}",
+            differ.and_then(|i| made.get(i)),
+            differ.and_then(|i| plan.requests.get(i))
+        );
+        let measured = step_memory().buffers;
+        let figures = |p: &densenet::runtime::spec::TrainingPlan| {
+            (
+                p.requests.len(),
+                p.slots.len(),
+                p.slot_floats(),
+                p.live_peak_floats(),
+            )
+        };
+        assert_eq!(
+            (
+                measured.requests,
+                measured.slots,
+                measured.slot_floats,
+                measured.live_peak_floats
+            ),
+            figures(&plan),
+            "{label}, batch {n}"
+        );
+    }
+    check("BC", Bc::init(1), 16);
+    check("BC", Bc::init(1), 5);
+    check("plain, ImageNet stem", Plain::init(2), 8);
+    check("plain, ImageNet stem", Plain::init(2), 3);
+    use densenet::runtime::Network;
+    let (one, many) = (
+        Bc::init(0).plan().training(1),
+        Bc::init(0).plan().training(7),
+    );
+    assert_eq!(many.slot_floats(), 7 * one.slot_floats());
+    assert_eq!(many.live_peak_floats(), 7 * one.live_peak_floats());
+}

@@ -3,7 +3,7 @@
 use core::fmt;
 
 use crate::prelude::*;
-use densenet_spec::Plan;
+use densenet_spec::{Head, Plan};
 
 /// A printable summary of a model's layers, shapes and parameter counts, in the
 /// format of Keras's `model.summary()` (shapes are NCHW, as `forward` takes them).
@@ -115,6 +115,18 @@ impl fmt::Display for Summary<'_> {
         writeln!(f, "MACs per image: {}", thousands(self.plan.macs))?;
         let arena = self.plan.arena_floats(1) as u64;
         writeln!(f, "Activation arena: {} at batch 1", size(arena))?;
+        if self.plan.head == Head::Classifier {
+            // Every request of a training step is a multiple of the batch (see
+            // `densenet_spec::training`): one image's figure says it all.
+            let training = self.plan.training(1);
+            writeln!(
+                f,
+                "Training step buffers: {} per image (a step at batch n keeps n times \
+                 this; {} live at most)",
+                size(training.slot_floats() as u64),
+                size(training.live_peak_floats() as u64)
+            )?;
+        }
         write!(f, "{}", "_".repeat(width))
     }
 }

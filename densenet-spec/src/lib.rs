@@ -44,6 +44,7 @@ pub mod keys;
 pub mod parse;
 pub mod plan;
 mod prelude;
+pub mod training;
 #[cfg(feature = "yaml")]
 pub mod yaml;
 
@@ -58,5 +59,6 @@ pub use front::{check_yaml_file, CheckedSpec, LoadError, Rejected, SpecSource};
 #[cfg(feature = "codegen")]
 pub use parse::parse_specs;
 pub use plan::{ArenaPlan, LayerKind, LayerPlan, Plan, StagePlan};
+pub use training::{BufferRequest, TrainingPlan};
 #[cfg(feature = "yaml")]
 pub use yaml::parse_yaml;

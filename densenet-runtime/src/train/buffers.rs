@@ -15,26 +15,19 @@
 //! peak is the live peak), recording each request's length and lifetime; at its end the
 //! requests are assigned to *slots* greedily by size (largest first, each into the
 //! smallest slot whose other requests' lifetimes do not overlap its own; the scheme of
-//! TFLite's "greedy by size" shared objects). Each slot is one vector of its largest
+//! TFLite's "greedy by size" shared objects: `densenet_spec::training::assign_slots`,
+//! which also plans the same requests from the shapes alone for `summary()`). Each slot is one vector of its largest
 //! request's length, allocated once. Later steps take request `i` from its slot: no
 //! allocation, no page fault, and a slot's capacity never changes, so the kept memory is
 //! constant. A step that asks for something else (another batch size, a last partial
 //! batch) is served from the free slots by best fit and fresh vectors, freed at its end,
 //! and leaves the plan in place; two such steps in a row with the same requests re-plan.
 
+use densenet_spec::training::{assign_slots, live_peak, BufferRequest as Request};
 use ndarray::Array4;
 
 /// Most recycled weight gradients kept: far above a step's (DenseNet-264 has 264 convs).
 const MAX_GRADIENTS: usize = 4096;
-
-/// One request of a step: its length and the events at which it was taken and given
-/// back (`None`: it left the step, or the step ended first).
-#[derive(Clone, Copy, Debug)]
-struct Request {
-    len: usize,
-    taken: usize,
-    given: Option<usize>,
-}
 
 /// Per request of a step, in order: its length and the slot serving it (`None`: a
 /// request that leaves the step, served by a fresh vector each time).
@@ -66,6 +59,8 @@ pub(crate) struct Buffers {
     slot_addresses: Vec<usize>,
     plan: Option<Plan>,
     planned: PlannedBuffers,
+    /// The requests the plan was made from.
+    planned_requests: Vec<Request>,
     /// This step's requests so far.
     trace: Vec<Request>,
     /// Vectors lent out this step: address and request index.
@@ -121,7 +116,9 @@ impl Buffers {
 
     /// Plans this step's requests into slots and allocates them (the old ones freed first).
     fn replan(&mut self) {
-        let (requests, caps) = assign_slots(&self.trace);
+        let (slot_of, caps) = assign_slots(&self.trace);
+        let requests: Vec<(usize, Option<usize>)> =
+            self.trace.iter().map(|r| r.len).zip(slot_of).collect();
         self.slots = caps
             .iter()
             .map(|&cap| Some(Vec::with_capacity(cap)))
@@ -138,6 +135,7 @@ impl Buffers {
             live_peak_floats: live_peak(&self.trace),
         };
         self.plan = Some(Plan { requests });
+        self.planned_requests = self.trace.clone();
     }
 
     /// A vector of at least `len` floats' capacity for the step's next request, contents
@@ -216,9 +214,9 @@ impl Buffers {
             return;
         }
         let at = address(&v);
-        self.events += 1;
         if let Some(i) = self.lent.iter().position(|&(a, _)| a == at) {
             let (_, index) = self.lent.swap_remove(i);
+            self.events += 1;
             self.trace[index].given = Some(self.events);
         }
         if let Some(k) =
@@ -270,57 +268,12 @@ impl Buffers {
     pub(crate) fn planned(&self) -> PlannedBuffers {
         self.planned
     }
-}
 
-/// Assigns `trace`'s requests to slots, greedily by size: largest first (earliest first
-/// among equals), each into the smallest slot none of whose requests' lifetimes overlaps
-/// its own, else a new slot of its length. A request that was never given back gets no
-/// slot. Returns each request's `(len, slot)` in order and each slot's length.
-fn assign_slots(trace: &[Request]) -> (Vec<(usize, Option<usize>)>, Vec<usize>) {
-    let mut order: Vec<usize> = (0..trace.len())
-        .filter(|&i| trace[i].given.is_some())
-        .collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(trace[i].len), i));
-    let mut caps: Vec<usize> = Vec::new();
-    let mut lives: Vec<Vec<(usize, usize)>> = Vec::new();
-    let mut slot_of = vec![None; trace.len()];
-    for i in order {
-        let r = trace[i];
-        let life = (r.taken, r.given.expect("filtered"));
-        let free = |k: &usize| lives[*k].iter().all(|&(a, b)| b < life.0 || life.1 < a);
-        // Slots were opened largest first, so every one holds `r`; the last free one is
-        // the smallest.
-        let k = match (0..caps.len()).rev().find(free) {
-            Some(k) => k,
-            None => {
-                caps.push(r.len);
-                lives.push(Vec::new());
-                caps.len() - 1
-            }
-        };
-        lives[k].push(life);
-        slot_of[i] = Some(k);
+    /// The requests the plan was made from.
+    #[cfg(feature = "internals")]
+    pub(crate) fn planned_requests(&self) -> &[Request] {
+        &self.planned_requests
     }
-    let requests = trace.iter().zip(slot_of).map(|(r, s)| (r.len, s)).collect();
-    (requests, caps)
-}
-
-/// The most floats live at once in `trace` (a request never given back lives to the end).
-fn live_peak(trace: &[Request]) -> usize {
-    let mut events: Vec<(usize, isize)> = Vec::with_capacity(2 * trace.len());
-    for r in trace {
-        events.push((r.taken, r.len as isize));
-        if let Some(g) = r.given {
-            events.push((g, -(r.len as isize)));
-        }
-    }
-    events.sort_unstable();
-    let (mut live, mut peak) = (0isize, 0isize);
-    for (_, delta) in events {
-        live += delta;
-        peak = peak.max(live);
-    }
-    peak as usize
 }
 
 #[cfg(test)]

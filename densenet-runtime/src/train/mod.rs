@@ -108,6 +108,8 @@ pub use pool::{
 pub use relu::relu_backward;
 pub use schedule::{CosineConfig, PlateauConfig, Progress, Schedule};
 pub use source::{split, Source, Subset};
+#[cfg(feature = "internals")]
+pub use tape::planned_requests;
 pub use tape::{
     kept_step_memory, loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_with,
     release_step_memory, step_memory, Gradients, LayerGrad, StepConfig, StepMemory,

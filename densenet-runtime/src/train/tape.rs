@@ -576,6 +576,17 @@ pub fn step_memory() -> StepMemory {
     })
 }
 
+/// The requests this thread's plan of step buffers was made from, for tests that hold
+/// them equal to `Plan::training`'s (feature `internals`).
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub fn planned_requests() -> Vec<densenet_spec::BufferRequest> {
+    MEMORY.with(|m| {
+        m.try_borrow()
+            .map_or(Vec::new(), |m| m.1.planned_requests().to_vec())
+    })
+}
+
 /// A thread's step memory, kept from one step to the next (see `buffers.rs`).
 struct Memory;
 
