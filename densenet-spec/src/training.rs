@@ -168,8 +168,8 @@ impl Plan {
             for j in (0..b.layers).rev() {
                 let c = b.c_in + j * self.growth;
                 let d_new = r.take(rows * self.growth);
-                let d_normed = r.take(rows * c);
                 match self.bottleneck {
+                    // BN1's input gradient goes straight into the block's gradient.
                     Some(bn) => {
                         let width = rows * bn * self.growth;
                         let normed2 = r.take(width);
@@ -180,11 +180,12 @@ impl Plan {
                         r.give(dz);
                     }
                     None => {
+                        let d_normed = r.take(rows * c);
                         let normed = r.take(rows * c);
                         r.give(normed);
+                        r.give(d_normed);
                     }
                 }
-                r.give(d_normed);
                 r.give(d_new);
             }
             let dx = r.take(rows * b.c_in);

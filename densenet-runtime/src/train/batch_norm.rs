@@ -8,6 +8,7 @@
 use crate::parallel::prelude::*;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
 
+use crate::kernels::elementwise;
 use crate::layers::BatchNorm2d;
 
 /// Elements per parallel task (at least one row). Fixed by the width alone, not by the
@@ -125,12 +126,7 @@ fn backward_sums_row<const RELU: bool>(
     sum_g: &mut [f32],
     sum_gd: &mut [f32],
 ) {
-    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
-    for ((((((&v, &d), &s), &t), &m), sg), sgd) in it.zip(sum_g).zip(sum_gd) {
-        let g = mask::<RELU>(v, d, s, t);
-        *sg += g;
-        *sgd += g * (v - m);
-    }
+    elementwise::bn_backward_sums::<RELU>(x, dy, k.row(), sum_g, sum_gd);
 }
 
 /// `Σ` over `items` of `f(item, acc)`, each task filling a fresh `width`-long `acc`;
@@ -255,6 +251,11 @@ impl Moments {
     pub(crate) fn channels(&self) -> usize {
         self.mean.len()
     }
+
+    /// The per-channel means, as [`batch_norm_train_moments`] gives them to BatchNorm.
+    pub(crate) fn mean_f32(&self) -> Vec<f32> {
+        self.mean.iter().map(|&v| v as f32).collect()
+    }
 }
 
 /// [`batch_norm_train`] from the batch's moments, computed before.
@@ -341,24 +342,16 @@ pub fn batch_norm_apply(
     });
 }
 
-/// `dst = x·scale + shift` (then ReLU) for one row; monomorphic in `RELU` and written
-/// over zipped slices, so it vectorises.
+/// `dst = x·scale + shift` (then ReLU, `y <= 0 → 0`: NaN stays NaN, -0.0 becomes 0.0, as
+/// torch's) for one row; monomorphic in `RELU` and written over zipped slices, so it
+/// vectorises.
 fn apply_row<const RELU: bool>(x: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f32]) {
-    for (((o, &v), &s), &t) in dst.iter_mut().zip(x).zip(scale).zip(shift) {
-        let y = v * s + t;
-        // `<=` keeps NaN (as torch's relu) and turns -0.0 into 0.0.
-        *o = if RELU && y <= 0.0 { 0.0 } else { y };
+    if RELU {
+        // The same loop, vectorised for the CPU at hand.
+        return elementwise::scale_shift_relu(x, scale, shift, dst);
     }
-}
-
-/// The gradient reaching the BN output: `d`, or 0 where the ReLU clipped (the test of
-/// `apply_row`, on the same values, so forward and backward masks agree).
-#[inline(always)]
-fn mask<const RELU: bool>(v: f32, d: f32, s: f32, t: f32) -> f32 {
-    if RELU && v * s + t <= 0.0 {
-        0.0
-    } else {
-        d
+    for (((o, &v), &s), &t) in dst.iter_mut().zip(x).zip(scale).zip(shift) {
+        *o = v * s + t;
     }
 }
 
@@ -369,6 +362,16 @@ struct Coef<'a> {
     mean: &'a [f32],
 }
 
+impl Coef<'_> {
+    fn row(&self) -> elementwise::BnBackwardRow<'_> {
+        elementwise::BnBackwardRow {
+            scale: self.scale,
+            shift: self.shift,
+            mean: self.mean,
+        }
+    }
+}
+
 /// `dx += a·g + b·(x − mean) + c` for one row (see `batch_norm_backward`).
 fn backward_dx_row<const RELU: bool>(
     x: &[f32],
@@ -377,11 +380,7 @@ fn backward_dx_row<const RELU: bool>(
     abc: (&[f32], &[f32], &[f32]),
     dx: &mut [f32],
 ) {
-    let (a, b, c) = abc;
-    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
-    for ((((((((&v, &d), &s), &t), &m), &a), &b), &c), o) in it.zip(a).zip(b).zip(c).zip(dx) {
-        *o += a * mask::<RELU>(v, d, s, t) + b * (v - m) + c;
-    }
+    elementwise::bn_backward_dx::<RELU>(x, dy, k.row(), abc, dx);
 }
 
 /// Backward of [`batch_norm_apply`] in training mode: given `dy = ∂L/∂y`, adds
@@ -458,15 +457,35 @@ impl BackwardCoef {
 
     /// Adds the rows of `x` and `dy` (unit column stride) to `acc` (`2·channels`):
     /// `acc[..c]` gains `Σ g`, `acc[c..]` gains `Σ g·(x − mean)`, `g` being `dy` masked
-    /// to where the BN output is positive if `relu`.
-    pub(crate) fn add_sums(
+    /// to where the BN-ReLU output is positive; and, in the same pass, `dx += a·g` (`a`
+    /// from [`input_gradient_scale`]): the part of the input gradient that needs no
+    /// sums, added while `x` and `dy` are in cache.
+    pub(crate) fn add_sums_and_scaled(
         &self,
         x: ArrayView2<'_, f32>,
         dy: ArrayView2<'_, f32>,
-        relu: bool,
+        a: &[f32],
         acc: &mut [f64],
+        mut dx: ArrayViewMut2<'_, f32>,
     ) {
-        add_backward_sums(&self.coef(), x, dy, relu, acc);
+        let c = x.ncols();
+        let k = self.coef();
+        blocked_rows(
+            x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()),
+            acc,
+            |((xr, dr), mut o), part| {
+                let o = o.as_slice_mut().expect("unit column stride");
+                let sums = part.split_at_mut(c);
+                elementwise::bn_backward_sums_and_scaled::<true>(
+                    row(xr),
+                    row(dr),
+                    k.row(),
+                    a,
+                    sums,
+                    o,
+                );
+            },
+        );
     }
 }
 
@@ -512,43 +531,16 @@ pub(crate) fn batch_norm_backward_with_sums(
         dy.dim(),
         dx.dim(),
     );
-    let (rows, c) = x.dim();
-    assert_eq!(
-        sums.len(),
-        2 * c,
-        "batch_norm_backward: sums of another width"
-    );
+    let rows = x.nrows();
     let (scale, shift) = scale_shift(bn, stats);
     let k = Coef {
         scale: &scale,
         shift: &shift,
         mean: &stats.mean,
     };
+    let terms = backward_terms(bn, stats, rows, sums);
     let (x, dy) = (unit_cols(x), unit_cols(dy));
-    let (sum_g, sum_gd) = sums.split_at(c);
-    let sum_gx: Vec<f64> = sum_gd
-        .iter()
-        .zip(&stats.invstd)
-        .map(|(s, &i)| s * f64::from(i))
-        .collect();
-
-    // ∂L/∂x = a·(g − Σg/M − x̂·Σgx̂/M) with a = gamma·invstd, x̂ = (x − mean)·invstd:
-    // a·g + b·(x − mean) + c with b = −a·invstd·Σgx̂/M and c = −a·Σg/M.
-    let count = rows as f64;
-    let (mut a, mut b, mut cc) = (
-        Vec::with_capacity(c),
-        Vec::with_capacity(c),
-        Vec::with_capacity(c),
-    );
-    // Fixed (running) statistics do not depend on `x`: only the `a·g` term remains.
-    let through_stats = if stats.fixed { 0.0 } else { 1.0 };
-    for j in 0..c {
-        let invstd = f64::from(stats.invstd[j]);
-        let aj = f64::from(bn.gamma()[j]) * invstd;
-        a.push(aj as f32);
-        b.push((-through_stats * aj * invstd * sum_gx[j] / count) as f32);
-        cc.push((-through_stats * aj * sum_g[j] / count) as f32);
-    }
+    let (a, b, cc) = (&terms.a, &terms.b, &terms.c);
     for_each_task(&x, &dy, dx, |xs, ds, mut out| {
         for ((xr, dr), mut o) in xs.rows().into_iter().zip(ds.rows()).zip(out.rows_mut()) {
             let o = o.as_slice_mut().expect("unit column stride");
@@ -559,8 +551,77 @@ pub(crate) fn batch_norm_backward_with_sums(
             }
         }
     });
+    (terms.gamma, terms.beta)
+}
+
+/// The per-channel terms of a BatchNorm's input gradient over `rows` rows given its
+/// sums (`Σ g`, then `Σ g·(x − mean)`): `∂L/∂x = a·g + b·(x − mean) + c`; and its
+/// parameters' gradients.
+pub(crate) struct BackwardTerms {
+    /// `gamma·invstd` ([`input_gradient_scale`]).
+    pub(crate) a: Vec<f32>,
+    /// `−a·invstd·Σ(g·x̂)/M` (0 under fixed statistics).
+    pub(crate) b: Vec<f32>,
+    /// `−a·Σg/M` (0 under fixed statistics).
+    pub(crate) c: Vec<f32>,
+    /// `∂L/∂gamma = Σ g·x̂`.
+    pub(crate) gamma: Array1<f32>,
+    /// `∂L/∂beta = Σ g`.
+    pub(crate) beta: Array1<f32>,
+}
+
+/// `a = gamma·invstd` per channel: the input gradient's term in `g`, which needs no sums.
+pub(crate) fn input_gradient_scale(bn: &BatchNorm2d, stats: &BatchStats) -> Vec<f32> {
+    bn.gamma()
+        .iter()
+        .zip(&stats.invstd)
+        .map(|(&g, &i)| (f64::from(g) * f64::from(i)) as f32)
+        .collect()
+}
+
+/// [`BackwardTerms`] of `bn` under `stats` over `rows` rows with `sums`.
+///
+/// # Panics
+///
+/// If `sums` is not `2·channels` long.
+pub(crate) fn backward_terms(
+    bn: &BatchNorm2d,
+    stats: &BatchStats,
+    rows: usize,
+    sums: &[f64],
+) -> BackwardTerms {
+    let c = stats.channels();
+    assert_eq!(
+        sums.len(),
+        2 * c,
+        "batch_norm_backward: sums of another width"
+    );
+    let (sum_g, sum_gd) = sums.split_at(c);
+    let sum_gx: Vec<f64> = sum_gd
+        .iter()
+        .zip(&stats.invstd)
+        .map(|(s, &i)| s * f64::from(i))
+        .collect();
+    // ∂L/∂x = a·(g − Σg/M − x̂·Σgx̂/M) with a = gamma·invstd, x̂ = (x − mean)·invstd:
+    // a·g + b·(x − mean) + c with b = −a·invstd·Σgx̂/M and c = −a·Σg/M.
+    let count = rows as f64;
+    // Fixed (running) statistics do not depend on `x`: only the `a·g` term remains.
+    let through_stats = if stats.fixed { 0.0 } else { 1.0 };
+    let (mut b, mut cc) = (Vec::with_capacity(c), Vec::with_capacity(c));
+    for j in 0..c {
+        let invstd = f64::from(stats.invstd[j]);
+        let aj = f64::from(bn.gamma()[j]) * invstd;
+        b.push((-through_stats * aj * invstd * sum_gx[j] / count) as f32);
+        cc.push((-through_stats * aj * sum_g[j] / count) as f32);
+    }
     let to_f32 = |v: &[f64]| v.iter().map(|&s| s as f32).collect();
-    (to_f32(&sum_gx), to_f32(sum_g))
+    BackwardTerms {
+        a: input_gradient_scale(bn, stats),
+        b,
+        c: cc,
+        gamma: to_f32(&sum_gx),
+        beta: to_f32(sum_g),
+    }
 }
 
 #[track_caller]

@@ -31,7 +31,8 @@ use crate::rng::Rng;
 use crate::stage::Network;
 use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::batch_norm::{
-    batch_norm_backward_with_sums, batch_norm_train_moments, scale_shift, BackwardCoef, Moments,
+    backward_terms, batch_norm_train_moments, input_gradient_scale, scale_shift, BackwardCoef,
+    Moments,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
 use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing};
@@ -1064,6 +1065,10 @@ fn block_backward(
     let buf = tape.buffer.as_slice().expect("contiguous");
     let (p, freeze) = (ctx.p, ctx.freeze);
     let s = &mut ctx.s;
+    // The bottleneck layers' BN1 input-gradient terms in `x − mean` and constant, summed
+    // per buffer channel over the layers reading it and added when the channel's
+    // gradient is read (see `Deferred`).
+    let mut deferred = Deferred::new(tape.moments.mean_f32());
     let mut c = c_out;
     for (j, (layer, lt)) in layers.iter().zip(&tape.layers).enumerate().rev() {
         let k = layer.growth();
@@ -1076,16 +1081,14 @@ fn block_backward(
         let input = matrix(buf, rows, c_out).slice_move(s![.., ..c]);
         let grad = dy.as_slice_mut().expect("contiguous");
 
-        // ∂L/∂(last conv output): the buffer gradient's k columns, through the dropout.
+        // ∂L/∂(last conv output): the buffer gradient's k columns (complete: only later
+        // layers read them), through the dropout.
         let mut d_new = ctx.b.overwritten(rows * k);
-        matrix_mut(&mut d_new, rows, k).assign(&matrix(grad, rows, c_out).slice(s![.., c..c + k]));
+        deferred.complete(grad, buf, c_out, c..c + k, &mut d_new);
         dropout_in_place(matrix_mut(&mut d_new, rows, k), p, &mut lt.dropout.clone());
-
-        let mut d_normed = ctx.b.overwritten(rows * c);
-        // BN1's sums, when the bottleneck's pass below computed them on the way.
-        let mut sums1 = None;
         match (layer, &lt.bottleneck) {
             (DenseLayer::Basic { norm1, conv1 }, None) => {
+                let mut d_normed = ctx.b.overwritten(rows * c);
                 let mut normed = ctx.b.overwritten(rows * c);
                 batch_norm_apply(
                     norm1,
@@ -1106,6 +1109,14 @@ fn block_backward(
                     record,
                 );
                 ctx.b.give(normed);
+                // BN1-ReLU backward adds ∂L/∂(layer input) into the buffer gradient's
+                // first c columns.
+                let d_input = matrix_mut(grad, rows, c_out).slice_move(s![.., ..c]);
+                let d_normed_m = matrix(&d_normed, rows, c);
+                let (gamma, beta) =
+                    batch_norm_backward(norm1, &lt.stats, input, d_normed_m, true, d_input);
+                record(name("norm1"), LayerGrad::BatchNorm { gamma, beta });
+                ctx.b.give(d_normed);
             }
             (
                 DenseLayer::Bottleneck {
@@ -1153,13 +1164,14 @@ fn block_backward(
                 dropout_in_place(matrix_mut(&mut dz, rows, width), p, &mut rng1.clone());
                 let dw_storage =
                     (!freeze.contains(name("conv1"))).then(|| ctx.b.leaving(conv1.c_in() * width));
+                let norm1 = layer_norm1(layer);
                 let (dw, sums) = bottleneck_input_backward(
-                    layer_norm1(layer),
+                    norm1,
                     &lt.stats,
                     conv1,
                     input,
                     &dz,
-                    &mut d_normed,
+                    (grad, c_out),
                     dw_storage,
                     (&mut s.tasks, &mut s.sums),
                 );
@@ -1167,29 +1179,96 @@ fn block_backward(
                 if let Some(weight) = dw {
                     record(name("conv1"), LayerGrad::Conv { weight });
                 }
-                sums1 = Some(sums);
+                let terms = backward_terms(norm1, &lt.stats, rows, &sums);
+                deferred.add(&terms.b, &terms.c);
+                record(
+                    name("norm1"),
+                    LayerGrad::BatchNorm {
+                        gamma: terms.gamma,
+                        beta: terms.beta,
+                    },
+                );
             }
             _ => stages_changed(),
         }
-        // BN1-ReLU backward adds ∂L/∂(layer input) into the buffer gradient's first c columns.
-        let d_input = matrix_mut(grad, rows, c_out).slice_move(s![.., ..c]);
-        let d_normed_m = matrix(&d_normed, rows, c);
-        let norm1 = layer_norm1(layer);
-        let (gamma, beta) = match sums1 {
-            Some(sums) => batch_norm_backward_with_sums(
-                norm1, &lt.stats, input, d_normed_m, true, &sums, d_input,
-            ),
-            None => batch_norm_backward(norm1, &lt.stats, input, d_normed_m, true, d_input),
-        };
-        record(name("norm1"), LayerGrad::BatchNorm { gamma, beta });
-        ctx.b.give(d_normed);
         ctx.b.give(d_new);
     }
     debug_assert_eq!(c, tape.c_in);
     let mut dx = ctx.b.overwritten4((n, h, w, tape.c_in));
-    dx.assign(&dy.slice(s![.., .., .., ..tape.c_in]));
+    let grad = dy.as_slice().expect("contiguous");
+    let dx_floats = dx.as_slice_mut().expect("contiguous");
+    deferred.complete(grad, buf, c_out, 0..tape.c_in, dx_floats);
     ctx.b.give4(dy);
     dx
+}
+
+/// The terms of the bottleneck layers' BN1 input gradients that depend on the sums,
+/// `b·(x − mean) + c` per channel, summed over the layers reading each buffer channel
+/// and added once, when the channel's gradient is read (by the layer that wrote it, or
+/// as the block's input gradient), instead of by every layer over all its input
+/// channels. The `a·g` term is added in the pass that computes the sums.
+struct Deferred {
+    b: Vec<f64>,
+    c: Vec<f64>,
+    /// The batch mean of every buffer channel (the one every BN1 reading it uses).
+    mean: Vec<f32>,
+}
+
+impl Deferred {
+    fn new(mean: Vec<f32>) -> Self {
+        Deferred {
+            b: vec![0.0; mean.len()],
+            c: vec![0.0; mean.len()],
+            mean,
+        }
+    }
+
+    /// Adds one layer's terms (its first `b.len()` channels).
+    fn add(&mut self, b: &[f32], c: &[f32]) {
+        self.b
+            .iter_mut()
+            .zip(b)
+            .for_each(|(s, &v)| *s += f64::from(v));
+        self.c
+            .iter_mut()
+            .zip(c)
+            .for_each(|(s, &v)| *s += f64::from(v));
+    }
+
+    /// `dst = grad[.., cols] + b·(x[.., cols] − mean) + c`, `grad` and `x` being
+    /// `rows × stride` buffers and `dst` `rows × cols.len()`.
+    fn complete(
+        &self,
+        grad: &[f32],
+        x: &[f32],
+        stride: usize,
+        cols: std::ops::Range<usize>,
+        dst: &mut [f32],
+    ) {
+        let width = cols.len();
+        let narrow = |v: &[f64]| {
+            v[cols.clone()]
+                .iter()
+                .map(|&t| t as f32)
+                .collect::<Vec<_>>()
+        };
+        let (b, c, mean) = (narrow(&self.b), narrow(&self.c), &self.mean[cols.clone()]);
+        let rows_per_task = (1 << 14) / width.max(1) + 1;
+        dst.par_chunks_mut(rows_per_task * width.max(1))
+            .enumerate()
+            .for_each(|(t, out)| {
+                let first = t * rows_per_task;
+                for (i, o) in out.chunks_exact_mut(width).enumerate() {
+                    let at = (first + i) * stride + cols.start;
+                    let (g, v) = (&grad[at..at + width], &x[at..at + width]);
+                    for (((((o, &g), &v), &b), &c), &m) in
+                        o.iter_mut().zip(g).zip(v).zip(&b).zip(&c).zip(mean)
+                    {
+                        *o = g + b * (v - m) + c;
+                    }
+                }
+            });
+    }
 }
 
 /// Rows of one task of [`bottleneck_input_backward`] (fixed, so its partial sums, added
@@ -1200,10 +1279,12 @@ const CHUNK_ROWS: usize = 256;
 
 /// A bottleneck's 1x1 convolution backward fused with what surrounds it, chunk by chunk
 /// of rows: BN1-ReLU of the block's input recomputed (never stored whole), the conv's
-/// weight gradient `normedᵀ·dz` (if `need_dw`), its input gradient `dz·Wᵀ` into
-/// `d_normed`, and BN1's backward sums over the two while both are in cache. Returns
-/// the weight gradient and the sums for [`batch_norm_backward_with_sums`]: the block
-/// buffer's `c` columns are read once here instead of four times.
+/// weight gradient `normedᵀ·dz` (if `need_dw`), its input gradient `dz·Wᵀ` (a chunk at a
+/// time, in cache), and from it BN1's backward sums and the input gradient's `a·g` term,
+/// added straight into the block gradient's first `c` columns (`grad`, `rows × c_out`).
+/// Returns the weight gradient and the sums, from which the rest of the input gradient
+/// follows (`backward_terms`, added later by `Deferred`): the block buffer's `c` columns
+/// are read once here, and the block gradient's read and written once.
 #[allow(clippy::too_many_arguments)]
 fn bottleneck_input_backward(
     norm1: &BatchNorm2d,
@@ -1211,7 +1292,7 @@ fn bottleneck_input_backward(
     conv1: &Conv2d,
     input: ArrayView2<'_, f32>,
     dz: &[f32],
-    d_normed: &mut [f32],
+    (grad, c_out): (&mut [f32], usize),
     dw_storage: Option<Vec<f32>>,
     (task_scratch, sums_scratch): (&mut Vec<f32>, &mut Vec<f64>),
 ) -> (Option<Array4<f32>>, Vec<f64>) {
@@ -1219,25 +1300,28 @@ fn bottleneck_input_backward(
     let (rows, c) = input.dim();
     let width = conv1.c_out();
     let coef = BackwardCoef::new(norm1, stats);
+    let a = input_gradient_scale(norm1, stats);
     let (scale, shift) = scale_shift(norm1, stats);
     let weight = conv1.weight();
     let w_mat = MatRef::row_major(weight.as_slice().expect("weight() is contiguous"), c, width);
-    // Each task's recomputed chunk and partial weight gradient, and its partial sums,
-    // in the step's scratch.
+    // Each task's recomputed chunk, its input gradient and partial weight gradient, and
+    // its partial sums, in the step's scratch.
     let tasks = rows.div_ceil(TASK_ROWS);
     let dw_len = if need_dw { c * width } else { 0 };
-    let task_len = (CHUNK_ROWS.min(rows) * c + dw_len).max(1);
+    let chunk_len = CHUNK_ROWS.min(rows) * c;
+    let task_len = (2 * chunk_len + dw_len).max(1);
     let task_floats = take(task_scratch, tasks * task_len);
     let task_sums = sums_scratch;
     task_sums.clear();
     task_sums.resize(tasks * 2 * c, 0.0);
     type Task<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f64]));
-    let task = |(t, ((d_task, floats), sums)): Task<'_>| {
+    let task = |(t, ((g_task, floats), sums)): Task<'_>| {
         let first = t * TASK_ROWS;
-        let (normed, dw) = floats.split_at_mut(floats.len() - dw_len);
-        for (i, d_chunk) in d_task.chunks_mut(CHUNK_ROWS * c).enumerate() {
+        let (chunks, dw) = floats.split_at_mut(floats.len() - dw_len);
+        let (normed, d_chunk) = chunks.split_at_mut(chunk_len);
+        for (i, g_chunk) in g_task.chunks_mut(CHUNK_ROWS * c_out).enumerate() {
             let r0 = first + i * CHUNK_ROWS;
-            let r = d_chunk.len() / c;
+            let r = g_chunk.len() / c_out;
             let x = input.slice(s![r0..r0 + r, ..]);
             let normed = &mut normed[..r * c];
             for (src, dst) in x.rows().into_iter().zip(normed.chunks_exact_mut(c)) {
@@ -1250,6 +1334,7 @@ fn bottleneck_input_backward(
                 let a = MatRef::row_major(normed, r, c).t();
                 gemm(1.0, a, dz_chunk, beta, MatMut::row_major(dw, c, width));
             }
+            let d_chunk = &mut d_chunk[..r * c];
             gemm(
                 1.0,
                 dz_chunk,
@@ -1257,11 +1342,16 @@ fn bottleneck_input_backward(
                 0.0,
                 MatMut::row_major(d_chunk, r, c),
             );
-            coef.add_sums(x, matrix(d_chunk, r, c), true, sums);
+            let g = ArrayViewMut2::from_shape(
+                ndarray::ShapeBuilder::strides((r, c), (c_out, 1)),
+                g_chunk,
+            )
+            .expect("r rows of c_out ≥ c columns");
+            coef.add_sums_and_scaled(x, matrix(d_chunk, r, c), &a, sums, g);
         }
     };
-    let jobs = d_normed[..rows * c]
-        .par_chunks_mut(TASK_ROWS * c.max(1))
+    let jobs = grad[..rows * c_out]
+        .par_chunks_mut(TASK_ROWS * c_out.max(1))
         .zip(task_floats.par_chunks_mut(task_len))
         .zip(task_sums.par_chunks_mut((2 * c).max(1)))
         .enumerate();
@@ -1523,27 +1613,26 @@ mod tests {
         let conv1 = Conv2d::new(weight, Conv2dConfig::default()).unwrap();
         let dz = values(rows * width, 5);
 
-        let mut d_normed = vec![f32::NAN; rows * c];
+        // The block gradient, its first c columns gaining the layer's input gradient.
+        let mut grad = vec![0.5f32; rows * c_out];
         let (dw, sums) = bottleneck_input_backward(
             &norm1,
             &stats,
             &conv1,
             input,
             &dz,
-            &mut d_normed,
+            (&mut grad, c_out),
             Some(Vec::new()),
             (&mut vec![f32::NAN; 7], &mut vec![f64::NAN; 3]),
         );
-        let mut dx = vec![0.5f32; rows * c];
-        let (gamma, beta) = batch_norm_backward_with_sums(
-            &norm1,
-            &stats,
-            input,
-            matrix(&d_normed, rows, c),
-            true,
-            &sums,
-            matrix_mut(&mut dx, rows, c),
-        );
+        let terms = backward_terms(&norm1, &stats, rows, &sums);
+        let (gamma, beta) = (terms.gamma.clone(), terms.beta.clone());
+        let mut deferred = Deferred::new(stats.mean().to_vec());
+        deferred.add(&terms.b, &terms.c);
+        let mut dx = vec![f32::NAN; rows * c];
+        deferred.complete(&grad, &buf, c_out, 0..c, &mut dx);
+        let untouched = (0..rows).all(|r| grad[r * c_out + c..(r + 1) * c_out] == [0.5; 7]);
+        assert!(untouched, "columns past c are left alone");
 
         let mut normed = vec![0.0; rows * c];
         batch_norm_apply(
@@ -1581,7 +1670,6 @@ mod tests {
             want_dw.as_slice().unwrap(),
             "dW",
         );
-        close(&d_normed, &want_d_normed, "d_normed");
         close(&dx, &want_dx, "dx");
         close(
             gamma.as_slice().unwrap(),
