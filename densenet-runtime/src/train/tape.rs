@@ -1272,10 +1272,18 @@ impl Deferred {
 }
 
 /// Rows of one task of [`bottleneck_input_backward`] (fixed, so its partial sums, added
-/// in task order, do not depend on the thread count), and of one chunk within a task:
-/// a chunk's `c` input columns, recomputed BN1-ReLU and input gradient stay in L2.
+/// in task order, do not depend on the thread count).
 const TASK_ROWS: usize = 8192;
-const CHUNK_ROWS: usize = 256;
+
+/// Rows of one chunk of a task of [`bottleneck_input_backward`] over `c` input channels:
+/// as many as keep the chunk's recomputed BN1-ReLU and input gradient (`c` floats a row
+/// each) within ~768 KiB of L2, 64 to 1,024. Each chunk is two `gemm` calls that pack
+/// their operands afresh, so fewer, larger chunks pay less packing: 512 rows instead of
+/// 256 took ~6% off a DenseNet-BC-100 step at batch 64 (`bench_train`, alternating
+/// binaries, 2 threads, Zen 5), 1,024 gained nothing more.
+fn chunk_rows(c: usize) -> usize {
+    ((96 * 1024) / c.max(1)).clamp(64, 1024)
+}
 
 /// A bottleneck's 1x1 convolution backward fused with what surrounds it, chunk by chunk
 /// of rows: BN1-ReLU of the block's input recomputed (never stored whole), the conv's
@@ -1308,7 +1316,8 @@ fn bottleneck_input_backward(
     // its partial sums, in the step's scratch.
     let tasks = rows.div_ceil(TASK_ROWS);
     let dw_len = if need_dw { c * width } else { 0 };
-    let chunk_len = CHUNK_ROWS.min(rows) * c;
+    let chunk = chunk_rows(c);
+    let chunk_len = chunk.min(rows) * c;
     let task_len = (2 * chunk_len + dw_len).max(1);
     let task_floats = take(task_scratch, tasks * task_len);
     let task_sums = sums_scratch;
@@ -1319,8 +1328,8 @@ fn bottleneck_input_backward(
         let first = t * TASK_ROWS;
         let (chunks, dw) = floats.split_at_mut(floats.len() - dw_len);
         let (normed, d_chunk) = chunks.split_at_mut(chunk_len);
-        for (i, g_chunk) in g_task.chunks_mut(CHUNK_ROWS * c_out).enumerate() {
-            let r0 = first + i * CHUNK_ROWS;
+        for (i, g_chunk) in g_task.chunks_mut(chunk * c_out).enumerate() {
+            let r0 = first + i * chunk;
             let r = g_chunk.len() / c_out;
             let x = input.slice(s![r0..r0 + r, ..]);
             let normed = &mut normed[..r * c];
