@@ -122,10 +122,14 @@ struct Worst {
 
 /// Compares `after` (ours) with the reference file `file`. Every parameter must be
 /// within `1e-4 · max |torch|` of torch's, except, with `exempt = Some((below, lr))`
-/// (Adam), elements whose gradient is below `below · max(1e-2, max |g|)`: with a fixed
+/// (Adam), elements whose gradient, ours or torch's (`torchvision_small.grads`, from
+/// which the reference was made), is below `below · max(1e-2, max |g|)`: with a fixed
 /// gradient Adam's update is `±lr` per step whatever the gradient's size, so near zero
-/// its sign is decided by gradient round-off (our float32 gradient vs torch's float64
-/// one); those are held only to `2·STEPS·lr`, and counted when beyond `1e-4 · max |torch|`.
+/// its sign is decided by gradient round-off (e.g. the stem BatchNorm's beta of a
+/// channel whose block-input gradient sums to zero: torch's gradient -1.3e-15, ours
+/// 1.2e-7 at float32's precision); those are held only to `2·STEPS·lr`, and counted
+/// when beyond `1e-4 · max |torch|`. The gradients themselves are held to torch's by
+/// `tests/train_grads.rs`.
 fn compare(
     file: &str,
     before: &BTreeMap<String, Vec<f32>>,
@@ -135,12 +139,15 @@ fn compare(
 ) -> Worst {
     let bytes = std::fs::read(fixture(file)).unwrap();
     let reference = SafeTensors::deserialize(&bytes).unwrap();
+    let grad_bytes = std::fs::read(fixture("torchvision_small.grads.safetensors")).unwrap();
+    let torch_grads = SafeTensors::deserialize(&grad_bytes).unwrap();
     assert_eq!(reference.len(), after.len(), "{file}: parameter count");
     let mut worst = Worst::default();
     for (key, ours) in after {
         let (_, theirs) = read_f32(&reference, key);
         let p0 = &before[key];
         let g = &grads[key];
+        let g_torch = read_f32(&torch_grads, key).1;
         assert_eq!(ours.len(), theirs.len(), "{key}: length");
         let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let g_scale = g.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
@@ -148,7 +155,7 @@ fn compare(
         for i in 0..ours.len() {
             let e = (ours[i] - theirs[i]).abs();
             let tol = match exempt {
-                Some((below, lr)) if g[i].abs() < below * g_scale => {
+                Some((below, lr)) if g[i].abs().min(g_torch[i].abs()) < below * g_scale => {
                     if e > 1e-4 * scale {
                         worst.exempt += 1;
                     }
