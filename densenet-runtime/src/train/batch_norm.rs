@@ -126,7 +126,12 @@ fn backward_sums_row<const RELU: bool>(
     sum_g: &mut [f32],
     sum_gd: &mut [f32],
 ) {
-    elementwise::bn_backward_sums::<RELU>(x, dy, k.row(), sum_g, sum_gd);
+    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
+    for ((((((&v, &d), &s), &t), &m), sg), sgd) in it.zip(sum_g).zip(sum_gd) {
+        let g = mask::<RELU>(v, d, s, t);
+        *sg += g;
+        *sgd += g * (v - m);
+    }
 }
 
 /// `Σ` over `items` of `f(item, acc)`, each task filling a fresh `width`-long `acc`;
@@ -380,7 +385,22 @@ fn backward_dx_row<const RELU: bool>(
     abc: (&[f32], &[f32], &[f32]),
     dx: &mut [f32],
 ) {
-    elementwise::bn_backward_dx::<RELU>(x, dy, k.row(), abc, dx);
+    let (a, b, c) = abc;
+    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
+    for ((((((((&v, &d), &s), &t), &m), &a), &b), &c), o) in it.zip(a).zip(b).zip(c).zip(dx) {
+        *o += a * mask::<RELU>(v, d, s, t) + b * (v - m) + c;
+    }
+}
+
+/// The gradient reaching the BN output: `d`, or 0 where the ReLU clipped (the test of
+/// `apply_row`, on the same values, so forward and backward masks agree).
+#[inline(always)]
+fn mask<const RELU: bool>(v: f32, d: f32, s: f32, t: f32) -> f32 {
+    if RELU && v * s + t <= 0.0 {
+        0.0
+    } else {
+        d
+    }
 }
 
 /// Backward of [`batch_norm_apply`] in training mode: given `dy = ∂L/∂y`, adds
