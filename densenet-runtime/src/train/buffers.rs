@@ -334,6 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn a_step_that_stops_on_an_error_loses_nothing_for_good() {
+        let mut b = Buffers::default();
+        let lens = [100, 50, 80, 20, 10];
+        step(&mut b, &lens);
+        let planned = b.planned();
+        // A step stops half-way: what it holds is dropped, its slots stay empty.
+        b.begin_step();
+        drop(b.zeros(100));
+        b.end_step(false);
+        // The next step runs off the plan (one slot is gone), the one after re-plans.
+        step(&mut b, &lens);
+        step(&mut b, &lens);
+        assert_eq!(b.planned(), planned);
+        assert_eq!(b.floats(), 150);
+        let first = step(&mut b, &lens);
+        assert_eq!(first, step(&mut b, &lens), "back on a plan");
+    }
+
+    #[test]
     fn a_request_never_given_back_has_no_slot() {
         let mut b = Buffers::default();
         b.begin_step();
