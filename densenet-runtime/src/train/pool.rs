@@ -4,6 +4,7 @@
 use ndarray::{Array4, ArrayView2, ArrayView4};
 
 use crate::kernels::im2col::Window;
+use crate::parallel::prelude::*;
 
 /// The in-bounds taps `lo..hi` of a window at output coordinate `o` (as im2col's).
 fn taps(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> (usize, usize) {
@@ -97,40 +98,42 @@ pub(crate) fn max_pool2d_train_into(
         ys.len() == n * oh * ow * c && is.len() == ys.len(),
         "max_pool2d_train: output slices do not fit"
     );
-    ys.fill(f32::NEG_INFINITY);
-    is.fill(0);
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
     let image_len = h * w * c;
-    for b in 0..n {
+    // One task per output row (each writes only its own row: no reduction, the same
+    // result on any number of threads).
+    let row_len = (ow * c).max(1);
+    let rows = ys.par_chunks_mut(row_len).zip(is.par_chunks_mut(row_len));
+    rows.enumerate().for_each(|(r, (ys, is))| {
+        let (b, oy) = (r / oh.max(1), r % oh.max(1));
+        ys.fill(f32::NEG_INFINITY);
+        is.fill(0);
         let image = &x[b * image_len..][..image_len];
-        for oy in 0..oh {
-            let (ky_lo, ky_hi) = taps(oy, kernel, stride, padding, h);
-            for ox in 0..ow {
-                let (kx_lo, kx_hi) = taps(ox, kernel, stride, padding, w);
-                let at = ((b * oh + oy) * ow + ox) * c;
-                let (best, arg) = (&mut ys[at..at + c], &mut is[at..at + c]);
-                if ky_lo == ky_hi || kx_lo == kx_hi {
-                    continue; // a window in the padding only: −∞, index 0
-                }
-                let first = (oy * stride + ky_lo - padding) * w + ox * stride + kx_lo - padding;
-                arg.fill(first as u32);
-                for ky in ky_lo..ky_hi {
-                    let iy = oy * stride + ky - padding;
-                    for kx in kx_lo..kx_hi {
-                        let pixel = iy * w + ox * stride + kx - padding;
-                        let values = &image[pixel * c..][..c];
-                        for ((m, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(values) {
-                            if v > *m || v.is_nan() {
-                                *m = v;
-                                *a = pixel as u32;
-                            }
+        let (ky_lo, ky_hi) = taps(oy, kernel, stride, padding, h);
+        for ox in 0..ow {
+            let (kx_lo, kx_hi) = taps(ox, kernel, stride, padding, w);
+            let (best, arg) = (&mut ys[ox * c..][..c], &mut is[ox * c..][..c]);
+            if ky_lo == ky_hi || kx_lo == kx_hi {
+                continue; // a window in the padding only: −∞, index 0
+            }
+            let first = (oy * stride + ky_lo - padding) * w + ox * stride + kx_lo - padding;
+            arg.fill(first as u32);
+            for ky in ky_lo..ky_hi {
+                let iy = oy * stride + ky - padding;
+                for kx in kx_lo..kx_hi {
+                    let pixel = iy * w + ox * stride + kx - padding;
+                    let values = &image[pixel * c..][..c];
+                    for ((m, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(values) {
+                        if v > *m || v.is_nan() {
+                            *m = v;
+                            *a = pixel as u32;
                         }
                     }
                 }
             }
         }
-    }
+    });
 }
 
 /// Backward of [`max_pool2d_train`]: each output gradient goes to the input pixel its
