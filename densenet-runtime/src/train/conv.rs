@@ -323,28 +323,25 @@ fn weight_gradient_by_taps(
         dyg[ds..ds + w * c_out].copy_from_slice(&dy[r * w * c_out..][..w * c_out]);
     }
     let (xp, dyg) = (&*xp, &*dyg);
-    let partial = |(t, out): (usize, &mut [f32])| {
+    // One job per task and tap (each writes its own partial, so the jobs may run in any
+    // order on any thread): a small map's single task still uses every thread.
+    let partial = |(job, dst): (usize, &mut [f32])| {
+        let (t, tap) = (job / taps, job % taps);
         let rows = TAP_ROWS.min(grid - t * TAP_ROWS);
         let first = t * TAP_ROWS;
         let b = MatRef::row_major(&dyg[first * c_out..][..rows * c_out], rows, c_out);
-        for (tap, dst) in out.chunks_exact_mut(per_tap).enumerate() {
-            let off = (tap / k) * wp + tap % k;
-            let a = MatRef::row_major(&xp[(first + off) * c_in..][..rows * c_in], rows, c_in);
-            // Column-major (`c_out` runs of `c_in`): the `gemm` crate's microkernel then
-            // spans `c_in` (a multiple of 16 in DenseNet-BC's 4k = 48) instead of
-            // `c_out` (k = 12: 12 of 16 lanes).
-            gemm(1.0, a.t(), b, 0.0, MatMut::new(dst, c_in, c_out, 1, c_in));
-        }
+        let off = (tap / k) * wp + tap % k;
+        let a = MatRef::row_major(&xp[(first + off) * c_in..][..rows * c_in], rows, c_in);
+        // Column-major (`c_out` runs of `c_in`): the `gemm` crate's microkernel then
+        // spans `c_in` (a multiple of 16 in DenseNet-BC's 4k = 48) instead of `c_out`
+        // (k = 12: 12 of 16 lanes).
+        gemm(1.0, a.t(), b, 0.0, MatMut::new(dst, c_in, c_out, 1, c_in));
     };
     let task_len = (taps * per_tap).max(1);
-    if tasks > 1 {
-        partials
-            .par_chunks_mut(task_len)
-            .enumerate()
-            .for_each(partial);
-    } else {
-        partials.chunks_mut(task_len).enumerate().for_each(partial);
-    }
+    partials
+        .par_chunks_mut(per_tap.max(1))
+        .enumerate()
+        .for_each(partial);
     // Added in task order (the same sums on any number of threads), each tap's partial
     // transposed back to `c_in × c_out`.
     dw.fill(0.0);
