@@ -1271,9 +1271,14 @@ impl Deferred {
     }
 }
 
-/// Rows of one task of [`bottleneck_input_backward`] (fixed, so its partial sums, added
-/// in task order, do not depend on the thread count).
-const TASK_ROWS: usize = 8192;
+/// Rows of one task of [`bottleneck_input_backward`] over `rows` rows: an eighth of
+/// them, 512 to 8,192, a multiple of 64. Fixed by the shape, so the partial sums, added
+/// in task order, do not depend on the thread count; small maps (DenseNet-BC's 8x8,
+/// DenseNet-121's 14x14 and 7x7 at their usual batches: 4,096 rows or fewer) still make
+/// several tasks for the threads, where a fixed 8,192 ran them as one.
+fn task_rows(rows: usize) -> usize {
+    rows.div_ceil(8).next_multiple_of(64).clamp(512, 8192)
+}
 
 /// Rows of one chunk of a task of [`bottleneck_input_backward`] over `c` input channels:
 /// as many as keep the chunk's recomputed BN1-ReLU and input gradient (`c` floats a row
@@ -1314,10 +1319,11 @@ fn bottleneck_input_backward(
     let w_mat = MatRef::row_major(weight.as_slice().expect("weight() is contiguous"), c, width);
     // Each task's recomputed chunk, its input gradient and partial weight gradient, and
     // its partial sums, in the step's scratch.
-    let tasks = rows.div_ceil(TASK_ROWS);
+    let per_task = task_rows(rows);
+    let tasks = rows.div_ceil(per_task);
     let dw_len = if need_dw { c * width } else { 0 };
     let chunk = chunk_rows(c);
-    let chunk_len = chunk.min(rows) * c;
+    let chunk_len = chunk.min(per_task) * c;
     let task_len = (2 * chunk_len + dw_len).max(1);
     let task_floats = take(task_scratch, tasks * task_len);
     let task_sums = sums_scratch;
@@ -1325,7 +1331,7 @@ fn bottleneck_input_backward(
     task_sums.resize(tasks * 2 * c, 0.0);
     type Task<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f64]));
     let task = |(t, ((g_task, floats), sums)): Task<'_>| {
-        let first = t * TASK_ROWS;
+        let first = t * per_task;
         let (chunks, dw) = floats.split_at_mut(floats.len() - dw_len);
         let (normed, d_chunk) = chunks.split_at_mut(chunk_len);
         for (i, g_chunk) in g_task.chunks_mut(chunk * c_out).enumerate() {
@@ -1360,7 +1366,7 @@ fn bottleneck_input_backward(
         }
     };
     let jobs = grad[..rows * c_out]
-        .par_chunks_mut(TASK_ROWS * c_out.max(1))
+        .par_chunks_mut(per_task * c_out.max(1))
         .zip(task_floats.par_chunks_mut(task_len))
         .zip(task_sums.par_chunks_mut((2 * c).max(1)))
         .enumerate();
@@ -1607,7 +1613,7 @@ mod tests {
     fn fused_bottleneck_backward_matches_the_layer_by_layer_one() {
         let (n, h, w, c, c_out, width) = (9, 32, 32, 20, 27, 8);
         let rows = n * h * w;
-        assert!(rows > TASK_ROWS);
+        assert!(rows > task_rows(rows));
         let buf = values(rows * c_out, 1);
         let input = matrix(&buf, rows, c_out).slice_move(s![.., ..c]);
         let mut norm1 = BatchNorm2d::init(c, 1e-5);
