@@ -190,7 +190,7 @@ fn for_each_task(
 /// *unbiased* variance; normalisation uses the biased one). torch's default momentum
 /// is 0.1.
 ///
-/// Sums are accumulated in `f64` (one pass: `Σx` and `Σx²`, see [`Moments`]).
+/// Sums are accumulated in `f64`, in one pass (`Σx` and `Σx²`).
 ///
 /// # Panics
 ///
