@@ -16,8 +16,8 @@
 //! requests are assigned to *slots* greedily by size (largest first, each into the
 //! smallest slot whose other requests' lifetimes do not overlap its own; the scheme of
 //! TFLite's "greedy by size" shared objects: `densenet_spec::training::assign_slots`,
-//! which also plans the same requests from the shapes alone for `summary()`). Each slot is one vector of its largest
-//! request's length, allocated once. Later steps take request `i` from its slot: no
+//! which also plans the same requests from the shapes alone for `summary()`). Each slot
+//! is one vector of its largest request's length, allocated once. Later steps take request `i` from its slot: no
 //! allocation, no page fault, and a slot's capacity never changes, so the kept memory is
 //! constant. A step that asks for something else (another batch size, a last partial
 //! batch) is served from the free slots by best fit and fresh vectors, freed at its end,
