@@ -6,8 +6,8 @@
 //! cargo run --release --example bench_train -- [--model bc100|121] [--batch 64] [--rounds 5]
 //! ```
 //!
-//! With `--serve` it times steps for `tools/bench_compare.py --train` instead: after one
-//! warm-up step it reads a count `K` per line from stdin, runs `K` steps and answers
+//! With `--serve` it times steps for `tools/bench_compare.py --train` instead: after two
+//! warm-up steps it reads a count `K` per line from stdin, runs `K` steps and answers
 //! `{"times_ms": [...]}` on one line, until `quit`.
 //!
 //! `bc100` is the paper's DenseNet-BC (L = 100, k = 12) on 32x32 images (default batch
@@ -72,7 +72,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         grads.recycle();
         start.elapsed().as_secs_f64()
     };
-    // Warm-up: thread pools, workspaces, page faults.
+    // Warm-up: thread pools, workspaces, page faults. Two steps: the first plans the
+    // step's buffers (allocating as it goes), the second faults in the planned ones.
+    step(&mut model);
     step(&mut model);
     if std::env::args().any(|a| a == "--serve") {
         for line in std::io::stdin().lines() {
