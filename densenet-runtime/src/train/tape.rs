@@ -824,19 +824,15 @@ fn bn_stats_of(
     }
 }
 
-/// The stem in training mode (BatchNorm on batch statistics), recording its tape.
-fn record_stem(
-    conv: &mut Conv2d,
-    norm: Option<&mut BatchNorm2d>,
-    x: Array4<f32>,
-    ctx: &mut Ctx<'_>,
-) -> (Array4<f32>, StemTape) {
+/// `conv` over the NHWC batch `x` (unpadded: the conv pads), into a new NHWC map from
+/// the step's buffers.
+fn conv_forward(conv: &Conv2d, x: ArrayView4<'_, f32>, ctx: &mut Ctx<'_>) -> Array4<f32> {
     let (n, h, w, _) = x.dim();
     let (oh, ow) = conv.output_size(h, w);
     let mut y = ctx.b.overwritten4((n, oh, ow, conv.c_out()));
     conv2d_into(
         conv,
-        x.as_slice().expect("contiguous"),
+        x.as_slice().expect("a contiguous NHWC batch"),
         (n, h, w),
         false,
         Epilogue::Store,
@@ -847,6 +843,18 @@ fn record_stem(
         ),
         &mut ctx.s.im2col,
     );
+    y
+}
+
+/// The stem in training mode (BatchNorm on batch statistics), recording its tape.
+fn record_stem(
+    conv: &mut Conv2d,
+    norm: Option<&mut BatchNorm2d>,
+    x: Array4<f32>,
+    ctx: &mut Ctx<'_>,
+) -> (Array4<f32>, StemTape) {
+    let y = conv_forward(conv, x.view(), ctx);
+    let (n, oh, ow, _) = y.dim();
     match norm {
         None => (y, StemTape { x, norm: None }),
         Some(norm) => {
@@ -1412,21 +1420,7 @@ fn record_transition(
     // Pool before the 1x1 conv, as the inference path: both are linear per pixel. The
     // dropout mask then applies to the pooled conv output.
     let pooled = bn_relu_pooled(norm, &stats, x, &mut ctx.b);
-    let (n, oh, ow, _) = pooled.dim();
-    let mut y = ctx.b.overwritten4((n, oh, ow, conv.c_out()));
-    conv2d_into(
-        conv,
-        pooled.as_slice().expect("contiguous"),
-        (n, oh, ow),
-        false,
-        Epilogue::Store,
-        MatMut::row_major(
-            y.as_slice_mut().expect("contiguous"),
-            n * oh * ow,
-            conv.c_out(),
-        ),
-        &mut ctx.s.im2col,
-    );
+    let mut y = conv_forward(conv, pooled.view(), ctx);
     ctx.b.give4(pooled);
     let dropout = ctx.rng.clone();
     dropout_in_place(pixels_mut(&mut y), ctx.p, ctx.rng);
