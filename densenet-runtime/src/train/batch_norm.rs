@@ -380,8 +380,9 @@ impl Coef<'_> {
     }
 }
 
-/// `dx += a·g + b·(x − mean) + c` for one row (see `batch_norm_backward`).
-fn backward_dx_row<const RELU: bool>(
+/// `dx += a·g + b·(x − mean) + c` (or `=`, without `ADD`) for one row (see
+/// `batch_norm_backward`).
+fn backward_dx_row<const RELU: bool, const ADD: bool>(
     x: &[f32],
     dy: &[f32],
     k: &Coef<'_>,
@@ -391,7 +392,8 @@ fn backward_dx_row<const RELU: bool>(
     let (a, b, c) = abc;
     let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
     for ((((((((&v, &d), &s), &t), &m), &a), &b), &c), o) in it.zip(a).zip(b).zip(c).zip(dx) {
-        *o += a * mask::<RELU>(v, d, s, t) + b * (v - m) + c;
+        let g = a * mask::<RELU>(v, d, s, t) + b * (v - m) + c;
+        *o = if ADD { *o + g } else { g };
     }
 }
 
@@ -429,6 +431,32 @@ pub fn batch_norm_backward(
     relu: bool,
     dx: ArrayViewMut2<'_, f32>,
 ) -> (Array1<f32>, Array1<f32>) {
+    backward(bn, stats, x, dy, relu, dx, true)
+}
+
+/// [`batch_norm_backward`] writing `∂L/∂x` into `dx` instead of adding it (`dx`'s
+/// contents are not read: a buffer needs no zeroing first).
+pub(crate) fn batch_norm_backward_write(
+    bn: &BatchNorm2d,
+    stats: &BatchStats,
+    x: ArrayView2<'_, f32>,
+    dy: ArrayView2<'_, f32>,
+    relu: bool,
+    dx: ArrayViewMut2<'_, f32>,
+) -> (Array1<f32>, Array1<f32>) {
+    backward(bn, stats, x, dy, relu, dx, false)
+}
+
+/// [`batch_norm_backward`], adding into `dx` if `add`, else writing it.
+fn backward(
+    bn: &BatchNorm2d,
+    stats: &BatchStats,
+    x: ArrayView2<'_, f32>,
+    dy: ArrayView2<'_, f32>,
+    relu: bool,
+    dx: ArrayViewMut2<'_, f32>,
+    add: bool,
+) -> (Array1<f32>, Array1<f32>) {
     check_shapes(
         "batch_norm_backward",
         bn,
@@ -449,7 +477,7 @@ pub fn batch_norm_backward(
     let sums = sum_tasks(pairs, 2 * c, |(xs, ds), acc| {
         add_backward_sums(&k, xs, ds, relu, acc);
     });
-    batch_norm_backward_with_sums(bn, stats, x, dy, relu, &sums, dx)
+    batch_norm_backward_with_sums(bn, stats, x, dy, relu, &sums, dx, add)
 }
 
 /// The per-channel constants of [`batch_norm_backward`]'s passes for `bn` under `stats`.
@@ -535,9 +563,10 @@ fn add_backward_sums(
 }
 
 /// [`batch_norm_backward`] given its sums (`2·channels`: `Σ g`, then `Σ g·(x − mean)`,
-/// over all rows), e.g. accumulated chunk by chunk with [`BackwardCoef::add_sums`]: the
-/// input-gradient pass and the parameter gradients.
-pub(crate) fn batch_norm_backward_with_sums(
+/// over all rows): the input-gradient pass (adding into `dx` if `add`, else writing it)
+/// and the parameter gradients.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_backward_with_sums(
     bn: &BatchNorm2d,
     stats: &BatchStats,
     x: ArrayView2<'_, f32>,
@@ -545,6 +574,7 @@ pub(crate) fn batch_norm_backward_with_sums(
     relu: bool,
     sums: &[f64],
     dx: ArrayViewMut2<'_, f32>,
+    add: bool,
 ) -> (Array1<f32>, Array1<f32>) {
     check_shapes(
         "batch_norm_backward",
@@ -568,9 +598,12 @@ pub(crate) fn batch_norm_backward_with_sums(
         for ((xr, dr), mut o) in xs.rows().into_iter().zip(ds.rows()).zip(out.rows_mut()) {
             let o = o.as_slice_mut().expect("unit column stride");
             let abc = (&a[..], &b[..], &cc[..]);
-            match relu {
-                true => backward_dx_row::<true>(row(xr), row(dr), &k, abc, o),
-                false => backward_dx_row::<false>(row(xr), row(dr), &k, abc, o),
+            let (x, dy) = (row(xr), row(dr));
+            match (relu, add) {
+                (true, true) => backward_dx_row::<true, true>(x, dy, &k, abc, o),
+                (true, false) => backward_dx_row::<true, false>(x, dy, &k, abc, o),
+                (false, true) => backward_dx_row::<false, true>(x, dy, &k, abc, o),
+                (false, false) => backward_dx_row::<false, false>(x, dy, &k, abc, o),
             }
         }
     });

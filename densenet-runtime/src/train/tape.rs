@@ -31,8 +31,8 @@ use crate::rng::Rng;
 use crate::stage::Network;
 use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::batch_norm::{
-    backward_terms, batch_norm_train_moments, input_gradient_scale, scale_shift, BackwardCoef,
-    Moments,
+    backward_terms, batch_norm_backward_write, batch_norm_train_moments, input_gradient_scale,
+    scale_shift, BackwardCoef, Moments,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
 use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing};
@@ -1158,8 +1158,8 @@ fn block_backward(
                     record,
                 );
                 ctx.b.give(normed2);
-                let mut dz = ctx.b.zeros(rows * width);
-                let (gamma, beta) = batch_norm_backward(
+                let mut dz = ctx.b.overwritten(rows * width);
+                let (gamma, beta) = batch_norm_backward_write(
                     norm2,
                     stats2,
                     z,
