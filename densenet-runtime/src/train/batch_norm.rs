@@ -472,12 +472,28 @@ fn backward(
         shift: &shift,
         mean: &stats.mean,
     };
-    let (xu, du) = (unit_cols(x.view()), unit_cols(dy.view()));
-    let pairs: Vec<_> = chunks(&xu).into_iter().zip(chunks(&du)).collect();
+    let (x, dy) = (unit_cols(x), unit_cols(dy));
+    let pairs: Vec<_> = chunks(&x).into_iter().zip(chunks(&dy)).collect();
     let sums = sum_tasks(pairs, 2 * c, |(xs, ds), acc| {
         add_backward_sums(&k, xs, ds, relu, acc);
     });
-    batch_norm_backward_with_sums(bn, stats, x, dy, relu, &sums, dx, add)
+    // Then the input-gradient pass, given the sums.
+    let terms = backward_terms(bn, stats, x.nrows(), &sums);
+    let (a, b, cc) = (&terms.a, &terms.b, &terms.c);
+    for_each_task(&x, &dy, dx, |xs, ds, mut out| {
+        for ((xr, dr), mut o) in xs.rows().into_iter().zip(ds.rows()).zip(out.rows_mut()) {
+            let o = o.as_slice_mut().expect("unit column stride");
+            let abc = (&a[..], &b[..], &cc[..]);
+            let (x, dy) = (row(xr), row(dr));
+            match (relu, add) {
+                (true, true) => backward_dx_row::<true, true>(x, dy, &k, abc, o),
+                (true, false) => backward_dx_row::<true, false>(x, dy, &k, abc, o),
+                (false, true) => backward_dx_row::<false, true>(x, dy, &k, abc, o),
+                (false, false) => backward_dx_row::<false, false>(x, dy, &k, abc, o),
+            }
+        }
+    });
+    (terms.gamma, terms.beta)
 }
 
 /// The per-channel constants of [`batch_norm_backward`]'s passes for `bn` under `stats`.
@@ -560,54 +576,6 @@ fn add_backward_sums(
             }
         },
     );
-}
-
-/// [`batch_norm_backward`] given its sums (`2·channels`: `Σ g`, then `Σ g·(x − mean)`,
-/// over all rows): the input-gradient pass (adding into `dx` if `add`, else writing it)
-/// and the parameter gradients.
-#[allow(clippy::too_many_arguments)]
-fn batch_norm_backward_with_sums(
-    bn: &BatchNorm2d,
-    stats: &BatchStats,
-    x: ArrayView2<'_, f32>,
-    dy: ArrayView2<'_, f32>,
-    relu: bool,
-    sums: &[f64],
-    dx: ArrayViewMut2<'_, f32>,
-    add: bool,
-) -> (Array1<f32>, Array1<f32>) {
-    check_shapes(
-        "batch_norm_backward",
-        bn,
-        stats,
-        x.dim(),
-        dy.dim(),
-        dx.dim(),
-    );
-    let rows = x.nrows();
-    let (scale, shift) = scale_shift(bn, stats);
-    let k = Coef {
-        scale: &scale,
-        shift: &shift,
-        mean: &stats.mean,
-    };
-    let terms = backward_terms(bn, stats, rows, sums);
-    let (x, dy) = (unit_cols(x), unit_cols(dy));
-    let (a, b, cc) = (&terms.a, &terms.b, &terms.c);
-    for_each_task(&x, &dy, dx, |xs, ds, mut out| {
-        for ((xr, dr), mut o) in xs.rows().into_iter().zip(ds.rows()).zip(out.rows_mut()) {
-            let o = o.as_slice_mut().expect("unit column stride");
-            let abc = (&a[..], &b[..], &cc[..]);
-            let (x, dy) = (row(xr), row(dr));
-            match (relu, add) {
-                (true, true) => backward_dx_row::<true, true>(x, dy, &k, abc, o),
-                (true, false) => backward_dx_row::<true, false>(x, dy, &k, abc, o),
-                (false, true) => backward_dx_row::<false, true>(x, dy, &k, abc, o),
-                (false, false) => backward_dx_row::<false, false>(x, dy, &k, abc, o),
-            }
-        }
-    });
-    (terms.gamma, terms.beta)
 }
 
 /// The per-channel terms of a BatchNorm's input gradient over `rows` rows given its

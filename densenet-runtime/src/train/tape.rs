@@ -669,7 +669,8 @@ fn bn_relu(
     x: ArrayView4<'_, f32>,
     b: &mut Buffers,
 ) -> Array4<f32> {
-    let mut out = b.array4(x.dim());
+    // Written whole by the pass below: no zero-fill.
+    let mut out = b.overwritten4(x.dim());
     let (n, h, w, c) = x.dim();
     batch_norm_apply(
         norm,
