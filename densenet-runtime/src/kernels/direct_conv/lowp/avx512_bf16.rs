@@ -90,9 +90,10 @@ fn to_bf16(y: __m512) -> __m256i {
     unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y)) }
 }
 
-/// See [`LowpKernel::pack_f32`]. Blocks of 64 channels (four vectors) of every pixel
-/// in turn: the prologue's values stay in registers, and each pixel's inputs are read
-/// four cache lines at a time.
+/// See [`LowpKernel::pack_f32`]. Pixel by pixel, each one's channels in order: a
+/// sequential read the hardware prefetchers follow (going over 64 channels of every
+/// pixel in turn, as the fp32 pack does, waited on each pixel's next cache lines: the
+/// pixels of a block buffer are 1-4 KiB apart).
 ///
 /// # Safety
 ///
@@ -103,44 +104,67 @@ unsafe fn pack_f32(
     offsets: &[usize],
     c_in: usize,
     c_pad: usize,
+    prologue: (*const f32, *const f32),
+    dst: *mut u16,
+) {
+    for (i, &offset) in offsets.iter().enumerate() {
+        // SAFETY: pixel `i`'s `c_in` channels are readable and its `c_pad` packed
+        // values writable, by the contract.
+        unsafe {
+            if prologue.0.is_null() {
+                pack_pixel::<false>(src.add(offset), c_in, c_pad, prologue, dst.add(i * c_pad));
+            } else {
+                pack_pixel::<true>(src.add(offset), c_in, c_pad, prologue, dst.add(i * c_pad));
+            }
+        }
+    }
+}
+
+/// One pixel of [`pack_f32`]: `c_in` f32 values from `src`, through the prologue if
+/// `PROLOGUE`, rounded to bf16 into `dst`'s `c_pad` values (those past `c_in` zero).
+///
+/// # Safety
+///
+/// `src` holds `c_in` readable values, the prologue's pointers (if `PROLOGUE`) `c_in`
+/// each, `dst` `c_pad ≤ c_in + 15` writable ones; the CPU has AVX-512F/BW/VL and
+/// AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+unsafe fn pack_pixel<const PROLOGUE: bool>(
+    src: *const f32,
+    c_in: usize,
+    c_pad: usize,
     (scale, shift): (*const f32, *const f32),
     dst: *mut u16,
 ) {
-    const V: usize = 4;
-    for c0 in (0..c_pad).step_by(16 * V) {
-        // Per vector: loads of the real channels, stores of the padded ones (whose
-        // loads are 0), and the prologue.
-        let mut load = [0; V];
-        let mut store = [0; V];
-        let mut sv = [_mm512_setzero_ps(); V];
-        let mut tv = [_mm512_setzero_ps(); V];
-        let vectors = (c_pad - c0).div_ceil(16).min(V);
-        for v in 0..vectors {
-            let c = c0 + 16 * v;
-            (load[v], store[v]) = (lanes(c_in.saturating_sub(c)), lanes(c_pad - c));
-            if !scale.is_null() {
-                // SAFETY: channels `c ..` masked to `c_in`: valid by the contract.
-                unsafe {
-                    sv[v] = _mm512_maskz_loadu_ps(load[v], scale.add(c));
-                    tv[v] = _mm512_maskz_loadu_ps(load[v], shift.add(c));
-                }
-            }
-        }
-        for (i, &offset) in offsets.iter().enumerate() {
-            for v in 0..vectors {
-                let c = c0 + 16 * v;
-                // SAFETY: pixel `i`'s channels masked to `c_in` (reads) and `c_pad`
-                // (writes): valid by the contract.
-                unsafe {
-                    let mut x = _mm512_maskz_loadu_ps(load[v], src.add(offset + c));
-                    if !scale.is_null() {
-                        // Multiply then add, unfused, as the fp32 prologue.
-                        x = relu16(_mm512_add_ps(_mm512_mul_ps(x, sv[v]), tv[v]));
-                    }
-                    _mm256_mask_storeu_epi16(dst.add(i * c_pad + c).cast(), store[v], to_bf16(x));
-                }
-            }
-        }
+    // `load` masks the real channels; the padded ones load 0 and round to 0.
+    // SAFETY (the closure's callers): channels `c ..` masked to `c_in` are readable,
+    // the prologue's only when `PROLOGUE`.
+    let convert = |c: usize, load: __mmask16| unsafe {
+        let x = _mm512_maskz_loadu_ps(load, src.add(c));
+        let y = if PROLOGUE {
+            // Multiply then add, unfused, as the fp32 prologue.
+            let (sv, tv) = (
+                _mm512_maskz_loadu_ps(load, scale.add(c)),
+                _mm512_maskz_loadu_ps(load, shift.add(c)),
+            );
+            relu16(_mm512_add_ps(_mm512_mul_ps(x, sv), tv))
+        } else {
+            x
+        };
+        to_bf16(y)
+    };
+    let full = c_in / 16 * 16;
+    let mut c = 0;
+    while c < full {
+        // SAFETY: channels `c .. c + 16 ≤ c_in` are readable and writable.
+        unsafe { _mm256_storeu_si256(dst.add(c).cast(), convert(c, 0xffff)) };
+        c += 16;
+    }
+    if c < c_pad {
+        let (load, store) = (lanes(c_in - c), lanes(c_pad - c));
+        // SAFETY: channels masked to `c_in` (reads) and `c_pad` (writes).
+        unsafe { _mm256_mask_storeu_epi16(dst.add(c).cast(), store, convert(c, load)) };
     }
 }
 

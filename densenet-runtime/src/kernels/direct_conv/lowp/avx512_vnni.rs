@@ -96,10 +96,10 @@ fn relu16(y: __m512) -> __m512 {
 /// See [`LowpKernel::pack_f32`]: `q = min(round(max(z, 0)), 255)` with
 /// `z = fma(x, scale·inv, shift·inv)` (the prologue and the quantization's scale in
 /// one multiply-add; `max(·, 0)` is the ReLU) or, without a prologue, `z = x·inv`.
-/// Blocks of 64 channels (four vectors) of every pixel in turn: the folded prologue
-/// stays in registers, and each pixel's inputs are read four cache lines at a time
-/// (measured faster than 16 channels at a time, and than each pixel's channels in one
-/// run with the prologue reloaded).
+/// Pixel by pixel, each one's channels in order, the prologue folded again for each:
+/// a sequential read the hardware prefetchers follow. (Going over 64 channels of every
+/// pixel in turn, the folded prologue kept in registers, waited on each pixel's next
+/// cache lines, the pixels of a block buffer being 1-4 KiB apart.)
 ///
 /// # Safety
 ///
@@ -110,51 +110,70 @@ unsafe fn pack_f32(
     offsets: &[usize],
     c_in: usize,
     c_pad: usize,
+    prologue: (*const f32, *const f32),
+    inv_scale: f32,
+    dst: *mut u8,
+) {
+    for (i, &offset) in offsets.iter().enumerate() {
+        // SAFETY: pixel `i`'s `c_in` channels are readable and its `c_pad` packed
+        // values writable, by the contract.
+        unsafe {
+            let (src, dst) = (src.add(offset), dst.add(i * c_pad));
+            if prologue.0.is_null() {
+                pack_pixel::<false>(src, c_in, c_pad, prologue, inv_scale, dst);
+            } else {
+                pack_pixel::<true>(src, c_in, c_pad, prologue, inv_scale, dst);
+            }
+        }
+    }
+}
+
+/// One pixel of [`pack_f32`]: `c_in` f32 values from `src`, through the folded
+/// prologue if `PROLOGUE`, quantized into `dst`'s `c_pad` values (those past `c_in`
+/// zero).
+///
+/// # Safety
+///
+/// `src` holds `c_in` readable values, the prologue's pointers (if `PROLOGUE`) `c_in`
+/// each, `dst` `c_pad ≤ c_in + 15` writable ones; the CPU has AVX-512F/BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn pack_pixel<const PROLOGUE: bool>(
+    src: *const f32,
+    c_in: usize,
+    c_pad: usize,
     (scale, shift): (*const f32, *const f32),
     inv_scale: f32,
     dst: *mut u8,
 ) {
-    const V: usize = 4;
     let inv = _mm512_set1_ps(inv_scale);
-    for c0 in (0..c_pad).step_by(16 * V) {
-        // Per vector: loads of the real channels, stores of the padded ones (whose
-        // loads are 0), and the folded prologue.
-        let mut load = [0; V];
-        let mut store = [0; V];
-        let mut sv = [inv; V];
-        let mut tv = [_mm512_setzero_ps(); V];
-        let vectors = (c_pad - c0).div_ceil(16).min(V);
-        for v in 0..vectors {
-            let c = c0 + 16 * v;
-            (load[v], store[v]) = (lanes(c_in.saturating_sub(c)), lanes(c_pad - c));
-            if !scale.is_null() {
-                // SAFETY: channels `c ..` masked to `c_in`: valid by the contract.
-                unsafe {
-                    sv[v] = _mm512_mul_ps(_mm512_maskz_loadu_ps(load[v], scale.add(c)), inv);
-                    tv[v] = _mm512_mul_ps(_mm512_maskz_loadu_ps(load[v], shift.add(c)), inv);
-                }
-            }
-        }
-        for (i, &offset) in offsets.iter().enumerate() {
-            for v in 0..vectors {
-                let c = c0 + 16 * v;
-                // SAFETY: pixel `i`'s channels masked to `c_in` (reads) and `c_pad`
-                // (writes): valid by the contract.
-                unsafe {
-                    let x = _mm512_maskz_loadu_ps(load[v], src.add(offset + c));
-                    let z = if scale.is_null() {
-                        _mm512_mul_ps(x, inv)
-                    } else {
-                        _mm512_fmadd_ps(x, sv[v], tv[v])
-                    };
-                    _mm512_mask_cvtusepi32_storeu_epi8(
-                        dst.add(i * c_pad + c).cast(),
-                        store[v],
-                        round_positive(z),
-                    );
-                }
-            }
-        }
+    // `load` masks the real channels; the padded ones load 0 and quantize to 0.
+    // SAFETY (the closure's callers): channels `c ..` masked to `c_in` are readable,
+    // the prologue's only when `PROLOGUE`.
+    let quantize = |c: usize, load: __mmask16| unsafe {
+        let x = _mm512_maskz_loadu_ps(load, src.add(c));
+        let z = if PROLOGUE {
+            let sv = _mm512_mul_ps(_mm512_maskz_loadu_ps(load, scale.add(c)), inv);
+            let tv = _mm512_mul_ps(_mm512_maskz_loadu_ps(load, shift.add(c)), inv);
+            _mm512_fmadd_ps(x, sv, tv)
+        } else {
+            _mm512_mul_ps(x, inv)
+        };
+        round_positive(z)
+    };
+    let full = c_in / 16 * 16;
+    let mut c = 0;
+    while c < full {
+        // SAFETY: channels `c .. c + 16 ≤ c_in` are readable and writable.
+        unsafe {
+            _mm512_mask_cvtusepi32_storeu_epi8(dst.add(c).cast(), 0xffff, quantize(c, 0xffff))
+        };
+        c += 16;
+    }
+    if c < c_pad {
+        let (load, store) = (lanes(c_in - c), lanes(c_pad - c));
+        // SAFETY: channels masked to `c_in` (reads) and `c_pad` (writes).
+        unsafe { _mm512_mask_cvtusepi32_storeu_epi8(dst.add(c).cast(), store, quantize(c, load)) };
     }
 }
 
