@@ -16,7 +16,7 @@
 //! (`stem_forward_into`: direct kernel, BN-ReLU fused), the head as `reference::stage`.
 
 use half::bf16;
-use ndarray::{Array4, ArrayD, ArrayView4};
+use ndarray::{ArrayD, ArrayView4};
 
 use super::quantized::{LowWeight, QConv};
 use super::QuantizeError;
@@ -45,25 +45,50 @@ pub(crate) fn forward<M: Network + ?Sized>(
     x: ArrayView4<'_, f32>,
     ws: &mut LowpWorkspace,
 ) -> Result<ArrayD<f32>, QuantizeError> {
-    let mut x = input_to_nhwc(x, model.plan().input)?;
+    let x = input_to_nhwc(x, model.plan().input)?;
+    let (n, h, w, c) = x.dim();
+    let mut x = Map {
+        data: x.into_raw_vec_and_offset().0,
+        dims: (n, h, w),
+        c,
+        width: c,
+    };
     let mut site = 0;
-    for stage in stages(model) {
+    let mut stages = stages(model).peekable();
+    while let Some(stage) = stages.next() {
+        // A stage before a block writes the first channels of the block's buffer, as
+        // the fp32 arena does: no copy, no zero-fill.
+        let growth = match stages.peek() {
+            Some(StageRef::Block { layers, .. }) => {
+                layers.iter().map(DenseLayer::growth).sum::<usize>()
+            }
+            _ => 0,
+        };
         let next_x = match stage {
-            StageRef::Stem { conv, norm } => stem(conv, norm, x.view(), ws)?,
-            StageRef::Block { layers, .. } => block(layers, x.view(), convs, &mut site, ws)?,
+            StageRef::Stem { conv, norm } => stem(conv, norm, &x, growth, ws)?,
+            StageRef::Block { layers, .. } => {
+                let buf = core::mem::take(&mut x)
+                    .widened(layers.iter().map(DenseLayer::growth).sum(), ws)?;
+                block(layers, buf, convs, &mut site, ws)?
+            }
             StageRef::Transition { norm, conv, .. } => {
-                let pooled = bn_relu_pool(norm, x.view(), ws)?;
-                let (n, h, w, c) = pooled.dim();
+                let pooled = bn_relu_pool(norm, &x, ws)?;
+                let (n, h, w) = pooled.dims;
                 let c_out = conv.c_out();
-                let mut out = ws.take(size(&[n, h, w, c_out], "a transition's output")?);
+                let width = c_out.checked_add(growth).ok_or(QuantizeError::TooLarge {
+                    what: "a dense block's buffer",
+                })?;
+                let mut out = ws.take_dirty(size(&[n, h, w, width], "a transition's output")?);
                 let src = Src::F32 {
-                    data: pooled.as_slice().expect("standard layout"),
+                    data: &pooled.data,
                     prologue: Epilogue::Store,
                 };
-                let shape = pointwise(n, h, w, c, c_out);
+                let shape = pointwise(n, h, w, pooled.c, c_out);
                 let conv = next(convs, &mut site)?;
-                let (input, output) =
-                    (ImageLayout::dense(h, w, c), ImageLayout::dense(h, w, c_out));
+                let (input, output) = (
+                    ImageLayout::dense(h, w, pooled.c),
+                    ImageLayout::dense(h, w, width),
+                );
                 run(
                     conv,
                     src,
@@ -73,24 +98,76 @@ pub(crate) fn forward<M: Network + ?Sized>(
                     Dst::F32(&mut out),
                     output,
                 )?;
-                ws.give(pooled);
-                Array4::from_shape_vec((n, h, w, c_out), out).expect("sized above")
+                ws.give(pooled.data);
+                Map {
+                    data: out,
+                    dims: (n, h, w),
+                    c: c_out,
+                    width,
+                }
             }
             head @ StageRef::Head { .. } => {
                 let y = reference::stage(head, x.view());
-                ws.give(x);
+                ws.give(x.data);
                 return Ok(y);
             }
         };
-        ws.give(core::mem::replace(&mut x, next_x));
+        ws.give(core::mem::replace(&mut x, next_x).data);
     }
-    Ok(x.into_dyn())
+    Ok(x.view().to_owned().into_dyn())
+}
+
+/// An NHWC activation map `(n, h, w, c)` whose pixels are `width ≥ c` floats apart:
+/// the first channels of a dense block's buffer.
+#[derive(Debug, Default)]
+struct Map {
+    data: Vec<f32>,
+    dims: (usize, usize, usize),
+    /// Channels held.
+    c: usize,
+    /// Floats per pixel.
+    width: usize,
+}
+
+impl Map {
+    /// The map as an `(n, h, w, c)` view.
+    fn view(&self) -> ArrayView4<'_, f32> {
+        let (n, h, w) = self.dims;
+        ArrayView4::from_shape((n, h, w, self.width), &self.data)
+            .expect("a map's buffer holds its dims")
+            .slice_move(ndarray::s![.., .., .., ..self.c])
+    }
+
+    /// The map as a buffer of `c + growth` channels a pixel, its own if it has that
+    /// width (the stage before wrote it so), else copied into one.
+    fn widened(self, growth: usize, ws: &mut LowpWorkspace) -> Result<Map, QuantizeError> {
+        let width = self.c.checked_add(growth).ok_or(QuantizeError::TooLarge {
+            what: "a dense block's buffer",
+        })?;
+        if self.width == width {
+            return Ok(self);
+        }
+        let (n, h, w) = self.dims;
+        let mut data = ws.take_dirty(size(&[n, h, w, width], "a dense block's buffer")?);
+        for (dst, src) in data
+            .chunks_exact_mut(width)
+            .zip(self.data.chunks_exact(self.width))
+        {
+            dst[..self.c].copy_from_slice(&src[..self.c]);
+        }
+        ws.give(self.data);
+        Ok(Map {
+            data,
+            width,
+            ..self
+        })
+    }
 }
 
 /// The buffers of [`Quantized`](super::Quantized)'s forward passes, kept between calls
 /// so that a pass after the first of its batch size allocates only its output (and the
 /// NHWC copy of its input): [`Quantized::forward_into`](super::Quantized::forward_into)
-/// takes one; `forward` uses one per thread. Buffers are zero-filled when handed out.
+/// takes one; `forward` uses one per thread.
 #[derive(Debug, Default)]
 pub struct LowpWorkspace {
     /// Free f32 buffers (activations: block buffers, pooled maps, stem scratch).
@@ -118,9 +195,17 @@ impl LowpWorkspace {
         4 * f32s + mid
     }
 
-    /// A zeroed buffer of `len` floats: the free buffer with the smallest capacity
-    /// that holds it, else the largest one, grown.
+    /// A zeroed buffer of `len` floats: see [`LowpWorkspace::take_dirty`].
     fn take(&mut self, len: usize) -> Vec<f32> {
+        let mut v = self.take_dirty(len);
+        v.fill(0.0);
+        v
+    }
+
+    /// A buffer of `len` floats holding whatever its last use left (zeros where it
+    /// grew), for outputs written whole: the free buffer with the smallest capacity
+    /// that holds it, else the largest one, grown.
+    fn take_dirty(&mut self, len: usize) -> Vec<f32> {
         let fits = (0..self.free.len())
             .filter(|&i| self.free[i].capacity() >= len)
             .min_by_key(|&i| self.free[i].capacity());
@@ -129,14 +214,16 @@ impl LowpWorkspace {
             .or(largest)
             .map(|i| self.free.swap_remove(i))
             .unwrap_or_default();
-        v.clear();
+        v.truncate(len);
         v.resize(len, 0.0);
         v
     }
 
-    /// Returns an array's buffer for later passes.
-    fn give(&mut self, a: Array4<f32>) {
-        self.free.push(a.into_raw_vec_and_offset().0);
+    /// Returns a buffer for later passes.
+    fn give(&mut self, v: Vec<f32>) {
+        if v.capacity() > 0 {
+            self.free.push(v);
+        }
     }
 }
 
@@ -146,10 +233,11 @@ impl LowpWorkspace {
 fn stem(
     conv: &Conv2d,
     norm: Option<&BatchNorm2d>,
-    x: ArrayView4<'_, f32>,
+    x: &Map,
+    growth: usize,
     ws: &mut LowpWorkspace,
-) -> Result<Array4<f32>, QuantizeError> {
-    let (n, h, w, c) = x.dim();
+) -> Result<Map, QuantizeError> {
+    let ((n, h, w), c) = (x.dims, x.c);
     let p = conv.config().padding;
     let (oh, ow) = conv.output_size(h, w);
     let c0 = conv.c_out();
@@ -168,35 +256,40 @@ fn stem(
         .ok_or(QuantizeError::TooLarge {
             what: "the stem's scratch",
         })?;
-    let mut scratch = ws.take(scratch_len);
-    let mut out = ws.take(size(&[n, out_h, out_w, c0], "the stem's output")?);
+    let width = c0.checked_add(growth).ok_or(QuantizeError::TooLarge {
+        what: "a dense block's buffer",
+    })?;
+    // Both written whole: the padded input with its border, the output's first `c0`
+    // channels of each pixel.
+    let mut scratch = ws.take_dirty(scratch_len);
+    let mut out = ws.take_dirty(size(&[n, out_h, out_w, width], "the stem's output")?);
     let mut params = vec![0.0f32; 2 * c0];
-    let nchw = x.permuted_axes([0, 3, 1, 2]);
+    let nchw = x.view().permuted_axes([0, 3, 1, 2]);
     stem_forward_into(
         conv,
         norm,
         nchw,
         &mut out,
-        c0,
+        width,
         &mut params,
         &mut scratch,
         &mut Vec::new(),
     );
-    ws.free.push(scratch);
-    Ok(Array4::from_shape_vec((n, out_h, out_w, c0), out).expect("sized above"))
+    ws.give(scratch);
+    Ok(Map {
+        data: out,
+        dims: (n, out_h, out_w),
+        c: c0,
+        width,
+    })
 }
 
 /// A transition's BN-ReLU and 2x2 average pool (floor mode) in one pass, as the fp32
 /// arena's transition computes them: `(n, h/2, w/2, c)`.
-fn bn_relu_pool(
-    norm: &BatchNorm2d,
-    x: ArrayView4<'_, f32>,
-    ws: &mut LowpWorkspace,
-) -> Result<Array4<f32>, QuantizeError> {
-    let (n, h, w, c) = x.dim();
+fn bn_relu_pool(norm: &BatchNorm2d, x: &Map, ws: &mut LowpWorkspace) -> Result<Map, QuantizeError> {
+    let ((n, h, w), c, width) = (x.dims, x.c, x.width);
     let (ho, wo) = (h / 2, w / 2);
-    let x = x.as_standard_layout();
-    let x = x.as_slice().expect("standard layout");
+    let x = &x.data;
     let (scale, shift) = norm.scale_shift();
     let mut pooled = ws.take(size(&[n, ho, wo, c], "a transition's pooled input")?);
     if wo > 0 {
@@ -208,42 +301,43 @@ fn bn_relu_pool(
                 for (ox, dst) in dst.chunks_exact_mut(c).enumerate() {
                     for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                         let p = (b * h + 2 * oy + dy) * w + 2 * ox + dx;
-                        scale_shift_relu_add(&x[p * c..(p + 1) * c], &scale, &shift, dst);
+                        let at = p * width;
+                        scale_shift_relu_add(&x[at..at + c], &scale, &shift, dst);
                     }
                     dst.iter_mut().for_each(|v| *v *= 0.25);
                 }
             });
     }
-    Ok(Array4::from_shape_vec((n, ho, wo, c), pooled).expect("sized above"))
+    Ok(Map {
+        data: pooled,
+        dims: (n, ho, wo),
+        c,
+        width: c,
+    })
 }
 
 /// A dense block on the kernels (see the module's documentation), image by image as
 /// the fp32 arena runs blocks: one image's buffer and bottleneck map stay in cache
-/// from layer to layer.
+/// from layer to layer. `buf` is the block's buffer (`width` its output channels),
+/// its first `c` channels the block's input; the rest is written before it is read.
 fn block(
     layers: &[DenseLayer],
-    x: ArrayView4<'_, f32>,
+    mut buf: Map,
     convs: &[QConv],
     site: &mut usize,
     ws: &mut LowpWorkspace,
-) -> Result<Array4<f32>, QuantizeError> {
-    let (n, h, w, c_in) = x.dim();
-    let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
-    let mut buf = ws.take(size(&[n, h, w, c_out], "a dense block's buffer")?);
-    let x = x.as_standard_layout();
-    let x = x.as_slice().expect("standard layout");
-    for (dst, src) in buf.chunks_exact_mut(c_out).zip(x.chunks_exact(c_in)) {
-        dst[..c_in].copy_from_slice(src);
-    }
+) -> Result<Map, QuantizeError> {
+    let ((_, h, w), c_in, c_out) = (buf.dims, buf.c, buf.width);
     let first = *site;
     let scratch = &mut ws.scratch;
     // The bottleneck map's geometry is the block's: zeroed once, at its first layer.
     scratch.mid_ready = false;
-    for image in buf.chunks_exact_mut(h * w * c_out) {
+    for image in buf.data.chunks_exact_mut(h * w * c_out) {
         *site = first;
         image_layers(layers, image, (h, w, c_in, c_out), convs, site, scratch)?;
     }
-    Ok(Array4::from_shape_vec((n, h, w, c_out), buf).expect("sized above"))
+    buf.c = c_out;
+    Ok(buf)
 }
 
 /// A block's buffers reused from image to image (and block to block).
