@@ -47,25 +47,25 @@ const MAX_TILE_FLOATS: usize = 1 << 24;
 #[cfg(feature = "std")]
 std::thread_local! {
     /// The transformed weight of the call this thread makes.
-    static WEIGHT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static WEIGHT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// `V` and `M` of the task this thread runs.
-    static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A thread's reusable buffer; without `std` (no thread-locals) each call allocates.
 #[cfg(feature = "std")]
-type Buffer = &'static std::thread::LocalKey<RefCell<Vec<f32>>>;
+pub(super) type Buffer = &'static std::thread::LocalKey<RefCell<Vec<f32>>>;
 #[cfg(not(feature = "std"))]
-type Buffer = &'static ();
+pub(super) type Buffer = &'static ();
 #[cfg(not(feature = "std"))]
-const WEIGHT: () = ();
+pub(super) const WEIGHT: () = ();
 #[cfg(not(feature = "std"))]
-const TILES: () = ();
+pub(super) const TILES: () = ();
 
 /// Runs `f` on the first `len` floats of this thread's `buffer` (grown as needed), or of
 /// a zeroed buffer of its own if that one is in use further up this thread's stack
 /// (rayon ran this call while an outer one waited) or there are no thread-locals.
-fn with_buffer<R>(buffer: Buffer, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_buffer<R>(buffer: Buffer, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     #[cfg(feature = "std")]
     return buffer.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => {
@@ -178,7 +178,7 @@ pub(super) fn run(
 // The transforms index 4x4 tiles by row and column, as the formulas do.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
-unsafe fn transform_weight(weight: &[f32], c_in: usize, c_out: usize, u: &mut [f32]) {
+pub(super) unsafe fn transform_weight(weight: &[f32], c_in: usize, c_out: usize, u: &mut [f32]) {
     assert!(weight.len() >= 9 * c_in * c_out && u.len() >= 16 * c_in * PANEL);
     let half = _mm512_set1_ps(0.5);
     // (g0 + g1 + g2) / 2 and (g0 − g1 + g2) / 2, the middle rows of G.
@@ -325,23 +325,7 @@ unsafe fn input_tiles(
             let d = |r: usize, c: usize| unsafe {
                 _mm512_loadu_ps(input.add(base + r * rs + c * ps + c0))
             };
-            // Bᵀ d: along the rows, column by column.
-            let mut t = [[_mm512_setzero_ps(); 4]; 4];
-            for c in 0..4 {
-                let (d0, d1, d2, d3) = (d(0, c), d(1, c), d(2, c), d(3, c));
-                t[0][c] = _mm512_sub_ps(d0, d2);
-                t[1][c] = _mm512_add_ps(d1, d2);
-                t[2][c] = _mm512_sub_ps(d2, d1);
-                t[3][c] = _mm512_sub_ps(d1, d3);
-            }
-            // (Bᵀ d) B: along the columns.
-            for (r, x) in t.iter().enumerate() {
-                let row = [
-                    _mm512_sub_ps(x[0], x[2]),
-                    _mm512_add_ps(x[1], x[2]),
-                    _mm512_sub_ps(x[2], x[1]),
-                    _mm512_sub_ps(x[1], x[3]),
-                ];
+            for (r, row) in input_transform(d).into_iter().enumerate() {
                 for (j, value) in row.into_iter().enumerate() {
                     let at = (r * 4 + j) * plane + tx * c_in + c0;
                     // SAFETY: `at + 16 ≤ 16·tw·c_in` (asserted above).
@@ -350,6 +334,34 @@ unsafe fn input_tiles(
             }
         }
     }
+}
+
+/// `Bᵀ d B` of a 4x4 input tile of 16 channels, `d(r, c)` its pixel at row `r` and
+/// column `c`: element `[i][j]` is `V[4i + j]`. The order of the operations is the
+/// formula's, which the bf16 path's reference (`lowp/winograd.rs`) repeats.
+// The transforms index 4x4 tiles by row and column, as the formulas do.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn input_transform(d: impl Fn(usize, usize) -> __m512) -> [[__m512; 4]; 4] {
+    // Bᵀ d: along the rows, column by column.
+    let mut t = [[_mm512_setzero_ps(); 4]; 4];
+    for c in 0..4 {
+        let (d0, d1, d2, d3) = (d(0, c), d(1, c), d(2, c), d(3, c));
+        t[0][c] = _mm512_sub_ps(d0, d2);
+        t[1][c] = _mm512_add_ps(d1, d2);
+        t[2][c] = _mm512_sub_ps(d2, d1);
+        t[3][c] = _mm512_sub_ps(d1, d3);
+    }
+    // (Bᵀ d) B: along the columns.
+    t.map(|x| {
+        [
+            _mm512_sub_ps(x[0], x[2]),
+            _mm512_add_ps(x[1], x[2]),
+            _mm512_sub_ps(x[2], x[1]),
+            _mm512_sub_ps(x[1], x[3]),
+        ]
+    })
 }
 
 /// Output pixels `(b, 2ty + dy, 2tx + dx)` of every tile `tx` as `Aᵀ M A`, with
@@ -362,7 +374,7 @@ unsafe fn input_tiles(
 // The transforms index 4x4 tiles by row and column, as the formulas do.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
-unsafe fn output_tiles(
+pub(super) unsafe fn output_tiles(
     m: &[f32],
     (b, ty, tw, c_out): (usize, usize, usize, usize),
     out: *mut f32,

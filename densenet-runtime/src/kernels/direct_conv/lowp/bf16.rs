@@ -29,7 +29,7 @@ pub fn bf16_round(x: f32) -> bf16 {
 /// panel's spare columns zero. Built once per model (rounding is not free).
 #[derive(Clone, PartialEq, Debug)]
 pub struct Bf16Weight {
-    panels: Panels<u16, 2>,
+    pub(super) panels: Panels<u16, 2>,
 }
 
 impl Bf16Weight {
@@ -207,6 +207,7 @@ pub fn conv_bf16(
 ) -> Result<(), LowpError> {
     run(
         Precision::Bf16.isa(),
+        !super::super::DIRECT_ONLY.load(std::sync::atomic::Ordering::Relaxed),
         input,
         input_layout,
         weight,
@@ -223,12 +224,13 @@ pub fn conv_bf16(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     isa: Option<LowpIsa>,
+    winograd: bool,
     input: Bf16Input<'_>,
     input_layout: ImageLayout,
     weight: &Bf16Weight,
     shape: ConvShape,
     epilogue: Epilogue<'_>,
-    out: Bf16Output<'_>,
+    mut out: Bf16Output<'_>,
     out_layout: ImageLayout,
     parallel: bool,
 ) -> Result<(), LowpError> {
@@ -250,6 +252,38 @@ pub(super) fn run(
     #[cfg(target_arch = "x86_64")]
     {
         use super::job::{Job, Out, Post, Source};
+        use super::winograd;
+        // DenseNet's 3x3 convolutions on the larger maps, as the fp32 path runs them.
+        let plain = match input {
+            Bf16Input::F32 {
+                data,
+                prologue: Epilogue::Store,
+            } => Some(winograd::Input::F32(data.as_ptr())),
+            // `bf16` is a `repr(transparent)` `u16`.
+            Bf16Input::Bf16(data) => Some(winograd::Input::Bf16(data.as_ptr().cast::<u16>())),
+            Bf16Input::F32 { .. } => None,
+        };
+        if let (true, Some(input), Epilogue::Store, Bf16Output::F32(o)) = (
+            winograd && winograd::applies(&shape),
+            plain,
+            epilogue,
+            &mut out,
+        ) {
+            // SAFETY: the CPU has AVX512-BF16 with AVX-512F/BW/VL (checked above),
+            // `check` validated the geometry, and `out` is borrowed mutably for the call.
+            unsafe {
+                winograd::run(
+                    input,
+                    input_layout,
+                    weight,
+                    shape,
+                    o.as_mut_ptr(),
+                    out_layout,
+                    parallel,
+                )
+            };
+            return Ok(());
+        }
         let (scale, shift) = super::scale_shift(epilogue);
         let post = Post {
             weight_scale: std::ptr::null(),

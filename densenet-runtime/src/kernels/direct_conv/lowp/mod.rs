@@ -128,6 +128,8 @@ mod avx_vnni;
 mod job;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 // Without `internals` nothing in the crate calls these until the model-level
 // precision choice does.

@@ -372,6 +372,7 @@ fn bf16_case(case: &Case) {
         let mut actual = sentinel.clone();
         super::bf16::run(
             Some(LowpIsa::Avx512Bf16),
+            false,
             input,
             d.input_layout,
             &weight,
@@ -405,6 +406,7 @@ fn bf16_case(case: &Case) {
         let mut actual = sentinel_bf16.clone();
         super::bf16::run(
             Some(LowpIsa::Avx512Bf16),
+            false,
             input,
             d.input_layout,
             &weight,
@@ -1030,6 +1032,7 @@ fn bad_arguments_are_errors_not_panics() {
         if a_scale.is_finite() {
             let bf = super::bf16::run(
                 Some(LowpIsa::Avx512Bf16),
+                false,
                 Bf16Input::F32 {
                     data: &input,
                     prologue,
@@ -1410,4 +1413,171 @@ fn quantized_convolutions_are_close_to_fp32() {
             "bf16 {s:?}: rounding exceeds the tolerance on only {detected} of {len} outputs"
         );
     }
+}
+
+/// An image layout of `n` images of `h × w` pixels `pixel` values apart, from `offset`.
+fn strided(h: usize, w: usize, pixel: usize, offset: usize) -> ImageLayout {
+    ImageLayout {
+        offset,
+        image_stride: h * w * pixel,
+        row_stride: w * pixel,
+        pixel_stride: pixel,
+    }
+}
+
+#[test]
+fn bf16_winograd_matches_its_reference() {
+    // DenseNet's 3x3s on 56x56 and 28x28 maps take the Winograd path. Against its plain
+    // loops (same transforms and roundings, products in f64), with f32 and bf16 inputs
+    // read from a wider padded map, outputs into a column range of a wider buffer,
+    // fewer than 32 outputs, one and several threads; outputs outside the layout stay.
+    if !has_bf16() {
+        return;
+    }
+    let mut rng = Rng::new(56);
+    // (n, map, c_in, c_out, input pixel stride, output pixel stride, first column)
+    for (n, hw, c_in, c_out, pixel_in, pixel_out, column, parallel) in [
+        (1, 28, 64, 32, 64, 32, 0, false),
+        (2, 28, 128, 32, 160, 256, 96, true),
+        (1, 56, 128, 20, 128, 40, 8, true),
+        (1, 30, 80, 32, 96, 64, 32, false),
+    ] {
+        let s = conv(n, hw, c_in, c_out, 3);
+        assert!(super::winograd::applies(&s), "{s:?}");
+        let il = strided(hw + 2, hw + 2, pixel_in, 0);
+        let ol = strided(hw, hw, pixel_out, column);
+        let input = random(n * (hw + 2) * (hw + 2) * pixel_in, &mut rng);
+        let input_bf16: Vec<bf16> = input.iter().map(|&x| bf16_round(x)).collect();
+        let widened: Vec<f32> = input_bf16.iter().map(|x| x.to_f32()).collect();
+        let hwio = ndarray::Array4::from_shape_vec(
+            (3, 3, c_in, c_out),
+            random(9 * c_in * c_out, &mut rng),
+        )
+        .unwrap();
+        let weight = Bf16Weight::from_hwio(hwio.view()).unwrap();
+        let len = n * hw * hw * pixel_out;
+        let sentinel = random(len, &mut rng);
+        for (input, values) in [
+            (
+                Bf16Input::F32 {
+                    data: &input,
+                    prologue: Epilogue::Store,
+                },
+                &input,
+            ),
+            (Bf16Input::Bf16(&input_bf16), &widened),
+        ] {
+            let mut expected = sentinel.clone();
+            let mut magnitude = vec![0.0; len];
+            super::winograd::winograd_bf16_reference(
+                values,
+                il,
+                &weight,
+                s,
+                &mut expected,
+                &mut magnitude,
+                ol,
+            );
+            let mut actual = sentinel.clone();
+            super::bf16::run(
+                Some(LowpIsa::Avx512Bf16),
+                true,
+                input,
+                il,
+                &weight,
+                s,
+                Epilogue::Store,
+                Bf16Output::F32(&mut actual),
+                ol,
+                parallel,
+            )
+            .unwrap();
+            for (i, ((&e, &a), &m)) in expected.iter().zip(&actual).zip(&magnitude).enumerate() {
+                // The f32 sums of the GEMMs, then the output transform's eight additions.
+                let bound = summation_tolerance(c_in, m) + 8.0 * f32::EPSILON * m;
+                assert!(
+                    (e - a).abs() <= bound,
+                    "{s:?}: element {i}: {a} vs {e} (bound {bound})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_winograd_is_as_close_to_fp32_as_direct() {
+    // Rounding the transformed values to bf16 must not cost accuracy that matters: on a
+    // DenseNet 3x3 (relu'd inputs, He-scale weights), the Winograd path's error
+    // against fp32 (the f64 oracle) is of the direct bf16 kernel's order, while a
+    // path that dropped a transform's term would be far off.
+    if !has_bf16() {
+        return;
+    }
+    let mut rng = Rng::new(3);
+    let s = conv(1, 28, 128, 32, 3);
+    let layout = ImageLayout::dense(30, 30, 128);
+    let input: Vec<f32> = random(30 * 30 * 128, &mut rng)
+        .into_iter()
+        .map(|x| x.max(0.0))
+        .collect();
+    let he = (2.0f32 / (9.0 * 128.0)).sqrt();
+    let hwio = ndarray::Array4::from_shape_vec(
+        (3, 3, 128, 32),
+        random(9 * 128 * 32, &mut rng)
+            .into_iter()
+            .map(|w| w * he)
+            .collect(),
+    )
+    .unwrap();
+    let out_layout = ImageLayout::dense(28, 28, 32);
+    let len = 28 * 28 * 32;
+    let mut fp32 = vec![0.0; len];
+    direct_conv_reference(
+        &input,
+        layout,
+        Epilogue::Store,
+        hwio.as_slice().unwrap(),
+        s,
+        Epilogue::Store,
+        &mut fp32,
+        out_layout,
+    );
+    let weight = Bf16Weight::from_hwio(hwio.view()).unwrap();
+    let bf16 = |winograd: bool| {
+        let mut out = vec![0.0; len];
+        super::bf16::run(
+            Some(LowpIsa::Avx512Bf16),
+            winograd,
+            Bf16Input::F32 {
+                data: &input,
+                prologue: Epilogue::Store,
+            },
+            layout,
+            &weight,
+            s,
+            Epilogue::Store,
+            Bf16Output::F32(&mut out),
+            out_layout,
+            true,
+        )
+        .unwrap();
+        out
+    };
+    let rms = |a: &[f32]| {
+        let e: f64 = a
+            .iter()
+            .zip(&fp32)
+            .map(|(&x, &y)| f64::from(x - y).powi(2))
+            .sum();
+        let r: f64 = fp32.iter().map(|&y| f64::from(y).powi(2)).sum();
+        (e / r).sqrt()
+    };
+    let (direct, winograd) = (rms(&bf16(false)), rms(&bf16(true)));
+    eprintln!("relative RMS error against fp32: direct {direct:.2e}, winograd {winograd:.2e}");
+    assert!(direct < 4e-3, "direct bf16: {direct}");
+    assert!(
+        winograd < 2.0 * direct,
+        "winograd {winograd} against direct {direct}"
+    );
+    assert!(cosine(&bf16(true), &fp32) > 0.99999);
 }

@@ -1,0 +1,410 @@
+//! Winograd F(2x2, 3x3) in bf16: the fp32 path's algorithm (`direct_conv/winograd.rs`)
+//! with its 16 GEMMs on the bf16 tile (`VDPBF16PS`), for the same shapes (DenseNet's
+//! 3x3 convolutions on 56x56 and 28x28 maps).
+//!
+//! The fp32 model runs these convolutions as Winograd, so a bf16 model on the direct
+//! kernel would do 2.25 times the products and gain little: measured on DenseNet-121's
+//! 3x3s at 56x56, batch 8, the direct bf16 kernel took 0.92 of fp32 Winograd's time.
+//!
+//! The arithmetic, in the order of the reference [`winograd_bf16_reference`]:
+//! - the weight, bf16 as stored, is widened to f32 and transformed, `U = G g Gᵀ` (f32),
+//!   then rounded to bf16 (nearest even) once per call;
+//! - each 4x4 input tile (bf16 widened, or f32) is transformed, `V = Bᵀ d B` (f32: sums
+//!   and differences of four values), then rounded to bf16;
+//! - `M[ξ] = Σ_ci V[ξ][ci]·U[ξ][ci]` accumulates in f32 (exact bf16 products);
+//! - the output, `Aᵀ M A`, in f32.
+//!
+//! So beside the direct bf16 kernel's roundings (inputs and weights) it rounds the
+//! transformed values, whose magnitudes are up to 4 (`V`) and 9/4 (`U`) times theirs:
+//! the error stays of bf16's order (`tests::bf16_winograd_is_as_close_to_fp32_as_direct`).
+
+use core::arch::x86_64::*;
+
+use super::super::winograd::{self as fp32, TILES, WEIGHT};
+use super::super::{ConvShape, ImageLayout, MAX_TILE, PARALLEL_MACS};
+use super::avx512_bf16::Avx512Bf16;
+use super::bf16::Bf16Weight;
+use super::job::{LowpKernel, Out, Post};
+use super::panels::PANEL;
+use crate::parallel::prelude::*;
+
+/// Lanes of a vector.
+const LANES: usize = 16;
+/// Values of a panel row: 32 columns of channel pairs.
+const ROW: usize = 2 * PANEL;
+
+/// Whether a bf16 convolution of `shape` with no prologue or epilogue and an f32 output
+/// runs here: the fp32 path's shapes (stride-1 3x3, at most 32 outputs, at least 64
+/// input channels and a multiple of 16, an even output at least 28 wide).
+pub(super) fn applies(shape: &ConvShape) -> bool {
+    fp32::applies(shape)
+}
+
+/// A Winograd call's input: f32 values or bf16 bits.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Input {
+    F32(*const f32),
+    Bf16(*const u16),
+}
+
+/// The convolution of `input` at `input_layout` with `weight` into the f32 `out` at
+/// `out_layout`, for a shape that [`applies`].
+///
+/// # Safety
+///
+/// The CPU has AVX-512F/BW/VL and AVX512-BF16; `validate` accepted the geometry (the
+/// input block `(n, out_h + 2, out_w + 2, c_in)` lies inside `input`, the output block
+/// inside `out`, distinct outputs are distinct memory, `weight` has the shape's dims),
+/// and nothing else accesses `out` during the call.
+pub(super) unsafe fn run(
+    input: Input,
+    input_layout: ImageLayout,
+    weight: &Bf16Weight,
+    shape: ConvShape,
+    out: *mut f32,
+    out_layout: ImageLayout,
+    parallel: bool,
+) {
+    let s = shape;
+    assert!(applies(&s), "lowp::winograd::run: shape not supported");
+    let weight = weight.panels.as_slice();
+    assert!(weight.len() >= 9 * (s.c_in / 2) * ROW);
+    // The widened weight `g` (9·c_in·32 f32), its transform (16·c_in·32 f32) and that
+    // rounded (16·c_in·32 bf16 = 8·c_in·32 f32 words). No overflow: `applies` bounds
+    // `c_in` (see `fp32::tile_floats`).
+    let (g_len, u_len, ub_words) = (9 * s.c_in * PANEL, 16 * s.c_in * PANEL, 8 * s.c_in * PANEL);
+    fp32::with_buffer(&WEIGHT, g_len + u_len + ub_words, |scratch| {
+        let (g, rest) = scratch.split_at_mut(g_len);
+        let (u, ub) = rest.split_at_mut(u_len);
+        let ub = ub.as_mut_ptr().cast::<u16>();
+        // SAFETY: the CPU has the features (the caller's contract); `weight` holds the
+        // 9·⌈c_in/2⌉ panel rows read (asserted), `g` 9·c_in·32 floats, `u` 16·c_in·32,
+        // and `ub` 16·c_in·32 u16 (the 8·c_in·32 f32 words after `u`, u16-aligned).
+        unsafe {
+            widen_weight(weight, s.c_in, g);
+            fp32::transform_weight(g, s.c_in, PANEL, u);
+            round_weight(u, s.c_in, ub);
+        }
+        let job = Job {
+            input,
+            input_layout,
+            u: ub.cast_const(),
+            shape,
+            out,
+            out_layout,
+        };
+        let tasks = s.n * s.out_h / 2;
+        if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
+            (0..tasks).into_par_iter().for_each(|t| job.task(t));
+        } else {
+            (0..tasks).for_each(|t| job.task(t));
+        }
+    });
+}
+
+/// `g[t][ci][co]`, f32, from the single panel of a bf16 weight with at most 32 outputs
+/// (row `t·c_in/2 + ci/2`, column `co`, pair element `ci % 2`): a bf16 pair widened
+/// as the two halves of a 32-bit lane.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `c_in` is even, `weight` holds `9·c_in/2` rows of 64 values,
+/// `g` `9·c_in·32` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn widen_weight(weight: &[u16], c_in: usize, g: &mut [f32]) {
+    assert!(weight.len() >= 9 * (c_in / 2) * ROW && g.len() >= 9 * c_in * PANEL);
+    let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+    for row in 0..9 * c_in / 2 {
+        let (t, pair) = (row / (c_in / 2), row % (c_in / 2));
+        for c0 in (0..PANEL).step_by(LANES) {
+            // SAFETY: 16 lanes of 32 bits = columns `c0 .. c0 + 16` of row `row`: inside
+            // `weight` (asserted).
+            let lanes =
+                unsafe { _mm512_loadu_si512(weight.as_ptr().add(row * ROW + 2 * c0).cast()) };
+            let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(lanes));
+            let odd = _mm512_castsi512_ps(_mm512_and_si512(lanes, high));
+            let at = (t * c_in + 2 * pair) * PANEL + c0;
+            // SAFETY: `at + PANEL + 16 ≤ 9·c_in·32` (asserted above).
+            unsafe {
+                _mm512_storeu_ps(g.as_mut_ptr().add(at), even);
+                _mm512_storeu_ps(g.as_mut_ptr().add(at + PANEL), odd);
+            }
+        }
+    }
+}
+
+/// `U[ξ][ci][co]` (f32) rounded to bf16 into the kernel's rows of pairs,
+/// `ub[((ξ·c_in/2 + ci/2)·32 + co)·2 + ci % 2]`.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F/BW and AVX512-BF16; `c_in` is even, `u` holds `16·c_in·32`
+/// floats, `ub` `16·c_in·32` writable values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn round_weight(u: &[f32], c_in: usize, ub: *mut u16) {
+    assert!(u.len() >= 16 * c_in * PANEL);
+    for row in 0..16 * c_in / 2 {
+        for c0 in (0..PANEL).step_by(LANES) {
+            // SAFETY: rows `2·row` and `2·row + 1` of `u` (channels `ci`, `ci + 1` of
+            // one ξ), columns `c0 .. c0 + 16`: inside `u` (asserted).
+            let (even, odd) = unsafe {
+                let at = 2 * row * PANEL + c0;
+                (
+                    _mm512_loadu_ps(u.as_ptr().add(at)),
+                    _mm512_loadu_ps(u.as_ptr().add(at + PANEL)),
+                )
+            };
+            let bits = |x: __m512| _mm512_cvtepu16_epi32(rounded(x));
+            let pairs = _mm512_or_si512(bits(even), _mm512_slli_epi32::<16>(bits(odd)));
+            // SAFETY: values `(row·32 + c0)·2 ..` + 32 `≤ 16·c_in·32`: writable by the
+            // contract.
+            unsafe { _mm512_storeu_si512(ub.add((row * PANEL + c0) * 2).cast(), pairs) };
+        }
+    }
+}
+
+/// 16 f32 lanes rounded to bf16 (`VCVTNEPS2BF16`: nearest even), as bits.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+fn rounded(x: __m512) -> __m256i {
+    // SAFETY: `__m256bh` and `__m256i` are both 256 bits of plain data.
+    unsafe { core::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x)) }
+}
+
+/// A call's pointers (tasks write disjoint output rows: see [`Job::task`]).
+struct Job {
+    input: Input,
+    input_layout: ImageLayout,
+    /// The rounded transformed weight, `16·c_in·32` values.
+    u: *const u16,
+    shape: ConvShape,
+    out: *mut f32,
+    out_layout: ImageLayout,
+}
+
+// SAFETY: the pointers come from borrows that `run`'s caller holds while every task
+// runs; inputs and the weight are only read, and tasks write disjoint output elements
+// (the two output rows of their own tile row; distinct by `validate`).
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Task `t`: tile row `t % (out_h / 2)` of image `t / (out_h / 2)`: its input
+    /// transform into `V` (`[ξ][tx][ci]`, bf16), 16 GEMMs into `M` (`[ξ][tx][co]`, f32),
+    /// the output transform into output rows `2ty, 2ty + 1`.
+    fn task(&self, t: usize) {
+        let s = self.shape;
+        let (th, tw) = (s.out_h / 2, s.out_w / 2);
+        let (b, ty) = (t / th, t % th);
+        // `V`'s bf16 values in f32 words, then `M`. No overflow: `applies`.
+        let (v_words, m_len) = (8 * tw * s.c_in, 16 * tw * PANEL);
+        fp32::with_buffer(&TILES, v_words + m_len, |scratch| {
+            let (v, m) = scratch.split_at_mut(v_words);
+            let v = v.as_mut_ptr().cast::<u16>();
+            // SAFETY: AVX-512F/BW/VL and AVX512-BF16 by `run`'s contract, with the
+            // input block `validate` checked: tile row `ty` reads input rows
+            // `2ty .. 2ty + 4 ≤ out_h + 2`, columns `.. 2·tw + 2 = out_w + 2`, channels
+            // `< c_in` (a multiple of 16). `v` holds `16·tw·c_in` u16 (the `8·tw·c_in`
+            // f32 words, u16-aligned).
+            unsafe { input_tiles(self.input, self.input_layout, (b, ty, tw, s.c_in), v) };
+            let offsets: [usize; MAX_TILE] = core::array::from_fn(|i| i * PANEL);
+            let post = Post {
+                weight_scale: core::ptr::null(),
+                act_scale: 1.0,
+                scale: core::ptr::null(),
+                shift: core::ptr::null(),
+                out_inv_scale: 1.0,
+            };
+            let groups = s.c_in / 2;
+            for xi in 0..16 {
+                for t0 in (0..tw).step_by(Avx512Bf16::TILE) {
+                    let rows = Avx512Bf16::TILE.min(tw - t0);
+                    // SAFETY: the features as above; `1 ≤ rows ≤ 14`, `1 ≤ c_out ≤ 32`.
+                    // Pixel `i < rows` reads the pairs of `V[xi][t0 + i]`, inside `v`;
+                    // row `g < c_in/2` of the weight reads `U`'s 64 values at
+                    // `(xi·c_in/2 + g)·64`, inside the `16·c_in·32` that `run` holds
+                    // and nobody writes during the call; the sums go to
+                    // `m[(xi·tw + t0 + i)·32 + co]`, inside `m`, this task's own.
+                    unsafe {
+                        Avx512Bf16::tile(
+                            rows,
+                            s.c_out,
+                            v.add((xi * tw + t0) * s.c_in),
+                            s.c_in,
+                            &[0],
+                            groups,
+                            self.u.add(xi * groups * ROW),
+                            ROW,
+                            &post,
+                            Out::F32(m.as_mut_ptr().add((xi * tw + t0) * PANEL)),
+                            &offsets,
+                        );
+                    }
+                }
+            }
+            // SAFETY: AVX-512F; `m` holds `16·tw·32` values; tile `tx` writes output
+            // pixels `(b, 2ty + dy, 2tx + dx)`, channels `< c_out`: inside the output
+            // block `validate` bounded, and only this task writes rows `2ty, 2ty + 1`
+            // of image `b`.
+            unsafe { fp32::output_tiles(m, (b, ty, tw, s.c_out), self.out, self.out_layout) };
+        });
+    }
+}
+
+/// `V[ξ][tx][ci]` of tile row `ty` of image `b`, as [`fp32::input_transform`] computes
+/// it from the f32 (or widened bf16) inputs, rounded to bf16.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F/BW/VL and AVX512-BF16; input pixels `(b, 2ty .. 2ty + 4,
+/// 0 .. 2·tw + 2)`, channels `0 .. c_in` (a multiple of 16) are valid reads; `v` holds
+/// `16·tw·c_in` writable values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn input_tiles(
+    input: Input,
+    il: ImageLayout,
+    dims: (usize, usize, usize, usize),
+    v: *mut u16,
+) {
+    // SAFETY (both loads): the caller's contract covers every offset `transform_tiles`
+    // loads at, 16 values each.
+    match input {
+        Input::F32(x) => unsafe { transform_tiles(|at| _mm512_loadu_ps(x.add(at)), il, dims, v) },
+        Input::Bf16(x) => unsafe {
+            transform_tiles(
+                |at| {
+                    let bits = _mm256_loadu_si256(x.add(at).cast());
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+                },
+                il,
+                dims,
+                v,
+            )
+        },
+    }
+}
+
+/// [`input_tiles`] with `load(offset)` the 16 f32 input values at element `offset`.
+///
+/// # Safety
+///
+/// As [`input_tiles`], for the offsets of those pixels' 16-channel groups.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+unsafe fn transform_tiles(
+    load: impl Fn(usize) -> __m512,
+    il: ImageLayout,
+    (b, ty, tw, c_in): (usize, usize, usize, usize),
+    v: *mut u16,
+) {
+    let (rs, ps) = (il.row_stride, il.pixel_stride);
+    let plane = tw * c_in;
+    for tx in 0..tw {
+        let base = il.index(b, 2 * ty, 2 * tx, 0);
+        for c0 in (0..c_in).step_by(LANES) {
+            let d = |r: usize, c: usize| load(base + r * rs + c * ps + c0);
+            for (r, row) in fp32::input_transform(d).into_iter().enumerate() {
+                for (j, value) in row.into_iter().enumerate() {
+                    let at = (r * 4 + j) * plane + tx * c_in + c0;
+                    // SAFETY: `at + 16 ≤ 16·tw·c_in`: writable by the contract.
+                    unsafe { _mm256_storeu_si256(v.add(at).cast(), rounded(value)) };
+                }
+            }
+        }
+    }
+}
+
+/// The plain-loop reference of the bf16 Winograd path: the same transforms in the same
+/// f32 operations and roundings, the products summed in f64, the output transform in
+/// f32. `input` holds f32 values (already bf16 or not: the transform rounds only its
+/// result), `out` receives `(n, out_h, out_w, c_out)` at `out_layout`, and `magnitude`
+/// at the same places `Σ_ξ Σ_ci |V·U|` over the 9 products each output sums: what
+/// bounds the kernel's f32 summation error.
+#[cfg(test)]
+pub(super) fn winograd_bf16_reference(
+    input: &[f32],
+    il: ImageLayout,
+    weight: &Bf16Weight,
+    s: ConvShape,
+    out: &mut [f32],
+    magnitude: &mut [f32],
+    ol: ImageLayout,
+) {
+    let round = |x: f32| super::bf16_round(x).to_f32();
+    let g = |t: usize, ci: usize, co: usize| {
+        half::bf16::from_bits(weight.panels.get(t, ci, co)).to_f32()
+    };
+    // G g Gᵀ, as `fp32::transform_weight` orders it: along ky (columns of taps), then kx.
+    let mid = |g0: f32, g1: f32, g2: f32| {
+        let outer = g0 + g2;
+        (0.5 * (outer + g1), 0.5 * (outer - g1))
+    };
+    let mut u = vec![0.0f32; 16 * s.c_in * s.c_out];
+    for ci in 0..s.c_in {
+        for co in 0..s.c_out {
+            let columns: [[f32; 4]; 3] = core::array::from_fn(|kx| {
+                let (g0, g1, g2) = (g(kx, ci, co), g(3 + kx, ci, co), g(6 + kx, ci, co));
+                let (m1, m2) = mid(g0, g1, g2);
+                [g0, m1, m2, g2]
+            });
+            for i in 0..4 {
+                let r = [columns[0][i], columns[1][i], columns[2][i]];
+                let (m1, m2) = mid(r[0], r[1], r[2]);
+                for (j, value) in [r[0], m1, m2, r[2]].into_iter().enumerate() {
+                    u[((i * 4 + j) * s.c_in + ci) * s.c_out + co] = round(value);
+                }
+            }
+        }
+    }
+    let (th, tw) = (s.out_h / 2, s.out_w / 2);
+    let mut v = vec![0.0f32; 16 * s.c_in];
+    for b in 0..s.n {
+        for ty in 0..th {
+            for tx in 0..tw {
+                for ci in 0..s.c_in {
+                    let d = |r: usize, c: usize| input[il.index(b, 2 * ty + r, 2 * tx + c, ci)];
+                    let t: [[f32; 4]; 4] = core::array::from_fn(|row| {
+                        core::array::from_fn(|c| {
+                            let (d0, d1, d2, d3) = (d(0, c), d(1, c), d(2, c), d(3, c));
+                            [d0 - d2, d1 + d2, d2 - d1, d1 - d3][row]
+                        })
+                    });
+                    for (r, x) in t.iter().enumerate() {
+                        let row = [x[0] - x[2], x[1] + x[2], x[2] - x[1], x[1] - x[3]];
+                        for (j, value) in row.into_iter().enumerate() {
+                            v[(r * 4 + j) * s.c_in + ci] = round(value);
+                        }
+                    }
+                }
+                for co in 0..s.c_out {
+                    let product = |xi: usize, ci: usize| {
+                        f64::from(v[xi * s.c_in + ci])
+                            * f64::from(u[(xi * s.c_in + ci) * s.c_out + co])
+                    };
+                    let m: [f32; 16] = core::array::from_fn(|xi| {
+                        (0..s.c_in).map(|ci| product(xi, ci)).sum::<f64>() as f32
+                    });
+                    let size: [f64; 16] = core::array::from_fn(|xi| {
+                        (0..s.c_in).map(|ci| product(xi, ci).abs()).sum()
+                    });
+                    let mm = |i: usize, j: usize| m[i * 4 + j];
+                    let r: [[f32; 4]; 2] = [
+                        core::array::from_fn(|j| mm(0, j) + mm(1, j) + mm(2, j)),
+                        core::array::from_fn(|j| mm(1, j) - mm(2, j) - mm(3, j)),
+                    ];
+                    for (dy, x) in r.iter().enumerate() {
+                        let y = [x[0] + x[1] + x[2], x[1] - x[2] - x[3]];
+                        for (dx, value) in y.into_iter().enumerate() {
+                            let at = ol.index(b, 2 * ty + dy, 2 * tx + dx, co);
+                            out[at] = value;
+                            // Aᵀ's row `dy` takes rows `dy .. dy + 3` of M (columns alike).
+                            magnitude[at] = (dy..dy + 3)
+                                .flat_map(|i| (dx..dx + 3).map(move |j| (i, j)))
+                                .map(|(i, j)| size[i * 4 + j])
+                                .sum::<f64>() as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
