@@ -7,6 +7,7 @@
 use crate::parallel::prelude::*;
 use ndarray::{Array2, Array4, ArrayView4};
 
+use crate::kernels::elementwise::max_into;
 use crate::kernels::im2col::Window;
 
 /// Outputs with at least this many elements are computed by rayon's threads.
@@ -97,14 +98,6 @@ pub fn global_max_pool(x: ArrayView4<'_, f32>) -> Array2<f32> {
         }
     }
     out
-}
-
-/// `acc[j] = max(acc[j], v[j])`, propagating NaN from either side.
-#[inline]
-fn max_into(acc: &mut [f32], v: &[f32]) {
-    for (a, &v) in acc.iter_mut().zip(v) {
-        *a = if v > *a || v.is_nan() { v } else { *a };
-    }
 }
 
 #[cold]

@@ -47,7 +47,7 @@ const MAX_TILE_FLOATS: usize = 1 << 24;
 #[cfg(feature = "std")]
 std::thread_local! {
     /// The transformed weight of the call this thread makes.
-    pub(super) static WEIGHT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static WEIGHT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// `V` and `M` of the task this thread runs.
     pub(super) static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -58,7 +58,7 @@ pub(super) type Buffer = &'static std::thread::LocalKey<RefCell<Vec<f32>>>;
 #[cfg(not(feature = "std"))]
 pub(super) type Buffer = &'static ();
 #[cfg(not(feature = "std"))]
-pub(super) const WEIGHT: () = ();
+const WEIGHT: () = ();
 #[cfg(not(feature = "std"))]
 pub(super) const TILES: () = ();
 

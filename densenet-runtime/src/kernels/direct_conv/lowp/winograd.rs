@@ -20,7 +20,7 @@
 
 use core::arch::x86_64::*;
 
-use super::super::winograd::{self as fp32, TILES, WEIGHT};
+use super::super::winograd::{self as fp32, TILES};
 use super::super::{ConvShape, ImageLayout, MAX_TILE, PARALLEL_MACS};
 use super::avx512_bf16::Avx512Bf16;
 use super::bf16::Bf16Weight;
@@ -67,39 +67,40 @@ pub(super) unsafe fn run(
 ) {
     let s = shape;
     assert!(applies(&s), "lowp::winograd::run: shape not supported");
-    let weight = weight.panels.as_slice();
-    assert!(weight.len() >= 9 * (s.c_in / 2) * ROW);
-    // The widened weight `g` (9·c_in·32 f32), its transform (16·c_in·32 f32) and that
-    // rounded (16·c_in·32 bf16 = 8·c_in·32 f32 words). No overflow: `applies` bounds
-    // `c_in` (see `fp32::tile_floats`).
-    let (g_len, u_len, ub_words) = (9 * s.c_in * PANEL, 16 * s.c_in * PANEL, 8 * s.c_in * PANEL);
-    fp32::with_buffer(&WEIGHT, g_len + u_len + ub_words, |scratch| {
-        let (g, rest) = scratch.split_at_mut(g_len);
-        let (u, ub) = rest.split_at_mut(u_len);
-        let ub = ub.as_mut_ptr().cast::<u16>();
-        // SAFETY: the CPU has the features (the caller's contract); `weight` holds the
-        // 9·⌈c_in/2⌉ panel rows read (asserted), `g` 9·c_in·32 floats, `u` 16·c_in·32,
-        // and `ub` 16·c_in·32 u16 (the 8·c_in·32 f32 words after `u`, u16-aligned).
+    let u = weight.winograd.get_or_init(|| {
+        let panels = weight.panels.as_slice();
+        assert!(panels.len() >= 9 * (s.c_in / 2) * ROW);
+        // The widened weight `g` and its transform, f32, then that rounded. No overflow:
+        // `applies` bounds `c_in` (see `fp32::tile_floats`).
+        let mut g = vec![0.0; 9 * s.c_in * PANEL];
+        let mut u = vec![0.0; 16 * s.c_in * PANEL];
+        let mut rounded = vec![0; 16 * s.c_in * PANEL];
+        // SAFETY: the CPU has the features (the caller's contract); `panels` holds the
+        // 9·c_in/2 rows read (asserted), `g`, `u` and `rounded` the lengths written.
         unsafe {
-            widen_weight(weight, s.c_in, g);
-            fp32::transform_weight(g, s.c_in, PANEL, u);
-            round_weight(u, s.c_in, ub);
+            widen_weight(panels, s.c_in, &mut g);
+            fp32::transform_weight(&g, s.c_in, PANEL, &mut u);
+            round_weight(&u, s.c_in, &mut rounded);
         }
-        let job = Job {
-            input,
-            input_layout,
-            u: ub.cast_const(),
-            shape,
-            out,
-            out_layout,
-        };
-        let tasks = s.n * s.out_h / 2;
-        if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
-            (0..tasks).into_par_iter().for_each(|t| job.task(t));
-        } else {
-            (0..tasks).for_each(|t| job.task(t));
-        }
+        rounded
     });
+    // Another shape's transform cannot be here: the weight's dims are the shape's
+    // (`validate`), and the transform depends on nothing else.
+    assert_eq!(u.len(), 16 * s.c_in * PANEL);
+    let job = Job {
+        input,
+        input_layout,
+        u: u.as_ptr(),
+        shape,
+        out,
+        out_layout,
+    };
+    let tasks = s.n * s.out_h / 2;
+    if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
+        (0..tasks).into_par_iter().for_each(|t| job.task(t));
+    } else {
+        (0..tasks).for_each(|t| job.task(t));
+    }
 }
 
 /// `g[t][ci][co]`, f32, from the single panel of a bf16 weight with at most 32 outputs
@@ -138,11 +139,10 @@ unsafe fn widen_weight(weight: &[u16], c_in: usize, g: &mut [f32]) {
 ///
 /// # Safety
 ///
-/// The CPU has AVX-512F/BW and AVX512-BF16; `c_in` is even, `u` holds `16·c_in·32`
-/// floats, `ub` `16·c_in·32` writable values.
+/// The CPU has AVX-512F/BW and AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn round_weight(u: &[f32], c_in: usize, ub: *mut u16) {
-    assert!(u.len() >= 16 * c_in * PANEL);
+unsafe fn round_weight(u: &[f32], c_in: usize, ub: &mut [u16]) {
+    assert!(u.len() >= 16 * c_in * PANEL && ub.len() >= 16 * c_in * PANEL);
     for row in 0..16 * c_in / 2 {
         for c0 in (0..PANEL).step_by(LANES) {
             // SAFETY: rows `2·row` and `2·row + 1` of `u` (channels `ci`, `ci + 1` of
@@ -156,9 +156,10 @@ unsafe fn round_weight(u: &[f32], c_in: usize, ub: *mut u16) {
             };
             let bits = |x: __m512| _mm512_cvtepu16_epi32(rounded(x));
             let pairs = _mm512_or_si512(bits(even), _mm512_slli_epi32::<16>(bits(odd)));
-            // SAFETY: values `(row·32 + c0)·2 ..` + 32 `≤ 16·c_in·32`: writable by the
-            // contract.
-            unsafe { _mm512_storeu_si512(ub.add((row * PANEL + c0) * 2).cast(), pairs) };
+            // SAFETY: values `(row·32 + c0)·2 ..` + 32 `≤ 16·c_in·32` (asserted).
+            unsafe {
+                _mm512_storeu_si512(ub.as_mut_ptr().add((row * PANEL + c0) * 2).cast(), pairs)
+            };
         }
     }
 }
