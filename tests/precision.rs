@@ -44,6 +44,10 @@ densenet! {
     CifarPlain<growth: 12, blocks: [2, 3, 2], stem: cifar, bottleneck: false, classes: 10>;
     /// Pooled features, no classifier.
     SmallAvg<growth: 8, blocks: [2, 3, 2], init_features: 16, theta: 0.5, input: [3, 64, 64], head: avg>;
+    /// Max-pooled features.
+    SmallMax<growth: 8, blocks: [2, 2], init_features: 16, theta: 0.5, input: [3, 32, 32], head: max>;
+    /// The final feature map, NCHW.
+    SmallMap<growth: 8, blocks: [2, 2], init_features: 16, theta: 0.5, input: [3, 32, 32], head: none>;
     /// ShapesNet's architecture (`specs/shapes.yaml`), run as a `DynamicModel` below.
     ShapesNet<input: [3, 32, 32], stem: cifar, growth: 8, blocks: [3, 3, 3], init_features: 16, theta: 0.5, bottleneck: 4, classes: 4>;
     /// `examples/fine_tune.rs`'s model: ShapesNet's backbone with a new 3-class head.
@@ -201,6 +205,23 @@ fn plain_layers_and_feature_heads_run_too() {
             densenet::runtime::Error::NotAClassifier { .. }
         ))
     ));
+    // The other heads: max-pooled features and the NCHW feature map, both precisions.
+    fn close<M: Network + Clone>(model: &M, x: &Array4<f32>) {
+        let fp32 = Model::forward(model, x.view()).unwrap();
+        let int8 =
+            Quantized::int8(model, std::slice::from_ref(x), CalibrationMethod::MinMax).unwrap();
+        let bf16 = Quantized::bf16(model).unwrap();
+        for (low, min) in [
+            (int8.forward(x.view()).unwrap(), 0.99),
+            (bf16.forward(x.view()).unwrap(), 0.9999),
+        ] {
+            assert_eq!(low.shape(), fp32.shape());
+            let cos = cosine(&fp32, &low);
+            assert!(cos >= min, "{:?}: cosine {cos}", fp32.shape());
+        }
+    }
+    close(&SmallMax::init(5), &gaussian(2, SmallMax::INPUT, 7));
+    close(&SmallMap::init(6), &gaussian(2, SmallMap::INPUT, 8));
 }
 
 /// Held-out accuracy of fp32, int8 (both methods) and bf16, in points.

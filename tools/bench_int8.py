@@ -34,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", default="1:5,8:1", help="passes per round, per batch size")
+    ap.add_argument("--pause", type=float, default=0.2,
+                    help="seconds between two variants' runs (lets ORT's threads stop spinning)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/densenet-int8"))
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -162,8 +165,6 @@ def main(argv=None) -> int:
             def run(variant: str) -> list[float]:
                 if variant.startswith("ours"):
                     return ours(f"{variant.split()[1]} {batch} {threads} {iters}")
-                import time
-
                 s = sessions[variant]
                 s.run(None, {name: x})
                 times = []
@@ -178,6 +179,9 @@ def main(argv=None) -> int:
                 for j in range(len(names)):
                     n = names[(j + r) % len(names)]
                     times[n].extend(run(n))
+                    # A pause between variants: ORT's intra-op threads spin for a while
+                    # after a run, and would take the CPU from whatever runs next.
+                    time.sleep(args.pause)
             med = {n: statistics.median(t) for n, t in times.items()}
             rows.append((batch, threads, med))
             print(f"batch {batch}, {threads} thread(s): "

@@ -26,9 +26,12 @@ use crate::kernels::direct_conv::lowp::{
 };
 use crate::kernels::direct_conv::{ConvShape, Epilogue, ImageLayout};
 use crate::kernels::elementwise::scale_shift_relu_add;
-use crate::layers::{stem_forward_into, BatchNorm2d, Conv2d, DenseLayer};
+use crate::layers::{
+    feature_map_forward_into, pooled_head_forward_into, stem_forward_into, BatchNorm2d, Conv2d,
+    DenseLayer, Linear,
+};
 use crate::parallel::prelude::*;
-use crate::reference;
+use crate::spec::{Head, Plan};
 use crate::stage::{stages, Network, StageRef};
 use crate::weights::torchvision_path;
 
@@ -106,15 +109,80 @@ pub(crate) fn forward<M: Network + ?Sized>(
                     width,
                 }
             }
-            head @ StageRef::Head { .. } => {
-                let y = reference::stage(head, x.view());
-                ws.give(x.data);
+            StageRef::Head {
+                norm,
+                classifier,
+                head,
+            } => {
+                let y = self::head(norm, classifier, head, model.plan(), x, ws)?;
                 return Ok(y);
             }
         };
         ws.give(core::mem::replace(&mut x, next_x).data);
     }
     Ok(x.view().to_owned().into_dyn())
+}
+
+/// The head in fp32 as the fp32 arena runs it (BN-ReLU, then the global pool and the
+/// classifier, or the NCHW feature map), into a new `[n] ++ plan.output` array.
+fn head(
+    norm: &BatchNorm2d,
+    classifier: Option<&Linear>,
+    head: Head,
+    plan: &Plan,
+    x: Map,
+    ws: &mut LowpWorkspace,
+) -> Result<ArrayD<f32>, QuantizeError> {
+    let x = x.widened(0, ws)?;
+    let ((n, h, w), c) = (x.dims, x.c);
+    let shape: Vec<usize> = core::iter::once(n)
+        .chain(plan.output.iter().copied())
+        .collect();
+    let mut out = ArrayD::zeros(shape);
+    let classes = classifier.map_or(0, Linear::out_features);
+    // The BN-ReLU'd map, the pooled features, the logits.
+    let parts = [
+        size(&[n, h, w, c], "the head's scratch")?,
+        size(&[n, c], "the head's scratch")?,
+        size(&[n, classes], "the head's scratch")?,
+    ];
+    let len = parts
+        .iter()
+        .try_fold(0usize, |sum, &part| sum.checked_add(part))
+        .ok_or(QuantizeError::TooLarge {
+            what: "the head's scratch",
+        })?;
+    let mut scratch = ws.take_dirty(len);
+    let mut params = vec![0.0; 2 * c];
+    match head {
+        Head::None => {
+            let out = out
+                .view_mut()
+                .into_dimensionality()
+                .expect("plan's NCHW output");
+            feature_map_forward_into(norm, &x.data, (n, h, w), out, &mut params, &mut scratch);
+        }
+        _ => {
+            let out = out
+                .view_mut()
+                .into_dimensionality()
+                .expect("plan's (n, k) output");
+            let max = head == Head::Max;
+            pooled_head_forward_into(
+                norm,
+                classifier,
+                max,
+                &x.data,
+                (n, h, w),
+                out,
+                &mut params,
+                &mut scratch,
+            );
+        }
+    }
+    ws.give(scratch);
+    ws.give(x.data);
+    Ok(out)
 }
 
 /// An NHWC activation map `(n, h, w, c)` whose pixels are `width ≥ c` floats apart:
