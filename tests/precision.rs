@@ -23,7 +23,7 @@ mod shapes;
 use std::path::PathBuf;
 
 use densenet::runtime::image::{FolderConfig, ImageFolder};
-use densenet::runtime::ndarray::{Array2, Array4, ArrayD, Axis, Ix2};
+use densenet::runtime::ndarray::{s, Array2, Array4, ArrayD, ArrayView4, Axis, Ix2};
 use densenet::runtime::precision::{
     CalibrationMethod, LowpWorkspace, Precision, QuantizeError, Quantized,
 };
@@ -812,4 +812,51 @@ fn a_reused_workspace_gives_the_same_outputs() {
         );
     }
     assert!(ws.capacity_bytes() > 0);
+}
+
+#[test]
+fn the_thread_count_and_the_batch_change_no_bit() {
+    // A batch that splits over the threads runs its dense blocks one task per thread
+    // (each image on single-threaded kernels); one thread, or one image, splits each
+    // convolution instead. The values are the same bit for bit, in both precisions.
+    let model = small();
+    let x = gaussian(4, Small::INPUT, 60);
+    let int8 = Quantized::int8(
+        &model,
+        &calibration(Small::INPUT),
+        CalibrationMethod::MinMax,
+    )
+    .unwrap();
+    let bf16 = Quantized::bf16(&model).unwrap();
+    let on = |threads: usize, q: &Quantized<Small>, x: ArrayView4<'_, f32>| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| q.forward(x).unwrap())
+    };
+    for q in [&int8, &bf16] {
+        let batch = on(2, q, x.view());
+        assert_eq!(
+            batch,
+            on(1, q, x.view()),
+            "{}: two threads against one",
+            q.precision()
+        );
+        assert_eq!(
+            batch,
+            on(3, q, x.view()),
+            "{}: three threads (4 images)",
+            q.precision()
+        );
+        for i in 0..4 {
+            let one = on(2, q, x.slice(s![i..i + 1, .., .., ..]));
+            assert_eq!(
+                batch.index_axis(Axis(0), i),
+                one.index_axis(Axis(0), 0),
+                "{}: image {i} alone",
+                q.precision()
+            );
+        }
+    }
 }

@@ -100,6 +100,7 @@ pub(crate) fn forward<M: Network + ?Sized>(
                     Epilogue::Store,
                     Dst::F32(&mut out),
                     output,
+                    true,
                 )?;
                 ws.give(pooled.data);
                 Map {
@@ -240,8 +241,8 @@ impl Map {
 pub struct LowpWorkspace {
     /// Free f32 buffers (activations: block buffers, pooled maps, stem scratch).
     free: Vec<Vec<f32>>,
-    /// A block's scratch, kept between blocks and passes.
-    scratch: Scratch,
+    /// The blocks' scratch, one per task, kept between blocks and passes.
+    scratches: Vec<Scratch>,
 }
 
 impl LowpWorkspace {
@@ -253,13 +254,20 @@ impl LowpWorkspace {
     /// Bytes held.
     pub fn capacity_bytes(&self) -> usize {
         let f32s: usize = self.free.iter().map(Vec::capacity).sum::<usize>()
-            + self.scratch.padded.capacity()
-            + self.scratch.params.capacity();
-        let mid = match &self.scratch.mid {
-            Some(Mid::U8(v)) => v.capacity(),
-            Some(Mid::Bf16(v)) => 2 * v.capacity(),
-            None => 0,
-        };
+            + self
+                .scratches
+                .iter()
+                .map(|s| s.padded.capacity() + s.params.capacity())
+                .sum::<usize>();
+        let mid: usize = self
+            .scratches
+            .iter()
+            .map(|s| match &s.mid {
+                Some(Mid::U8(v)) => v.capacity(),
+                Some(Mid::Bf16(v)) => 2 * v.capacity(),
+                None => 0,
+            })
+            .sum();
         4 * f32s + mid
     }
 
@@ -397,12 +405,44 @@ fn block(
 ) -> Result<Map, QuantizeError> {
     let ((_, h, w), c_in, c_out) = (buf.dims, buf.c, buf.width);
     let first = *site;
-    let scratch = &mut ws.scratch;
-    // The bottleneck map's geometry is the block's: zeroed once, at its first layer.
-    scratch.mid_ready = false;
-    for image in buf.data.chunks_exact_mut(h * w * c_out) {
-        *site = first;
-        image_layers(layers, image, (h, w, c_in, c_out), convs, site, scratch)?;
+    let n = buf.dims.0;
+    let image_len = h * w * c_out;
+    let threads = crate::parallel::current_num_threads();
+    // A batch that splits evenly over the pool's threads (or is large) runs one task
+    // per thread, each taking its images through the block on single-threaded kernels:
+    // no synchronisation per convolution, whose calls on one image of a small map are
+    // short (10 µs a task on 28x28 maps). Otherwise images in turn, each convolution
+    // split over the threads. Either way the same values: a kernel's result does not
+    // depend on how its work is split.
+    let tasks = if threads > 1 && n >= threads && (n % threads == 0 || n >= 4 * threads) {
+        threads
+    } else {
+        1
+    };
+    if ws.scratches.len() < tasks {
+        ws.scratches.resize_with(tasks, Scratch::default);
+    }
+    let per_task = n.div_ceil(tasks);
+    let sites: Vec<Result<usize, QuantizeError>> = buf
+        .data
+        .par_chunks_mut(per_task * image_len)
+        .zip(ws.scratches.par_chunks_mut(1))
+        .map(|(images, scratch)| {
+            let scratch = &mut scratch[0];
+            // The bottleneck map's geometry is the block's: zeroed once, at its first
+            // layer.
+            scratch.mid_ready = false;
+            let mut site = first;
+            for image in images.chunks_exact_mut(image_len) {
+                site = first;
+                let dims = (h, w, c_in, c_out);
+                image_layers(layers, image, dims, convs, &mut site, scratch, tasks == 1)?;
+            }
+            Ok(site)
+        })
+        .collect();
+    for result in sites {
+        *site = result?;
     }
     buf.c = c_out;
     Ok(buf)
@@ -430,6 +470,7 @@ fn image_layers(
     convs: &[QConv],
     site: &mut usize,
     scratch: &mut Scratch,
+    parallel: bool,
 ) -> Result<(), QuantizeError> {
     let n = 1;
     let at = |offset| ImageLayout {
@@ -469,6 +510,7 @@ fn image_layers(
                     Epilogue::Store,
                     Dst::F32(buf),
                     at(c),
+                    parallel,
                 )?;
             }
             DenseLayer::Bottleneck {
@@ -518,6 +560,7 @@ fn image_layers(
                     epilogue,
                     mid.as_dst(second),
                     interior,
+                    parallel,
                 )?;
                 let (oh, ow) = conv2.output_size(h, w);
                 let shape = window_shape(n, oh, ow, width, k, win);
@@ -529,6 +572,7 @@ fn image_layers(
                     Epilogue::Store,
                     Dst::F32(buf),
                     at(c),
+                    parallel,
                 )?;
             }
         }
@@ -603,6 +647,8 @@ enum Dst<'a> {
 
 /// Runs `conv` on its kernel. Mixed precisions (a u8 input for a bf16 weight) are
 /// refused as a geometry error; `Quantized` never builds them.
+// A kernel call's flat argument list, as the kernels'.
+#[allow(clippy::too_many_arguments)]
 fn run(
     conv: &QConv,
     src: Src<'_>,
@@ -611,6 +657,7 @@ fn run(
     epilogue: Epilogue<'_>,
     dst: Dst<'_>,
     out_layout: ImageLayout,
+    parallel: bool,
 ) -> Result<(), QuantizeError> {
     let mixed = LowpError::Geometry("an input or output of another precision than the weight");
     let result = match &conv.weight {
@@ -643,7 +690,7 @@ fn run(
                     epilogue,
                     output,
                     out_layout,
-                    true,
+                    parallel,
                 )
             })
         }
@@ -668,7 +715,7 @@ fn run(
                     epilogue,
                     output,
                     out_layout,
-                    true,
+                    parallel,
                 )
             })
         }
