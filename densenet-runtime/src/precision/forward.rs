@@ -414,7 +414,7 @@ fn block(
     // short (10 µs a task on 28x28 maps). Otherwise images in turn, each convolution
     // split over the threads. Either way the same values: a kernel's result does not
     // depend on how its work is split.
-    let tasks = if threads > 1 && n >= threads && (n % threads == 0 || n >= 4 * threads) {
+    let tasks = if threads > 1 && n >= threads && (n.is_multiple_of(threads) || n >= 4 * threads) {
         threads
     } else {
         1
