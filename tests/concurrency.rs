@@ -98,3 +98,29 @@ fn memory_stays_flat_over_10_000_calls() {
         "live heap changed by {grown} bytes over 10,000 calls"
     );
 }
+
+#[test]
+fn a_batch_split_over_threads_matches_one_thread_and_one_image() {
+    // A batch that splits over the pool's threads takes its dense blocks one task per
+    // thread (each image on single-threaded kernels); one thread, three threads for
+    // four images, or one image at a time split each convolution instead. Same bits.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let model = Shared::init(5);
+    let x = Array4::from_shape_fn((4, 3, 48, 48), |(n, c, y, x)| {
+        ((n * 13 + c * 7 + y * 3 + x) % 31) as f32 / 31.0 - 0.5
+    });
+    let on = |threads: usize, x: densenet::ndarray::ArrayView4<'_, f32>| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| model.forward(x).unwrap())
+    };
+    let batch = on(2, x.view());
+    assert_eq!(batch, on(1, x.view()), "two threads against one");
+    assert_eq!(batch, on(3, x.view()), "three threads, four images");
+    for i in 0..4 {
+        let one = on(2, x.slice(densenet::ndarray::s![i..i + 1, .., .., ..]));
+        assert_eq!(batch.row(i), one.row(0), "image {i} alone");
+    }
+}

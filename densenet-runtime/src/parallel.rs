@@ -10,7 +10,58 @@
 //! order).
 
 #[cfg(feature = "parallel")]
-pub(crate) use rayon::{current_num_threads, current_thread_index, scope};
+pub(crate) use rayon::{current_thread_index, scope};
+
+#[cfg(feature = "parallel")]
+std::thread_local! {
+    /// Set while this thread runs a task that must not split its work further
+    /// ([`sequential`]).
+    static SEQUENTIAL: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// rayon's thread count, or 1 inside [`sequential`]: every parallel loop of the kernels
+/// and layers asks this before splitting.
+#[cfg(feature = "parallel")]
+pub(crate) fn current_num_threads() -> usize {
+    if SEQUENTIAL.with(core::cell::Cell::get) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// Runs `f` with [`current_num_threads`] at 1 on this thread: for a task that is
+/// already one of the pool's parallel parts (an image of a batch split over the
+/// threads), whose kernels would otherwise split again and synchronise per call.
+#[cfg(feature = "parallel")]
+pub(crate) fn sequential<R>(f: impl FnOnce() -> R) -> R {
+    let before = SEQUENTIAL.with(|s| s.replace(true));
+    // Restored on unwinding too, so a panic cannot leave the thread sequential.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SEQUENTIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
+/// How many tasks a batch of `n` images takes through a dense block: one per thread
+/// when the batch splits evenly over them (or is large enough that the uneven part
+/// does not matter), each image on single-threaded kernels ([`sequential`]); else 1,
+/// the images in turn with each convolution split over the threads. A dense block's
+/// convolutions on one image of a small map are short (10 µs a task on 28x28), and a
+/// split per convolution synchronises the threads for each.
+#[cfg_attr(not(feature = "std"), allow(dead_code))] // low precision's (std)
+pub(crate) fn image_tasks(n: usize) -> usize {
+    let threads = current_num_threads();
+    if threads > 1 && n >= threads && (n.is_multiple_of(threads) || n >= 4 * threads) {
+        threads
+    } else {
+        1
+    }
+}
 
 /// `rayon::prelude` with the feature; sequential stand-ins without.
 pub(crate) mod prelude {
@@ -26,7 +77,8 @@ pub(crate) mod prelude {
 }
 
 #[cfg(not(feature = "parallel"))]
-pub(crate) use sequential::{current_num_threads, current_thread_index, scope};
+#[cfg_attr(not(feature = "std"), allow(unused_imports))] // low precision's (std)
+pub(crate) use sequential::{current_num_threads, current_thread_index, scope, sequential};
 
 #[cfg(not(feature = "parallel"))]
 #[cfg_attr(not(feature = "std"), allow(dead_code))] // training uses them all
@@ -44,6 +96,11 @@ mod sequential {
     /// Runs `f` on the calling thread.
     pub(crate) fn scope<R>(f: impl FnOnce(&()) -> R) -> R {
         f(&())
+    }
+
+    /// Runs `f`: everything is sequential already.
+    pub(crate) fn sequential<R>(f: impl FnOnce() -> R) -> R {
+        f()
     }
 
     /// `par_chunks_mut` as `chunks_mut`.

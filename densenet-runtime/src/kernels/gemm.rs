@@ -499,7 +499,9 @@ fn product_crate(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<
     }
     let parallelism = match m.saturating_mul(n).saturating_mul(k) {
         #[cfg(feature = "parallel")]
-        flops if flops >= PARALLEL_THRESHOLD => Parallelism::Rayon(0),
+        flops if flops >= PARALLEL_THRESHOLD && crate::parallel::current_num_threads() > 1 => {
+            Parallelism::Rayon(0)
+        }
         _ => Parallelism::None,
     };
     // SAFETY:

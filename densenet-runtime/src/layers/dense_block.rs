@@ -97,6 +97,53 @@ pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) 
     sizes
 }
 
+#[cfg(feature = "parallel")]
+std::thread_local! {
+    /// An image task's scratch, BatchNorm parameters and fallback matrix
+    /// ([`images_in_parallel`]).
+    static IMAGE_SCRATCH: core::cell::RefCell<[Vec<f32>; 3]> =
+        const { core::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// [`dense_block_forward_into`] of a batch split over the pool's threads
+/// ([`image_tasks`](crate::parallel::image_tasks)): each task takes its images
+/// through the block on single-threaded kernels, in its worker thread's own scratch
+/// (kept between passes: outside the planned arena, as the Winograd kernel's), so the
+/// threads meet once per block instead of once per convolution. The same values as
+/// the images in turn. Returns the scratch floats one image uses, as that path does.
+#[cfg(feature = "parallel")]
+fn images_in_parallel(
+    layers: &[DenseLayer],
+    (n, h, w, c_in): (usize, usize, usize, usize),
+    buf: &mut [f32],
+    bn_len: usize,
+) -> usize {
+    use crate::parallel::prelude::*;
+    let c_out = c_in + layers.iter().map(DenseLayer::growth).sum::<usize>();
+    let scratch_len: usize = dense_block_scratch(layers, 1, h, w).iter().sum();
+    let per_task = n.div_ceil(crate::parallel::image_tasks(n));
+    let run = |images: &mut [f32], [scratch, bn, fallback]: &mut [Vec<f32>; 3]| {
+        scratch.resize(scratch.len().max(scratch_len), 0.0);
+        bn.resize(bn.len().max(bn_len), 0.0);
+        crate::parallel::sequential(|| {
+            for image in images.chunks_exact_mut(h * w * c_out) {
+                let shape = (1, h, w, c_in);
+                dense_block_forward_into(layers, shape, image, bn, scratch, fallback);
+            }
+        });
+    };
+    buf.par_chunks_mut(per_task * h * w * c_out)
+        .for_each(|images| {
+            IMAGE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut buffers) => run(images, &mut buffers),
+                // Held further up this thread's stack (rayon ran this task while an
+                // outer one waited).
+                Err(_) => run(images, &mut Default::default()),
+            })
+        });
+    scratch_len
+}
+
 /// A dense block's forward pass in place, without allocating: `buf` is the block's
 /// concatenation buffer, NHWC `(n, h, w, c_out)`, whose first `c_in` channels of every
 /// pixel hold the block input (written there by the stem or the previous transition);
@@ -129,6 +176,10 @@ pub fn dense_block_forward_into(
         // One image at a time through the whole block: its buffer and scratch stay in
         // cache from layer to layer (a batch's would not), and the scratch is one
         // image's whatever the batch.
+        #[cfg(feature = "parallel")]
+        if crate::parallel::image_tasks(n) > 1 {
+            return images_in_parallel(layers, (n, h, w, c_in), buf, bn_params.len());
+        }
         let mut used = 0;
         for image in buf.chunks_exact_mut(h * w * c_out) {
             let shape = (1, h, w, c_in);

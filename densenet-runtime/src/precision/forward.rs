@@ -407,18 +407,12 @@ fn block(
     let first = *site;
     let n = buf.dims.0;
     let image_len = h * w * c_out;
-    let threads = crate::parallel::current_num_threads();
-    // A batch that splits evenly over the pool's threads (or is large) runs one task
-    // per thread, each taking its images through the block on single-threaded kernels:
-    // no synchronisation per convolution, whose calls on one image of a small map are
-    // short (10 µs a task on 28x28 maps). Otherwise images in turn, each convolution
-    // split over the threads. Either way the same values: a kernel's result does not
-    // depend on how its work is split.
-    let tasks = if threads > 1 && n >= threads && (n.is_multiple_of(threads) || n >= 4 * threads) {
-        threads
-    } else {
-        1
-    };
+    // A batch that splits over the pool's threads runs one task per thread, each
+    // taking its images through the block on single-threaded kernels (see
+    // `image_tasks`); otherwise images in turn, each convolution split over the
+    // threads. The same values either way: a kernel's result does not depend on how
+    // its work is split.
+    let tasks = crate::parallel::image_tasks(n);
     if ws.scratches.len() < tasks {
         ws.scratches.resize_with(tasks, Scratch::default);
     }
@@ -433,10 +427,18 @@ fn block(
             // layer.
             scratch.mid_ready = false;
             let mut site = first;
-            for image in images.chunks_exact_mut(image_len) {
-                site = first;
-                let dims = (h, w, c_in, c_out);
-                image_layers(layers, image, dims, convs, &mut site, scratch, tasks == 1)?;
+            let mut images_in_turn = || {
+                for image in images.chunks_exact_mut(image_len) {
+                    site = first;
+                    let dims = (h, w, c_in, c_out);
+                    image_layers(layers, image, dims, convs, &mut site, scratch, tasks == 1)?;
+                }
+                Ok::<(), QuantizeError>(())
+            };
+            if tasks > 1 {
+                crate::parallel::sequential(images_in_turn)?;
+            } else {
+                images_in_turn()?;
             }
             Ok(site)
         })
