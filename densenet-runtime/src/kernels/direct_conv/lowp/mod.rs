@@ -55,6 +55,16 @@
 //! ymm). The references ([`conv_bf16_reference`], [`conv_int8_reference`]) are plain
 //! loops of the same arithmetic, which the tests run every kernel against.
 //!
+//! **bf16 Winograd** (`winograd.rs`): a bf16 call with no prologue or epilogue and
+//! an f32 output on the fp32 Winograd path's shapes (stride-1 3x3, ≤ 32 outputs,
+//! ≥ 64 input channels: DenseNet's 3x3s on 56x56 and 28x28 maps) runs as Winograd
+//! F(2x2, 3x3) with its 16 GEMMs on the bf16 tile: the transforms in f32 (the fp32
+//! path's `input_transform`, `transform_weight` and `output_tiles`), the transformed
+//! inputs and weight rounded to bf16, the latter once per weight (kept in the
+//! [`Bf16Weight`], 16/9 of its bytes). Against fp32 its error is of the direct bf16
+//! kernel's order (relative RMS 3.9e-3 against 2.3e-3 on a DenseNet 3x3); it has its
+//! own plain-loop reference, `winograd_bf16_reference`.
+//!
 //! # Using them in a model
 //!
 //! Weights are converted once, when a model is loaded or its precision chosen:
@@ -102,8 +112,13 @@
 //!
 //! On a Zen 5 guest (`AMD EPYC`, family 26, 2026-12-03) the same benchmark gave, at
 //! batch 1 on one thread, bf16 0.69 and int8 0.45 / 0.42 (u8) of fp32's time: its
-//! `VDPBF16PS` is not half-rate. The whole model through `precision::Quantized`:
-//! BENCHMARKS.md, "Low precision".
+//! `VDPBF16PS` is not half-rate (measured in a register-only loop: 2.2 times the FMA's
+//! flops). After the bf16 Winograd and the packing changes (each pixel's channels in
+//! order; 1x1 tiles over inputs beyond L2 prefetch the next tile's pixels), all of
+//! DenseNet-121's convolutions: bf16 0.58 / 0.60 / 0.60 / 0.61 and int8 0.43 / 0.43 /
+//! 0.46 / 0.43 (u8: 0.39 / 0.35 / 0.39 / 0.37) of fp32's time, in the table's order of
+//! configurations. The whole model through `precision::Quantized`: BENCHMARKS.md,
+//! "Low precision".
 //!
 //! int8's time goes to the bottleneck 1x1s (~47%: each layer quantizes all of its
 //! block buffer's channels through its own BN-ReLU, 40-55% on top of the products at
