@@ -293,7 +293,15 @@ impl Job {
         // SAFETY: AVX-512F as above. Tile `tx` writes output pixels `(b, 2ty + dy,
         // 2tx + dx)`, `dy, dx < 2`, channels `< c_out`: inside the output block `check`
         // bounded, and only this task writes output rows `2ty, 2ty + 1` of image `b`.
-        unsafe { output_tiles(m, (b, ty, tw, s.c_out), self.out, self.out_layout) };
+        unsafe {
+            output_tiles(
+                m,
+                tw * PANEL,
+                (b, ty, tw, s.c_out),
+                self.out,
+                self.out_layout,
+            )
+        };
     }
 }
 
@@ -365,23 +373,24 @@ pub(super) fn input_transform(d: impl Fn(usize, usize) -> __m512) -> [[__m512; 4
 }
 
 /// Output pixels `(b, 2ty + dy, 2tx + dx)` of every tile `tx` as `Aᵀ M A`, with
-/// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, `M[ξ][tx][co]` in `m`.
+/// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, `M[ξ][tx][co]` at `m[ξ·plane + tx·32 + co]`
+/// (`plane ≥ tw·32`: a task of several tile rows keeps them side by side).
 ///
 /// # Safety
 ///
-/// The CPU has AVX-512F; `m` holds `16·tw·32` values; output pixels `(b, 2ty .. 2ty + 2,
-/// 0 .. 2·tw)`, channels `0 .. c_out` are valid writes that nothing else accesses.
+/// The CPU has AVX-512F; output pixels `(b, 2ty .. 2ty + 2, 0 .. 2·tw)`, channels
+/// `0 .. c_out` are valid writes that nothing else accesses.
 // The transforms index 4x4 tiles by row and column, as the formulas do.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn output_tiles(
     m: &[f32],
+    plane: usize,
     (b, ty, tw, c_out): (usize, usize, usize, usize),
     out: *mut f32,
     ol: ImageLayout,
 ) {
-    assert!(m.len() >= 16 * tw * PANEL);
-    let plane = tw * PANEL;
+    assert!(plane >= tw * PANEL && m.len() >= 15 * plane + tw * PANEL);
     for tx in 0..tw {
         for c0 in (0..c_out).step_by(LANES) {
             let lanes = (c_out - c0).min(LANES);

@@ -1441,6 +1441,11 @@ fn bf16_winograd_matches_its_reference() {
         (2, 28, 128, 32, 160, 256, 96, true),
         (1, 56, 128, 20, 128, 40, 8, true),
         (1, 30, 80, 32, 96, 64, 32, false),
+        // 14 wide: tasks of two tile rows (7 rows: 2, 2, 2 and 1), and 18 wide (9
+        // tiles a row: one row a task).
+        (2, 14, 128, 32, 128, 512, 160, true),
+        (1, 14, 64, 24, 64, 24, 0, false),
+        (1, 18, 64, 32, 64, 32, 0, true),
     ] {
         let s = conv(n, hw, c_in, c_out, 3);
         assert!(super::winograd::applies(&s), "{s:?}");

@@ -1,10 +1,12 @@
 //! Winograd F(2x2, 3x3) in bf16: the fp32 path's algorithm (`direct_conv/winograd.rs`)
 //! with its 16 GEMMs on the bf16 tile (`VDPBF16PS`), for the same shapes (DenseNet's
-//! 3x3 convolutions on 56x56 and 28x28 maps).
+//! 3x3 convolutions on 56x56 and 28x28 maps) and 14 wide ones.
 //!
 //! The fp32 model runs these convolutions as Winograd, so a bf16 model on the direct
 //! kernel would do 2.25 times the products and gain little: measured on DenseNet-121's
 //! 3x3s at 56x56, batch 8, the direct bf16 kernel took 0.92 of fp32 Winograd's time.
+//! It also takes the 14x14 maps, a task doing two rows of 2x2 tiles so that they fill
+//! the 14-row register tile.
 //!
 //! The arithmetic, in the order of the reference [`winograd_bf16_reference`]:
 //! - the weight, bf16 as stored, is widened to f32 and transformed, `U = G g Gᵀ` (f32),
@@ -37,7 +39,22 @@ const ROW: usize = 2 * PANEL;
 /// runs here: the fp32 path's shapes (stride-1 3x3, at most 32 outputs, at least 64
 /// input channels and a multiple of 16, an even output at least 28 wide).
 pub(super) fn applies(shape: &ConvShape) -> bool {
+    // fp32's shapes, and 14 wide: there a task takes two rows of 2x2 tiles, which fill
+    // the 14-row register tile as one row of a 28-wide map does.
     fp32::applies(shape)
+        || shape.out_w >= MIN_WIDTH
+            && shape
+                .out_w
+                .checked_mul(2)
+                .is_some_and(|out_w| fp32::applies(&ConvShape { out_w, ..*shape }))
+}
+
+/// Fewest output columns: 7 tiles a row, two rows a task.
+const MIN_WIDTH: usize = 14;
+
+/// Tile rows of a task: as many whole rows as fill the 14-row register tile.
+fn rows_per_task(tw: usize) -> usize {
+    (Avx512Bf16::TILE / tw).max(1)
 }
 
 /// A Winograd call's input: f32 values or bf16 bits.
@@ -95,7 +112,7 @@ pub(super) unsafe fn run(
         out,
         out_layout,
     };
-    let tasks = s.n * s.out_h / 2;
+    let tasks = s.n * (s.out_h / 2).div_ceil(rows_per_task(s.out_w / 2));
     if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
         (0..tasks).into_par_iter().for_each(|t| job.task(t));
     } else {
@@ -189,24 +206,37 @@ struct Job {
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// Task `t`: tile row `t % (out_h / 2)` of image `t / (out_h / 2)`: its input
-    /// transform into `V` (`[ξ][tx][ci]`, bf16), 16 GEMMs into `M` (`[ξ][tx][co]`, f32),
-    /// the output transform into output rows `2ty, 2ty + 1`.
+    /// Task `t`: `k` tile rows (`rows_per_task`, fewer in an image's last task) of an
+    /// image, side by side in `V` (`[ξ][r·tw + tx][ci]`, bf16) and `M` (`[ξ][r·tw +
+    /// tx][co]`, f32): their input transforms, 16 GEMMs over all their tiles, the
+    /// output transforms into their output rows.
     fn task(&self, t: usize) {
         let s = self.shape;
         let (th, tw) = (s.out_h / 2, s.out_w / 2);
-        let (b, ty) = (t / th, t % th);
-        // `V`'s bf16 values in f32 words, then `M`. No overflow: `applies`.
-        let (v_words, m_len) = (8 * tw * s.c_in, 16 * tw * PANEL);
+        let k = rows_per_task(tw);
+        let per_image = th.div_ceil(k);
+        let (b, first) = (t / per_image, t % per_image * k);
+        let rows = k.min(th - first);
+        let tiles = rows * tw;
+        // `V`'s bf16 values in f32 words, then `M`. No overflow: `applies` bounds
+        // `16·2tw·(c_in + 32)`, and `tiles ≤ max(tw, 14)`.
+        let (v_words, m_len) = (8 * tiles * s.c_in, 16 * tiles * PANEL);
         fp32::with_buffer(&TILES, v_words + m_len, |scratch| {
             let (v, m) = scratch.split_at_mut(v_words);
             let v = v.as_mut_ptr().cast::<u16>();
-            // SAFETY: AVX-512F/BW/VL and AVX512-BF16 by `run`'s contract, with the
-            // input block `validate` checked: tile row `ty` reads input rows
-            // `2ty .. 2ty + 4 ≤ out_h + 2`, columns `.. 2·tw + 2 = out_w + 2`, channels
-            // `< c_in` (a multiple of 16). `v` holds `16·tw·c_in` u16 (the `8·tw·c_in`
-            // f32 words, u16-aligned).
-            unsafe { input_tiles(self.input, self.input_layout, (b, ty, tw, s.c_in), v) };
+            for r in 0..rows {
+                // SAFETY: AVX-512F/BW/VL and AVX512-BF16 by `run`'s contract, with the
+                // input block `validate` checked: tile row `first + r` reads input rows
+                // `.. 2(first + r) + 4 ≤ out_h + 2`, columns `.. 2·tw + 2 = out_w + 2`,
+                // channels `< c_in` (a multiple of 16). It writes `V[ξ][r·tw + tx]` at
+                // `ξ·tiles·c_in + (r·tw + tx)·c_in`, inside the `16·tiles·c_in` u16 of
+                // `v` (the f32 words, u16-aligned).
+                unsafe {
+                    let dims = (b, first + r, tw, s.c_in);
+                    let at = v.add(r * tw * s.c_in);
+                    input_tiles(self.input, self.input_layout, dims, tiles * s.c_in, at);
+                }
+            }
             let offsets: [usize; MAX_TILE] = core::array::from_fn(|i| i * PANEL);
             let post = Post {
                 weight_scale: core::ptr::null(),
@@ -217,59 +247,70 @@ impl Job {
             };
             let groups = s.c_in / 2;
             for xi in 0..16 {
-                for t0 in (0..tw).step_by(Avx512Bf16::TILE) {
-                    let rows = Avx512Bf16::TILE.min(tw - t0);
-                    // SAFETY: the features as above; `1 ≤ rows ≤ 14`, `1 ≤ c_out ≤ 32`.
-                    // Pixel `i < rows` reads the pairs of `V[xi][t0 + i]`, inside `v`;
+                for t0 in (0..tiles).step_by(Avx512Bf16::TILE) {
+                    let n = Avx512Bf16::TILE.min(tiles - t0);
+                    // SAFETY: the features as above; `1 ≤ n ≤ 14`, `1 ≤ c_out ≤ 32`.
+                    // Pixel `i < n` reads the pairs of `V[xi][t0 + i]`, inside `v`;
                     // row `g < c_in/2` of the weight reads `U`'s 64 values at
                     // `(xi·c_in/2 + g)·64`, inside the `16·c_in·32` that `run` holds
                     // and nobody writes during the call; the sums go to
-                    // `m[(xi·tw + t0 + i)·32 + co]`, inside `m`, this task's own.
+                    // `m[(xi·tiles + t0 + i)·32 + co]`, inside `m`, this task's own.
                     unsafe {
                         Avx512Bf16::tile(
-                            rows,
+                            n,
                             s.c_out,
-                            v.add((xi * tw + t0) * s.c_in),
+                            v.add((xi * tiles + t0) * s.c_in),
                             s.c_in,
                             &[0],
                             groups,
                             self.u.add(xi * groups * ROW),
                             ROW,
                             &post,
-                            Out::F32(m.as_mut_ptr().add((xi * tw + t0) * PANEL)),
+                            Out::F32(m.as_mut_ptr().add((xi * tiles + t0) * PANEL)),
                             &offsets,
                         );
                     }
                 }
             }
-            // SAFETY: AVX-512F; `m` holds `16·tw·32` values; tile `tx` writes output
-            // pixels `(b, 2ty + dy, 2tx + dx)`, channels `< c_out`: inside the output
-            // block `validate` bounded, and only this task writes rows `2ty, 2ty + 1`
-            // of image `b`.
-            unsafe { fp32::output_tiles(m, (b, ty, tw, s.c_out), self.out, self.out_layout) };
+            for r in 0..rows {
+                // SAFETY: AVX-512F; tile row `first + r`'s `M[ξ][tx]` is at
+                // `m[ξ·tiles·32 + (r·tw + tx)·32 ..]`, inside `m`; its tile `tx` writes
+                // output pixels `(b, 2(first + r) + dy, 2tx + dx)`, channels `< c_out`:
+                // inside the output block `validate` bounded, and only this task
+                // writes those rows of image `b`.
+                unsafe {
+                    let dims = (b, first + r, tw, s.c_out);
+                    let m = &m[r * tw * PANEL..];
+                    fp32::output_tiles(m, tiles * PANEL, dims, self.out, self.out_layout)
+                };
+            }
         });
     }
 }
 
 /// `V[ξ][tx][ci]` of tile row `ty` of image `b`, as [`fp32::input_transform`] computes
-/// it from the f32 (or widened bf16) inputs, rounded to bf16.
+/// it from the f32 (or widened bf16) inputs, rounded to bf16, at `v[ξ·plane + tx·c_in +
+/// ci]` (`plane ≥ tw·c_in`).
 ///
 /// # Safety
 ///
 /// The CPU has AVX-512F/BW/VL and AVX512-BF16; input pixels `(b, 2ty .. 2ty + 4,
 /// 0 .. 2·tw + 2)`, channels `0 .. c_in` (a multiple of 16) are valid reads; `v` holds
-/// `16·tw·c_in` writable values.
+/// `15·plane + tw·c_in` writable values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn input_tiles(
     input: Input,
     il: ImageLayout,
     dims: (usize, usize, usize, usize),
+    plane: usize,
     v: *mut u16,
 ) {
     // SAFETY (both loads): the caller's contract covers every offset `transform_tiles`
     // loads at, 16 values each.
     match input {
-        Input::F32(x) => unsafe { transform_tiles(|at| _mm512_loadu_ps(x.add(at)), il, dims, v) },
+        Input::F32(x) => unsafe {
+            transform_tiles(|at| _mm512_loadu_ps(x.add(at)), il, dims, plane, v)
+        },
         Input::Bf16(x) => unsafe {
             transform_tiles(
                 |at| {
@@ -278,6 +319,7 @@ unsafe fn input_tiles(
                 },
                 il,
                 dims,
+                plane,
                 v,
             )
         },
@@ -295,10 +337,10 @@ unsafe fn transform_tiles(
     load: impl Fn(usize) -> __m512,
     il: ImageLayout,
     (b, ty, tw, c_in): (usize, usize, usize, usize),
+    plane: usize,
     v: *mut u16,
 ) {
     let (rs, ps) = (il.row_stride, il.pixel_stride);
-    let plane = tw * c_in;
     for tx in 0..tw {
         let base = il.index(b, 2 * ty, 2 * tx, 0);
         for c0 in (0..c_in).step_by(LANES) {
