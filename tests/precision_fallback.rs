@@ -2,10 +2,16 @@
 //! on the fp32 kernels (dequantized weights, each convolution input rounded as the
 //! kernels round it), with a notice, or refuses after `require_kernels`.
 //!
-//! One test function: the switch (`force_lowp_off`) is process-wide, so nothing else
-//! may run in this binary while it is on.
+//! One test function: the switches (`force_lowp_off`, `force_direct`) are
+//! process-wide, so nothing else may run in this binary while they are on.
+//!
+//! The fallback does not emulate the bf16 Winograd path (a 3x3 with at least 64 input
+//! channels, a multiple of 16, on a map at least 14 wide), which rounds its transformed
+//! values to bf16: so the kernels are compared on the direct path (`force_direct`),
+//! and the Winograd path's own distance to the fallback is bounded separately.
 
 use densenet::densenet;
+use densenet::runtime::kernels::direct_conv::force_direct;
 use densenet::runtime::kernels::direct_conv::lowp::{force_avx_vnni, force_lowp_off};
 use densenet::runtime::ndarray::{Array4, ArrayD};
 use densenet::runtime::precision::{CalibrationMethod, Precision, QuantizeError, Quantized};
@@ -40,6 +46,8 @@ fn check<M: Network + Clone>(name: &str, model: &M, x: &Array4<f32>) {
     let bf16 = Quantized::bf16(model).unwrap();
     let fp32 = model.forward(x.view()).unwrap();
     let strict = int8.clone().require_kernels().unwrap();
+    let bf16_winograd = bf16.forward(x.view()).unwrap();
+    force_direct(true);
     let kernels = [
         int8.forward(x.view()).unwrap(),
         bf16.forward(x.view()).unwrap(),
@@ -77,6 +85,7 @@ fn check<M: Network + Clone>(name: &str, model: &M, x: &Array4<f32>) {
         bf16.forward(x.view()).unwrap(),
     ];
     force_lowp_off(false);
+    force_direct(false);
 
     assert!(int8.fallback_notice().is_none());
     for (precision, (kernel, fallback)) in
@@ -98,6 +107,15 @@ fn check<M: Network + Clone>(name: &str, model: &M, x: &Array4<f32>) {
     }
     // AVX-VNNI's 256-bit kernel: the same arithmetic as AVX512-VNNI's.
     assert!(relative_gap(&avx_vnni, &kernels[0]) <= 1e-5);
+    // The bf16 Winograd path: the fallback's arithmetic but for the rounding of the
+    // transformed values, a gap of bf16's order, still well inside bf16's from fp32.
+    let winograd = relative_gap(&bf16_winograd, &fallback[1]);
+    let from_fp32 = relative_gap(&kernels[1], &fp32);
+    eprintln!("{name} bf16 with Winograd: fallback vs kernels {winograd:.2e}");
+    assert!(
+        winograd <= 1e-3 && winograd * 4.0 < from_fp32,
+        "{name} bf16 Winograd: {winograd} vs {from_fp32}"
+    );
 }
 
 #[test]

@@ -579,7 +579,7 @@ fn run(
         if let (Isa::Avx512, true, Epilogue::Store, Epilogue::Store, ConvWeight::Hwio(w)) =
             (isa, winograd, prologue, epilogue, weight)
         {
-            if winograd::applies(&shape) {
+            if winograd::takes(&shape, parallel) {
                 winograd::run(input, input_layout, w, shape, out, out_layout, parallel);
                 return true;
             }
@@ -837,6 +837,10 @@ mod tests {
         };
         case(conv3(1, 56, 128, 32), (0, 0), 256, 96, 0, false, true, 1);
         case(conv3(2, 7, 128, 32), (0, 0), 1024, 512, 0, false, true, 2);
+        // 14 and 18 wide: Winograd tasks of two rows of 7 tiles (the last of the 7 rows
+        // alone), and of one row of 9.
+        case(conv3(2, 14, 128, 32), (0, 0), 512, 160, 0, false, true, 14);
+        case(conv3(1, 18, 64, 24), (0, 0), 24, 0, 0, false, false, 15);
         // CIFAR growth 12 (one masked vector) and 40 (two panels, the second masked).
         case(conv3(3, 8, 48, 12), (0, 0), 60, 36, 0, false, false, 3);
         case(conv3(1, 32, 24, 40), (0, 0), 40, 0, 0, false, true, 4);
@@ -962,14 +966,14 @@ mod tests {
             kernel_w: 3,
             stride: 1,
         };
-        for hw in [56, 28, 30] {
+        for hw in [56, 28, 30, 14] {
             assert!(winograd::applies(&conv3(hw, 128, 32)), "{hw}x{hw}");
         }
         assert!(winograd::applies(&conv3(28, 64, 1)));
         assert!(!winograd::applies(&conv3(7, 128, 32)), "odd map");
         assert!(
-            !winograd::applies(&conv3(14, 128, 32)),
-            "fewer than 28 columns"
+            !winograd::applies(&conv3(12, 128, 32)),
+            "fewer than 14 columns"
         );
         assert!(
             !winograd::applies(&conv3(56, 128, 48)),

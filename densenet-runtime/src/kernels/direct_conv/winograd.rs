@@ -14,8 +14,9 @@
 //! thread's scratch, which grows once) and writes `Aᵀ M A` to the output.
 //!
 //! It takes stride-1 3x3 convolutions with at most 32 outputs, at least 64 input
-//! channels (a multiple of 16), an even output of at least 28 columns, and no prologue
-//! or epilogue: DenseNet-121's 3x3 convolutions on its 56x56 and 28x28 maps. Measured on DenseNet-121's 3x3
+//! channels (a multiple of 16), an even output of at least 14 columns, and no prologue
+//! or epilogue: DenseNet-121's 3x3 convolutions on its 56x56, 28x28 and 14x14 maps (on
+//! 14x14 a task takes two rows of tiles, so its GEMMs fill the register tile). Measured on DenseNet-121's 3x3
 //! convolutions (`conv_gflops --winograd`): see BENCHMARKS.md.
 
 use core::arch::x86_64::*;
@@ -36,9 +37,10 @@ const LANES: usize = 16;
 /// Fewest input channels: the GEMMs' depth. With 16 the transforms outweigh the saving
 /// (an 18% slower 16 → 32 conv at 56x56).
 const MIN_C_IN: usize = 64;
-/// Fewest output columns: a row of tiles should fill the 14-row register tile. At 14x14
-/// (7 tiles a row) it measured at par with the direct kernel.
-const MIN_WIDTH: usize = 28;
+/// Fewest output columns: a task's tiles should fill the 14-row register tile, so a
+/// task takes as many whole rows of tiles as fit ([`rows_per_task`]): at 14x14 two rows
+/// of 7 (one row of 7 measured at par with the direct kernel).
+const MIN_WIDTH: usize = 14;
 /// Most floats of a task's `V` and `M` (64 MiB, per thread): wider rows or more
 /// channels take the direct kernel, which needs no scratch. DenseNet-121's largest
 /// is `16·28·(128 + 32)` = 71,680.
@@ -97,13 +99,31 @@ pub(super) fn applies(s: &ConvShape) -> bool {
         && tile_floats(s).is_some_and(|f| f <= MAX_TILE_FLOATS)
 }
 
-/// Floats of a task's `V` (`16·tw·c_in`) and `M` (`16·tw·32`), `None` on overflow.
-/// Bounded by [`MAX_TILE_FLOATS`] where the path [`applies`], which also bounds
-/// `c_in ≤ 2²⁰`, so the transformed weight's `16·c_in·32` floats cannot overflow.
-fn tile_floats(s: &ConvShape) -> Option<usize> {
-    (s.out_w / 2)
+/// Whether `direct_conv` takes this path for `shape`: where it [`applies`], but on maps
+/// narrower than 28 columns only for a call that runs on one thread. There a task takes
+/// two rows of tiles, so a 14x14 map makes 4 uneven tasks an image, which split over two
+/// threads measured 40% slower than the direct kernel's 14 rows (one thread: 8-12%
+/// faster; the bf16 path, whose direct kernel is relatively slower, gains either way).
+pub(super) fn takes(s: &ConvShape, parallel: bool) -> bool {
+    let split = parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1;
+    applies(s) && (s.out_w >= 2 * Avx512::TILE || !split)
+}
+
+/// Floats of a task's `V` (`16·tiles·c_in`) and `M` (`16·tiles·32`), `None` on
+/// overflow, `tiles` being [`rows_per_task`] rows of `out_w / 2`. Bounded by
+/// [`MAX_TILE_FLOATS`] where the path [`applies`], which also bounds `c_in ≤ 2²⁰`, so
+/// the transformed weight's `16·c_in·32` floats cannot overflow.
+pub(super) fn tile_floats(s: &ConvShape) -> Option<usize> {
+    let tw = s.out_w / 2;
+    tw.checked_mul(rows_per_task(tw))?
         .checked_mul(16)?
         .checked_mul(s.c_in.checked_add(PANEL)?)
+}
+
+/// Rows of 2x2 tiles a task takes: as many whole rows of `tw` tiles as fill the 14-row
+/// register tile, at least one.
+pub(super) fn rows_per_task(tw: usize) -> usize {
+    (Avx512::TILE / tw.max(1)).max(1)
 }
 
 /// The convolution of `input` at `input_layout` with the HWIO weight `weight` into
@@ -151,7 +171,7 @@ pub(super) fn run(
             out,
             out_layout,
         };
-        let tasks = s.n * s.out_h / 2;
+        let tasks = s.n * (s.out_h / 2).div_ceil(rows_per_task(s.out_w / 2));
         if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
             (0..tasks).into_par_iter().for_each(|t| job.task(t));
         } else {
@@ -236,72 +256,93 @@ struct Job {
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// Task `t`: tile row `t % (out_h / 2)` of image `t / (out_h / 2)`.
+    /// Task `t`: `k` rows of tiles ([`rows_per_task`], fewer in an image's last task),
+    /// side by side in `V` (`[ξ][r·tw + tx][ci]`) and `M` (`[ξ][r·tw + tx][co]`).
     fn task(&self, t: usize) {
         let s = self.shape;
         let (th, tw) = (s.out_h / 2, s.out_w / 2);
-        let (b, ty) = (t / th, t % th);
+        let k = rows_per_task(tw);
+        let per_image = th.div_ceil(k);
+        let (b, first) = (t / per_image, t % per_image * k);
+        let rows = k.min(th - first);
         // No overflow: at most `MAX_TILE_FLOATS` together (`applies`).
-        let (v_len, m_len) = (16 * tw * s.c_in, 16 * tw * PANEL);
+        let (v_len, m_len) = (16 * rows * tw * s.c_in, 16 * rows * tw * PANEL);
         with_buffer(&TILES, v_len + m_len, |scratch| {
             let (v, m) = scratch.split_at_mut(v_len);
-            self.tile_row(b, ty, v, m);
+            self.tile_rows(b, first..first + rows, v, m);
         });
     }
 
-    /// Tile row `ty` of image `b`: input transform into `v` (`V[ξ][tx][ci]`), 16 GEMMs
-    /// into `m` (`M[ξ][tx][co]`), output transform into output rows `2ty, 2ty + 1`.
-    fn tile_row(&self, b: usize, ty: usize, v: &mut [f32], m: &mut [f32]) {
+    /// Tile rows `rows` of image `b`: input transforms into `v` (`V[ξ][r·tw + tx][ci]`),
+    /// 16 GEMMs over all their tiles into `m` (`M[ξ][r·tw + tx][co]`), output
+    /// transforms into their output rows.
+    fn tile_rows(&self, b: usize, rows: core::ops::Range<usize>, v: &mut [f32], m: &mut [f32]) {
         let s = self.shape;
         let tw = s.out_w / 2;
-        assert!(v.len() == 16 * tw * s.c_in && m.len() == 16 * tw * PANEL);
-        // SAFETY: `run` asserted AVX-512F and, with `check`, that the input
-        // block of `(n, out_h + 2, out_w + 2, c_in)` lies inside the input slice: tile
-        // row `ty` reads input rows `2ty .. 2ty + 4 ≤ out_h + 2` and columns
-        // `.. 2·tw + 2 = out_w + 2`, channels `c0 .. c0 + 16 ≤ c_in` (`c_in % 16 == 0`).
-        // Writes go to `v` (length asserted above).
-        unsafe { input_tiles(self.input, self.input_layout, (b, ty, tw, s.c_in), v) };
+        let tiles = rows.len() * tw;
+        assert!(v.len() == 16 * tiles * s.c_in && m.len() == 16 * tiles * PANEL);
+        for (r, ty) in rows.clone().enumerate() {
+            // SAFETY: `run` asserted AVX-512F and, with `check`, that the input block
+            // of `(n, out_h + 2, out_w + 2, c_in)` lies inside the input slice: tile row
+            // `ty` reads input rows `2ty .. 2ty + 4 ≤ out_h + 2` and columns
+            // `.. 2·tw + 2 = out_w + 2`, channels `c0 .. c0 + 16 ≤ c_in`
+            // (`c_in % 16 == 0`). It writes `v[ξ·tiles·c_in + (r·tw + tx)·c_in + ci]`,
+            // inside `v` (length asserted above).
+            unsafe {
+                input_tiles(
+                    self.input,
+                    self.input_layout,
+                    (b, ty, tw, s.c_in),
+                    tiles * s.c_in,
+                    &mut v[r * tw * s.c_in..],
+                )
+            };
+        }
         let offsets: [usize; MAX_TILE] = core::array::from_fn(|i| i * PANEL);
         let null = (core::ptr::null(), core::ptr::null());
         for xi in 0..16 {
-            for t0 in (0..tw).step_by(Avx512::TILE) {
-                let rows = Avx512::TILE.min(tw - t0);
-                // SAFETY: AVX-512F as above; `1 ≤ rows ≤ 14`, `1 ≤ c_out ≤ 32`. Pixel
-                // `i < rows` reads `v[(xi·tw + t0 + i)·c_in + ci]`, `ci < c_in`: inside
-                // `v`'s `16·tw·c_in`. Weight row `ci` reads `u[(xi·c_in + ci)·32 + co]`,
+            for t0 in (0..tiles).step_by(Avx512::TILE) {
+                let n = Avx512::TILE.min(tiles - t0);
+                // SAFETY: AVX-512F as above; `1 ≤ n ≤ 14`, `1 ≤ c_out ≤ 32`. Pixel
+                // `i < n` reads `v[(xi·tiles + t0 + i)·c_in + ci]`, `ci < c_in`: inside
+                // `v`'s `16·tiles·c_in`. Weight row `ci` reads `u[(xi·c_in + ci)·32 + co]`,
                 // `co < c_out ≤ 32`: inside the `16·c_in·32` transformed weight, which
                 // `run` holds and nobody writes during the call. Writes go to
-                // `m[(xi·tw + t0 + i)·32 + co]`: inside `m`, this task's own.
+                // `m[(xi·tiles + t0 + i)·32 + co]`: inside `m`, this task's own.
                 unsafe {
                     Avx512::tile(
-                        rows,
+                        n,
                         s.c_out,
-                        v.as_ptr().add((xi * tw + t0) * s.c_in),
+                        v.as_ptr().add((xi * tiles + t0) * s.c_in),
                         s.c_in,
                         &[0],
                         s.c_in,
                         self.u.add(xi * s.c_in * PANEL),
                         PANEL,
                         null,
-                        m.as_mut_ptr().add((xi * tw + t0) * PANEL),
+                        m.as_mut_ptr().add((xi * tiles + t0) * PANEL),
                         &offsets,
                         false,
                     );
                 }
             }
         }
-        // SAFETY: AVX-512F as above. Tile `tx` writes output pixels `(b, 2ty + dy,
-        // 2tx + dx)`, `dy, dx < 2`, channels `< c_out`: inside the output block `check`
-        // bounded, and only this task writes output rows `2ty, 2ty + 1` of image `b`.
-        unsafe {
-            output_tiles(
-                m,
-                tw * PANEL,
-                (b, ty, tw, s.c_out),
-                self.out,
-                self.out_layout,
-            )
-        };
+        for (r, ty) in rows.enumerate() {
+            // SAFETY: AVX-512F as above; row `r`'s `M[ξ][tx]` is at
+            // `m[ξ·tiles·32 + (r·tw + tx)·32 ..]`, inside `m`. Tile `tx` writes output
+            // pixels `(b, 2ty + dy, 2tx + dx)`, `dy, dx < 2`, channels `< c_out`: inside
+            // the output block `check` bounded, and only this task writes output rows
+            // `2ty, 2ty + 1` of image `b`.
+            unsafe {
+                output_tiles(
+                    &m[r * tw * PANEL..],
+                    tiles * PANEL,
+                    (b, ty, tw, s.c_out),
+                    self.out,
+                    self.out_layout,
+                )
+            };
+        }
     }
 }
 
@@ -309,10 +350,13 @@ impl Job {
 /// `2tx..` of image `b`, 16 channels at a time, with
 /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`.
 ///
+/// Stored at `v[ξ·plane + tx·c_in + ci]` (`plane ≥ tw·c_in`: a task's tile rows side by
+/// side).
+///
 /// # Safety
 ///
 /// The CPU has AVX-512F; input pixels `(b, 2ty .. 2ty + 4, 0 .. 2·tw + 2)`, channels
-/// `0 .. c_in` (a multiple of 16) are valid reads; `v` holds `16·tw·c_in` values.
+/// `0 .. c_in` (a multiple of 16) are valid reads.
 // The transforms index 4x4 tiles by row and column, as the formulas do.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
@@ -320,11 +364,11 @@ unsafe fn input_tiles(
     input: *const f32,
     il: ImageLayout,
     (b, ty, tw, c_in): (usize, usize, usize, usize),
+    plane: usize,
     v: &mut [f32],
 ) {
-    assert!(v.len() >= 16 * tw * c_in);
+    assert!(plane >= tw * c_in && v.len() >= 15 * plane + tw * c_in);
     let (rs, ps) = (il.row_stride, il.pixel_stride);
-    let plane = tw * c_in;
     for tx in 0..tw {
         let base = il.index(b, 2 * ty, 2 * tx, 0);
         for c0 in (0..c_in).step_by(LANES) {
@@ -336,7 +380,7 @@ unsafe fn input_tiles(
             for (r, row) in input_transform(d).into_iter().enumerate() {
                 for (j, value) in row.into_iter().enumerate() {
                     let at = (r * 4 + j) * plane + tx * c_in + c0;
-                    // SAFETY: `at + 16 ≤ 16·tw·c_in` (asserted above).
+                    // SAFETY: `at + 16 ≤ 15·plane + tw·c_in` (asserted above).
                     unsafe { _mm512_storeu_ps(v.as_mut_ptr().add(at), value) };
                 }
             }

@@ -22,7 +22,7 @@
 
 use core::arch::x86_64::*;
 
-use super::super::winograd::{self as fp32, TILES};
+use super::super::winograd::{self as fp32, rows_per_task, TILES};
 use super::super::{ConvShape, ImageLayout, MAX_TILE, PARALLEL_MACS};
 use super::avx512_bf16::Avx512Bf16;
 use super::bf16::Bf16Weight;
@@ -37,24 +37,9 @@ const ROW: usize = 2 * PANEL;
 
 /// Whether a bf16 convolution of `shape` with no prologue or epilogue and an f32 output
 /// runs here: the fp32 path's shapes (stride-1 3x3, at most 32 outputs, at least 64
-/// input channels and a multiple of 16, an even output at least 28 wide).
+/// input channels and a multiple of 16, an even output at least 14 wide).
 pub(super) fn applies(shape: &ConvShape) -> bool {
-    // fp32's shapes, and 14 wide: there a task takes two rows of 2x2 tiles, which fill
-    // the 14-row register tile as one row of a 28-wide map does.
     fp32::applies(shape)
-        || shape.out_w >= MIN_WIDTH
-            && shape
-                .out_w
-                .checked_mul(2)
-                .is_some_and(|out_w| fp32::applies(&ConvShape { out_w, ..*shape }))
-}
-
-/// Fewest output columns: 7 tiles a row, two rows a task.
-const MIN_WIDTH: usize = 14;
-
-/// Tile rows of a task: as many whole rows as fill the 14-row register tile.
-fn rows_per_task(tw: usize) -> usize {
-    (Avx512Bf16::TILE / tw).max(1)
 }
 
 /// A Winograd call's input: f32 values or bf16 bits.
@@ -219,7 +204,7 @@ impl Job {
         let rows = k.min(th - first);
         let tiles = rows * tw;
         // `V`'s bf16 values in f32 words, then `M`. No overflow: `applies` bounds
-        // `16·2tw·(c_in + 32)`, and `tiles ≤ max(tw, 14)`.
+        // `16·tiles·(c_in + 32)` (`fp32::tile_floats`).
         let (v_words, m_len) = (8 * tiles * s.c_in, 16 * tiles * PANEL);
         fp32::with_buffer(&TILES, v_words + m_len, |scratch| {
             let (v, m) = scratch.split_at_mut(v_words);
