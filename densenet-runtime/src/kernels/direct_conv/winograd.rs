@@ -122,8 +122,22 @@ pub(super) fn tile_floats(s: &ConvShape) -> Option<usize> {
 
 /// Rows of 2x2 tiles a task takes: as many whole rows of `tw` tiles as fill the 14-row
 /// register tile, at least one.
-pub(super) fn rows_per_task(tw: usize) -> usize {
+fn rows_per_task(tw: usize) -> usize {
     (Avx512::TILE / tw.max(1)).max(1)
+}
+
+/// Tasks of a call (the bf16 path's too): [`rows_per_task`] rows of tiles each, an
+/// image's last task taking what is left.
+pub(super) fn tasks(s: &ConvShape) -> usize {
+    s.n * (s.out_h / 2).div_ceil(rows_per_task(s.out_w / 2))
+}
+
+/// Task `t`'s image and rows of tiles (see [`tasks`]).
+pub(super) fn task_rows(s: &ConvShape, t: usize) -> (usize, core::ops::Range<usize>) {
+    let (th, k) = (s.out_h / 2, rows_per_task(s.out_w / 2));
+    let per_image = th.div_ceil(k);
+    let (b, first) = (t / per_image, t % per_image * k);
+    (b, first..(first + k).min(th))
 }
 
 /// The convolution of `input` at `input_layout` with the HWIO weight `weight` into
@@ -171,7 +185,7 @@ pub(super) fn run(
             out,
             out_layout,
         };
-        let tasks = s.n * (s.out_h / 2).div_ceil(rows_per_task(s.out_w / 2));
+        let tasks = tasks(&s);
         if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
             (0..tasks).into_par_iter().for_each(|t| job.task(t));
         } else {
@@ -260,16 +274,13 @@ impl Job {
     /// side by side in `V` (`[ξ][r·tw + tx][ci]`) and `M` (`[ξ][r·tw + tx][co]`).
     fn task(&self, t: usize) {
         let s = self.shape;
-        let (th, tw) = (s.out_h / 2, s.out_w / 2);
-        let k = rows_per_task(tw);
-        let per_image = th.div_ceil(k);
-        let (b, first) = (t / per_image, t % per_image * k);
-        let rows = k.min(th - first);
+        let (b, rows) = task_rows(&s, t);
+        let tiles = rows.len() * (s.out_w / 2);
         // No overflow: at most `MAX_TILE_FLOATS` together (`applies`).
-        let (v_len, m_len) = (16 * rows * tw * s.c_in, 16 * rows * tw * PANEL);
+        let (v_len, m_len) = (16 * tiles * s.c_in, 16 * tiles * PANEL);
         with_buffer(&TILES, v_len + m_len, |scratch| {
             let (v, m) = scratch.split_at_mut(v_len);
-            self.tile_rows(b, first..first + rows, v, m);
+            self.tile_rows(b, rows, v, m);
         });
     }
 

@@ -22,7 +22,7 @@
 
 use core::arch::x86_64::*;
 
-use super::super::winograd::{self as fp32, rows_per_task, TILES};
+use super::super::winograd::{self as fp32, TILES};
 use super::super::{ConvShape, ImageLayout, MAX_TILE, PARALLEL_MACS};
 use super::avx512_bf16::Avx512Bf16;
 use super::bf16::Bf16Weight;
@@ -97,7 +97,7 @@ pub(super) unsafe fn run(
         out,
         out_layout,
     };
-    let tasks = s.n * (s.out_h / 2).div_ceil(rows_per_task(s.out_w / 2));
+    let tasks = fp32::tasks(&s);
     if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
         (0..tasks).into_par_iter().for_each(|t| job.task(t));
     } else {
@@ -191,17 +191,14 @@ struct Job {
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// Task `t`: `k` tile rows (`rows_per_task`, fewer in an image's last task) of an
-    /// image, side by side in `V` (`[ξ][r·tw + tx][ci]`, bf16) and `M` (`[ξ][r·tw +
+    /// Task `t`: its tile rows (`fp32::task_rows`) of an image, side by side in `V` (`[ξ][r·tw + tx][ci]`, bf16) and `M` (`[ξ][r·tw +
     /// tx][co]`, f32): their input transforms, 16 GEMMs over all their tiles, the
     /// output transforms into their output rows.
     fn task(&self, t: usize) {
         let s = self.shape;
-        let (th, tw) = (s.out_h / 2, s.out_w / 2);
-        let k = rows_per_task(tw);
-        let per_image = th.div_ceil(k);
-        let (b, first) = (t / per_image, t % per_image * k);
-        let rows = k.min(th - first);
+        let tw = s.out_w / 2;
+        let (b, task_rows) = fp32::task_rows(&s, t);
+        let (first, rows) = (task_rows.start, task_rows.len());
         let tiles = rows * tw;
         // `V`'s bf16 values in f32 words, then `M`. No overflow: `applies` bounds
         // `16·tiles·(c_in + 32)` (`fp32::tile_floats`).
