@@ -23,7 +23,7 @@ use densenet::ndarray::{Array1, Array4};
 use densenet::runtime::kernels::direct_conv::{
     direct_conv, force_direct, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight,
 };
-use densenet::runtime::kernels::gemm::{gemm, MatMut, MatRef};
+use densenet::runtime::kernels::gemm::{gemm, gemm_unpacked, MatMut, MatRef};
 use densenet::runtime::kernels::im2col::{im2col, Window};
 use densenet::runtime::layers::{avg_pool2d, max_pool2d, BatchNorm2d, Conv2d, Conv2dConfig};
 use densenet::runtime::Rng;
@@ -108,6 +108,58 @@ fn gemms(c: &mut Criterion) {
             })
         },
     );
+    group.finish();
+}
+
+/// `(name, m, k, n, a_transposed)`: the training step's products, one thread.
+/// `a_transposed` marks a weight gradient (`A` is an activation matrix's transpose,
+/// `k` its pixels).
+const TRAINING_SHAPES: [(&str, usize, usize, usize, bool); 5] = [
+    // DenseNet-121 block 1, a bottleneck's 1x1 weight gradient over one 384-row chunk:
+    // normedᵀ (256 × 384) · dz (384 × 128).
+    ("121_1x1_weight_grad", 256, 384, 128, true),
+    // Its input gradient over the chunk: dz (384 × 128) · Wᵀ (128 × 256).
+    ("121_1x1_input_grad", 384, 128, 256, false),
+    // One tap of a 56x56 3x3 weight gradient over an 8,192-pixel task, transposed:
+    // dyᵀ (32 × 8192) · x (8192 × 128).
+    ("121_3x3_tap_weight_grad", 32, 8192, 128, true),
+    // DenseNet-BC-100 (k = 12): a 1x1 weight gradient over a 480-row chunk.
+    ("bc100_1x1_weight_grad", 200, 480, 48, true),
+    // One tap of its 3x3 weight gradient: dyᵀ (12 × 8192) · x (8192 × 48).
+    ("bc100_3x3_tap_weight_grad", 12, 8192, 48, true),
+];
+
+/// The `gemm` crate against [`gemm_unpacked`] on the training step's shapes (the
+/// crate packs both operands on every call; the unpacked tiles read them in place).
+fn training_gemms(c: &mut Criterion) {
+    let mut group = short(c, "training_gemm");
+    for (i, &(name, m, k, n, a_transposed)) in TRAINING_SHAPES.iter().enumerate() {
+        let a = data(m * k, 20 + 2 * i as u64);
+        let b = data(k * n, 21 + 2 * i as u64);
+        let a_view = || {
+            if a_transposed {
+                MatRef::row_major(black_box(&a), k, m).t()
+            } else {
+                MatRef::row_major(black_box(&a), m, k)
+            }
+        };
+        let mut out = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+        group.bench_function(BenchmarkId::new("crate", name), |bench| {
+            bench.iter(|| {
+                let b = MatRef::row_major(black_box(&b), k, n);
+                gemm(1.0, a_view(), b, 0.0, MatMut::row_major(&mut out, m, n));
+                black_box(&out);
+            })
+        });
+        group.bench_function(BenchmarkId::new("unpacked", name), |bench| {
+            bench.iter(|| {
+                let b = MatRef::row_major(black_box(&b), k, n);
+                gemm_unpacked(a_view(), b, MatMut::row_major(&mut out, m, n), false);
+                black_box(&out);
+            })
+        });
+    }
     group.finish();
 }
 
@@ -384,6 +436,7 @@ fn pools(c: &mut Criterion) {
 criterion_group!(
     benches,
     gemms,
+    training_gemms,
     convs,
     direct_convs,
     im2cols,

@@ -10,12 +10,11 @@
 //! leaves it in place, checked below.
 //!
 //! What a step still allocates is small and counted here: per-layer batch statistics
-//! and tape records (a few floats per channel: ~2,500 allocations, 1.6 MiB, for the
-//! BC model below at batch 16, against 70 MiB in its first step), and the `gemm`
-//! crate's packing buffers, told apart by their SIMD alignment (~550 a step, 31 MiB in
-//! all: the crate allocates them on every call and takes no caller scratch). A step
-//! with no allocation at all needs GEMMs of our own for the weight gradients and the
-//! bottleneck's input gradient, working in the caller's scratch.
+//! and tape records (a few floats per channel: ~1,200 allocations, 1.5 MiB, for the
+//! BC model below at batch 16, against 175 MiB in its first step). Products run on
+//! `gemm_unpacked` in the step's scratch; the SIMD-aligned allocations counted apart
+//! (once the `gemm` crate's packing buffers, ~550 a step) are now rayon's: a block of
+//! its job queue now and then, when work is injected from outside its pool.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +28,7 @@ use densenet::runtime::train::{
 use densenet::runtime::{Model, Rng};
 
 /// Counts allocation calls and bytes (alloc, alloc_zeroed and realloc's new size),
-/// apart for SIMD-aligned ones (the `gemm` crate's packing buffers).
+/// apart for SIMD-aligned ones.
 struct Counting;
 
 /// `[calls, bytes, largest]` of allocations aligned to less than 32 bytes.
@@ -146,7 +145,7 @@ fn no_large_allocation_after_warm_up<M: Model>(label: &str, model: M, n: usize, 
     for (i, (plain, aligned, kept)) in counts.iter().enumerate() {
         println!(
             "{label} step {i}: {} allocations, {} KiB, largest {} KiB; \
-             SIMD-aligned (gemm's packing): {}, {} KiB; kept {} KiB",
+             SIMD-aligned: {}, {} KiB; kept {} KiB",
             plain[0],
             plain[1] / 1024,
             plain[2] / 1024,

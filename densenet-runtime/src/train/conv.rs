@@ -4,14 +4,15 @@
 //! takes its input gradient as a convolution of the padded output gradient with the
 //! flipped kernel (on the direct kernels), and its weight gradient as one GEMM per tap
 //! of a shifted view of the padded input: no im2col or col2im matrix, which cost more
-//! than the products at DenseNet's widths. 1x1 convolutions are two GEMMs; anything
+//! than the products at DenseNet's widths. 1x1 convolutions are two products; anything
 //! else (the stem's strided 7x7) takes im2col + GEMM and col2im, as does every
-//! convolution on CPUs without the direct kernels.
+//! convolution on CPUs without the direct kernels. Every product is
+//! [`gemm_unpacked`]: in the caller's layout, in the step's scratch, no allocation.
 
 use ndarray::{Array4, ArrayView4};
 
 use crate::kernels::direct_conv::{self, Epilogue};
-use crate::kernels::gemm::{gemm, MatMut, MatRef};
+use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
 use crate::layers::{conv2d_into, zero_border, Conv2d, Conv2dConfig};
 use crate::parallel::prelude::*;
@@ -113,7 +114,6 @@ fn backward(
     let weight = hwio.as_slice().expect("weight() is contiguous");
     let win = conv.window();
     let k_len = win.kernel_h * win.kernel_w * c_in;
-    let w_mat = MatRef::row_major(weight, k_len, c_out);
     let dw_shape = if weights {
         (win.kernel_h, win.kernel_w, c_in, c_out)
     } else {
@@ -128,19 +128,14 @@ fn backward(
     let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1 && win.padding == 0;
     if pointwise {
         let rows = n * h * w;
-        let dy = MatRef::row_major(dy, rows, c_out);
-        let x_mat = MatRef::row_major(x, rows, c_in);
         if weights {
-            gemm(
-                1.0,
-                x_mat.t(),
-                dy,
-                0.0,
-                MatMut::row_major(dw_slice, k_len, c_out),
-            );
+            let partials = take(scratch, sum_partials_len(rows, k_len, c_out));
+            sum_over_rows(x, dy, (rows, k_len, c_out), dw_slice, false, partials);
         }
         if let Some(dx) = dx {
-            gemm(1.0, dy, w_mat.t(), 0.0, MatMut::row_major(dx, rows, c_in));
+            let w_t = take(scratch, k_len * c_out);
+            transpose_into(weight, k_len, c_out, w_t);
+            product_by_rows(dy, MatRef::row_major(w_t, c_out, k_len), dx);
         }
         return weights.then_some(dw);
     }
@@ -167,20 +162,23 @@ fn backward(
     let image_rows = oh * ow;
     let image_scratch = image_rows * k_len;
     let images_per_step = (SCRATCH_LIMIT / image_scratch.max(1)).clamp(1, n.max(1));
+    // The scratch holds a step's im2col matrix, then the weight transposed (for the
+    // input gradient) or the weight gradient's partial sums.
+    let step_rows = images_per_step * image_rows;
+    let cols_len = step_rows * k_len;
+    let rest_len = if weights {
+        sum_partials_len(step_rows, k_len, c_out)
+    } else {
+        0
+    }
+    .max(if dx.is_some() { k_len * c_out } else { 0 });
+    let (all_cols, rest) = take(scratch, cols_len + rest_len).split_at_mut(cols_len);
     let mut first = 0;
     while first < n {
         let count = images_per_step.min(n - first);
         let rows = count * image_rows;
-        let len = rows * k_len;
-        if scratch.len() < len {
-            scratch.resize(len, 0.0);
-        }
-        let cols = &mut scratch[..len];
-        let dy_step = MatRef::row_major(
-            &dy[first * image_rows * c_out..][..rows * c_out],
-            rows,
-            c_out,
-        );
+        let cols = &mut all_cols[..rows * k_len];
+        let dy_step = &dy[first * image_rows * c_out..][..rows * c_out];
         if weights {
             im2col(
                 &x[first * image_in..(first + count) * image_in],
@@ -192,24 +190,14 @@ fn backward(
                 cols,
             );
             // dW (+)= Xᵀ·dY, accumulated over the steps.
-            let beta = if first == 0 { 0.0 } else { 1.0 };
-            gemm(
-                1.0,
-                MatRef::row_major(cols, rows, k_len).t(),
-                dy_step,
-                beta,
-                MatMut::row_major(dw_slice, k_len, c_out),
-            );
+            let dims = (rows, k_len, c_out);
+            sum_over_rows(cols, dy_step, dims, dw_slice, first > 0, rest);
         }
         if let Some(dx) = dx.as_deref_mut() {
             // dX = dY·Wᵀ into the same scratch (X is no longer needed), then col2im.
-            gemm(
-                1.0,
-                dy_step,
-                w_mat.t(),
-                0.0,
-                MatMut::row_major(cols, rows, k_len),
-            );
+            let w_t = &mut rest[..k_len * c_out];
+            transpose_into(weight, k_len, c_out, w_t);
+            product_by_rows(dy_step, MatRef::row_major(w_t, c_out, k_len), cols);
             col2im(
                 cols,
                 count,
@@ -329,13 +317,14 @@ fn weight_gradient_by_taps(
         let (t, tap) = (job / taps, job % taps);
         let rows = TAP_ROWS.min(grid - t * TAP_ROWS);
         let first = t * TAP_ROWS;
-        let b = MatRef::row_major(&dyg[first * c_out..][..rows * c_out], rows, c_out);
+        let dy_rows = MatRef::row_major(&dyg[first * c_out..][..rows * c_out], rows, c_out);
         let off = (tap / k) * wp + tap % k;
-        let a = MatRef::row_major(&xp[(first + off) * c_in..][..rows * c_in], rows, c_in);
-        // Column-major (`c_out` runs of `c_in`): the `gemm` crate's microkernel then
-        // spans `c_in` (a multiple of 16 in DenseNet-BC's 4k = 48) instead of `c_out`
+        let x_rows = MatRef::row_major(&xp[(first + off) * c_in..][..rows * c_in], rows, c_in);
+        // Transposed (`dyᵀ·x`, `c_out` rows of `c_in`): the tiles' vectors then span
+        // `c_in` (a multiple of 16 in DenseNet-BC's 4k = 48) instead of `c_out`
         // (k = 12: 12 of 16 lanes).
-        gemm(1.0, a.t(), b, 0.0, MatMut::new(dst, c_in, c_out, 1, c_in));
+        let dst = MatMut::row_major(dst, c_out, c_in);
+        gemm_unpacked(dy_rows.t(), x_rows, dst, false);
     };
     let task_len = (taps * per_tap).max(1);
     partials
@@ -354,6 +343,90 @@ fn weight_gradient_by_taps(
             }
         }
     }
+}
+
+/// Floats of the partial sums [`sum_over_rows`] keeps for `rows` rows of an
+/// `m × n` product (none when one task takes them all).
+fn sum_partials_len(rows: usize, m: usize, n: usize) -> usize {
+    match rows.div_ceil(TAP_ROWS) {
+        0 | 1 => 0,
+        tasks => tasks * m * n,
+    }
+}
+
+/// `dst ← aᵀ·b` (or `dst += aᵀ·b` with `accumulate`) for row-major `a` (`rows × m`)
+/// and `b` (`rows × n`), `dst` row-major `m × n`: a weight gradient, summed over the
+/// batch's pixels. The rows split into [`TAP_ROWS`]-row tasks run in parallel, each
+/// task's product in `partials` ([`sum_partials_len`] floats), added in task order:
+/// the same sums on any number of threads.
+fn sum_over_rows(
+    a: &[f32],
+    b: &[f32],
+    (rows, m, n): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    partials: &mut [f32],
+) {
+    let product = |r0: usize, len: usize, dst: &mut [f32], accumulate: bool| {
+        let a = MatRef::row_major(&a[r0 * m..][..len * m], len, m).t();
+        let b = MatRef::row_major(&b[r0 * n..][..len * n], len, n);
+        gemm_unpacked(a, b, MatMut::row_major(dst, m, n), accumulate);
+    };
+    let tasks = rows.div_ceil(TAP_ROWS);
+    if tasks <= 1 {
+        return product(0, rows, &mut dst[..m * n], accumulate);
+    }
+    let partials = &mut partials[..tasks * m * n];
+    partials
+        .par_chunks_mut((m * n).max(1))
+        .enumerate()
+        .for_each(|(t, partial)| {
+            let r0 = t * TAP_ROWS;
+            product(r0, TAP_ROWS.min(rows - r0), partial, false);
+        });
+    let dst = &mut dst[..m * n];
+    if !accumulate {
+        dst.fill(0.0);
+    }
+    for partial in partials.chunks_exact((m * n).max(1)) {
+        dst.iter_mut().zip(partial).for_each(|(d, &p)| *d += p);
+    }
+}
+
+/// Rows of `c` one task of [`product_by_rows`] computes.
+const PRODUCT_ROWS: usize = 512;
+
+/// `c ← a·b` for row-major `a` (`rows × k`) and `c` (`rows × n`), `b` a `k × n` view
+/// with unit-stride rows: an input gradient `dY·Wᵀ`, its rows split into tasks run in
+/// parallel (each row's value does not depend on the split).
+fn product_by_rows(a: &[f32], b: MatRef<'_>, c: &mut [f32]) {
+    let (k, n) = (b.rows(), b.cols());
+    let rows = c.len().checked_div(n).unwrap_or(0);
+    c[..rows * n]
+        .par_chunks_mut((PRODUCT_ROWS * n).max(1))
+        .enumerate()
+        .for_each(|(t, c)| {
+            let len = c.len() / n;
+            let a = MatRef::row_major(&a[t * PRODUCT_ROWS * k..][..len * k], len, k);
+            gemm_unpacked(a, b, MatMut::row_major(c, len, n), false);
+        });
+}
+
+/// `dst ← srcᵀ`, `src` a row-major `rows × cols` matrix, `dst` `cols × rows`.
+pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    for (i, row) in src.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (j, &x) in row.iter().enumerate() {
+            dst[j * rows + i] = x;
+        }
+    }
+}
+
+/// The first `len` floats of `v`, grown (with zeros) if it is shorter.
+fn take(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
 }
 
 #[cold]

@@ -2,7 +2,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use crate::kernels::gemm::{gemm, MatMut, MatRef};
+use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::layers::Linear;
 
 /// Gradients of `y = x·Wᵀ + b` given `dy = ∂L/∂y` (`(N, out)`), for the forward input
@@ -36,21 +36,19 @@ pub fn linear_backward(
 
     let mut dx = Array2::zeros((n, in_features));
     let dx_slice = dx.as_slice_mut().expect("a new array is contiguous");
-    gemm(
-        1.0,
+    gemm_unpacked(
         dy_mat,
         weight,
-        0.0,
         MatMut::row_major(dx_slice, n, in_features),
+        false,
     );
     let mut dw = Array2::zeros((out_features, in_features));
     let dw_slice = dw.as_slice_mut().expect("a new array is contiguous");
-    gemm(
-        1.0,
+    gemm_unpacked(
         dy_mat.t(),
         x,
-        0.0,
         MatMut::row_major(dw_slice, out_features, in_features),
+        false,
     );
     let db = dy.sum_axis(Axis(0));
     (dx, dw, db)

@@ -19,8 +19,7 @@ use densenet_spec::Head;
 use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2};
 
 use crate::kernels::direct_conv::Epilogue;
-use crate::kernels::gemm::MatMut;
-use crate::kernels::gemm::{gemm, MatRef};
+use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::layers::{
     conv1x1_into_padded, conv2d_into, global_avg_pool, pool2d_into, relu_padded_into, BatchNorm2d,
     Conv2d, DenseLayer, Linear,
@@ -35,7 +34,7 @@ use crate::train::batch_norm::{
     scale_shift, BackwardCoef, Moments,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
-use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing};
+use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing, transpose_into};
 use crate::train::pool::{
     avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
     max_pool2d_train_into, output_size,
@@ -1291,10 +1290,10 @@ fn task_rows(rows: usize) -> usize {
 
 /// Rows of one chunk of a task of [`bottleneck_input_backward`] over `c` input channels:
 /// as many as keep the chunk's recomputed BN1-ReLU and input gradient (`c` floats a row
-/// each) within ~768 KiB of L2, 64 to 1,024. Each chunk is two `gemm` calls that pack
-/// their operands afresh, so fewer, larger chunks pay less packing: 512 rows instead of
-/// 256 took ~6% off a DenseNet-BC-100 step at batch 64 (`bench_train`, alternating
-/// binaries, 2 threads, Zen 5), 1,024 gained nothing more.
+/// each) within ~768 KiB of L2, 64 to 1,024. (Tuned when each chunk's two products
+/// packed their operands afresh: 512 rows instead of 256 took ~6% off a DenseNet-BC-100
+/// step at batch 64, `bench_train`, alternating binaries, 2 threads, Zen 5; 1,024
+/// gained nothing more.)
 fn chunk_rows(c: usize) -> usize {
     ((96 * 1024) / c.max(1)).clamp(64, 1024)
 }
@@ -1324,17 +1323,25 @@ fn bottleneck_input_backward(
     let coef = BackwardCoef::new(norm1, stats);
     let a = input_gradient_scale(norm1, stats);
     let (scale, shift) = scale_shift(norm1, stats);
-    let weight = conv1.weight();
-    let w_mat = MatRef::row_major(weight.as_slice().expect("weight() is contiguous"), c, width);
     // Each task's recomputed chunk, its input gradient and partial weight gradient, and
-    // its partial sums, in the step's scratch.
+    // its partial sums, in the step's scratch; after them the weight transposed
+    // (`width × c`), so that the input gradient's right operand has unit-stride rows.
     let per_task = task_rows(rows);
     let tasks = rows.div_ceil(per_task);
     let dw_len = if need_dw { c * width } else { 0 };
     let chunk = chunk_rows(c);
     let chunk_len = chunk.min(per_task) * c;
     let task_len = (2 * chunk_len + dw_len).max(1);
-    let task_floats = take(task_scratch, tasks * task_len);
+    let (task_floats, w_t) =
+        take(task_scratch, tasks * task_len + width * c).split_at_mut(tasks * task_len);
+    let weight = conv1.weight();
+    transpose_into(
+        weight.as_slice().expect("weight() is contiguous"),
+        c,
+        width,
+        w_t,
+    );
+    let w_t = MatRef::row_major(w_t, width, c);
     let task_sums = sums_scratch;
     task_sums.clear();
     task_sums.resize(tasks * 2 * c, 0.0);
@@ -1354,18 +1361,11 @@ fn bottleneck_input_backward(
             }
             let dz_chunk = MatRef::row_major(&dz[r0 * width..][..r * width], r, width);
             if need_dw {
-                let beta = if i == 0 { 0.0 } else { 1.0 };
                 let a = MatRef::row_major(normed, r, c).t();
-                gemm(1.0, a, dz_chunk, beta, MatMut::row_major(dw, c, width));
+                gemm_unpacked(a, dz_chunk, MatMut::row_major(dw, c, width), i > 0);
             }
             let d_chunk = &mut d_chunk[..r * c];
-            gemm(
-                1.0,
-                dz_chunk,
-                w_mat.t(),
-                0.0,
-                MatMut::row_major(d_chunk, r, c),
-            );
+            gemm_unpacked(dz_chunk, w_t, MatMut::row_major(d_chunk, r, c), false);
             let g = ArrayViewMut2::from_shape(
                 ndarray::ShapeBuilder::strides((r, c), (c_out, 1)),
                 g_chunk,
@@ -1510,7 +1510,10 @@ fn record_head(
     let normed = bn_relu(norm, &stats, x, &mut ctx.b);
     let features = global_avg_pool(normed.view());
     ctx.b.give4(normed);
-    let logits = classifier.forward(features.view());
+    let mut logits = Array2::zeros((x.dim().0, classifier.out_features()));
+    let features_slice = features.as_slice().expect("a new array is contiguous");
+    let logits_slice = logits.as_slice_mut().expect("a new array is contiguous");
+    classifier.forward_into(features_slice, x.dim().0, logits_slice);
     (logits, HeadTape { stats, features })
 }
 

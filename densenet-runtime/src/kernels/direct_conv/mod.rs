@@ -266,7 +266,7 @@ pub fn force_direct(direct: bool) {
 
 /// The instruction sets [`direct_conv`] has kernels for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
+pub(in crate::kernels) enum Isa {
     /// AVX-512F: 14-pixel × 32-channel tiles.
     Avx512,
     /// AVX2 and FMA: 6-pixel × 16-channel tiles.
@@ -278,7 +278,7 @@ enum Isa {
 
 /// The best instruction set of this CPU that [`direct_conv`] has kernels for (detected
 /// at run time), as limited by [`force_portable`] and [`force_avx2`].
-fn isa() -> Option<Isa> {
+pub(in crate::kernels) fn isa() -> Option<Isa> {
     if PORTABLE.load(Ordering::Relaxed) {
         return None;
     }

@@ -5,7 +5,9 @@
 //! is a view, not a copy. [`gemm()`] is the checked public wrapper around the `gemm`
 //! crate (with `std`; without it, on bare metal where the crate's SIMD layer does not
 //! build, a plain cache-friendly loop); [`gemm_reference`] is a plain triple loop in
-//! `f64` that the tests use as the oracle.
+//! `f64` that the tests use as the oracle. [`gemm_unpacked`] (`unpacked/`) is the
+//! training step's product: register tiles reading the operands in place, no
+//! allocation.
 
 use core::fmt;
 
@@ -584,6 +586,12 @@ pub fn gemm_reference(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, mut c
         }
     }
 }
+
+mod unpacked;
+
+// Training's product (training needs `std`); public to the workspace's benchmarks.
+#[cfg_attr(not(feature = "std"), allow(unused_imports))]
+pub use unpacked::gemm_unpacked;
 
 #[cfg(test)]
 mod tests {
