@@ -63,6 +63,19 @@ pub(crate) fn image_tasks(n: usize) -> usize {
     }
 }
 
+/// `rayon::join` with the feature: `a` and `b`, maybe on two threads; without it, `a`
+/// then `b`.
+#[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
+pub(crate) fn join<RA: Send, RB: Send>(
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    #[cfg(feature = "parallel")]
+    return rayon::join(a, b);
+    #[cfg(not(feature = "parallel"))]
+    (a(), b())
+}
+
 /// `rayon::prelude` with the feature; sequential stand-ins without.
 pub(crate) mod prelude {
     #[cfg(feature = "parallel")]

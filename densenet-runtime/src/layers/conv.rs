@@ -188,6 +188,18 @@ impl Conv2d {
         self.weight.shape()[3]
     }
 
+    /// The weight's `(kh·kw·c_in) × c_out` matrix transposed into `dst` (`c_out` rows),
+    /// read from the stored layout without unpacking: what an input gradient `dY·Wᵀ`
+    /// multiplies by.
+    ///
+    /// # Panics
+    ///
+    /// If `dst` is shorter than the weight.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
+    pub(crate) fn weight_transposed_into(&self, dst: &mut [f32]) {
+        self.weight.transposed_into(dst);
+    }
+
     /// The stored weight (for the forward paths in `conv_into.rs`).
     pub(super) fn stored_weight(&self) -> &StoredWeight {
         &self.weight

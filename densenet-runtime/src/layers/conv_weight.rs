@@ -82,6 +82,39 @@ impl StoredWeight {
         }
     }
 
+    /// `dst ← Wᵀ`, `W` the `(kh·kw·c_in) × c_out` matrix: `c_out` rows of `kh·kw·c_in`,
+    /// read from either layout without unpacking.
+    ///
+    /// # Panics
+    ///
+    /// If `dst` is shorter than the weight.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
+    pub(super) fn transposed_into(&self, dst: &mut [f32]) {
+        let [kh, kw, c_in, c_out] = self.shape();
+        let rows = kh * kw * c_in;
+        let dst = &mut dst[..rows * c_out];
+        match self {
+            Self::Hwio(w) => {
+                let w = w.as_slice().expect("stored contiguous");
+                for (r, row) in w.chunks_exact(c_out.max(1)).take(rows).enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        dst[c * rows + r] = v;
+                    }
+                }
+            }
+            Self::Packed { packed, .. } => {
+                for (p, panel) in packed.as_slice().chunks_exact(rows * PACK).enumerate() {
+                    let width = PACK.min(c_out - p * PACK);
+                    for (r, row) in panel.chunks_exact(PACK).enumerate() {
+                        for (j, &v) in row[..width].iter().enumerate() {
+                            dst[(p * PACK + j) * rows + r] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes the HWIO weight out (unpacking it), leaving an empty placeholder.
     fn take_hwio(&mut self) -> Array4<f32> {
         let empty = Self::Hwio(Array4::zeros((0, 0, 0, 0)));
@@ -176,6 +209,21 @@ mod tests {
     use super::*;
     use crate::kernels::gemm::gemm_reference;
     use crate::rng::Rng;
+
+    #[test]
+    fn the_transpose_reads_either_layout() {
+        let mut rng = Rng::new(4);
+        for shape in [[3, 3, 5, 12], [1, 1, 7, 48], [1, 1, 3, 64]] {
+            let hwio = Array4::from_shape_simple_fn(shape, || rng.normal());
+            let rows = shape[0] * shape[1] * shape[2];
+            let matrix = hwio.to_shape((rows, shape[3])).unwrap();
+            let mut dst = vec![f32::NAN; rows * shape[3]];
+            StoredWeight::from_hwio(hwio.clone()).transposed_into(&mut dst);
+            for ((r, c), &v) in matrix.indexed_iter() {
+                assert_eq!(dst[c * rows + r], v, "{shape:?} ({r}, {c})");
+            }
+        }
+    }
 
     #[test]
     fn narrow_weights_stay_hwio_and_wide_ones_are_packed() {

@@ -8,6 +8,7 @@
 use crate::parallel::prelude::*;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
 
+use super::recycled::Recycled;
 use crate::kernels::elementwise;
 use crate::layers::BatchNorm2d;
 
@@ -22,8 +23,8 @@ const TASK_ELEMENTS: usize = 1 << 16;
 /// normalised activations.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchStats {
-    mean: Vec<f32>,
-    invstd: Vec<f32>,
+    mean: Recycled<f32>,
+    invstd: Recycled<f32>,
     /// The running statistics of a frozen BatchNorm ([`batch_norm_frozen`]): constants,
     /// not functions of the batch, in the backward pass.
     fixed: bool,
@@ -58,7 +59,7 @@ impl BatchStats {
 pub fn batch_norm_frozen(bn: &BatchNorm2d) -> BatchStats {
     let eps = f64::from(bn.eps());
     BatchStats {
-        mean: bn.running_mean().to_vec(),
+        mean: bn.running_mean().iter().copied().collect(),
         invstd: bn
             .running_var()
             .iter()
@@ -82,10 +83,21 @@ fn row(r: ndarray::ArrayView1<'_, f32>) -> &[f32] {
     r.to_slice().expect("unit column stride")
 }
 
-/// Row chunks of about [`TASK_ELEMENTS`] elements.
-fn chunks<'a>(x: &'a CowArray<'_, f32, Ix2>) -> Vec<ArrayView2<'a, f32>> {
-    let rows = (TASK_ELEMENTS / x.ncols().max(1)).max(1);
-    x.axis_chunks_iter(Axis(0), rows).collect()
+/// Rows of a task: about [`TASK_ELEMENTS`] elements.
+fn task_rows(cols: usize) -> usize {
+    (TASK_ELEMENTS / cols.max(1)).max(1)
+}
+
+/// The number of row chunks of [`task_rows`] rows in `x`.
+fn task_count(x: &ArrayView2<'_, f32>) -> usize {
+    x.nrows().div_ceil(task_rows(x.ncols()))
+}
+
+/// Row chunk `t` of [`task_rows`] rows.
+fn chunk<'a>(x: &ArrayView2<'a, f32>, t: usize) -> ArrayView2<'a, f32> {
+    let rows = task_rows(x.ncols());
+    let start = t * rows;
+    x.slice_move(ndarray::s![start..(start + rows).min(x.nrows()), ..])
 }
 
 /// Rows summed in `f32` before each flush into the `f64` totals ([`blocked_rows`]): runs
@@ -101,7 +113,13 @@ fn blocked_rows<R>(
     acc: &mut [f64],
     mut f: impl FnMut(R, &mut [f32]),
 ) {
-    let mut part = vec![0.0f32; acc.len()];
+    // A vector of the thread's own: the tasks calling this run on any thread, nested
+    // at any depth by work stealing, so pooled vectors would be taken more at once from
+    // one step to the next; nothing here calls back into rayon, so one per thread does.
+    thread_local!(static PART: core::cell::RefCell<Vec<f32>> = const { core::cell::RefCell::new(Vec::new()) });
+    let mut part = PART.with(|p| p.take());
+    part.clear();
+    part.resize(acc.len(), 0.0);
     let flush = |part: &mut [f32], acc: &mut [f64]| {
         for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
             *a += f64::from(*p);
@@ -115,6 +133,7 @@ fn blocked_rows<R>(
         }
     }
     flush(&mut part, acc);
+    PART.with(|p| p.replace(part));
 }
 
 /// `sum_g += g` and `sum_gd += g·(x − mean)` for one row, in `f32` (a run of at most
@@ -134,21 +153,21 @@ fn backward_sums_row<const RELU: bool>(
     }
 }
 
-/// `Σ` over `items` of `f(item, acc)`, each task filling a fresh `width`-long `acc`;
-/// tasks run in parallel, partial sums are added in task order.
-fn sum_tasks<T: Send>(items: Vec<T>, width: usize, f: impl Fn(T, &mut [f64]) + Sync) -> Vec<f64> {
-    let run = |item| {
-        let mut acc = vec![0.0f64; width];
-        f(item, &mut acc);
-        acc
-    };
-    let partials: Vec<Vec<f64>> = if items.len() > 1 {
-        items.into_par_iter().map(run).collect()
+/// `Σ` over tasks `t < tasks` of `f(t, acc)`, each task filling its own zeroed
+/// `width`-long `acc`; tasks run in parallel, partial sums are added in task order.
+fn sum_tasks(tasks: usize, width: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Recycled<f64> {
+    let mut partials = Recycled::<f64>::zeros(tasks * width);
+    let run = |(t, acc): (usize, &mut [f64])| f(t, acc);
+    if tasks > 1 {
+        partials
+            .par_chunks_mut(width.max(1))
+            .enumerate()
+            .for_each(run);
     } else {
-        items.into_iter().map(run).collect()
-    };
-    let mut total = vec![0.0f64; width];
-    for p in partials {
+        partials.chunks_mut(width.max(1)).enumerate().for_each(run);
+    }
+    let mut total = Recycled::<f64>::zeros(width);
+    for p in partials.chunks(width.max(1)) {
         total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
     }
     total
@@ -170,17 +189,30 @@ fn for_each_task(
         out.assign(&copy);
         return;
     }
-    let rows = (TASK_ELEMENTS / out.ncols().max(1)).max(1);
-    let tasks: Vec<_> = a
-        .axis_chunks_iter(Axis(0), rows)
-        .zip(b.axis_chunks_iter(Axis(0), rows))
-        .zip(out.axis_chunks_iter_mut(Axis(0), rows))
-        .collect();
-    if tasks.len() > 1 {
-        tasks.into_par_iter().for_each(|((a, b), o)| f(a, b, o));
-    } else {
-        tasks.into_iter().for_each(|((a, b), o)| f(a, b, o));
+    let rows = task_rows(out.ncols());
+    split_tasks(a.view(), b.view(), out, rows, &f);
+}
+
+/// Runs `f` on row chunks of `rows` rows (the last shorter), splitting the rows in two
+/// at a multiple of `rows` and running the halves in parallel until one chunk is left.
+fn split_tasks(
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    out: ArrayViewMut2<'_, f32>,
+    rows: usize,
+    f: &(impl Fn(ArrayView2<'_, f32>, ArrayView2<'_, f32>, ArrayViewMut2<'_, f32>) + Sync),
+) {
+    let tasks = out.nrows().div_ceil(rows);
+    if tasks <= 1 {
+        return f(a, b, out);
     }
+    let mid = (tasks / 2) * rows;
+    let ((a1, a2), (b1, b2)) = (a.split_at(Axis(0), mid), b.split_at(Axis(0), mid));
+    let (o1, o2) = out.split_at(Axis(0), mid);
+    crate::parallel::join(
+        || split_tasks(a1, b1, o1, rows, f),
+        || split_tasks(a2, b2, o2, rows, f),
+    );
 }
 
 /// Computes the batch statistics of `x` (`rows × channels`) and updates `bn`'s running
@@ -211,8 +243,8 @@ pub fn batch_norm_train(bn: &mut BatchNorm2d, x: ArrayView2<'_, f32>, momentum: 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Moments {
     rows: usize,
-    mean: Vec<f64>,
-    squares: Vec<f64>,
+    mean: Recycled<f64>,
+    squares: Recycled<f64>,
 }
 
 impl Moments {
@@ -222,9 +254,10 @@ impl Moments {
     pub(crate) fn of(x: ArrayView2<'_, f32>) -> Self {
         let (rows, c) = x.dim();
         let x = unit_cols(x);
-        let sums = sum_tasks(chunks(&x), 2 * c, |chunk, acc| {
+        let x = x.view();
+        let sums = sum_tasks(task_count(&x), 2 * c, |t, acc| {
             let (sum, sum_sq) = acc.split_at_mut(c);
-            for r in chunk.rows() {
+            for r in chunk(&x, t).rows() {
                 for ((s, q), &v) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(row(r)) {
                     let v = f64::from(v);
                     *s += v;
@@ -234,7 +267,7 @@ impl Moments {
         });
         let count = rows as f64;
         let (sum, sum_sq) = sums.split_at(c);
-        let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+        let mean: Recycled<f64> = sum.iter().map(|s| s / count).collect();
         let squares = sum_sq
             .iter()
             .zip(&mean)
@@ -247,12 +280,21 @@ impl Moments {
         }
     }
 
+    /// No channels yet, room for `channels` without growing.
+    pub(crate) fn with_capacity(channels: usize) -> Self {
+        Moments {
+            rows: 0,
+            mean: Recycled::with_capacity(channels),
+            squares: Recycled::with_capacity(channels),
+        }
+    }
+
     /// Appends the columns of `other` (same rows).
     pub(crate) fn extend(&mut self, other: Moments) {
         debug_assert!(self.mean.is_empty() || self.rows == other.rows);
         self.rows = other.rows;
-        self.mean.extend(other.mean);
-        self.squares.extend(other.squares);
+        self.mean.extend_from_slice(&other.mean);
+        self.squares.extend_from_slice(&other.squares);
     }
 
     /// Number of channels.
@@ -261,7 +303,7 @@ impl Moments {
     }
 
     /// The per-channel means, as [`batch_norm_train_moments`] gives them to BatchNorm.
-    pub(crate) fn mean_f32(&self) -> Vec<f32> {
+    pub(crate) fn mean_f32(&self) -> Recycled<f32> {
         self.mean.iter().map(|&v| v as f32).collect()
     }
 }
@@ -281,6 +323,7 @@ pub(crate) fn batch_norm_train_moments(
         mean,
         squares,
     } = moments;
+    let (mean, squares) = (&mean[..], &squares[..]);
     if mean.len() != bn.channels() || *rows < 2 {
         bad_batch(bn.channels(), *rows, mean.len());
     }
@@ -307,16 +350,16 @@ pub(crate) fn batch_norm_train_moments(
 
 /// Per-channel `(scale, shift)` with `bn(x) = x·scale + shift` under `stats`; the one
 /// place the forward output and the backward ReLU mask come from, so they agree.
-pub(crate) fn scale_shift(bn: &BatchNorm2d, stats: &BatchStats) -> (Vec<f32>, Vec<f32>) {
-    bn.gamma()
-        .iter()
-        .zip(bn.beta())
-        .zip(stats.mean.iter().zip(&stats.invstd))
-        .map(|((&g, &b), (&m, &s))| {
-            let scale = f64::from(g) * f64::from(s);
-            (scale as f32, (f64::from(b) - f64::from(m) * scale) as f32)
-        })
-        .unzip()
+pub(crate) fn scale_shift(bn: &BatchNorm2d, stats: &BatchStats) -> (Recycled<f32>, Recycled<f32>) {
+    let c = stats.channels();
+    let (mut scale, mut shift) = (Recycled::with_capacity(c), Recycled::with_capacity(c));
+    let it = bn.gamma().iter().zip(bn.beta());
+    for ((&g, &b), (&m, &s)) in it.zip(stats.mean.iter().zip(stats.invstd.iter())) {
+        let s = f64::from(g) * f64::from(s);
+        scale.push(s as f32);
+        shift.push((f64::from(b) - f64::from(m) * s) as f32);
+    }
+    (scale, shift)
 }
 
 /// `out ← (x − mean)·invstd·gamma + beta` per channel with the batch statistics
@@ -473,9 +516,9 @@ fn backward(
         mean: &stats.mean,
     };
     let (x, dy) = (unit_cols(x), unit_cols(dy));
-    let pairs: Vec<_> = chunks(&x).into_iter().zip(chunks(&dy)).collect();
-    let sums = sum_tasks(pairs, 2 * c, |(xs, ds), acc| {
-        add_backward_sums(&k, xs, ds, relu, acc);
+    let (xv, dv) = (x.view(), dy.view());
+    let sums = sum_tasks(task_count(&xv), 2 * c, |t, acc| {
+        add_backward_sums(&k, chunk(&xv, t), chunk(&dv, t), relu, acc);
     });
     // Then the input-gradient pass, given the sums.
     let terms = backward_terms(bn, stats, x.nrows(), &sums);
@@ -498,9 +541,9 @@ fn backward(
 
 /// The per-channel constants of [`batch_norm_backward`]'s passes for `bn` under `stats`.
 pub(crate) struct BackwardCoef {
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-    mean: Vec<f32>,
+    scale: Recycled<f32>,
+    shift: Recycled<f32>,
+    mean: Recycled<f32>,
 }
 
 impl BackwardCoef {
@@ -583,11 +626,11 @@ fn add_backward_sums(
 /// parameters' gradients.
 pub(crate) struct BackwardTerms {
     /// `gamma·invstd` ([`input_gradient_scale`]).
-    pub(crate) a: Vec<f32>,
+    pub(crate) a: Recycled<f32>,
     /// `−a·invstd·Σ(g·x̂)/M` (0 under fixed statistics).
-    pub(crate) b: Vec<f32>,
+    pub(crate) b: Recycled<f32>,
     /// `−a·Σg/M` (0 under fixed statistics).
-    pub(crate) c: Vec<f32>,
+    pub(crate) c: Recycled<f32>,
     /// `∂L/∂gamma = Σ g·x̂`.
     pub(crate) gamma: Array1<f32>,
     /// `∂L/∂beta = Σ g`.
@@ -595,7 +638,7 @@ pub(crate) struct BackwardTerms {
 }
 
 /// `a = gamma·invstd` per channel: the input gradient's term in `g`, which needs no sums.
-pub(crate) fn input_gradient_scale(bn: &BatchNorm2d, stats: &BatchStats) -> Vec<f32> {
+pub(crate) fn input_gradient_scale(bn: &BatchNorm2d, stats: &BatchStats) -> Recycled<f32> {
     bn.gamma()
         .iter()
         .zip(&stats.invstd)
@@ -621,7 +664,7 @@ pub(crate) fn backward_terms(
         "batch_norm_backward: sums of another width"
     );
     let (sum_g, sum_gd) = sums.split_at(c);
-    let sum_gx: Vec<f64> = sum_gd
+    let sum_gx: Recycled<f64> = sum_gd
         .iter()
         .zip(&stats.invstd)
         .map(|(s, &i)| s * f64::from(i))
@@ -631,14 +674,18 @@ pub(crate) fn backward_terms(
     let count = rows as f64;
     // Fixed (running) statistics do not depend on `x`: only the `a·g` term remains.
     let through_stats = if stats.fixed { 0.0 } else { 1.0 };
-    let (mut b, mut cc) = (Vec::with_capacity(c), Vec::with_capacity(c));
+    let (mut b, mut cc) = (Recycled::with_capacity(c), Recycled::with_capacity(c));
     for j in 0..c {
         let invstd = f64::from(stats.invstd[j]);
         let aj = f64::from(bn.gamma()[j]) * invstd;
         b.push((-through_stats * aj * invstd * sum_gx[j] / count) as f32);
         cc.push((-through_stats * aj * sum_g[j] / count) as f32);
     }
-    let to_f32 = |v: &[f64]| v.iter().map(|&s| s as f32).collect();
+    // Pooled too: `Gradients::recycle` gives them back.
+    let to_f32 = |v: &[f64]| {
+        let v: Recycled<f32> = v.iter().map(|&s| s as f32).collect();
+        Array1::from(v.into_vec())
+    };
     BackwardTerms {
         a: input_gradient_scale(bn, stats),
         b,

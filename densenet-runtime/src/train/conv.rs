@@ -11,10 +11,10 @@
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::kernels::direct_conv::{self, Epilogue};
+use crate::kernels::direct_conv::{self, ConvShape, ConvWeight, Epilogue, ImageLayout};
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
-use crate::layers::{conv2d_into, zero_border, Conv2d, Conv2dConfig};
+use crate::layers::{zero_border, Conv2d};
 use crate::parallel::prelude::*;
 use crate::train::col2im;
 
@@ -110,8 +110,6 @@ fn backward(
     }
     let x = x.as_standard_layout();
     let x = x.as_slice().expect("standard layout is contiguous");
-    let hwio = conv.weight();
-    let weight = hwio.as_slice().expect("weight() is contiguous");
     let win = conv.window();
     let k_len = win.kernel_h * win.kernel_w * c_in;
     let dw_shape = if weights {
@@ -134,7 +132,7 @@ fn backward(
         }
         if let Some(dx) = dx {
             let w_t = take(scratch, k_len * c_out);
-            transpose_into(weight, k_len, c_out, w_t);
+            conv.weight_transposed_into(w_t);
             product_by_rows(dy, MatRef::row_major(w_t, c_out, k_len), dx);
         }
         return weights.then_some(dw);
@@ -196,7 +194,7 @@ fn backward(
         if let Some(dx) = dx.as_deref_mut() {
             // dX = dY·Wᵀ into the same scratch (X is no longer needed), then col2im.
             let w_t = &mut rest[..k_len * c_out];
-            transpose_into(weight, k_len, c_out, w_t);
+            conv.weight_transposed_into(w_t);
             product_by_rows(dy_step, MatRef::row_major(w_t, c_out, k_len), cols);
             col2im(
                 cols,
@@ -215,7 +213,8 @@ fn backward(
 
 /// `dx ← conv(pad(dy, q), W′)` with `q = k − 1 − padding` and `W′[a][b][o][i] =
 /// W[k−1−a][k−1−b][i][o]`: the input gradient of a stride-1 convolution whose output
-/// has its input's size, `dy` being `(n·h·w) × c_out`. `scratch` holds the padded `dy`.
+/// has its input's size, `dy` being `(n·h·w) × c_out`, on the direct kernels.
+/// `scratch` holds the padded `dy` and `W′`.
 fn input_gradient_by_flipped_conv(
     conv: &Conv2d,
     dy: &[f32],
@@ -225,19 +224,21 @@ fn input_gradient_by_flipped_conv(
 ) {
     let win = conv.window();
     let (k, c_in, c_out) = (win.kernel_h, conv.c_in(), conv.c_out());
-    let weight = conv.weight();
-    let flipped = ndarray::Array4::from_shape_fn((k, k, c_out, c_in), |(a, b, o, i)| {
-        weight[[k - 1 - a, k - 1 - b, i, o]]
-    });
-    let flipped = Conv2d::new(flipped, Conv2dConfig::default())
-        .expect("a convolution's flipped kernel is a valid kernel");
     let q = k - 1 - win.padding;
     let (hp, wp) = (h + 2 * q, w + 2 * q);
     let len = n * hp * wp * c_out;
-    if scratch.len() < len {
-        scratch.resize(len, 0.0);
+    let (padded, flipped) = take(scratch, len + k * k * c_out * c_in).split_at_mut(len);
+    let weight = conv.weight();
+    let mut flipped_values = flipped.iter_mut();
+    for a in 0..k {
+        for b in 0..k {
+            for o in 0..c_out {
+                for (i, f) in (0..c_in).zip(flipped_values.by_ref()) {
+                    *f = weight[[k - 1 - a, k - 1 - b, i, o]];
+                }
+            }
+        }
     }
-    let padded = &mut scratch[..len];
     // The zero border, then `dy`'s rows into the interior.
     zero_border(padded, (h, w, c_out), q);
     for (r, src) in dy.chunks_exact(w * c_out).enumerate() {
@@ -245,15 +246,30 @@ fn input_gradient_by_flipped_conv(
         let start = ((b * hp + y + q) * wp + q) * c_out;
         padded[start..start + w * c_out].copy_from_slice(src);
     }
-    conv2d_into(
-        &flipped,
+    let shape = ConvShape {
+        n,
+        out_h: h,
+        out_w: w,
+        c_in: c_out,
+        c_out: c_in,
+        kernel_h: k,
+        kernel_w: k,
+        stride: 1,
+    };
+    let ran = direct_conv::direct_conv(
         padded,
-        (n, hp, wp),
-        true,
+        ImageLayout::dense(hp, wp, c_out),
         Epilogue::Store,
-        MatMut::row_major(dx, n * h * w, c_in),
-        &mut Vec::new(),
+        ConvWeight::Hwio(flipped),
+        shape,
+        Epilogue::Store,
+        dx,
+        ImageLayout::dense(h, w, c_in),
+        true,
     );
+    // The caller checked that the kernels run here; a shape they refuse (its
+    // multiply-adds overflow `usize`) is far past any buffer this step could hold.
+    assert!(ran, "conv2d_backward: the direct kernels refused {shape:?}");
 }
 
 /// Rows of the padded grid one task of [`weight_gradient_by_taps`] sums over: fixed, so
@@ -410,15 +426,6 @@ fn product_by_rows(a: &[f32], b: MatRef<'_>, c: &mut [f32]) {
             let a = MatRef::row_major(&a[t * PRODUCT_ROWS * k..][..len * k], len, k);
             gemm_unpacked(a, b, MatMut::row_major(c, len, n), false);
         });
-}
-
-/// `dst ← srcᵀ`, `src` a row-major `rows × cols` matrix, `dst` `cols × rows`.
-pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    for (i, row) in src.chunks_exact(cols.max(1)).take(rows).enumerate() {
-        for (j, &x) in row.iter().enumerate() {
-            dst[j * rows + i] = x;
-        }
-    }
 }
 
 /// The first `len` floats of `v`, grown (with zeros) if it is shorter.

@@ -1,7 +1,8 @@
 //! Fully connected layer backward.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2};
 
+use super::recycled::{self, Recycled};
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::layers::Linear;
 
@@ -34,7 +35,8 @@ pub fn linear_backward(
         in_features,
     );
 
-    let mut dx = Array2::zeros((n, in_features));
+    // From the pool of small vectors: the step gives them back (`Gradients::recycle`).
+    let mut dx = recycled::matrix(n, in_features);
     let dx_slice = dx.as_slice_mut().expect("a new array is contiguous");
     gemm_unpacked(
         dy_mat,
@@ -42,7 +44,7 @@ pub fn linear_backward(
         MatMut::row_major(dx_slice, n, in_features),
         false,
     );
-    let mut dw = Array2::zeros((out_features, in_features));
+    let mut dw = recycled::matrix(out_features, in_features);
     let dw_slice = dw.as_slice_mut().expect("a new array is contiguous");
     gemm_unpacked(
         dy_mat.t(),
@@ -50,7 +52,11 @@ pub fn linear_backward(
         MatMut::row_major(dw_slice, out_features, in_features),
         false,
     );
-    let db = dy.sum_axis(Axis(0));
+    let mut db = Recycled::<f32>::zeros(out_features);
+    for row in dy.rows() {
+        db.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
+    }
+    let db = Array1::from(db.into_vec());
     (dx, dw, db)
 }
 

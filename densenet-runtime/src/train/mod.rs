@@ -79,6 +79,7 @@ mod optim;
 #[cfg(feature = "plot")]
 mod plot;
 mod pool;
+mod recycled;
 mod relu;
 mod schedule;
 pub(crate) mod source;

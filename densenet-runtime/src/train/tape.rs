@@ -34,11 +34,12 @@ use crate::train::batch_norm::{
     scale_shift, BackwardCoef, Moments,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
-use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing, transpose_into};
+use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing};
 use crate::train::pool::{
     avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
     max_pool2d_train_into, output_size,
 };
+use crate::train::recycled::{self, Recycled};
 use crate::train::{
     batch_norm_apply, batch_norm_backward, batch_norm_frozen, batch_norm_train, dropout_in_place,
     linear_backward, softmax_cross_entropy, BatchStats, Freeze,
@@ -132,8 +133,19 @@ impl Gradients {
         MEMORY.with(|m| {
             if let Ok(mut m) = m.try_borrow_mut() {
                 for (_, grad) in self.layers {
-                    if let LayerGrad::Conv { weight } = grad {
-                        m.1.give_gradient(weight.into_raw_vec_and_offset().0);
+                    match grad {
+                        LayerGrad::Conv { weight } => {
+                            m.1.give_gradient(weight.into_raw_vec_and_offset().0);
+                        }
+                        // Small: back to the pool they came from.
+                        LayerGrad::BatchNorm { gamma, beta } => {
+                            recycled::give(gamma.into_raw_vec_and_offset().0);
+                            recycled::give(beta.into_raw_vec_and_offset().0);
+                        }
+                        LayerGrad::Linear { weight, bias } => {
+                            recycled::give(weight.into_raw_vec_and_offset().0);
+                            recycled::give(bias.into_raw_vec_and_offset().0);
+                        }
                     }
                 }
             }
@@ -511,18 +523,23 @@ fn bn_stats_from(
 /// Frees the memory this thread keeps between training steps: the block buffers,
 /// gradients and scratch of its last step (about the step's peak, e.g. 0.5 GiB for
 /// DenseNet-BC-100 at batch 64), which the next step would otherwise reuse instead of
-/// allocating and faulting in afresh. Call it when a thread is done training.
+/// allocating and faulting in afresh, and the process's pool of the steps' small
+/// vectors (statistics, coefficients, partial sums: a few MiB at most). Call it when a
+/// thread is done training.
 pub fn release_step_memory() {
     MEMORY.with(|m| {
         if let Ok(mut m) = m.try_borrow_mut() {
             *m = Default::default();
         }
     });
+    recycled::clear();
 }
 
 /// Bytes of step memory this thread keeps between training steps (see
 /// [`release_step_memory`]): after a step, what that step used at its peak, in the
-/// buffers and scratch the next step reuses. 0 before the first step.
+/// buffers and scratch the next step reuses. 0 before the first step. (Not counted: the
+/// process's pool of the steps' small vectors, a few hundred KiB that every training
+/// thread shares.)
 pub fn kept_step_memory() -> usize {
     MEMORY.with(|m| {
         m.try_borrow().map_or(0, |m| {
@@ -963,7 +980,11 @@ fn record_block(
     let buf = buffer.as_slice_mut().expect("a new array is contiguous");
     let (p, momentum, freeze) = (ctx.p, ctx.momentum, ctx.freeze);
     let s = &mut ctx.s;
-    let mut moments = Moments::of(matrix(buf, rows, c_out).slice_move(s![.., ..c_in]));
+    // Room for every channel the block's layers add, so that appending never reallocates.
+    let mut moments = Moments::with_capacity(c_out);
+    moments.extend(Moments::of(
+        matrix(buf, rows, c_out).slice_move(s![.., ..c_in]),
+    ));
 
     let mut tapes = Vec::with_capacity(layers.len());
     let mut c = c_in;
@@ -1216,17 +1237,17 @@ fn block_backward(
 /// as the block's input gradient), instead of by every layer over all its input
 /// channels. The `a·g` term is added in the pass that computes the sums.
 struct Deferred {
-    b: Vec<f64>,
-    c: Vec<f64>,
+    b: Recycled<f64>,
+    c: Recycled<f64>,
     /// The batch mean of every buffer channel (the one every BN1 reading it uses).
-    mean: Vec<f32>,
+    mean: Recycled<f32>,
 }
 
 impl Deferred {
-    fn new(mean: Vec<f32>) -> Self {
+    fn new(mean: Recycled<f32>) -> Self {
         Deferred {
-            b: vec![0.0; mean.len()],
-            c: vec![0.0; mean.len()],
+            b: Recycled::zeros(mean.len()),
+            c: Recycled::zeros(mean.len()),
             mean,
         }
     }
@@ -1258,7 +1279,7 @@ impl Deferred {
             v[cols.clone()]
                 .iter()
                 .map(|&t| t as f32)
-                .collect::<Vec<_>>()
+                .collect::<Recycled<f32>>()
         };
         let (b, c, mean) = (narrow(&self.b), narrow(&self.c), &self.mean[cols.clone()]);
         let rows_per_task = (1 << 14) / width.max(1) + 1;
@@ -1316,7 +1337,7 @@ fn bottleneck_input_backward(
     (grad, c_out): (&mut [f32], usize),
     dw_storage: Option<Vec<f32>>,
     (task_scratch, sums_scratch): (&mut Vec<f32>, &mut Vec<f64>),
-) -> (Option<Array4<f32>>, Vec<f64>) {
+) -> (Option<Array4<f32>>, Recycled<f64>) {
     let need_dw = dw_storage.is_some();
     let (rows, c) = input.dim();
     let width = conv1.c_out();
@@ -1334,13 +1355,7 @@ fn bottleneck_input_backward(
     let task_len = (2 * chunk_len + dw_len).max(1);
     let (task_floats, w_t) =
         take(task_scratch, tasks * task_len + width * c).split_at_mut(tasks * task_len);
-    let weight = conv1.weight();
-    transpose_into(
-        weight.as_slice().expect("weight() is contiguous"),
-        c,
-        width,
-        w_t,
-    );
+    conv1.weight_transposed_into(w_t);
     let w_t = MatRef::row_major(w_t, width, c);
     let task_sums = sums_scratch;
     task_sums.clear();
@@ -1384,7 +1399,7 @@ fn bottleneck_input_backward(
     let mut dw = dw_storage.unwrap_or_default();
     dw.clear();
     dw.resize(dw_len, 0.0);
-    let mut sums = vec![0.0f64; 2 * c];
+    let mut sums = Recycled::<f64>::zeros(2 * c);
     for (floats, p_sums) in task_floats
         .chunks(task_len)
         .zip(task_sums.chunks((2 * c).max(1)))
@@ -1538,6 +1553,7 @@ fn head_backward(
         LayerGrad::Linear { weight, bias },
     );
     if !need_norm {
+        recycled::give(d_features.into_raw_vec_and_offset().0);
         return None;
     }
     let mut d_relu = b.overwritten4(x.dim());
@@ -1546,6 +1562,7 @@ fn head_backward(
         (h, w),
         d_relu.as_slice_mut().expect("contiguous"),
     );
+    recycled::give(d_features.into_raw_vec_and_offset().0);
     let mut dx = b.array4(x.dim());
     let (gamma, beta) = batch_norm_backward(
         norm,
@@ -1640,7 +1657,7 @@ mod tests {
         );
         let terms = backward_terms(&norm1, &stats, rows, &sums);
         let (gamma, beta) = (terms.gamma.clone(), terms.beta.clone());
-        let mut deferred = Deferred::new(stats.mean().to_vec());
+        let mut deferred = Deferred::new(Recycled::from_slice(stats.mean()));
         deferred.add(&terms.b, &terms.c);
         let mut dx = vec![f32::NAN; rows * c];
         deferred.complete(&grad, &buf, c_out, 0..c, &mut dx);
