@@ -154,6 +154,24 @@ impl Conv2d {
         WeightMut::new(&mut self.weight)
     }
 
+    /// Calls `f(first column, panel)` for the weight's `(kh·kw·c_in) × c_out` matrix as
+    /// stored: one panel when HWIO, each 32-column panel when packed (`B` of a product
+    /// `im2col(x)·W`, without unpacking).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
+    pub(crate) fn for_each_weight_panel(&self, f: impl FnMut(usize, MatRef<'_>)) {
+        self.weight.for_each_panel(f);
+    }
+
+    /// Calls `f(offset, run)` on every contiguous run of the weight's values as stored,
+    /// `offset` being the run's first index in the HWIO weight (row-major
+    /// `[kh, kw, c_in, c_out]`), its next values following it: an elementwise update
+    /// (an optimiser step) in place, without unpacking a wide weight as
+    /// [`weight_mut`](Self::weight_mut) does.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
+    pub(crate) fn for_each_weight_run_mut(&mut self, f: impl FnMut(usize, &mut [f32])) {
+        self.weight.for_each_run_mut(f);
+    }
+
     /// Overwrites the weight with `weight` (HWIO, any memory layout, e.g. torch's OIHW
     /// permuted), in place: e.g. trained values.
     ///

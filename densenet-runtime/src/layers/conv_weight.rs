@@ -115,6 +115,49 @@ impl StoredWeight {
         }
     }
 
+    /// Calls `f(first column, panel)` for the weight's `(kh·kw·c_in) × c_out` matrix as
+    /// stored: one row-major panel when HWIO, each 32-column panel (a view of its
+    /// columns, without the zero padding) when packed.
+    pub(super) fn for_each_panel(&self, mut f: impl FnMut(usize, MatRef<'_>)) {
+        let [kh, kw, c_in, c_out] = self.shape();
+        let rows = kh * kw * c_in;
+        match self {
+            Self::Hwio(w) => f(
+                0,
+                MatRef::row_major(w.as_slice().expect("stored contiguous"), rows, c_out),
+            ),
+            Self::Packed { packed, .. } => {
+                for (p, panel) in packed.as_slice().chunks_exact(rows * PACK).enumerate() {
+                    let width = PACK.min(c_out - p * PACK);
+                    f(p * PACK, MatRef::new(panel, rows, width, PACK, 1));
+                }
+            }
+        }
+    }
+
+    /// Calls `f(offset, run)` for every contiguous run of the stored values, `offset`
+    /// being the run's first index in the HWIO weight (whose next values follow it in
+    /// the run): the whole weight when HWIO, each panel's row when packed. An
+    /// elementwise update (an optimiser step) then runs in place, in either layout.
+    pub(super) fn for_each_run_mut(&mut self, mut f: impl FnMut(usize, &mut [f32])) {
+        match self {
+            Self::Hwio(w) => f(0, w.as_slice_mut().expect("stored contiguous")),
+            Self::Packed { packed, shape } => {
+                let (rows, c_out) = (shape[0] * shape[1] * shape[2], shape[3]);
+                for (p, panel) in packed
+                    .as_mut_slice()
+                    .chunks_exact_mut(rows * PACK)
+                    .enumerate()
+                {
+                    let width = PACK.min(c_out - p * PACK);
+                    for (r, row) in panel.chunks_exact_mut(PACK).enumerate() {
+                        f(r * c_out + p * PACK, &mut row[..width]);
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes the HWIO weight out (unpacking it), leaving an empty placeholder.
     fn take_hwio(&mut self) -> Array4<f32> {
         let empty = Self::Hwio(Array4::zeros((0, 0, 0, 0)));
@@ -209,6 +252,28 @@ mod tests {
     use super::*;
     use crate::kernels::gemm::gemm_reference;
     use crate::rng::Rng;
+
+    #[test]
+    fn runs_cover_the_weight_at_their_hwio_offsets() {
+        let mut rng = Rng::new(5);
+        for shape in [[3, 3, 5, 12], [1, 1, 7, 48], [1, 1, 3, 64]] {
+            let hwio = Array4::from_shape_simple_fn(shape, || rng.normal());
+            let flat = hwio.as_slice().unwrap().to_vec();
+            let mut stored = StoredWeight::from_hwio(hwio.clone());
+            let mut seen = vec![false; flat.len()];
+            // Each value is where its offset says; doubling it in place doubles the weight.
+            stored.for_each_run_mut(|offset, run| {
+                for (j, v) in run.iter_mut().enumerate() {
+                    assert_eq!(*v, flat[offset + j], "{shape:?} at {}", offset + j);
+                    assert!(!seen[offset + j]);
+                    seen[offset + j] = true;
+                    *v *= 2.0;
+                }
+            });
+            assert!(seen.iter().all(|&s| s), "{shape:?}");
+            assert_eq!(stored.hwio(), hwio.mapv(|v| 2.0 * v), "{shape:?}");
+        }
+    }
 
     #[test]
     fn the_transpose_reads_either_layout() {

@@ -14,7 +14,7 @@ use ndarray::{Array4, ArrayView4};
 use crate::kernels::direct_conv::{self, ConvShape, ConvWeight, Epilogue, ImageLayout};
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
-use crate::layers::{zero_border, Conv2d};
+use crate::layers::{conv2d_into, zero_border, Conv2d};
 use crate::parallel::prelude::*;
 use crate::train::col2im;
 
@@ -358,6 +358,65 @@ fn weight_gradient_by_taps(
                 }
             }
         }
+    }
+}
+
+/// `y ← conv(x)` for the training step: on the direct kernels when the convolution
+/// has no padding (a transition's 1x1), else by im2col and products in row tasks,
+/// panel by panel of the stored weight, in the step's scratch (the stem's, on an
+/// unpadded input; the layer's own im2col path multiplies with the `gemm` crate, which
+/// allocates on every call).
+///
+/// - `x`: the NHWC input, `n·h·w·c_in` floats;
+/// - `y`: the output, `(n·oh·ow) × c_out`, row-major;
+/// - `scratch`: the im2col matrix (up to [`SCRATCH_LIMIT`] floats at once).
+///
+/// # Panics
+///
+/// If the slices do not fit the shapes.
+pub(crate) fn conv_forward(
+    conv: &Conv2d,
+    x: &[f32],
+    (n, h, w): (usize, usize, usize),
+    y: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let win = conv.window();
+    let (c_in, c_out) = (conv.c_in(), conv.c_out());
+    let (oh, ow) = conv.output_size(h, w);
+    let k_len = win.kernel_h * win.kernel_w * c_in;
+    assert!(
+        x.len() == n * h * w * c_in && y.len() == n * oh * ow * c_out,
+        "conv_forward: the slices do not fit the shapes"
+    );
+    if win.padding == 0 && direct_conv::available() {
+        let out = MatMut::row_major(y, n * oh * ow, c_out);
+        return conv2d_into(conv, x, (n, h, w), false, Epilogue::Store, out, scratch);
+    }
+    let (image_in, image_rows) = (h * w * c_in, oh * ow);
+    let images_per_step = (SCRATCH_LIMIT / (image_rows * k_len).max(1)).clamp(1, n.max(1));
+    let cols = take(scratch, images_per_step * image_rows * k_len);
+    let mut first = 0;
+    while first < n {
+        let count = images_per_step.min(n - first);
+        let rows = count * image_rows;
+        let cols = &mut cols[..rows * k_len];
+        let x_step = &x[first * image_in..(first + count) * image_in];
+        im2col(x_step, count, h, w, c_in, win, cols);
+        let cols = &*cols;
+        y[first * image_rows * c_out..][..rows * c_out]
+            .par_chunks_mut((PRODUCT_ROWS * c_out).max(1))
+            .enumerate()
+            .for_each(|(t, y)| {
+                let len = y.len() / c_out;
+                let a =
+                    MatRef::row_major(&cols[t * PRODUCT_ROWS * k_len..][..len * k_len], len, k_len);
+                conv.for_each_weight_panel(|c0, panel| {
+                    let out = MatMut::new(&mut y[c0..], len, panel.cols(), c_out, 1);
+                    gemm_unpacked(a, panel, out, false);
+                });
+            });
+        first += count;
     }
 }
 

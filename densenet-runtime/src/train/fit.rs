@@ -17,6 +17,7 @@ use crate::train::callbacks::best_epoch;
 use crate::train::checkpoint::{self, checkpoint_path, checkpoints_in, resume, RunState};
 use crate::train::dataset::permutation;
 use crate::train::evaluate::{check_fits, count_correct};
+use crate::train::recycled;
 use crate::train::tape::step;
 use crate::train::{
     evaluate, optim::Stepper, Adam, AdamConfig, EarlyStopping, EpochStats, Freeze, History,
@@ -339,6 +340,7 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
             }
             loss_sum += f64::from(loss) * batch.len() as f64;
             correct += count_correct(&logits, &batch.labels);
+            recycled::give(logits.into_raw_vec_and_offset().0);
             seen += batch.len();
             display.update(
                 loss_sum / seen as f64,

@@ -1,6 +1,6 @@
 //! Softmax cross-entropy, the classification loss.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 /// The mean softmax cross-entropy of `(N, classes)` logits against class indices, and
 /// its gradient: returns `(L, ∂L/∂logits)` with
@@ -14,6 +14,17 @@ use ndarray::{Array2, ArrayView2};
 /// If `labels.len()` is not the number of rows, the batch is empty, or a label is not
 /// below the number of classes.
 pub fn softmax_cross_entropy(logits: ArrayView2<'_, f32>, labels: &[usize]) -> (f32, Array2<f32>) {
+    let mut grad = Array2::zeros(logits.dim());
+    let loss = softmax_cross_entropy_into(logits, labels, grad.view_mut());
+    (loss, grad)
+}
+
+/// [`softmax_cross_entropy`] writing the gradient into `grad` (the logits' shape).
+pub(crate) fn softmax_cross_entropy_into(
+    logits: ArrayView2<'_, f32>,
+    labels: &[usize],
+    mut grad: ArrayViewMut2<'_, f32>,
+) -> f32 {
     let (n, classes) = logits.dim();
     if labels.len() != n || n == 0 {
         label_count_mismatch(n, labels.len());
@@ -21,7 +32,11 @@ pub fn softmax_cross_entropy(logits: ArrayView2<'_, f32>, labels: &[usize]) -> (
     if let Some((i, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= classes) {
         label_out_of_range(i, label, classes);
     }
-    let mut grad = Array2::zeros((n, classes));
+    assert_eq!(
+        grad.dim(),
+        (n, classes),
+        "softmax_cross_entropy: gradient shape"
+    );
     let mut total = 0.0f64;
     for ((row, mut g), &label) in logits.rows().into_iter().zip(grad.rows_mut()).zip(labels) {
         let max = row
@@ -36,7 +51,7 @@ pub fn softmax_cross_entropy(logits: ArrayView2<'_, f32>, labels: &[usize]) -> (
             *gj = ((p - onehot) / n as f64) as f32;
         }
     }
-    ((total / n as f64) as f32, grad)
+    (total / n as f64) as f32
 }
 
 #[cold]

@@ -102,6 +102,7 @@ pub use freeze::Freeze;
 pub use history::{EpochStats, History, HistoryError, Monitor, MonitorMode, ParseMonitorError};
 pub use linear::linear_backward;
 pub use loss::softmax_cross_entropy;
+pub(crate) use loss::softmax_cross_entropy_into;
 pub use optim::{step_lr, Adam, AdamConfig, Sgd, SgdConfig};
 pub use pool::{
     avg_pool2d_backward, global_avg_pool_backward, max_pool2d_backward, max_pool2d_train,

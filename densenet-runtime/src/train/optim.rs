@@ -18,6 +18,7 @@
 
 use ndarray::{ArrayViewD, ArrayViewMutD};
 
+use crate::layers::Conv2d;
 use crate::stage::LayerMut;
 use crate::stage::Network;
 use crate::train::TrainError;
@@ -129,13 +130,21 @@ impl Sgd {
         let stateful = config.momentum != 0.0;
         let velocity = &mut self.velocity;
         let fresh = velocity.is_empty();
-        let count = for_each_param(model, grads, &mut |i, p, g| {
+        let count = for_each_param(model, grads, &mut |i, mut p, g| {
             if fresh && velocity.len() <= i {
                 velocity.resize(i + 1, None);
             }
             let len = if stateful { p.len() } else { 0 };
             let (buf, first) = state(velocity, i, len, || vec![0.0; len]);
-            sgd_update(&config, first, p, g, buf);
+            p.for_each_run(|offset, run| {
+                let range = offset..offset + run.len();
+                let buf = if stateful {
+                    &mut buf[range.clone()]
+                } else {
+                    &mut []
+                };
+                sgd_update(&config, first, run, &g[range], buf);
+            });
         });
         if fresh {
             velocity.resize(count, None);
@@ -146,13 +155,7 @@ impl Sgd {
 
 /// One parameter's [`Sgd`] update; `buf` is its momentum buffer (empty for momentum 0),
 /// `first` whether this is the first step.
-fn sgd_update(
-    config: &SgdConfig,
-    first: bool,
-    p: ArrayViewMutD<'_, f32>,
-    g: ArrayViewD<'_, f32>,
-    buf: &mut [f32],
-) {
+fn sgd_update(config: &SgdConfig, first: bool, p: &mut [f32], g: &[f32], buf: &mut [f32]) {
     let SgdConfig {
         lr,
         momentum,
@@ -160,12 +163,12 @@ fn sgd_update(
         weight_decay,
     } = *config;
     if momentum == 0.0 {
-        for (p, &g) in p.into_iter().zip(g.iter()) {
+        for (p, &g) in p.iter_mut().zip(g) {
             *p -= lr * (g + weight_decay * *p);
         }
         return;
     }
-    for ((p, &g), b) in p.into_iter().zip(g.iter()).zip(buf.iter_mut()) {
+    for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
         let g = g + weight_decay * *p;
         *b = if first { g } else { momentum * *b + g };
         let d = if nesterov { g + momentum * *b } else { *b };
@@ -324,7 +327,7 @@ impl Adam {
         let config = self.config;
         let params = &mut self.params;
         let fresh = params.is_empty();
-        let count = for_each_param(model, grads, &mut |i, p, g| {
+        let count = for_each_param(model, grads, &mut |i, mut p, g| {
             if fresh && params.len() <= i {
                 params.resize(i + 1, None);
             }
@@ -335,7 +338,12 @@ impl Adam {
                 v: vec![0.0; len],
             });
             s.t += 1;
-            adam_update(&config, s.t, p, g, &mut s.m, &mut s.v);
+            let AdamState { t, m, v } = s;
+            p.for_each_run(|offset, run| {
+                let range = offset..offset + run.len();
+                let (m, v) = (&mut m[range.clone()], &mut v[range.clone()]);
+                adam_update(&config, *t, run, &g[range], m, v);
+            });
         });
         if fresh {
             params.resize(count, None);
@@ -348,8 +356,8 @@ impl Adam {
 fn adam_update(
     config: &AdamConfig,
     t: u32,
-    p: ArrayViewMutD<'_, f32>,
-    g: ArrayViewD<'_, f32>,
+    p: &mut [f32],
+    g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
 ) {
@@ -364,7 +372,7 @@ fn adam_update(
     let bc2 = 1.0 - f64::from(b2).powi(t);
     let step_size = (f64::from(lr) / bc1) as f32;
     let bc2_sqrt = bc2.sqrt() as f32;
-    for (((p, &g), m), v) in p.into_iter().zip(g.iter()).zip(m.iter_mut()).zip(v) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v) {
         let g = g + weight_decay * *p;
         *m = b1 * *m + (1.0 - b1) * g;
         *v = b2 * *v + (1.0 - b2) * g * g;
@@ -531,10 +539,47 @@ fn check_count(count: usize, buffers: usize) {
     );
 }
 
-/// A parameter, borrowed mutably.
-type ParamMut<'a> = ArrayViewMutD<'a, f32>;
-/// Its gradient.
-type GradRef<'a> = ArrayViewD<'a, f32>;
+/// A parameter, borrowed mutably: an array's values, or a conv weight, updated in place
+/// run by run in its stored layout (a wide weight is panel-major: unpacking it for the
+/// update and packing it again would copy it twice and allocate).
+enum ParamMut<'a> {
+    Values(ArrayViewMutD<'a, f32>),
+    Conv(&'a mut Conv2d),
+}
+
+impl ParamMut<'_> {
+    /// Number of values.
+    fn len(&self) -> usize {
+        match self {
+            Self::Values(v) => v.len(),
+            Self::Conv(conv) => conv.weight_shape().iter().product(),
+        }
+    }
+
+    /// Whether its shape (HWIO for a conv weight) is `shape`.
+    fn has_shape(&self, shape: &[usize]) -> bool {
+        match self {
+            Self::Values(v) => v.shape() == shape,
+            Self::Conv(conv) => conv.weight_shape() == shape,
+        }
+    }
+
+    /// `f(offset, run)` for every contiguous run of the values, `offset` being the run's
+    /// first index in the parameter's row-major order (the gradient's and the state's).
+    fn for_each_run(&mut self, mut f: impl FnMut(usize, &mut [f32])) {
+        match self {
+            Self::Values(v) => {
+                if let Some(values) = v.as_slice_mut() {
+                    return f(0, values);
+                }
+                for (i, x) in v.iter_mut().enumerate() {
+                    f(i, core::slice::from_mut(x));
+                }
+            }
+            Self::Conv(conv) => conv.for_each_weight_run_mut(f),
+        }
+    }
+}
 
 /// Calls `f(i, parameter, gradient)` for every parameter of `model`, `i` counting from
 /// 0 in walking order (conv weight; BN gamma, beta; linear weight, bias); the gradient
@@ -543,46 +588,54 @@ type GradRef<'a> = ArrayViewD<'a, f32>;
 fn for_each_param<M: Network + ?Sized>(
     model: &mut M,
     grads: &Gradients,
-    f: &mut dyn FnMut(usize, ParamMut<'_>, GradRef<'_>),
+    f: &mut dyn FnMut(usize, ParamMut<'_>, &[f32]),
 ) -> usize {
     let mut i = 0;
     model.visit_layers_mut(&mut |name, layer| {
-        let mut apply = |what: &str, p: ArrayViewMutD<'_, f32>, g: ArrayViewD<'_, f32>| {
-            assert_eq!(p.shape(), g.shape(), "gradient of {what}: shape");
+        let mut apply = |what: &str, p: ParamMut<'_>, g: ArrayViewD<'_, f32>| {
+            assert!(p.has_shape(g.shape()), "gradient of {what}: shape");
+            // Gradients are made in standard layout; another would be copied.
+            let copy;
+            let g = match g.as_slice() {
+                Some(g) => g,
+                None => {
+                    copy = g.iter().copied().collect::<Vec<_>>();
+                    &copy
+                }
+            };
             f(i, p, g);
             i += 1;
         };
         match (layer, grads.get(name)) {
-            // Frozen: not even borrowed mutably (a packed conv weight's guard would
-            // unpack and repack it).
+            // Frozen: not even borrowed mutably.
             (LayerMut::Conv(_), None) => i += 1,
             (LayerMut::BatchNorm(_) | LayerMut::Linear(_), None) => i += 2,
             (LayerMut::Conv(conv), Some(LayerGrad::Conv { weight })) => apply(
                 "conv weight",
-                conv.weight_mut().view_mut().into_dyn(),
+                ParamMut::Conv(conv),
                 weight.view().into_dyn(),
             ),
             (LayerMut::BatchNorm(bn), Some(LayerGrad::BatchNorm { gamma, beta })) => {
                 apply(
                     "BN gamma",
-                    bn.gamma_mut().view_mut().into_dyn(),
+                    ParamMut::Values(bn.gamma_mut().view_mut().into_dyn()),
                     gamma.view().into_dyn(),
                 );
                 apply(
                     "BN beta",
-                    bn.beta_mut().view_mut().into_dyn(),
+                    ParamMut::Values(bn.beta_mut().view_mut().into_dyn()),
                     beta.view().into_dyn(),
                 );
             }
             (LayerMut::Linear(linear), Some(LayerGrad::Linear { weight, bias })) => {
                 apply(
                     "linear weight",
-                    linear.weight_mut().view_mut().into_dyn(),
+                    ParamMut::Values(linear.weight_mut().view_mut().into_dyn()),
                     weight.view().into_dyn(),
                 );
                 apply(
                     "linear bias",
-                    linear.bias_mut().view_mut().into_dyn(),
+                    ParamMut::Values(linear.bias_mut().view_mut().into_dyn()),
                     bias.view().into_dyn(),
                 );
             }
@@ -755,7 +808,8 @@ mod tests {
         let mut p = ndarray::Array1::from(P0.to_vec()).into_dyn();
         let mut buf = vec![0.0; 5];
         for (t, row) in expected.iter().enumerate() {
-            sgd_update(&config, t == 0, p.view_mut(), grad(t).view(), &mut buf);
+            let (values, g) = (p.as_slice_mut().unwrap(), grad(t));
+            sgd_update(&config, t == 0, values, g.as_slice().unwrap(), &mut buf);
             assert_close(&format!("{what} step {}", t + 1), &p, row);
         }
     }
@@ -764,11 +818,12 @@ mod tests {
         let mut p = ndarray::Array1::from(P0.to_vec()).into_dyn();
         let (mut m, mut v) = (vec![0.0; 5], vec![0.0; 5]);
         for (t, row) in expected.iter().enumerate() {
+            let (values, g) = (p.as_slice_mut().unwrap(), grad(t));
             adam_update(
                 &config,
                 t as u32 + 1,
-                p.view_mut(),
-                grad(t).view(),
+                values,
+                g.as_slice().unwrap(),
                 &mut m,
                 &mut v,
             );
@@ -798,7 +853,13 @@ mod tests {
         };
         let mut p = ndarray::Array1::from(vec![1.0f32, -2.0]).into_dyn();
         let g = ndarray::Array1::from(vec![0.5f32, 1.0]).into_dyn();
-        sgd_update(&config, true, p.view_mut(), g.view(), &mut []);
+        sgd_update(
+            &config,
+            true,
+            p.as_slice_mut().unwrap(),
+            g.as_slice().unwrap(),
+            &mut [],
+        );
         // p − 0.5·(g + 0.1·p)
         assert_eq!(p.as_slice().unwrap(), [1.0 - 0.5 * 0.6, -2.0 - 0.5 * 0.8]);
     }

@@ -42,7 +42,9 @@ impl<T> Pool<T> {
             return Vec::new();
         }
         let class = len.next_power_of_two().ilog2() as usize;
-        match self.lock()[class].pop() {
+        // (The lock is released before a miss allocates.)
+        let free = self.lock()[class].pop();
+        match free {
             Some(mut v) => {
                 v.clear();
                 v

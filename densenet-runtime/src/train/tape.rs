@@ -21,7 +21,7 @@ use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2};
 use crate::kernels::direct_conv::Epilogue;
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::layers::{
-    conv1x1_into_padded, conv2d_into, global_avg_pool, pool2d_into, relu_padded_into, BatchNorm2d,
+    conv1x1_into_padded, conv2d_into, global_pool_into, pool2d_into, relu_padded_into, BatchNorm2d,
     Conv2d, DenseLayer, Linear,
 };
 use crate::model::check_input;
@@ -42,7 +42,7 @@ use crate::train::pool::{
 use crate::train::recycled::{self, Recycled};
 use crate::train::{
     batch_norm_apply, batch_norm_backward, batch_norm_frozen, batch_norm_train, dropout_in_place,
-    linear_backward, softmax_cross_entropy, BatchStats, Freeze,
+    linear_backward, softmax_cross_entropy_into, BatchStats, Freeze,
 };
 use crate::Error;
 
@@ -129,10 +129,10 @@ impl Gradients {
     /// next training step on this thread takes its weight gradients instead of
     /// allocating them ([`fit`](crate::train::fit) does this after each optimiser step;
     /// a custom loop can too). Dropping the gradients instead just frees them.
-    pub fn recycle(self) {
+    pub fn recycle(mut self) {
         MEMORY.with(|m| {
             if let Ok(mut m) = m.try_borrow_mut() {
-                for (_, grad) in self.layers {
+                for (_, grad) in self.layers.drain(..) {
                     match grad {
                         LayerGrad::Conv { weight } => {
                             m.1.give_gradient(weight.into_raw_vec_and_offset().0);
@@ -148,6 +148,10 @@ impl Gradients {
                         }
                     }
                 }
+                // The (empty) list and index, for the next step's gradients.
+                self.index.clear();
+                m.0.grad_layers = self.layers;
+                m.0.grad_index = self.index;
             }
         });
     }
@@ -197,7 +201,10 @@ pub fn loss_and_gradients_with<M: Network + ?Sized>(
     config: StepConfig,
     rng: &mut Rng,
 ) -> Result<(f32, Gradients), Error> {
-    step(model, x, labels, config, &Freeze::none(), rng).map(|(loss, _, grads)| (loss, grads))
+    step(model, x, labels, config, &Freeze::none(), rng).map(|(loss, logits, grads)| {
+        recycled::give(logits.into_raw_vec_and_offset().0);
+        (loss, grads)
+    })
 }
 
 /// [`loss_and_gradients_with`] with the layers `freeze` names frozen: their BatchNorms
@@ -221,7 +228,10 @@ pub fn loss_and_gradients_frozen<M: Network + ?Sized>(
     freeze: &Freeze,
     rng: &mut Rng,
 ) -> Result<(f32, Gradients), Error> {
-    step(model, x, labels, config, freeze, rng).map(|(loss, _, grads)| (loss, grads))
+    step(model, x, labels, config, freeze, rng).map(|(loss, logits, grads)| {
+        recycled::give(logits.into_raw_vec_and_offset().0);
+        (loss, grads)
+    })
 }
 
 /// [`loss_and_gradients_with`], also returning the training-mode logits `(N, classes)`
@@ -234,31 +244,34 @@ pub(crate) fn step<M: Network + ?Sized>(
     freeze: &Freeze,
     rng: &mut Rng,
 ) -> Result<(f32, Array2<f32>, Gradients), Error> {
-    let arch = model.architecture().clone();
-    if arch.head != Head::Classifier {
-        no_classifier(&arch.name);
-    }
-    check_input(x, arch.input)?;
+    let (input, classes, dropout) = {
+        let arch = model.architecture();
+        if arch.head != Head::Classifier {
+            no_classifier(&arch.name);
+        }
+        (arch.input, arch.classes, arch.dropout)
+    };
+    check_input(x, input)?;
     let n = x.dim().0;
     if labels.len() != n {
-        bad_labels(n, labels.len(), None, arch.classes);
+        bad_labels(n, labels.len(), None, classes);
     }
-    if let Some(&label) = labels.iter().find(|&&l| l >= arch.classes) {
-        bad_labels(n, labels.len(), Some(label), arch.classes);
+    if let Some(&label) = labels.iter().find(|&&l| l >= classes) {
+        bad_labels(n, labels.len(), Some(label), classes);
     }
-    let p = config.dropout.unwrap_or(arch.dropout);
+    let p = config.dropout.unwrap_or(dropout);
     if !(0.0..1.0).contains(&p) {
         bad_dropout(p);
     }
+    let (mut s, b) = Memory::take();
     // Per stage: whether all its layers are frozen (it then drops no units).
-    let frozen: Vec<bool> = crate::stage::stages(&*model)
-        .map(|stage| {
-            let mut all = true;
-            crate::stage::visit_stage_layers(stage, &mut |name, _| all &= freeze.contains(name));
-            all
-        })
-        .collect();
-    let (s, b) = Memory::take();
+    let mut frozen = std::mem::take(&mut s.frozen);
+    frozen.clear();
+    frozen.extend(crate::stage::stages(&*model).map(|stage| {
+        let mut all = true;
+        crate::stage::visit_stage_layers(stage, &mut |name, _| all &= freeze.contains(name));
+        all
+    }));
     let mut ctx = Ctx {
         p,
         momentum: config.momentum,
@@ -270,7 +283,8 @@ pub(crate) fn step<M: Network + ?Sized>(
 
     // The frozen stages before the first trainable one (the head at the latest) run in
     // inference mode, recording nothing: their output is all the next stage needs.
-    let mut tapes: Vec<Tape> = Vec::new();
+    let mut tapes: Vec<Tape> = std::mem::take(&mut ctx.s.tapes);
+    tapes.clear();
     let trainable = frozen
         .iter()
         .position(|&f| !f)
@@ -313,7 +327,7 @@ pub(crate) fn step<M: Network + ?Sized>(
                 let x = next_input.take().expect("the stem comes first");
                 let (out, tape) = record_stem(conv, norm, x, &mut ctx);
                 next_input = Some(out);
-                Tape::Stem(Box::new(tape))
+                Tape::Stem(tape)
             }
             StageMut::Block { index, layers } => {
                 let x = next_input
@@ -343,20 +357,21 @@ pub(crate) fn step<M: Network + ?Sized>(
         tapes.push(tape);
     }
     let logits = logits.expect("a model ends with its head");
-    let (loss, dlogits) = softmax_cross_entropy(logits.view(), labels);
+    let mut dlogits = recycled::matrix(n, classes);
+    let loss = softmax_cross_entropy_into(logits.view(), labels, dlogits.view_mut());
 
     // Backward, stage by stage in reverse; `grad` is ∂L/∂(output of the stage at hand).
     // Each stage's tape is dropped once it has been used, so memory shrinks as the
     // pass proceeds (a transition or head reads the block tape before it, still held).
-    let mut found = HashMap::new();
+    let mut found = std::mem::take(&mut ctx.s.found);
+    found.clear();
     let mut record = |name: LayerName, grad: LayerGrad| {
         if !freeze.contains(name) {
             found.insert(name, grad);
         }
     };
-    let stages: Vec<StageRef<'_>> = crate::stage::stages(&*model).collect();
     let mut grad: Option<Array4<f32>> = None;
-    if stages.len() != tapes.len() {
+    if crate::stage::stages(&*model).count() != tapes.len() {
         stages_changed();
     }
     while let Some(tape) = tapes.pop() {
@@ -367,7 +382,8 @@ pub(crate) fn step<M: Network + ?Sized>(
         ctx.p = if frozen[tapes.len()] { 0.0 } else { p };
         // Whether a stage before this one needs the gradient of this one's input.
         let need_dx = !matches!(tapes.last(), None | Some(Tape::Frozen(_)));
-        grad = match (&stages[tapes.len()], &tape) {
+        let stage = model.stage(tapes.len()).unwrap_or_else(|| stages_changed());
+        grad = match (&stage, &tape) {
             (
                 StageRef::Head {
                     norm, classifier, ..
@@ -424,10 +440,14 @@ pub(crate) fn step<M: Network + ?Sized>(
         };
         tape.recycle(&mut ctx.b, &mut ctx.s);
     }
-    Memory::keep(ctx.s, ctx.b, true);
+    (ctx.s.tapes, ctx.s.frozen) = (tapes, frozen);
+    recycled::give(dlogits.into_raw_vec_and_offset().0);
 
     // In the order (and with exactly the names) of `visit_layers`, frozen layers left out.
-    let mut layers = Vec::with_capacity(found.len());
+    // (The list and its index come back with `Gradients::recycle`.)
+    let mut layers = std::mem::take(&mut ctx.s.grad_layers);
+    layers.clear();
+    layers.reserve(found.len());
     model.visit_layers(&mut |name, _| match found.remove(&name) {
         Some(grad) => layers.push((name, grad)),
         None => assert!(
@@ -439,11 +459,11 @@ pub(crate) fn step<M: Network + ?Sized>(
         found.is_empty(),
         "gradients for layers the model does not visit"
     );
-    let index = layers
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _))| (*name, i))
-        .collect();
+    let mut index = std::mem::take(&mut ctx.s.grad_index);
+    index.clear();
+    index.extend(layers.iter().enumerate().map(|(i, (name, _))| (*name, i)));
+    ctx.s.found = found;
+    Memory::keep(ctx.s, ctx.b, true);
     Ok((loss, logits, Gradients { layers, index }))
 }
 
@@ -638,6 +658,16 @@ impl Memory {
 /// ones are requests to the planned [`Buffers`].
 #[derive(Default)]
 struct Scratch {
+    /// The step's bookkeeping, kept empty between steps for its capacity: the stage
+    /// tapes, the per-block lists of layer tapes, which stages are frozen, the
+    /// gradients found, and (back from `Gradients::recycle`) the gradient list and
+    /// its index.
+    tapes: Vec<Tape>,
+    layer_tapes: Vec<Vec<LayerTape>>,
+    frozen: Vec<bool>,
+    found: HashMap<LayerName, LayerGrad>,
+    grad_layers: Vec<(LayerName, LayerGrad)>,
+    grad_index: HashMap<LayerName, usize>,
     im2col: Vec<f32>,
     /// The bottleneck input backward's per-task chunks, weight gradients and sums.
     tasks: Vec<f32>,
@@ -724,12 +754,15 @@ fn bn_relu_pooled(
     pooled
 }
 
-/// One stage's record (the stem's, holding the input batch, is boxed: there is one).
+/// One stage's record. The stem's is the largest (its input batch, its BN output, its
+/// statistics and the max pool's argmax); unboxed, since a step has one, and a box
+/// would be its one allocation.
+#[allow(clippy::large_enum_variant)]
 enum Tape {
     /// A stage of the frozen prefix, run as inference; the last one keeps its output
     /// when a transition or the head reads it.
     Frozen(Option<Array4<f32>>),
-    Stem(Box<StemTape>),
+    Stem(StemTape),
     Block(BlockTape),
     Transition(TransitionTape),
     Head(HeadTape),
@@ -741,20 +774,22 @@ impl Tape {
         match self {
             Tape::Frozen(Some(out)) => b.give4(out),
             Tape::Stem(stem) => {
-                let StemTape { x, norm } = *stem;
+                let StemTape { x, norm } = stem;
                 b.give4(x);
                 if let Some((y, _, argmax)) = norm {
                     b.give4(y);
                     s.argmax = argmax.into_raw_vec_and_offset().0;
                 }
             }
-            Tape::Block(block) => {
+            Tape::Head(head) => recycled::give(head.features.into_raw_vec_and_offset().0),
+            Tape::Block(mut block) => {
                 b.give4(block.buffer);
-                for layer in block.layers {
+                for layer in block.layers.drain(..) {
                     if let Some((z, ..)) = layer.bottleneck {
                         b.give(z);
                     }
                 }
+                s.layer_tapes.push(block.layers);
             }
             _ => {}
         }
@@ -847,17 +882,11 @@ fn conv_forward(conv: &Conv2d, x: ArrayView4<'_, f32>, ctx: &mut Ctx<'_>) -> Arr
     let (n, h, w, _) = x.dim();
     let (oh, ow) = conv.output_size(h, w);
     let mut y = ctx.b.overwritten4((n, oh, ow, conv.c_out()));
-    conv2d_into(
+    crate::train::conv::conv_forward(
         conv,
         x.as_slice().expect("a contiguous NHWC batch"),
         (n, h, w),
-        false,
-        Epilogue::Store,
-        MatMut::row_major(
-            y.as_slice_mut().expect("contiguous"),
-            n * oh * ow,
-            conv.c_out(),
-        ),
+        y.as_slice_mut().expect("contiguous"),
         &mut ctx.s.im2col,
     );
     y
@@ -986,7 +1015,9 @@ fn record_block(
         matrix(buf, rows, c_out).slice_move(s![.., ..c_in]),
     ));
 
-    let mut tapes = Vec::with_capacity(layers.len());
+    let mut tapes = s.layer_tapes.pop().unwrap_or_default();
+    tapes.clear();
+    tapes.reserve(layers.len());
     let mut c = c_in;
     for (j, layer) in layers.iter_mut().enumerate() {
         let k = layer.growth();
@@ -1523,9 +1554,13 @@ fn record_head(
     let name = LayerName::new(Site::Head, "norm5");
     let stats = bn_stats_of(ctx, name, norm, x, moments);
     let normed = bn_relu(norm, &stats, x, &mut ctx.b);
-    let features = global_avg_pool(normed.view());
+    let (n, h, w, c) = normed.dim();
+    let mut features = recycled::matrix(n, c);
+    let features_out = features.as_slice_mut().expect("a new array is contiguous");
+    let normed_in = normed.as_slice().expect("a step buffer is contiguous");
+    global_pool_into(normed_in, n, h * w, c, false, features_out);
     ctx.b.give4(normed);
-    let mut logits = Array2::zeros((x.dim().0, classifier.out_features()));
+    let mut logits = recycled::matrix(x.dim().0, classifier.out_features());
     let features_slice = features.as_slice().expect("a new array is contiguous");
     let logits_slice = logits.as_slice_mut().expect("a new array is contiguous");
     classifier.forward_into(features_slice, x.dim().0, logits_slice);

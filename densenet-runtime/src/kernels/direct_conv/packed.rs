@@ -103,6 +103,12 @@ impl PackedWeight {
         }
     }
 
+    /// The panels' values, mutably (the padding columns of the last panel included:
+    /// keep them zero).
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
     /// Rows of the matrix (`kh·kw·c_in`).
     pub fn rows(&self) -> usize {
         self.rows
