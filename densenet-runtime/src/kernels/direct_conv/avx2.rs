@@ -48,10 +48,11 @@ impl Microkernel for Avx2 {
     }
 }
 
-/// A lane mask for `AVX2` masked loads and stores: the first `lanes` of 8 lanes set.
+/// A lane mask for `AVX2` masked loads and stores: the first `lanes` of 8 lanes set
+/// (also the unpacked GEMM's).
 #[target_feature(enable = "avx2")]
 #[inline]
-fn lane_mask(lanes: usize) -> __m256i {
+pub(in crate::kernels) fn lane_mask(lanes: usize) -> __m256i {
     _mm256_cmpgt_epi32(
         _mm256_set1_epi32(lanes as i32),
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),

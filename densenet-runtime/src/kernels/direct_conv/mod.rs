@@ -644,7 +644,7 @@ fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-mod avx2;
+pub(in crate::kernels) mod avx2;
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod avx512;
 #[cfg(any(

@@ -4,6 +4,7 @@
 use core::arch::x86_64::*;
 
 use super::Microkernel;
+use crate::kernels::direct_conv::avx2::lane_mask;
 
 /// AVX2 and FMA (detected at run time by the caller).
 pub(super) struct Avx2;
@@ -49,16 +50,6 @@ impl Microkernel for Avx2 {
             kernel(k, (a.0, a.1, a.2), b, c, mask, accumulate)
         }
     }
-}
-
-/// The first `lanes` of 8 lanes set, for masked loads and stores.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn lane_mask(lanes: usize) -> __m256i {
-    _mm256_cmpgt_epi32(
-        _mm256_set1_epi32(lanes as i32),
-        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-    )
 }
 
 /// An `MR × NV·8` tile of `C` (the last vector limited to `mask`'s lanes when
