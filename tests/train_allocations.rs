@@ -259,7 +259,7 @@ fn a_smaller_batch_between_full_ones_leaves_the_plan_in_place() {
 /// The buffers a real step plans from its requests are those `Plan::training` lists from
 /// the shapes alone (so `summary()`'s training figure is what a step keeps): the same
 /// number of requests, the same slots, the same live peak; and the plan scales with the
-/// batch.
+/// batch (up to the padded grids' zero tails).
 #[test]
 fn a_step_plans_the_buffers_the_shapes_predict() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -306,6 +306,15 @@ fn a_step_plans_the_buffers_the_shapes_predict() {
         Bc::init(0).plan().training(1),
         Bc::init(0).plan().training(7),
     );
-    assert_eq!(many.slot_floats(), 7 * one.slot_floats());
-    assert_eq!(many.live_peak_floats(), 7 * one.live_peak_floats());
+    // Linear in the batch, up to the zero tails of the padded grids the 3x3s' weight
+    // gradients read (a few pixels each, whatever the batch): under 1%.
+    for (many, one) in [
+        (many.slot_floats(), one.slot_floats()),
+        (many.live_peak_floats(), one.live_peak_floats()),
+    ] {
+        assert!(
+            many <= 7 * one && (7 * one - many) * 100 < many,
+            "batch 7: {many}, batch 1: {one}"
+        );
+    }
 }

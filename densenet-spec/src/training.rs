@@ -172,7 +172,11 @@ impl Plan {
                     // BN1's input gradient goes straight into the block's gradient.
                     Some(bn) => {
                         let width = rows * bn * self.growth;
-                        let normed2 = r.take(width);
+                        // BN2-ReLU recomputed into the 3x3's padded grid, with the zero
+                        // tail its taps reach past the last row: `2·(w + 2) + 2` pixels.
+                        let tail = 2 * (b.width + 2) + 2;
+                        let normed2 =
+                            r.take((n * (b.height + 2) * (b.width + 2) + tail) * bn * self.growth);
                         let d_normed2 = r.take(width);
                         r.give(normed2);
                         let dz = r.take(width);

@@ -9,7 +9,7 @@
 //! convolution on CPUs without the direct kernels. Every product is
 //! [`gemm_unpacked`]: in the caller's layout, in the step's scratch, no allocation.
 
-use ndarray::{Array4, ArrayView4};
+use ndarray::{Array4, ArrayView4, ShapeBuilder};
 
 use crate::kernels::direct_conv::{self, ConvShape, ConvWeight, Epilogue, ImageLayout};
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
@@ -65,35 +65,84 @@ pub(crate) fn conv2d_backward_reusing(
     scratch: &mut Vec<f32>,
     storage: Vec<f32>,
 ) -> Array4<f32> {
-    backward(conv, x, dy, dx, scratch, Some(storage)).expect("asked for the weight gradient")
+    backward(conv, x.into(), dy, dx, scratch, Some(storage)).expect("asked for the weight gradient")
 }
 
-/// [`conv2d_backward`]'s input gradient alone, for a frozen convolution: neither the
-/// `Xᵀ·dY` product nor the im2col matrix of `x` it needs.
+/// A convolution's input as its backward reads it: the NHWC batch, or (a "same"
+/// convolution's, from the training step) that batch already in the zero-padded grid
+/// the per-tap weight gradient reads ([`padded_grid_len`] floats), so that it is not
+/// copied there again.
+pub(crate) enum ConvInput<'a> {
+    /// The NHWC batch.
+    Batch(ArrayView4<'a, f32>),
+    /// `(n, h, w, c)` images in the padded grid: `n·(h + 2p)·(w + 2p)` pixels of `c`
+    /// channels, zero outside the images, then [`padded_grid_len`]'s zero tail.
+    Padded(&'a [f32], [usize; 4]),
+}
+
+impl<'a> From<ArrayView4<'a, f32>> for ConvInput<'a> {
+    fn from(x: ArrayView4<'a, f32>) -> Self {
+        Self::Batch(x)
+    }
+}
+
+/// Floats of the padded grid (with its zero tail) that the per-tap weight gradient of
+/// `conv`, a stride-1 "same" convolution, reads for `n` images of `h × w`: what
+/// [`ConvInput::Padded`] holds.
+pub(crate) fn padded_grid_len(conv: &Conv2d, (n, h, w): (usize, usize, usize)) -> usize {
+    let win = conv.window();
+    let (hp, wp) = (h + 2 * win.padding, w + 2 * win.padding);
+    // Taps reach up to `(k−1)·(wp + 1)` pixels past a grid position: zeros there.
+    (n * hp * wp + (win.kernel_h - 1) * (wp + 1)) * conv.c_in()
+}
+
+/// [`conv2d_backward_reusing`] with the input in either form; without `storage`, the
+/// input gradient alone (a frozen convolution: neither the `Xᵀ·dY` product nor the
+/// im2col matrix of `x` it needs).
 ///
 /// # Panics
 ///
-/// As [`conv2d_backward`].
-pub(crate) fn conv2d_backward_input(
+/// As [`conv2d_backward`]; for a padded input, also if the convolution is not a
+/// stride-1 "same" one or the grid is not [`padded_grid_len`] long.
+pub(crate) fn conv2d_backward_from(
     conv: &Conv2d,
-    x: ArrayView4<'_, f32>,
+    x: ConvInput<'_>,
     dy: &[f32],
-    dx: &mut [f32],
+    dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
-) {
-    backward(conv, x, dy, Some(dx), scratch, None);
+    storage: Option<Vec<f32>>,
+) -> Option<Array4<f32>> {
+    backward(conv, x, dy, dx, scratch, storage)
 }
 
 /// [`conv2d_backward`], the weight gradient (in `storage`) only if `storage` is given.
 fn backward(
     conv: &Conv2d,
-    x: ArrayView4<'_, f32>,
+    input: ConvInput<'_>,
     dy: &[f32],
     dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
     storage: Option<Vec<f32>>,
 ) -> Option<Array4<f32>> {
     let weights = storage.is_some();
+    // The batch as a view (of the padded grid's interior, for a padded input).
+    let (x, padded) = match input {
+        ConvInput::Batch(x) => (x, None),
+        ConvInput::Padded(grid, [n, h, w, c]) => {
+            let p = conv.window().padding;
+            let (hp, wp) = (h + 2 * p, w + 2 * p);
+            assert_eq!(
+                grid.len(),
+                padded_grid_len(conv, (n, h, w)),
+                "conv2d_backward: a padded input of another size"
+            );
+            let strides = (hp * wp * c, wp * c, c, 1);
+            let interior = &grid[(p * wp + p) * c..];
+            let view = ArrayView4::from_shape((n, h, w, c).strides(strides), interior)
+                .expect("the grid holds the images");
+            (view, Some(grid))
+        }
+    };
     let (n, h, w, c_in) = x.dim();
     let c_out = conv.c_out();
     let (oh, ow) = conv.output_size(h, w);
@@ -108,8 +157,9 @@ fn backward(
             dx.as_ref().map(|dx| dx.len()),
         );
     }
-    let x = x.as_standard_layout();
-    let x = x.as_slice().expect("standard layout is contiguous");
+    // Contiguous, where a path reads the batch itself (a padded input's copy, off the
+    // paths the training step takes with one).
+    let batch = || x.as_standard_layout();
     let win = conv.window();
     let k_len = win.kernel_h * win.kernel_w * c_in;
     let dw_shape = if weights {
@@ -126,6 +176,8 @@ fn backward(
     let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1 && win.padding == 0;
     if pointwise {
         let rows = n * h * w;
+        let x = batch();
+        let x = x.as_slice().expect("standard layout is contiguous");
         if weights {
             let partials = take(scratch, sum_partials_len(rows, k_len, c_out));
             sum_over_rows(x, dy, (rows, k_len, c_out), dw_slice, false, partials);
@@ -151,10 +203,16 @@ fn backward(
             input_gradient_by_flipped_conv(conv, dy, (n, h, w), dx, scratch);
         }
         if weights {
+            let x = match padded {
+                Some(grid) => TapInput::Padded(grid),
+                None => TapInput::Batch(batch()),
+            };
             weight_gradient_by_taps(conv, x, dy, (n, h, w), dw_slice, scratch);
         }
         return weights.then_some(dw);
     }
+    let x = batch();
+    let x = x.as_slice().expect("standard layout is contiguous");
 
     let image_in = h * w * c_in;
     let image_rows = oh * ow;
@@ -272,6 +330,13 @@ fn input_gradient_by_flipped_conv(
     assert!(ran, "conv2d_backward: the direct kernels refused {shape:?}");
 }
 
+/// The per-tap weight gradient's input: the contiguous batch, copied into a padded
+/// grid in the scratch, or that grid already ([`ConvInput::Padded`]).
+enum TapInput<'a> {
+    Batch(ndarray::CowArray<'a, f32, ndarray::Ix4>),
+    Padded(&'a [f32]),
+}
+
 /// Rows of one task of [`sum_over_rows`]: fixed, so the partial sums and the order they
 /// are added in do not depend on the thread count.
 const TAP_ROWS: usize = 8192;
@@ -300,7 +365,7 @@ const TAP_CHUNK: usize = 256;
 /// task order.
 fn weight_gradient_by_taps(
     conv: &Conv2d,
-    x: &[f32],
+    x: TapInput<'_>,
     dy: &[f32],
     (n, h, w): (usize, usize, usize),
     dw: &mut [f32],
@@ -310,24 +375,24 @@ fn weight_gradient_by_taps(
     let (k, pad, c_in, c_out) = (win.kernel_h, win.padding, conv.c_in(), conv.c_out());
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let grid = n * hp * wp;
-    // Taps reach up to `(k−1)·(wp + 1)` pixels past a grid position: zeros there.
-    let tail = (k - 1) * (wp + 1);
-    let (x_len, dy_len) = ((grid + tail) * c_in, grid * c_out);
+    let x_len = padded_grid_len(conv, (n, h, w));
+    let dy_len = grid * c_out;
     let (taps, per_tap) = (k * k, c_in * c_out);
     let per_task = tap_task_rows(grid);
     let tasks = grid.div_ceil(per_task);
-    // Each task's partial weight gradient lives in the scratch too, after the two maps.
+    // The scratch holds the padded input (unless given padded), the padded `dy` and
+    // each task's partial weight gradient.
+    let x_scratch = if matches!(x, TapInput::Batch(_)) {
+        x_len
+    } else {
+        0
+    };
     let partials_len = tasks * taps * per_tap;
-    if scratch.len() < x_len + dy_len + partials_len {
-        scratch.resize(x_len + dy_len + partials_len, 0.0);
-    }
-    let (maps, partials) = scratch[..x_len + dy_len + partials_len].split_at_mut(x_len + dy_len);
-    let (xp, dyg) = maps.split_at_mut(x_len);
-    // Zeros where no value is copied: `x`'s border and the tail, `dy`'s grid past each
-    // image's `h × w` outputs (the last `2·pad` columns of a row, the last `2·pad` rows).
-    let (images, tail_x) = xp.split_at_mut(grid * c_in);
-    zero_border(images, (h, w, c_in), pad);
-    tail_x.fill(0.0);
+    let (xp_scratch, rest) =
+        take(scratch, x_scratch + dy_len + partials_len).split_at_mut(x_scratch);
+    let (dyg, partials) = rest.split_at_mut(dy_len);
+    // Zeros where no value is copied: `dy`'s grid past each image's `h × w` outputs (the
+    // last `2·pad` columns of a row, the last `2·pad` rows).
     for (r, row) in dyg.chunks_exact_mut(wp * c_out).enumerate() {
         if r % hp < h {
             row[w * c_out..].fill(0.0);
@@ -337,12 +402,26 @@ fn weight_gradient_by_taps(
     }
     for r in 0..n * h {
         let (b, y) = (r / h, r % h);
-        let xs = ((b * hp + y + pad) * wp + pad) * c_in;
-        xp[xs..xs + w * c_in].copy_from_slice(&x[r * w * c_in..][..w * c_in]);
         let ds = (b * hp + y) * wp * c_out;
         dyg[ds..ds + w * c_out].copy_from_slice(&dy[r * w * c_out..][..w * c_out]);
     }
-    let (xp, dyg) = (&*xp, &*dyg);
+    let xp: &[f32] = match x {
+        TapInput::Padded(grid) => grid,
+        TapInput::Batch(x) => {
+            let x = x.as_slice().expect("standard layout is contiguous");
+            // `x`'s border and the tail zero, its rows into the interior.
+            let (images, tail_x) = xp_scratch.split_at_mut(grid * c_in);
+            zero_border(images, (h, w, c_in), pad);
+            tail_x.fill(0.0);
+            for r in 0..n * h {
+                let (b, y) = (r / h, r % h);
+                let xs = ((b * hp + y + pad) * wp + pad) * c_in;
+                images[xs..xs + w * c_in].copy_from_slice(&x[r * w * c_in..][..w * c_in]);
+            }
+            xp_scratch
+        }
+    };
+    let dyg = &*dyg;
     // One job per task (each writes its own partials, so the jobs may run in any order
     // on any thread), a chunk of rows at a time through every tap: the input's rows are
     // read from memory once and by the nine taps from L2 (one job per tap and task read
@@ -601,6 +680,46 @@ mod tests {
 
     /// The input gradient alone (a frozen convolution's) is the full backward's, bit
     /// for bit, for a 1x1 and a strided, padded 3x3.
+    /// The batch given already in the padded grid (as the training step's BN2-ReLU
+    /// writes it) gives the very bits of the batch given plainly. (The portable path,
+    /// which reads the grid's interior, is tested in `tests/portable.rs`: the switch is
+    /// process-wide.)
+    #[test]
+    fn a_padded_input_gives_the_plain_inputs_gradients() {
+        let (n, h, w, c_in, c_out) = (3, 9, 7, 16, 5);
+        let layer = conv(3, 3, c_in, c_out, 1, 1);
+        let x = Array4::from_shape_vec((n, h, w, c_in), values(n * h * w * c_in, 7)).unwrap();
+        let dy = values(n * h * w * c_out, 8);
+        let (hp, wp) = (h + 2, w + 2);
+        let mut grid = vec![0.0; padded_grid_len(&layer, (n, h, w))];
+        for ((b, y, xx, c), &v) in x.indexed_iter() {
+            grid[((b * hp + y + 1) * wp + xx + 1) * c_in + c] = v;
+        }
+        {
+            let mut dx_plain = vec![f32::NAN; x.len()];
+            let mut dx_padded = vec![f32::NAN; x.len()];
+            let run = |input: ConvInput<'_>, dx: &mut [f32]| {
+                conv2d_backward_from(
+                    &layer,
+                    input,
+                    &dy,
+                    Some(dx),
+                    &mut Vec::new(),
+                    Some(Vec::new()),
+                )
+                .unwrap()
+            };
+            let dw_plain = run(x.view().into(), &mut dx_plain);
+            let dw_padded = run(ConvInput::Padded(&grid, [n, h, w, c_in]), &mut dx_padded);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(dw_plain.as_slice().unwrap()),
+                bits(dw_padded.as_slice().unwrap())
+            );
+            assert_eq!(bits(&dx_plain), bits(&dx_padded));
+        }
+    }
+
     #[test]
     fn the_input_gradient_alone_is_the_full_backwards() {
         for layer in [conv(1, 1, 5, 3, 1, 0), conv(3, 3, 4, 6, 2, 1)] {
@@ -615,7 +734,14 @@ mod tests {
             let (mut full, mut alone) = (vec![0.0; x.len()], vec![1.0; x.len()]);
             let mut scratch = Vec::new();
             conv2d_backward(&layer, x.view(), &dy, Some(&mut full), &mut scratch);
-            conv2d_backward_input(&layer, x.view(), &dy, &mut alone, &mut Vec::new());
+            conv2d_backward_from(
+                &layer,
+                x.view().into(),
+                &dy,
+                Some(&mut alone),
+                &mut Vec::new(),
+                None,
+            );
             assert_eq!(full, alone);
         }
     }

@@ -34,7 +34,9 @@ use crate::train::batch_norm::{
     scale_shift, BackwardCoef, Moments,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
-use crate::train::conv::{conv2d_backward_input, conv2d_backward_reusing};
+use crate::train::conv::{
+    conv2d_backward_from, conv2d_backward_reusing, padded_grid_len, ConvInput,
+};
 use crate::train::pool::{
     avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
     max_pool2d_train_into, output_size,
@@ -483,11 +485,11 @@ struct Ctx<'a> {
 /// is frozen: then only its input's gradient is computed) and writes its input's
 /// gradient into `dx`, if given.
 #[allow(clippy::too_many_arguments)]
-fn conv_backward(
+fn conv_backward<'x>(
     freeze: &Freeze,
     name: LayerName,
     conv: &Conv2d,
-    x: ArrayView4<'_, f32>,
+    x: impl Into<ConvInput<'x>>,
     dy: &[f32],
     dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
@@ -496,10 +498,11 @@ fn conv_backward(
 ) {
     if !freeze.contains(name) {
         let storage = b.leaving(weight_len(conv));
-        let weight = conv2d_backward_reusing(conv, x, dy, dx, scratch, storage);
+        let weight = conv2d_backward_from(conv, x.into(), dy, dx, scratch, Some(storage))
+            .expect("asked for the weight gradient");
         record(name, LayerGrad::Conv { weight });
-    } else if let Some(dx) = dx {
-        conv2d_backward_input(conv, x, dy, dx, scratch);
+    } else if dx.is_some() {
+        conv2d_backward_from(conv, x.into(), dy, dx, scratch, None);
     }
 }
 
@@ -1188,21 +1191,22 @@ fn block_backward(
                 Some((z, stats2, rng1)),
             ) => {
                 let width = conv1.c_out();
+                // BN2-ReLU recomputed straight into the zero-padded grid the 3x3's
+                // weight gradient reads (as the forward writes the map the 3x3 reads),
+                // not copied there from a dense map.
+                let mut normed2 = ctx.b.overwritten(padded_grid_len(conv2, (n, h, w)));
+                let pad = conv2.window().padding;
+                let (grid, tail) = normed2.split_at_mut(n * (h + 2 * pad) * (w + 2 * pad) * width);
+                let (scale, shift) = scale_shift(norm2, stats2);
+                relu_padded_into(z, width, (n, h, w), pad, &scale, &shift, grid);
+                tail.fill(0.0);
                 let z = matrix(z, rows, width);
-                let mut normed2 = ctx.b.overwritten(rows * width);
-                batch_norm_apply(
-                    norm2,
-                    stats2,
-                    z,
-                    true,
-                    matrix_mut(&mut normed2, rows, width),
-                );
                 let mut d_normed2 = ctx.b.overwritten(rows * width);
                 conv_backward(
                     freeze,
                     name("conv2"),
                     conv2,
-                    view4(&normed2, n, h, w, width),
+                    ConvInput::Padded(&normed2, [n, h, w, width]),
                     &d_new,
                     Some(&mut d_normed2),
                     &mut s.im2col,
