@@ -199,15 +199,46 @@ fn backward(
         && win.kernel_h == win.kernel_w
         && win.padding < win.kernel_h;
     if same && direct_conv::available() {
+        // `dy` once in a zero-padded grid (border `k − 1 − padding`, the padding itself
+        // for a "same" convolution; then a zero tail): the flipped-kernel convolution
+        // reads it as its padded input, and the per-tap weight gradient reads it
+        // shifted by `pad·(wp + 1)` pixels, so that each image's `dy` starts its grid
+        // block with zeros past the `h × w` outputs.
+        let k = win.kernel_h;
+        let pad = k - 1 - win.padding;
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let (grid, shift) = (n * hp * wp, pad * (wp + 1));
+        let dy_len = (grid + shift) * c_out;
+        let x = match padded {
+            Some(grid) => TapInput::Padded(grid),
+            None => TapInput::Batch(batch()),
+        };
+        let flip_len = if dx.is_some() {
+            k * k * c_out * c_in
+        } else {
+            0
+        };
+        let taps_len = if weights {
+            taps_scratch_len(conv, &x, (n, h, w))
+        } else {
+            0
+        };
+        let (dy_grid, rest) = take(scratch, dy_len + flip_len.max(taps_len)).split_at_mut(dy_len);
+        let (images, tail) = dy_grid.split_at_mut(grid * c_out);
+        zero_border(images, (h, w, c_out), pad);
+        tail.fill(0.0);
+        for (r, src) in dy.chunks_exact(w * c_out).enumerate() {
+            let (b, y) = (r / h, r % h);
+            let start = ((b * hp + y + pad) * wp + pad) * c_out;
+            images[start..start + w * c_out].copy_from_slice(src);
+        }
         if let Some(dx) = dx.take() {
-            input_gradient_by_flipped_conv(conv, dy, (n, h, w), dx, scratch);
+            let padded_dy = &dy_grid[..grid * c_out];
+            input_gradient_by_flipped_conv(conv, padded_dy, (n, h, w), dx, &mut rest[..flip_len]);
         }
         if weights {
-            let x = match padded {
-                Some(grid) => TapInput::Padded(grid),
-                None => TapInput::Batch(batch()),
-            };
-            weight_gradient_by_taps(conv, x, dy, (n, h, w), dw_slice, scratch);
+            let dy_at = &dy_grid[shift * c_out..][..grid * c_out];
+            weight_gradient_by_taps(conv, x, dy_at, (n, h, w), dw_slice, &mut rest[..taps_len]);
         }
         return weights.then_some(dw);
     }
@@ -271,21 +302,19 @@ fn backward(
 
 /// `dx ← conv(pad(dy, q), W′)` with `q = k − 1 − padding` and `W′[a][b][o][i] =
 /// W[k−1−a][k−1−b][i][o]`: the input gradient of a stride-1 convolution whose output
-/// has its input's size, `dy` being `(n·h·w) × c_out`, on the direct kernels.
-/// `scratch` holds the padded `dy` and `W′`.
+/// has its input's size, on the direct kernels. `padded_dy` is `dy` in its zero-padded
+/// grid (`n` images of `(h + 2q) × (w + 2q)` pixels); `flipped` holds `W′`.
 fn input_gradient_by_flipped_conv(
     conv: &Conv2d,
-    dy: &[f32],
+    padded_dy: &[f32],
     (n, h, w): (usize, usize, usize),
     dx: &mut [f32],
-    scratch: &mut Vec<f32>,
+    flipped: &mut [f32],
 ) {
     let win = conv.window();
     let (k, c_in, c_out) = (win.kernel_h, conv.c_in(), conv.c_out());
     let q = k - 1 - win.padding;
     let (hp, wp) = (h + 2 * q, w + 2 * q);
-    let len = n * hp * wp * c_out;
-    let (padded, flipped) = take(scratch, len + k * k * c_out * c_in).split_at_mut(len);
     let weight = conv.weight();
     let mut flipped_values = flipped.iter_mut();
     for a in 0..k {
@@ -296,13 +325,6 @@ fn input_gradient_by_flipped_conv(
                 }
             }
         }
-    }
-    // The zero border, then `dy`'s rows into the interior.
-    zero_border(padded, (h, w, c_out), q);
-    for (r, src) in dy.chunks_exact(w * c_out).enumerate() {
-        let (b, y) = (r / h, r % h);
-        let start = ((b * hp + y + q) * wp + q) * c_out;
-        padded[start..start + w * c_out].copy_from_slice(src);
     }
     let shape = ConvShape {
         n,
@@ -315,7 +337,7 @@ fn input_gradient_by_flipped_conv(
         stride: 1,
     };
     let ran = direct_conv::direct_conv(
-        padded,
+        padded_dy,
         ImageLayout::dense(hp, wp, c_out),
         Epilogue::Store,
         ConvWeight::Hwio(flipped),
@@ -356,55 +378,46 @@ fn tap_task_rows(grid: usize) -> usize {
 /// stay in L2 while every tap reads them.
 const TAP_CHUNK: usize = 256;
 
+/// Floats of the scratch [`weight_gradient_by_taps`] takes: the padded input (unless
+/// given padded) and each task's partial weight gradient.
+fn taps_scratch_len(conv: &Conv2d, x: &TapInput<'_>, (n, h, w): (usize, usize, usize)) -> usize {
+    let win = conv.window();
+    let grid = n * (h + 2 * win.padding) * (w + 2 * win.padding);
+    let x_len = match x {
+        TapInput::Batch(_) => padded_grid_len(conv, (n, h, w)),
+        TapInput::Padded(_) => 0,
+    };
+    let tasks = grid.div_ceil(tap_task_rows(grid));
+    x_len + tasks * win.kernel_h * win.kernel_w * conv.c_in() * conv.c_out()
+}
+
 /// `dW[a][b] = Σ_p x_pad[p + off(a, b)]ᵀ · dy_grid[p]` for a stride-1 "same"
-/// convolution: `x` padded into `(n, h + 2·pad, w + 2·pad)` images, `dy` placed in the
-/// same grid (zero outside the `h × w` outputs), so that every tap is one GEMM of a
-/// shifted view of the padded input over all the batch's pixels, with no im2col
-/// matrix (whose `k·k`-fold copy costs more than the products here). Rows are split
-/// into tasks ([`tap_task_rows`]) run in parallel, whose partial gradients are added in
-/// task order.
+/// convolution: `x` padded into `(n, h + 2·pad, w + 2·pad)` images, `dy_grid` `dy` in
+/// the same grid (each image's outputs at the top left of its block, zero past the
+/// `h × w` outputs), so that every tap is one GEMM of a shifted view of the padded
+/// input over all the batch's pixels, with no im2col matrix (whose `k·k`-fold copy
+/// costs more than the products here). Rows are split into tasks ([`tap_task_rows`])
+/// run in parallel, whose partial gradients are added in task order. `scratch` is
+/// [`taps_scratch_len`] floats.
 fn weight_gradient_by_taps(
     conv: &Conv2d,
     x: TapInput<'_>,
-    dy: &[f32],
+    dyg: &[f32],
     (n, h, w): (usize, usize, usize),
     dw: &mut [f32],
-    scratch: &mut Vec<f32>,
+    scratch: &mut [f32],
 ) {
     let win = conv.window();
     let (k, pad, c_in, c_out) = (win.kernel_h, win.padding, conv.c_in(), conv.c_out());
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let grid = n * hp * wp;
-    let x_len = padded_grid_len(conv, (n, h, w));
-    let dy_len = grid * c_out;
     let (taps, per_tap) = (k * k, c_in * c_out);
     let per_task = tap_task_rows(grid);
-    let tasks = grid.div_ceil(per_task);
-    // The scratch holds the padded input (unless given padded), the padded `dy` and
-    // each task's partial weight gradient.
-    let x_scratch = if matches!(x, TapInput::Batch(_)) {
-        x_len
-    } else {
-        0
+    let x_scratch = match x {
+        TapInput::Batch(_) => padded_grid_len(conv, (n, h, w)),
+        TapInput::Padded(_) => 0,
     };
-    let partials_len = tasks * taps * per_tap;
-    let (xp_scratch, rest) =
-        take(scratch, x_scratch + dy_len + partials_len).split_at_mut(x_scratch);
-    let (dyg, partials) = rest.split_at_mut(dy_len);
-    // Zeros where no value is copied: `dy`'s grid past each image's `h × w` outputs (the
-    // last `2·pad` columns of a row, the last `2·pad` rows).
-    for (r, row) in dyg.chunks_exact_mut(wp * c_out).enumerate() {
-        if r % hp < h {
-            row[w * c_out..].fill(0.0);
-        } else {
-            row.fill(0.0);
-        }
-    }
-    for r in 0..n * h {
-        let (b, y) = (r / h, r % h);
-        let ds = (b * hp + y) * wp * c_out;
-        dyg[ds..ds + w * c_out].copy_from_slice(&dy[r * w * c_out..][..w * c_out]);
-    }
+    let (xp_scratch, partials) = scratch.split_at_mut(x_scratch);
     let xp: &[f32] = match x {
         TapInput::Padded(grid) => grid,
         TapInput::Batch(x) => {
@@ -421,7 +434,6 @@ fn weight_gradient_by_taps(
             xp_scratch
         }
     };
-    let dyg = &*dyg;
     // One job per task (each writes its own partials, so the jobs may run in any order
     // on any thread), a chunk of rows at a time through every tap: the input's rows are
     // read from memory once and by the nine taps from L2 (one job per tap and task read
