@@ -20,7 +20,8 @@
 //! allocations and ~550 SIMD-aligned ones, the `gemm` crate's packing buffers.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use densenet::densenet;
@@ -39,7 +40,19 @@ static PLAIN: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
 /// `[calls, bytes, largest]` of allocations aligned to 32 bytes or more.
 static ALIGNED: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
 
+/// While set, only allocations on threads of the test's own rayon pool count: libtest's
+/// threads (spawning the next tests, which wait on [`SERIAL`]) allocate meanwhile.
+static POOL_THREADS_ONLY: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Whether this thread is one of the test's own rayon pool's.
+    static IN_TEST_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
 fn record(size: usize, align: usize) {
+    if POOL_THREADS_ONLY.load(Ordering::Relaxed) && !IN_TEST_POOL.with(Cell::get) {
+        return;
+    }
     let stats = if align >= 32 { &ALIGNED } else { &PLAIN };
     stats[0].fetch_add(1, Ordering::Relaxed);
     stats[1].fetch_add(size, Ordering::Relaxed);
@@ -186,8 +199,10 @@ fn a_step_run_inside_the_pool_allocates_nothing_after_warm_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
+        .start_handler(|_| IN_TEST_POOL.with(|f| f.set(true)))
         .build()
         .unwrap();
+    POOL_THREADS_ONLY.store(true, Ordering::Relaxed);
     // Each model from fresh step memory (the thread's, planned by its first step).
     let fresh = || densenet::runtime::train::release_step_memory();
     for (label, counts) in [
@@ -200,6 +215,7 @@ fn a_step_run_inside_the_pool_allocates_nothing_after_warm_up() {
             pool.install(|| (fresh(), steps(Plain::init(2), 8, &Freeze::none(), 4)).1),
         ),
     ] {
+        POOL_THREADS_ONLY.store(false, Ordering::Relaxed);
         for (i, (plain, aligned, _)) in counts.iter().enumerate().skip(1) {
             println!("{label} step {i}: {plain:?} plain, {aligned:?} SIMD-aligned");
             assert_eq!(

@@ -106,20 +106,18 @@ fn chunk<'a>(x: &ArrayView2<'a, f32>, t: usize) -> ArrayView2<'a, f32> {
 /// block-1 shape: 13.1 → 10.9 ms, alternating in one process).
 const F32_ROWS: usize = 32;
 
-/// Calls `f(row, part)` for each of `rows`, `part` an `f32` accumulator as long as
-/// `acc`, added into `acc` (and zeroed) every [`F32_ROWS`] rows and at the end.
+/// Calls `f(row, part)` for each of `rows`, `part` (the caller's, as long as `acc`) an
+/// `f32` accumulator added into `acc` (and zeroed) every [`F32_ROWS`] rows and at the
+/// end. (The caller's, not one of its own: the tasks calling this run on any thread,
+/// so a per-thread vector would grow the first time a thread meets a wider layer.)
 fn blocked_rows<R>(
     rows: impl Iterator<Item = R>,
     acc: &mut [f64],
+    part: &mut [f32],
     mut f: impl FnMut(R, &mut [f32]),
 ) {
-    // A vector of the thread's own: the tasks calling this run on any thread, nested
-    // at any depth by work stealing, so pooled vectors would be taken more at once from
-    // one step to the next; nothing here calls back into rayon, so one per thread does.
-    thread_local!(static PART: core::cell::RefCell<Vec<f32>> = const { core::cell::RefCell::new(Vec::new()) });
-    let mut part = PART.with(|p| p.take());
-    part.clear();
-    part.resize(acc.len(), 0.0);
+    let part = &mut part[..acc.len()];
+    part.fill(0.0);
     let flush = |part: &mut [f32], acc: &mut [f64]| {
         for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
             *a += f64::from(*p);
@@ -127,13 +125,12 @@ fn blocked_rows<R>(
         }
     };
     for (i, r) in rows.enumerate() {
-        f(r, &mut part);
+        f(r, part);
         if (i + 1) % F32_ROWS == 0 {
-            flush(&mut part, acc);
+            flush(part, acc);
         }
     }
-    flush(&mut part, acc);
-    PART.with(|p| p.replace(part));
+    flush(part, acc);
 }
 
 /// `sum_g += g` and `sum_gd += g·(x − mean)` for one row, in `f32` (a run of at most
@@ -153,18 +150,30 @@ fn backward_sums_row<const RELU: bool>(
     }
 }
 
-/// `Σ` over tasks `t < tasks` of `f(t, acc)`, each task filling its own zeroed
-/// `width`-long `acc`; tasks run in parallel, partial sums are added in task order.
-fn sum_tasks(tasks: usize, width: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Recycled<f64> {
+/// `Σ` over tasks `t < tasks` of `f(t, acc, part)`, each task filling its own zeroed
+/// `width`-long `acc` (with a `width`-long `f32` scratch `part` for [`blocked_rows`]);
+/// tasks run in parallel, partial sums are added in task order.
+fn sum_tasks(
+    tasks: usize,
+    width: usize,
+    f: impl Fn(usize, &mut [f64], &mut [f32]) + Sync,
+) -> Recycled<f64> {
     let mut partials = Recycled::<f64>::zeros(tasks * width);
-    let run = |(t, acc): (usize, &mut [f64])| f(t, acc);
+    let mut parts = Recycled::<f32>::zeros(tasks * width);
+    let run = |(t, (acc, part)): (usize, (&mut [f64], &mut [f32]))| f(t, acc, part);
+    let chunk = width.max(1);
     if tasks > 1 {
         partials
-            .par_chunks_mut(width.max(1))
+            .par_chunks_mut(chunk)
+            .zip(parts.par_chunks_mut(chunk))
             .enumerate()
             .for_each(run);
     } else {
-        partials.chunks_mut(width.max(1)).enumerate().for_each(run);
+        partials
+            .chunks_mut(chunk)
+            .zip(parts.chunks_mut(chunk))
+            .enumerate()
+            .for_each(run);
     }
     let mut total = Recycled::<f64>::zeros(width);
     for p in partials.chunks(width.max(1)) {
@@ -255,7 +264,7 @@ impl Moments {
         let (rows, c) = x.dim();
         let x = unit_cols(x);
         let x = x.view();
-        let sums = sum_tasks(task_count(&x), 2 * c, |t, acc| {
+        let sums = sum_tasks(task_count(&x), 2 * c, |t, acc, _| {
             let (sum, sum_sq) = acc.split_at_mut(c);
             for r in chunk(&x, t).rows() {
                 for ((s, q), &v) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(row(r)) {
@@ -517,8 +526,8 @@ fn backward(
     };
     let (x, dy) = (unit_cols(x), unit_cols(dy));
     let (xv, dv) = (x.view(), dy.view());
-    let sums = sum_tasks(task_count(&xv), 2 * c, |t, acc| {
-        add_backward_sums(&k, chunk(&xv, t), chunk(&dv, t), relu, acc);
+    let sums = sum_tasks(task_count(&xv), 2 * c, |t, acc, part| {
+        add_backward_sums(&k, chunk(&xv, t), chunk(&dv, t), relu, acc, part);
     });
     // Then the input-gradient pass, given the sums.
     let terms = backward_terms(bn, stats, x.nrows(), &sums);
@@ -569,13 +578,16 @@ impl BackwardCoef {
     /// `acc[..c]` gains `Σ g`, `acc[c..]` gains `Σ g·(x − mean)`, `g` being `dy` masked
     /// to where the BN-ReLU output is positive; and, in the same pass, `dx += a·g` (`a`
     /// from [`input_gradient_scale`]): the part of the input gradient that needs no
-    /// sums, added while `x` and `dy` are in cache.
+    /// sums, added while `x` and `dy` are in cache. `part` is `f32` scratch as long as
+    /// `acc`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_sums_and_scaled(
         &self,
         x: ArrayView2<'_, f32>,
         dy: ArrayView2<'_, f32>,
         a: &[f32],
         acc: &mut [f64],
+        part: &mut [f32],
         mut dx: ArrayViewMut2<'_, f32>,
     ) {
         let c = x.ncols();
@@ -583,6 +595,7 @@ impl BackwardCoef {
         blocked_rows(
             x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()),
             acc,
+            part,
             |((xr, dr), mut o), part| {
                 let o = o.as_slice_mut().expect("unit column stride");
                 let sums = part.split_at_mut(c);
@@ -599,18 +612,21 @@ impl BackwardCoef {
     }
 }
 
-/// `acc[..c] += Σ g`, `acc[c..] += Σ g·(x − mean)` over the rows of `xs`, `ds`.
+/// `acc[..c] += Σ g`, `acc[c..] += Σ g·(x − mean)` over the rows of `xs`, `ds` (`part`:
+/// `f32` scratch as long as `acc`).
 fn add_backward_sums(
     k: &Coef<'_>,
     xs: ArrayView2<'_, f32>,
     ds: ArrayView2<'_, f32>,
     relu: bool,
     acc: &mut [f64],
+    part: &mut [f32],
 ) {
     let c = xs.ncols();
     blocked_rows(
         xs.rows().into_iter().zip(ds.rows()),
         acc,
+        part,
         |(xr, dr), part| {
             let (sum_g, sum_gd) = part.split_at_mut(c);
             match relu {

@@ -1387,7 +1387,8 @@ fn bottleneck_input_backward(
     let dw_len = if need_dw { c * width } else { 0 };
     let chunk = chunk_rows(c);
     let chunk_len = chunk.min(per_task) * c;
-    let task_len = (2 * chunk_len + dw_len).max(1);
+    // (Then `2·c` floats for the sums' `f32` runs.)
+    let task_len = (2 * chunk_len + dw_len + 2 * c).max(1);
     let (task_floats, w_t) =
         take(task_scratch, tasks * task_len + width * c).split_at_mut(tasks * task_len);
     conv1.weight_transposed_into(w_t);
@@ -1398,6 +1399,7 @@ fn bottleneck_input_backward(
     type Task<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f64]));
     let task = |(t, ((g_task, floats), sums)): Task<'_>| {
         let first = t * per_task;
+        let (floats, part) = floats.split_at_mut(floats.len() - 2 * c);
         let (chunks, dw) = floats.split_at_mut(floats.len() - dw_len);
         let (normed, d_chunk) = chunks.split_at_mut(chunk_len);
         for (i, g_chunk) in g_task.chunks_mut(chunk * c_out).enumerate() {
@@ -1421,7 +1423,7 @@ fn bottleneck_input_backward(
                 g_chunk,
             )
             .expect("r rows of c_out ≥ c columns");
-            coef.add_sums_and_scaled(x, matrix(d_chunk, r, c), &a, sums, g);
+            coef.add_sums_and_scaled(x, matrix(d_chunk, r, c), &a, sums, part, g);
         }
     };
     let jobs = grad[..rows * c_out]
@@ -1439,7 +1441,7 @@ fn bottleneck_input_backward(
         .chunks(task_len)
         .zip(task_sums.chunks((2 * c).max(1)))
     {
-        let p_dw = &floats[floats.len() - dw_len..];
+        let p_dw = &floats[floats.len() - 2 * c - dw_len..][..dw_len];
         dw.iter_mut().zip(p_dw).for_each(|(d, &v)| *d += v);
         sums.iter_mut().zip(p_sums).for_each(|(d, &v)| *d += v);
     }
