@@ -158,26 +158,33 @@ fn sum_tasks(
     width: usize,
     f: impl Fn(usize, &mut [f64], &mut [f32]) + Sync,
 ) -> Recycled<f64> {
-    let mut partials = Recycled::<f64>::zeros(tasks * width);
-    let mut parts = Recycled::<f32>::zeros(tasks * width);
-    let run = |(t, (acc, part)): (usize, (&mut [f64], &mut [f32]))| f(t, acc, part);
-    let chunk = width.max(1);
+    // Each task's slices a cache line apart from the next's (tasks on other threads
+    // write theirs row after row).
+    let (stride64, stride32) = (
+        width.next_multiple_of(8) + 8,
+        width.next_multiple_of(16) + 16,
+    );
+    let mut partials = Recycled::<f64>::zeros(tasks * stride64);
+    let mut parts = Recycled::<f32>::zeros(tasks * stride32);
+    let run = |(t, (acc, part)): (usize, (&mut [f64], &mut [f32]))| {
+        f(t, &mut acc[..width], &mut part[..width]);
+    };
     if tasks > 1 {
         partials
-            .par_chunks_mut(chunk)
-            .zip(parts.par_chunks_mut(chunk))
+            .par_chunks_mut(stride64)
+            .zip(parts.par_chunks_mut(stride32))
             .enumerate()
             .for_each(run);
     } else {
         partials
-            .chunks_mut(chunk)
-            .zip(parts.chunks_mut(chunk))
+            .chunks_mut(stride64)
+            .zip(parts.chunks_mut(stride32))
             .enumerate()
             .for_each(run);
     }
     let mut total = Recycled::<f64>::zeros(width);
-    for p in partials.chunks(width.max(1)) {
-        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    for p in partials.chunks(stride64) {
+        total.iter_mut().zip(&p[..width]).for_each(|(t, v)| *t += v);
     }
     total
 }

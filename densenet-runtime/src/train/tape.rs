@@ -1387,8 +1387,9 @@ fn bottleneck_input_backward(
     let dw_len = if need_dw { c * width } else { 0 };
     let chunk = chunk_rows(c);
     let chunk_len = chunk.min(per_task) * c;
-    // (Then `2·c` floats for the sums' `f32` runs.)
-    let task_len = (2 * chunk_len + dw_len + 2 * c).max(1);
+    // (Then `2·c` floats for the sums' `f32` runs, written row after row, and a cache
+    // line before the next task's floats.)
+    let task_len = 2 * chunk_len + dw_len + 2 * c + 16;
     let (task_floats, w_t) =
         take(task_scratch, tasks * task_len + width * c).split_at_mut(tasks * task_len);
     conv1.weight_transposed_into(w_t);
@@ -1399,7 +1400,8 @@ fn bottleneck_input_backward(
     type Task<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f64]));
     let task = |(t, ((g_task, floats), sums)): Task<'_>| {
         let first = t * per_task;
-        let (floats, part) = floats.split_at_mut(floats.len() - 2 * c);
+        let used = floats.len() - 16;
+        let (floats, part) = floats[..used].split_at_mut(used - 2 * c);
         let (chunks, dw) = floats.split_at_mut(floats.len() - dw_len);
         let (normed, d_chunk) = chunks.split_at_mut(chunk_len);
         for (i, g_chunk) in g_task.chunks_mut(chunk * c_out).enumerate() {
@@ -1441,7 +1443,7 @@ fn bottleneck_input_backward(
         .chunks(task_len)
         .zip(task_sums.chunks((2 * c).max(1)))
     {
-        let p_dw = &floats[floats.len() - 2 * c - dw_len..][..dw_len];
+        let p_dw = &floats[floats.len() - 16 - 2 * c - dw_len..][..dw_len];
         dw.iter_mut().zip(p_dw).for_each(|(d, &v)| *d += v);
         sums.iter_mut().zip(p_sums).for_each(|(d, &v)| *d += v);
     }
