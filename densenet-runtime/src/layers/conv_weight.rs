@@ -182,22 +182,7 @@ impl StoredWeight {
     ///
     /// If the shapes do not fit (a caller bug).
     pub(super) fn multiply(&self, a: MatRef<'_>, mut out: MatMut<'_>) {
-        match self {
-            Self::Hwio(w) => {
-                let [kh, kw, c_in, c_out] = self.shape();
-                let w = w.as_slice().expect("stored contiguous");
-                let b = MatRef::row_major(w, kh * kw * c_in, c_out);
-                gemm(1.0, a, b, 0.0, out);
-            }
-            Self::Packed { packed, .. } => {
-                let (rows, c_out) = (packed.rows(), packed.c_out());
-                for (p, panel) in packed.as_slice().chunks_exact(rows * PACK).enumerate() {
-                    let (c0, width) = (p * PACK, PACK.min(c_out - p * PACK));
-                    let b = MatRef::new(panel, rows, width, PACK, 1);
-                    gemm(1.0, a, b, 0.0, out.subcols_mut(c0, width));
-                }
-            }
-        }
+        self.for_each_panel(|c0, b| gemm(1.0, a, b, 0.0, out.subcols_mut(c0, b.cols())));
     }
 }
 
