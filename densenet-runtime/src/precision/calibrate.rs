@@ -64,7 +64,7 @@ pub(crate) fn calibrate<M: Network + ?Sized>(
 
     let mut max = vec![0.0f32; sites];
     for x in &batches {
-        simulate::forward(model, x.view(), &mut |site, values| {
+        simulate::forward(model, x.view(), false, &mut |site, values| {
             max[site] = values.iter().fold(max[site], |m, &v| m.max(v));
         })?;
     }
@@ -73,7 +73,7 @@ pub(crate) fn calibrate<M: Network + ?Sized>(
         CalibrationMethod::Percentile(p) => {
             let mut histograms = vec![[0u64; BINS]; sites];
             for x in &batches {
-                simulate::forward(model, x.view(), &mut |site, values| {
+                simulate::forward(model, x.view(), false, &mut |site, values| {
                     let top = max[site];
                     if top > 0.0 {
                         let per_bin = BINS as f32 / top;

@@ -1,19 +1,25 @@
 //! The low-precision forward pass on the kernels of `kernels/direct_conv/lowp`.
 //!
 //! Stage by stage, as [`reference`](crate::reference) runs fp32, with each dense
-//! block's channels in one buffer (`(n, h, w, c_out)` f32, every layer writing its
-//! `k` channels in place). A DenseNet-B layer is two kernel calls:
-//! - the 1x1 reads the first `c` channels of the block buffer through norm1 + ReLU
-//!   (the prologue, applied while a tile's inputs are packed and quantized with the
-//!   calibrated scale, or rounded to bf16) and writes through norm2 + ReLU (the
+//! block's channels in one buffer (`(n, h, w, c_out)`, every layer writing its `k`
+//! channels in place) stored in **bf16**: every bottleneck 1x1 reads all of its
+//! block's channels so far, and in f32 that traffic bounded both low precisions
+//! (int8 does a quarter of fp32's arithmetic on the same bytes). Each stored value is
+//! a convolution's output rounded to nearest even, before the BatchNorm of the layers
+//! that read it. A DenseNet-B layer is two kernel calls:
+//! - the 1x1 reads the first `c` channels of the block buffer, widened to f32, through
+//!   norm1 + ReLU (the prologue, applied while a tile's inputs are packed and quantized
+//!   with the calibrated scale, or rounded to bf16) and writes through norm2 + ReLU (the
 //!   epilogue) into the interior of the 3x3's zero-bordered input, as u8 (requantized
 //!   with the 3x3's input scale) or bf16;
-//! - the 3x3 reads that map in place and writes f32 into its channels of the buffer.
+//! - the 3x3 reads that map in place and writes bf16 into its channels of the buffer.
 //!
 //! A plain layer writes its BN-ReLU'd input zero-padded in f32 and runs its 3x3 on it;
 //! a transition pools its BN-ReLU'd input in f32 (one pass, as the fp32 arena) and runs
-//! its 1x1 on the pooled map. The stem runs fp32 as the arena runs it
-//! (`stem_forward_into`: direct kernel, BN-ReLU fused), the head as `reference::stage`.
+//! its 1x1 on the pooled map, into the next block's buffer. The stem runs fp32 as the
+//! arena runs it (`stem_forward_into`: direct kernel, BN-ReLU fused) and its output is
+//! rounded into the first block's buffer; the head widens the last buffer and runs as
+//! the fp32 arena's head.
 
 use half::bf16;
 use ndarray::{ArrayD, ArrayView4};
@@ -50,12 +56,14 @@ pub(crate) fn forward<M: Network + ?Sized>(
 ) -> Result<ArrayD<f32>, QuantizeError> {
     let x = input_to_nhwc(x, model.plan().input)?;
     let (n, h, w, c) = x.dim();
-    let mut x = Map {
+    let input = Map {
         data: x.into_raw_vec_and_offset().0,
         dims: (n, h, w),
         c,
         width: c,
     };
+    // The stem reads the input; every later stage a block buffer.
+    let mut x = Map::<bf16>::default();
     let mut site = 0;
     let mut stages = stages(model).peekable();
     while let Some(stage) = stages.next() {
@@ -68,7 +76,7 @@ pub(crate) fn forward<M: Network + ?Sized>(
             _ => 0,
         };
         let next_x = match stage {
-            StageRef::Stem { conv, norm } => stem(conv, norm, &x, growth, ws)?,
+            StageRef::Stem { conv, norm } => stem(conv, norm, &input, growth, ws)?,
             StageRef::Block { layers, .. } => {
                 let buf = core::mem::take(&mut x)
                     .widened(layers.iter().map(DenseLayer::growth).sum(), ws)?;
@@ -81,7 +89,9 @@ pub(crate) fn forward<M: Network + ?Sized>(
                 let width = c_out.checked_add(growth).ok_or(QuantizeError::TooLarge {
                     what: "a dense block's buffer",
                 })?;
-                let mut out = ws.take_dirty(size(&[n, h, w, width], "a transition's output")?);
+                let mut out = ws
+                    .bf16s
+                    .take_dirty(size(&[n, h, w, width], "a transition's output")?);
                 let src = Src::F32 {
                     data: &pooled.data,
                     prologue: Epilogue::Store,
@@ -98,11 +108,11 @@ pub(crate) fn forward<M: Network + ?Sized>(
                     input,
                     shape,
                     Epilogue::Store,
-                    Dst::F32(&mut out),
+                    Dst::Bf16(&mut out),
                     output,
                     true,
                 )?;
-                ws.give(pooled.data);
+                ws.f32s.give(pooled.data);
                 Map {
                     data: out,
                     dims: (n, h, w),
@@ -119,9 +129,17 @@ pub(crate) fn forward<M: Network + ?Sized>(
                 return Ok(y);
             }
         };
-        ws.give(core::mem::replace(&mut x, next_x).data);
+        ws.bf16s.give(core::mem::replace(&mut x, next_x).data);
     }
-    Ok(x.view().to_owned().into_dyn())
+    // A model without a head: the last block's channels, widened.
+    let (n, h, w) = x.dims;
+    let widened: Vec<f32> = x
+        .data
+        .chunks_exact(x.width.max(1))
+        .flat_map(|pixel| pixel[..x.c].iter().map(|v| v.to_f32()))
+        .collect();
+    ws.bf16s.give(x.data);
+    Ok(ArrayD::from_shape_vec(vec![n, h, w, x.c], widened).expect("a map's buffer holds its dims"))
 }
 
 /// The head in fp32 as the fp32 arena runs it (BN-ReLU, then the global pool and the
@@ -131,11 +149,18 @@ fn head(
     classifier: Option<&Linear>,
     head: Head,
     plan: &Plan,
-    x: Map,
+    x: Map<bf16>,
     ws: &mut LowpWorkspace,
 ) -> Result<ArrayD<f32>, QuantizeError> {
-    let x = x.widened(0, ws)?;
     let ((n, h, w), c) = (x.dims, x.c);
+    // The buffer's channels widened to f32 (exact), dense.
+    let mut wide = ws.f32s.take_dirty(size(&[n, h, w, c], "the head's input")?);
+    if c > 0 {
+        for (dst, src) in wide.chunks_exact_mut(c).zip(x.data.chunks_exact(x.width)) {
+            widen(&src[..c], dst);
+        }
+    }
+    ws.bf16s.give(x.data);
     let shape: Vec<usize> = core::iter::once(n)
         .chain(plan.output.iter().copied())
         .collect();
@@ -153,7 +178,7 @@ fn head(
         .ok_or(QuantizeError::TooLarge {
             what: "the head's scratch",
         })?;
-    let mut scratch = ws.take_dirty(len);
+    let mut scratch = ws.f32s.take_dirty(len);
     let mut params = vec![0.0; 2 * c];
     match head {
         Head::None => {
@@ -161,7 +186,7 @@ fn head(
                 .view_mut()
                 .into_dimensionality()
                 .expect("plan's NCHW output");
-            feature_map_forward_into(norm, &x.data, (n, h, w), out, &mut params, &mut scratch);
+            feature_map_forward_into(norm, &wide, (n, h, w), out, &mut params, &mut scratch);
         }
         _ => {
             let out = out
@@ -173,7 +198,7 @@ fn head(
                 norm,
                 classifier,
                 max,
-                &x.data,
+                &wide,
                 (n, h, w),
                 out,
                 &mut params,
@@ -181,16 +206,17 @@ fn head(
             );
         }
     }
-    ws.give(scratch);
-    ws.give(x.data);
+    ws.f32s.give(scratch);
+    ws.f32s.give(wide);
     Ok(out)
 }
 
-/// An NHWC activation map `(n, h, w, c)` whose pixels are `width ≥ c` floats apart:
-/// the first channels of a dense block's buffer.
+/// An NHWC activation map `(n, h, w, c)` whose pixels are `width ≥ c` values apart:
+/// the first channels of a dense block's buffer (bf16), or an f32 map (the input, a
+/// transition's pooled input).
 #[derive(Debug, Default)]
-struct Map {
-    data: Vec<f32>,
+struct Map<T> {
+    data: Vec<T>,
     dims: (usize, usize, usize),
     /// Channels held.
     c: usize,
@@ -198,7 +224,7 @@ struct Map {
     width: usize,
 }
 
-impl Map {
+impl Map<f32> {
     /// The map as an `(n, h, w, c)` view.
     fn view(&self) -> ArrayView4<'_, f32> {
         let (n, h, w) = self.dims;
@@ -206,10 +232,12 @@ impl Map {
             .expect("a map's buffer holds its dims")
             .slice_move(ndarray::s![.., .., .., ..self.c])
     }
+}
 
+impl Map<bf16> {
     /// The map as a buffer of `c + growth` channels a pixel, its own if it has that
     /// width (the stage before wrote it so), else copied into one.
-    fn widened(self, growth: usize, ws: &mut LowpWorkspace) -> Result<Map, QuantizeError> {
+    fn widened(self, growth: usize, ws: &mut LowpWorkspace) -> Result<Self, QuantizeError> {
         let width = self.c.checked_add(growth).ok_or(QuantizeError::TooLarge {
             what: "a dense block's buffer",
         })?;
@@ -217,14 +245,18 @@ impl Map {
             return Ok(self);
         }
         let (n, h, w) = self.dims;
-        let mut data = ws.take_dirty(size(&[n, h, w, width], "a dense block's buffer")?);
-        for (dst, src) in data
-            .chunks_exact_mut(width)
-            .zip(self.data.chunks_exact(self.width))
-        {
-            dst[..self.c].copy_from_slice(&src[..self.c]);
+        let mut data = ws
+            .bf16s
+            .take_dirty(size(&[n, h, w, width], "a dense block's buffer")?);
+        if width > 0 {
+            for (dst, src) in data
+                .chunks_exact_mut(width)
+                .zip(self.data.chunks_exact(self.width.max(1)))
+            {
+                dst[..self.c].copy_from_slice(&src[..self.c]);
+            }
         }
-        ws.give(self.data);
+        ws.bf16s.give(self.data);
         Ok(Map {
             data,
             width,
@@ -239,8 +271,10 @@ impl Map {
 /// takes one; `forward` uses one per thread.
 #[derive(Debug, Default)]
 pub struct LowpWorkspace {
-    /// Free f32 buffers (activations: block buffers, pooled maps, stem scratch).
-    free: Vec<Vec<f32>>,
+    /// Free f32 buffers (pooled maps, the stem's and the head's scratch).
+    f32s: FreeList<f32>,
+    /// Free bf16 buffers (dense blocks' buffers).
+    bf16s: FreeList<bf16>,
     /// The blocks' scratch, one per task, kept between blocks and passes.
     scratches: Vec<Scratch>,
 }
@@ -253,12 +287,11 @@ impl LowpWorkspace {
 
     /// Bytes held.
     pub fn capacity_bytes(&self) -> usize {
-        let f32s: usize = self.free.iter().map(Vec::capacity).sum::<usize>()
-            + self
-                .scratches
-                .iter()
-                .map(|s| s.padded.capacity() + s.params.capacity())
-                .sum::<usize>();
+        let f32s: usize = self
+            .scratches
+            .iter()
+            .map(|s| s.padded.capacity())
+            .sum::<usize>();
         let mid: usize = self
             .scratches
             .iter()
@@ -268,20 +301,32 @@ impl LowpWorkspace {
                 None => 0,
             })
             .sum();
-        4 * f32s + mid
+        self.f32s.bytes() + self.bf16s.bytes() + 4 * f32s + mid
+    }
+}
+
+/// Buffers of one element type, kept for later passes.
+#[derive(Debug)]
+struct FreeList<T> {
+    free: Vec<Vec<T>>,
+}
+
+impl<T> Default for FreeList<T> {
+    fn default() -> Self {
+        Self { free: Vec::new() }
+    }
+}
+
+impl<T: Copy + Default> FreeList<T> {
+    /// Bytes held.
+    fn bytes(&self) -> usize {
+        self.free.iter().map(Vec::capacity).sum::<usize>() * std::mem::size_of::<T>()
     }
 
-    /// A zeroed buffer of `len` floats: see [`LowpWorkspace::take_dirty`].
-    fn take(&mut self, len: usize) -> Vec<f32> {
-        let mut v = self.take_dirty(len);
-        v.fill(0.0);
-        v
-    }
-
-    /// A buffer of `len` floats holding whatever its last use left (zeros where it
+    /// A buffer of `len` values holding whatever its last use left (zeros where it
     /// grew), for outputs written whole: the free buffer with the smallest capacity
     /// that holds it, else the largest one, grown.
-    fn take_dirty(&mut self, len: usize) -> Vec<f32> {
+    fn take_dirty(&mut self, len: usize) -> Vec<T> {
         let fits = (0..self.free.len())
             .filter(|&i| self.free[i].capacity() >= len)
             .min_by_key(|&i| self.free[i].capacity());
@@ -291,28 +336,62 @@ impl LowpWorkspace {
             .map(|i| self.free.swap_remove(i))
             .unwrap_or_default();
         v.truncate(len);
-        v.resize(len, 0.0);
+        v.resize(len, T::default());
+        v
+    }
+
+    /// A zeroed buffer of `len` values: see [`FreeList::take_dirty`].
+    fn take(&mut self, len: usize) -> Vec<T> {
+        let mut v = self.take_dirty(len);
+        v.fill(T::default());
         v
     }
 
     /// Returns a buffer for later passes.
-    fn give(&mut self, v: Vec<f32>) {
+    fn give(&mut self, v: Vec<T>) {
         if v.capacity() > 0 {
             self.free.push(v);
         }
     }
 }
 
+/// bf16 values widened to f32 (exact: the bits shifted into the high half).
+fn widen(src: &[bf16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+    }
+}
+
+/// f32 values rounded to bf16 as [`bf16_round`] rounds them (nearest even, NaN kept,
+/// subnormals to zero), without branches so that it vectorizes.
+fn round(src: &[f32], dst: &mut [bf16]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        let bits = s.to_bits();
+        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+        let tiny = bits & 0x7f80_0000 == 0;
+        let nan = bits & 0x7fff_ffff > 0x7f80_0000;
+        let value = if nan {
+            (bits >> 16) | 0x40
+        } else if tiny {
+            (bits >> 16) & 0x8000
+        } else {
+            rounded
+        };
+        *d = bf16::from_bits(value as u16);
+    }
+}
+
 /// The stem in fp32 as the fp32 arena runs it (`stem_forward_into`: the direct kernel on
 /// an input padded once, an ImageNet stem's BN-ReLU fused into its epilogue, then the
-/// max pool), on NHWC input.
+/// max pool), on NHWC input, rounded into the first `c0` channels of a block buffer of
+/// `c0 + growth`.
 fn stem(
     conv: &Conv2d,
     norm: Option<&BatchNorm2d>,
-    x: &Map,
+    x: &Map<f32>,
     growth: usize,
     ws: &mut LowpWorkspace,
-) -> Result<Map, QuantizeError> {
+) -> Result<Map<bf16>, QuantizeError> {
     let ((n, h, w), c) = (x.dims, x.c);
     let p = conv.config().padding;
     let (oh, ow) = conv.output_size(h, w);
@@ -335,10 +414,16 @@ fn stem(
     let width = c0.checked_add(growth).ok_or(QuantizeError::TooLarge {
         what: "a dense block's buffer",
     })?;
-    // Both written whole: the padded input with its border, the output's first `c0`
-    // channels of each pixel.
-    let mut scratch = ws.take_dirty(scratch_len);
-    let mut out = ws.take_dirty(size(&[n, out_h, out_w, width], "the stem's output")?);
+    // All written whole: the padded input with its border, the f32 output, the
+    // buffer's first `c0` channels of each pixel.
+    let mut scratch = ws.f32s.take_dirty(scratch_len);
+    let pixels = size(&[n, out_h, out_w], "the stem's output")?;
+    let mut out = ws
+        .f32s
+        .take_dirty(size(&[pixels, c0], "the stem's output")?);
+    let mut buf = ws
+        .bf16s
+        .take_dirty(size(&[pixels, width], "the stem's output")?);
     let mut params = vec![0.0f32; 2 * c0];
     let nchw = x.view().permuted_axes([0, 3, 1, 2]);
     stem_forward_into(
@@ -346,14 +431,24 @@ fn stem(
         norm,
         nchw,
         &mut out,
-        width,
+        c0,
         &mut params,
         &mut scratch,
         &mut Vec::new(),
     );
-    ws.give(scratch);
+    if c0 > 0 {
+        buf.par_chunks_mut(64 * width)
+            .zip(out.par_chunks(64 * c0))
+            .for_each(|(dst, src)| {
+                for (dst, src) in dst.chunks_exact_mut(width).zip(src.chunks_exact(c0)) {
+                    round(src, &mut dst[..c0]);
+                }
+            });
+    }
+    ws.f32s.give(scratch);
+    ws.f32s.give(out);
     Ok(Map {
-        data: out,
+        data: buf,
         dims: (n, out_h, out_w),
         c: c0,
         width,
@@ -361,24 +456,42 @@ fn stem(
 }
 
 /// A transition's BN-ReLU and 2x2 average pool (floor mode) in one pass, as the fp32
-/// arena's transition computes them: `(n, h/2, w/2, c)`.
-fn bn_relu_pool(norm: &BatchNorm2d, x: &Map, ws: &mut LowpWorkspace) -> Result<Map, QuantizeError> {
+/// arena's transition computes them, from the bf16 block buffer: `(n, h/2, w/2, c)`.
+fn bn_relu_pool(
+    norm: &BatchNorm2d,
+    x: &Map<bf16>,
+    ws: &mut LowpWorkspace,
+) -> Result<Map<f32>, QuantizeError> {
+    /// Channels widened at a time, on the stack.
+    const CHUNK: usize = 256;
     let ((n, h, w), c, width) = (x.dims, x.c, x.width);
     let (ho, wo) = (h / 2, w / 2);
     let x = &x.data;
     let (scale, shift) = norm.scale_shift();
-    let mut pooled = ws.take(size(&[n, ho, wo, c], "a transition's pooled input")?);
-    if wo > 0 {
+    let mut pooled = ws
+        .f32s
+        .take(size(&[n, ho, wo, c], "a transition's pooled input")?);
+    if wo > 0 && c > 0 {
         pooled
             .par_chunks_mut(wo * c)
             .enumerate()
             .for_each(|(r, dst)| {
                 let (b, oy) = (r / ho, r % ho);
+                let mut wide = [0.0f32; CHUNK];
                 for (ox, dst) in dst.chunks_exact_mut(c).enumerate() {
                     for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                         let p = (b * h + 2 * oy + dy) * w + 2 * ox + dx;
                         let at = p * width;
-                        scale_shift_relu_add(&x[at..at + c], &scale, &shift, dst);
+                        for c0 in (0..c).step_by(CHUNK) {
+                            let len = (c - c0).min(CHUNK);
+                            widen(&x[at + c0..at + c0 + len], &mut wide[..len]);
+                            scale_shift_relu_add(
+                                &wide[..len],
+                                &scale[c0..],
+                                &shift[c0..],
+                                &mut dst[c0..c0 + len],
+                            );
+                        }
                     }
                     dst.iter_mut().for_each(|v| *v *= 0.25);
                 }
@@ -398,11 +511,11 @@ fn bn_relu_pool(norm: &BatchNorm2d, x: &Map, ws: &mut LowpWorkspace) -> Result<M
 /// its first `c` channels the block's input; the rest is written before it is read.
 fn block(
     layers: &[DenseLayer],
-    mut buf: Map,
+    mut buf: Map<bf16>,
     convs: &[QConv],
     site: &mut usize,
     ws: &mut LowpWorkspace,
-) -> Result<Map, QuantizeError> {
+) -> Result<Map<bf16>, QuantizeError> {
     let ((_, h, w), c_in, c_out) = (buf.dims, buf.c, buf.width);
     let first = *site;
     let n = buf.dims.0;
@@ -455,8 +568,6 @@ fn block(
 struct Scratch {
     /// A plain layer's padded f32 input.
     padded: Vec<f32>,
-    /// BatchNorm scale and shift.
-    params: Vec<f32>,
     /// The bottleneck's output, zero-bordered.
     mid: Option<Mid>,
     /// Whether `mid` has this block's size and a zero border.
@@ -467,7 +578,7 @@ struct Scratch {
 /// hold the block's input.
 fn image_layers(
     layers: &[DenseLayer],
-    buf: &mut [f32],
+    buf: &mut [bf16],
     (h, w, c_in, c_out): (usize, usize, usize, usize),
     convs: &[QConv],
     site: &mut usize,
@@ -483,7 +594,6 @@ fn image_layers(
     };
     let Scratch {
         padded,
-        params,
         mid,
         mid_ready,
     } = scratch;
@@ -495,8 +605,8 @@ fn image_layers(
                 let win = conv1.window();
                 let (hp, wp) = (h + 2 * win.padding, w + 2 * win.padding);
                 padded.resize(size(&[n, hp, wp, c], "a padded input")?, 0.0);
-                params.resize(2 * c, 0.0);
-                norm1.forward_relu_padded_into(buf, c_out, (n, h, w), win.padding, params, padded);
+                let (scale, shift) = norm1.scale_shift();
+                bn_relu_padded(buf, (h, w, c_out), win.padding, &scale, &shift, padded);
                 let (oh, ow) = conv1.output_size(h, w);
                 let shape = window_shape(n, oh, ow, c, k, conv1.window());
                 let src = Src::F32 {
@@ -510,7 +620,7 @@ fn image_layers(
                     ImageLayout::dense(hp, wp, c),
                     shape,
                     Epilogue::Store,
-                    Dst::F32(buf),
+                    Dst::Bf16(buf),
                     at(c),
                     parallel,
                 )?;
@@ -542,7 +652,7 @@ fn image_layers(
                     offset: (win.padding * wp + win.padding) * width,
                     ..mid_layout
                 };
-                let src = Src::F32 {
+                let src = Src::Bf16 {
                     data: buf,
                     prologue: Epilogue::ScaleShiftRelu {
                         scale: &scale1,
@@ -572,7 +682,7 @@ fn image_layers(
                     mid_layout,
                     shape,
                     Epilogue::Store,
-                    Dst::F32(buf),
+                    Dst::Bf16(buf),
                     at(c),
                     parallel,
                 )?;
@@ -581,6 +691,33 @@ fn image_layers(
         c += k;
     }
     Ok(())
+}
+
+/// `relu(x·scale + shift)` of the first `c = scale.len()` channels of an image's bf16
+/// block buffer `(h, w, width)`, widened, into `out` as an `(h + 2·pad, w + 2·pad, c)`
+/// f32 map with a zero border (written here): a plain layer's input.
+fn bn_relu_padded(
+    buf: &[bf16],
+    (h, w, width): (usize, usize, usize),
+    pad: usize,
+    scale: &[f32],
+    shift: &[f32],
+    out: &mut [f32],
+) {
+    let c = scale.len();
+    let wp = w + 2 * pad;
+    out.fill(0.0);
+    for y in 0..h {
+        for x in 0..w {
+            let src = &buf[(y * w + x) * width..][..c];
+            let at = ((y + pad) * wp + x + pad) * c;
+            let dst = &mut out[at..at + c];
+            widen(src, dst);
+            for ((v, &s), &t) in dst.iter_mut().zip(scale).zip(shift) {
+                *v = crate::kernels::direct_conv::relu(*v * s + t);
+            }
+        }
+    }
 }
 
 /// The bottleneck's output between its 1x1 and its 3x3: u8 or bf16.
@@ -624,7 +761,10 @@ impl Mid {
     fn as_src(&self) -> Src<'_> {
         match self {
             Mid::U8(v) => Src::U8(v),
-            Mid::Bf16(v) => Src::Bf16(v),
+            Mid::Bf16(v) => Src::Bf16 {
+                data: v,
+                prologue: Epilogue::Store,
+            },
         }
     }
 }
@@ -636,14 +776,18 @@ enum Src<'a> {
         prologue: Epilogue<'a>,
     },
     U8(&'a [u8]),
-    Bf16(&'a [bf16]),
+    /// A block buffer read through a prologue, or the bottleneck's bf16 map.
+    Bf16 {
+        data: &'a [bf16],
+        prologue: Epilogue<'a>,
+    },
 }
 
 /// A convolution's output.
 enum Dst<'a> {
-    F32(&'a mut [f32]),
     /// Requantized with this scale.
     U8(&'a mut [u8], f32),
+    /// A block buffer, or the bottleneck's bf16 map.
     Bf16(&'a mut [bf16]),
 }
 
@@ -675,15 +819,17 @@ fn run(
                     scale,
                 }),
                 Src::U8(data) => Ok(Int8Input::U8 { data, scale }),
-                Src::Bf16(_) => Err(mixed.clone()),
+                Src::Bf16 { data, prologue } => Ok(Int8Input::Bf16 {
+                    data,
+                    prologue,
+                    scale,
+                }),
             };
             let output = match dst {
-                Dst::F32(o) => Ok(Int8Output::F32(o)),
-                Dst::U8(data, scale) => Ok(Int8Output::U8 { data, scale }),
-                Dst::Bf16(_) => Err(mixed),
+                Dst::U8(data, scale) => Int8Output::U8 { data, scale },
+                Dst::Bf16(o) => Int8Output::Bf16(o),
             };
             input.and_then(|input| {
-                let output = output?;
                 conv_int8(
                     input,
                     input_layout,
@@ -699,11 +845,10 @@ fn run(
         LowWeight::Bf16(weight) => {
             let input = match src {
                 Src::F32 { data, prologue } => Ok(Bf16Input::F32 { data, prologue }),
-                Src::Bf16(data) => Ok(Bf16Input::Bf16(data)),
+                Src::Bf16 { data, prologue } => Ok(Bf16Input::Bf16 { data, prologue }),
                 Src::U8(_) => Err(mixed.clone()),
             };
             let output = match dst {
-                Dst::F32(o) => Ok(Bf16Output::F32(o)),
                 Dst::Bf16(o) => Ok(Bf16Output::Bf16(o)),
                 Dst::U8(..) => Err(mixed),
             };

@@ -311,9 +311,12 @@ impl<M: Network> Quantized<M> {
             return forward::forward(&self.model, &self.convs, x, ws);
         }
         let convs = &self.convs;
-        Ok(simulate::forward(&self.model, x, &mut |site, values| {
-            round_input(&convs[site], values)
-        })?)
+        Ok(simulate::forward(
+            &self.model,
+            x,
+            true,
+            &mut |site, values| round_input(&convs[site], values),
+        )?)
     }
 
     /// [`forward`](Self::forward) into `out` (`[N] ++ plan().output`, any layout), with

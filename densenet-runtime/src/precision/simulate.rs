@@ -8,6 +8,10 @@
 //! even). The convolutions then run on the fp32 kernels: the same products, accumulated
 //! in f32 instead of i32 (int8) or in another order (bf16).
 //!
+//! The kernels' path stores every dense block's buffer in bf16 (`forward.rs`): the
+//! fallback rounds what enters a buffer likewise (`round_buffers`: the stem's output, each
+//! layer's new channels, each transition's output), calibration does not (fp32's values).
+//!
 //! Sites are numbered in network order, as [`conv_sites`] lists them: for each dense
 //! layer its 1x1's input (BN-ReLU of the block buffer) and its 3x3's input (or a plain
 //! layer's one conv input), for each transition its pooled BN-ReLU output. The stem's
@@ -15,6 +19,7 @@
 
 use ndarray::{s, Array4, ArrayD, ArrayView4};
 
+use crate::kernels::direct_conv::lowp::bf16_round;
 use crate::layers::{avg_pool2d, DenseLayer};
 use crate::reference;
 use crate::stage::{stages, LayerName, LayerRef, Network, Site, StageRef};
@@ -38,26 +43,35 @@ pub(crate) fn is_quantized(name: LayerName) -> bool {
 }
 
 /// The model on an NCHW batch, `hook(site, input)` called on every quantized
-/// convolution's input (NHWC, contiguous) before the convolution reads it.
+/// convolution's input (NHWC, contiguous) before the convolution reads it; with
+/// `round_buffers`, every value entering a dense block's buffer rounded to bf16 as the
+/// kernels' path stores it.
 ///
 /// # Errors
 /// [`Error::InputShape`] or [`Error::EmptyBatch`].
 pub(crate) fn forward<M: Network + ?Sized>(
     model: &M,
     x: ArrayView4<'_, f32>,
+    round_buffers: bool,
     hook: &mut dyn FnMut(usize, &mut [f32]),
 ) -> Result<ArrayD<f32>, Error> {
     let mut x = input_to_nhwc(x, model.plan().input)?;
     let mut site = 0;
+    let stored = |mut y: Array4<f32>| {
+        if round_buffers {
+            y.mapv_inplace(|v| bf16_round(v).to_f32());
+        }
+        y
+    };
     for stage in stages(model) {
         x = match stage {
-            StageRef::Stem { conv, norm } => reference::stem(conv, norm, x.view()),
-            StageRef::Block { layers, .. } => block(layers, x.view(), &mut site, hook),
+            StageRef::Stem { conv, norm } => stored(reference::stem(conv, norm, x.view())),
+            StageRef::Block { layers, .. } => block(layers, x.view(), &mut site, &stored, hook),
             StageRef::Transition { norm, conv, .. } => {
                 let mut pooled = avg_pool2d(norm.forward_relu(x.view()).view(), 2, 2);
                 hook(site, contiguous(&mut pooled));
                 site += 1;
-                conv.forward(pooled.view())
+                stored(conv.forward(pooled.view()))
             }
             head @ StageRef::Head { .. } => return Ok(reference::stage(head, x.view())),
         };
@@ -65,12 +79,13 @@ pub(crate) fn forward<M: Network + ?Sized>(
     Ok(x.into_dyn())
 }
 
-/// A dense block: the buffer of all its channels, each layer's BN-ReLU'd inputs
-/// passed through the hook.
+/// A dense block: the buffer of all its channels (each layer's new ones through
+/// `stored`), each layer's BN-ReLU'd inputs passed through the hook.
 fn block(
     layers: &[DenseLayer],
     x: ArrayView4<'_, f32>,
     site: &mut usize,
+    stored: &dyn Fn(Array4<f32>) -> Array4<f32>,
     hook: &mut dyn FnMut(usize, &mut [f32]),
 ) -> Array4<f32> {
     let (n, h, w, c_in) = x.dim();
@@ -102,7 +117,7 @@ fn block(
                 conv2.forward(mid.view())
             }
         };
-        buf.slice_mut(s![.., .., .., c..c + k]).assign(&new);
+        buf.slice_mut(s![.., .., .., c..c + k]).assign(&stored(new));
         c += k;
     }
     buf

@@ -647,6 +647,8 @@ fn tile_span(w: usize, t: usize, count: usize) -> (usize, usize) {
 pub(in crate::kernels) mod avx2;
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod avx512;
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+pub(in crate::kernels) mod bf16_lanes;
 #[cfg(any(
     all(target_arch = "x86_64", target_feature = "sse2"),
     all(target_arch = "wasm32", target_feature = "simd128")

@@ -27,6 +27,7 @@ use crate::parallel::prelude::*;
 use crate::prelude::*;
 
 use super::avx512::Avx512;
+use super::bf16_lanes::bf16_bits16;
 use super::job::Microkernel;
 use super::{check, ConvShape, ConvWeight, Epilogue, ImageLayout, MAX_TILE, PARALLEL_MACS};
 
@@ -349,7 +350,7 @@ impl Job {
                     &m[r * tw * PANEL..],
                     tiles * PANEL,
                     (b, ty, tw, s.c_out),
-                    self.out,
+                    Output::F32(self.out),
                     self.out_layout,
                 )
             };
@@ -427,6 +428,16 @@ pub(super) fn input_transform(d: impl Fn(usize, usize) -> __m512) -> [[__m512; 4
     })
 }
 
+/// Where [`output_tiles`] writes: f32 values, or bf16 bits (rounded to nearest even,
+/// as `lowp::bf16_round`) for the bf16 path writing a dense block's bf16 buffer.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Output {
+    /// f32 values.
+    F32(*mut f32),
+    /// bf16 bits.
+    Bf16(*mut u16),
+}
+
 /// Output pixels `(b, 2ty + dy, 2tx + dx)` of every tile `tx` as `Aᵀ M A`, with
 /// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, `M[ξ][tx][co]` at `m[ξ·plane + tx·32 + co]`
 /// (`plane ≥ tw·32`: a task of several tile rows keeps them side by side).
@@ -442,7 +453,7 @@ pub(super) unsafe fn output_tiles(
     m: &[f32],
     plane: usize,
     (b, ty, tw, c_out): (usize, usize, usize, usize),
-    out: *mut f32,
+    out: Output,
     ol: ImageLayout,
 ) {
     assert!(plane >= tw * PANEL && m.len() >= 15 * plane + tw * PANEL);
@@ -469,8 +480,18 @@ pub(super) unsafe fn output_tiles(
                 // SAFETY: channels c0 .. c0 + lanes of pixels (2ty + dy, 2tx) and
                 // (2ty + dy, 2tx + 1): valid writes by the contract.
                 unsafe {
-                    _mm512_mask_storeu_ps(out.add(at), mask, y0);
-                    _mm512_mask_storeu_ps(out.add(at + ol.pixel_stride), mask, y1);
+                    match out {
+                        Output::F32(out) => {
+                            _mm512_mask_storeu_ps(out.add(at), mask, y0);
+                            _mm512_mask_storeu_ps(out.add(at + ol.pixel_stride), mask, y1);
+                        }
+                        Output::Bf16(out) => {
+                            let (y0, y1) = (bf16_bits16(y0), bf16_bits16(y1));
+                            _mm512_mask_cvtepi32_storeu_epi16(out.add(at).cast(), mask, y0);
+                            let next = out.add(at + ol.pixel_stride).cast();
+                            _mm512_mask_cvtepi32_storeu_epi16(next, mask, y1);
+                        }
+                    }
                 }
             }
         }

@@ -4,8 +4,9 @@
 
 use std::arch::x86_64::*;
 
+use super::super::bf16_lanes::widen16;
 use super::super::{MAX_TILE, PREFETCH_ROWS};
-use super::job::{LowpKernel, Out, Post};
+use super::job::{LowpKernel, Out, Post, Wide};
 
 /// AVX-512F/BW/VL and AVX512-BF16 (detected at run time by `conv_bf16`).
 pub(super) struct Avx512Bf16;
@@ -17,8 +18,8 @@ impl LowpKernel for Avx512Bf16 {
     const TILE: usize = 14;
     const PANEL: usize = 32;
 
-    unsafe fn pack_f32(
-        src: *const f32,
+    unsafe fn pack(
+        src: Wide,
         offsets: &[usize],
         c_in: usize,
         c_pad: usize,
@@ -27,7 +28,7 @@ impl LowpKernel for Avx512Bf16 {
         dst: *mut u16,
     ) {
         // SAFETY: the trait's contract, which includes the instruction set.
-        unsafe { pack_f32(src, offsets, c_in, c_pad, prologue, dst) }
+        unsafe { pack(src, offsets, c_in, c_pad, prologue, dst) }
     }
 
     unsafe fn tile(
@@ -90,17 +91,17 @@ fn to_bf16(y: __m512) -> __m256i {
     unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(y)) }
 }
 
-/// See [`LowpKernel::pack_f32`]. Pixel by pixel, each one's channels in order: a
+/// See [`LowpKernel::pack`]. Pixel by pixel, each one's channels in order: a
 /// sequential read the hardware prefetchers follow (going over 64 channels of every
 /// pixel in turn, as the fp32 pack does, waited on each pixel's next cache lines: the
 /// pixels of a block buffer are 1-4 KiB apart).
 ///
 /// # Safety
 ///
-/// As [`LowpKernel::pack_f32`], with AVX-512F/BW/VL and AVX512-BF16.
+/// As [`LowpKernel::pack`], with AVX-512F/BW/VL and AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn pack_f32(
-    src: *const f32,
+unsafe fn pack(
+    src: Wide,
     offsets: &[usize],
     c_in: usize,
     c_pad: usize,
@@ -108,20 +109,31 @@ unsafe fn pack_f32(
     dst: *mut u16,
 ) {
     for (i, &offset) in offsets.iter().enumerate() {
+        let dst = dst.wrapping_add(i * c_pad);
         // SAFETY: pixel `i`'s `c_in` channels are readable and its `c_pad` packed
         // values writable, by the contract.
         unsafe {
-            if prologue.0.is_null() {
-                pack_pixel::<false>(src.add(offset), c_in, c_pad, prologue, dst.add(i * c_pad));
-            } else {
-                pack_pixel::<true>(src.add(offset), c_in, c_pad, prologue, dst.add(i * c_pad));
+            match (src, prologue.0.is_null()) {
+                (Wide::F32(p), true) => {
+                    pack_pixel::<false, false>(p.add(offset).cast(), c_in, c_pad, prologue, dst)
+                }
+                (Wide::F32(p), false) => {
+                    pack_pixel::<true, false>(p.add(offset).cast(), c_in, c_pad, prologue, dst)
+                }
+                (Wide::Bf16(p), true) => {
+                    pack_pixel::<false, true>(p.add(offset).cast(), c_in, c_pad, prologue, dst)
+                }
+                (Wide::Bf16(p), false) => {
+                    pack_pixel::<true, true>(p.add(offset).cast(), c_in, c_pad, prologue, dst)
+                }
             }
         }
     }
 }
 
-/// One pixel of [`pack_f32`]: `c_in` f32 values from `src`, through the prologue if
-/// `PROLOGUE`, rounded to bf16 into `dst`'s `c_pad` values (those past `c_in` zero).
+/// One pixel of [`pack`]: `c_in` values from `src` (f32, or bf16 if `BF16`), through
+/// the prologue if `PROLOGUE`, rounded to bf16 into `dst`'s `c_pad` values (those past
+/// `c_in` zero).
 ///
 /// # Safety
 ///
@@ -130,8 +142,8 @@ unsafe fn pack_f32(
 /// AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[inline]
-unsafe fn pack_pixel<const PROLOGUE: bool>(
-    src: *const f32,
+unsafe fn pack_pixel<const PROLOGUE: bool, const BF16: bool>(
+    src: *const u8,
     c_in: usize,
     c_pad: usize,
     (scale, shift): (*const f32, *const f32),
@@ -141,7 +153,14 @@ unsafe fn pack_pixel<const PROLOGUE: bool>(
     // SAFETY (the closure's callers): channels `c ..` masked to `c_in` are readable,
     // the prologue's only when `PROLOGUE`.
     let convert = |c: usize, load: __mmask16| unsafe {
-        let x = _mm512_maskz_loadu_ps(load, src.add(c));
+        let x = if BF16 {
+            widen16(_mm256_maskz_loadu_epi16(
+                load,
+                src.cast::<u16>().add(c).cast(),
+            ))
+        } else {
+            _mm512_maskz_loadu_ps(load, src.cast::<f32>().add(c))
+        };
         let y = if PROLOGUE {
             // Multiply then add, unfused, as the fp32 prologue.
             let (sv, tv) = (

@@ -4,8 +4,9 @@
 
 use std::arch::x86_64::*;
 
+use super::super::bf16_lanes::{bf16_bits16, widen16};
 use super::super::{MAX_TILE, PREFETCH_ROWS};
-use super::job::{LowpKernel, Out, Post};
+use super::job::{LowpKernel, Out, Post, Wide};
 
 /// AVX-512F/BW/VL and AVX512-VNNI (detected at run time by `conv_int8`).
 pub(super) struct Avx512Vnni;
@@ -17,8 +18,8 @@ impl LowpKernel for Avx512Vnni {
     const TILE: usize = 14;
     const PANEL: usize = 32;
 
-    unsafe fn pack_f32(
-        src: *const f32,
+    unsafe fn pack(
+        src: Wide,
         offsets: &[usize],
         c_in: usize,
         c_pad: usize,
@@ -27,7 +28,7 @@ impl LowpKernel for Avx512Vnni {
         dst: *mut u8,
     ) {
         // SAFETY: the trait's contract, which includes the instruction set.
-        unsafe { pack_f32(src, offsets, c_in, c_pad, prologue, inv_scale, dst) }
+        unsafe { pack(src, offsets, c_in, c_pad, prologue, inv_scale, dst) }
     }
 
     unsafe fn tile(
@@ -93,7 +94,7 @@ fn relu16(y: __m512) -> __m512 {
     _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(y, zero), zero)
 }
 
-/// See [`LowpKernel::pack_f32`]: `q = min(round(max(z, 0)), 255)` with
+/// See [`LowpKernel::pack`]: `q = min(round(max(z, 0)), 255)` with
 /// `z = fma(x, scale·inv, shift·inv)` (the prologue and the quantization's scale in
 /// one multiply-add; `max(·, 0)` is the ReLU) or, without a prologue, `z = x·inv`.
 /// Pixel by pixel, each one's channels in order, the prologue folded again for each:
@@ -103,10 +104,10 @@ fn relu16(y: __m512) -> __m512 {
 ///
 /// # Safety
 ///
-/// As [`LowpKernel::pack_f32`], with AVX-512F/BW.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_f32(
-    src: *const f32,
+/// As [`LowpKernel::pack`], with AVX-512F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pack(
+    src: Wide,
     offsets: &[usize],
     c_in: usize,
     c_pad: usize,
@@ -115,31 +116,41 @@ unsafe fn pack_f32(
     dst: *mut u8,
 ) {
     for (i, &offset) in offsets.iter().enumerate() {
+        let dst = dst.wrapping_add(i * c_pad);
+        let p = prologue;
         // SAFETY: pixel `i`'s `c_in` channels are readable and its `c_pad` packed
         // values writable, by the contract.
         unsafe {
-            let (src, dst) = (src.add(offset), dst.add(i * c_pad));
-            if prologue.0.is_null() {
-                pack_pixel::<false>(src, c_in, c_pad, prologue, inv_scale, dst);
-            } else {
-                pack_pixel::<true>(src, c_in, c_pad, prologue, inv_scale, dst);
+            match (src, prologue.0.is_null()) {
+                (Wide::F32(s), true) => {
+                    pack_pixel::<false, false>(s.add(offset).cast(), c_in, c_pad, p, inv_scale, dst)
+                }
+                (Wide::F32(s), false) => {
+                    pack_pixel::<true, false>(s.add(offset).cast(), c_in, c_pad, p, inv_scale, dst)
+                }
+                (Wide::Bf16(s), true) => {
+                    pack_pixel::<false, true>(s.add(offset).cast(), c_in, c_pad, p, inv_scale, dst)
+                }
+                (Wide::Bf16(s), false) => {
+                    pack_pixel::<true, true>(s.add(offset).cast(), c_in, c_pad, p, inv_scale, dst)
+                }
             }
         }
     }
 }
 
-/// One pixel of [`pack_f32`]: `c_in` f32 values from `src`, through the folded
-/// prologue if `PROLOGUE`, quantized into `dst`'s `c_pad` values (those past `c_in`
-/// zero).
+/// One pixel of [`pack`]: `c_in` values from `src` (f32, or bf16 if `BF16`), through
+/// the folded prologue if `PROLOGUE`, quantized into `dst`'s `c_pad` values (those past
+/// `c_in` zero).
 ///
 /// # Safety
 ///
 /// `src` holds `c_in` readable values, the prologue's pointers (if `PROLOGUE`) `c_in`
-/// each, `dst` `c_pad ≤ c_in + 15` writable ones; the CPU has AVX-512F/BW.
-#[target_feature(enable = "avx512f,avx512bw")]
+/// each, `dst` `c_pad ≤ c_in + 15` writable ones; the CPU has AVX-512F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
-unsafe fn pack_pixel<const PROLOGUE: bool>(
-    src: *const f32,
+unsafe fn pack_pixel<const PROLOGUE: bool, const BF16: bool>(
+    src: *const u8,
     c_in: usize,
     c_pad: usize,
     (scale, shift): (*const f32, *const f32),
@@ -151,7 +162,14 @@ unsafe fn pack_pixel<const PROLOGUE: bool>(
     // SAFETY (the closure's callers): channels `c ..` masked to `c_in` are readable,
     // the prologue's only when `PROLOGUE`.
     let quantize = |c: usize, load: __mmask16| unsafe {
-        let x = _mm512_maskz_loadu_ps(load, src.add(c));
+        let x = if BF16 {
+            widen16(_mm256_maskz_loadu_epi16(
+                load,
+                src.cast::<u16>().add(c).cast(),
+            ))
+        } else {
+            _mm512_maskz_loadu_ps(load, src.cast::<f32>().add(c))
+        };
         let z = if PROLOGUE {
             let sv = _mm512_mul_ps(_mm512_maskz_loadu_ps(load, scale.add(c)), inv);
             let tv = _mm512_mul_ps(_mm512_maskz_loadu_ps(load, shift.add(c)), inv);
@@ -276,13 +294,21 @@ unsafe fn tile<const MR: usize, const NV: usize>(
                         let y = if add.is_some() { relu16(y) } else { y };
                         _mm512_mask_storeu_ps(c.add(c_offsets[i] + 16 * v), m, y)
                     }
+                    Out::Bf16(c) => {
+                        let y = if add.is_some() { relu16(y) } else { y };
+                        _mm512_mask_cvtepi32_storeu_epi16(
+                            c.add(c_offsets[i] + 16 * v).cast(),
+                            m,
+                            bf16_bits16(y),
+                        )
+                    }
                     // `max(·, 0)` in the rounding is the ReLU.
                     Out::U8(c) => _mm512_mask_cvtusepi32_storeu_epi8(
                         c.add(c_offsets[i] + 16 * v).cast(),
                         m,
                         round_positive(y),
                     ),
-                    Out::Bf16(_) | Out::I32(_) => unreachable!("int8 stores f32, u8 or i32"),
+                    Out::I32(_) => unreachable!("stored above"),
                 }
             }
         }

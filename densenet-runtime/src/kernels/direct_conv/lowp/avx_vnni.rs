@@ -4,8 +4,9 @@
 
 use std::arch::x86_64::*;
 
+use super::super::bf16_lanes::{bf16_bits8, widen8, words8};
 use super::super::{MAX_TILE, PREFETCH_ROWS};
-use super::job::{LowpKernel, Out, Post};
+use super::job::{LowpKernel, Out, Post, Wide};
 
 /// AVX2, FMA and AVX-VNNI (detected at run time by `conv_int8`).
 pub(super) struct AvxVnni;
@@ -17,8 +18,8 @@ impl LowpKernel for AvxVnni {
     const TILE: usize = 6;
     const PANEL: usize = 16;
 
-    unsafe fn pack_f32(
-        src: *const f32,
+    unsafe fn pack(
+        src: Wide,
         offsets: &[usize],
         c_in: usize,
         c_pad: usize,
@@ -27,7 +28,7 @@ impl LowpKernel for AvxVnni {
         dst: *mut u8,
     ) {
         // SAFETY: the trait's contract, which includes the instruction set.
-        unsafe { pack_f32(src, offsets, c_in, c_pad, prologue, inv_scale, dst) }
+        unsafe { pack(src, offsets, c_in, c_pad, prologue, inv_scale, dst) }
     }
 
     unsafe fn tile(
@@ -123,17 +124,17 @@ fn relu8(y: __m256) -> __m256 {
     _mm256_blendv_ps(y, zero, _mm256_cmp_ps::<_CMP_LE_OQ>(y, zero))
 }
 
-/// See [`LowpKernel::pack_f32`]: `q = clamp(round(z), 0, 255)` with
+/// See [`LowpKernel::pack`]: `q = clamp(round(z), 0, 255)` with
 /// `z = fma(x, scale·inv, shift·inv)` (the prologue and the quantization's scale in
 /// one multiply-add; the clamp at 0 is the ReLU) or, without a prologue, `z = x·inv`,
 /// as the AVX-512 kernel.
 ///
 /// # Safety
 ///
-/// As [`LowpKernel::pack_f32`], with AVX2 and FMA.
+/// As [`LowpKernel::pack`], with AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_f32(
-    src: *const f32,
+unsafe fn pack(
+    src: Wide,
     offsets: &[usize],
     c_in: usize,
     c_pad: usize,
@@ -162,7 +163,10 @@ unsafe fn pack_f32(
             // lanes are not accessed) and `store ≤ c_pad − c0` bytes (writes): valid
             // by the contract.
             unsafe {
-                let x = _mm256_maskload_ps(src.add(offset + c0), load);
+                let x = match src {
+                    Wide::F32(p) => _mm256_maskload_ps(p.add(offset + c0), load),
+                    Wide::Bf16(p) => widen8(load_words(p.add(offset + c0), real)),
+                };
                 let z = if scale.is_null() {
                     _mm256_mul_ps(x, sv)
                 } else {
@@ -170,6 +174,44 @@ unsafe fn pack_f32(
                 };
                 store_bytes(dst.add(i * c_pad + c0), bytes8(quantize8(z, one)), store);
             }
+        }
+    }
+}
+
+/// The first `n` (of 8) u16 at `src`, the rest zero.
+///
+/// # Safety
+///
+/// `min(n, 8)` values at `src` are readable; the CPU has SSE2 (x86-64's baseline).
+#[inline]
+unsafe fn load_words(src: *const u16, n: usize) -> __m128i {
+    // SAFETY: the caller's.
+    unsafe {
+        if n >= 8 {
+            _mm_loadu_si128(src.cast())
+        } else {
+            let mut words = [0u16; 8];
+            std::ptr::copy_nonoverlapping(src, words.as_mut_ptr(), n);
+            _mm_loadu_si128(words.as_ptr().cast())
+        }
+    }
+}
+
+/// Writes the first `n ≤ 8` u16 of `values` to `dst`.
+///
+/// # Safety
+///
+/// `n` values at `dst` are valid for writes; the CPU has SSE2 (x86-64's baseline).
+#[inline]
+unsafe fn store_words(dst: *mut u16, values: __m128i, n: usize) {
+    // SAFETY: the caller's.
+    unsafe {
+        if n >= 8 {
+            _mm_storeu_si128(dst.cast(), values);
+        } else {
+            let mut words = [0u16; 8];
+            _mm_storeu_si128(words.as_mut_ptr().cast(), values);
+            std::ptr::copy_nonoverlapping(words.as_ptr(), dst, n);
         }
     }
 }
@@ -266,7 +308,11 @@ unsafe fn tile<const MR: usize, const NV: usize>(
                         bytes8(quantize8(y, one)),
                         n.min(8),
                     ),
-                    Out::Bf16(_) | Out::I32(_) => unreachable!("int8 stores f32 or u8 here"),
+                    Out::Bf16(c) => {
+                        let y = if add.is_some() { relu8(y) } else { y };
+                        store_words(c.add(c_offsets[i] + 8 * v), words8(bf16_bits8(y)), n)
+                    }
+                    Out::I32(_) => unreachable!("stored above"),
                 }
             }
         }

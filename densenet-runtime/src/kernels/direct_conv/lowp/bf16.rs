@@ -128,9 +128,17 @@ pub enum Bf16Input<'a> {
         /// Applied to each input value before rounding.
         prologue: Epilogue<'a>,
     },
-    /// bf16 values already (e.g. the previous convolution's [`Bf16Output::Bf16`]),
-    /// read in place when the channel count is even.
-    Bf16(&'a [bf16]),
+    /// bf16 values: without a prologue ([`Epilogue::Store`]) taken as they are (e.g.
+    /// the previous convolution's [`Bf16Output::Bf16`]) and read in place when the
+    /// channel count is even; with one (1x1 convolutions only), each widened to f32,
+    /// put through it and rounded again while a tile's inputs are packed (a dense
+    /// block's buffer stored in bf16).
+    Bf16 {
+        /// The values.
+        data: &'a [bf16],
+        /// Applied to each input value before rounding.
+        prologue: Epilogue<'a>,
+    },
 }
 
 /// Where [`conv_bf16`] writes.
@@ -155,14 +163,13 @@ impl Bf16Input<'_> {
     fn len(&self) -> usize {
         match self {
             Bf16Input::F32 { data, .. } => data.len(),
-            Bf16Input::Bf16(data) => data.len(),
+            Bf16Input::Bf16 { data, .. } => data.len(),
         }
     }
 
     fn prologue(&self) -> Epilogue<'_> {
         match self {
-            Bf16Input::F32 { prologue, .. } => *prologue,
-            Bf16Input::Bf16(_) => Epilogue::Store,
+            Bf16Input::F32 { prologue, .. } | Bf16Input::Bf16 { prologue, .. } => *prologue,
         }
     }
 }
@@ -268,7 +275,7 @@ pub(super) fn run(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use super::job::{Job, Out, Post, Source};
+        use super::job::{Job, Out, Post, Source, Wide};
         use super::winograd;
         // DenseNet's 3x3 convolutions on the larger maps, as the fp32 path runs them.
         let plain = match input {
@@ -277,28 +284,22 @@ pub(super) fn run(
                 prologue: Epilogue::Store,
             } => Some(winograd::Input::F32(data.as_ptr())),
             // `bf16` is a `repr(transparent)` `u16`.
-            Bf16Input::Bf16(data) => Some(winograd::Input::Bf16(data.as_ptr().cast::<u16>())),
-            Bf16Input::F32 { .. } => None,
+            Bf16Input::Bf16 {
+                data,
+                prologue: Epilogue::Store,
+            } => Some(winograd::Input::Bf16(data.as_ptr().cast::<u16>())),
+            Bf16Input::F32 { .. } | Bf16Input::Bf16 { .. } => None,
         };
-        if let (true, Some(input), Epilogue::Store, Bf16Output::F32(o)) = (
-            winograd && winograd::applies(&shape),
-            plain,
-            epilogue,
-            &mut out,
-        ) {
+        if let (true, Some(input), Epilogue::Store) =
+            (winograd && winograd::applies(&shape), plain, epilogue)
+        {
+            let o = match &mut out {
+                Bf16Output::F32(o) => winograd::Output::F32(o.as_mut_ptr()),
+                Bf16Output::Bf16(o) => winograd::Output::Bf16(o.as_mut_ptr().cast::<u16>()),
+            };
             // SAFETY: the CPU has AVX512-BF16 with AVX-512F/BW/VL (checked above),
             // `check` validated the geometry, and `out` is borrowed mutably for the call.
-            unsafe {
-                winograd::run(
-                    input,
-                    input_layout,
-                    weight,
-                    shape,
-                    o.as_mut_ptr(),
-                    out_layout,
-                    parallel,
-                )
-            };
+            unsafe { winograd::run(input, input_layout, weight, shape, o, out_layout, parallel) };
             return Ok(());
         }
         let (scale, shift) = super::scale_shift(epilogue);
@@ -310,13 +311,21 @@ pub(super) fn run(
             out_inv_scale: 1.0,
         };
         let source = match input {
-            Bf16Input::F32 { data, prologue } => Source::F32 {
-                data: data.as_ptr(),
+            Bf16Input::F32 { data, prologue } => Source::Wide {
+                data: Wide::F32(data.as_ptr()),
                 prologue: super::scale_shift(prologue),
                 inv_scale: 1.0,
             },
             // `bf16` is a `repr(transparent)` `u16`.
-            Bf16Input::Bf16(data) => Source::Act(data.as_ptr().cast::<u16>()),
+            Bf16Input::Bf16 {
+                data,
+                prologue: Epilogue::Store,
+            } => Source::Act(data.as_ptr().cast::<u16>()),
+            Bf16Input::Bf16 { data, prologue } => Source::Wide {
+                data: Wide::Bf16(data.as_ptr().cast::<u16>()),
+                prologue: super::scale_shift(prologue),
+                inv_scale: 1.0,
+            },
         };
         let out = match out {
             Bf16Output::F32(o) => Out::F32(o.as_mut_ptr()),
@@ -374,7 +383,11 @@ pub fn conv_bf16_reference(
     let value = |index: usize, ci: usize| -> f32 {
         match input {
             Bf16Input::F32 { data, .. } => bf16_round(start(prologue, ci, data[index])).to_f32(),
-            Bf16Input::Bf16(data) => data[index].to_f32(),
+            // Taken as they are, or widened, through the prologue, and rounded again.
+            Bf16Input::Bf16 { data, .. } => match prologue {
+                Epilogue::Store => data[index].to_f32(),
+                _ => bf16_round(start(prologue, ci, data[index].to_f32())).to_f32(),
+            },
         }
     };
     for b in 0..s.n {

@@ -2,6 +2,8 @@
 //! [`quantize_activation`], the checked entry point [`conv_int8`] and its plain-loop
 //! reference [`conv_int8_reference`].
 
+use half::bf16;
+
 use super::super::{ConvShape, Epilogue, ImageLayout};
 use super::panels::Panels;
 use super::{positive_scale, validate, LowpError, LowpIsa, Precision};
@@ -214,6 +216,16 @@ pub enum Int8Input<'a> {
         /// The activation scale: `x ≈ q · scale`.
         scale: f32,
     },
+    /// bf16 values (a dense block's buffer stored in bf16), widened to f32 and then
+    /// quantized as [`Int8Input::F32`]'s.
+    Bf16 {
+        /// The values.
+        data: &'a [bf16],
+        /// Applied to each input value before quantizing.
+        prologue: Epilogue<'a>,
+        /// The activation scale: `x ≈ q · scale`.
+        scale: f32,
+    },
     /// u8 values already (e.g. the previous convolution's [`Int8Output::U8`]), read in
     /// place when the channel count is a multiple of 4.
     U8 {
@@ -242,6 +254,11 @@ pub enum Int8Output<'a> {
         /// The output's activation scale.
         scale: f32,
     },
+    /// The f32 values of [`Int8Output::F32`] rounded to bf16 ([`bf16_round`]), for a
+    /// dense block's buffer stored in bf16.
+    ///
+    /// [`bf16_round`]: super::bf16_round
+    Bf16(&'a mut [bf16]),
     /// The raw i32 sums `acc` (no dequantization; the epilogue must be
     /// [`Epilogue::Store`]).
     I32(&'a mut [i32]),
@@ -251,20 +268,23 @@ impl Int8Input<'_> {
     fn len(&self) -> usize {
         match self {
             Int8Input::F32 { data, .. } => data.len(),
+            Int8Input::Bf16 { data, .. } => data.len(),
             Int8Input::U8 { data, .. } => data.len(),
         }
     }
 
     fn prologue(&self) -> Epilogue<'_> {
         match self {
-            Int8Input::F32 { prologue, .. } => *prologue,
+            Int8Input::F32 { prologue, .. } | Int8Input::Bf16 { prologue, .. } => *prologue,
             Int8Input::U8 { .. } => Epilogue::Store,
         }
     }
 
     fn scale(&self) -> f32 {
         match *self {
-            Int8Input::F32 { scale, .. } | Int8Input::U8 { scale, .. } => scale,
+            Int8Input::F32 { scale, .. }
+            | Int8Input::Bf16 { scale, .. }
+            | Int8Input::U8 { scale, .. } => scale,
         }
     }
 }
@@ -273,6 +293,7 @@ impl Int8Output<'_> {
     fn len(&self) -> usize {
         match self {
             Int8Output::F32(o) => o.len(),
+            Int8Output::Bf16(o) => o.len(),
             Int8Output::U8 { data, .. } => data.len(),
             Int8Output::I32(o) => o.len(),
         }
@@ -388,7 +409,7 @@ pub(super) fn run(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use super::job::{Job, Out, Post, Source};
+        use super::job::{Job, Out, Post, Source, Wide};
         let (scale, shift) = super::scale_shift(epilogue);
         let out_scale = match out {
             Int8Output::U8 { scale, .. } => scale,
@@ -406,8 +427,18 @@ pub(super) fn run(
                 data,
                 prologue,
                 scale,
-            } => Source::F32 {
-                data: data.as_ptr(),
+            } => Source::Wide {
+                data: Wide::F32(data.as_ptr()),
+                prologue: super::scale_shift(prologue),
+                inv_scale: 1.0 / scale,
+            },
+            // `bf16` is a `repr(transparent)` `u16`.
+            Int8Input::Bf16 {
+                data,
+                prologue,
+                scale,
+            } => Source::Wide {
+                data: Wide::Bf16(data.as_ptr().cast::<u16>()),
                 prologue: super::scale_shift(prologue),
                 inv_scale: 1.0 / scale,
             },
@@ -415,6 +446,7 @@ pub(super) fn run(
         };
         let out = match out {
             Int8Output::F32(o) => Out::F32(o.as_mut_ptr()),
+            Int8Output::Bf16(o) => Out::Bf16(o.as_mut_ptr().cast::<u16>()),
             Int8Output::U8 { data, .. } => Out::U8(data.as_mut_ptr()),
             Int8Output::I32(o) => Out::I32(o.as_mut_ptr()),
         };
@@ -493,6 +525,9 @@ pub fn conv_int8_reference(
             Int8Input::F32 { data, .. } => {
                 i64::from(quantize_input(prologue, ci, data[index], inv))
             }
+            Int8Input::Bf16 { data, .. } => {
+                i64::from(quantize_input(prologue, ci, data[index].to_f32(), inv))
+            }
             Int8Input::U8 { data, .. } => i64::from(data[index]),
         }
     };
@@ -521,6 +556,9 @@ pub fn conv_int8_reference(
                     match &mut out {
                         Int8Output::I32(o) => o[at] = acc,
                         Int8Output::F32(o) => o[at] = dequantize(acc, m, epilogue, co),
+                        Int8Output::Bf16(o) => {
+                            o[at] = super::bf16_round(dequantize(acc, m, epilogue, co))
+                        }
                         Int8Output::U8 { data, scale } => {
                             data[at] = requantize(acc, m, epilogue, co, 1.0 / *scale)
                         }

@@ -27,11 +27,11 @@ pub(super) trait LowpKernel {
     const PANEL: usize;
 
     /// Writes input pixel `i < offsets.len()`'s channels `ci < c_in` (at
-    /// `src + offsets[i] + ci`), through the prologue `relu(scale[ci]·x + shift[ci])`
-    /// (multiply, then add) when `prologue` is not null, converted to [`Self::Act`]
-    /// (int8: `clamp(round(x·inv_scale), 0, 255)`, NaN to 0; bf16: rounded to nearest
-    /// even, `inv_scale` unused) to `dst[i·c_pad + ci]`, and zeros to channels
-    /// `c_in .. c_pad`.
+    /// `src + offsets[i] + ci`, f32 or bf16 widened to f32), through the prologue
+    /// `relu(scale[ci]·x + shift[ci])` (multiply, then add) when `prologue` is not
+    /// null, converted to [`Self::Act`] (int8: `clamp(round(x·inv_scale), 0, 255)`,
+    /// NaN to 0; bf16: rounded to nearest even, `inv_scale` unused) to
+    /// `dst[i·c_pad + ci]`, and zeros to channels `c_in .. c_pad`.
     ///
     /// # Safety
     ///
@@ -39,8 +39,8 @@ pub(super) trait LowpKernel {
     /// values of each of the prologue's `scale` and `shift` (unless null), and
     /// `offsets.len()·c_pad` values at `dst` are valid (the last for writes);
     /// `c_in ≤ c_pad < c_in + GROUP`.
-    unsafe fn pack_f32(
-        src: *const f32,
+    unsafe fn pack(
+        src: Wide,
         offsets: &[usize],
         c_in: usize,
         c_pad: usize,
@@ -136,13 +136,42 @@ impl Out {
     }
 }
 
+/// Activations stored wider than the kernel multiplies them, converted while a
+/// tile's inputs are packed.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Wide {
+    /// f32 values.
+    F32(*const f32),
+    /// bf16 bits (a dense block's buffer stored in bf16), widened to f32 exactly.
+    Bf16(*const u16),
+}
+
+impl Wide {
+    /// Bytes an element takes.
+    fn size(self) -> usize {
+        match self {
+            Wide::F32(_) => 4,
+            Wide::Bf16(_) => 2,
+        }
+    }
+
+    /// The address of element `i` as bytes (never dereferenced here; `wrapping_add`
+    /// keeps the arithmetic defined for hints).
+    fn byte_address(self, i: usize) -> *const u8 {
+        match self {
+            Wide::F32(p) => p.wrapping_add(i).cast(),
+            Wide::Bf16(p) => p.wrapping_add(i).cast(),
+        }
+    }
+}
+
 /// A call's input.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Source<A> {
-    /// f32, converted while packing after the prologue (null pointers: none), with
-    /// `inv_scale` (int8's `1 / scale_a`).
-    F32 {
-        data: *const f32,
+    /// f32 or bf16, converted while packing after the prologue (null pointers: none),
+    /// with `inv_scale` (int8's `1 / scale_a`).
+    Wide {
+        data: Wide,
         prologue: (*const f32, *const f32),
         inv_scale: f32,
     },
@@ -241,11 +270,16 @@ impl<K: LowpKernel> Job<K> {
             prefetch_out: span.is_some_and(|end| {
                 end.saturating_sub(out_layout.offset) * size >= PREFETCH_OUT_BYTES
             }),
-            prefetch_in: matches!(source, Source::F32 { .. })
-                && pointwise
-                && in_span.is_some_and(|end| {
-                    end.saturating_sub(input_layout.offset) * 4 >= PREFETCH_IN_BYTES
-                }),
+            prefetch_in: match source {
+                Source::Wide { data, .. } => {
+                    pointwise
+                        && in_span.is_some_and(|end| {
+                            end.saturating_sub(input_layout.offset) * data.size()
+                                >= PREFETCH_IN_BYTES
+                        })
+                }
+                Source::Act(_) => false,
+            },
         }
     }
 
@@ -420,7 +454,7 @@ impl<K: LowpKernel> Job<K> {
             }
             let dst = scratch.as_mut_ptr().cast::<K::Act>();
             match self.source {
-                Source::F32 {
+                Source::Wide {
                     data,
                     prologue,
                     inv_scale,
@@ -432,7 +466,7 @@ impl<K: LowpKernel> Job<K> {
                     // has `c_in` values (`validate`); `scratch` holds
                     // `count·c_pad` activations, and `c_pad − c_in < GROUP`.
                     unsafe {
-                        K::pack_f32(
+                        K::pack(
                             data,
                             &offsets[..count],
                             s.c_in,
@@ -514,25 +548,22 @@ impl<K: LowpKernel> Job<K> {
 }
 
 impl<K: LowpKernel> Job<K> {
-    /// Prefetches part `part` of `parts` of the f32 inputs of the `tile.len` pixels
+    /// Prefetches part `part` of `parts` of the wide inputs of the `tile.len` pixels
     /// after `tile`'s last one, one pixel stride apart: the next tile of its row, or of
     /// the batch's pixels in order (where rows and images are dense; elsewhere a hint
     /// wasted). Spread over the panels so the requests overlap the tile's products.
     fn prefetch_next_inputs(&self, tile: &Tile, part: usize, parts: usize) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let Source::F32 { data, .. } = self.source else {
+        let Source::Wide { data, .. } = self.source else {
             return;
         };
         let (len, c_in) = (tile.len, self.shape.c_in);
-        let lines = (c_in * 4).div_ceil(64);
+        let lines = (c_in * data.size()).div_ceil(64);
         let total = len * lines;
         let (from, to) = (part * total / parts, (part + 1) * total / parts);
         let stride = self.input_layout.pixel_stride;
         // Hints that never fault; `wrapping_add` keeps the arithmetic defined.
-        let pixel = |p: usize| {
-            data.cast::<u8>()
-                .wrapping_add(tile.input[len - 1].wrapping_add(p * stride) * 4)
-        };
+        let pixel = |p: usize| data.byte_address(tile.input[len - 1].wrapping_add(p * stride));
         let (mut p, mut line) = (1 + from / lines, from % lines);
         let mut at = pixel(p);
         for _ in from..to {

@@ -11,7 +11,8 @@
 //! even, as `VCVTNEPS2BF16`) while a tile's inputs are packed, after the optional
 //! prologue computed in fp32; fp32 accumulation (each `VDPBF16PS` adds two exact
 //! bf16 products to an fp32 lane); the epilogue in fp32. The input may also be bf16
-//! already ([`Bf16Input::Bf16`]), and the output bf16 ([`Bf16Output::Bf16`]).
+//! already, or bf16 widened through the prologue ([`Bf16Input::Bf16`]), and the output
+//! bf16 ([`Bf16Output::Bf16`]).
 //!
 //! **int8** ([`conv_int8`]): per-output-channel symmetric s8 weights
 //! ([`Int8Weight::quantize`]: `scale_w[n] = max|w[:, n]| / 127`, `q = round(w /
@@ -55,8 +56,8 @@
 //! ymm). The references ([`conv_bf16_reference`], [`conv_int8_reference`]) are plain
 //! loops of the same arithmetic, which the tests run every kernel against.
 //!
-//! **bf16 Winograd** (`winograd.rs`): a bf16 call with no prologue or epilogue and
-//! an f32 output on the fp32 Winograd path's shapes (stride-1 3x3, ≤ 32 outputs,
+//! **bf16 Winograd** (`winograd.rs`): a bf16 call with no prologue or epilogue (f32
+//! or bf16 output) on the fp32 Winograd path's shapes (stride-1 3x3, ≤ 32 outputs,
 //! ≥ 64 input channels: DenseNet's 3x3s on 56x56 and 28x28 maps) runs as Winograd
 //! F(2x2, 3x3) with its 16 GEMMs on the bf16 tile: the transforms in f32 (the fp32
 //! path's `input_transform`, `transform_weight` and `output_tiles`), the transformed
@@ -82,6 +83,11 @@
 //!   hold 0, which is u8's zero);
 //! - the 3x3 reads that u8 map in place (`Int8Input::U8`, the same scale) and writes
 //!   f32 into its 32 columns of the block buffer (`Int8Output::F32`).
+//!
+//! `precision::Quantized` stores its block buffers in bf16 instead: the 1x1 reads them
+//! with `Int8Input::Bf16` / `Bf16Input::Bf16` (widened to f32, then the same prologue)
+//! and the 3x3 writes `Int8Output::Bf16` / `Bf16Output::Bf16`, halving the bytes every
+//! 1x1 reads.
 //!
 //! So calibration needs one activation scale per convolution input: each 1x1's
 //! BN-ReLU'd input, each 3x3's input, each transition's pooled input. Keeping the

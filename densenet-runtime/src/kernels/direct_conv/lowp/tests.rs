@@ -152,10 +152,10 @@ impl Data {
     }
 }
 
-/// Runs every int8 kernel of this CPU on `case` with each input kind (f32 through the
-/// prologue if the case has one; u8 otherwise) and output kind (f32, u8, and i32
-/// without an epilogue), and checks the whole output slice, sentinels outside the
-/// layout included, equal to the reference's bit for bit.
+/// Runs every int8 kernel of this CPU on `case` with each input kind (f32 and bf16
+/// through the prologue if the case has one; u8 otherwise) and output kind (f32, u8,
+/// bf16, and i32 without an epilogue), and checks the whole output slice, sentinels
+/// outside the layout included, equal to the reference's bit for bit.
 fn int8_case(case: &Case) {
     let d = case.data();
     let s = case.shape;
@@ -163,11 +163,18 @@ fn int8_case(case: &Case) {
     let epilogue = d.epilogue(case.epilogue);
     // 3.0 / 255: the normal inputs above 3 saturate at 255, the negative ones at 0.
     let a_scale = 3.0 / 255.0;
-    let mut inputs = vec![Int8Input::F32 {
-        data: &d.input,
-        prologue: d.prologue(case.prologue),
-        scale: a_scale,
-    }];
+    let mut inputs = vec![
+        Int8Input::F32 {
+            data: &d.input,
+            prologue: d.prologue(case.prologue),
+            scale: a_scale,
+        },
+        Int8Input::Bf16 {
+            data: &d.input_bf16,
+            prologue: d.prologue(case.prologue),
+            scale: a_scale,
+        },
+    ];
     if !case.prologue {
         inputs.push(Int8Input::U8 {
             data: &d.input_u8,
@@ -178,14 +185,19 @@ fn int8_case(case: &Case) {
     let sentinel_f32 = random(d.out_len, &mut rng);
     let sentinel_u8 = random_u8(d.out_len, &mut rng);
     let sentinel_i32: Vec<i32> = (0..d.out_len).map(|_| rng.next_u64() as i32).collect();
+    let sentinel_bf16: Vec<bf16> = random(d.out_len, &mut rng)
+        .into_iter()
+        .map(bf16_round)
+        .collect();
     for input in inputs {
-        for kind in ["f32", "u8", "i32"] {
+        for kind in ["f32", "u8", "bf16", "i32"] {
             if kind == "i32" && case.epilogue {
                 continue;
             }
-            let (mut e32, mut e8, mut ei) = (
+            let (mut e32, mut e8, mut e16, mut ei) = (
                 sentinel_f32.clone(),
                 sentinel_u8.clone(),
+                sentinel_bf16.clone(),
                 sentinel_i32.clone(),
             );
             conv_int8_reference(
@@ -194,14 +206,15 @@ fn int8_case(case: &Case) {
                 &weight,
                 s,
                 epilogue,
-                int8_out(kind, &mut e32, &mut e8, &mut ei),
+                int8_out(kind, &mut e32, &mut e8, &mut e16, &mut ei),
                 d.out_layout,
             )
             .unwrap();
             for isa in int8_isas() {
-                let (mut a32, mut a8, mut ai) = (
+                let (mut a32, mut a8, mut a16, mut ai) = (
                     sentinel_f32.clone(),
                     sentinel_u8.clone(),
+                    sentinel_bf16.clone(),
                     sentinel_i32.clone(),
                 );
                 super::int8::run(
@@ -211,7 +224,7 @@ fn int8_case(case: &Case) {
                     &weight,
                     s,
                     epilogue,
-                    int8_out(kind, &mut a32, &mut a8, &mut ai),
+                    int8_out(kind, &mut a32, &mut a8, &mut a16, &mut ai),
                     d.out_layout,
                     case.parallel,
                 )
@@ -220,10 +233,16 @@ fn int8_case(case: &Case) {
                     "{isa:?}, {} input, {kind} output, {s:?}",
                     match input {
                         Int8Input::F32 { .. } => "f32",
+                        Int8Input::Bf16 { .. } => "bf16",
                         Int8Input::U8 { .. } => "u8",
                     }
                 );
                 match kind {
+                    "bf16" => {
+                        for (i, (e, a)) in e16.iter().zip(&a16).enumerate() {
+                            assert_eq!(e.to_bits(), a.to_bits(), "{what}: element {i}: {a} vs {e}");
+                        }
+                    }
                     "f32" => {
                         for (i, (e, a)) in e32.iter().zip(&a32).enumerate() {
                             assert_eq!(e.to_bits(), a.to_bits(), "{what}: element {i}: {a} vs {e}");
@@ -237,10 +256,17 @@ fn int8_case(case: &Case) {
     }
 }
 
-/// One of the output slices as `kind` ("f32", "u8" with scale 0.05, "i32").
-fn int8_out<'a>(kind: &str, f: &'a mut [f32], u: &'a mut [u8], i: &'a mut [i32]) -> Int8Output<'a> {
+/// One of the output slices as `kind` ("f32", "u8" with scale 0.05, "bf16", "i32").
+fn int8_out<'a>(
+    kind: &str,
+    f: &'a mut [f32],
+    u: &'a mut [u8],
+    h: &'a mut [bf16],
+    i: &'a mut [i32],
+) -> Int8Output<'a> {
     match kind {
         "f32" => Int8Output::F32(f),
+        "bf16" => Int8Output::Bf16(h),
         "u8" => Int8Output::U8 {
             data: u,
             scale: 0.05,
@@ -278,12 +304,16 @@ fn bf16_bounds(case: &Case, d: &Data, weight: &Bf16Weight, input: Bf16Input<'_>)
                 prologue: Epilogue::Store,
             }
         }
-        Bf16Input::Bf16(data) => {
+        Bf16Input::Bf16 { data, prologue } if case.prologue => Bf16Input::Bf16 { data, prologue },
+        Bf16Input::Bf16 { data, .. } => {
             abs_bf16 = data
                 .iter()
                 .map(|x| bf16::from_f32(x.to_f32().abs()))
                 .collect();
-            Bf16Input::Bf16(&abs_bf16)
+            Bf16Input::Bf16 {
+                data: &abs_bf16,
+                prologue: Epilogue::Store,
+            }
         }
     };
     let abs_weight = Bf16Weight::from_bf16_hwio(
@@ -326,8 +356,8 @@ fn bf16_bounds(case: &Case, d: &Data, weight: &Bf16Weight, input: Bf16Input<'_>)
     bounds
 }
 
-/// Runs the bf16 kernel on `case` with each input kind (f32 through the prologue if the
-/// case has one; bf16 otherwise) and output kind (f32, bf16), and checks the whole
+/// Runs the bf16 kernel on `case` with each input kind (f32 and bf16, through the
+/// prologue if the case has one) and output kind (f32, bf16), and checks the whole
 /// output slice against the reference: elements outside the layout untouched, the
 /// others within the bound of fp32 summation (and one bf16 rounding step for a bf16
 /// output).
@@ -339,13 +369,16 @@ fn bf16_case(case: &Case) {
     let s = case.shape;
     let weight = Bf16Weight::from_hwio(d.weight.view()).unwrap();
     let epilogue = d.epilogue(case.epilogue);
-    let mut inputs = vec![Bf16Input::F32 {
-        data: &d.input,
-        prologue: d.prologue(case.prologue),
-    }];
-    if !case.prologue {
-        inputs.push(Bf16Input::Bf16(&d.input_bf16));
-    }
+    let inputs = [
+        Bf16Input::F32 {
+            data: &d.input,
+            prologue: d.prologue(case.prologue),
+        },
+        Bf16Input::Bf16 {
+            data: &d.input_bf16,
+            prologue: d.prologue(case.prologue),
+        },
+    ];
     let mut rng = Rng::new(case.seed ^ 0x1234);
     let sentinel = random(d.out_len, &mut rng);
     let sentinel_bf16: Vec<bf16> = sentinel.iter().map(|&x| bf16_round(x)).collect();
@@ -354,7 +387,7 @@ fn bf16_case(case: &Case) {
         let what = |kind| {
             let input = match input {
                 Bf16Input::F32 { .. } => "f32",
-                Bf16Input::Bf16(_) => "bf16",
+                Bf16Input::Bf16 { .. } => "bf16",
             };
             format!("{input} input, {kind} output, {s:?}")
         };
@@ -1140,7 +1173,10 @@ fn bad_arguments_are_errors_not_panics() {
         stride: 1,
     };
     let r = conv_bf16_reference(
-        Bf16Input::Bf16(&[bf16::ONE; 50]),
+        Bf16Input::Bf16 {
+            data: &[bf16::ONE; 50],
+            prologue: Epilogue::Store,
+        },
         ImageLayout::dense(5, 10, 1),
         &w50,
         wide,
@@ -1470,7 +1506,13 @@ fn bf16_winograd_matches_its_reference() {
                 },
                 &input,
             ),
-            (Bf16Input::Bf16(&input_bf16), &widened),
+            (
+                Bf16Input::Bf16 {
+                    data: &input_bf16,
+                    prologue: Epilogue::Store,
+                },
+                &widened,
+            ),
         ] {
             let mut expected = sentinel.clone();
             let mut magnitude = vec![0.0; len];
@@ -1504,6 +1546,31 @@ fn bf16_winograd_matches_its_reference() {
                     (e - a).abs() <= bound,
                     "{s:?}: element {i}: {a} vs {e} (bound {bound})"
                 );
+            }
+            // A bf16 output (a dense block's bf16 buffer): the same sums rounded to
+            // nearest even by the output transform, the rest of the slice untouched.
+            let sentinel_bf16: Vec<bf16> = sentinel.iter().map(|&x| bf16_round(x)).collect();
+            let mut rounded = sentinel_bf16.clone();
+            super::bf16::run(
+                Some(LowpIsa::Avx512Bf16),
+                true,
+                input,
+                il,
+                &weight,
+                s,
+                Epilogue::Store,
+                Bf16Output::Bf16(&mut rounded),
+                ol,
+                parallel,
+            )
+            .unwrap();
+            for (i, ((&a, &r), &sent)) in actual.iter().zip(&rounded).zip(&sentinel).enumerate() {
+                let want = if a.to_bits() == sent.to_bits() {
+                    bf16_round(sent)
+                } else {
+                    bf16_round(a)
+                };
+                assert_eq!(r.to_bits(), want.to_bits(), "{s:?}: bf16 element {i}");
             }
         }
     }

@@ -35,12 +35,14 @@ const LANES: usize = 16;
 /// Values of a panel row: 32 columns of channel pairs.
 const ROW: usize = 2 * PANEL;
 
-/// Whether a bf16 convolution of `shape` with no prologue or epilogue and an f32 output
-/// runs here: the fp32 path's shapes (stride-1 3x3, at most 32 outputs, at least 64
+/// Whether a bf16 convolution of `shape` with no prologue or epilogue (f32 or bf16
+/// output) runs here: the fp32 path's shapes (stride-1 3x3, at most 32 outputs, at least 64
 /// input channels and a multiple of 16, an even output at least 14 wide).
 pub(super) fn applies(shape: &ConvShape) -> bool {
     fp32::applies(shape)
 }
+
+pub(super) use super::super::winograd::Output;
 
 /// A Winograd call's input: f32 values or bf16 bits.
 #[derive(Clone, Copy, Debug)]
@@ -49,8 +51,8 @@ pub(super) enum Input {
     Bf16(*const u16),
 }
 
-/// The convolution of `input` at `input_layout` with `weight` into the f32 `out` at
-/// `out_layout`, for a shape that [`applies`].
+/// The convolution of `input` at `input_layout` with `weight` into `out` (f32, or bf16
+/// rounded to nearest even) at `out_layout`, for a shape that [`applies`].
 ///
 /// # Safety
 ///
@@ -63,7 +65,7 @@ pub(super) unsafe fn run(
     input_layout: ImageLayout,
     weight: &Bf16Weight,
     shape: ConvShape,
-    out: *mut f32,
+    out: Output,
     out_layout: ImageLayout,
     parallel: bool,
 ) {
@@ -181,7 +183,7 @@ struct Job {
     /// The rounded transformed weight, `16·c_in·32` values.
     u: *const u16,
     shape: ConvShape,
-    out: *mut f32,
+    out: Output,
     out_layout: ImageLayout,
 }
 
