@@ -65,6 +65,32 @@ pub(in crate::kernels) fn widen16(bits: __m256i) -> __m512 {
     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
 }
 
+/// The 16 values at channel `c` of `src` (f32, or bf16 if `BF16`, widened), lanes
+/// outside `mask` zero and not read: a packing kernel's load of either kind of input.
+///
+/// # Safety
+///
+/// The lanes in `mask` of channels `c ..` at `src` (elements of the kind) are readable.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+pub(in crate::kernels) unsafe fn load16<const BF16: bool>(
+    src: *const u8,
+    c: usize,
+    mask: __mmask16,
+) -> __m512 {
+    // SAFETY: the caller's.
+    unsafe {
+        if BF16 {
+            widen16(_mm256_maskz_loadu_epi16(
+                mask,
+                src.cast::<u16>().add(c).cast(),
+            ))
+        } else {
+            _mm512_maskz_loadu_ps(mask, src.cast::<f32>().add(c))
+        }
+    }
+}
+
 /// See [`widen16`].
 #[target_feature(enable = "avx2")]
 #[inline]

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::bf16_lanes::widen16;
+use super::super::bf16_lanes::load16;
 use super::super::{MAX_TILE, PREFETCH_ROWS};
 use super::job::{LowpKernel, Out, Post, Wide};
 
@@ -153,14 +153,7 @@ unsafe fn pack_pixel<const PROLOGUE: bool, const BF16: bool>(
     // SAFETY (the closure's callers): channels `c ..` masked to `c_in` are readable,
     // the prologue's only when `PROLOGUE`.
     let convert = |c: usize, load: __mmask16| unsafe {
-        let x = if BF16 {
-            widen16(_mm256_maskz_loadu_epi16(
-                load,
-                src.cast::<u16>().add(c).cast(),
-            ))
-        } else {
-            _mm512_maskz_loadu_ps(load, src.cast::<f32>().add(c))
-        };
+        let x = load16::<BF16>(src, c, load);
         let y = if PROLOGUE {
             // Multiply then add, unfused, as the fp32 prologue.
             let (sv, tv) = (
