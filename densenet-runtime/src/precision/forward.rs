@@ -28,7 +28,7 @@ use super::quantized::{LowWeight, QConv};
 use super::QuantizeError;
 use crate::input_to_nhwc;
 use crate::kernels::direct_conv::lowp::{
-    conv_bf16, conv_int8, Bf16Input, Bf16Output, Int8Input, Int8Output, LowpError,
+    bf16_round, conv_bf16, conv_int8, Bf16Input, Bf16Output, Int8Input, Int8Output, LowpError,
 };
 use crate::kernels::direct_conv::{ConvShape, Epilogue, ImageLayout};
 use crate::kernels::elementwise::scale_shift_relu_add;
@@ -362,22 +362,10 @@ fn widen(src: &[bf16], dst: &mut [f32]) {
     }
 }
 
-/// f32 values rounded to bf16 as [`bf16_round`] rounds them (nearest even, NaN kept,
-/// subnormals to zero), without branches so that it vectorizes.
+/// f32 values rounded to bf16 as the kernels store them ([`bf16_round`]).
 fn round(src: &[f32], dst: &mut [bf16]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        let bits = s.to_bits();
-        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
-        let tiny = bits & 0x7f80_0000 == 0;
-        let nan = bits & 0x7fff_ffff > 0x7f80_0000;
-        let value = if nan {
-            (bits >> 16) | 0x40
-        } else if tiny {
-            (bits >> 16) & 0x8000
-        } else {
-            rounded
-        };
-        *d = bf16::from_bits(value as u16);
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16_round(s);
     }
 }
 

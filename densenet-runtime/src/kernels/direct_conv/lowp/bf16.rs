@@ -11,16 +11,22 @@ use super::{finish, start, validate, LowpError, LowpIsa, Precision};
 /// stays NaN (made quiet); subnormal inputs become zero of their sign (the instruction
 /// treats denormals as zero).
 pub fn bf16_round(x: f32) -> bf16 {
+    // Selects, not early returns, so that a loop of it vectorizes (the low-precision
+    // model rounds the stem's output into a block buffer with it).
     let bits = x.to_bits();
-    if x.is_nan() {
-        return bf16::from_bits(((bits >> 16) | 0x40) as u16);
-    }
-    if x.is_subnormal() {
-        return bf16::from_bits(((bits >> 16) & 0x8000) as u16);
-    }
-    // No overflow: the largest non-NaN pattern, 0xff80_0000, plus 0x8000 fits.
-    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
-    bf16::from_bits((rounded >> 16) as u16)
+    // No overflow but for NaNs, whose sum is not used: the largest other pattern,
+    // 0xff80_0000, plus 0x8000 fits.
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let tiny = bits & 0x7f80_0000 == 0;
+    let nan = bits & 0x7fff_ffff > 0x7f80_0000;
+    let value = if nan {
+        (bits >> 16) | 0x40
+    } else if tiny {
+        (bits >> 16) & 0x8000
+    } else {
+        rounded
+    };
+    bf16::from_bits(value as u16)
 }
 
 /// A convolution weight in bf16, in the kernels' layout: `[kh, kw, c_in, c_out]`
