@@ -21,7 +21,8 @@ use criterion::{
 };
 use densenet::ndarray::{Array1, Array4};
 use densenet::runtime::kernels::direct_conv::{
-    direct_conv, force_direct, ConvShape, ConvWeight, Epilogue, ImageLayout, PackedWeight,
+    direct_conv, force_direct, winograd_conv, ConvShape, ConvWeight, Epilogue, ImageLayout,
+    PackedWeight,
 };
 use densenet::runtime::kernels::gemm::{gemm, gemm_unpacked, MatMut, MatRef};
 use densenet::runtime::kernels::im2col::{im2col, Window};
@@ -156,6 +157,50 @@ fn training_gemms(c: &mut Criterion) {
             bench.iter(|| {
                 let b = MatRef::row_major(black_box(&b), k, n);
                 gemm_unpacked(a_view(), b, MatMut::row_major(&mut out, m, n), false);
+                black_box(&out);
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The training step's 3x3 input gradients of DenseNet-121 at batch 16 (the padded `dy`,
+/// 32 channels, convolved with the flipped kernel into 128): the direct kernel against
+/// Winograd F(2x2, 3x3) (`winograd_conv`), in the same run.
+fn training_input_gradients(c: &mut Criterion) {
+    let mut group = short(c, "training_input_gradient");
+    for (i, &hw) in [56usize, 28, 14].iter().enumerate() {
+        let (n, c_in, c_out) = (16, 32, 128);
+        let s = ConvShape {
+            n,
+            out_h: hw,
+            out_w: hw,
+            c_in,
+            c_out,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+        };
+        let (il, ol) = (
+            ImageLayout::dense(hw + 2, hw + 2, c_in),
+            ImageLayout::dense(hw, hw, c_out),
+        );
+        let input = data(n * (hw + 2) * (hw + 2) * c_in, 40 + 2 * i as u64);
+        let weight = data(9 * c_in * c_out, 41 + 2 * i as u64);
+        let mut out = vec![0.0f32; n * hw * hw * c_out];
+        let name = format!("{hw}x{hw}_b16_32to128");
+        group.throughput(Throughput::Elements(2 * s.macs() as u64));
+        group.bench_function(BenchmarkId::new("direct", &name), |bench| {
+            bench.iter(|| {
+                let weight = ConvWeight::Hwio(black_box(&weight));
+                let store = Epilogue::Store;
+                direct_conv(&input, il, store, weight, s, store, &mut out, ol, true);
+                black_box(&out);
+            })
+        });
+        group.bench_function(BenchmarkId::new("winograd", &name), |bench| {
+            bench.iter(|| {
+                winograd_conv(&input, il, black_box(&weight), s, &mut out, ol, true);
                 black_box(&out);
             })
         });
@@ -437,6 +482,7 @@ criterion_group!(
     benches,
     gemms,
     training_gemms,
+    training_input_gradients,
     convs,
     direct_convs,
     im2cols,

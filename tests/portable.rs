@@ -3,14 +3,15 @@
 //! not reach other tests), and checked like the direct kernels are: against torchvision's
 //! logits on the weight fixture, and against the reference path; and a training step
 //! on it against the same step on the kernels (which `train_grads.rs` checks against
-//! torch autograd).
+//! torch autograd); and a step with Winograd input gradients against the direct kernel's
+//! (`force_direct`, process-wide as well).
 
 #[allow(dead_code)] // shared helpers; this file uses three of them
 mod common;
 
 use common::{assert_close_scaled, fixture, read_f32};
 use densenet::ndarray::{Array2, Array4};
-use densenet::runtime::kernels::direct_conv::{available, force_portable};
+use densenet::runtime::kernels::direct_conv::{available, force_direct, force_portable};
 use densenet::runtime::reference;
 use densenet::runtime::train::{loss_and_gradients, LayerGrad};
 use densenet::runtime::Workspace;
@@ -18,7 +19,10 @@ use densenet::{densenet, densenet_yaml};
 use safetensors::SafeTensors;
 
 densenet! {
-    TorchvisionSmall<growth: 8, blocks: [2, 3, 4, 2], init_features: 16, theta: 0.5, input: [3, 64, 64], classes: 10>
+    TorchvisionSmall<growth: 8, blocks: [2, 3, 4, 2], init_features: 16, theta: 0.5, input: [3, 64, 64], classes: 10>;
+    /// Growth 32 on 28x28 and 14x14 maps: the 3x3s' input gradients (32 → 128
+    /// channels) fit the Winograd path (`winograd_conv`).
+    Wide<growth: 32, blocks: [2, 2], init_features: 32, stem: cifar, theta: 0.5, input: [3, 28, 28], classes: 5>
 }
 densenet_yaml!("specs/densenet40_k12.yaml");
 
@@ -104,4 +108,61 @@ fn a_training_step_on_the_portable_path_matches_the_kernels() {
             assert!((x - y).abs() <= 1e-4 * scale, "{name:?}[{i}]: {x} vs {y}");
         }
     }
+}
+
+/// A training step whose 3x3 input gradients run on the Winograd path (growth 32: dy's
+/// 32 channels into 128, `winograd_conv`) against the same step with Winograd off
+/// (`force_direct`: the direct kernels, as `train_grads.rs` checks against torch): loss
+/// and every gradient within 1e-4 of the largest. A wrong layout or panel offset in
+/// the Winograd input gradient would be far off.
+#[test]
+fn a_training_step_with_winograd_input_gradients_matches_the_direct_kernel() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let model = Wide::init(5);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let x = Array4::from_shape_simple_fn((3, 3, 28, 28), || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    });
+    let labels = [0, 3, 4];
+    let step = |direct: bool| {
+        force_direct(direct);
+        let mut model = model.clone();
+        let result = loss_and_gradients(&mut model, x.view(), &labels).unwrap();
+        force_direct(false);
+        result
+    };
+    let (loss, winograd) = step(false);
+    let (loss_direct, direct) = step(true);
+    assert!(
+        (loss - loss_direct).abs() <= 1e-5 * loss.abs(),
+        "{loss} vs {loss_direct}"
+    );
+    assert_eq!(winograd.len(), direct.len());
+    let values = |g: &LayerGrad| -> Vec<f32> {
+        match g {
+            LayerGrad::Conv { weight } => weight.iter().copied().collect(),
+            LayerGrad::BatchNorm { gamma, beta } => gamma.iter().chain(beta).copied().collect(),
+            LayerGrad::Linear { weight, bias } => weight.iter().chain(bias).copied().collect(),
+        }
+    };
+    let mut differ = 0;
+    for ((name, a), (other, b)) in winograd.iter().zip(direct.iter()) {
+        assert_eq!(name, other);
+        let (a, b) = (values(a), values(b));
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * scale, "{name:?}[{i}]: {x} vs {y}");
+            differ += usize::from(x.to_bits() != y.to_bits());
+        }
+    }
+    // Not the same arithmetic twice: with AVX-512 the step's forward 3x3s (128 → 32)
+    // and its four input gradients (32 → 128) run Winograd, so sums differ in order.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        assert!(differ > 0, "the Winograd path did not run");
+    }
+    let _ = differ;
 }

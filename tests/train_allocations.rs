@@ -100,7 +100,10 @@ densenet! {
     /// DenseNet-BC, CIFAR stem, with dropout (its masks are regenerated, not stored).
     Bc<growth: 12, blocks: [4, 4, 4], stem: cifar, theta: 0.5, input: [3, 32, 32], classes: 10, dropout: 0.1>;
     /// ImageNet stem (7x7 conv, BN, max pool with its argmax), plain layers.
-    Plain<growth: 8, blocks: [3, 3], init_features: 16, bottleneck: false, theta: 0.5, input: [3, 64, 64], classes: 5>
+    Plain<growth: 8, blocks: [3, 3], init_features: 16, bottleneck: false, theta: 0.5, input: [3, 64, 64], classes: 5>;
+    /// Growth 32 on 28x28 and 14x14 maps: Winograd forward 3x3s and input gradients,
+    /// whose transforms live in per-thread buffers.
+    Wide<growth: 32, blocks: [2, 2], init_features: 32, stem: cifar, theta: 0.5, input: [3, 28, 28], classes: 5>
 }
 
 /// `[calls, bytes, largest]` of plain and of aligned allocations of each of `steps`
@@ -213,6 +216,10 @@ fn a_step_run_inside_the_pool_allocates_nothing_after_warm_up() {
         (
             "plain, batch 8",
             pool.install(|| (fresh(), steps(Plain::init(2), 8, &Freeze::none(), 4)).1),
+        ),
+        (
+            "growth 32, batch 4",
+            pool.install(|| (fresh(), steps(Wide::init(3), 4, &Freeze::none(), 4)).1),
         ),
     ] {
         POOL_THREADS_ONLY.store(false, Ordering::Relaxed);

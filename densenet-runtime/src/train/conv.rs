@@ -2,7 +2,8 @@
 //!
 //! A stride-1 "same" convolution (DenseNet's 3x3s) with the direct kernels available
 //! takes its input gradient as a convolution of the padded output gradient with the
-//! flipped kernel (on the direct kernels), and its weight gradient as one GEMM per tap
+//! flipped kernel (by Winograd where it fits, else on the direct kernels), and its
+//! weight gradient as one GEMM per tap
 //! of a shifted view of the padded input: no im2col or col2im matrix, which cost more
 //! than the products at DenseNet's widths. 1x1 convolutions are two products; anything
 //! else (the stem's strided 7x7) takes im2col + GEMM and col2im, as does every
@@ -302,7 +303,7 @@ fn backward(
 
 /// `dx ← conv(pad(dy, q), W′)` with `q = k − 1 − padding` and `W′[a][b][o][i] =
 /// W[k−1−a][k−1−b][i][o]`: the input gradient of a stride-1 convolution whose output
-/// has its input's size, on the direct kernels. `padded_dy` is `dy` in its zero-padded
+/// has its input's size, on the Winograd or direct kernels. `padded_dy` is `dy` in its zero-padded
 /// grid (`n` images of `(h + 2q) × (w + 2q)` pixels); `flipped` holds `W′`.
 fn input_gradient_by_flipped_conv(
     conv: &Conv2d,
@@ -336,17 +337,24 @@ fn input_gradient_by_flipped_conv(
         kernel_w: k,
         stride: 1,
     };
-    let ran = direct_conv::direct_conv(
-        padded_dy,
+    let (dy_layout, dx_layout) = (
         ImageLayout::dense(hp, wp, c_out),
-        Epilogue::Store,
-        ConvWeight::Hwio(flipped),
-        shape,
-        Epilogue::Store,
-        dx,
         ImageLayout::dense(h, w, c_in),
-        true,
     );
+    // Winograd where it fits (DenseNet-121's 32 → 128: 2.25x fewer multiply-adds),
+    // else the direct kernel.
+    let ran = direct_conv::winograd_conv(padded_dy, dy_layout, flipped, shape, dx, dx_layout, true)
+        || direct_conv::direct_conv(
+            padded_dy,
+            dy_layout,
+            Epilogue::Store,
+            ConvWeight::Hwio(flipped),
+            shape,
+            Epilogue::Store,
+            dx,
+            dx_layout,
+            true,
+        );
     // The caller checked that the kernels run here; a shape they refuse (its
     // multiply-adds overflow `usize`) is far past any buffer this step could hold.
     assert!(ran, "conv2d_backward: the direct kernels refused {shape:?}");

@@ -530,6 +530,57 @@ pub fn direct_conv(
     )
 }
 
+/// Convolves `input` (NHWC, zero-padded, at `input_layout`) with the HWIO 3x3 `weight`
+/// into `out` at `out_layout` by Winograd F(2x2, 3x3), for shapes [`direct_conv`]
+/// does not send there itself: any number of outputs and at least 32 input channels (a
+/// multiple of 16), stride 1, an even output at least 14 wide, no prologue or epilogue.
+/// The training step's 3x3 input gradients (32 → 128 channels in DenseNet-121) run
+/// here: 2.25x fewer multiply-adds than the direct kernel's. Results do not depend on
+/// the thread count.
+///
+/// Returns `false`, touching nothing, when the shape does not fit, the CPU lacks
+/// AVX-512F, or [`force_direct`] is on: the caller runs [`direct_conv`].
+///
+/// # Panics
+///
+/// As [`direct_conv`]'s, for layouts or a weight that do not fit the slices.
+#[allow(clippy::too_many_arguments)]
+#[track_caller]
+pub fn winograd_conv(
+    input: &[f32],
+    input_layout: ImageLayout,
+    weight: &[f32],
+    shape: ConvShape,
+    out: &mut [f32],
+    out_layout: ImageLayout,
+    parallel: bool,
+) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if isa() == Some(Isa::Avx512) && !DIRECT_ONLY.load(Ordering::Relaxed) && winograd::fits(&shape)
+    {
+        winograd::run(
+            input,
+            input_layout,
+            weight,
+            shape,
+            out,
+            out_layout,
+            parallel,
+        );
+        return true;
+    }
+    let _ = (
+        input,
+        input_layout,
+        weight,
+        shape,
+        out,
+        out_layout,
+        parallel,
+    );
+    false
+}
+
 /// [`direct_conv`] on the kernels of `isa` (and, with `winograd`, on the Winograd path
 /// where it applies): the same checks and panics, then `false`, touching nothing, when
 /// `isa` is `None`, the CPU lacks it, or the window has more than 49 taps.
@@ -822,6 +873,76 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn winograd_conv_matches_reference_on_training_shapes() {
+        // The input gradients of DenseNet-121's 3x3s (dy's 32 channels into 128), a
+        // masked last panel (40 outputs), 48 inputs, into a strided output; one and two
+        // threads' worth of tasks. Where the CPU lacks AVX-512F it declines.
+        let mut rng = Rng::new(77);
+        for (n, hw, c_in, c_out, pixel_out, parallel) in [
+            (2, 14, 32, 128, 128, true),
+            (1, 28, 32, 128, 128, false),
+            (1, 16, 32, 40, 56, true),
+            (1, 56, 48, 72, 72, true),
+        ] {
+            let s = ConvShape {
+                n,
+                out_h: hw,
+                out_w: hw,
+                c_in,
+                c_out,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+            };
+            let il = ImageLayout::dense(hw + 2, hw + 2, c_in);
+            let ol = ImageLayout::dense(hw, hw, pixel_out);
+            let input = random(n * (hw + 2) * (hw + 2) * c_in, &mut rng);
+            let weight = random(9 * c_in * c_out, &mut rng);
+            let sentinel = random(n * hw * hw * pixel_out, &mut rng);
+            let mut expected = sentinel.clone();
+            direct_conv_reference(
+                &input,
+                il,
+                Epilogue::Store,
+                &weight,
+                s,
+                Epilogue::Store,
+                &mut expected,
+                ol,
+            );
+            let mut actual = sentinel.clone();
+            let ran = winograd_conv(&input, il, &weight, s, &mut actual, ol, parallel);
+            assert_eq!(ran, supported(Isa::Avx512), "{s:?}");
+            if !ran {
+                continue;
+            }
+            let k = (9 * c_in) as f32;
+            for (i, (&e, &a)) in expected.iter().zip(&actual).enumerate() {
+                let tol = 1e-5 * k.sqrt() * e.abs().max(1.0);
+                assert!((e - a).abs() <= tol, "{s:?}: element {i}: {a} vs {e}");
+            }
+        }
+        // Shapes it does not take: 16 inputs, an odd map, stride 2.
+        let mut out = vec![0.0; 7 * 7 * 8];
+        let odd = ConvShape {
+            n: 1,
+            out_h: 7,
+            out_w: 7,
+            c_in: 32,
+            c_out: 8,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+        };
+        let input = vec![0.0; 9 * 9 * 32];
+        let weight = vec![0.0; 9 * 32 * 8];
+        let (il, ol) = (ImageLayout::dense(9, 9, 32), ImageLayout::dense(7, 7, 8));
+        assert!(!winograd_conv(
+            &input, il, &weight, odd, &mut out, ol, false
+        ));
     }
 
     #[test]

@@ -13,11 +13,14 @@
 //! that row's input tiles into `V`, runs the GEMMs into `M` (both in the worker
 //! thread's scratch, which grows once) and writes `Aᵀ M A` to the output.
 //!
-//! It takes stride-1 3x3 convolutions with at most 32 outputs, at least 64 input
-//! channels (a multiple of 16), an even output of at least 14 columns, and no prologue
-//! or epilogue: DenseNet-121's 3x3 convolutions on its 56x56, 28x28 and 14x14 maps (on
+//! [`direct_conv`](super::direct_conv) sends it stride-1 3x3 convolutions with at most
+//! 32 outputs, at least 64 input channels (a multiple of 16), an even output of at
+//! least 14 columns, and no prologue or epilogue ([`applies`]): DenseNet-121's 3x3 convolutions on its 56x56, 28x28 and 14x14 maps (on
 //! 14x14 a task takes two rows of tiles, so its GEMMs fill the register tile). Measured on DenseNet-121's 3x3
-//! convolutions (`conv_gflops --winograd`): see BENCHMARKS.md.
+//! convolutions (`conv_gflops --winograd`): see BENCHMARKS.md. Through
+//! [`winograd_conv`](super::winograd_conv) it also takes more outputs, panel after
+//! panel over the same transformed inputs, and 32 inputs ([`fits`]): the training
+//! step's input gradients, 32 → 128 channels.
 
 use core::arch::x86_64::*;
 #[cfg(feature = "std")]
@@ -86,18 +89,37 @@ pub(super) fn with_buffer<R>(buffer: Buffer, len: usize, f: impl FnOnce(&mut [f3
     }
 }
 
-/// Whether a convolution of `shape` with no prologue or epilogue runs here.
+/// Whether `direct_conv` runs a convolution of `shape` with no prologue or epilogue
+/// here: where it [`fits`], DenseNet's 3x3s (at most 32 outputs, at least
+/// [`MIN_C_IN`] inputs).
 pub(super) fn applies(s: &ConvShape) -> bool {
+    s.c_out <= PANEL && s.c_in >= MIN_C_IN && fits(s)
+}
+
+/// Whether [`run`] takes `shape` at all: a stride-1 3x3 with a multiple of 16 input
+/// channels (at least 32), any number of outputs (one 32-column panel of GEMMs after
+/// the other over the same transformed inputs), an even output at least 14 wide, and
+/// its scratch within bounds. Beyond [`applies`], the training step's input gradients
+/// (32 → 128 channels in DenseNet-121) run here through [`super::winograd_conv`].
+pub(super) fn fits(s: &ConvShape) -> bool {
     s.kernel_h == 3
         && s.kernel_w == 3
         && s.stride == 1
-        && s.c_out <= PANEL
-        && s.c_in >= MIN_C_IN
+        && s.c_in >= 2 * LANES
         && s.c_in.is_multiple_of(LANES)
+        && s.c_out > 0
         && s.out_h.is_multiple_of(2)
         && s.out_w.is_multiple_of(2)
         && s.out_w >= MIN_WIDTH
         && tile_floats(s).is_some_and(|f| f <= MAX_TILE_FLOATS)
+        && weight_floats(s).is_some()
+}
+
+/// Floats of the transformed weight: `16·c_in·32` a panel of 32 outputs.
+fn weight_floats(s: &ConvShape) -> Option<usize> {
+    (16 * PANEL)
+        .checked_mul(s.c_in)?
+        .checked_mul(s.c_out.div_ceil(PANEL))
 }
 
 /// Whether `direct_conv` takes this path for `shape`: where it [`applies`], but on maps
@@ -142,7 +164,7 @@ pub(super) fn task_rows(s: &ConvShape, t: usize) -> (usize, core::ops::Range<usi
 }
 
 /// The convolution of `input` at `input_layout` with the HWIO weight `weight` into
-/// `out` at `out_layout`, for a shape that [`applies`].
+/// `out` at `out_layout`, for a shape that [`fits`].
 ///
 /// # Panics
 ///
@@ -162,7 +184,7 @@ pub(super) fn run(
     // What every `unsafe` block below relies on, checked here too so that this function
     // is sound on its own (a few comparisons per call).
     assert!(
-        applies(&s) && crate::kernels::cpu::avx512f(),
+        fits(&s) && crate::kernels::cpu::avx512f(),
         "winograd::run: shape or CPU not supported"
     );
     let (store, hwio) = (Epilogue::Store, ConvWeight::Hwio(weight));
@@ -193,19 +215,20 @@ pub(super) fn run(
             (0..tasks).for_each(|t| job.task(t));
         }
     };
-    // No overflow: `applies` bounded `c_in` (see `tile_floats`).
-    let floats = 16 * s.c_in * PANEL;
+    let floats = weight_floats(&s).expect("`fits` bounded the transformed weight");
     with_buffer(&WEIGHT, floats, |u| {
-        // SAFETY: AVX-512F asserted above; `check` verified that `weight` holds the
-        // 9·c_in·c_out values read, and `u` holds the 16·c_in·32 written.
-        unsafe { transform_weight(weight, s.c_in, s.c_out, u) };
+        for (panel, u) in u.chunks_exact_mut(16 * s.c_in * PANEL).enumerate() {
+            // SAFETY: AVX-512F asserted above; `check` verified that `weight` holds the
+            // 9·c_in·c_out values read, and `u`'s chunk holds the 16·c_in·32 written.
+            unsafe { transform_weight(weight, s.c_in, s.c_out, panel * PANEL, u) };
+        }
         with_weight(u);
     });
 }
 
-/// `U[ξ][ci][co] = (G g Gᵀ)[ξ]` of the filter `g` of every input channel `ci` and output
-/// `co < c_out` (columns `c_out..32` zero), with
-/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+/// `U[ξ][ci][j] = (G g Gᵀ)[ξ]` of the filter `g` of every input channel `ci` and output
+/// `co0 + j < c_out`, `j < 32` (columns past `c_out` zero): the panel of outputs from
+/// `co0`, with `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
 ///
 /// # Safety
 ///
@@ -213,7 +236,13 @@ pub(super) fn run(
 // The transforms index 4x4 tiles by row and column, as the formulas do.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn transform_weight(weight: &[f32], c_in: usize, c_out: usize, u: &mut [f32]) {
+pub(super) unsafe fn transform_weight(
+    weight: &[f32],
+    c_in: usize,
+    c_out: usize,
+    co0: usize,
+    u: &mut [f32],
+) {
     assert!(weight.len() >= 9 * c_in * c_out && u.len() >= 16 * c_in * PANEL);
     let half = _mm512_set1_ps(0.5);
     // (g0 + g1 + g2) / 2 and (g0 − g1 + g2) / 2, the middle rows of G.
@@ -226,13 +255,14 @@ pub(super) unsafe fn transform_weight(weight: &[f32], c_in: usize, c_out: usize,
     };
     for ci in 0..c_in {
         for c0 in (0..PANEL).step_by(LANES) {
-            let lanes = c_out.saturating_sub(c0).min(LANES);
+            let lanes = c_out.saturating_sub(co0 + c0).min(LANES);
             let mask: __mmask16 = ((1u32 << lanes) - 1) as __mmask16;
             // SAFETY: lane `l < lanes` of tap `t` reads weight element
-            // `(t·c_in + ci)·c_out + c0 + l < 9·c_in·c_out` (asserted above); masked-off
-            // lanes are not read.
+            // `(t·c_in + ci)·c_out + co0 + c0 + l < 9·c_in·c_out` (asserted above);
+            // masked-off lanes are not read (nor formed beyond the slice: `wrapping_add`).
             let g = |t: usize| unsafe {
-                _mm512_maskz_loadu_ps(mask, weight.as_ptr().add((t * c_in + ci) * c_out + c0))
+                let at = (t * c_in + ci) * c_out + co0 + c0;
+                _mm512_maskz_loadu_ps(mask, weight.as_ptr().wrapping_add(at))
             };
             // G g: the rows of the filter (ky), column kx by column.
             let columns: [[__m512; 4]; 3] = core::array::from_fn(|kx| {
@@ -312,48 +342,56 @@ impl Job {
         }
         let offsets: [usize; MAX_TILE] = core::array::from_fn(|i| i * PANEL);
         let null = (core::ptr::null(), core::ptr::null());
-        for xi in 0..16 {
-            for t0 in (0..tiles).step_by(Avx512::TILE) {
-                let n = Avx512::TILE.min(tiles - t0);
-                // SAFETY: AVX-512F as above; `1 ≤ n ≤ 14`, `1 ≤ c_out ≤ 32`. Pixel
-                // `i < n` reads `v[(xi·tiles + t0 + i)·c_in + ci]`, `ci < c_in`: inside
-                // `v`'s `16·tiles·c_in`. Weight row `ci` reads `u[(xi·c_in + ci)·32 + co]`,
-                // `co < c_out ≤ 32`: inside the `16·c_in·32` transformed weight, which
-                // `run` holds and nobody writes during the call. Writes go to
-                // `m[(xi·tiles + t0 + i)·32 + co]`: inside `m`, this task's own.
-                unsafe {
-                    Avx512::tile(
-                        n,
-                        s.c_out,
-                        v.as_ptr().add((xi * tiles + t0) * s.c_in),
-                        s.c_in,
-                        &[0],
-                        s.c_in,
-                        self.u.add(xi * s.c_in * PANEL),
-                        PANEL,
-                        null,
-                        m.as_mut_ptr().add((xi * tiles + t0) * PANEL),
-                        &offsets,
-                        false,
-                    );
+        // Panel by panel of 32 outputs, over the same transformed inputs.
+        for co0 in (0..s.c_out).step_by(PANEL) {
+            let width = (s.c_out - co0).min(PANEL);
+            // No overflow: inside the transformed weight `run` holds (`weight_floats`).
+            let u = self.u.wrapping_add(co0 / PANEL * 16 * s.c_in * PANEL);
+            for xi in 0..16 {
+                for t0 in (0..tiles).step_by(Avx512::TILE) {
+                    let n = Avx512::TILE.min(tiles - t0);
+                    // SAFETY: AVX-512F as above; `1 ≤ n ≤ 14`, `1 ≤ width ≤ 32`. Pixel
+                    // `i < n` reads `v[(xi·tiles + t0 + i)·c_in + ci]`, `ci < c_in`:
+                    // inside `v`'s `16·tiles·c_in`. Weight row `ci` reads
+                    // `u[(xi·c_in + ci)·32 + j]`, `j < 32`, of this panel's `16·c_in·32`
+                    // transformed values, which `run` holds and nobody writes during
+                    // the call. Writes go to `m[(xi·tiles + t0 + i)·32 + j]`, `j <
+                    // width`: inside `m`, this task's own.
+                    unsafe {
+                        Avx512::tile(
+                            n,
+                            width,
+                            v.as_ptr().add((xi * tiles + t0) * s.c_in),
+                            s.c_in,
+                            &[0],
+                            s.c_in,
+                            u.add(xi * s.c_in * PANEL),
+                            PANEL,
+                            null,
+                            m.as_mut_ptr().add((xi * tiles + t0) * PANEL),
+                            &offsets,
+                            false,
+                        );
+                    }
                 }
             }
-        }
-        for (r, ty) in rows.enumerate() {
-            // SAFETY: AVX-512F as above; row `r`'s `M[ξ][tx]` is at
-            // `m[ξ·tiles·32 + (r·tw + tx)·32 ..]`, inside `m`. Tile `tx` writes output
-            // pixels `(b, 2ty + dy, 2tx + dx)`, `dy, dx < 2`, channels `< c_out`: inside
-            // the output block `check` bounded, and only this task writes output rows
-            // `2ty, 2ty + 1` of image `b`.
-            unsafe {
-                output_tiles(
-                    &m[r * tw * PANEL..],
-                    tiles * PANEL,
-                    (b, ty, tw, s.c_out),
-                    Output::F32(self.out),
-                    self.out_layout,
-                )
-            };
+            for (r, ty) in rows.clone().enumerate() {
+                // SAFETY: AVX-512F as above; row `r`'s `M[ξ][tx]` is at
+                // `m[ξ·tiles·32 + (r·tw + tx)·32 ..]`, inside `m`. Tile `tx` writes
+                // output pixels `(b, 2ty + dy, 2tx + dx)`, `dy, dx < 2`, channels
+                // `co0 .. co0 + width ≤ c_out`: inside the output block `check`
+                // bounded, and only this task writes output rows `2ty, 2ty + 1` of
+                // image `b`.
+                unsafe {
+                    output_tiles(
+                        &m[r * tw * PANEL..],
+                        tiles * PANEL,
+                        (b, ty, tw, width),
+                        Output::F32(self.out.wrapping_add(co0)),
+                        self.out_layout,
+                    )
+                };
+            }
         }
     }
 }

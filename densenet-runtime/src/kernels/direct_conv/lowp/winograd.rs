@@ -83,7 +83,7 @@ pub(super) unsafe fn run(
         // 9·c_in/2 rows read (asserted), `g`, `u` and `rounded` the lengths written.
         unsafe {
             widen_weight(panels, s.c_in, &mut g);
-            fp32::transform_weight(&g, s.c_in, PANEL, &mut u);
+            fp32::transform_weight(&g, s.c_in, PANEL, 0, &mut u);
             round_weight(&u, s.c_in, &mut rounded);
         }
         rounded
