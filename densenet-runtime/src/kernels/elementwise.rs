@@ -80,6 +80,45 @@ fn scale_shift_relu_add_body(src: &[f32], scale: &[f32], shift: &[f32], dst: &mu
     }
 }
 
+/// `sum[j] += x[j]` and `sum_sq[j] += x[j]²` in `f64` for every `j < x.len()`: one row
+/// of a batch's moments (`train::batch_norm::Moments`).
+///
+/// # Panics
+///
+/// If `sum` or `sum_sq` is shorter than `x`.
+pub fn add_sums_and_squares(x: &[f32], sum: &mut [f64], sum_sq: &mut [f64]) {
+    let len = x.len();
+    let (sum, sum_sq) = (&mut sum[..len], &mut sum_sq[..len]);
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { add_sums_and_squares_avx512(x, sum, sum_sq) };
+        return;
+    }
+    add_sums_and_squares_body(x, sum, sum_sq);
+}
+
+/// [`add_sums_and_squares_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_sums_and_squares_avx512(x: &[f32], sum: &mut [f64], sum_sq: &mut [f64]) {
+    add_sums_and_squares_body(x, sum, sum_sq);
+}
+
+#[inline(always)]
+fn add_sums_and_squares_body(x: &[f32], sum: &mut [f64], sum_sq: &mut [f64]) {
+    for ((s, q), &v) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(x) {
+        let v = f64::from(v);
+        *s += v;
+        *q += v * v;
+    }
+}
+
 /// `acc[i] = max(acc[i], v[i])` over `acc.len()` values, a NaN in either kept (torch's
 /// max pool propagates NaN); on equal values (`0.0` and `-0.0`) `acc` is kept.
 pub fn max_into(acc: &mut [f32], v: &[f32]) {
@@ -245,6 +284,28 @@ mod tests {
         assert!(out[0].is_nan());
         assert_eq!(out[1].to_bits(), 0.0f32.to_bits());
         assert_eq!(out[2], 0.0);
+    }
+
+    #[test]
+    fn sums_and_squares_add_each_row_in_f64() {
+        // Rows of lengths around the vector widths, added into running totals: each
+        // total equal, bit for bit, to the plain f64 loop (the same additions in the
+        // same order, whichever width the compiler used).
+        let f = |i: usize| ((i * 7919) % 1013) as f32 / 17.0 - 29.0;
+        for c in [1, 7, 8, 9, 16, 33, 128] {
+            let (mut sum, mut sum_sq) = (vec![0.5f64; c], vec![0.25f64; c]);
+            let (mut want, mut want_sq) = (vec![0.5f64; c], vec![0.25f64; c]);
+            for r in 0..5 {
+                let row: Vec<f32> = (0..c).map(|j| f(r * c + j)).collect();
+                add_sums_and_squares(&row, &mut sum, &mut sum_sq);
+                for (j, &v) in row.iter().enumerate() {
+                    want[j] += f64::from(v);
+                    want_sq[j] += f64::from(v) * f64::from(v);
+                }
+            }
+            assert_eq!(sum, want, "{c} channels");
+            assert_eq!(sum_sq, want_sq, "{c} channels");
+        }
     }
 
     #[test]

@@ -274,11 +274,7 @@ impl Moments {
         let sums = sum_tasks(task_count(&x), 2 * c, |t, acc, _| {
             let (sum, sum_sq) = acc.split_at_mut(c);
             for r in chunk(&x, t).rows() {
-                for ((s, q), &v) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(row(r)) {
-                    let v = f64::from(v);
-                    *s += v;
-                    *q += v * v;
-                }
+                elementwise::add_sums_and_squares(row(r), sum, sum_sq);
             }
         });
         let count = rows as f64;
