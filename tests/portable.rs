@@ -13,7 +13,7 @@ use common::{assert_close_scaled, fixture, read_f32};
 use densenet::ndarray::{Array2, Array4};
 use densenet::runtime::kernels::direct_conv::{available, force_direct, force_portable};
 use densenet::runtime::reference;
-use densenet::runtime::train::{loss_and_gradients, LayerGrad};
+use densenet::runtime::train::{loss_and_gradients, Gradients, LayerGrad};
 use densenet::runtime::Workspace;
 use densenet::{densenet, densenet_yaml};
 use safetensors::SafeTensors;
@@ -86,13 +86,18 @@ fn a_training_step_on_the_portable_path_matches_the_kernels() {
         force_portable(false);
         result
     };
-    let (loss, kernels) = step(false);
-    let (loss_portable, portable) = step(true);
+    assert_same_step(step(false), step(true));
+}
+
+/// Two steps' losses within 1e-5 and every gradient within 1e-4 of its layer's largest;
+/// returns how many gradient values differ at all.
+fn assert_same_step(a: (f32, Gradients), b: (f32, Gradients)) -> usize {
+    let ((loss, a), (loss_b, b)) = (a, b);
     assert!(
-        (loss - loss_portable).abs() <= 1e-5 * loss.abs(),
-        "{loss} vs {loss_portable}"
+        (loss - loss_b).abs() <= 1e-5 * loss.abs(),
+        "{loss} vs {loss_b}"
     );
-    assert_eq!(kernels.len(), portable.len());
+    assert_eq!(a.len(), b.len());
     let values = |g: &LayerGrad| -> Vec<f32> {
         match g {
             LayerGrad::Conv { weight } => weight.iter().copied().collect(),
@@ -100,14 +105,17 @@ fn a_training_step_on_the_portable_path_matches_the_kernels() {
             LayerGrad::Linear { weight, bias } => weight.iter().chain(bias).copied().collect(),
         }
     };
-    for ((name, a), (other, b)) in kernels.iter().zip(portable.iter()) {
+    let mut differ = 0;
+    for ((name, a), (other, b)) in a.iter().zip(b.iter()) {
         assert_eq!(name, other);
         let (a, b) = (values(a), values(b));
         let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             assert!((x - y).abs() <= 1e-4 * scale, "{name:?}[{i}]: {x} vs {y}");
+            differ += usize::from(x.to_bits() != y.to_bits());
         }
     }
+    differ
 }
 
 /// A training step whose 3x3 input gradients run on the Winograd path (growth 32: dy's
@@ -134,30 +142,7 @@ fn a_training_step_with_winograd_input_gradients_matches_the_direct_kernel() {
         force_direct(false);
         result
     };
-    let (loss, winograd) = step(false);
-    let (loss_direct, direct) = step(true);
-    assert!(
-        (loss - loss_direct).abs() <= 1e-5 * loss.abs(),
-        "{loss} vs {loss_direct}"
-    );
-    assert_eq!(winograd.len(), direct.len());
-    let values = |g: &LayerGrad| -> Vec<f32> {
-        match g {
-            LayerGrad::Conv { weight } => weight.iter().copied().collect(),
-            LayerGrad::BatchNorm { gamma, beta } => gamma.iter().chain(beta).copied().collect(),
-            LayerGrad::Linear { weight, bias } => weight.iter().chain(bias).copied().collect(),
-        }
-    };
-    let mut differ = 0;
-    for ((name, a), (other, b)) in winograd.iter().zip(direct.iter()) {
-        assert_eq!(name, other);
-        let (a, b) = (values(a), values(b));
-        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!((x - y).abs() <= 1e-4 * scale, "{name:?}[{i}]: {x} vs {y}");
-            differ += usize::from(x.to_bits() != y.to_bits());
-        }
-    }
+    let differ = assert_same_step(step(false), step(true));
     // Not the same arithmetic twice: with AVX-512 the step's forward 3x3s (128 → 32)
     // and its four input gradients (32 → 128) run Winograd, so sums differ in order.
     #[cfg(target_arch = "x86_64")]
