@@ -54,8 +54,6 @@ const MAX_TILE_FLOATS: usize = 1 << 24;
 std::thread_local! {
     /// The transformed weight of the call this thread makes.
     static WEIGHT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// `V` and `M` of the task this thread runs.
-    pub(super) static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A thread's reusable buffer; without `std` (no thread-locals) each call allocates.
@@ -65,13 +63,75 @@ pub(super) type Buffer = &'static std::thread::LocalKey<RefCell<Vec<f32>>>;
 pub(super) type Buffer = &'static ();
 #[cfg(not(feature = "std"))]
 const WEIGHT: () = ();
-#[cfg(not(feature = "std"))]
-pub(super) const TILES: () = ();
+
+/// `V` and `M` of the tasks running, the bf16 path's too: one shared list, not a buffer
+/// per thread, which grew when a thread first ran a task of a larger shape, so that
+/// whether a step allocated depended on which thread its tasks had landed on before.
+/// [`run_tasks`] tops the list up to one buffer per thread of the call, each as large
+/// as the call's tasks need, before they start: a call allocates only when it is the
+/// first of its size or thread count.
+#[cfg(feature = "std")]
+static TILES: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// [`TILES`], locked (a panicking task cannot leave the list inconsistent: it only
+/// pops and pushes whole buffers).
+#[cfg(feature = "std")]
+fn tiles() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
+    TILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `task(t)` for each of a call's [`tasks`], on the threads if `parallel` and the
+/// call is large enough, after making sure [`TILES`] holds a buffer of
+/// [`tile_floats`] for each thread that may run one.
+pub(super) fn run_tasks(s: &ConvShape, parallel: bool, task: impl Fn(usize) + Sync + Send) {
+    let tasks = tasks(s);
+    let split = parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1;
+    #[cfg(feature = "std")]
+    {
+        let threads = if split {
+            crate::parallel::current_num_threads()
+        } else {
+            1
+        };
+        let len = tile_floats(s).expect("`fits` bounded a task's floats");
+        let mut list = tiles();
+        if list.len() < threads {
+            list.resize_with(threads, Vec::new);
+        }
+        for buffer in list.iter_mut().filter(|b| b.len() < len) {
+            buffer.resize(len, 0.0);
+        }
+    }
+    if split {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// Runs `f` on `len` floats of a task buffer from [`TILES`] (a new one if all are in
+/// use, as when tasks of two calls run at once; without `std`, always).
+pub(super) fn with_tiles<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    #[cfg(feature = "std")]
+    {
+        let mut buffer = tiles().pop().unwrap_or_default();
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        let result = f(&mut buffer[..len]);
+        tiles().push(buffer);
+        result
+    }
+    #[cfg(not(feature = "std"))]
+    f(&mut vec![0.0; len])
+}
 
 /// Runs `f` on the first `len` floats of this thread's `buffer` (grown as needed), or of
 /// a zeroed buffer of its own if that one is in use further up this thread's stack
 /// (rayon ran this call while an outer one waited) or there are no thread-locals.
-pub(super) fn with_buffer<R>(buffer: Buffer, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+fn with_buffer<R>(buffer: Buffer, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     #[cfg(feature = "std")]
     return buffer.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => {
@@ -208,12 +268,7 @@ pub(super) fn run(
             out,
             out_layout,
         };
-        let tasks = tasks(&s);
-        if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
-            (0..tasks).into_par_iter().for_each(|t| job.task(t));
-        } else {
-            (0..tasks).for_each(|t| job.task(t));
-        }
+        run_tasks(&s, parallel, |t| job.task(t));
     };
     let floats = weight_floats(&s).expect("`fits` bounded the transformed weight");
     with_buffer(&WEIGHT, floats, |u| {
@@ -309,7 +364,7 @@ impl Job {
         let tiles = rows.len() * (s.out_w / 2);
         // No overflow: at most `MAX_TILE_FLOATS` together (`applies`).
         let (v_len, m_len) = (16 * tiles * s.c_in, 16 * tiles * PANEL);
-        with_buffer(&TILES, v_len + m_len, |scratch| {
+        with_tiles(v_len + m_len, |scratch| {
             let (v, m) = scratch.split_at_mut(v_len);
             self.tile_rows(b, rows, v, m);
         });

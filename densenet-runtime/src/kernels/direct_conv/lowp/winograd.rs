@@ -22,13 +22,12 @@
 
 use core::arch::x86_64::*;
 
-use super::super::winograd::{self as fp32, TILES};
-use super::super::{ConvShape, ImageLayout, MAX_TILE, PARALLEL_MACS};
+use super::super::winograd as fp32;
+use super::super::{ConvShape, ImageLayout, MAX_TILE};
 use super::avx512_bf16::Avx512Bf16;
 use super::bf16::Bf16Weight;
 use super::job::{LowpKernel, Out, Post};
 use super::panels::PANEL;
-use crate::parallel::prelude::*;
 
 /// Lanes of a vector.
 const LANES: usize = 16;
@@ -99,12 +98,7 @@ pub(super) unsafe fn run(
         out,
         out_layout,
     };
-    let tasks = fp32::tasks(&s);
-    if parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1 {
-        (0..tasks).into_par_iter().for_each(|t| job.task(t));
-    } else {
-        (0..tasks).for_each(|t| job.task(t));
-    }
+    fp32::run_tasks(&s, parallel, |t| job.task(t));
 }
 
 /// `g[t][ci][co]`, f32, from the single panel of a bf16 weight with at most 32 outputs
@@ -205,7 +199,7 @@ impl Job {
         // `V`'s bf16 values in f32 words, then `M`. No overflow: `applies` bounds
         // `16·tiles·(c_in + 32)` (`fp32::tile_floats`).
         let (v_words, m_len) = (8 * tiles * s.c_in, 16 * tiles * PANEL);
-        fp32::with_buffer(&TILES, v_words + m_len, |scratch| {
+        fp32::with_tiles(v_words + m_len, |scratch| {
             let (v, m) = scratch.split_at_mut(v_words);
             let v = v.as_mut_ptr().cast::<u16>();
             for r in 0..rows {
