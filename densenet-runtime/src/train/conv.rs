@@ -507,9 +507,32 @@ pub(crate) fn conv_forward(
         x.len() == n * h * w * c_in && y.len() == n * oh * ow * c_out,
         "conv_forward: the slices do not fit the shapes"
     );
-    if win.padding == 0 && direct_conv::available() {
+    if direct_conv::available() {
         let out = MatMut::row_major(y, n * oh * ow, c_out);
-        return conv2d_into(conv, x, (n, h, w), false, Epilogue::Store, out, scratch);
+        let pad = win.padding;
+        if pad == 0 {
+            return conv2d_into(conv, x, (n, h, w), false, Epilogue::Store, out, scratch);
+        }
+        // Copied once into a zero-padded grid, which the direct kernels read in place
+        // (the ImageNet stem's 7x7: im2col would write 147 floats a pixel).
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let grid = take(scratch, n * hp * wp * c_in);
+        zero_border(grid, (h, w, c_in), pad);
+        for (r, src) in x.chunks_exact(w * c_in).enumerate() {
+            let (b, row) = (r / h, r % h);
+            let start = ((b * hp + row + pad) * wp + pad) * c_in;
+            grid[start..start + w * c_in].copy_from_slice(src);
+        }
+        let mut unused = Vec::new();
+        return conv2d_into(
+            conv,
+            grid,
+            (n, hp, wp),
+            true,
+            Epilogue::Store,
+            out,
+            &mut unused,
+        );
     }
     let (image_in, image_rows) = (h * w * c_in, oh * ow);
     let images_per_step = (SCRATCH_LIMIT / (image_rows * k_len).max(1)).clamp(1, n.max(1));

@@ -124,11 +124,13 @@ pub(crate) fn max_pool2d_train_into(
                 for kx in kx_lo..kx_hi {
                     let pixel = iy * w + ox * stride + kx - padding;
                     let values = &image[pixel * c..][..c];
+                    // Bit masks, not branches or selects (which LLVM turned back into
+                    // a conditional store per lane), so that the loop vectorises.
+                    let pixel = pixel as u32;
                     for ((m, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(values) {
-                        if v > *m || v.is_nan() {
-                            *m = v;
-                            *a = pixel as u32;
-                        }
+                        let take = u32::from((v > *m) | v.is_nan()).wrapping_neg();
+                        *m = f32::from_bits((m.to_bits() & !take) | (v.to_bits() & take));
+                        *a = (*a & !take) | (pixel & take);
                     }
                 }
             }
@@ -385,6 +387,37 @@ mod tests {
             (1.0, 2.0, 1.0)
         );
         assert_eq!(dx.sum(), 4.0);
+    }
+
+    #[test]
+    fn max_pool_propagates_nan_from_the_last_nan_like_torch() {
+        // torch's CPU max pool takes `val` when `val > maxval || isnan(val)`: a window
+        // holding NaNs gives NaN, its index the last NaN in scan order. 37 channels: the
+        // vectorised body and its tail.
+        let c = 37;
+        let mut x = Array4::from_shape_vec((1, 4, 4, c), distinct(16 * c)).unwrap();
+        x[[0, 0, 0, 5]] = f32::NAN;
+        x[[0, 1, 1, 5]] = f32::NAN;
+        x[[0, 3, 3, 36]] = f32::NAN;
+        let (y, idx) = max_pool2d_train(x.view(), 3, 2, 1);
+        assert!(y[[0, 0, 0, 5]].is_nan() && idx[[0, 0, 0, 5]] == 5);
+        assert!(y[[0, 1, 1, 36]].is_nan() && idx[[0, 1, 1, 36]] == 15);
+        let inference = max_pool2d(x.view(), 3, 2, 1);
+        for (i, (&a, &b)) in y.iter().zip(&inference).enumerate() {
+            assert!(
+                a == b || (a.is_nan() && b.is_nan()),
+                "output {i}: {a} vs {b}"
+            );
+        }
+        // Elsewhere the maximum's own pixel.
+        for ((b, oy, ox, ch), &i) in idx.indexed_iter() {
+            let (iy, ix) = (i as usize / 4, i as usize % 4);
+            let v = x[[b, iy, ix, ch]];
+            assert!(
+                v == y[[b, oy, ox, ch]] || v.is_nan(),
+                "index of output {oy},{ox},{ch}"
+            );
+        }
     }
 
     #[test]
