@@ -551,6 +551,108 @@ fn backward(
     (terms.gamma, terms.beta)
 }
 
+/// [`batch_norm_backward`] split in two for a caller that reads `∂L/∂x` a chunk of rows
+/// at a time and never needs it whole (a bottleneck's 1x1 backward, so that its input
+/// gradient is not written to memory and read back): [`InputGradient::new`] runs the
+/// sums pass over all rows, [`InputGradient::write_rows`] the input-gradient pass over
+/// the rows given.
+pub(crate) struct InputGradient {
+    scale: Recycled<f32>,
+    shift: Recycled<f32>,
+    mean: Recycled<f32>,
+    terms: BackwardTerms,
+    relu: bool,
+}
+
+impl InputGradient {
+    /// The sums pass of [`batch_norm_backward`] over `x` and `dy`.
+    ///
+    /// # Panics
+    ///
+    /// As [`batch_norm_backward`].
+    pub(crate) fn new(
+        bn: &BatchNorm2d,
+        stats: &BatchStats,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        relu: bool,
+    ) -> Self {
+        check_shapes(
+            "batch_norm_backward",
+            bn,
+            stats,
+            x.dim(),
+            dy.dim(),
+            dy.dim(),
+        );
+        let c = x.ncols();
+        let (scale, shift) = scale_shift(bn, stats);
+        let mean = stats.mean.clone();
+        let k = Coef {
+            scale: &scale,
+            shift: &shift,
+            mean: &mean,
+        };
+        let (x, dy) = (unit_cols(x), unit_cols(dy));
+        let (xv, dv) = (x.view(), dy.view());
+        let sums = sum_tasks(task_count(&xv), 2 * c, |t, acc, part| {
+            add_backward_sums(&k, chunk(&xv, t), chunk(&dv, t), relu, acc, part);
+        });
+        let terms = backward_terms(bn, stats, x.nrows(), &sums);
+        InputGradient {
+            scale,
+            shift,
+            mean,
+            terms,
+            relu,
+        }
+    }
+
+    /// `dx ← ∂L/∂x` for the rows of `x` and `dy` given (unit column stride), `dx`
+    /// holding them row after row: the same values [`batch_norm_backward_write`] gives
+    /// those rows.
+    ///
+    /// # Panics
+    ///
+    /// If `x` and `dy` differ in shape or width from the channels, or `dx` is shorter.
+    pub(crate) fn write_rows(
+        &self,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        dx: &mut [f32],
+    ) {
+        let c = self.mean.len();
+        assert!(
+            x.dim() == dy.dim() && x.ncols() == c && dx.len() >= x.nrows() * c,
+            "InputGradient::write_rows: shapes do not match"
+        );
+        let k = Coef {
+            scale: &self.scale,
+            shift: &self.shift,
+            mean: &self.mean,
+        };
+        let t = &self.terms;
+        let abc = (&t.a[..], &t.b[..], &t.c[..]);
+        for ((xr, dr), o) in x
+            .rows()
+            .into_iter()
+            .zip(dy.rows())
+            .zip(dx.chunks_exact_mut(c))
+        {
+            let (x, dy) = (row(xr), row(dr));
+            match self.relu {
+                true => backward_dx_row::<true, false>(x, dy, &k, abc, o),
+                false => backward_dx_row::<false, false>(x, dy, &k, abc, o),
+            }
+        }
+    }
+
+    /// `(∂L/∂gamma, ∂L/∂beta)`.
+    pub(crate) fn parameter_gradients(self) -> (Array1<f32>, Array1<f32>) {
+        (self.terms.gamma, self.terms.beta)
+    }
+}
+
 /// The per-channel constants of [`batch_norm_backward`]'s passes for `bn` under `stats`.
 pub(crate) struct BackwardCoef {
     scale: Recycled<f32>,

@@ -31,7 +31,7 @@ use crate::stage::Network;
 use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::batch_norm::{
     backward_terms, batch_norm_backward_write, batch_norm_train_moments, input_gradient_scale,
-    scale_shift, BackwardCoef, Moments,
+    scale_shift, BackwardCoef, InputGradient, Moments,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
 use crate::train::conv::{
@@ -1214,18 +1214,35 @@ fn block_backward(
                     record,
                 );
                 ctx.b.give(normed2);
-                let mut dz = ctx.b.overwritten(rows * width);
-                let (gamma, beta) = batch_norm_backward_write(
-                    norm2,
-                    stats2,
-                    z,
-                    matrix(&d_normed2, rows, width),
-                    true,
-                    matrix_mut(&mut dz, rows, width),
-                );
-                ctx.b.give(d_normed2);
-                record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
-                dropout_in_place(matrix_mut(&mut dz, rows, width), p, &mut rng1.clone());
+                let d_normed2_m = matrix(&d_normed2, rows, width);
+                // BN2-ReLU's input gradient `dz`: without dropout, a chunk at a time
+                // where the 1x1 backward reads it (never stored whole); with dropout,
+                // whole, since its mask is regenerated over the whole matrix.
+                let (bn2, dz) = if p == 0.0 {
+                    let bn2 = InputGradient::new(norm2, stats2, z, d_normed2_m, true);
+                    (Some(bn2), None)
+                } else {
+                    let mut dz = ctx.b.overwritten(rows * width);
+                    let (gamma, beta) = batch_norm_backward_write(
+                        norm2,
+                        stats2,
+                        z,
+                        d_normed2_m,
+                        true,
+                        matrix_mut(&mut dz, rows, width),
+                    );
+                    record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
+                    dropout_in_place(matrix_mut(&mut dz, rows, width), p, &mut rng1.clone());
+                    (None, Some(dz))
+                };
+                let dz_source = match (&bn2, &dz) {
+                    (Some(bn), _) => Dz::Rows {
+                        z,
+                        d: d_normed2_m,
+                        bn,
+                    },
+                    (None, dz) => Dz::Stored(dz.as_deref().expect("one or the other")),
+                };
                 let dw_storage =
                     (!freeze.contains(name("conv1"))).then(|| ctx.b.leaving(conv1.c_in() * width));
                 let norm1 = layer_norm1(layer);
@@ -1234,12 +1251,19 @@ fn block_backward(
                     &lt.stats,
                     conv1,
                     input,
-                    &dz,
+                    dz_source,
                     (grad, c_out),
                     dw_storage,
                     (&mut s.tasks, &mut s.sums),
                 );
-                ctx.b.give(dz);
+                if let Some(bn2) = bn2 {
+                    let (gamma, beta) = bn2.parameter_gradients();
+                    record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
+                }
+                ctx.b.give(d_normed2);
+                if let Some(dz) = dz {
+                    ctx.b.give(dz);
+                }
                 if let Some(weight) = dw {
                     record(name("conv1"), LayerGrad::Conv { weight });
                 }
@@ -1354,6 +1378,17 @@ fn chunk_rows(c: usize) -> usize {
     ((96 * 1024) / c.max(1)).clamp(64, 1024)
 }
 
+/// The gradient reaching a bottleneck's 1x1 output: stored whole, or computed a chunk of
+/// rows at a time from the BN2 input `z` and the gradient `d` of its output.
+enum Dz<'a> {
+    Stored(&'a [f32]),
+    Rows {
+        z: ArrayView2<'a, f32>,
+        d: ArrayView2<'a, f32>,
+        bn: &'a InputGradient,
+    },
+}
+
 /// A bottleneck's 1x1 convolution backward fused with what surrounds it, chunk by chunk
 /// of rows: BN1-ReLU of the block's input recomputed (never stored whole), the conv's
 /// weight gradient `normedᵀ·dz` (if `need_dw`), its input gradient `dz·Wᵀ` (a chunk at a
@@ -1368,7 +1403,7 @@ fn bottleneck_input_backward(
     stats: &BatchStats,
     conv1: &Conv2d,
     input: ArrayView2<'_, f32>,
-    dz: &[f32],
+    dz: Dz<'_>,
     (grad, c_out): (&mut [f32], usize),
     dw_storage: Option<Vec<f32>>,
     (task_scratch, sums_scratch): (&mut Vec<f32>, &mut Vec<f64>),
@@ -1387,9 +1422,14 @@ fn bottleneck_input_backward(
     let dw_len = if need_dw { c * width } else { 0 };
     let chunk = chunk_rows(c);
     let chunk_len = chunk.min(per_task) * c;
+    // A chunk's `dz`, where it is computed here.
+    let dz_len = match dz {
+        Dz::Stored(_) => 0,
+        Dz::Rows { .. } => chunk.min(per_task) * width,
+    };
     // (Then `2·c` floats for the sums' `f32` runs, written row after row, and a cache
     // line before the next task's floats.)
-    let task_len = 2 * chunk_len + dw_len + 2 * c + 16;
+    let task_len = 2 * chunk_len + dz_len + dw_len + 2 * c + 16;
     let (task_floats, w_t) =
         take(task_scratch, tasks * task_len + width * c).split_at_mut(tasks * task_len);
     conv1.weight_transposed_into(w_t);
@@ -1403,6 +1443,7 @@ fn bottleneck_input_backward(
         let used = floats.len() - 16;
         let (floats, part) = floats[..used].split_at_mut(used - 2 * c);
         let (chunks, dw) = floats.split_at_mut(floats.len() - dw_len);
+        let (chunks, dz_buf) = chunks.split_at_mut(2 * chunk_len);
         let (normed, d_chunk) = chunks.split_at_mut(chunk_len);
         for (i, g_chunk) in g_task.chunks_mut(chunk * c_out).enumerate() {
             let r0 = first + i * chunk;
@@ -1413,7 +1454,15 @@ fn bottleneck_input_backward(
                 let src = src.to_slice().expect("unit column stride");
                 crate::kernels::elementwise::scale_shift_relu(src, &scale, &shift, dst);
             }
-            let dz_chunk = MatRef::row_major(&dz[r0 * width..][..r * width], r, width);
+            let dz_chunk = match &dz {
+                Dz::Stored(dz) => &dz[r0 * width..][..r * width],
+                Dz::Rows { z, d, bn } => {
+                    let rows = s![r0..r0 + r, ..];
+                    bn.write_rows(z.slice(rows), d.slice(rows), &mut dz_buf[..r * width]);
+                    &dz_buf[..r * width]
+                }
+            };
+            let dz_chunk = MatRef::row_major(dz_chunk, r, width);
             if need_dw {
                 let a = MatRef::row_major(normed, r, c).t();
                 gemm_unpacked(a, dz_chunk, MatMut::row_major(dw, c, width), i > 0);
@@ -1693,7 +1742,7 @@ mod tests {
             &stats,
             &conv1,
             input,
-            &dz,
+            Dz::Stored(&dz),
             (&mut grad, c_out),
             Some(Vec::new()),
             (&mut vec![f32::NAN; 7], &mut vec![f64::NAN; 3]),
@@ -1754,5 +1803,57 @@ mod tests {
             want_beta.as_slice().unwrap(),
             "dbeta",
         );
+    }
+
+    #[test]
+    fn bottleneck_backward_with_dz_by_chunks_matches_it_stored() {
+        // dz from BN2-ReLU's backward computed a chunk at a time inside the 1x1
+        // backward: the same bits as the whole of it written first (the same sums, the
+        // same per-row formula), and BN2's parameter gradients as the one-call path's.
+        let (rows, c, c_out, width) = (9 * 32 * 32, 20, 27, 8);
+        assert!(rows > task_rows(rows));
+        let buf = values(rows * c_out, 1);
+        let input = matrix(&buf, rows, c_out).slice_move(s![.., ..c]);
+        let mut norm1 = BatchNorm2d::init(c, 1e-5);
+        let stats = batch_norm_train(&mut norm1, input, 0.1);
+        let weight = Array4::from_shape_vec((1, 1, c, width), values(c * width, 4)).unwrap();
+        let conv1 = Conv2d::new(weight, Conv2dConfig::default()).unwrap();
+        let (z, d) = (values(rows * width, 6), values(rows * width, 7));
+        let (z, d) = (matrix(&z, rows, width), matrix(&d, rows, width));
+        let mut norm2 = BatchNorm2d::init(width, 1e-5);
+        norm2
+            .gamma_mut()
+            .assign(&ndarray::Array1::from(values(width, 8)));
+        let stats2 = batch_norm_train(&mut norm2, z, 0.1);
+        let mut dz = vec![0.0; rows * width];
+        let (gamma, beta) = batch_norm_backward_write(
+            &norm2,
+            &stats2,
+            z,
+            d,
+            true,
+            matrix_mut(&mut dz, rows, width),
+        );
+        let run = |dz: Dz<'_>| {
+            let mut grad = vec![0.5f32; rows * c_out];
+            let (dw, sums) = bottleneck_input_backward(
+                &norm1,
+                &stats,
+                &conv1,
+                input,
+                dz,
+                (&mut grad, c_out),
+                Some(Vec::new()),
+                (&mut Vec::new(), &mut Vec::new()),
+            );
+            (dw.unwrap(), sums.to_vec(), grad)
+        };
+        let bn2 = InputGradient::new(&norm2, &stats2, z, d, true);
+        let by_chunks = run(Dz::Rows { z, d, bn: &bn2 });
+        assert!(
+            by_chunks == run(Dz::Stored(&dz)),
+            "dW, sums or gradient differ"
+        );
+        assert_eq!(bn2.parameter_gradients(), (gamma, beta));
     }
 }
