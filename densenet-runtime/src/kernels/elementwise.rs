@@ -253,9 +253,253 @@ fn bn_backward_sums_and_scaled_body<const RELU: bool>(
     }
 }
 
+/// One row of a BatchNorm-ReLU backward's sums pass: with `g = dy[j]` masked by the ReLU
+/// if `RELU`, `sum_g[j] += g` and `sum_gd[j] += g·(x[j] − mean[j])`.
+///
+/// # Panics
+///
+/// If `x`, `dy`, a constant or `sum_gd` is shorter than `sum_g`.
+pub fn bn_backward_sums<const RELU: bool>(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
+) {
+    let len = sum_g.len();
+    let (x, dy, sum_gd) = (&x[..len], &dy[..len], &mut sum_gd[..len]);
+    let k = BnBackwardRow {
+        scale: &k.scale[..len],
+        shift: &k.shift[..len],
+        mean: &k.mean[..len],
+    };
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { bn_backward_sums_avx512::<RELU>(x, dy, k, (sum_g, sum_gd)) };
+        return;
+    }
+    bn_backward_sums_body::<RELU>(x, dy, k, (sum_g, sum_gd));
+}
+
+/// [`bn_backward_sums_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn bn_backward_sums_avx512<const RELU: bool>(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    sums: (&mut [f32], &mut [f32]),
+) {
+    bn_backward_sums_body::<RELU>(x, dy, k, sums);
+}
+
+#[inline(always)]
+fn bn_backward_sums_body<const RELU: bool>(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
+) {
+    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
+    for ((((((&v, &d), &s), &t), &m), sg), sgd) in it.zip(sum_g).zip(sum_gd) {
+        let g = masked::<RELU>(v, d, s, t);
+        *sg += g;
+        *sgd += g * (v - m);
+    }
+}
+
+/// The terms of a BatchNorm's input gradient given its sums, per channel:
+/// `∂L/∂x = a·g + b·(x − mean) + c`.
+#[derive(Clone, Copy, Debug)]
+pub struct BnInputTerms<'a> {
+    /// The factor of `g`.
+    pub a: &'a [f32],
+    /// The factor of `x − mean`.
+    pub b: &'a [f32],
+    /// The constant.
+    pub c: &'a [f32],
+}
+
+/// One row of a BatchNorm-ReLU backward's input-gradient pass: with `g = dy[j]` masked by
+/// the ReLU if `RELU`, `dx[j] = a·g + b·(x[j] − mean[j]) + c` (added to `dx[j]` if
+/// `ADD`).
+///
+/// # Panics
+///
+/// If `x`, `dy`, a constant or a term is shorter than `dx`.
+pub fn bn_backward_dx<const RELU: bool, const ADD: bool>(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    terms: BnInputTerms<'_>,
+    dx: &mut [f32],
+) {
+    let len = dx.len();
+    let (x, dy) = (&x[..len], &dy[..len]);
+    let k = BnBackwardRow {
+        scale: &k.scale[..len],
+        shift: &k.shift[..len],
+        mean: &k.mean[..len],
+    };
+    let terms = BnInputTerms {
+        a: &terms.a[..len],
+        b: &terms.b[..len],
+        c: &terms.c[..len],
+    };
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { bn_backward_dx_avx512::<RELU, ADD>(x, dy, k, terms, dx) };
+        return;
+    }
+    bn_backward_dx_body::<RELU, ADD>(x, dy, k, terms, dx);
+}
+
+/// [`bn_backward_dx_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn bn_backward_dx_avx512<const RELU: bool, const ADD: bool>(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    terms: BnInputTerms<'_>,
+    dx: &mut [f32],
+) {
+    bn_backward_dx_body::<RELU, ADD>(x, dy, k, terms, dx);
+}
+
+#[inline(always)]
+fn bn_backward_dx_body<const RELU: bool, const ADD: bool>(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    BnInputTerms { a, b, c }: BnInputTerms<'_>,
+    dx: &mut [f32],
+) {
+    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
+    for ((((((((&v, &d), &s), &t), &m), &a), &b), &c), o) in it.zip(a).zip(b).zip(c).zip(dx) {
+        let g = a * masked::<RELU>(v, d, s, t) + b * (v - m) + c;
+        *o = if ADD { *o + g } else { g };
+    }
+}
+
+/// `dst[j] = g[j] + b[j]·(x[j] − mean[j]) + c[j]`: a dense block's buffer gradient
+/// completed with the BatchNorm terms deferred to when the channel is read.
+///
+/// # Panics
+///
+/// If `g`, `x`, `b`, `c` or `mean` is shorter than `dst`.
+pub fn add_deferred_terms(
+    g: &[f32],
+    x: &[f32],
+    (b, c, mean): (&[f32], &[f32], &[f32]),
+    dst: &mut [f32],
+) {
+    let len = dst.len();
+    let (g, x, b, c, mean) = (&g[..len], &x[..len], &b[..len], &c[..len], &mean[..len]);
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { add_deferred_terms_avx512(g, x, (b, c, mean), dst) };
+        return;
+    }
+    add_deferred_terms_body(g, x, (b, c, mean), dst);
+}
+
+/// [`add_deferred_terms_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_deferred_terms_avx512(
+    g: &[f32],
+    x: &[f32],
+    terms: (&[f32], &[f32], &[f32]),
+    dst: &mut [f32],
+) {
+    add_deferred_terms_body(g, x, terms, dst);
+}
+
+#[inline(always)]
+fn add_deferred_terms_body(
+    g: &[f32],
+    x: &[f32],
+    (b, c, mean): (&[f32], &[f32], &[f32]),
+    dst: &mut [f32],
+) {
+    for (((((o, &g), &v), &b), &c), &m) in dst.iter_mut().zip(g).zip(x).zip(b).zip(c).zip(mean) {
+        *o = g + b * (v - m) + c;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dispatched_batch_norm_passes_match_the_portable_bodies() {
+        // Every length around the vector widths, ReLU-clipped and not, overwritten and
+        // added: the same bits as the portable body (the same operations per element).
+        let f = |i: usize, a: usize| ((i * a) % 89) as f32 / 11.0 - 4.0;
+        let v = |a: usize| (0..300).map(|i| f(i, a)).collect::<Vec<f32>>();
+        let (x, dy, scale, shift, mean) = (v(3), v(5), v(7), v(11), v(13));
+        let (a, b, c) = (v(17), v(19), v(23));
+        let k = BnBackwardRow {
+            scale: &scale,
+            shift: &shift,
+            mean: &mean,
+        };
+        let terms = BnInputTerms {
+            a: &a,
+            b: &b,
+            c: &c,
+        };
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for n in [0, 1, 15, 16, 17, 100, 300] {
+            let (mut fast, mut slow) = (
+                (v(29)[..n].to_vec(), v(31)[..n].to_vec()),
+                (v(29)[..n].to_vec(), v(31)[..n].to_vec()),
+            );
+            bn_backward_sums::<true>(&x, &dy, k, (&mut fast.0, &mut fast.1));
+            bn_backward_sums_body::<true>(&x, &dy, k, (&mut slow.0, &mut slow.1));
+            assert_eq!(
+                (bits(&fast.0), bits(&fast.1)),
+                (bits(&slow.0), bits(&slow.1)),
+                "sums, {n}"
+            );
+            bn_backward_sums::<false>(&x, &dy, k, (&mut fast.0, &mut fast.1));
+            bn_backward_sums_body::<false>(&x, &dy, k, (&mut slow.0, &mut slow.1));
+            assert_eq!(
+                (bits(&fast.0), bits(&fast.1)),
+                (bits(&slow.0), bits(&slow.1)),
+                "sums, {n}"
+            );
+            let (mut fast, mut slow) = (v(37)[..n].to_vec(), v(37)[..n].to_vec());
+            bn_backward_dx::<true, true>(&x, &dy, k, terms, &mut fast);
+            bn_backward_dx_body::<true, true>(&x, &dy, k, terms, &mut slow);
+            assert_eq!(bits(&fast), bits(&slow), "dx added, {n}");
+            bn_backward_dx::<false, false>(&x, &dy, k, terms, &mut fast);
+            bn_backward_dx_body::<false, false>(&x, &dy, k, terms, &mut slow);
+            assert_eq!(bits(&fast), bits(&slow), "dx, {n}");
+            let (mut fast, mut slow) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            add_deferred_terms(&dy, &x, (&b, &c, &mean), &mut fast);
+            add_deferred_terms_body(&dy, &x, (&b, &c, &mean), &mut slow);
+            assert_eq!(bits(&fast), bits(&slow), "deferred, {n}");
+        }
+    }
 
     #[test]
     fn dispatched_passes_match_the_portable_bodies() {

@@ -142,12 +142,7 @@ fn backward_sums_row<const RELU: bool>(
     sum_g: &mut [f32],
     sum_gd: &mut [f32],
 ) {
-    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
-    for ((((((&v, &d), &s), &t), &m), sg), sgd) in it.zip(sum_g).zip(sum_gd) {
-        let g = mask::<RELU>(v, d, s, t);
-        *sg += g;
-        *sgd += g * (v - m);
-    }
+    elementwise::bn_backward_sums::<RELU>(x, dy, k.row(), (sum_g, sum_gd));
 }
 
 /// `Σ` over tasks `t < tasks` of `f(t, acc, part)`, each task filling its own zeroed
@@ -445,22 +440,8 @@ fn backward_dx_row<const RELU: bool, const ADD: bool>(
     dx: &mut [f32],
 ) {
     let (a, b, c) = abc;
-    let it = x.iter().zip(dy).zip(k.scale).zip(k.shift).zip(k.mean);
-    for ((((((((&v, &d), &s), &t), &m), &a), &b), &c), o) in it.zip(a).zip(b).zip(c).zip(dx) {
-        let g = a * mask::<RELU>(v, d, s, t) + b * (v - m) + c;
-        *o = if ADD { *o + g } else { g };
-    }
-}
-
-/// The gradient reaching the BN output: `d`, or 0 where the ReLU clipped (the test of
-/// `apply_row`, on the same values, so forward and backward masks agree).
-#[inline(always)]
-fn mask<const RELU: bool>(v: f32, d: f32, s: f32, t: f32) -> f32 {
-    if RELU && v * s + t <= 0.0 {
-        0.0
-    } else {
-        d
-    }
+    let terms = elementwise::BnInputTerms { a, b, c };
+    elementwise::bn_backward_dx::<RELU, ADD>(x, dy, k.row(), terms, dx);
 }
 
 /// Backward of [`batch_norm_apply`] in training mode: given `dy = ∂L/∂y`, adds

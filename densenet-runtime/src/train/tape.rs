@@ -1349,11 +1349,7 @@ impl Deferred {
                 for (i, o) in out.chunks_exact_mut(width).enumerate() {
                     let at = (first + i) * stride + cols.start;
                     let (g, v) = (&grad[at..at + width], &x[at..at + width]);
-                    for (((((o, &g), &v), &b), &c), &m) in
-                        o.iter_mut().zip(g).zip(v).zip(&b).zip(&c).zip(mean)
-                    {
-                        *o = g + b * (v - m) + c;
-                    }
+                    crate::kernels::elementwise::add_deferred_terms(g, v, (&b, &c, mean), o);
                 }
             });
     }
