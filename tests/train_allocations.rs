@@ -103,7 +103,9 @@ densenet! {
     Plain<growth: 8, blocks: [3, 3], init_features: 16, bottleneck: false, theta: 0.5, input: [3, 64, 64], classes: 5>;
     /// Growth 32 on 28x28 and 14x14 maps: Winograd forward 3x3s and input gradients,
     /// whose transforms live in per-thread buffers.
-    Wide<growth: 32, blocks: [2, 2], init_features: 32, stem: cifar, theta: 0.5, input: [3, 28, 28], classes: 5>
+    Wide<growth: 32, blocks: [2, 2], init_features: 32, stem: cifar, theta: 0.5, input: [3, 28, 28], classes: 5>;
+    /// A 7x7 block 1: its transition's pool backward on an odd map.
+    Odd<growth: 8, blocks: [2, 2], init_features: 16, theta: 0.5, input: [3, 28, 28], classes: 5>
 }
 
 /// `[calls, bytes, largest]` of plain and of aligned allocations of each of `steps`
@@ -324,6 +326,9 @@ fn a_step_plans_the_buffers_the_shapes_predict() {
     check("BC", Bc::init(1), 5);
     check("plain, ImageNet stem", Plain::init(2), 8);
     check("plain, ImageNet stem", Plain::init(2), 3);
+    // Bottlenecks without dropout: BN2's input gradient formed inside the 1x1 backward.
+    check("growth 32, no dropout", Wide::init(3), 4);
+    check("odd transition input", Odd::init(4), 3);
     use densenet::runtime::Network;
     let (one, many) = (
         Bc::init(0).plan().training(1),

@@ -193,6 +193,9 @@ pub struct Plan {
     pub head: Head,
     /// Output classes (used by a classifier head).
     pub classes: usize,
+    /// The architecture's dropout rate (a training step regenerates its masks, and
+    /// without dropout keeps fewer buffers: [`Plan::training`]).
+    pub dropout: f32,
 }
 
 /// Output size of a sliding window: `floor((n + 2p - k) / s) + 1`, or 0 when it does not fit.
@@ -437,6 +440,7 @@ impl Plan {
             bottleneck: arch.bottleneck,
             head: arch.head,
             classes: arch.classes,
+            dropout: arch.dropout,
         }
     }
 }

@@ -84,8 +84,9 @@ impl Recorder {
 }
 
 impl Plan {
-    /// The buffers of one training step at batch `batch` with every stage trained, in the
-    /// order the runtime's tape asks for them (see the module documentation).
+    /// The buffers of one training step at batch `batch` with every stage trained and the
+    /// architecture's dropout rate, in the order the runtime's tape asks for them (see
+    /// the module documentation).
     pub fn training(&self, batch: usize) -> TrainingPlan {
         let requests = self.training_requests(batch);
         let (slot_of, slots) = assign_slots(&requests);
@@ -179,9 +180,16 @@ impl Plan {
                             r.take((n * (b.height + 2) * (b.width + 2) + tail) * bn * self.growth);
                         let d_normed2 = r.take(width);
                         r.give(normed2);
-                        let dz = r.take(width);
-                        r.give(d_normed2);
-                        r.give(dz);
+                        if self.dropout > 0.0 {
+                            // BN2's input gradient written whole, then the dropout's mask.
+                            let dz = r.take(width);
+                            r.give(d_normed2);
+                            r.give(dz);
+                        } else {
+                            // Formed a chunk at a time by the 1x1 backward from
+                            // `d_normed2`.
+                            r.give(d_normed2);
+                        }
                     }
                     None => {
                         let d_normed = r.take(rows * c);
@@ -206,10 +214,16 @@ impl Plan {
                 let d_pooled = r.take(n * t.height * t.width * t.c_in);
                 r.give(grad);
                 r.give(pooled);
-                let d_relu = r.take(x_len);
-                r.give(d_pooled);
-                grad = r.take(x_len);
-                r.give(d_relu);
+                if before.height.is_multiple_of(2) && before.width.is_multiple_of(2) {
+                    // The pool's backward formed row by row inside BN-ReLU's.
+                    grad = r.take(x_len);
+                    r.give(d_pooled);
+                } else {
+                    let d_relu = r.take(x_len);
+                    r.give(d_pooled);
+                    grad = r.take(x_len);
+                    r.give(d_relu);
+                }
             }
         }
         if self.stem_kind == Stem::ImageNet {

@@ -532,6 +532,90 @@ fn backward(
     (terms.gamma, terms.beta)
 }
 
+/// [`batch_norm_backward_write`] with ReLU for a BatchNorm-ReLU followed by a 2x2,
+/// stride-2 average pool (a transition's, pooled before its 1x1 conv), given the
+/// pool's output gradient `d_pooled` (`(n, h/2, w/2, c)` for the `(n, h, w, c)` input
+/// `x`, `h` and `w` even): each pixel's `dy`, its window's gradient over 4, is formed a
+/// row at a time as the passes read it, not written out whole first. The same values
+/// as `avg_pool2d_backward` followed by [`batch_norm_backward_write`].
+///
+/// # Panics
+///
+/// If the shapes do not match as above, `dx` is not `n·h·w·c` long, or as
+/// [`batch_norm_backward`].
+pub(crate) fn batch_norm_backward_pooled_write(
+    bn: &BatchNorm2d,
+    stats: &BatchStats,
+    x: ndarray::ArrayView4<'_, f32>,
+    d_pooled: ndarray::ArrayView4<'_, f32>,
+    dx: &mut [f32],
+) -> (Array1<f32>, Array1<f32>) {
+    let (n, h, w, c) = x.dim();
+    assert!(
+        h % 2 == 0 && w % 2 == 0 && d_pooled.dim() == (n, h / 2, w / 2, c),
+        "batch_norm_backward_pooled: shapes do not match"
+    );
+    let rows = n * h * w;
+    assert_eq!(dx.len(), rows * c, "batch_norm_backward_pooled: dx size");
+    let x = x.as_standard_layout();
+    let d_pooled = d_pooled.as_standard_layout();
+    let (xs, dp) = (
+        x.as_slice().expect("standard layout"),
+        d_pooled.as_slice().expect("standard layout"),
+    );
+    let xv = ArrayView2::from_shape((rows, c), xs).expect("n·h·w rows of c");
+    check_shapes(
+        "batch_norm_backward",
+        bn,
+        stats,
+        xv.dim(),
+        xv.dim(),
+        xv.dim(),
+    );
+    let (scale, shift) = scale_shift(bn, stats);
+    let k = Coef {
+        scale: &scale,
+        shift: &shift,
+        mean: &stats.mean,
+    };
+    // Row `r`'s `dy`: `0 + v/4` (as the pool's backward adds into zeros) of its window.
+    let dy_row = |r: usize, out: &mut [f32]| {
+        let (b, y, xx) = (r / (h * w), r / w % h, r % w);
+        let q = (b * (h / 2) + y / 2) * (w / 2) + xx / 2;
+        for (o, &v) in out.iter_mut().zip(&dp[q * c..][..c]) {
+            *o = 0.0 + v * 0.25;
+        }
+    };
+    let per_task = task_rows(c);
+    let sums = sum_tasks(task_count(&xv), 2 * c, |t, acc, part| {
+        let first = t * per_task;
+        let mut dy = Recycled::<f32>::zeros(c);
+        blocked_rows(
+            chunk(&xv, t).rows().into_iter().enumerate(),
+            acc,
+            part,
+            |(i, xr), part| {
+                dy_row(first + i, &mut dy);
+                let (sum_g, sum_gd) = part.split_at_mut(c);
+                backward_sums_row::<true>(row(xr), &dy, &k, sum_g, sum_gd);
+            },
+        );
+    });
+    let terms = backward_terms(bn, stats, rows, &sums);
+    let abc = (&terms.a[..], &terms.b[..], &terms.c[..]);
+    dx.par_chunks_mut((per_task * c).max(1))
+        .enumerate()
+        .for_each(|(t, out)| {
+            let mut dy = Recycled::<f32>::zeros(c);
+            for (i, o) in out.chunks_exact_mut(c.max(1)).enumerate() {
+                let r = t * per_task + i;
+                dy_row(r, &mut dy);
+                backward_dx_row::<true, false>(&xs[r * c..][..c], &dy, &k, abc, o);
+            }
+        });
+    (terms.gamma, terms.beta)
+}
+
 /// [`batch_norm_backward`] split in two for a caller that reads `∂L/∂x` a chunk of rows
 /// at a time and never needs it whole (a bottleneck's 1x1 backward, so that its input
 /// gradient is not written to memory and read back): [`InputGradient::new`] runs the
@@ -847,6 +931,36 @@ mod tests {
             1e-5,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn pooled_backward_matches_the_pool_then_batch_norm_backward() {
+        // A transition's BN-ReLU then 2x2 average pool: the pool's gradient formed row
+        // by row equals it written out by `avg_pool2d_backward_into` first, over
+        // three tasks of rows.
+        let (n, h, w, c) = (4, 48, 40, 19);
+        assert!(n * h * w > 2 * task_rows(c));
+        let layer = bn(c);
+        let x = ndarray::Array4::from_shape_vec((n, h, w, c), values(n * h * w * c, 1)).unwrap();
+        let xm = ArrayView2::from_shape((n * h * w, c), x.as_slice().unwrap()).unwrap();
+        let stats = batch_norm_train(&mut layer.clone(), xm, 0.1);
+        let d_pooled =
+            ndarray::Array4::from_shape_vec((n, h / 2, w / 2, c), values(n * h * w * c / 4, 2))
+                .unwrap();
+        let mut d_relu = vec![0.0; n * h * w * c];
+        crate::train::pool::avg_pool2d_backward_into(d_pooled.view(), 2, 2, (h, w), &mut d_relu);
+        let mut want = Array2::zeros((n * h * w, c));
+        let d_relu = ArrayView2::from_shape((n * h * w, c), &d_relu).unwrap();
+        let want_params = batch_norm_backward(&layer, &stats, xm, d_relu, true, want.view_mut());
+        let mut got = vec![f32::NAN; n * h * w * c];
+        let got_params =
+            batch_norm_backward_pooled_write(&layer, &stats, x.view(), d_pooled.view(), &mut got);
+        assert_eq!(got_params, want_params);
+        // Equal values (the old path adds into zeros: +0.0 where this writes -0.0).
+        assert!(
+            got.iter().zip(&want).all(|(g, w)| g == w),
+            "input gradients differ"
+        );
     }
 
     /// The training-mode output `relu?(bn(x))` of a fresh copy of `layer`.

@@ -30,8 +30,9 @@ use crate::rng::Rng;
 use crate::stage::Network;
 use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::batch_norm::{
-    backward_terms, batch_norm_backward_write, batch_norm_train_moments, input_gradient_scale,
-    scale_shift, BackwardCoef, InputGradient, Moments,
+    backward_terms, batch_norm_backward_pooled_write, batch_norm_backward_write,
+    batch_norm_train_moments, input_gradient_scale, scale_shift, BackwardCoef, InputGradient,
+    Moments,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
 use crate::train::conv::{
@@ -1214,34 +1215,36 @@ fn block_backward(
                     record,
                 );
                 ctx.b.give(normed2);
-                let d_normed2_m = matrix(&d_normed2, rows, width);
                 // BN2-ReLU's input gradient `dz`: without dropout, a chunk at a time
-                // where the 1x1 backward reads it (never stored whole); with dropout,
-                // whole, since its mask is regenerated over the whole matrix.
-                let (bn2, dz) = if p == 0.0 {
+                // where the 1x1 backward reads it (never stored whole), which then reads
+                // `d_normed2`; with dropout, whole (its mask is regenerated over the
+                // whole matrix), `d_normed2` given back first.
+                let (bn2, kept) = if p == 0.0 {
+                    let d_normed2_m = matrix(&d_normed2, rows, width);
                     let bn2 = InputGradient::new(norm2, stats2, z, d_normed2_m, true);
-                    (Some(bn2), None)
+                    (Some(bn2), d_normed2)
                 } else {
                     let mut dz = ctx.b.overwritten(rows * width);
                     let (gamma, beta) = batch_norm_backward_write(
                         norm2,
                         stats2,
                         z,
-                        d_normed2_m,
+                        matrix(&d_normed2, rows, width),
                         true,
                         matrix_mut(&mut dz, rows, width),
                     );
+                    ctx.b.give(d_normed2);
                     record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
                     dropout_in_place(matrix_mut(&mut dz, rows, width), p, &mut rng1.clone());
-                    (None, Some(dz))
+                    (None, dz)
                 };
-                let dz_source = match (&bn2, &dz) {
-                    (Some(bn), _) => Dz::Rows {
+                let dz_source = match &bn2 {
+                    Some(bn) => Dz::Rows {
                         z,
-                        d: d_normed2_m,
+                        d: matrix(&kept, rows, width),
                         bn,
                     },
-                    (None, dz) => Dz::Stored(dz.as_deref().expect("one or the other")),
+                    None => Dz::Stored(&kept),
                 };
                 let dw_storage =
                     (!freeze.contains(name("conv1"))).then(|| ctx.b.leaving(conv1.c_in() * width));
@@ -1260,10 +1263,7 @@ fn block_backward(
                     let (gamma, beta) = bn2.parameter_gradients();
                     record(name("norm2"), LayerGrad::BatchNorm { gamma, beta });
                 }
-                ctx.b.give(d_normed2);
-                if let Some(dz) = dz {
-                    ctx.b.give(dz);
-                }
+                ctx.b.give(kept);
                 if let Some(weight) = dw {
                     record(name("conv1"), LayerGrad::Conv { weight });
                 }
@@ -1566,6 +1566,24 @@ fn transition_backward(
     ctx.b.give4(pooled);
     if !need_norm {
         ctx.b.give4(d_pooled);
+        return None;
+    }
+    if h % 2 == 0 && w % 2 == 0 {
+        // The pool's backward formed row by row inside BN-ReLU's (no full-size `dy`).
+        let mut dx = ctx.b.overwritten4(x.dim());
+        let (gamma, beta) = batch_norm_backward_pooled_write(
+            norm,
+            &tape.stats,
+            x,
+            d_pooled.view(),
+            dx.as_slice_mut().expect("contiguous"),
+        );
+        record(norm_name, LayerGrad::BatchNorm { gamma, beta });
+        ctx.b.give4(d_pooled);
+        if need_dx {
+            return Some(dx);
+        }
+        ctx.b.give4(dx);
         return None;
     }
     let mut d_relu = ctx.b.overwritten4(x.dim());
