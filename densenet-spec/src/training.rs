@@ -173,13 +173,9 @@ impl Plan {
                     // BN1's input gradient goes straight into the block's gradient.
                     Some(bn) => {
                         let width = rows * bn * self.growth;
-                        // BN2-ReLU recomputed into the 3x3's padded grid, with the zero
-                        // tail its taps reach past the last row: `2·(w + 2) + 2` pixels.
-                        let tail = 2 * (b.width + 2) + 2;
-                        let normed2 =
-                            r.take((n * (b.height + 2) * (b.width + 2) + tail) * bn * self.growth);
+                        // (The 3x3's weight gradient reads BN2-ReLU of the bottleneck
+                        // output as it goes, or forms it in the step's scratch.)
                         let d_normed2 = r.take(width);
-                        r.give(normed2);
                         if self.dropout > 0.0 {
                             // BN2's input gradient written whole, then the dropout's mask.
                             let dz = r.take(width);

@@ -10,9 +10,11 @@
 //! convolution on CPUs without the direct kernels. Every product is
 //! [`gemm_unpacked`]: in the caller's layout, in the step's scratch, no allocation.
 
-use ndarray::{Array4, ArrayView4, ShapeBuilder};
+use ndarray::{Array4, ArrayView4};
 
-use crate::kernels::direct_conv::{self, ConvShape, ConvWeight, Epilogue, ImageLayout};
+use crate::kernels::direct_conv::{
+    self, ConvShape, ConvWeight, Epilogue, GradientInput, ImageLayout,
+};
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
 use crate::layers::{conv2d_into, zero_border, Conv2d};
@@ -69,16 +71,20 @@ pub(crate) fn conv2d_backward_reusing(
     backward(conv, x.into(), dy, dx, scratch, Some(storage)).expect("asked for the weight gradient")
 }
 
-/// A convolution's input as its backward reads it: the NHWC batch, or (a "same"
-/// convolution's, from the training step) that batch already in the zero-padded grid
-/// the per-tap weight gradient reads ([`padded_grid_len`] floats), so that it is not
-/// copied there again.
+/// A convolution's input as its backward reads it: the NHWC batch, or the batch before
+/// the BatchNorm-ReLU whose output it is.
 pub(crate) enum ConvInput<'a> {
     /// The NHWC batch.
     Batch(ArrayView4<'a, f32>),
-    /// `(n, h, w, c)` images in the padded grid: `n·(h + 2p)·(w + 2p)` pixels of `c`
-    /// channels, zero outside the images, then [`padded_grid_len`]'s zero tail.
-    Padded(&'a [f32], [usize; 4]),
+    /// The `(n, h, w, c)` NHWC batch before a BatchNorm-ReLU, `relu(z·scale + shift)`
+    /// per channel being the convolution's input: a bottleneck's 3x3, whose Winograd
+    /// weight gradient reads it so (no BN-ReLU map recomputed and padded first).
+    BnRelu {
+        z: &'a [f32],
+        dims: [usize; 4],
+        scale: &'a [f32],
+        shift: &'a [f32],
+    },
 }
 
 impl<'a> From<ArrayView4<'a, f32>> for ConvInput<'a> {
@@ -88,9 +94,8 @@ impl<'a> From<ArrayView4<'a, f32>> for ConvInput<'a> {
 }
 
 /// Floats of the padded grid (with its zero tail) that the per-tap weight gradient of
-/// `conv`, a stride-1 "same" convolution, reads for `n` images of `h × w`: what
-/// [`ConvInput::Padded`] holds.
-pub(crate) fn padded_grid_len(conv: &Conv2d, (n, h, w): (usize, usize, usize)) -> usize {
+/// `conv`, a stride-1 "same" convolution, reads for `n` images of `h × w`.
+fn padded_grid_len(conv: &Conv2d, (n, h, w): (usize, usize, usize)) -> usize {
     let win = conv.window();
     let (hp, wp) = (h + 2 * win.padding, w + 2 * win.padding);
     // Taps reach up to `(k−1)·(wp + 1)` pixels past a grid position: zeros there.
@@ -103,8 +108,8 @@ pub(crate) fn padded_grid_len(conv: &Conv2d, (n, h, w): (usize, usize, usize)) -
 ///
 /// # Panics
 ///
-/// As [`conv2d_backward`]; for a padded input, also if the convolution is not a
-/// stride-1 "same" one or the grid is not [`padded_grid_len`] long.
+/// As [`conv2d_backward`]; for an input before BN-ReLU, also if `z`, `scale` or `shift`
+/// does not fit its dimensions.
 pub(crate) fn conv2d_backward_from(
     conv: &Conv2d,
     x: ConvInput<'_>,
@@ -126,22 +131,44 @@ fn backward(
     storage: Option<Vec<f32>>,
 ) -> Option<Array4<f32>> {
     let weights = storage.is_some();
-    // The batch as a view (of the padded grid's interior, for a padded input).
-    let (x, padded) = match input {
-        ConvInput::Batch(x) => (x, None),
-        ConvInput::Padded(grid, [n, h, w, c]) => {
-            let p = conv.window().padding;
-            let (hp, wp) = (h + 2 * p, w + 2 * p);
-            assert_eq!(
-                grid.len(),
-                padded_grid_len(conv, (n, h, w)),
-                "conv2d_backward: a padded input of another size"
+    if let ConvInput::BnRelu {
+        z,
+        dims: [n, h, w, c],
+        scale,
+        shift,
+    } = input
+    {
+        let win = conv.window();
+        let same =
+            win.stride == 1 && win.kernel_h == win.kernel_w && win.kernel_h == 2 * win.padding + 1;
+        if !(same && win.kernel_h > 1 && direct_conv::available()) {
+            // Paths that read the BN-ReLU map itself (CPUs without the direct kernels):
+            // it is formed here.
+            assert_eq!(z.len(), n * h * w * c, "conv2d_backward: z of another size");
+            let mut normed = Array4::zeros((n, h, w, c));
+            let rows = normed.as_slice_mut().expect("a new array is contiguous");
+            for (src, dst) in z
+                .chunks_exact(c.max(1))
+                .zip(rows.chunks_exact_mut(c.max(1)))
+            {
+                crate::kernels::elementwise::scale_shift_relu(src, scale, shift, dst);
+            }
+            return backward(
+                conv,
+                ConvInput::Batch(normed.view()),
+                dy,
+                dx,
+                scratch,
+                storage,
             );
-            let strides = (hp * wp * c, wp * c, c, 1);
-            let interior = &grid[(p * wp + p) * c..];
-            let view = ArrayView4::from_shape((n, h, w, c).strides(strides), interior)
-                .expect("the grid holds the images");
-            (view, Some(grid))
+        }
+    }
+    // The batch as a view (for `BnRelu`, of the values before BN-ReLU, which only the
+    // per-tap path below reads, as such).
+    let x = match input {
+        ConvInput::Batch(x) => x,
+        ConvInput::BnRelu { z, dims, .. } => {
+            ArrayView4::from_shape(dims, z).expect("z holds the images")
         }
     };
     let (n, h, w, c_in) = x.dim();
@@ -158,8 +185,7 @@ fn backward(
             dx.as_ref().map(|dx| dx.len()),
         );
     }
-    // Contiguous, where a path reads the batch itself (a padded input's copy, off the
-    // paths the training step takes with one).
+    // Contiguous, where a path reads the batch itself.
     let batch = || x.as_standard_layout();
     let win = conv.window();
     let k_len = win.kernel_h * win.kernel_w * c_in;
@@ -210,9 +236,11 @@ fn backward(
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         let (grid, shift) = (n * hp * wp, pad * (wp + 1));
         let dy_len = (grid + shift) * c_out;
-        let x = match padded {
-            Some(grid) => TapInput::Padded(grid),
-            None => TapInput::Batch(batch()),
+        let x = match input {
+            ConvInput::BnRelu {
+                z, scale, shift, ..
+            } => TapInput::BnRelu { z, scale, shift },
+            ConvInput::Batch(_) => TapInput::Batch(batch()),
         };
         let flip_len = if dx.is_some() {
             k * k * c_out * c_in
@@ -361,10 +389,15 @@ fn input_gradient_by_flipped_conv(
 }
 
 /// The per-tap weight gradient's input: the contiguous batch, copied into a padded
-/// grid in the scratch, or that grid already ([`ConvInput::Padded`]).
+/// grid in the scratch, or the batch before BN-ReLU ([`ConvInput::BnRelu`]: read so by
+/// the Winograd path, else formed into the padded grid in the scratch).
 enum TapInput<'a> {
     Batch(ndarray::CowArray<'a, f32, ndarray::Ix4>),
-    Padded(&'a [f32]),
+    BnRelu {
+        z: &'a [f32],
+        scale: &'a [f32],
+        shift: &'a [f32],
+    },
 }
 
 /// Rows of one task of [`sum_over_rows`]: fixed, so the partial sums and the order they
@@ -392,11 +425,13 @@ const TAP_CHUNK: usize = 256;
 fn taps_scratch_len(conv: &Conv2d, x: &TapInput<'_>, (n, h, w): (usize, usize, usize)) -> usize {
     let win = conv.window();
     let grid = n * (h + 2 * win.padding) * (w + 2 * win.padding);
+    let winograd = winograd_scratch(conv, (n, h, w));
     let x_len = match x {
         TapInput::Batch(_) => padded_grid_len(conv, (n, h, w)),
-        TapInput::Padded(_) => 0,
+        TapInput::BnRelu { .. } if winograd.is_none() => padded_grid_len(conv, (n, h, w)),
+        TapInput::BnRelu { .. } => 0,
     };
-    if let Some(len) = winograd_scratch(conv, (n, h, w)) {
+    if let Some(len) = winograd {
         return x_len + len;
     }
     let tasks = grid.div_ceil(tap_task_rows(grid));
@@ -456,40 +491,58 @@ fn weight_gradient_by_taps(
     let grid = n * hp * wp;
     let (taps, per_tap) = (k * k, c_in * c_out);
     let per_task = tap_task_rows(grid);
-    let x_scratch = match x {
-        TapInput::Batch(_) => padded_grid_len(conv, (n, h, w)),
-        TapInput::Padded(_) => 0,
+    let winograd = winograd_scratch(conv, (n, h, w)).is_some();
+    let dy_layout = ImageLayout {
+        offset: 0,
+        image_stride: hp * wp * c_out,
+        row_stride: wp * c_out,
+        pixel_stride: c_out,
     };
-    let (xp_scratch, partials) = scratch.split_at_mut(x_scratch);
-    let xp: &[f32] = match x {
-        TapInput::Padded(grid) => grid,
-        TapInput::Batch(x) => {
-            let x = x.as_slice().expect("standard layout is contiguous");
-            // `x`'s border and the tail zero, its rows into the interior.
-            let (images, tail_x) = xp_scratch.split_at_mut(grid * c_in);
-            zero_border(images, (h, w, c_in), pad);
-            tail_x.fill(0.0);
-            for r in 0..n * h {
-                let (b, y) = (r / h, r % h);
-                let xs = ((b * hp + y + pad) * wp + pad) * c_in;
-                images[xs..xs + w * c_in].copy_from_slice(&x[r * w * c_in..][..w * c_in]);
-            }
-            xp_scratch
-        }
-    };
-    if winograd_scratch(conv, (n, h, w)).is_some() {
+    if let (true, TapInput::BnRelu { z, scale, shift }) = (winograd, &x) {
         // `dyg` is `dy` in the padded grid's layout, from each image's first pixel.
-        let dy_layout = ImageLayout {
-            offset: 0,
-            image_stride: hp * wp * c_out,
-            row_stride: wp * c_out,
-            pixel_stride: c_out,
+        let input = GradientInput::BnRelu {
+            data: z,
+            layout: ImageLayout::dense(h, w, c_in),
+            scale,
+            shift,
         };
         let shape = same_shape(conv, (n, h, w));
-        let x_layout = ImageLayout::dense(hp, wp, c_in);
-        let ran = direct_conv::winograd_weight_gradient(
-            xp, x_layout, dyg, dy_layout, shape, dw, partials, true,
-        );
+        let ran =
+            direct_conv::winograd_weight_gradient(input, dyg, dy_layout, shape, dw, scratch, true);
+        debug_assert!(ran, "winograd_scratch said it runs");
+        return;
+    }
+    let (xp_scratch, partials) = scratch.split_at_mut(padded_grid_len(conv, (n, h, w)));
+    // `x`'s border and the tail zero, its rows (through BN-ReLU) into the interior.
+    let (images, tail_x) = xp_scratch.split_at_mut(grid * c_in);
+    zero_border(images, (h, w, c_in), pad);
+    tail_x.fill(0.0);
+    for r in 0..n * h {
+        let (b, y) = (r / h, r % h);
+        let xs = ((b * hp + y + pad) * wp + pad) * c_in;
+        let dst = &mut images[xs..xs + w * c_in];
+        match &x {
+            TapInput::Batch(x) => {
+                let x = x.as_slice().expect("standard layout is contiguous");
+                dst.copy_from_slice(&x[r * w * c_in..][..w * c_in]);
+            }
+            TapInput::BnRelu { z, scale, shift } => {
+                let src = &z[r * w * c_in..][..w * c_in];
+                for (s, d) in src.chunks_exact(c_in).zip(dst.chunks_exact_mut(c_in)) {
+                    crate::kernels::elementwise::scale_shift_relu(s, scale, shift, d);
+                }
+            }
+        }
+    }
+    let xp: &[f32] = xp_scratch;
+    if winograd {
+        let shape = same_shape(conv, (n, h, w));
+        let input = GradientInput::Padded {
+            data: xp,
+            layout: ImageLayout::dense(hp, wp, c_in),
+        };
+        let ran =
+            direct_conv::winograd_weight_gradient(input, dyg, dy_layout, shape, dw, partials, true);
         debug_assert!(ran, "winograd_scratch said it runs");
         return;
     }
@@ -779,38 +832,53 @@ mod tests {
     /// which reads the grid's interior, is tested in `tests/portable.rs`: the switch is
     /// process-wide.)
     #[test]
-    fn a_padded_input_gives_the_plain_inputs_gradients() {
-        let (n, h, w, c_in, c_out) = (3, 9, 7, 16, 5);
-        let layer = conv(3, 3, c_in, c_out, 1, 1);
-        let x = Array4::from_shape_vec((n, h, w, c_in), values(n * h * w * c_in, 7)).unwrap();
-        let dy = values(n * h * w * c_out, 8);
-        let (hp, wp) = (h + 2, w + 2);
-        let mut grid = vec![0.0; padded_grid_len(&layer, (n, h, w))];
-        for ((b, y, xx, c), &v) in x.indexed_iter() {
-            grid[((b * hp + y + 1) * wp + xx + 1) * c_in + c] = v;
-        }
-        {
-            let mut dx_plain = vec![f32::NAN; x.len()];
-            let mut dx_padded = vec![f32::NAN; x.len()];
-            let run = |input: ConvInput<'_>, dx: &mut [f32]| {
-                conv2d_backward_from(
+    fn an_input_before_bn_relu_gives_the_normed_inputs_gradients() {
+        // A 3x3 given `z` and BN-ReLU's scale and shift against the same conv given
+        // relu(z·scale + shift): the same bits, through the per-tap products (5 outputs)
+        // and through the Winograd weight gradient (32 outputs, even map; where the CPU
+        // has AVX-512F).
+        for (n, h, w, c_in, c_out) in [(3, 9, 7, 16, 5), (2, 8, 6, 16, 32)] {
+            let layer = conv(3, 3, c_in, c_out, 1, 1);
+            let z = values(n * h * w * c_in, 7);
+            let (scale, shift) = (values(c_in, 9), values(c_in, 10));
+            let mut normed = Array4::zeros((n, h, w, c_in));
+            let rows = normed.as_slice_mut().unwrap().chunks_exact_mut(c_in);
+            for (src, dst) in z.chunks_exact(c_in).zip(rows) {
+                crate::kernels::elementwise::scale_shift_relu(src, &scale, &shift, dst);
+            }
+            assert!(normed.iter().any(|&v| v == 0.0) && normed.iter().any(|&v| v > 0.0));
+            let dy = values(n * h * w * c_out, 8);
+            let run = |input: ConvInput<'_>| {
+                let mut dx = vec![f32::NAN; n * h * w * c_in];
+                let dw = conv2d_backward_from(
                     &layer,
                     input,
                     &dy,
-                    Some(dx),
+                    Some(&mut dx),
                     &mut Vec::new(),
                     Some(Vec::new()),
                 )
-                .unwrap()
+                .unwrap();
+                (dw, dx)
             };
-            let dw_plain = run(x.view().into(), &mut dx_plain);
-            let dw_padded = run(ConvInput::Padded(&grid, [n, h, w, c_in]), &mut dx_padded);
+            let (dw_plain, dx_plain) = run(normed.view().into());
+            let (dw_bn, dx_bn) = run(ConvInput::BnRelu {
+                z: &z,
+                dims: [n, h, w, c_in],
+                scale: &scale,
+                shift: &shift,
+            });
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(
                 bits(dw_plain.as_slice().unwrap()),
-                bits(dw_padded.as_slice().unwrap())
+                bits(dw_bn.as_slice().unwrap()),
+                "{c_out} outputs: weight gradients"
             );
-            assert_eq!(bits(&dx_plain), bits(&dx_padded));
+            assert_eq!(
+                bits(&dx_plain),
+                bits(&dx_bn),
+                "{c_out} outputs: input gradients"
+            );
         }
     }
 

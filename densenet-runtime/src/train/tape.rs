@@ -35,9 +35,7 @@ use crate::train::batch_norm::{
     Moments,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
-use crate::train::conv::{
-    conv2d_backward_from, conv2d_backward_reusing, padded_grid_len, ConvInput,
-};
+use crate::train::conv::{conv2d_backward_from, conv2d_backward_reusing, ConvInput};
 use crate::train::pool::{
     avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
     max_pool2d_train_into, output_size,
@@ -1192,29 +1190,28 @@ fn block_backward(
                 Some((z, stats2, rng1)),
             ) => {
                 let width = conv1.c_out();
-                // BN2-ReLU recomputed straight into the zero-padded grid the 3x3's
-                // weight gradient reads (as the forward writes the map the 3x3 reads),
-                // not copied there from a dense map.
-                let mut normed2 = ctx.b.overwritten(padded_grid_len(conv2, (n, h, w)));
-                let pad = conv2.window().padding;
-                let (grid, tail) = normed2.split_at_mut(n * (h + 2 * pad) * (w + 2 * pad) * width);
+                // The 3x3's weight gradient reads BN2-ReLU of the bottleneck output as
+                // its input, formed as its tiles are read (not recomputed into a padded
+                // map first).
                 let (scale, shift) = scale_shift(norm2, stats2);
-                relu_padded_into(z, width, (n, h, w), pad, &scale, &shift, grid);
-                tail.fill(0.0);
-                let z = matrix(z, rows, width);
                 let mut d_normed2 = ctx.b.overwritten(rows * width);
                 conv_backward(
                     freeze,
                     name("conv2"),
                     conv2,
-                    ConvInput::Padded(&normed2, [n, h, w, width]),
+                    ConvInput::BnRelu {
+                        z,
+                        dims: [n, h, w, width],
+                        scale: &scale,
+                        shift: &shift,
+                    },
                     &d_new,
                     Some(&mut d_normed2),
                     &mut s.im2col,
                     &mut ctx.b,
                     record,
                 );
-                ctx.b.give(normed2);
+                let z = matrix(z, rows, width);
                 // BN2-ReLU's input gradient `dz`: without dropout, a chunk at a time
                 // where the 1x1 backward reads it (never stored whole), which then reads
                 // `d_normed2`; with dropout, whole (its mask is regenerated over the

@@ -596,8 +596,35 @@ pub fn winograd_weight_gradient_scratch(shape: &ConvShape) -> Option<usize> {
     None
 }
 
+/// The input of a convolution whose weight gradient [`winograd_weight_gradient`] takes.
+#[derive(Clone, Copy, Debug)]
+pub enum GradientInput<'a> {
+    /// Zero-padded by 1: `(n, out_h + 2, out_w + 2, c_in)` at `layout`.
+    Padded {
+        /// The values.
+        data: &'a [f32],
+        /// Where each pixel is.
+        layout: ImageLayout,
+    },
+    /// Before a BatchNorm-ReLU and the padding: `(n, out_h, out_w, c_in)` at `layout`,
+    /// each value `v` read as `relu(v·scale + shift)` of its channel (the same rounding
+    /// and ReLU as the runtime's BN-ReLU passes) and the border as zeros. A training
+    /// step's 3x3 reads its bottleneck's output so, instead of a BN-ReLU map recomputed
+    /// and padded first.
+    BnRelu {
+        /// The values.
+        data: &'a [f32],
+        /// Where each pixel is.
+        layout: ImageLayout,
+        /// The BatchNorm's scale per channel.
+        scale: &'a [f32],
+        /// The BatchNorm's shift per channel.
+        shift: &'a [f32],
+    },
+}
+
 /// `dw ← Σ input ⋆ dy`: the HWIO weight gradient of a stride-1 3x3 convolution, from its
-/// zero-padded input (`(n, out_h + 2, out_w + 2, c_in)` at `input_layout`) and its
+/// input (zero-padded, or before its BN-ReLU: [`GradientInput`]) and its
 /// output gradient (`(n, out_h, out_w, c_out)` at `dy_layout`), by Winograd F(3x3, 2x2):
 /// 2.25x fewer multiply-adds than the nine per-tap products. Takes an even output
 /// (whole 2x2 tiles) and a multiple of 16 input channels; `scratch` holds
@@ -609,13 +636,12 @@ pub fn winograd_weight_gradient_scratch(shape: &ConvShape) -> Option<usize> {
 ///
 /// # Panics
 ///
-/// If the layouts reach past their slices, `dw` is not `9·c_in·c_out` long or `scratch`
-/// is too short.
+/// If the layouts reach past their slices, `scale` or `shift` is not `c_in` long, `dw`
+/// is not `9·c_in·c_out` long or `scratch` is too short.
 #[allow(clippy::too_many_arguments)]
 #[track_caller]
 pub fn winograd_weight_gradient(
-    input: &[f32],
-    input_layout: ImageLayout,
+    input: GradientInput<'_>,
     dy: &[f32],
     dy_layout: ImageLayout,
     shape: ConvShape,
@@ -627,18 +653,9 @@ pub fn winograd_weight_gradient(
         return false;
     }
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    winograd_gradient::run(
-        input,
-        input_layout,
-        dy,
-        dy_layout,
-        shape,
-        dw,
-        scratch,
-        parallel,
-    );
+    winograd_gradient::run(input, dy, dy_layout, shape, dw, scratch, parallel);
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-    let _ = (input, input_layout, dy, dy_layout, dw, scratch, parallel);
+    let _ = (input, dy, dy_layout, dw, scratch, parallel);
     true
 }
 
@@ -1067,7 +1084,7 @@ mod tests {
                 assert!(!supported(Isa::Avx512), "{s:?} declined");
                 continue;
             };
-            let run = |threads: usize| {
+            let run = |threads: usize, input: GradientInput<'_>| {
                 let mut dw = random(9 * c_in * c_out, &mut Rng::new(5));
                 let mut scratch = vec![f32::NAN; len];
                 let pool = rayon::ThreadPoolBuilder::new()
@@ -1075,13 +1092,55 @@ mod tests {
                     .build()
                     .unwrap();
                 let ran = pool.install(|| {
-                    winograd_weight_gradient(&input, il, &dy, dl, s, &mut dw, &mut scratch, true)
+                    winograd_weight_gradient(input, &dy, dl, s, &mut dw, &mut scratch, true)
                 });
                 assert!(ran, "{s:?}");
                 dw
             };
-            let (one, two) = (run(1), run(2));
+            let padded = GradientInput::Padded {
+                data: &input,
+                layout: il,
+            };
+            let (one, two) = (run(1, padded), run(2, padded));
             assert_eq!(one, two, "{s:?}: one and two threads differ");
+            // The same input given before a BN-ReLU (pixel stride `pixel_in`, unpadded):
+            // the same bits as its BN-ReLU map padded (the border zero).
+            let z = random(n * h * w * pixel_in, &mut rng);
+            let zl = ImageLayout::dense(h, w, pixel_in);
+            let (scale, shift) = (random(c_in, &mut rng), random(c_in, &mut rng));
+            let mut bn_relu = vec![0.0; input.len()];
+            for (b, y, x) in
+                (0..n).flat_map(|b| (0..h).flat_map(move |y| (0..w).map(move |x| (b, y, x))))
+            {
+                let at = zl.index(b, y, x, 0);
+                let to = il.index(b, y + 1, x + 1, 0);
+                let dst = &mut bn_relu[to..to + c_in];
+                crate::kernels::elementwise::scale_shift_relu(
+                    &z[at..at + c_in],
+                    &scale,
+                    &shift,
+                    dst,
+                );
+            }
+            assert!(bn_relu.iter().filter(|&&v| v == 0.0).count() > bn_relu.len() / 4);
+            let via_map = run(
+                1,
+                GradientInput::Padded {
+                    data: &bn_relu,
+                    layout: il,
+                },
+            );
+            let fused = GradientInput::BnRelu {
+                data: &z,
+                layout: zl,
+                scale: &scale,
+                shift: &shift,
+            };
+            assert_eq!(
+                run(2, fused),
+                via_map,
+                "{s:?}: BN-ReLU read as the tiles go"
+            );
             // Sums of `n·h·w` products of values below 1, in f32.
             let scale = expected.iter().fold(0.0f64, |m, e| m.max(e.abs()));
             for (i, (&e, &a)) in expected.iter().zip(&one).enumerate() {
@@ -1114,9 +1173,12 @@ mod tests {
         ] {
             assert_eq!(winograd_weight_gradient_scratch(&s), None, "{s:?}");
             let mut dw = vec![0.0; s.kernel_h * s.kernel_w * s.c_in * s.c_out];
+            let input = GradientInput::Padded {
+                data: &[],
+                layout: ImageLayout::dense(10, 10, s.c_in),
+            };
             assert!(!winograd_weight_gradient(
-                &[],
-                ImageLayout::dense(10, 10, s.c_in),
+                input,
                 &[],
                 ImageLayout::dense(8, 8, s.c_out),
                 s,
