@@ -22,7 +22,7 @@ use criterion::{
 use densenet::ndarray::{Array1, Array4};
 use densenet::runtime::kernels::direct_conv::{
     direct_conv, force_direct, winograd_conv, ConvShape, ConvWeight, Epilogue, ImageLayout,
-    PackedWeight,
+    PackedWeight, WinogradInput,
 };
 use densenet::runtime::kernels::gemm::{gemm, gemm_unpacked, MatMut, MatRef};
 use densenet::runtime::kernels::im2col::{im2col, Window};
@@ -200,7 +200,11 @@ fn training_input_gradients(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("winograd", &name), |bench| {
             bench.iter(|| {
-                winograd_conv(&input, il, black_box(&weight), s, &mut out, ol, true);
+                let input = WinogradInput::Padded {
+                    data: &input,
+                    layout: il,
+                };
+                winograd_conv(input, black_box(&weight), s, &mut out, ol, true);
                 black_box(&out);
             })
         });

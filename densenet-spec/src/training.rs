@@ -131,9 +131,9 @@ impl Plan {
                 let c = b.c_in + j * self.growth;
                 match self.bottleneck {
                     Some(bn) => {
+                        // (The 3x3 reads BN2-ReLU of it as it goes, or its padded map
+                        // from the step's scratch.)
                         zs.push(r.take(rows * bn * self.growth));
-                        let p = r.take(padded * bn * self.growth);
-                        r.give(p);
                     }
                     None => {
                         let p = r.take(padded * c);

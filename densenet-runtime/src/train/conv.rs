@@ -13,7 +13,7 @@
 use ndarray::{Array4, ArrayView4};
 
 use crate::kernels::direct_conv::{
-    self, ConvShape, ConvWeight, Epilogue, GradientInput, ImageLayout,
+    self, ConvShape, ConvWeight, Epilogue, ImageLayout, WinogradInput,
 };
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
@@ -371,7 +371,11 @@ fn input_gradient_by_flipped_conv(
     );
     // Winograd where it fits (DenseNet-121's 32 → 128: 2.25x fewer multiply-adds),
     // else the direct kernel.
-    let ran = direct_conv::winograd_conv(padded_dy, dy_layout, flipped, shape, dx, dx_layout, true)
+    let padded = WinogradInput::Padded {
+        data: padded_dy,
+        layout: dy_layout,
+    };
+    let ran = direct_conv::winograd_conv(padded, flipped, shape, dx, dx_layout, true)
         || direct_conv::direct_conv(
             padded_dy,
             dy_layout,
@@ -500,7 +504,7 @@ fn weight_gradient_by_taps(
     };
     if let (true, TapInput::BnRelu { z, scale, shift }) = (winograd, &x) {
         // `dyg` is `dy` in the padded grid's layout, from each image's first pixel.
-        let input = GradientInput::BnRelu {
+        let input = WinogradInput::BnRelu {
             data: z,
             layout: ImageLayout::dense(h, w, c_in),
             scale,
@@ -537,7 +541,7 @@ fn weight_gradient_by_taps(
     let xp: &[f32] = xp_scratch;
     if winograd {
         let shape = same_shape(conv, (n, h, w));
-        let input = GradientInput::Padded {
+        let input = WinogradInput::Padded {
             data: xp,
             layout: ImageLayout::dense(hp, wp, c_in),
         };

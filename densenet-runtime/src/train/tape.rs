@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use densenet_spec::Head;
 use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2};
 
-use crate::kernels::direct_conv::Epilogue;
+use crate::kernels::direct_conv::{self, ConvShape, Epilogue, ImageLayout, WinogradInput};
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::layers::{
     conv1x1_into_padded, conv2d_into, global_pool_into, pool2d_into, relu_padded_into, BatchNorm2d,
@@ -676,6 +676,8 @@ struct Scratch {
     sums: Vec<f64>,
     /// The stem's max-pool argmax (held by its tape during a step).
     argmax: Vec<u32>,
+    /// A bottleneck's padded BN2-ReLU map, where its 3x3 does not read `z` itself.
+    padded: Vec<f32>,
 }
 
 impl Scratch {
@@ -684,6 +686,7 @@ impl Scratch {
         4 * (self.im2col.capacity() + self.tasks.capacity())
             + 8 * self.sums.capacity()
             + 4 * self.argmax.capacity()
+            + 4 * self.padded.capacity()
     }
 }
 
@@ -1039,7 +1042,7 @@ fn record_block(
                 let len = n * (h + 2 * pad) * (w + 2 * pad) * c;
                 let mut padded = ctx.b.overwritten(len);
                 relu_padded_into(buf, c_out, (n, h, w), pad, &scale, &shift, &mut padded);
-                (stats, None, &*conv1, padded)
+                (stats, None, &*conv1, Some(padded))
             }
             DenseLayer::Bottleneck {
                 norm1,
@@ -1071,26 +1074,68 @@ fn record_block(
                 let z_matrix = matrix(&z, rows, width);
                 let stats2 = bn_stats(freeze, momentum, name("norm2"), norm2, z_matrix);
                 let (scale, shift) = scale_shift(norm2, &stats2);
+                // The 3x3 into the buffer's next k columns: on Winograd, reading BN2-ReLU
+                // of `z` as its tiles go; else from the BN2-ReLU map padded in the
+                // scratch (not a planned buffer: which path runs depends on the CPU).
+                let shape = ConvShape {
+                    n,
+                    out_h: h,
+                    out_w: w,
+                    c_in: width,
+                    c_out: k,
+                    kernel_h: 3,
+                    kernel_w: 3,
+                    stride: 1,
+                };
+                let weight = conv2.weight();
+                let hwio = weight.as_slice().filter(|_| weight.is_view());
                 let pad = conv2.window().padding;
-                let len = n * (h + 2 * pad) * (w + 2 * pad) * width;
-                let mut padded = ctx.b.overwritten(len);
-                relu_padded_into(&z, width, (n, h, w), pad, &scale, &shift, &mut padded);
-                (stats, Some((z, stats2, rng1)), &*conv2, padded)
+                match hwio {
+                    Some(hwio) if pad == 1 && direct_conv::winograd_applies(&shape, true) => {
+                        let input = WinogradInput::BnRelu {
+                            data: &z,
+                            layout: ImageLayout::dense(h, w, width),
+                            scale: &scale,
+                            shift: &shift,
+                        };
+                        let out_layout = ImageLayout {
+                            offset: c,
+                            image_stride: h * w * c_out,
+                            row_stride: w * c_out,
+                            pixel_stride: c_out,
+                        };
+                        let ran =
+                            direct_conv::winograd_conv(input, hwio, shape, buf, out_layout, true);
+                        assert!(ran, "winograd_applies said it runs");
+                    }
+                    _ => {
+                        let len = n * (h + 2 * pad) * (w + 2 * pad) * width;
+                        let padded = take(&mut s.padded, len);
+                        relu_padded_into(&z, width, (n, h, w), pad, &scale, &shift, padded);
+                        let dst = MatMut::new(&mut buf[c..], rows, k, c_out, 1);
+                        let dims = (n, h + 2 * pad, w + 2 * pad);
+                        let store = Epilogue::Store;
+                        conv2d_into(conv2, padded, dims, true, store, dst, &mut s.im2col);
+                    }
+                }
+                (stats, Some((z, stats2, rng1)), &*conv2, None)
             }
         };
-        // The layer's k new channels go straight into the buffer's next columns.
-        let pad = last_conv.window().padding;
-        let dst = MatMut::new(&mut buf[c..], rows, k, c_out, 1);
-        conv2d_into(
-            last_conv,
-            &padded,
-            (n, h + 2 * pad, w + 2 * pad),
-            true,
-            Epilogue::Store,
-            dst,
-            &mut s.im2col,
-        );
-        ctx.b.give(padded);
+        if let Some(padded) = padded {
+            // The layer's k new channels go straight into the buffer's next columns.
+            let pad = last_conv.window().padding;
+            let dst = MatMut::new(&mut buf[c..], rows, k, c_out, 1);
+            conv2d_into(
+                last_conv,
+                &padded,
+                (n, h + 2 * pad, w + 2 * pad),
+                true,
+                Epilogue::Store,
+                dst,
+                &mut s.im2col,
+            );
+            ctx.b.give(padded);
+        }
         let dropout = ctx.rng.clone();
         let new = matrix_mut(buf, rows, c_out).slice_move(s![.., c..c + k]);
         dropout_in_place(new, p, ctx.rng);

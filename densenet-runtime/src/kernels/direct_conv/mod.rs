@@ -399,6 +399,13 @@ fn check(
         Some(end) if end <= input.len() => {}
         _ => bad_geometry("input layout reaches past the input slice"),
     }
+    check_output(s, out_len, out_layout);
+}
+
+/// The output half of [`check`]: the `(n, out_h, out_w, c_out)` block at `out_layout`
+/// lies inside `out_len` floats, and distinct outputs are distinct memory.
+#[track_caller]
+fn check_output(s: ConvShape, out_len: usize, out_layout: ImageLayout) {
     match out_layout.end(s.n, s.out_h, s.out_w, s.c_out) {
         Some(end) if end <= out_len => {}
         _ => bad_geometry("output layout reaches past the output slice"),
@@ -530,13 +537,14 @@ pub fn direct_conv(
     )
 }
 
-/// Convolves `input` (NHWC, zero-padded, at `input_layout`) with the HWIO 3x3 `weight`
-/// into `out` at `out_layout` by Winograd F(2x2, 3x3), for shapes [`direct_conv`]
-/// does not send there itself: any number of outputs and at least 32 input channels (a
-/// multiple of 16), stride 1, an even output at least 14 wide, no prologue or epilogue.
-/// The training step's 3x3 input gradients (32 → 128 channels in DenseNet-121) run
-/// here: 2.25x fewer multiply-adds than the direct kernel's. Results do not depend on
-/// the thread count.
+/// Convolves `input` (zero-padded, or before its BN-ReLU: [`WinogradInput`]) with the
+/// HWIO 3x3 `weight` into `out` at `out_layout` by Winograd F(2x2, 3x3), for shapes
+/// [`direct_conv`] does not send there itself: any number of outputs and at least 32
+/// input channels (a multiple of 16), stride 1, an even output at least 14 wide, no
+/// epilogue. The training step's 3x3 input gradients (32 → 128 channels in
+/// DenseNet-121) run here, and its forward 3x3s read their bottleneck's output through
+/// BN-ReLU here: 2.25x fewer multiply-adds than the direct kernel's. Results do not
+/// depend on the thread count.
 ///
 /// Returns `false`, touching nothing, when the shape does not fit, the CPU lacks
 /// AVX-512F, or [`force_direct`] is on: the caller runs [`direct_conv`].
@@ -544,11 +552,9 @@ pub fn direct_conv(
 /// # Panics
 ///
 /// As [`direct_conv`]'s, for layouts or a weight that do not fit the slices.
-#[allow(clippy::too_many_arguments)]
 #[track_caller]
 pub fn winograd_conv(
-    input: &[f32],
-    input_layout: ImageLayout,
+    input: WinogradInput<'_>,
     weight: &[f32],
     shape: ConvShape,
     out: &mut [f32],
@@ -558,27 +564,28 @@ pub fn winograd_conv(
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if isa() == Some(Isa::Avx512) && !DIRECT_ONLY.load(Ordering::Relaxed) && winograd::fits(&shape)
     {
-        winograd::run(
-            input,
-            input_layout,
-            weight,
-            shape,
-            out,
-            out_layout,
-            parallel,
-        );
+        winograd::run(input, weight, shape, out, out_layout, parallel);
         return true;
     }
-    let _ = (
-        input,
-        input_layout,
-        weight,
-        shape,
-        out,
-        out_layout,
-        parallel,
-    );
+    let _ = (input, weight, shape, out, out_layout, parallel);
     false
+}
+
+/// Whether [`direct_conv`] itself would take `shape`'s Winograd path here (DenseNet's
+/// 3x3s: at most 32 outputs, at least 64 inputs, an even map at least 14 wide, on
+/// AVX-512F, [`force_direct`] off): where a caller with a BN-ReLU before the conv does
+/// better through [`winograd_conv`] with [`WinogradInput::BnRelu`] than by writing the
+/// BN-ReLU map first.
+pub fn winograd_applies(shape: &ConvShape, parallel: bool) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    return isa() == Some(Isa::Avx512)
+        && !DIRECT_ONLY.load(Ordering::Relaxed)
+        && winograd::takes(shape, parallel);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    {
+        let _ = (shape, parallel);
+        false
+    }
 }
 
 /// Floats of the scratch [`winograd_weight_gradient`] needs for `shape`, or `None` where
@@ -596,9 +603,10 @@ pub fn winograd_weight_gradient_scratch(shape: &ConvShape) -> Option<usize> {
     None
 }
 
-/// The input of a convolution whose weight gradient [`winograd_weight_gradient`] takes.
+/// The input of a 3x3 convolution as its Winograd paths read it ([`winograd_conv`],
+/// [`winograd_weight_gradient`]).
 #[derive(Clone, Copy, Debug)]
-pub enum GradientInput<'a> {
+pub enum WinogradInput<'a> {
     /// Zero-padded by 1: `(n, out_h + 2, out_w + 2, c_in)` at `layout`.
     Padded {
         /// The values.
@@ -609,8 +617,8 @@ pub enum GradientInput<'a> {
     /// Before a BatchNorm-ReLU and the padding: `(n, out_h, out_w, c_in)` at `layout`,
     /// each value `v` read as `relu(v·scale + shift)` of its channel (the same rounding
     /// and ReLU as the runtime's BN-ReLU passes) and the border as zeros. A training
-    /// step's 3x3 reads its bottleneck's output so, instead of a BN-ReLU map recomputed
-    /// and padded first.
+    /// step's 3x3 reads its bottleneck's output so, forward and backward, instead of a
+    /// BN-ReLU map computed and padded first.
     BnRelu {
         /// The values.
         data: &'a [f32],
@@ -623,8 +631,41 @@ pub enum GradientInput<'a> {
     },
 }
 
+impl WinogradInput<'_> {
+    /// Checks that the block a 3x3 convolution of `s` reads lies inside the slice (for
+    /// `Padded`, `(n, out_h + 2, out_w + 2, c_in)`; for `BnRelu`, `(n, out_h, out_w,
+    /// c_in)`, with `c_in` values of scale and shift), sizes computed with checked
+    /// arithmetic.
+    #[track_caller]
+    fn check(&self, s: &ConvShape) {
+        let (data, layout, (h, w)) = match *self {
+            WinogradInput::Padded { data, layout } => {
+                let (Some(h), Some(w)) = (s.out_h.checked_add(2), s.out_w.checked_add(2)) else {
+                    bad_geometry("the input extent out + 2 overflows usize")
+                };
+                (data, layout, (h, w))
+            }
+            WinogradInput::BnRelu {
+                data,
+                layout,
+                scale,
+                shift,
+            } => {
+                if scale.len() != s.c_in || shift.len() != s.c_in {
+                    bad_geometry("prologue scale and shift need c_in values");
+                }
+                (data, layout, (s.out_h, s.out_w))
+            }
+        };
+        match layout.end(s.n, h, w, s.c_in) {
+            Some(end) if end <= data.len() => {}
+            _ => bad_geometry("input layout reaches past the input slice"),
+        }
+    }
+}
+
 /// `dw ← Σ input ⋆ dy`: the HWIO weight gradient of a stride-1 3x3 convolution, from its
-/// input (zero-padded, or before its BN-ReLU: [`GradientInput`]) and its
+/// input (zero-padded, or before its BN-ReLU: [`WinogradInput`]) and its
 /// output gradient (`(n, out_h, out_w, c_out)` at `dy_layout`), by Winograd F(3x3, 2x2):
 /// 2.25x fewer multiply-adds than the nine per-tap products. Takes an even output
 /// (whole 2x2 tiles) and a multiple of 16 input channels; `scratch` holds
@@ -641,7 +682,7 @@ pub enum GradientInput<'a> {
 #[allow(clippy::too_many_arguments)]
 #[track_caller]
 pub fn winograd_weight_gradient(
-    input: GradientInput<'_>,
+    input: WinogradInput<'_>,
     dy: &[f32],
     dy_layout: ImageLayout,
     shape: ConvShape,
@@ -709,7 +750,11 @@ fn run(
             (isa, winograd, prologue, epilogue, weight)
         {
             if winograd::takes(&shape, parallel) {
-                winograd::run(input, input_layout, w, shape, out, out_layout, parallel);
+                let input = WinogradInput::Padded {
+                    data: input,
+                    layout: input_layout,
+                };
+                winograd::run(input, w, shape, out, out_layout, parallel);
                 return true;
             }
         }
@@ -994,11 +1039,55 @@ mod tests {
                 ol,
             );
             let mut actual = sentinel.clone();
-            let ran = winograd_conv(&input, il, &weight, s, &mut actual, ol, parallel);
+            let padded = WinogradInput::Padded {
+                data: &input,
+                layout: il,
+            };
+            let ran = winograd_conv(padded, &weight, s, &mut actual, ol, parallel);
             assert_eq!(ran, supported(Isa::Avx512), "{s:?}");
             if !ran {
                 continue;
             }
+            // The same conv of a BN-ReLU map, given the map padded or the values before
+            // it (unpadded, strided): the same bits (the border zero, the same rounding).
+            let pixel_z = c_in + 8;
+            let zl = ImageLayout::dense(hw, hw, pixel_z);
+            let z = random(n * hw * hw * pixel_z, &mut rng);
+            let (scale, shift) = (random(c_in, &mut rng), random(c_in, &mut rng));
+            let mut map = vec![0.0; input.len()];
+            for (b, y, x) in
+                (0..n).flat_map(|b| (0..hw).flat_map(move |y| (0..hw).map(move |x| (b, y, x))))
+            {
+                let (at, to) = (zl.index(b, y, x, 0), il.index(b, y + 1, x + 1, 0));
+                let dst = &mut map[to..to + c_in];
+                crate::kernels::elementwise::scale_shift_relu(
+                    &z[at..at + c_in],
+                    &scale,
+                    &shift,
+                    dst,
+                );
+            }
+            let (mut via_map, mut fused) = (sentinel.clone(), sentinel.clone());
+            let padded = WinogradInput::Padded {
+                data: &map,
+                layout: il,
+            };
+            assert!(winograd_conv(
+                padded,
+                &weight,
+                s,
+                &mut via_map,
+                ol,
+                parallel
+            ));
+            let bn_relu = WinogradInput::BnRelu {
+                data: &z,
+                layout: zl,
+                scale: &scale,
+                shift: &shift,
+            };
+            assert!(winograd_conv(bn_relu, &weight, s, &mut fused, ol, parallel));
+            assert!(fused == via_map, "{s:?}: BN-ReLU read as the tiles go");
             let k = (9 * c_in) as f32;
             for (i, (&e, &a)) in expected.iter().zip(&actual).enumerate() {
                 let tol = 1e-5 * k.sqrt() * e.abs().max(1.0);
@@ -1020,9 +1109,11 @@ mod tests {
         let input = vec![0.0; 9 * 9 * 32];
         let weight = vec![0.0; 9 * 32 * 8];
         let (il, ol) = (ImageLayout::dense(9, 9, 32), ImageLayout::dense(7, 7, 8));
-        assert!(!winograd_conv(
-            &input, il, &weight, odd, &mut out, ol, false
-        ));
+        let input = WinogradInput::Padded {
+            data: &input,
+            layout: il,
+        };
+        assert!(!winograd_conv(input, &weight, odd, &mut out, ol, false));
     }
 
     /// `dW[a][b][ci][co] = Σ x[n][y + a][x + b][ci]·dy[n][y][x][co]` in f64.
@@ -1084,7 +1175,7 @@ mod tests {
                 assert!(!supported(Isa::Avx512), "{s:?} declined");
                 continue;
             };
-            let run = |threads: usize, input: GradientInput<'_>| {
+            let run = |threads: usize, input: WinogradInput<'_>| {
                 let mut dw = random(9 * c_in * c_out, &mut Rng::new(5));
                 let mut scratch = vec![f32::NAN; len];
                 let pool = rayon::ThreadPoolBuilder::new()
@@ -1097,7 +1188,7 @@ mod tests {
                 assert!(ran, "{s:?}");
                 dw
             };
-            let padded = GradientInput::Padded {
+            let padded = WinogradInput::Padded {
                 data: &input,
                 layout: il,
             };
@@ -1125,12 +1216,12 @@ mod tests {
             assert!(bn_relu.iter().filter(|&&v| v == 0.0).count() > bn_relu.len() / 4);
             let via_map = run(
                 1,
-                GradientInput::Padded {
+                WinogradInput::Padded {
                     data: &bn_relu,
                     layout: il,
                 },
             );
-            let fused = GradientInput::BnRelu {
+            let fused = WinogradInput::BnRelu {
                 data: &z,
                 layout: zl,
                 scale: &scale,
@@ -1173,7 +1264,7 @@ mod tests {
         ] {
             assert_eq!(winograd_weight_gradient_scratch(&s), None, "{s:?}");
             let mut dw = vec![0.0; s.kernel_h * s.kernel_w * s.c_in * s.c_out];
-            let input = GradientInput::Padded {
+            let input = WinogradInput::Padded {
                 data: &[],
                 layout: ImageLayout::dense(10, 10, s.c_in),
             };

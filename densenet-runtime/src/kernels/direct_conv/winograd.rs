@@ -32,7 +32,8 @@ use crate::prelude::*;
 use super::avx512::Avx512;
 use super::bf16_lanes::bf16_bits16;
 use super::job::Microkernel;
-use super::{check, ConvShape, ConvWeight, Epilogue, ImageLayout, MAX_TILE, PARALLEL_MACS};
+use super::{check, check_output, ConvShape, ConvWeight, Epilogue, ImageLayout, WinogradInput};
+use super::{MAX_TILE, PARALLEL_MACS};
 
 /// Columns of the transformed weight: one AVX-512 panel, so each GEMM is one panel wide.
 const PANEL: usize = 32;
@@ -232,8 +233,7 @@ pub(super) fn task_rows(s: &ConvShape, t: usize) -> (usize, core::ops::Range<usi
 /// the slices (`check`'s panics): caller bugs, since `direct_conv` checked them all.
 #[track_caller]
 pub(super) fn run(
-    input: &[f32],
-    input_layout: ImageLayout,
+    input: WinogradInput<'_>,
     weight: &[f32],
     shape: ConvShape,
     out: &mut [f32],
@@ -242,27 +242,40 @@ pub(super) fn run(
 ) {
     let s = shape;
     // What every `unsafe` block below relies on, checked here too so that this function
-    // is sound on its own (a few comparisons per call).
+    // is sound on its own (a few comparisons per call): the input block the tiles read,
+    // the weight's length (`check` at no images: nothing else), the output block.
     assert!(
         fits(&s) && crate::kernels::cpu::avx512f(),
         "winograd::run: shape or CPU not supported"
     );
+    input.check(&s);
     let (store, hwio) = (Epilogue::Store, ConvWeight::Hwio(weight));
     check(
-        input,
-        input_layout,
+        &[],
+        out_layout,
         store,
         hwio,
-        s,
+        ConvShape { n: 0, ..s },
         store,
-        out.len(),
+        0,
         out_layout,
     );
+    check_output(s, out.len(), out_layout);
+    let (data, input_layout, bn_relu) = match input {
+        WinogradInput::Padded { data, layout } => (data, layout, None),
+        WinogradInput::BnRelu {
+            data,
+            layout,
+            scale,
+            shift,
+        } => (data, layout, Some((scale.as_ptr(), shift.as_ptr()))),
+    };
     let out = out.as_mut_ptr();
     let with_weight = |u: &[f32]| {
         let job = Job {
-            input: input.as_ptr(),
+            input: data.as_ptr(),
             input_layout,
+            bn_relu,
             u: u.as_ptr(),
             shape,
             out,
@@ -343,6 +356,8 @@ pub(super) unsafe fn transform_weight(
 struct Job {
     input: *const f32,
     input_layout: ImageLayout,
+    /// For an input before its BN-ReLU (unpadded): the scale and shift, `c_in` each.
+    bn_relu: Option<(*const f32, *const f32)>,
     u: *const f32,
     shape: ConvShape,
     out: *mut f32,
@@ -379,20 +394,25 @@ impl Job {
         let tiles = rows.len() * tw;
         assert!(v.len() == 16 * tiles * s.c_in && m.len() == 16 * tiles * PANEL);
         for (r, ty) in rows.clone().enumerate() {
-            // SAFETY: `run` asserted AVX-512F and, with `check`, that the input block
-            // of `(n, out_h + 2, out_w + 2, c_in)` lies inside the input slice: tile row
-            // `ty` reads input rows `2ty .. 2ty + 4 ≤ out_h + 2` and columns
-            // `.. 2·tw + 2 = out_w + 2`, channels `c0 .. c0 + 16 ≤ c_in`
+            // SAFETY: `run` asserted AVX-512F and, with `WinogradInput::check`, that the
+            // input block of `(n, out_h + 2, out_w + 2, c_in)` (padded) or `(n, out_h,
+            // out_w, c_in)` (before BN-ReLU, with `c_in` scale and shift values) lies
+            // inside the input slice: tile row `ty` reads padded rows
+            // `2ty .. 2ty + 4 ≤ out_h + 2` and columns `.. 2·tw + 2 = out_w + 2`
+            // (unpadded: those inside the image), channels `c0 .. c0 + 16 ≤ c_in`
             // (`c_in % 16 == 0`). It writes `v[ξ·tiles·c_in + (r·tw + tx)·c_in + ci]`,
             // inside `v` (length asserted above).
             unsafe {
-                input_tiles(
-                    self.input,
-                    self.input_layout,
-                    (b, ty, tw, s.c_in),
-                    tiles * s.c_in,
-                    &mut v[r * tw * s.c_in..],
-                )
+                let dims = (b, ty, tw, s.c_in);
+                let v = &mut v[r * tw * s.c_in..];
+                match self.bn_relu {
+                    None => input_tiles(self.input, self.input_layout, dims, tiles * s.c_in, v),
+                    Some((scale, shift)) => {
+                        let x = (self.input, self.input_layout, scale, shift);
+                        let plane = tiles * s.c_in;
+                        bn_relu_input_tiles(x, (s.out_h, s.out_w), dims, plane, v)
+                    }
+                }
             };
         }
         let offsets: [usize; MAX_TILE] = core::array::from_fn(|i| i * PANEL);
@@ -491,6 +511,85 @@ unsafe fn input_tiles(
             }
         }
     }
+}
+
+/// [`input_tiles`] of the zero-padded `relu(x·scale + shift)` of the unpadded
+/// `h × w` images of `x` ([`bn_relu_transform`]).
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; image pixels `(b, 0 .. h, 0 .. w)`, channels `0 .. c_in` (a
+/// multiple of 16) of `x` at `xl` are valid reads, as are `c_in` values at `scale` and
+/// `shift`; `plane ≥ tw·c_in` and `v.len() ≥ 15·plane + tw·c_in`.
+#[target_feature(enable = "avx512f")]
+unsafe fn bn_relu_input_tiles(
+    (x, xl, scale, shift): (*const f32, ImageLayout, *const f32, *const f32),
+    (h, w): (usize, usize),
+    (b, ty, tw, c_in): (usize, usize, usize, usize),
+    plane: usize,
+    v: &mut [f32],
+) {
+    assert!(plane >= tw * c_in && v.len() >= 15 * plane + tw * c_in);
+    for tx in 0..tw {
+        for c0 in (0..c_in).step_by(LANES) {
+            // SAFETY: channels `c0 .. c0 + 16 ≤ c_in` of `scale` and `shift`, and the
+            // tile's image pixels: valid by the contract.
+            let t = unsafe {
+                let bn = (
+                    _mm512_loadu_ps(scale.add(c0)),
+                    _mm512_loadu_ps(shift.add(c0)),
+                );
+                bn_relu_transform(x, xl, (h, w), (b, ty, tx), c0, bn)
+            };
+            for (r, row) in t.into_iter().enumerate() {
+                for (j, value) in row.into_iter().enumerate() {
+                    let at = (r * 4 + j) * plane + tx * c_in + c0;
+                    // SAFETY: `at + 16 ≤ 15·plane + tw·c_in` (asserted above).
+                    unsafe { _mm512_storeu_ps(v.as_mut_ptr().add(at), value) };
+                }
+            }
+        }
+    }
+}
+
+/// [`input_transform`] of the 4x4 block at padded rows `2ty..`, columns `2tx..`,
+/// channels `c0 .. c0 + 16`, of the zero-padded `relu(x·scale + shift)` of the
+/// unpadded `h × w` images of `x`: padded pixel `(2ty + r, 2tx + c)` is image pixel
+/// `(2ty + r − 1, 2tx + c − 1)`, zero outside the image. `x·scale + shift` is a
+/// product then a sum (as the runtime's BN-ReLU passes round it, not a fused
+/// multiply-add) and the ReLU sets `y <= 0` to 0 (NaN stays), so the values are those of
+/// the map such a pass writes.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; the tile's image pixels of image `b`, channels `c0 .. c0 + 16`,
+/// are valid reads of `x` at `xl`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn bn_relu_transform(
+    x: *const f32,
+    xl: ImageLayout,
+    (h, w): (usize, usize),
+    (b, ty, tx): (usize, usize, usize),
+    c0: usize,
+    (scale, shift): (__m512, __m512),
+) -> [[__m512; 4]; 4] {
+    // Image row and column of the tile's first padded pixel, one before its own.
+    let (y0, x0) = ((2 * ty).wrapping_sub(1), (2 * tx).wrapping_sub(1));
+    let inside = |r: usize, c: usize| y0.wrapping_add(r) < h && x0.wrapping_add(c) < w;
+    let zero = _mm512_setzero_ps();
+    let d = |r: usize, c: usize| {
+        if !inside(r, c) {
+            return zero;
+        }
+        let at = xl.index(b, y0.wrapping_add(r), x0.wrapping_add(c), c0);
+        // SAFETY: an image pixel (`inside`), channels `c0 .. c0 + 16`: valid by the
+        // contract.
+        let v = unsafe { _mm512_loadu_ps(x.add(at)) };
+        let y = _mm512_add_ps(_mm512_mul_ps(v, scale), shift);
+        _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(y, zero), zero)
+    };
+    input_transform(d)
 }
 
 /// `Bᵀ d B` of a 4x4 input tile of 16 channels, `d(r, c)` its pixel at row `r` and

@@ -25,9 +25,9 @@ use core::arch::x86_64::*;
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::parallel::prelude::*;
 
-use super::winograd::input_transform;
+use super::winograd::{bn_relu_transform, input_transform};
 use super::PARALLEL_MACS;
-use super::{bad_geometry, check, ConvShape, ConvWeight, Epilogue, GradientInput, ImageLayout};
+use super::{check, check_output, ConvShape, ConvWeight, Epilogue, ImageLayout, WinogradInput};
 
 /// Tiles transformed and multiplied at once: a chunk's `V` (`16·32·c_in` floats, 256 KiB
 /// at DenseNet-121's 128 channels) and `U`, and the task's `M` (256 KiB), stay in L2.
@@ -103,7 +103,7 @@ pub(super) fn scratch_floats(s: &ConvShape) -> Option<usize> {
 #[allow(clippy::too_many_arguments)]
 #[track_caller]
 pub(super) fn run(
-    input: GradientInput<'_>,
+    input: WinogradInput<'_>,
     dy: &[f32],
     dy_layout: ImageLayout,
     shape: ConvShape,
@@ -120,43 +120,20 @@ pub(super) fn run(
         fits(&s) && crate::kernels::cpu::avx512f(),
         "winograd_gradient::run: shape or CPU not supported"
     );
+    input.check(&s);
     let store = Epilogue::Store;
-    let (data, layout) = match input {
-        GradientInput::Padded { data, layout } | GradientInput::BnRelu { data, layout, .. } => {
-            (data, layout)
-        }
-    };
+    let hwio = ConvWeight::Hwio(&*dw);
     check(
-        match input {
-            GradientInput::Padded { .. } => data,
-            // Checked below, unpadded; here only the weight, `dy` and the shape.
-            GradientInput::BnRelu { .. } => &[],
-        },
-        layout,
+        &[],
+        dy_layout,
         store,
-        ConvWeight::Hwio(&*dw),
-        if let GradientInput::Padded { .. } = input {
-            s
-        } else {
-            ConvShape { n: 0, ..s }
-        },
+        hwio,
+        ConvShape { n: 0, ..s },
         store,
-        dy.len(),
+        0,
         dy_layout,
     );
-    if let GradientInput::BnRelu { scale, shift, .. } = input {
-        if scale.len() != s.c_in || shift.len() != s.c_in {
-            bad_geometry("prologue scale and shift need c_in values");
-        }
-        match layout.end(s.n, s.out_h, s.out_w, s.c_in) {
-            Some(end) if end <= data.len() => {}
-            _ => bad_geometry("input layout reaches past the input slice"),
-        }
-        match dy_layout.end(s.n, s.out_h, s.out_w, s.c_out) {
-            Some(end) if end <= dy.len() => {}
-            _ => bad_geometry("dy layout reaches past the dy slice"),
-        }
-    }
+    check_output(s, dy.len(), dy_layout);
     let (tiles, per_task) = split(&s).expect("`fits` bounded the split");
     let task_len = task_floats(&s).expect("`fits` bounded a task");
     let tasks = tiles.div_ceil(per_task);
@@ -183,10 +160,10 @@ pub(super) fn run(
                 // `u` (`16·plane(c_in)`, `16·plane(c_out)` floats).
                 unsafe {
                     match input {
-                        GradientInput::Padded { data, layout } => {
+                        WinogradInput::Padded { data, layout } => {
                             input_tile(data, layout, (b, ty, tx), c_in, v, j)
                         }
-                        GradientInput::BnRelu {
+                        WinogradInput::BnRelu {
                             data,
                             layout,
                             scale,
@@ -316,10 +293,7 @@ unsafe fn input_tile(
 }
 
 /// [`input_tile`] of the zero-padded `relu(x·scale + shift)` of the unpadded `h × w`
-/// images of `x`: padded pixel `(2ty + r, 2tx + c)` is image pixel `(2ty + r − 1,
-/// 2tx + c − 1)`, or zero outside the image. `x·scale + shift` is a product then a sum
-/// (as the runtime's BN-ReLU passes round it, not a fused multiply-add), and the ReLU
-/// sets `y <= 0` to 0 (NaN stays).
+/// images of `x` ([`bn_relu_transform`]).
 ///
 /// # Safety
 ///
@@ -336,35 +310,17 @@ unsafe fn bn_relu_input_tile(
 ) {
     let c_in = scale.len();
     debug_assert!(j < CHUNK && v.len() >= 16 * plane(c_in) && shift.len() == c_in);
-    // Image row and column of the tile's first padded pixel, one before its own.
-    let (y0, x0) = ((2 * ty).wrapping_sub(1), (2 * tx).wrapping_sub(1));
-    let row_in = |r: usize| y0.wrapping_add(r) < h;
-    let col_in = |c: usize| x0.wrapping_add(c) < w;
-    let inside: [[bool; 4]; 4] =
-        core::array::from_fn(|r| core::array::from_fn(|c| row_in(r) && col_in(c)));
-    let zero = _mm512_setzero_ps();
     for c0 in (0..c_in).step_by(LANES) {
-        // SAFETY: channels `c0 .. c0 + 16 ≤ c_in` of `scale` and `shift`.
-        let (sc, sh) = unsafe {
-            (
+        // SAFETY: channels `c0 .. c0 + 16 ≤ c_in` of `scale` and `shift`, and the tile's
+        // image pixels: valid by the contract.
+        let t = unsafe {
+            let bn = (
                 _mm512_loadu_ps(scale.as_ptr().add(c0)),
                 _mm512_loadu_ps(shift.as_ptr().add(c0)),
-            )
-        };
-        let d = |r: usize, c: usize| {
-            if !inside[r][c] {
-                return zero;
-            }
-            let at = xl.index(b, y0.wrapping_add(r), x0.wrapping_add(c), c0);
-            // SAFETY: an image pixel (`inside`), channels `c0 .. c0 + 16`: valid by the
-            // contract.
-            let y = _mm512_add_ps(
-                _mm512_mul_ps(unsafe { _mm512_loadu_ps(x.as_ptr().add(at)) }, sc),
-                sh,
             );
-            _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LE_OQ>(y, zero), zero)
+            bn_relu_transform(x.as_ptr(), xl, (h, w), (b, ty, tx), c0, bn)
         };
-        for (r, row) in input_transform(d).into_iter().enumerate() {
+        for (r, row) in t.into_iter().enumerate() {
             for (k, value) in row.into_iter().enumerate() {
                 let at = (4 * r + k) * plane(c_in) + j * c_in + c0;
                 // SAFETY: `at + 16 ≤ 15·plane(c_in) + CHUNK·c_in`, inside `v`.
