@@ -483,7 +483,8 @@ pub(crate) fn batch_norm_backward_write(
     backward(bn, stats, x, dy, relu, dx, false)
 }
 
-/// [`batch_norm_backward`], adding into `dx` if `add`, else writing it.
+/// [`batch_norm_backward`], adding into `dx` if `add`, else writing it: the sums pass
+/// ([`InputGradient::new`]), then the input-gradient pass in row tasks.
 fn backward(
     bn: &BatchNorm2d,
     stats: &BatchStats,
@@ -501,35 +502,15 @@ fn backward(
         dy.dim(),
         dx.dim(),
     );
-    let c = x.ncols();
-    let (scale, shift) = scale_shift(bn, stats);
-    let k = Coef {
-        scale: &scale,
-        shift: &shift,
-        mean: &stats.mean,
-    };
+    let grad = InputGradient::new(bn, stats, x, dy, relu);
     let (x, dy) = (unit_cols(x), unit_cols(dy));
-    let (xv, dv) = (x.view(), dy.view());
-    let sums = sum_tasks(task_count(&xv), 2 * c, |t, acc, part| {
-        add_backward_sums(&k, chunk(&xv, t), chunk(&dv, t), relu, acc, part);
-    });
-    // Then the input-gradient pass, given the sums.
-    let terms = backward_terms(bn, stats, x.nrows(), &sums);
-    let (a, b, cc) = (&terms.a, &terms.b, &terms.c);
     for_each_task(&x, &dy, dx, |xs, ds, mut out| {
         for ((xr, dr), mut o) in xs.rows().into_iter().zip(ds.rows()).zip(out.rows_mut()) {
             let o = o.as_slice_mut().expect("unit column stride");
-            let abc = (&a[..], &b[..], &cc[..]);
-            let (x, dy) = (row(xr), row(dr));
-            match (relu, add) {
-                (true, true) => backward_dx_row::<true, true>(x, dy, &k, abc, o),
-                (true, false) => backward_dx_row::<true, false>(x, dy, &k, abc, o),
-                (false, true) => backward_dx_row::<false, true>(x, dy, &k, abc, o),
-                (false, false) => backward_dx_row::<false, false>(x, dy, &k, abc, o),
-            }
+            grad.row(row(xr), row(dr), o, add);
         }
     });
-    (terms.gamma, terms.beta)
+    grad.parameter_gradients()
 }
 
 /// [`batch_norm_backward_write`] with ReLU for a BatchNorm-ReLU followed by a 2x2,
@@ -691,6 +672,18 @@ impl InputGradient {
             x.dim() == dy.dim() && x.ncols() == c && dx.len() >= x.nrows() * c,
             "InputGradient::write_rows: shapes do not match"
         );
+        for ((xr, dr), o) in x
+            .rows()
+            .into_iter()
+            .zip(dy.rows())
+            .zip(dx.chunks_exact_mut(c))
+        {
+            self.row(row(xr), row(dr), o, false);
+        }
+    }
+
+    /// One row of the input-gradient pass: `dx ← ∂L/∂x` (`dx += ∂L/∂x` if `add`).
+    fn row(&self, x: &[f32], dy: &[f32], dx: &mut [f32], add: bool) {
         let k = Coef {
             scale: &self.scale,
             shift: &self.shift,
@@ -698,17 +691,11 @@ impl InputGradient {
         };
         let t = &self.terms;
         let abc = (&t.a[..], &t.b[..], &t.c[..]);
-        for ((xr, dr), o) in x
-            .rows()
-            .into_iter()
-            .zip(dy.rows())
-            .zip(dx.chunks_exact_mut(c))
-        {
-            let (x, dy) = (row(xr), row(dr));
-            match self.relu {
-                true => backward_dx_row::<true, false>(x, dy, &k, abc, o),
-                false => backward_dx_row::<false, false>(x, dy, &k, abc, o),
-            }
+        match (self.relu, add) {
+            (true, true) => backward_dx_row::<true, true>(x, dy, &k, abc, dx),
+            (true, false) => backward_dx_row::<true, false>(x, dy, &k, abc, dx),
+            (false, true) => backward_dx_row::<false, true>(x, dy, &k, abc, dx),
+            (false, false) => backward_dx_row::<false, false>(x, dy, &k, abc, dx),
         }
     }
 
