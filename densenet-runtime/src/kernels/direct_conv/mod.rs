@@ -1178,13 +1178,20 @@ mod tests {
             let run = |threads: usize, input: WinogradInput<'_>| {
                 let mut dw = random(9 * c_in * c_out, &mut Rng::new(5));
                 let mut scratch = vec![f32::NAN; len];
-                let pool = rayon::ThreadPoolBuilder::new()
+                // (Without threads, both runs are the one-thread run.)
+                #[cfg(feature = "parallel")]
+                let ran = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
-                    .unwrap();
-                let ran = pool.install(|| {
+                    .unwrap()
+                    .install(|| {
+                        winograd_weight_gradient(input, &dy, dl, s, &mut dw, &mut scratch, true)
+                    });
+                #[cfg(not(feature = "parallel"))]
+                let ran = {
+                    let _ = threads;
                     winograd_weight_gradient(input, &dy, dl, s, &mut dw, &mut scratch, true)
-                });
+                };
                 assert!(ran, "{s:?}");
                 dw
             };
