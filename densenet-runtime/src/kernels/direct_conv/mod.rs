@@ -402,6 +402,27 @@ fn check(
     check_output(s, out_len, out_layout);
 }
 
+/// What the Winograd paths read and write, checked before their `unsafe` code runs: the
+/// input block ([`WinogradInput::check`]), an HWIO 3x3 weight of `9·c_in·c_out` values,
+/// and the `(n, out_h, out_w, c_out)` block at `out_layout` inside `out_len` floats
+/// (for the weight gradient, `dy`'s).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[track_caller]
+fn check_winograd(
+    input: WinogradInput<'_>,
+    weight: &[f32],
+    s: &ConvShape,
+    out_len: usize,
+    out_layout: ImageLayout,
+) {
+    input.check(s);
+    let weight_len = s.c_in.checked_mul(s.c_out).and_then(|p| p.checked_mul(9));
+    if s.kernel_h != 3 || s.kernel_w != 3 || weight_len != Some(weight.len()) {
+        bad_geometry("weight is not [3, 3, c_in, c_out]");
+    }
+    check_output(*s, out_len, out_layout);
+}
+
 /// The output half of [`check`]: the `(n, out_h, out_w, c_out)` block at `out_layout`
 /// lies inside `out_len` floats, and distinct outputs are distinct memory.
 #[track_caller]

@@ -32,7 +32,7 @@ use crate::prelude::*;
 use super::avx512::Avx512;
 use super::bf16_lanes::bf16_bits16;
 use super::job::Microkernel;
-use super::{check, check_output, ConvShape, ConvWeight, Epilogue, ImageLayout, WinogradInput};
+use super::{check_winograd, ConvShape, ImageLayout, WinogradInput};
 use super::{MAX_TILE, PARALLEL_MACS};
 
 /// Columns of the transformed weight: one AVX-512 panel, so each GEMM is one panel wide.
@@ -243,24 +243,12 @@ pub(super) fn run(
     let s = shape;
     // What every `unsafe` block below relies on, checked here too so that this function
     // is sound on its own (a few comparisons per call): the input block the tiles read,
-    // the weight's length (`check` at no images: nothing else), the output block.
+    // the weight's length, the output block.
     assert!(
         fits(&s) && crate::kernels::cpu::avx512f(),
         "winograd::run: shape or CPU not supported"
     );
-    input.check(&s);
-    let (store, hwio) = (Epilogue::Store, ConvWeight::Hwio(weight));
-    check(
-        &[],
-        out_layout,
-        store,
-        hwio,
-        ConvShape { n: 0, ..s },
-        store,
-        0,
-        out_layout,
-    );
-    check_output(s, out.len(), out_layout);
+    check_winograd(input, weight, &s, out.len(), out_layout);
     let (data, input_layout, bn_relu) = match input {
         WinogradInput::Padded { data, layout } => (data, layout, None),
         WinogradInput::BnRelu {

@@ -27,7 +27,7 @@ use crate::parallel::prelude::*;
 
 use super::winograd::{bn_relu_transform, input_transform};
 use super::PARALLEL_MACS;
-use super::{check, check_output, ConvShape, ConvWeight, Epilogue, ImageLayout, WinogradInput};
+use super::{check_winograd, ConvShape, ImageLayout, WinogradInput};
 
 /// Tiles transformed and multiplied at once: a chunk's `V` (`16·32·c_in` floats, 256 KiB
 /// at DenseNet-121's 128 channels) and `U`, and the task's `M` (256 KiB), stay in L2.
@@ -120,20 +120,8 @@ pub(super) fn run(
         fits(&s) && crate::kernels::cpu::avx512f(),
         "winograd_gradient::run: shape or CPU not supported"
     );
-    input.check(&s);
-    let store = Epilogue::Store;
-    let hwio = ConvWeight::Hwio(&*dw);
-    check(
-        &[],
-        dy_layout,
-        store,
-        hwio,
-        ConvShape { n: 0, ..s },
-        store,
-        0,
-        dy_layout,
-    );
-    check_output(s, dy.len(), dy_layout);
+    // (`dy` is read, not written; its block is checked as an output's.)
+    check_winograd(input, dw, &s, dy.len(), dy_layout);
     let (tiles, per_task) = split(&s).expect("`fits` bounded the split");
     let task_len = task_floats(&s).expect("`fits` bounded a task");
     let tasks = tiles.div_ceil(per_task);
