@@ -17,7 +17,7 @@ use crate::kernels::direct_conv::{
 };
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::kernels::im2col::im2col;
-use crate::layers::{conv2d_into, zero_border, Conv2d};
+use crate::layers::{conv2d_into, relu_padded_into, zero_border, Conv2d};
 use crate::parallel::prelude::*;
 use crate::train::col2im;
 
@@ -517,25 +517,22 @@ fn weight_gradient_by_taps(
         return;
     }
     let (xp_scratch, partials) = scratch.split_at_mut(padded_grid_len(conv, (n, h, w)));
-    // `x`'s border and the tail zero, its rows (through BN-ReLU) into the interior.
+    // `x`'s border and the tail zero, its rows (through BN-ReLU, on the threads) into
+    // the interior.
     let (images, tail_x) = xp_scratch.split_at_mut(grid * c_in);
-    zero_border(images, (h, w, c_in), pad);
     tail_x.fill(0.0);
-    for r in 0..n * h {
-        let (b, y) = (r / h, r % h);
-        let xs = ((b * hp + y + pad) * wp + pad) * c_in;
-        let dst = &mut images[xs..xs + w * c_in];
-        match &x {
-            TapInput::Batch(x) => {
-                let x = x.as_slice().expect("standard layout is contiguous");
-                dst.copy_from_slice(&x[r * w * c_in..][..w * c_in]);
+    match &x {
+        TapInput::Batch(x) => {
+            zero_border(images, (h, w, c_in), pad);
+            let x = x.as_slice().expect("standard layout is contiguous");
+            for r in 0..n * h {
+                let (b, y) = (r / h, r % h);
+                let xs = ((b * hp + y + pad) * wp + pad) * c_in;
+                images[xs..xs + w * c_in].copy_from_slice(&x[r * w * c_in..][..w * c_in]);
             }
-            TapInput::BnRelu { z, scale, shift } => {
-                let src = &z[r * w * c_in..][..w * c_in];
-                for (s, d) in src.chunks_exact(c_in).zip(dst.chunks_exact_mut(c_in)) {
-                    crate::kernels::elementwise::scale_shift_relu(s, scale, shift, d);
-                }
-            }
+        }
+        TapInput::BnRelu { z, scale, shift } => {
+            relu_padded_into(z, c_in, (n, h, w), pad, scale, shift, images);
         }
     }
     let xp: &[f32] = xp_scratch;
