@@ -22,7 +22,10 @@ densenet! {
     TorchvisionSmall<growth: 8, blocks: [2, 3, 4, 2], init_features: 16, theta: 0.5, input: [3, 64, 64], classes: 10>;
     /// Growth 32 on 28x28 and 14x14 maps: the 3x3s' input gradients (32 → 128
     /// channels) fit the Winograd path (`winograd_conv`).
-    Wide<growth: 32, blocks: [2, 2], init_features: 32, stem: cifar, theta: 0.5, input: [3, 28, 28], classes: 5>
+    Wide<growth: 32, blocks: [2, 2], init_features: 32, stem: cifar, theta: 0.5, input: [3, 28, 28], classes: 5>;
+    /// DenseNet-BC's k = 12 on 32x32 and 16x16 maps: the forward 3x3s (48 → 12) read
+    /// BN2-ReLU inside the Winograd tiles (`winograd_applies`).
+    NarrowBc<growth: 12, blocks: [2, 2], init_features: 24, stem: cifar, theta: 0.5, input: [3, 32, 32], classes: 5>
 }
 densenet_yaml!("specs/densenet40_k12.yaml");
 
@@ -126,9 +129,35 @@ fn assert_same_step(a: (f32, Gradients), b: (f32, Gradients)) -> usize {
 #[test]
 fn a_training_step_with_winograd_input_gradients_matches_the_direct_kernel() {
     let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    let model = Wide::init(5);
+    let differ = winograd_against_direct(Wide::init(5), 28);
+    // Not the same arithmetic twice: with AVX-512 the step's forward 3x3s (128 → 32)
+    // and its four input gradients (32 → 128) run Winograd, so sums differ in order.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        assert!(differ > 0, "the Winograd path did not run");
+    }
+    let _ = differ;
+}
+
+/// As above for DenseNet-BC's k = 12, where only the forward 3x3s (48 → 12, reading
+/// BN2-ReLU of the bottleneck output as their tiles load) run Winograd: their input
+/// gradients (12 → 48) and weight gradients (12 outputs) stay on the direct kernels.
+#[test]
+fn a_training_step_with_winograd_forward_bn_relu_3x3s_matches_the_direct_kernel() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let differ = winograd_against_direct(NarrowBc::init(6), 32);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        assert!(differ > 0, "the Winograd path did not run");
+    }
+    let _ = differ;
+}
+
+/// A step of `model` on three random `side`x`side` images with Winograd on, against
+/// the same step with it off ([`assert_same_step`]); how many gradient values differ.
+fn winograd_against_direct<M: densenet::runtime::Network + Clone>(model: M, side: usize) -> usize {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let x = Array4::from_shape_simple_fn((3, 3, 28, 28), || {
+    let x = Array4::from_shape_simple_fn((3, 3, side, side), || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
@@ -142,12 +171,5 @@ fn a_training_step_with_winograd_input_gradients_matches_the_direct_kernel() {
         force_direct(false);
         result
     };
-    let differ = assert_same_step(step(false), step(true));
-    // Not the same arithmetic twice: with AVX-512 the step's forward 3x3s (128 → 32)
-    // and its four input gradients (32 → 128) run Winograd, so sums differ in order.
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        assert!(differ > 0, "the Winograd path did not run");
-    }
-    let _ = differ;
+    assert_same_step(step(false), step(true))
 }

@@ -592,16 +592,17 @@ pub fn winograd_conv(
     false
 }
 
-/// Whether [`direct_conv`] itself would take `shape`'s Winograd path here (DenseNet's
-/// 3x3s: at most 32 outputs, at least 64 inputs, an even map at least 14 wide, on
-/// AVX-512F, [`force_direct`] off): where a caller with a BN-ReLU before the conv does
-/// better through [`winograd_conv`] with [`WinogradInput::BnRelu`] than by writing the
-/// BN-ReLU map first.
+/// Whether a caller with a BN-ReLU before the conv does better through
+/// [`winograd_conv`] with [`WinogradInput::BnRelu`] than by writing the BN-ReLU map and
+/// running [`direct_conv`] over it (on AVX-512F, [`force_direct`] off): DenseNet's
+/// 3x3s of at most 32 outputs, at least 32 inputs (a multiple of 16), on an even map at
+/// least 14 wide, or 16 where the call splits over threads. (Wherever `direct_conv`
+/// itself takes Winograd, this does too.)
 pub fn winograd_applies(shape: &ConvShape, parallel: bool) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     return isa() == Some(Isa::Avx512)
         && !DIRECT_ONLY.load(Ordering::Relaxed)
-        && winograd::takes(shape, parallel);
+        && winograd::takes_before_bn_relu(shape, parallel);
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
     {
         let _ = (shape, parallel);

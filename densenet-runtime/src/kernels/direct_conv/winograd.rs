@@ -193,6 +193,21 @@ pub(super) fn takes(s: &ConvShape, parallel: bool) -> bool {
     applies(s) && (s.out_w >= 2 * Avx512::TILE || !split)
 }
 
+/// Whether a caller with a BN-ReLU before the conv ([`super::WinogradInput::BnRelu`])
+/// does better here than through the direct kernel over the BN-ReLU map written padded
+/// first: wherever it [`fits`] with at most 32 outputs, so beyond [`takes`] with fewer
+/// than [`MIN_C_IN`] inputs, and split over threads on maps down to 16 wide (a task is
+/// then one row of 8 tiles, even work for each). Saving the map's write and read pays
+/// for the transforms there: DenseNet-BC-100's 48 → 12 3x3s (k = 12) at batch 64 on
+/// its 32x32 and 16x16 blocks went from 67-75 ms of a step's forward (the map, then
+/// the direct kernel) to ~59 ms (phase timer, two threads, Zen 5). DenseNet-121's
+/// 14x14 maps stay direct: two rows of 7 tiles a task split unevenly over two threads
+/// there, and Winograd measured 15-25% slower (batch 16).
+pub(super) fn takes_before_bn_relu(s: &ConvShape, parallel: bool) -> bool {
+    let split = parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1;
+    s.c_out <= PANEL && fits(s) && (s.out_w >= 16 || !split)
+}
+
 /// Floats of a task's `V` (`16·tiles·c_in`) and `M` (`16·tiles·32`), `None` on
 /// overflow, `tiles` being [`rows_per_task`] rows of `out_w / 2`. Bounded by
 /// [`MAX_TILE_FLOATS`] where the path [`applies`], which also bounds `c_in ≤ 2²⁰`, so
