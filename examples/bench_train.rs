@@ -3,8 +3,12 @@
 //! the same batch, alternating in one run, with the FLOP rates of both.
 //!
 //! ```sh
-//! cargo run --release --example bench_train -- [--model bc100|121] [--batch 64] [--rounds 5]
+//! cargo run --release --example bench_train -- [--model bc100|121] [--batch 64] [--rounds 5] [--profile]
 //! ```
+//!
+//! With `--profile` it then runs `--rounds` more steps timed phase by phase
+//! (`loss_and_gradients_profiled`) and prints the profile of the median one: where a
+//! step's time goes, per stage and kind of work.
 //!
 //! With `--serve` it times steps for `tools/bench_compare.py --train` instead: after two
 //! warm-up steps it reads a count `K` per line from stdin, runs `K` steps and answers
@@ -20,7 +24,9 @@ use std::time::Instant;
 
 use densenet::densenet;
 use densenet::ndarray::Array4;
-use densenet::runtime::train::{loss_and_gradients_with, step_memory, StepConfig};
+use densenet::runtime::train::{
+    loss_and_gradients_profiled, loss_and_gradients_with, step_memory, StepConfig,
+};
 use densenet::runtime::{DynamicModel, Model, Network, Rng};
 
 densenet! {
@@ -129,5 +135,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         memory.scratch_bytes as f64 / MIB,
         (memory.kept_bytes - memory.scratch_bytes - 4 * planned.slot_floats) as f64 / MIB,
     );
+    if std::env::args().any(|a| a == "--profile") {
+        let mut profiles: Vec<_> = (0..rounds.max(1))
+            .map(|_| {
+                let (_, grads, profile) = loss_and_gradients_profiled(
+                    &mut model,
+                    x.view(),
+                    &labels,
+                    StepConfig::default(),
+                    &mut Rng::new(0),
+                )
+                .expect("a valid batch");
+                grads.recycle();
+                profile
+            })
+            .collect();
+        profiles.sort_by_key(|p| p.step_time());
+        println!(
+            "\nthe median of {} profiled steps:\n{}",
+            profiles.len(),
+            profiles[profiles.len() / 2]
+        );
+    }
     Ok(())
 }

@@ -317,6 +317,7 @@ pub fn fit<M: Network + ?Sized, S: Source + ?Sized>(
                 config.step,
                 &config.freeze,
                 &mut rng,
+                None,
             )?;
             // Diverged: stop before these gradients (non-finite too) reach the weights.
             if !loss.is_finite() {

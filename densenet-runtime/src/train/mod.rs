@@ -24,6 +24,7 @@
 //!   [`global_avg_pool_backward`]: pooling;
 //! - [`linear_backward`]; [`dropout_in_place`]; [`softmax_cross_entropy`];
 //! - [`loss_and_gradients`]: a whole training-mode forward and backward pass;
+//!   [`loss_and_gradients_profiled`]: the same, timed phase by phase ([`StepProfile`]);
 //! - [`Sgd`], [`Adam`], [`step_lr`]: optimisers and the paper's schedule;
 //! - [`Schedule`]: the learning rate of every step: the paper's steps, constant, cosine
 //!   with linear warmup ([`CosineConfig`], Keras's `CosineDecay`) or reduce-on-plateau
@@ -79,6 +80,7 @@ mod optim;
 #[cfg(feature = "plot")]
 mod plot;
 mod pool;
+mod profile;
 mod recycled;
 mod relu;
 mod schedule;
@@ -107,14 +109,16 @@ pub use optim::{step_lr, Adam, AdamConfig, Sgd, SgdConfig};
 pub use pool::{
     avg_pool2d_backward, global_avg_pool_backward, max_pool2d_backward, max_pool2d_train,
 };
+pub use profile::{Part, Pass, Phase, StepProfile, StepStage};
 pub use relu::relu_backward;
 pub use schedule::{CosineConfig, PlateauConfig, Progress, Schedule};
 pub use source::{split, Source, Subset};
 #[cfg(feature = "internals")]
 pub use tape::planned_requests;
 pub use tape::{
-    kept_step_memory, loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_with,
-    release_step_memory, step_memory, Gradients, LayerGrad, StepConfig, StepMemory,
+    kept_step_memory, loss_and_gradients, loss_and_gradients_frozen, loss_and_gradients_profiled,
+    loss_and_gradients_with, release_step_memory, step_memory, Gradients, LayerGrad, StepConfig,
+    StepMemory,
 };
 
 pub use error::TrainError;

@@ -40,6 +40,7 @@ use crate::train::pool::{
     avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
     max_pool2d_train_into, output_size,
 };
+use crate::train::profile::{Clock, Part, Pass, StepProfile, StepStage};
 use crate::train::recycled::{self, Recycled};
 use crate::train::{
     batch_norm_apply, batch_norm_backward, batch_norm_frozen, batch_norm_train, dropout_in_place,
@@ -202,10 +203,61 @@ pub fn loss_and_gradients_with<M: Network + ?Sized>(
     config: StepConfig,
     rng: &mut Rng,
 ) -> Result<(f32, Gradients), Error> {
-    step(model, x, labels, config, &Freeze::none(), rng).map(|(loss, logits, grads)| {
+    step(model, x, labels, config, &Freeze::none(), rng, None).map(|(loss, logits, grads)| {
         recycled::give(logits.into_raw_vec_and_offset().0);
         (loss, grads)
     })
+}
+
+/// [`loss_and_gradients_with`], also timing each phase of the step: the returned
+/// [`StepProfile`] says where the step's wall time went, per stage and per kind of work
+/// (for a dense block: the 1x1 and 3x3 convolutions forward and backward, the
+/// BatchNorm statistics and backward sums, ...). The loss and gradients are the same
+/// bits as an unprofiled step's.
+///
+/// ```
+/// use densenet_runtime::train::{loss_and_gradients_profiled, Part, Pass, StepConfig};
+/// use densenet_runtime::{ndarray::Array4, rng::Rng, DynamicModel};
+/// # let arch = densenet_runtime::spec::check(&densenet_runtime::spec::parse_yaml(
+/// #     "name: Tiny\ngrowth: 4\nblocks: [2, 2]\nstem: cifar\ninput: [3, 16, 16]\nclasses: 3\n", "t").unwrap()).unwrap();
+/// let mut model = DynamicModel::init(arch, 0)?;
+/// let x = Array4::<f32>::zeros((4, 3, 16, 16));
+/// let config = StepConfig::default();
+/// let (_loss, _grads, profile) =
+///     loss_and_gradients_profiled(&mut model, x.view(), &[0, 1, 2, 0], config, &mut Rng::new(0))?;
+/// // One call a dense layer: two blocks of two.
+/// assert_eq!(profile.part(Pass::Forward, Part::Conv3x3).0, 4);
+/// assert!(profile.phases().iter().map(|p| p.time).sum::<std::time::Duration>() <= profile.step_time());
+/// println!("{profile}");
+/// # Ok::<(), densenet_runtime::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`loss_and_gradients_with`].
+///
+/// # Panics
+///
+/// As [`loss_and_gradients_with`].
+pub fn loss_and_gradients_profiled<M: Network + ?Sized>(
+    model: &mut M,
+    x: ArrayView4<'_, f32>,
+    labels: &[usize],
+    config: StepConfig,
+    rng: &mut Rng,
+) -> Result<(f32, Gradients, StepProfile), Error> {
+    let mut profile = StepProfile::default();
+    let (loss, logits, grads) = step(
+        model,
+        x,
+        labels,
+        config,
+        &Freeze::none(),
+        rng,
+        Some(&mut profile),
+    )?;
+    recycled::give(logits.into_raw_vec_and_offset().0);
+    Ok((loss, grads, profile))
 }
 
 /// [`loss_and_gradients_with`] with the layers `freeze` names frozen: their BatchNorms
@@ -229,14 +281,15 @@ pub fn loss_and_gradients_frozen<M: Network + ?Sized>(
     freeze: &Freeze,
     rng: &mut Rng,
 ) -> Result<(f32, Gradients), Error> {
-    step(model, x, labels, config, freeze, rng).map(|(loss, logits, grads)| {
+    step(model, x, labels, config, freeze, rng, None).map(|(loss, logits, grads)| {
         recycled::give(logits.into_raw_vec_and_offset().0);
         (loss, grads)
     })
 }
 
 /// [`loss_and_gradients_with`], also returning the training-mode logits `(N, classes)`
-/// (what `fit` counts its training accuracy from).
+/// (what `fit` counts its training accuracy from), timing its phases into `profile` if
+/// given.
 pub(crate) fn step<M: Network + ?Sized>(
     model: &mut M,
     x: ArrayView4<'_, f32>,
@@ -244,7 +297,10 @@ pub(crate) fn step<M: Network + ?Sized>(
     config: StepConfig,
     freeze: &Freeze,
     rng: &mut Rng,
+    profile: Option<&mut StepProfile>,
 ) -> Result<(f32, Array2<f32>, Gradients), Error> {
+    let clock = Clock::new(profile);
+    let step_start = clock.start();
     let (input, classes, dropout) = {
         let arch = model.architecture();
         if arch.head != Head::Classifier {
@@ -280,7 +336,9 @@ pub(crate) fn step<M: Network + ?Sized>(
         rng,
         s,
         b,
+        clock,
     };
+    let t = ctx.clock.start();
 
     // The frozen stages before the first trainable one (the head at the latest) run in
     // inference mode, recording nothing: their output is all the next stage needs.
@@ -310,6 +368,8 @@ pub(crate) fn step<M: Network + ?Sized>(
         nhwc.assign(&x.permuted_axes([0, 2, 3, 1]));
         Some(nhwc)
     };
+    ctx.clock
+        .lap(t, Pass::Forward, StepStage::Input, Part::Whole);
     if let (Some(last), Some(StageRef::Transition { .. } | StageRef::Head { .. })) =
         (tapes.last_mut(), model.stage(trainable))
     {
@@ -326,7 +386,10 @@ pub(crate) fn step<M: Network + ?Sized>(
         let tape = match stage {
             StageMut::Stem { conv, norm } => {
                 let x = next_input.take().expect("the stem comes first");
+                let t = ctx.clock.start();
                 let (out, tape) = record_stem(conv, norm, x, &mut ctx);
+                ctx.clock
+                    .lap(t, Pass::Forward, StepStage::Stem, Part::Whole);
                 next_input = Some(out);
                 Tape::Stem(tape)
             }
@@ -341,7 +404,10 @@ pub(crate) fn step<M: Network + ?Sized>(
             StageMut::Transition { index, norm, conv } => {
                 let (input, moments) = (last_output(&tapes), last_moments(&tapes));
                 let site = Site::Transition { index };
+                let t = ctx.clock.start();
                 let (out, tape) = record_transition(site, norm, conv, input, moments, &mut ctx);
+                ctx.clock
+                    .lap(t, Pass::Forward, StepStage::Transition(index), Part::Whole);
                 next_input = Some(out);
                 Tape::Transition(tape)
             }
@@ -350,7 +416,10 @@ pub(crate) fn step<M: Network + ?Sized>(
             } => {
                 let classifier = classifier.expect("a classifier head has a classifier");
                 let (input, moments) = (last_output(&tapes), last_moments(&tapes));
+                let t = ctx.clock.start();
                 let (out, tape) = record_head(norm, classifier, input, moments, &mut ctx);
+                ctx.clock
+                    .lap(t, Pass::Forward, StepStage::Head, Part::Whole);
                 logits = Some(out);
                 Tape::Head(tape)
             }
@@ -358,8 +427,10 @@ pub(crate) fn step<M: Network + ?Sized>(
         tapes.push(tape);
     }
     let logits = logits.expect("a model ends with its head");
+    let t = ctx.clock.start();
     let mut dlogits = recycled::matrix(n, classes);
     let loss = softmax_cross_entropy_into(logits.view(), labels, dlogits.view_mut());
+    ctx.clock.lap(t, Pass::Forward, StepStage::Head, Part::Loss);
 
     // Backward, stage by stage in reverse; `grad` is ∂L/∂(output of the stage at hand).
     // Each stage's tape is dropped once it has been used, so memory shrinks as the
@@ -384,6 +455,13 @@ pub(crate) fn step<M: Network + ?Sized>(
         // Whether a stage before this one needs the gradient of this one's input.
         let need_dx = !matches!(tapes.last(), None | Some(Tape::Frozen(_)));
         let stage = model.stage(tapes.len()).unwrap_or_else(|| stages_changed());
+        let t = ctx.clock.start();
+        let whole = match &stage {
+            StageRef::Head { .. } => Some(StepStage::Head),
+            StageRef::Transition { index, .. } => Some(StepStage::Transition(*index)),
+            StageRef::Stem { .. } => Some(StepStage::Stem),
+            StageRef::Block { .. } => None, // timed by part inside
+        };
         grad = match (&stage, &tape) {
             (
                 StageRef::Head {
@@ -439,6 +517,9 @@ pub(crate) fn step<M: Network + ?Sized>(
             }
             _ => stages_changed(),
         };
+        if let Some(stage) = whole {
+            ctx.clock.lap(t, Pass::Backward, stage, Part::Whole);
+        }
         tape.recycle(&mut ctx.b, &mut ctx.s);
     }
     (ctx.s.tapes, ctx.s.frozen) = (tapes, frozen);
@@ -464,6 +545,7 @@ pub(crate) fn step<M: Network + ?Sized>(
     index.clear();
     index.extend(layers.iter().enumerate().map(|(i, (name, _))| (*name, i)));
     ctx.s.found = found;
+    ctx.clock.finish(step_start);
     Memory::keep(ctx.s, ctx.b, true);
     Ok((loss, logits, Gradients { layers, index }))
 }
@@ -478,6 +560,8 @@ struct Ctx<'a> {
     s: Scratch,
     /// The tape's and the gradients' large buffers.
     b: Buffers,
+    /// Times the phases, when the step is profiled.
+    clock: Clock<'a>,
 }
 
 /// Backpropagates through convolution `name`: records its weight gradient (unless it
@@ -1031,6 +1115,8 @@ fn record_block(
             layer: j + 1,
         };
         let name = |part| LayerName::new(site, part);
+        let stage = StepStage::Block(block);
+        let t = ctx.clock.start();
         // BN-ReLU runs fused into the convolutions as in inference: norm1 as the 1x1
         // conv's prologue (the normalised input is never stored), norm2 (or a plain
         // layer's norm1) while writing the padded map the 3x3 conv reads directly.
@@ -1069,11 +1155,15 @@ fn record_block(
                     0,
                     &mut s.im2col,
                 );
+                ctx.clock.lap(t, Pass::Forward, stage, Part::Bottleneck1x1);
+                let t = ctx.clock.start();
                 let rng1 = ctx.rng.clone();
                 dropout_in_place(matrix_mut(&mut z, rows, width), p, ctx.rng);
                 let z_matrix = matrix(&z, rows, width);
                 let stats2 = bn_stats(freeze, momentum, name("norm2"), norm2, z_matrix);
                 let (scale, shift) = scale_shift(norm2, &stats2);
+                ctx.clock.lap(t, Pass::Forward, stage, Part::Bn2Statistics);
+                let t = ctx.clock.start();
                 // The 3x3 into the buffer's next k columns: on Winograd, reading BN2-ReLU
                 // of `z` as its tiles go; else from the BN2-ReLU map padded in the
                 // scratch (not a planned buffer: which path runs depends on the CPU).
@@ -1118,6 +1208,7 @@ fn record_block(
                         conv2d_into(conv2, padded, dims, true, store, dst, &mut s.im2col);
                     }
                 }
+                ctx.clock.lap(t, Pass::Forward, stage, Part::Conv3x3);
                 (stats, Some((z, stats2, rng1)), &*conv2, None)
             }
         };
@@ -1135,13 +1226,18 @@ fn record_block(
                 &mut s.im2col,
             );
             ctx.b.give(padded);
+            // (A basic layer's BN-ReLU map and 3x3, timed from the layer's start.)
+            ctx.clock.lap(t, Pass::Forward, stage, Part::Conv3x3);
         }
+        let t = ctx.clock.start();
         let dropout = ctx.rng.clone();
         let new = matrix_mut(buf, rows, c_out).slice_move(s![.., c..c + k]);
         dropout_in_place(new, p, ctx.rng);
         moments.extend(Moments::of(
             matrix(buf, rows, c_out).slice_move(s![.., c..c + k]),
         ));
+        ctx.clock
+            .lap(t, Pass::Forward, stage, Part::NewChannelMoments);
         tapes.push(LayerTape {
             stats,
             bottleneck,
@@ -1187,12 +1283,17 @@ fn block_backward(
         let name = |part| LayerName::new(site, part);
         let input = matrix(buf, rows, c_out).slice_move(s![.., ..c]);
         let grad = dy.as_slice_mut().expect("contiguous");
+        let stage = StepStage::Block(block);
+        let t = ctx.clock.start();
 
         // ∂L/∂(last conv output): the buffer gradient's k columns (complete: only later
         // layers read them), through the dropout.
         let mut d_new = ctx.b.overwritten(rows * k);
         deferred.complete(grad, buf, c_out, c..c + k, &mut d_new);
         dropout_in_place(matrix_mut(&mut d_new, rows, k), p, &mut lt.dropout.clone());
+        ctx.clock
+            .lap(t, Pass::Backward, stage, Part::NewChannelGradients);
+        let t = ctx.clock.start();
         match (layer, &lt.bottleneck) {
             (DenseLayer::Basic { norm1, conv1 }, None) => {
                 let mut d_normed = ctx.b.overwritten(rows * c);
@@ -1224,6 +1325,8 @@ fn block_backward(
                     batch_norm_backward(norm1, &lt.stats, input, d_normed_m, true, d_input);
                 record(name("norm1"), LayerGrad::BatchNorm { gamma, beta });
                 ctx.b.give(d_normed);
+                ctx.clock
+                    .lap(t, Pass::Backward, stage, Part::BasicLayerBackward);
             }
             (
                 DenseLayer::Bottleneck {
@@ -1256,6 +1359,9 @@ fn block_backward(
                     &mut ctx.b,
                     record,
                 );
+                ctx.clock
+                    .lap(t, Pass::Backward, stage, Part::Conv3x3Backward);
+                let t = ctx.clock.start();
                 let z = matrix(z, rows, width);
                 // BN2-ReLU's input gradient `dz`: without dropout, a chunk at a time
                 // where the 1x1 backward reads it (never stored whole), which then reads
@@ -1280,6 +1386,8 @@ fn block_backward(
                     dropout_in_place(matrix_mut(&mut dz, rows, width), p, &mut rng1.clone());
                     (None, dz)
                 };
+                ctx.clock.lap(t, Pass::Backward, stage, Part::Bn2Backward);
+                let t = ctx.clock.start();
                 let dz_source = match &bn2 {
                     Some(bn) => Dz::Rows {
                         z,
@@ -1318,17 +1426,23 @@ fn block_backward(
                         beta: terms.beta,
                     },
                 );
+                ctx.clock
+                    .lap(t, Pass::Backward, stage, Part::Bottleneck1x1Backward);
             }
             _ => stages_changed(),
         }
         ctx.b.give(d_new);
     }
     debug_assert_eq!(c, tape.c_in);
+    let t = ctx.clock.start();
     let mut dx = ctx.b.overwritten4((n, h, w, tape.c_in));
     let grad = dy.as_slice().expect("contiguous");
     let dx_floats = dx.as_slice_mut().expect("contiguous");
     deferred.complete(grad, buf, c_out, 0..tape.c_in, dx_floats);
     ctx.b.give4(dy);
+    let stage = StepStage::Block(block);
+    ctx.clock
+        .lap(t, Pass::Backward, stage, Part::BlockInputGradient);
     dx
 }
 
@@ -1768,6 +1882,89 @@ mod tests {
     use super::*;
     use crate::layers::Conv2dConfig;
     use crate::train::check::values;
+
+    fn tiny(yaml_extra: &str) -> crate::DynamicModel {
+        let yaml = format!(
+            "name: Tiny\ngrowth: 4\nblocks: [2, 3]\nstem: cifar\ninput: [3, 8, 8]\nclasses: 3\n{yaml_extra}"
+        );
+        let arch = densenet_spec::check(&densenet_spec::parse_yaml(&yaml, "t").unwrap()).unwrap();
+        crate::DynamicModel::init(arch, 3).unwrap()
+    }
+
+    /// A profiled step is the unprofiled step, bit for bit, and its profile has every
+    /// stage's phases, once a layer for a block's, within the step's wall time.
+    #[test]
+    fn a_profiled_step_is_the_same_step_with_every_phase_timed() {
+        use crate::train::profile::{Part, Pass, StepStage};
+        for (extra, bottleneck) in [("", true), ("bottleneck: false\n", false)] {
+            let mut model = tiny(extra);
+            let x = ndarray::Array4::from_shape_vec((2, 3, 8, 8), values(2 * 3 * 64, 5)).unwrap();
+            let labels = [2, 0];
+            let config = StepConfig::default();
+            let mut plain = model.clone();
+            let (loss, grads) =
+                loss_and_gradients_with(&mut plain, x.view(), &labels, config, &mut Rng::new(0))
+                    .unwrap();
+            let (loss_p, grads_p, profile) = loss_and_gradients_profiled(
+                &mut model,
+                x.view(),
+                &labels,
+                config,
+                &mut Rng::new(0),
+            )
+            .unwrap();
+            assert_eq!(loss.to_bits(), loss_p.to_bits());
+            assert_eq!(grads, grads_p);
+            // The running statistics moved alike too.
+            use crate::Model;
+            assert_eq!(plain.to_safetensors_bytes(), model.to_safetensors_bytes());
+
+            let calls = |pass, part| profile.part(pass, part).0;
+            assert_eq!(calls(Pass::Forward, Part::Conv3x3), 5);
+            assert_eq!(calls(Pass::Forward, Part::NewChannelMoments), 5);
+            assert_eq!(calls(Pass::Backward, Part::NewChannelGradients), 5);
+            assert_eq!(calls(Pass::Backward, Part::BlockInputGradient), 2);
+            let (bottlenecks, basic) = if bottleneck { (5, 0) } else { (0, 5) };
+            assert_eq!(calls(Pass::Forward, Part::Bottleneck1x1), bottlenecks);
+            assert_eq!(
+                calls(Pass::Backward, Part::Bottleneck1x1Backward),
+                bottlenecks
+            );
+            assert_eq!(calls(Pass::Backward, Part::Conv3x3Backward), bottlenecks);
+            assert_eq!(calls(Pass::Backward, Part::BasicLayerBackward), basic);
+            for (pass, stage) in [
+                (Pass::Forward, StepStage::Input),
+                (Pass::Forward, StepStage::Stem),
+                (Pass::Forward, StepStage::Transition(1)),
+                (Pass::Forward, StepStage::Head),
+                (Pass::Backward, StepStage::Head),
+                (Pass::Backward, StepStage::Transition(1)),
+                (Pass::Backward, StepStage::Stem),
+            ] {
+                let whole = profile
+                    .phases()
+                    .iter()
+                    .filter(|p| (p.pass, p.stage, p.part) == (pass, stage, Part::Whole));
+                assert_eq!(whole.count(), 1, "{pass:?} {stage}");
+            }
+            let block_layers = |block| {
+                profile
+                    .phases()
+                    .iter()
+                    .filter(|p| p.stage == StepStage::Block(block) && p.part == Part::Conv3x3)
+                    .map(|p| p.calls)
+                    .sum::<usize>()
+            };
+            assert_eq!((block_layers(1), block_layers(2)), (2, 3));
+            let timed: std::time::Duration = profile.phases().iter().map(|p| p.time).sum();
+            assert!(timed <= profile.step_time() && !profile.step_time().is_zero());
+            let table = profile.to_string();
+            assert!(
+                table.contains("dense block 2")
+                    && table.lines().count() == profile.phases().len() + 3
+            );
+        }
+    }
 
     /// The fused bottleneck pass equals the unfused one (BN1-ReLU recomputed whole, the
     /// conv's backward, BN1's backward) on a batch of more rows than one task, from a
