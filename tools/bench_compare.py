@@ -429,8 +429,10 @@ def main(argv=None) -> int:
                     help="time training steps (ours vs torch) instead of inference")
     ap.add_argument("--models", default="bc100,121",
                     help="training mode: comma-separated models (bc100, 121)")
-    ap.add_argument("--train-iters", type=int, default=1,
-                    help="training mode: steps per framework per round")
+    ap.add_argument("--train-iters", type=int, default=2,
+                    help="training mode: steps per framework per round (torch's eager "
+                         "steps spread 1.4-2.5 s within one run on a shared host: one step "
+                         "a round left its median at the mercy of a few rounds)")
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--rounds", type=int, default=7, help="alternation rounds per config")
