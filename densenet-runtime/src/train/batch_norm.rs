@@ -597,6 +597,71 @@ pub(crate) fn batch_norm_backward_pooled_write(
     (terms.gamma, terms.beta)
 }
 
+/// The sums pass of a BatchNorm(-ReLU) backward, `Σ g` and `Σ g·(x − mean)` per
+/// channel, run a chunk of rows at a time by a caller that has each chunk of `dy` in
+/// cache (as it computes it), then [`finish`](Self::finish)ed into an
+/// [`InputGradient`] from the chunks' sums added in order.
+pub(crate) struct SumsPass {
+    scale: Recycled<f32>,
+    shift: Recycled<f32>,
+    mean: Recycled<f32>,
+    relu: bool,
+}
+
+impl SumsPass {
+    pub(crate) fn new(bn: &BatchNorm2d, stats: &BatchStats, relu: bool) -> Self {
+        let (scale, shift) = scale_shift(bn, stats);
+        SumsPass {
+            scale,
+            shift,
+            mean: stats.mean.clone(),
+            relu,
+        }
+    }
+
+    /// Adds the sums over the rows of `x` and `dy` (the chunk's) into `acc`, `part`
+    /// being scratch for the `f32` runs (both twice the channels long).
+    pub(crate) fn add(
+        &self,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        acc: &mut [f64],
+        part: &mut [f32],
+    ) {
+        let k = Coef {
+            scale: &self.scale,
+            shift: &self.shift,
+            mean: &self.mean,
+        };
+        add_backward_sums(&k, x, dy, self.relu, acc, part);
+    }
+
+    /// The input gradient's terms from `sums`, the chunks' sums added in order over
+    /// all `rows` rows.
+    pub(crate) fn finish(
+        self,
+        bn: &BatchNorm2d,
+        stats: &BatchStats,
+        rows: usize,
+        sums: &[f64],
+    ) -> InputGradient {
+        let SumsPass {
+            scale,
+            shift,
+            mean,
+            relu,
+        } = self;
+        let terms = backward_terms(bn, stats, rows, sums);
+        InputGradient {
+            scale,
+            shift,
+            mean,
+            terms,
+            relu,
+        }
+    }
+}
+
 /// [`batch_norm_backward`] split in two for a caller that reads `∂L/∂x` a chunk of rows
 /// at a time and never needs it whole (a bottleneck's 1x1 backward, so that its input
 /// gradient is not written to memory and read back): [`InputGradient::new`] runs the
@@ -632,26 +697,13 @@ impl InputGradient {
             dy.dim(),
         );
         let c = x.ncols();
-        let (scale, shift) = scale_shift(bn, stats);
-        let mean = stats.mean.clone();
-        let k = Coef {
-            scale: &scale,
-            shift: &shift,
-            mean: &mean,
-        };
+        let pass = SumsPass::new(bn, stats, relu);
         let (x, dy) = (unit_cols(x), unit_cols(dy));
         let (xv, dv) = (x.view(), dy.view());
         let sums = sum_tasks(task_count(&xv), 2 * c, |t, acc, part| {
-            add_backward_sums(&k, chunk(&xv, t), chunk(&dv, t), relu, acc, part);
+            pass.add(chunk(&xv, t), chunk(&dv, t), acc, part);
         });
-        let terms = backward_terms(bn, stats, x.nrows(), &sums);
-        InputGradient {
-            scale,
-            shift,
-            mean,
-            terms,
-            relu,
-        }
+        pass.finish(bn, stats, x.nrows(), &sums)
     }
 
     /// `dx ← ∂L/∂x` for the rows of `x` and `dy` given (unit column stride), `dx`

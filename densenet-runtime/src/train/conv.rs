@@ -68,7 +68,8 @@ pub(crate) fn conv2d_backward_reusing(
     scratch: &mut Vec<f32>,
     storage: Vec<f32>,
 ) -> Array4<f32> {
-    backward(conv, x.into(), dy, dx, scratch, Some(storage)).expect("asked for the weight gradient")
+    backward(conv, x.into(), dy, dx, scratch, Some(storage), None)
+        .expect("asked for the weight gradient")
 }
 
 /// A convolution's input as its backward reads it: the NHWC batch, or the batch before
@@ -85,6 +86,18 @@ pub(crate) enum ConvInput<'a> {
         scale: &'a [f32],
         shift: &'a [f32],
     },
+}
+
+impl ConvInput<'_> {
+    /// `(n, h, w, c)`.
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        match self {
+            ConvInput::Batch(x) => x.dim(),
+            ConvInput::BnRelu {
+                dims: [n, h, w, c], ..
+            } => (*n, *h, *w, *c),
+        }
+    }
 }
 
 impl<'a> From<ArrayView4<'a, f32>> for ConvInput<'a> {
@@ -118,10 +131,85 @@ pub(crate) fn conv2d_backward_from(
     scratch: &mut Vec<f32>,
     storage: Option<Vec<f32>>,
 ) -> Option<Array4<f32>> {
-    backward(conv, x, dy, dx, scratch, storage)
+    backward(conv, x, dy, dx, scratch, storage, None)
 }
 
-/// [`conv2d_backward`], the weight gradient (in `storage`) only if `storage` is given.
+/// [`conv2d_backward_from`] running `after` on the input gradient chunk by chunk of
+/// images ([`AfterDx`]).
+pub(crate) fn conv2d_backward_then(
+    conv: &Conv2d,
+    x: ConvInput<'_>,
+    dy: &[f32],
+    dx: &mut [f32],
+    scratch: &mut Vec<f32>,
+    storage: Option<Vec<f32>>,
+    after: AfterDx<'_>,
+) -> Option<Array4<f32>> {
+    let chunks = dx_chunks(x.dims());
+    assert!(
+        after.out.len() >= chunks * after.out_width
+            && after.part.len() >= chunks * after.part_width,
+        "conv2d_backward_then: fewer result slots than chunks"
+    );
+    backward(conv, x, dy, Some(dx), scratch, storage, Some(after))
+}
+
+/// Work on a convolution's input gradient `dx` done a chunk of images at a time,
+/// [`dx_chunk_images`] each: `f(rows, dx_rows, out, part)` gets the chunk's pixel rows
+/// of the batch, its rows of `dx` and its own `out_width` floats of `out` and
+/// `part_width` of `part` (chunk `i` the `i`-th of each). On the flipped-kernel path a
+/// chunk's `f` runs right after the chunk is computed, on the same thread, while it is
+/// in cache (a BatchNorm backward's sums over `dx`: read again from memory otherwise);
+/// elsewhere after the whole `dx`. Chunks are fixed by the shape, so `out`, added in
+/// chunk order, does not depend on the path or the thread count.
+pub(crate) struct AfterDx<'a> {
+    /// The work on one chunk.
+    #[allow(clippy::type_complexity)]
+    pub(crate) f: &'a (dyn Fn(std::ops::Range<usize>, &[f32], &mut [f64], &mut [f32]) + Sync),
+    /// `chunks × out_width` per-chunk results.
+    pub(crate) out: &'a mut [f64],
+    pub(crate) out_width: usize,
+    /// `chunks × part_width` per-chunk scratch.
+    pub(crate) part: &'a mut [f32],
+    pub(crate) part_width: usize,
+}
+
+/// Images per chunk of [`AfterDx`] for an input gradient of `n` images of `h × w × c`:
+/// as many as keep a chunk within ~256 KiB (L2, beside what the kernels use), at least
+/// one, and at most a quarter of the batch (so that two threads share several chunks).
+pub(crate) fn dx_chunk_images((n, h, w, c): (usize, usize, usize, usize)) -> usize {
+    let image = (h * w * c).max(1);
+    ((64 * 1024) / image).clamp(1, n.div_ceil(4).max(1))
+}
+
+/// How many chunks of [`dx_chunk_images`] an input gradient of `n` images makes.
+pub(crate) fn dx_chunks(dims: (usize, usize, usize, usize)) -> usize {
+    dims.0.div_ceil(dx_chunk_images(dims))
+}
+
+impl AfterDx<'_> {
+    /// Runs `f` over every chunk of `dx` (already computed), in order.
+    fn run_over(&mut self, dx: &[f32], (n, h, w, c): (usize, usize, usize, usize)) {
+        let images = dx_chunk_images((n, h, w, c));
+        let chunk_len = (images * h * w * c).max(1);
+        let slots = self
+            .out
+            .chunks_mut(self.out_width.max(1))
+            .zip(self.part.chunks_mut(self.part_width.max(1)));
+        for (i, (dx_chunk, (out, part))) in dx.chunks(chunk_len).zip(slots).enumerate() {
+            let first = i * images * h * w;
+            (self.f)(
+                first..first + dx_chunk.len() / c.max(1),
+                dx_chunk,
+                out,
+                part,
+            );
+        }
+    }
+}
+
+/// [`conv2d_backward`], the weight gradient (in `storage`) only if `storage` is given,
+/// `after` run on the input gradient's chunks if given.
 fn backward(
     conv: &Conv2d,
     input: ConvInput<'_>,
@@ -129,6 +217,7 @@ fn backward(
     dx: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
     storage: Option<Vec<f32>>,
+    after: Option<AfterDx<'_>>,
 ) -> Option<Array4<f32>> {
     let weights = storage.is_some();
     if let ConvInput::BnRelu {
@@ -160,6 +249,7 @@ fn backward(
                 dx,
                 scratch,
                 storage,
+                after,
             );
         }
     }
@@ -200,6 +290,8 @@ fn backward(
     let mut dw = Array4::from_shape_vec(dw_shape, storage).expect("sized for dw_shape");
     let dw_slice = dw.as_slice_mut().expect("a new array is contiguous");
 
+    let mut after = after;
+    let dims = (n, h, w, c_in);
     let pointwise = win.kernel_h == 1 && win.kernel_w == 1 && win.stride == 1 && win.padding == 0;
     if pointwise {
         let rows = n * h * w;
@@ -213,6 +305,9 @@ fn backward(
             let w_t = take(scratch, k_len * c_out);
             conv.weight_transposed_into(w_t);
             product_by_rows(dy, MatRef::row_major(w_t, c_out, k_len), dx);
+            if let Some(after) = after.as_mut() {
+                after.run_over(dx, dims);
+            }
         }
         return weights.then_some(dw);
     }
@@ -263,7 +358,8 @@ fn backward(
         }
         if let Some(dx) = dx.take() {
             let padded_dy = &dy_grid[..grid * c_out];
-            input_gradient_by_flipped_conv(conv, padded_dy, (n, h, w), dx, &mut rest[..flip_len]);
+            let flipped = &mut rest[..flip_len];
+            input_gradient_by_flipped_conv(conv, padded_dy, (n, h, w), dx, flipped, after);
         }
         if weights {
             let dy_at = &dy_grid[shift * c_out..][..grid * c_out];
@@ -326,6 +422,9 @@ fn backward(
         }
         first += count;
     }
+    if let (Some(after), Some(dx)) = (after.as_mut(), dx) {
+        after.run_over(dx, dims);
+    }
     weights.then_some(dw)
 }
 
@@ -339,6 +438,7 @@ fn input_gradient_by_flipped_conv(
     (n, h, w): (usize, usize, usize),
     dx: &mut [f32],
     flipped: &mut [f32],
+    after: Option<AfterDx<'_>>,
 ) {
     let win = conv.window();
     let (k, c_in, c_out) = (win.kernel_h, conv.c_in(), conv.c_out());
@@ -355,8 +455,15 @@ fn input_gradient_by_flipped_conv(
             }
         }
     }
-    let shape = ConvShape {
-        n,
+    let flipped: &[f32] = flipped;
+    let (dy_layout, dx_layout) = (
+        ImageLayout::dense(hp, wp, c_out),
+        ImageLayout::dense(h, w, c_in),
+    );
+    // `images` images of `dy` into `dx`: Winograd where it fits (DenseNet-121's
+    // 32 → 128: 2.25x fewer multiply-adds), else the direct kernel.
+    let shape = |images| ConvShape {
+        n: images,
         out_h: h,
         out_w: w,
         c_in: c_out,
@@ -365,31 +472,55 @@ fn input_gradient_by_flipped_conv(
         kernel_w: k,
         stride: 1,
     };
-    let (dy_layout, dx_layout) = (
-        ImageLayout::dense(hp, wp, c_out),
-        ImageLayout::dense(h, w, c_in),
-    );
-    // Winograd where it fits (DenseNet-121's 32 → 128: 2.25x fewer multiply-adds),
-    // else the direct kernel.
-    let padded = WinogradInput::Padded {
-        data: padded_dy,
-        layout: dy_layout,
+    let conv_images = |images: usize, padded_dy: &[f32], dx: &mut [f32], parallel: bool| {
+        let shape = shape(images);
+        let padded = WinogradInput::Padded {
+            data: padded_dy,
+            layout: dy_layout,
+        };
+        let ran = direct_conv::winograd_conv(padded, flipped, shape, dx, dx_layout, parallel)
+            || direct_conv::direct_conv(
+                padded_dy,
+                dy_layout,
+                Epilogue::Store,
+                ConvWeight::Hwio(flipped),
+                shape,
+                Epilogue::Store,
+                dx,
+                dx_layout,
+                parallel,
+            );
+        // The caller checked that the kernels run here; a shape they refuse (its
+        // multiply-adds overflow `usize`) is far past any buffer this step could hold.
+        assert!(ran, "conv2d_backward: the direct kernels refused {shape:?}");
     };
-    let ran = direct_conv::winograd_conv(padded, flipped, shape, dx, dx_layout, true)
-        || direct_conv::direct_conv(
-            padded_dy,
-            dy_layout,
-            Epilogue::Store,
-            ConvWeight::Hwio(flipped),
-            shape,
-            Epilogue::Store,
-            dx,
-            dx_layout,
-            true,
-        );
-    // The caller checked that the kernels run here; a shape they refuse (its
-    // multiply-adds overflow `usize`) is far past any buffer this step could hold.
-    assert!(ran, "conv2d_backward: the direct kernels refused {shape:?}");
+    let Some(after) = after else {
+        conv_images(n, padded_dy, dx, true);
+        return;
+    };
+    // A chunk of images at a time on one thread, each followed by `after` there; the
+    // chunks on the threads. (Winograd's task buffers for that many calls at once
+    // first: none allocated by calls racing for them.)
+    let images = dx_chunk_images((n, h, w, c_in));
+    direct_conv::winograd_reserve(&shape(images), crate::parallel::current_num_threads());
+    let AfterDx {
+        f,
+        out,
+        out_width,
+        part,
+        part_width,
+    } = after;
+    dx.par_chunks_mut((images * h * w * c_in).max(1))
+        .zip(padded_dy.par_chunks((images * hp * wp * c_out).max(1)))
+        .zip(out.par_chunks_mut(out_width.max(1)))
+        .zip(part.par_chunks_mut(part_width.max(1)))
+        .enumerate()
+        .for_each(|(i, (((dx, dy), out), part))| {
+            let count = dx.len() / (h * w * c_in).max(1);
+            conv_images(count, dy, dx, false);
+            let first = i * images * h * w;
+            f(first..first + count * h * w, dx, out, part);
+        });
 }
 
 /// The per-tap weight gradient's input: the contiguous batch, copied into a padded
@@ -880,6 +1011,79 @@ mod tests {
                 bits(&dx_bn),
                 "{c_out} outputs: input gradients"
             );
+        }
+    }
+
+    /// The work after the input gradient sees every chunk of images once, in order,
+    /// with exactly the input gradient's rows (which it leaves as computed), on the
+    /// flipped-kernel path (a 3x3, chunked as it is computed; 32 outputs: Winograd
+    /// where the CPU has AVX-512F), a 1x1 and a strided 3x3 (after the whole).
+    #[test]
+    fn work_after_the_input_gradient_sees_each_chunk_of_its_rows() {
+        for (layer, (n, h, w)) in [
+            (conv(3, 3, 32, 16, 1, 1), (9, 6, 4)),
+            (conv(3, 3, 32, 32, 1, 1), (5, 14, 14)),
+            (conv(1, 1, 5, 3, 1, 0), (6, 3, 3)),
+            (conv(3, 3, 4, 6, 2, 1), (5, 7, 6)),
+        ] {
+            let c_in = layer.c_in();
+            let (oh, ow) = layer.output_size(h, w);
+            let x = Array4::from_shape_vec((n, h, w, c_in), values(n * h * w * c_in, 3)).unwrap();
+            let dy = values(n * oh * ow * layer.c_out(), 4);
+            let mut expected = vec![0.0; x.len()];
+            let plain = conv2d_backward_from(
+                &layer,
+                x.view().into(),
+                &dy,
+                Some(&mut expected),
+                &mut Vec::new(),
+                Some(Vec::new()),
+            );
+            let dims = (n, h, w, c_in);
+            let (images, chunks) = (dx_chunk_images(dims), dx_chunks(dims));
+            assert!(chunks > 1, "{dims:?} makes one chunk");
+            // Per chunk: its first row, its rows, and its values' sum.
+            let (mut out, mut part) = (vec![f64::NAN; 3 * chunks], vec![0.0f32; chunks]);
+            let f = |r: std::ops::Range<usize>, d: &[f32], out: &mut [f64], _: &mut [f32]| {
+                assert_eq!(d.len(), r.len() * c_in);
+                out[0] = r.start as f64;
+                out[1] = r.len() as f64;
+                out[2] = d.iter().map(|&v| f64::from(v)).sum();
+            };
+            let after = AfterDx {
+                f: &f,
+                out: &mut out,
+                out_width: 3,
+                part: &mut part,
+                part_width: 1,
+            };
+            let mut dx = vec![f32::NAN; x.len()];
+            let mut scratch = Vec::new();
+            let dw = conv2d_backward_then(
+                &layer,
+                x.view().into(),
+                &dy,
+                &mut dx,
+                &mut scratch,
+                Some(Vec::new()),
+                after,
+            );
+            assert_eq!(dw, plain, "{dims:?}: weight gradients");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dx), bits(&expected), "{dims:?}: input gradients");
+            for (i, o) in out.chunks_exact(3).enumerate() {
+                let first = i * images * h * w;
+                let rows = (n * h * w - first).min(images * h * w);
+                let sum: f64 = expected[first * c_in..(first + rows) * c_in]
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .sum();
+                assert_eq!(
+                    (o[0], o[1], o[2]),
+                    (first as f64, rows as f64, sum),
+                    "{dims:?} chunk {i}"
+                );
+            }
         }
     }
 

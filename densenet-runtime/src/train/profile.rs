@@ -62,9 +62,12 @@ pub enum Part {
     /// Completing the gradient of each layer's new channels (the BatchNorm terms the
     /// later layers deferred), dropout included.
     NewChannelGradients,
-    /// The 3x3 convolutions' weight and input gradients.
+    /// The 3x3 convolutions' weight and input gradients (with BN2-ReLU's backward sums
+    /// over the input gradient, without dropout).
     Conv3x3Backward,
-    /// BN2-ReLU's backward sums (or, with dropout, its whole backward).
+    /// BN2-ReLU's backward with dropout (its whole backward; without dropout, its sums
+    /// run inside the 3x3's input gradient, timed there, and its input gradient inside
+    /// the 1x1 backward).
     Bn2Backward,
     /// Bottleneck layers' 1x1 backward: BN1-ReLU recomputed, the weight and input
     /// gradients, BN1's sums.
@@ -86,8 +89,8 @@ impl fmt::Display for Part {
             Part::Conv3x3 => "BN-ReLU + 3x3 convs",
             Part::NewChannelMoments => "new channels' moments",
             Part::NewChannelGradients => "new channels' gradients",
-            Part::Conv3x3Backward => "3x3 weight + input gradients",
-            Part::Bn2Backward => "BN2-ReLU backward sums",
+            Part::Conv3x3Backward => "3x3 backward (+ BN2 sums)",
+            Part::Bn2Backward => "BN2-ReLU backward",
             Part::Bottleneck1x1Backward => "1x1 backward, BN1-ReLU recomputed",
             Part::BasicLayerBackward => "basic layers' backward",
             Part::BlockInputGradient => "block input gradient",

@@ -32,10 +32,13 @@ use crate::stage::{LayerName, Site, StageMut, StageRef};
 use crate::train::batch_norm::{
     backward_terms, batch_norm_backward_pooled_write, batch_norm_backward_write,
     batch_norm_train_moments, input_gradient_scale, scale_shift, BackwardCoef, InputGradient,
-    Moments,
+    Moments, SumsPass,
 };
 use crate::train::buffers::{Buffers, PlannedBuffers};
-use crate::train::conv::{conv2d_backward_from, conv2d_backward_reusing, ConvInput};
+use crate::train::conv::{
+    conv2d_backward_from, conv2d_backward_reusing, conv2d_backward_then, dx_chunks, AfterDx,
+    ConvInput,
+};
 use crate::train::pool::{
     avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
     max_pool2d_train_into, output_size,
@@ -574,18 +577,24 @@ fn conv_backward<'x>(
     conv: &Conv2d,
     x: impl Into<ConvInput<'x>>,
     dy: &[f32],
-    dx: Option<&mut [f32]>,
+    (dx, after): (Option<&mut [f32]>, Option<AfterDx<'_>>),
     scratch: &mut Vec<f32>,
     b: &mut Buffers,
     record: &mut impl FnMut(LayerName, LayerGrad),
 ) {
-    if !freeze.contains(name) {
-        let storage = b.leaving(weight_len(conv));
-        let weight = conv2d_backward_from(conv, x.into(), dy, dx, scratch, Some(storage))
-            .expect("asked for the weight gradient");
+    debug_assert!(after.is_none() || dx.is_some(), "work after dx, but no dx");
+    let storage = (!freeze.contains(name)).then(|| b.leaving(weight_len(conv)));
+    if storage.is_none() && dx.is_none() {
+        return;
+    }
+    let weight = match (dx, after) {
+        (Some(dx), Some(after)) => {
+            conv2d_backward_then(conv, x.into(), dy, dx, scratch, storage, after)
+        }
+        (dx, _) => conv2d_backward_from(conv, x.into(), dy, dx, scratch, storage),
+    };
+    if let Some(weight) = weight {
         record(name, LayerGrad::Conv { weight });
-    } else if dx.is_some() {
-        conv2d_backward_from(conv, x.into(), dy, dx, scratch, None);
     }
 }
 
@@ -762,6 +771,9 @@ struct Scratch {
     argmax: Vec<u32>,
     /// A bottleneck's padded BN2-ReLU map, where its 3x3 does not read `z` itself.
     padded: Vec<f32>,
+    /// BN2's backward sums per chunk of the 3x3's input gradient, and their `f32` runs.
+    chunk_sums: Vec<f64>,
+    chunk_part: Vec<f32>,
 }
 
 impl Scratch {
@@ -771,6 +783,8 @@ impl Scratch {
             + 8 * self.sums.capacity()
             + 4 * self.argmax.capacity()
             + 4 * self.padded.capacity()
+            + 8 * self.chunk_sums.capacity()
+            + 4 * self.chunk_part.capacity()
     }
 }
 
@@ -1311,7 +1325,7 @@ fn block_backward(
                     conv1,
                     view4(&normed, n, h, w, c),
                     &d_new,
-                    Some(&mut d_normed),
+                    (Some(&mut d_normed), None),
                     &mut s.im2col,
                     &mut ctx.b,
                     record,
@@ -1343,6 +1357,28 @@ fn block_backward(
                 // map first).
                 let (scale, shift) = scale_shift(norm2, stats2);
                 let mut d_normed2 = ctx.b.overwritten(rows * width);
+                let z_m = matrix(z, rows, width);
+                // Without dropout, BN2-ReLU's backward sums run on the 3x3's input
+                // gradient a chunk of images at a time, as each is computed (in cache).
+                let sums_pass = (p == 0.0).then(|| SumsPass::new(norm2, stats2, true));
+                let chunk_sums =
+                    |r: std::ops::Range<usize>, d: &[f32], acc: &mut [f64], part: &mut [f32]| {
+                        if let Some(pass) = &sums_pass {
+                            let d = matrix(d, r.len(), width);
+                            pass.add(z_m.slice(s![r, ..]), d, acc, part);
+                        }
+                    };
+                let chunks = dx_chunks((n, h, w, width));
+                let sum_width = 2 * width;
+                s.chunk_sums.clear();
+                s.chunk_sums.resize(chunks * sum_width, 0.0);
+                let after = sums_pass.is_some().then(|| AfterDx {
+                    f: &chunk_sums,
+                    out: &mut s.chunk_sums,
+                    out_width: sum_width,
+                    part: take(&mut s.chunk_part, chunks * sum_width),
+                    part_width: sum_width,
+                });
                 conv_backward(
                     freeze,
                     name("conv2"),
@@ -1354,7 +1390,7 @@ fn block_backward(
                         shift: &shift,
                     },
                     &d_new,
-                    Some(&mut d_normed2),
+                    (Some(&mut d_normed2), after),
                     &mut s.im2col,
                     &mut ctx.b,
                     record,
@@ -1362,14 +1398,18 @@ fn block_backward(
                 ctx.clock
                     .lap(t, Pass::Backward, stage, Part::Conv3x3Backward);
                 let t = ctx.clock.start();
-                let z = matrix(z, rows, width);
+                let z = z_m;
                 // BN2-ReLU's input gradient `dz`: without dropout, a chunk at a time
                 // where the 1x1 backward reads it (never stored whole), which then reads
-                // `d_normed2`; with dropout, whole (its mask is regenerated over the
-                // whole matrix), `d_normed2` given back first.
-                let (bn2, kept) = if p == 0.0 {
-                    let d_normed2_m = matrix(&d_normed2, rows, width);
-                    let bn2 = InputGradient::new(norm2, stats2, z, d_normed2_m, true);
+                // `d_normed2`, from the chunks' sums (added in chunk order); with
+                // dropout, whole (its mask is regenerated over the whole matrix),
+                // `d_normed2` given back first.
+                let (bn2, kept) = if let Some(pass) = sums_pass {
+                    let mut sums = Recycled::<f64>::zeros(sum_width);
+                    for chunk in s.chunk_sums.chunks_exact(sum_width) {
+                        sums.iter_mut().zip(chunk).for_each(|(t, v)| *t += v);
+                    }
+                    let bn2 = pass.finish(norm2, stats2, rows, &sums);
                     (Some(bn2), d_normed2)
                 } else {
                     let mut dz = ctx.b.overwritten(rows * width);
@@ -1713,7 +1753,10 @@ fn transition_backward(
         conv,
         pooled.view(),
         dy.as_slice().expect("contiguous"),
-        need_norm.then(|| d_pooled.as_slice_mut().expect("contiguous")),
+        (
+            need_norm.then(|| d_pooled.as_slice_mut().expect("contiguous")),
+            None,
+        ),
         &mut ctx.s.im2col,
         &mut ctx.b,
         record,

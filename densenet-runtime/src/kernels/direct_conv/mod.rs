@@ -592,6 +592,18 @@ pub fn winograd_conv(
     false
 }
 
+/// Prepares [`winograd_conv`] calls of `shape` to run on up to `threads` threads at
+/// once, each call on one thread (`parallel` false), without allocating: their
+/// per-task buffers come from one shared list, which this tops up. (A call that runs
+/// on the threads itself tops it up for them.) Nothing where Winograd does not run.
+pub fn winograd_reserve(shape: &ConvShape, threads: usize) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if isa() == Some(Isa::Avx512) && !DIRECT_ONLY.load(Ordering::Relaxed) && winograd::fits(shape) {
+        winograd::reserve(shape, threads);
+    }
+    let _ = (shape, threads);
+}
+
 /// Whether a caller with a BN-ReLU before the conv does better through
 /// [`winograd_conv`] with [`WinogradInput::BnRelu`] than by writing the BN-ReLU map and
 /// running [`direct_conv`] over it (on AVX-512F, [`force_direct`] off): DenseNet's

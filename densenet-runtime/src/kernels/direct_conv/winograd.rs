@@ -89,13 +89,26 @@ fn tiles() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
 pub(super) fn run_tasks(s: &ConvShape, parallel: bool, task: impl Fn(usize) + Sync + Send) {
     let tasks = tasks(s);
     let split = parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1;
-    #[cfg(feature = "std")]
-    {
-        let threads = if split {
+    reserve(
+        s,
+        if split {
             crate::parallel::current_num_threads()
         } else {
             1
-        };
+        },
+    );
+    if split {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// Makes sure [`TILES`] holds `threads` buffers of at least [`tile_floats`] for `s`:
+/// one for each task of calls of `s` that may run at once.
+pub(super) fn reserve(s: &ConvShape, threads: usize) {
+    #[cfg(feature = "std")]
+    {
         let len = tile_floats(s).expect("`fits` bounded a task's floats");
         let mut list = tiles();
         if list.len() < threads {
@@ -105,11 +118,8 @@ pub(super) fn run_tasks(s: &ConvShape, parallel: bool, task: impl Fn(usize) + Sy
             buffer.resize(len, 0.0);
         }
     }
-    if split {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
-    }
+    #[cfg(not(feature = "std"))]
+    let _ = (s, threads);
 }
 
 /// Runs `f` on `len` floats of a task buffer from [`TILES`] (a new one if all are in
