@@ -179,15 +179,20 @@ pub(crate) fn max_pool2d_backward_into(
         shape_mismatch("max_pool2d_backward: argmax", dy.dim(), argmax.dim());
     }
     assert_eq!(out.len(), n * h * w * c, "max_pool2d_backward: output size");
-    out.fill(0.0);
     let (dy, argmax) = (dy.as_standard_layout(), argmax.as_standard_layout());
     let (dy, argmax) = (
         dy.as_slice().expect("standard layout is contiguous"),
         argmax.as_slice().expect("standard layout is contiguous"),
     );
     let per_image = oh * ow * c;
-    for b in 0..n {
-        let image = &mut out[b * h * w * c..][..h * w * c];
+    if per_image == 0 || out.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    // Image by image on the threads (each image's gradients land in its own input
+    // image): a DenseNet-121 step's stem at batch 16 zeroes and scatters 51 MB here.
+    let image = |(b, image): (usize, &mut [f32])| {
+        image.fill(0.0);
         let (g, a) = (
             &dy[b * per_image..][..per_image],
             &argmax[b * per_image..][..per_image],
@@ -197,7 +202,8 @@ pub(crate) fn max_pool2d_backward_into(
                 image[pixel as usize * c + ch] += d;
             }
         }
-    }
+    };
+    out.par_chunks_mut(h * w * c).enumerate().for_each(image);
 }
 
 /// Backward of [`avg_pool2d`](crate::layers::avg_pool2d) (`kernel × kernel`, no

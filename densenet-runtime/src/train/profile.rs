@@ -49,7 +49,7 @@ impl fmt::Display for StepStage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Part {
-    /// A whole stage's forward or backward (input, stem, transition, head).
+    /// A whole stage's forward or backward (input, stem forward, transition, head).
     Whole,
     /// Bottleneck layers' BN1-ReLU and 1x1 convolution.
     Bottleneck1x1,
@@ -78,6 +78,12 @@ pub enum Part {
     BlockInputGradient,
     /// The softmax cross-entropy and its gradient.
     Loss,
+    /// The stem's max pool backward.
+    PoolBackward,
+    /// The stem's BN-ReLU backward.
+    BnReluBackward,
+    /// The stem conv's weight gradient.
+    ConvWeightGradient,
 }
 
 impl fmt::Display for Part {
@@ -95,6 +101,9 @@ impl fmt::Display for Part {
             Part::BasicLayerBackward => "basic layers' backward",
             Part::BlockInputGradient => "block input gradient",
             Part::Loss => "softmax cross-entropy",
+            Part::PoolBackward => "max pool backward",
+            Part::BnReluBackward => "BN-ReLU backward",
+            Part::ConvWeightGradient => "conv weight gradient",
         })
     }
 }

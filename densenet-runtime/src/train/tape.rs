@@ -462,8 +462,7 @@ pub(crate) fn step<M: Network + ?Sized>(
         let whole = match &stage {
             StageRef::Head { .. } => Some(StepStage::Head),
             StageRef::Transition { index, .. } => Some(StepStage::Transition(*index)),
-            StageRef::Stem { .. } => Some(StepStage::Stem),
-            StageRef::Block { .. } => None, // timed by part inside
+            StageRef::Stem { .. } | StageRef::Block { .. } => None, // timed by part inside
         };
         grad = match (&stage, &tape) {
             (
@@ -1045,10 +1044,12 @@ fn stem_backward(
     ctx: &mut Ctx<'_>,
     record: &mut impl FnMut(LayerName, LayerGrad),
 ) {
+    let stage = StepStage::Stem;
     let d_conv = match (norm, &tape.norm) {
         (None, None) => dy,
         (Some(norm), Some((y, stats, argmax))) => {
             let (_, h, w, _) = y.dim();
+            let t = ctx.clock.start();
             let mut d_relu = ctx.b.overwritten4(y.dim());
             max_pool2d_backward_into(
                 dy.view(),
@@ -1057,6 +1058,8 @@ fn stem_backward(
                 d_relu.as_slice_mut().expect("contiguous"),
             );
             ctx.b.give4(dy);
+            ctx.clock.lap(t, Pass::Backward, stage, Part::PoolBackward);
+            let t = ctx.clock.start();
             let mut d_conv = ctx.b.array4(y.dim());
             let (gamma, beta) = batch_norm_backward(
                 norm,
@@ -1071,10 +1074,13 @@ fn stem_backward(
                 LayerName::new(Site::Stem, "norm0"),
                 LayerGrad::BatchNorm { gamma, beta },
             );
+            ctx.clock
+                .lap(t, Pass::Backward, stage, Part::BnReluBackward);
             d_conv
         }
         _ => stages_changed(),
     };
+    let t = ctx.clock.start();
     let storage = ctx.b.leaving(weight_len(conv));
     let weight = conv2d_backward_reusing(
         conv,
@@ -1089,6 +1095,8 @@ fn stem_backward(
         LayerName::new(Site::Stem, "conv0"),
         LayerGrad::Conv { weight },
     );
+    ctx.clock
+        .lap(t, Pass::Backward, stage, Part::ConvWeightGradient);
 }
 
 fn pixels_mut(x: &mut Array4<f32>) -> ArrayViewMut2<'_, f32> {
@@ -1982,7 +1990,6 @@ mod tests {
                 (Pass::Forward, StepStage::Head),
                 (Pass::Backward, StepStage::Head),
                 (Pass::Backward, StepStage::Transition(1)),
-                (Pass::Backward, StepStage::Stem),
             ] {
                 let whole = profile
                     .phases()
@@ -1999,6 +2006,9 @@ mod tests {
                     .sum::<usize>()
             };
             assert_eq!((block_layers(1), block_layers(2)), (2, 3));
+            // A CIFAR stem (no norm or pool): its conv's weight gradient alone.
+            assert_eq!(calls(Pass::Backward, Part::ConvWeightGradient), 1);
+            assert_eq!(calls(Pass::Backward, Part::PoolBackward), 0);
             let timed: std::time::Duration = profile.phases().iter().map(|p| p.time).sum();
             assert!(timed <= profile.step_time() && !profile.step_time().is_zero());
             let table = profile.to_string();
