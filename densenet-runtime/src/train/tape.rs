@@ -1378,14 +1378,16 @@ fn block_backward(
                     };
                 let chunks = dx_chunks((n, h, w, width));
                 let sum_width = 2 * width;
-                s.chunk_sums.clear();
-                s.chunk_sums.resize(chunks * sum_width, 0.0);
-                let after = sums_pass.is_some().then(|| AfterDx {
-                    f: &chunk_sums,
-                    out: &mut s.chunk_sums,
-                    out_width: sum_width,
-                    part: take(&mut s.chunk_part, chunks * sum_width),
-                    part_width: sum_width,
+                let after = sums_pass.is_some().then(|| {
+                    s.chunk_sums.clear();
+                    s.chunk_sums.resize(chunks * sum_width, 0.0);
+                    AfterDx {
+                        f: &chunk_sums,
+                        out: &mut s.chunk_sums,
+                        out_width: sum_width,
+                        part: take(&mut s.chunk_part, chunks * sum_width),
+                        part_width: sum_width,
+                    }
                 });
                 conv_backward(
                     freeze,
