@@ -253,6 +253,91 @@ fn bn_backward_sums_and_scaled_body<const RELU: bool>(
     }
 }
 
+/// [`bn_backward_sums_and_scaled`] with the ReLU, and in the same pass over `x` the
+/// forward's output recomputed: `normed[j] = relu(x[j]·scale[j] + shift[j])` (the value
+/// whose sign also masks `g`). For a 1x1 convolution's backward, whose weight gradient
+/// needs `normed` and whose input gradient `dy` needs only the weight: one read of `x`
+/// serves both.
+///
+/// # Panics
+///
+/// If `x`, `dy`, a constant, `a`, `sum_gd`, `normed` or `dx` is shorter than `sum_g`.
+pub fn bn_relu_recompute_and_backward(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    a: &[f32],
+    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
+    normed: &mut [f32],
+    dx: &mut [f32],
+) {
+    let len = sum_g.len();
+    let (x, dy, a) = (&x[..len], &dy[..len], &a[..len]);
+    let (sum_gd, normed, dx) = (&mut sum_gd[..len], &mut normed[..len], &mut dx[..len]);
+    let k = BnBackwardRow {
+        scale: &k.scale[..len],
+        shift: &k.shift[..len],
+        mean: &k.mean[..len],
+    };
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { bn_relu_recompute_and_backward_avx512(x, dy, k, a, (sum_g, sum_gd), normed, dx) };
+        return;
+    }
+    bn_relu_recompute_and_backward_body(x, dy, k, a, (sum_g, sum_gd), normed, dx);
+}
+
+/// [`bn_relu_recompute_and_backward_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn bn_relu_recompute_and_backward_avx512(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    a: &[f32],
+    sums: (&mut [f32], &mut [f32]),
+    normed: &mut [f32],
+    dx: &mut [f32],
+) {
+    bn_relu_recompute_and_backward_body(x, dy, k, a, sums, normed, dx);
+}
+
+#[inline(always)]
+fn bn_relu_recompute_and_backward_body(
+    x: &[f32],
+    dy: &[f32],
+    k: BnBackwardRow<'_>,
+    a: &[f32],
+    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
+    normed: &mut [f32],
+    dx: &mut [f32],
+) {
+    let it = x
+        .iter()
+        .zip(dy)
+        .zip(k.scale)
+        .zip(k.shift)
+        .zip(k.mean)
+        .zip(a);
+    let out = sum_g.iter_mut().zip(sum_gd).zip(normed.iter_mut().zip(dx));
+    for ((((((&v, &d), &s), &t), &m), &a), ((sg, sgd), (n, o))) in it.zip(out) {
+        // As `scale_shift_relu` and `masked`: the same value, the same test.
+        let y = v * s + t;
+        let clipped = y <= 0.0;
+        *n = if clipped { 0.0 } else { y };
+        let g = if clipped { 0.0 } else { d };
+        *sg += g;
+        *sgd += g * (v - m);
+        *o += a * g;
+    }
+}
+
 /// One row of a BatchNorm-ReLU backward's sums pass: with `g = dy[j]` masked by the ReLU
 /// if `RELU`, `sum_g[j] += g` and `sum_gd[j] += g·(x[j] − mean[j])`.
 ///
@@ -601,6 +686,40 @@ mod tests {
             let (x, dy, a) = (&x[..n], &dy[..n], &a[..n]);
             bn_backward_sums_and_scaled_body::<true>(x, dy, cut, a, sums, &mut slow.2);
             assert_eq!(fast, slow, "length {n}");
+        }
+    }
+
+    /// The merged pass against the two it replaces (the forward's BN-ReLU, then the
+    /// backward row on the portable body), bit for bit: values on both sides of the
+    /// ReLU's threshold, exactly on it, and NaN.
+    #[test]
+    fn recompute_and_backward_is_the_two_passes_it_replaces() {
+        let len = 1000;
+        let f = |i: usize, a: usize| ((i * a) % 97) as f32 / 13.0 - 3.5;
+        let v = |a: usize| -> Vec<f32> { (0..len).map(|i| f(i, a)).collect() };
+        let (mut x, dy, scale, mut shift, mean, a) = (v(7), v(11), v(5), v(3), v(13), v(17));
+        // `x·scale + shift` exactly 0 (masked), and a NaN input (kept, as the scalar path).
+        (x[3], shift[3]) = (2.0, -2.0 * scale[3]);
+        x[20] = f32::NAN;
+        let k = BnBackwardRow {
+            scale: &scale,
+            shift: &shift,
+            mean: &mean,
+        };
+        for n in [0, 1, 15, 16, 17, 999, 1000] {
+            let start = |m: usize| -> Vec<f32> { (0..n).map(|i| f(i, m)).collect() };
+            let mut fast = (start(29), start(31), vec![f32::NAN; n], start(37));
+            let mut slow = fast.clone();
+            let sums = (&mut fast.0[..], &mut fast.1[..]);
+            bn_relu_recompute_and_backward(&x, &dy, k, &a, sums, &mut fast.2, &mut fast.3);
+            scale_shift_relu(&x[..n], &scale, &shift, &mut slow.2);
+            let sums = (&mut slow.0[..], &mut slow.1[..]);
+            bn_backward_sums_and_scaled_body::<true>(&x, &dy, k, &a, sums, &mut slow.3);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for (ours, want) in [(&fast.0, &slow.0), (&fast.1, &slow.1), (&fast.2, &slow.2)] {
+                assert_eq!(bits(ours), bits(want), "length {n}");
+            }
+            assert_eq!(bits(&fast.3), bits(&slow.3), "length {n}");
         }
     }
 }

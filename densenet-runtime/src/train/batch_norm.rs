@@ -821,6 +821,36 @@ impl BackwardCoef {
     }
 }
 
+impl BackwardCoef {
+    /// [`add_sums_and_scaled`](Self::add_sums_and_scaled), and in the same pass the
+    /// forward's BN-ReLU output of `x` written to `normed` (`x`'s shape, contiguous).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn recompute_and_add_sums_and_scaled(
+        &self,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        a: &[f32],
+        acc: &mut [f64],
+        part: &mut [f32],
+        normed: &mut [f32],
+        mut dx: ArrayViewMut2<'_, f32>,
+    ) {
+        let c = x.ncols();
+        let k = self.coef();
+        let rows = x.rows().into_iter().zip(dy.rows());
+        let rows = rows.zip(
+            dx.rows_mut()
+                .into_iter()
+                .zip(normed.chunks_exact_mut(c.max(1))),
+        );
+        blocked_rows(rows, acc, part, |((xr, dr), (mut o, n)), part| {
+            let o = o.as_slice_mut().expect("unit column stride");
+            let sums = part.split_at_mut(c);
+            elementwise::bn_relu_recompute_and_backward(row(xr), row(dr), k.row(), a, sums, n, o);
+        });
+    }
+}
+
 /// `acc[..c] += Σ g`, `acc[c..] += Σ g·(x − mean)` over the rows of `xs`, `ds` (`part`:
 /// `f32` scratch as long as `acc`).
 fn add_backward_sums(
