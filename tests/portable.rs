@@ -170,3 +170,25 @@ fn winograd_against_direct<M: densenet::runtime::Network + Clone>(model: M, side
     }
     let _ = differ;
 }
+
+/// A DenseNet-BC k=12 training step, whose 48-wide bottleneck 1x1s run forward as one
+/// product per chunk of BN1-ReLU rows (`narrow_1x1`), against the same step on the
+/// portable path (checked against torchvision above): loss and every gradient within
+/// 1e-4 of the largest.
+#[test]
+fn a_dense_net_bc_training_step_matches_the_portable_path() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let model = NarrowBc::init(6);
+    let x = Array4::from_shape_fn((4, 3, 32, 32), |(b, c, y, x)| {
+        ((b * 13 + c * 7 + y * 3 + x * 5) % 31) as f32 / 31.0 - 0.5
+    });
+    let labels = [0, 3, 1, 4];
+    let step = |portable: bool| {
+        force_portable(portable);
+        let mut model = model.clone();
+        let result = loss_and_gradients(&mut model, x.view(), &labels).unwrap();
+        force_portable(false);
+        result
+    };
+    assert_same_step(step(false), step(true));
+}

@@ -76,6 +76,7 @@ mod freeze;
 mod history;
 mod linear;
 mod loss;
+mod narrow_1x1;
 mod optim;
 #[cfg(feature = "plot")]
 mod plot;

@@ -39,6 +39,7 @@ use crate::train::conv::{
     conv2d_backward_from, conv2d_backward_reusing, conv2d_backward_then, dx_chunks, AfterDx,
     ConvInput,
 };
+use crate::train::narrow_1x1;
 use crate::train::pool::{
     avg_pool2d_backward_into, global_avg_pool_backward_into, max_pool2d_backward_into,
     max_pool2d_train_into, output_size,
@@ -1166,17 +1167,23 @@ fn record_block(
                     scale: &scale,
                     shift: &shift,
                 };
-                conv1x1_into_padded(
-                    conv1,
-                    buf,
-                    c_out,
-                    (n, h, w),
-                    prologue,
-                    Epilogue::Store,
-                    &mut z,
-                    0,
-                    &mut s.im2col,
-                );
+                if narrow_1x1::takes(conv1) {
+                    let input = (&*buf, c_out);
+                    let bn = (&scale[..], &shift[..]);
+                    narrow_1x1::conv1x1_by_chunks(conv1, input, bn, &mut z, &mut s.tasks);
+                } else {
+                    conv1x1_into_padded(
+                        conv1,
+                        buf,
+                        c_out,
+                        (n, h, w),
+                        prologue,
+                        Epilogue::Store,
+                        &mut z,
+                        0,
+                        &mut s.im2col,
+                    );
+                }
                 ctx.clock.lap(t, Pass::Forward, stage, Part::Bottleneck1x1);
                 let t = ctx.clock.start();
                 let rng1 = ctx.rng.clone();

@@ -592,6 +592,8 @@ mod unpacked;
 // Training's product (training needs `std`); public to the workspace's benchmarks.
 #[cfg_attr(not(feature = "std"), allow(unused_imports))]
 pub use unpacked::gemm_unpacked;
+#[cfg(feature = "std")] // training's
+pub(crate) use unpacked::whole_width_tiles;
 
 #[cfg(test)]
 mod tests {

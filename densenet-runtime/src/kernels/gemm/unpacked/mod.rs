@@ -102,6 +102,23 @@ pub fn gemm_unpacked(a: MatRef<'_>, b: MatRef<'_>, mut c: MatMut<'_>, accumulate
     gemm(1.0, a, b, if accumulate { 1.0 } else { 0.0 }, c);
 }
 
+/// Whether [`gemm_unpacked`] runs a product `n` columns wide on its AVX-512 tiles that
+/// span the whole width, 8 rows × 48 or 6 × 64 columns (`n` from 33 to 64), each
+/// broadcast of `A` serving three or four vectors: DenseNet-BC's 48-wide bottleneck,
+/// which the direct convolution runs as a 32- and a 16-column panel.
+#[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
+pub(crate) fn whole_width_tiles(n: usize) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        (33..=64).contains(&n) && isa() == Some(Isa::Avx512)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    {
+        let _ = n;
+        false
+    }
+}
+
 /// The blocked loops over `C`'s tiles: a pass over a stretch of the inner dimension
 /// (outermost, so that a long product reads its operands once from memory: `C` stays
 /// in cache and is reloaded each pass), each column block of the pass, each tile of
