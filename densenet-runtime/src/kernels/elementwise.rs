@@ -119,6 +119,58 @@ fn add_sums_and_squares_body(x: &[f32], sum: &mut [f64], sum_sq: &mut [f64]) {
     }
 }
 
+/// [`add_sums_and_squares`] over every row of `x` (unit column stride) in one call: for
+/// narrow rows (a dense layer's 12 new channels) the call and dispatch per row had cost
+/// more than the sums.
+///
+/// # Panics
+///
+/// If `x`'s columns are not adjacent, or `sum` or `sum_sq` is shorter than a row.
+pub fn add_sums_and_squares_rows(
+    x: ndarray::ArrayView2<'_, f32>,
+    sum: &mut [f64],
+    sum_sq: &mut [f64],
+) {
+    let c = x.ncols();
+    assert!(c <= 1 || x.strides()[1] == 1, "columns must be adjacent");
+    let (sum, sum_sq) = (&mut sum[..c], &mut sum_sq[..c]);
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { add_sums_and_squares_rows_avx512(x, sum, sum_sq) };
+        return;
+    }
+    add_sums_and_squares_rows_body(x, sum, sum_sq);
+}
+
+/// [`add_sums_and_squares_rows_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_sums_and_squares_rows_avx512(
+    x: ndarray::ArrayView2<'_, f32>,
+    sum: &mut [f64],
+    sum_sq: &mut [f64],
+) {
+    add_sums_and_squares_rows_body(x, sum, sum_sq);
+}
+
+#[inline(always)]
+fn add_sums_and_squares_rows_body(
+    x: ndarray::ArrayView2<'_, f32>,
+    sum: &mut [f64],
+    sum_sq: &mut [f64],
+) {
+    for r in x.rows() {
+        let r = r.to_slice().expect("adjacent columns");
+        add_sums_and_squares_body(r, sum, sum_sq);
+    }
+}
+
 /// `acc[i] = max(acc[i], v[i])` over `acc.len()` values, a NaN in either kept (torch's
 /// max pool propagates NaN); on equal values (`0.0` and `-0.0`) `acc` is kept.
 pub fn max_into(acc: &mut [f32], v: &[f32]) {
@@ -479,45 +531,8 @@ fn bn_backward_dx_body<const RELU: bool, const ADD: bool>(
 }
 
 /// `dst[j] = g[j] + b[j]·(x[j] − mean[j]) + c[j]`: a dense block's buffer gradient
-/// completed with the BatchNorm terms deferred to when the channel is read.
-///
-/// # Panics
-///
-/// If `g`, `x`, `b`, `c` or `mean` is shorter than `dst`.
-pub fn add_deferred_terms(
-    g: &[f32],
-    x: &[f32],
-    (b, c, mean): (&[f32], &[f32], &[f32]),
-    dst: &mut [f32],
-) {
-    let len = dst.len();
-    let (g, x, b, c, mean) = (&g[..len], &x[..len], &b[..len], &c[..len], &mean[..len]);
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    if super::cpu::avx512f() {
-        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
-        // of a `#[target_feature]` function; the body is safe code.
-        unsafe { add_deferred_terms_avx512(g, x, (b, c, mean), dst) };
-        return;
-    }
-    add_deferred_terms_body(g, x, (b, c, mean), dst);
-}
-
-/// [`add_deferred_terms_body`] compiled with AVX-512F enabled.
-///
-/// # Safety
-///
-/// The CPU must support AVX-512F.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-#[target_feature(enable = "avx512f")]
-unsafe fn add_deferred_terms_avx512(
-    g: &[f32],
-    x: &[f32],
-    terms: (&[f32], &[f32], &[f32]),
-    dst: &mut [f32],
-) {
-    add_deferred_terms_body(g, x, terms, dst);
-}
-
+/// completed with the BatchNorm terms deferred to when the channel is read (one row of
+/// [`add_deferred_terms_rows`]).
 #[inline(always)]
 fn add_deferred_terms_body(
     g: &[f32],
@@ -527,6 +542,80 @@ fn add_deferred_terms_body(
 ) {
     for (((((o, &g), &v), &b), &c), &m) in dst.iter_mut().zip(g).zip(x).zip(b).zip(c).zip(mean) {
         *o = g + b * (v - m) + c;
+    }
+}
+
+/// `dst[j] = g[j] + b[j]·(x[j] − mean[j]) + c[j]` (a dense block's buffer gradient
+/// completed with the BatchNorm terms deferred to when the channel is read) for each of
+/// the `dst.len() / width` rows of `dst` in one call:
+/// row `i` of `g` and `x` starts at `first + i·stride`. For narrow rows (a dense layer's
+/// 12 new channels, read from a block gradient hundreds of channels wide) the call and
+/// dispatch per row had cost more than the arithmetic.
+///
+/// # Panics
+///
+/// If `width` is 0 while `dst` is not empty, a row of `g` or `x` lies past its end, or a
+/// term is shorter than `width`.
+pub fn add_deferred_terms_rows(
+    g: &[f32],
+    x: &[f32],
+    (first, stride): (usize, usize),
+    (b, c, mean): (&[f32], &[f32], &[f32]),
+    dst: &mut [f32],
+    width: usize,
+) {
+    if dst.is_empty() {
+        return;
+    }
+    assert!(width > 0, "rows of no columns");
+    let rows = dst.len() / width;
+    let end = (rows - 1) * stride + first + width;
+    assert!(
+        g.len() >= end && x.len() >= end,
+        "rows past the end of g or x"
+    );
+    let terms = (&b[..width], &c[..width], &mean[..width]);
+    let dst = &mut dst[..rows * width];
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { add_deferred_terms_rows_avx512(g, x, (first, stride), terms, dst, width) };
+        return;
+    }
+    add_deferred_terms_rows_body(g, x, (first, stride), terms, dst, width);
+}
+
+/// [`add_deferred_terms_rows_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_deferred_terms_rows_avx512(
+    g: &[f32],
+    x: &[f32],
+    at: (usize, usize),
+    terms: (&[f32], &[f32], &[f32]),
+    dst: &mut [f32],
+    width: usize,
+) {
+    add_deferred_terms_rows_body(g, x, at, terms, dst, width);
+}
+
+#[inline(always)]
+fn add_deferred_terms_rows_body(
+    g: &[f32],
+    x: &[f32],
+    (first, stride): (usize, usize),
+    terms: (&[f32], &[f32], &[f32]),
+    dst: &mut [f32],
+    width: usize,
+) {
+    for (i, o) in dst.chunks_exact_mut(width).enumerate() {
+        let at = first + i * stride;
+        add_deferred_terms_body(&g[at..at + width], &x[at..at + width], terms, o);
     }
 }
 
@@ -580,7 +669,7 @@ mod tests {
             bn_backward_dx_body::<false, false>(&x, &dy, k, terms, &mut slow);
             assert_eq!(bits(&fast), bits(&slow), "dx, {n}");
             let (mut fast, mut slow) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-            add_deferred_terms(&dy, &x, (&b, &c, &mean), &mut fast);
+            add_deferred_terms_rows(&dy, &x, (0, n), (&b, &c, &mean), &mut fast, n);
             add_deferred_terms_body(&dy, &x, (&b, &c, &mean), &mut slow);
             assert_eq!(bits(&fast), bits(&slow), "deferred, {n}");
         }
@@ -686,6 +775,48 @@ mod tests {
             let (x, dy, a) = (&x[..n], &dy[..n], &a[..n]);
             bn_backward_sums_and_scaled_body::<true>(x, dy, cut, a, sums, &mut slow.2);
             assert_eq!(fast, slow, "length {n}");
+        }
+    }
+
+    /// The many-row passes against their one-row bodies called row by row, bit for bit:
+    /// narrow and wide rows, strided, one row and none.
+    #[test]
+    fn row_loops_match_the_one_row_bodies() {
+        let f = |i: usize, a: usize| ((i * a) % 97) as f32 / 13.0 - 3.5;
+        for (rows, width, stride, first) in [
+            (0, 12, 20, 3),
+            (1, 12, 12, 0),
+            (37, 12, 216, 40),
+            (9, 48, 50, 1),
+        ] {
+            let len = first + rows * stride + width;
+            let (g, x) = (
+                (0..len).map(|i| f(i, 7)).collect::<Vec<_>>(),
+                (0..len).map(|i| f(i, 11)).collect::<Vec<_>>(),
+            );
+            let t = |a: usize| (0..width).map(|i| f(i, a)).collect::<Vec<_>>();
+            let (b, c, mean) = (t(3), t(5), t(13));
+            let mut fast = vec![f32::NAN; rows * width];
+            add_deferred_terms_rows(&g, &x, (first, stride), (&b, &c, &mean), &mut fast, width);
+            let mut slow = vec![f32::NAN; rows * width];
+            for (i, o) in slow.chunks_exact_mut(width).enumerate() {
+                let at = first + i * stride;
+                add_deferred_terms_body(&g[at..at + width], &x[at..at + width], (&b, &c, &mean), o);
+            }
+            assert_eq!(fast, slow, "{rows} rows of {width}");
+
+            let m = ndarray::ArrayView2::from_shape(
+                ndarray::ShapeBuilder::strides((rows, width), (stride, 1)),
+                &x[first..],
+            )
+            .unwrap();
+            let (mut sum, mut sq) = (vec![0.5f64; width], vec![0.25f64; width]);
+            add_sums_and_squares_rows(m, &mut sum, &mut sq);
+            let (mut want_sum, mut want_sq) = (vec![0.5f64; width], vec![0.25f64; width]);
+            for r in m.rows() {
+                add_sums_and_squares_body(r.to_slice().unwrap(), &mut want_sum, &mut want_sq);
+            }
+            assert_eq!((sum, sq), (want_sum, want_sq), "{rows} rows of {width}");
         }
     }
 

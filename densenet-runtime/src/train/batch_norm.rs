@@ -268,9 +268,7 @@ impl Moments {
         let x = x.view();
         let sums = sum_tasks(task_count(&x), 2 * c, |t, acc, _| {
             let (sum, sum_sq) = acc.split_at_mut(c);
-            for r in chunk(&x, t).rows() {
-                elementwise::add_sums_and_squares(row(r), sum, sum_sq);
-            }
+            elementwise::add_sums_and_squares_rows(chunk(&x, t), sum, sum_sq);
         });
         let count = rows as f64;
         let (sum, sum_sq) = sums.split_at(c);

@@ -1558,12 +1558,12 @@ impl Deferred {
         dst.par_chunks_mut(rows_per_task * width.max(1))
             .enumerate()
             .for_each(|(t, out)| {
-                let first = t * rows_per_task;
-                for (i, o) in out.chunks_exact_mut(width).enumerate() {
-                    let at = (first + i) * stride + cols.start;
-                    let (g, v) = (&grad[at..at + width], &x[at..at + width]);
-                    crate::kernels::elementwise::add_deferred_terms(g, v, (&b, &c, mean), o);
-                }
+                let first = t * rows_per_task * stride + cols.start;
+                let terms = (&b[..], &c[..], mean);
+                let at = (first, stride);
+                crate::kernels::elementwise::add_deferred_terms_rows(
+                    grad, x, at, terms, out, width,
+                );
             });
     }
 }
