@@ -498,6 +498,81 @@ pub fn bn_backward_dx<const RELU: bool, const ADD: bool>(
     bn_backward_dx_body::<RELU, ADD>(x, dy, k, terms, dx);
 }
 
+/// [`bn_backward_dx`] over every row of `x` and `dy` (adjacent columns), into the
+/// contiguous rows of `dx`, in one call: for narrow rows (DenseNet-BC's 48-channel
+/// bottleneck) the call and dispatch per row were a good part of the pass.
+///
+/// # Panics
+///
+/// If `x` and `dy` differ in shape or lack adjacent columns, a constant or a term is
+/// shorter than a row, or `dx` than `x`.
+pub fn bn_backward_dx_rows<const RELU: bool, const ADD: bool>(
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
+    k: BnBackwardRow<'_>,
+    terms: BnInputTerms<'_>,
+    dx: &mut [f32],
+) {
+    let (rows, len) = x.dim();
+    let adjacent = |v: &ndarray::ArrayView2<'_, f32>| len <= 1 || v.strides()[1] == 1;
+    assert!(
+        x.dim() == dy.dim() && adjacent(&x) && adjacent(&dy),
+        "x and dy must have one shape and adjacent columns"
+    );
+    let dx = &mut dx[..rows * len];
+    let k = BnBackwardRow {
+        scale: &k.scale[..len],
+        shift: &k.shift[..len],
+        mean: &k.mean[..len],
+    };
+    let terms = BnInputTerms {
+        a: &terms.a[..len],
+        b: &terms.b[..len],
+        c: &terms.c[..len],
+    };
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { bn_backward_dx_rows_avx512::<RELU, ADD>(x, dy, k, terms, dx) };
+        return;
+    }
+    bn_backward_dx_rows_body::<RELU, ADD>(x, dy, k, terms, dx);
+}
+
+/// [`bn_backward_dx_rows_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn bn_backward_dx_rows_avx512<const RELU: bool, const ADD: bool>(
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
+    k: BnBackwardRow<'_>,
+    terms: BnInputTerms<'_>,
+    dx: &mut [f32],
+) {
+    bn_backward_dx_rows_body::<RELU, ADD>(x, dy, k, terms, dx);
+}
+
+#[inline(always)]
+fn bn_backward_dx_rows_body<const RELU: bool, const ADD: bool>(
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
+    k: BnBackwardRow<'_>,
+    terms: BnInputTerms<'_>,
+    dx: &mut [f32],
+) {
+    let out = dx.chunks_exact_mut(x.ncols().max(1));
+    for ((xr, dr), o) in x.rows().into_iter().zip(dy.rows()).zip(out) {
+        let (xr, dr) = (xr.to_slice(), dr.to_slice());
+        let (xr, dr) = (xr.expect("adjacent"), dr.expect("adjacent"));
+        bn_backward_dx_body::<RELU, ADD>(xr, dr, k, terms, o);
+    }
+}
+
 /// [`bn_backward_dx_body`] compiled with AVX-512F enabled.
 ///
 /// # Safety
@@ -818,6 +893,50 @@ mod tests {
             }
             assert_eq!((sum, sq), (want_sum, want_sq), "{rows} rows of {width}");
         }
+    }
+
+    /// The many-row input-gradient pass against the one-row body, row by row, bit for
+    /// bit (strided inputs, both const flags).
+    #[test]
+    fn input_gradient_rows_match_the_one_row_body() {
+        let f = |i: usize, a: usize| ((i * a) % 97) as f32 / 13.0 - 3.5;
+        let (rows, width, stride) = (23, 48, 53);
+        let m = |a: usize| (0..rows * stride).map(|i| f(i, a)).collect::<Vec<_>>();
+        let (x, dy) = (m(7), m(11));
+        fn view(
+            v: &[f32],
+            (rows, width, stride): (usize, usize, usize),
+        ) -> ndarray::ArrayView2<'_, f32> {
+            let shape = ndarray::ShapeBuilder::strides((rows, width), (stride, 1));
+            ndarray::ArrayView2::from_shape(shape, &v[..(rows - 1) * stride + width]).unwrap()
+        }
+        let dims = (rows, width, stride);
+        let t = |a: usize| (0..width).map(|i| f(i, a)).collect::<Vec<_>>();
+        let (scale, shift, mean, a, b, c) = (t(3), t(5), t(13), t(17), t(19), t(23));
+        let k = BnBackwardRow {
+            scale: &scale,
+            shift: &shift,
+            mean: &mean,
+        };
+        let terms = BnInputTerms {
+            a: &a,
+            b: &b,
+            c: &c,
+        };
+        let start = (0..rows * width).map(|i| f(i, 29)).collect::<Vec<_>>();
+        let (mut fast, mut slow) = (start.clone(), start.clone());
+        bn_backward_dx_rows::<true, true>(view(&x, dims), view(&dy, dims), k, terms, &mut fast);
+        for (r, o) in slow.chunks_exact_mut(width).enumerate() {
+            let (xr, dr) = (&x[r * stride..][..width], &dy[r * stride..][..width]);
+            bn_backward_dx_body::<true, true>(xr, dr, k, terms, o);
+        }
+        assert_eq!(fast, slow);
+        bn_backward_dx_rows::<false, false>(view(&x, dims), view(&dy, dims), k, terms, &mut fast);
+        for (r, o) in slow.chunks_exact_mut(width).enumerate() {
+            let (xr, dr) = (&x[r * stride..][..width], &dy[r * stride..][..width]);
+            bn_backward_dx_body::<false, false>(xr, dr, k, terms, o);
+        }
+        assert_eq!(fast, slow);
     }
 
     /// The merged pass against the two it replaces (the forward's BN-ReLU, then the

@@ -722,13 +722,22 @@ impl InputGradient {
             x.dim() == dy.dim() && x.ncols() == c && dx.len() >= x.nrows() * c,
             "InputGradient::write_rows: shapes do not match"
         );
-        for ((xr, dr), o) in x
-            .rows()
-            .into_iter()
-            .zip(dy.rows())
-            .zip(dx.chunks_exact_mut(c))
-        {
-            self.row(row(xr), row(dr), o, false);
+        let k = elementwise::BnBackwardRow {
+            scale: &self.scale,
+            shift: &self.shift,
+            mean: &self.mean,
+        };
+        let t = &self.terms;
+        let terms = elementwise::BnInputTerms {
+            a: &t.a,
+            b: &t.b,
+            c: &t.c,
+        };
+        let (x, dy) = (unit_cols(x), unit_cols(dy));
+        let (x, dy) = (x.view(), dy.view());
+        match self.relu {
+            true => elementwise::bn_backward_dx_rows::<true, false>(x, dy, k, terms, dx),
+            false => elementwise::bn_backward_dx_rows::<false, false>(x, dy, k, terms, dx),
         }
     }
 
