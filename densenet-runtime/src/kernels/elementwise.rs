@@ -23,6 +23,64 @@ pub fn scale_shift_relu(src: &[f32], scale: &[f32], shift: &[f32], dst: &mut [f3
     scale_shift_relu_body(src, scale, shift, dst);
 }
 
+/// [`scale_shift_relu`] of every row of `src` (adjacent columns) into the contiguous
+/// rows of `dst`, in one call.
+///
+/// # Panics
+///
+/// If `src`'s columns are not adjacent, `scale` or `shift` is shorter than a row, or
+/// `dst` than `src`.
+pub fn scale_shift_relu_rows(
+    src: ndarray::ArrayView2<'_, f32>,
+    scale: &[f32],
+    shift: &[f32],
+    dst: &mut [f32],
+) {
+    let (rows, len) = src.dim();
+    assert!(
+        len <= 1 || src.strides()[1] == 1,
+        "columns must be adjacent"
+    );
+    let (scale, shift, dst) = (&scale[..len], &shift[..len], &mut dst[..rows * len]);
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { scale_shift_relu_rows_avx512(src, scale, shift, dst) };
+        return;
+    }
+    scale_shift_relu_rows_body(src, scale, shift, dst);
+}
+
+/// [`scale_shift_relu_rows_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_shift_relu_rows_avx512(
+    src: ndarray::ArrayView2<'_, f32>,
+    scale: &[f32],
+    shift: &[f32],
+    dst: &mut [f32],
+) {
+    scale_shift_relu_rows_body(src, scale, shift, dst);
+}
+
+#[inline(always)]
+fn scale_shift_relu_rows_body(
+    src: ndarray::ArrayView2<'_, f32>,
+    scale: &[f32],
+    shift: &[f32],
+    dst: &mut [f32],
+) {
+    let out = dst.chunks_exact_mut(src.ncols().max(1));
+    for (r, o) in src.rows().into_iter().zip(out) {
+        scale_shift_relu_body(r.to_slice().expect("adjacent"), scale, shift, o);
+    }
+}
+
 /// [`scale_shift_relu_body`] compiled with AVX-512F enabled.
 ///
 /// # Safety
@@ -305,27 +363,38 @@ fn bn_backward_sums_and_scaled_body<const RELU: bool>(
     }
 }
 
-/// [`bn_backward_sums_and_scaled`] with the ReLU, and in the same pass over `x` the
-/// forward's output recomputed: `normed[j] = relu(x[j]·scale[j] + shift[j])` (the value
-/// whose sign also masks `g`). For a 1x1 convolution's backward, whose weight gradient
-/// needs `normed` and whose input gradient `dy` needs only the weight: one read of `x`
-/// serves both.
+/// [`bn_backward_sums_and_scaled`] with the ReLU over every row of `x`, `dy` and `dx`
+/// (adjacent columns), and in the same pass over `x` the forward's output recomputed
+/// into the contiguous rows of `normed`: `relu(x·scale + shift)`, the value whose sign
+/// also masks `g`. For a 1x1 convolution's backward, whose weight gradient needs
+/// `normed` and whose input gradient `dy` needs only the weight: one read of `x` serves
+/// both. One call for all the rows (a few dozen between the caller's `f64` flushes).
 ///
 /// # Panics
 ///
-/// If `x`, `dy`, a constant, `a`, `sum_gd`, `normed` or `dx` is shorter than `sum_g`.
-pub fn bn_relu_recompute_and_backward(
-    x: &[f32],
-    dy: &[f32],
+/// If `x`, `dy` and `dx` differ in shape or lack adjacent columns, a constant, `a` or a
+/// sum is shorter than a row, or `normed` than `x`.
+pub fn bn_relu_recompute_and_backward_rows(
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
     k: BnBackwardRow<'_>,
     a: &[f32],
     (sum_g, sum_gd): (&mut [f32], &mut [f32]),
     normed: &mut [f32],
-    dx: &mut [f32],
+    dx: ndarray::ArrayViewMut2<'_, f32>,
 ) {
-    let len = sum_g.len();
-    let (x, dy, a) = (&x[..len], &dy[..len], &a[..len]);
-    let (sum_gd, normed, dx) = (&mut sum_gd[..len], &mut normed[..len], &mut dx[..len]);
+    let (rows, len) = x.dim();
+    let adjacent = |s: &[isize]| len <= 1 || s[1] == 1;
+    assert!(
+        x.dim() == dy.dim()
+            && x.dim() == dx.dim()
+            && adjacent(x.strides())
+            && adjacent(dy.strides())
+            && adjacent(dx.strides()),
+        "x, dy and dx must have one shape and adjacent columns"
+    );
+    let (a, sum_g, sum_gd) = (&a[..len], &mut sum_g[..len], &mut sum_gd[..len]);
+    let normed = &mut normed[..rows * len];
     let k = BnBackwardRow {
         scale: &k.scale[..len],
         shift: &k.shift[..len],
@@ -349,19 +418,40 @@ pub fn bn_relu_recompute_and_backward(
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[target_feature(enable = "avx512f")]
 unsafe fn bn_relu_recompute_and_backward_avx512(
-    x: &[f32],
-    dy: &[f32],
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
     k: BnBackwardRow<'_>,
     a: &[f32],
     sums: (&mut [f32], &mut [f32]),
     normed: &mut [f32],
-    dx: &mut [f32],
+    dx: ndarray::ArrayViewMut2<'_, f32>,
 ) {
     bn_relu_recompute_and_backward_body(x, dy, k, a, sums, normed, dx);
 }
 
 #[inline(always)]
 fn bn_relu_recompute_and_backward_body(
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
+    k: BnBackwardRow<'_>,
+    a: &[f32],
+    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
+    normed: &mut [f32],
+    mut dx: ndarray::ArrayViewMut2<'_, f32>,
+) {
+    let rows = x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut());
+    for (((xr, dr), mut o), n) in rows.zip(normed.chunks_exact_mut(x.ncols().max(1))) {
+        let (xr, dr) = (
+            xr.to_slice().expect("adjacent"),
+            dr.to_slice().expect("adjacent"),
+        );
+        let o = o.as_slice_mut().expect("adjacent");
+        bn_relu_recompute_and_backward_row(xr, dr, k, a, (&mut *sum_g, &mut *sum_gd), n, o);
+    }
+}
+
+#[inline(always)]
+fn bn_relu_recompute_and_backward_row(
     x: &[f32],
     dy: &[f32],
     k: BnBackwardRow<'_>,
@@ -961,7 +1051,13 @@ mod tests {
             let mut fast = (start(29), start(31), vec![f32::NAN; n], start(37));
             let mut slow = fast.clone();
             let sums = (&mut fast.0[..], &mut fast.1[..]);
-            bn_relu_recompute_and_backward(&x, &dy, k, &a, sums, &mut fast.2, &mut fast.3);
+            let (xm, dym) = (ndarray::aview1(&x[..n]), ndarray::aview1(&dy[..n]));
+            let (xm, dym) = (
+                xm.insert_axis(ndarray::Axis(0)),
+                dym.insert_axis(ndarray::Axis(0)),
+            );
+            let dx = ndarray::ArrayViewMut2::from_shape((1, n), &mut fast.3[..]).unwrap();
+            bn_relu_recompute_and_backward_rows(xm, dym, k, &a, sums, &mut fast.2, dx);
             scale_shift_relu(&x[..n], &scale, &shift, &mut slow.2);
             let sums = (&mut slow.0[..], &mut slow.1[..]);
             bn_backward_sums_and_scaled_body::<true>(&x, &dy, k, &a, sums, &mut slow.3);

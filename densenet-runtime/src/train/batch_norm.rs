@@ -6,7 +6,7 @@
 //! a dense block's layer reads the first `c` columns of the shared buffer in place.
 
 use crate::parallel::prelude::*;
-use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
 
 use super::recycled::Recycled;
 use crate::kernels::elementwise;
@@ -118,12 +118,6 @@ fn blocked_rows<R>(
 ) {
     let part = &mut part[..acc.len()];
     part.fill(0.0);
-    let flush = |part: &mut [f32], acc: &mut [f64]| {
-        for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
-            *a += f64::from(*p);
-            *p = 0.0;
-        }
-    };
     for (i, r) in rows.enumerate() {
         f(r, part);
         if (i + 1) % F32_ROWS == 0 {
@@ -131,6 +125,31 @@ fn blocked_rows<R>(
         }
     }
     flush(part, acc);
+}
+
+/// [`blocked_rows`] for passes that take a run of rows in one call: `f(run, part)` for
+/// each run of [`F32_ROWS`] of `rows` rows (the last shorter), `part` added into `acc`
+/// after each (the same sums, in the same order, as row by row).
+fn blocked_runs(
+    rows: usize,
+    acc: &mut [f64],
+    part: &mut [f32],
+    mut f: impl FnMut(std::ops::Range<usize>, &mut [f32]),
+) {
+    let part = &mut part[..acc.len()];
+    part.fill(0.0);
+    for r0 in (0..rows).step_by(F32_ROWS) {
+        f(r0..(r0 + F32_ROWS).min(rows), part);
+        flush(part, acc);
+    }
+}
+
+/// `acc += part`, `part` zeroed.
+fn flush(part: &mut [f32], acc: &mut [f64]) {
+    for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
+        *a += f64::from(*p);
+        *p = 0.0;
+    }
 }
 
 /// `sum_g += g` and `sum_gd += g·(x − mean)` for one row, in `f32` (a run of at most
@@ -842,18 +861,14 @@ impl BackwardCoef {
         normed: &mut [f32],
         mut dx: ArrayViewMut2<'_, f32>,
     ) {
-        let c = x.ncols();
+        let (rows, c) = x.dim();
         let k = self.coef();
-        let rows = x.rows().into_iter().zip(dy.rows());
-        let rows = rows.zip(
-            dx.rows_mut()
-                .into_iter()
-                .zip(normed.chunks_exact_mut(c.max(1))),
-        );
-        blocked_rows(rows, acc, part, |((xr, dr), (mut o, n)), part| {
-            let o = o.as_slice_mut().expect("unit column stride");
+        blocked_runs(rows, acc, part, |run, part| {
             let sums = part.split_at_mut(c);
-            elementwise::bn_relu_recompute_and_backward(row(xr), row(dr), k.row(), a, sums, n, o);
+            let normed = &mut normed[run.start * c..run.end * c];
+            let (x, dy) = (x.slice(s![run.clone(), ..]), dy.slice(s![run.clone(), ..]));
+            let dx = dx.slice_mut(s![run, ..]);
+            elementwise::bn_relu_recompute_and_backward_rows(x, dy, k.row(), a, sums, normed, dx);
         });
     }
 }

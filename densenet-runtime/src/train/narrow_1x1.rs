@@ -9,7 +9,9 @@
 //! 64) took 0.8x the direct kernel's time this way (alternating calls, 2 threads, Zen
 //! 5). DenseNet-121's 128 outputs stay on the direct kernel, which was faster there.
 
-use crate::kernels::elementwise::scale_shift_relu;
+use ndarray::{ArrayView2, ShapeBuilder};
+
+use crate::kernels::elementwise::scale_shift_relu_rows;
 use crate::kernels::gemm::{gemm_unpacked, whole_width_tiles, MatMut, MatRef};
 use crate::layers::Conv2d;
 use crate::parallel::prelude::*;
@@ -76,10 +78,9 @@ pub(crate) fn conv1x1_by_chunks(
             for (i, out) in out.chunks_mut(chunk * c_out).enumerate() {
                 let (r0, r) = (t * per_task + i * chunk, out.len() / c_out);
                 let normed = &mut normed[..r * c];
-                for (k, dst) in normed.chunks_exact_mut(c).enumerate() {
-                    let src = &buf[(r0 + k) * stride..][..c];
-                    scale_shift_relu(src, scale, shift, dst);
-                }
+                let rows = ShapeBuilder::strides((r, c), (stride, 1));
+                let x = ArrayView2::from_shape(rows, &buf[r0 * stride..]).expect("checked above");
+                scale_shift_relu_rows(x, scale, shift, normed);
                 let a = MatRef::row_major(normed, r, c);
                 gemm_unpacked(a, weight, MatMut::row_major(out, r, c_out), false);
             }
