@@ -540,6 +540,72 @@ fn bn_backward_sums_body<const RELU: bool>(
     }
 }
 
+/// [`bn_backward_sums`] over every row of `x` and `dy` (adjacent columns) in one call.
+///
+/// # Panics
+///
+/// If `x` and `dy` differ in shape or lack adjacent columns, or a constant or a sum is
+/// shorter than a row.
+pub fn bn_backward_sums_rows<const RELU: bool>(
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
+    k: BnBackwardRow<'_>,
+    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
+) {
+    let len = x.ncols();
+    let adjacent = |s: &[isize]| len <= 1 || s[1] == 1;
+    assert!(
+        x.dim() == dy.dim() && adjacent(x.strides()) && adjacent(dy.strides()),
+        "x and dy must have one shape and adjacent columns"
+    );
+    let (sum_g, sum_gd) = (&mut sum_g[..len], &mut sum_gd[..len]);
+    let k = BnBackwardRow {
+        scale: &k.scale[..len],
+        shift: &k.shift[..len],
+        mean: &k.mean[..len],
+    };
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if super::cpu::avx512f() {
+        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
+        // of a `#[target_feature]` function; the body is safe code.
+        unsafe { bn_backward_sums_rows_avx512::<RELU>(x, dy, k, (sum_g, sum_gd)) };
+        return;
+    }
+    bn_backward_sums_rows_body::<RELU>(x, dy, k, (sum_g, sum_gd));
+}
+
+/// [`bn_backward_sums_rows_body`] compiled with AVX-512F enabled.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx512f")]
+unsafe fn bn_backward_sums_rows_avx512<const RELU: bool>(
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
+    k: BnBackwardRow<'_>,
+    sums: (&mut [f32], &mut [f32]),
+) {
+    bn_backward_sums_rows_body::<RELU>(x, dy, k, sums);
+}
+
+#[inline(always)]
+fn bn_backward_sums_rows_body<const RELU: bool>(
+    x: ndarray::ArrayView2<'_, f32>,
+    dy: ndarray::ArrayView2<'_, f32>,
+    k: BnBackwardRow<'_>,
+    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
+) {
+    for (xr, dr) in x.rows().into_iter().zip(dy.rows()) {
+        let (xr, dr) = (
+            xr.to_slice().expect("adjacent"),
+            dr.to_slice().expect("adjacent"),
+        );
+        bn_backward_sums_body::<RELU>(xr, dr, k, (&mut *sum_g, &mut *sum_gd));
+    }
+}
+
 /// The terms of a BatchNorm's input gradient given its sums, per channel:
 /// `∂L/∂x = a·g + b·(x − mean) + c`.
 #[derive(Clone, Copy, Debug)]
@@ -985,8 +1051,8 @@ mod tests {
         }
     }
 
-    /// The many-row input-gradient pass against the one-row body, row by row, bit for
-    /// bit (strided inputs, both const flags).
+    /// The many-row input-gradient and sums passes against the one-row bodies, row by
+    /// row, bit for bit (strided inputs, both const flags).
     #[test]
     fn input_gradient_rows_match_the_one_row_body() {
         let f = |i: usize, a: usize| ((i * a) % 97) as f32 / 13.0 - 3.5;
@@ -1021,6 +1087,14 @@ mod tests {
             bn_backward_dx_body::<true, true>(xr, dr, k, terms, o);
         }
         assert_eq!(fast, slow);
+        let (mut sums, mut want) = ((t(31), t(37)), (t(31), t(37)));
+        let sums_mut = (&mut sums.0[..], &mut sums.1[..]);
+        bn_backward_sums_rows::<true>(view(&x, dims), view(&dy, dims), k, sums_mut);
+        for r in 0..rows {
+            let (xr, dr) = (&x[r * stride..][..width], &dy[r * stride..][..width]);
+            bn_backward_sums_body::<true>(xr, dr, k, (&mut want.0, &mut want.1));
+        }
+        assert_eq!(sums, want);
         bn_backward_dx_rows::<false, false>(view(&x, dims), view(&dy, dims), k, terms, &mut fast);
         for (r, o) in slow.chunks_exact_mut(width).enumerate() {
             let (xr, dr) = (&x[r * stride..][..width], &dy[r * stride..][..width]);

@@ -883,19 +883,16 @@ fn add_backward_sums(
     acc: &mut [f64],
     part: &mut [f32],
 ) {
-    let c = xs.ncols();
-    blocked_rows(
-        xs.rows().into_iter().zip(ds.rows()),
-        acc,
-        part,
-        |(xr, dr), part| {
-            let (sum_g, sum_gd) = part.split_at_mut(c);
-            match relu {
-                true => backward_sums_row::<true>(row(xr), row(dr), k, sum_g, sum_gd),
-                false => backward_sums_row::<false>(row(xr), row(dr), k, sum_g, sum_gd),
-            }
-        },
-    );
+    let (rows, c) = xs.dim();
+    let (xs, ds) = (unit_cols(xs), unit_cols(ds));
+    blocked_runs(rows, acc, part, |run, part| {
+        let sums = part.split_at_mut(c);
+        let (x, d) = (xs.slice(s![run.clone(), ..]), ds.slice(s![run, ..]));
+        match relu {
+            true => elementwise::bn_backward_sums_rows::<true>(x, d, k.row(), sums),
+            false => elementwise::bn_backward_sums_rows::<false>(x, d, k.row(), sums),
+        }
+    });
 }
 
 /// The per-channel terms of a BatchNorm's input gradient over `rows` rows given its
