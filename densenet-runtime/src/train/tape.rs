@@ -1579,12 +1579,13 @@ fn task_rows(rows: usize) -> usize {
 
 /// Rows of one chunk of a task of [`bottleneck_input_backward`] over `c` input channels:
 /// as many as keep the chunk's recomputed BN1-ReLU and input gradient (`c` floats a row
-/// each) within ~768 KiB of L2, 64 to 1,024. (Tuned when each chunk's two products
-/// packed their operands afresh: 512 rows instead of 256 took ~6% off a DenseNet-BC-100
-/// step at batch 64, `bench_train`, alternating binaries, 2 threads, Zen 5; 1,024
-/// gained nothing more.)
+/// each) within ~384 KiB, about a third of L2 (beside the chunk's `dz`, the block
+/// buffer's and gradient's rows streaming through, and the weight), 64 to 1,024. Half
+/// of what it was before the BN1 pass merged: 0.89–0.97x the time of DenseNet-BC-100
+/// and DenseNet-121 layers' 1x1 backward against the old size, alternating calls in
+/// one process, 2 threads, Zen 5; a third as large again was no better.
 fn chunk_rows(c: usize) -> usize {
-    ((96 * 1024) / c.max(1)).clamp(64, 1024)
+    ((48 * 1024) / c.max(1)).clamp(64, 1024)
 }
 
 /// The gradient reaching a bottleneck's 1x1 output: stored whole, or computed a chunk of
