@@ -82,14 +82,25 @@ fn a_training_step_on_the_portable_path_matches_the_kernels() {
     let (xs, x) = read_f32(&io, "input");
     let x = Array4::from_shape_vec((xs[0], xs[1], xs[2], xs[3]), x).unwrap();
     let labels: Vec<usize> = (0..xs[0]).map(|i| (3 + 4 * i) % 10).collect();
-    let step = |portable: bool| {
-        force_portable(portable);
-        let mut model = model.clone();
-        let result = loss_and_gradients(&mut model, x.view(), &labels).unwrap();
-        force_portable(false);
-        result
-    };
-    assert_same_step(step(false), step(true));
+    assert_same_step(
+        step(&model, &x, &labels, false),
+        step(&model, &x, &labels, true),
+    );
+}
+
+/// A training step of a copy of `model` on the kernels or, with `portable`, on the
+/// portable path (the switch restored after).
+fn step<M: densenet::runtime::Network + Clone>(
+    model: &M,
+    x: &Array4<f32>,
+    labels: &[usize],
+    portable: bool,
+) -> (f32, Gradients) {
+    force_portable(portable);
+    let mut model = model.clone();
+    let result = loss_and_gradients(&mut model, x.view(), labels).unwrap();
+    force_portable(false);
+    result
 }
 
 /// Two steps' losses within 1e-5 and every gradient within 1e-4 of its layer's largest;
@@ -183,12 +194,8 @@ fn a_dense_net_bc_training_step_matches_the_portable_path() {
         ((b * 13 + c * 7 + y * 3 + x * 5) % 31) as f32 / 31.0 - 0.5
     });
     let labels = [0, 3, 1, 4];
-    let step = |portable: bool| {
-        force_portable(portable);
-        let mut model = model.clone();
-        let result = loss_and_gradients(&mut model, x.view(), &labels).unwrap();
-        force_portable(false);
-        result
-    };
-    assert_same_step(step(false), step(true));
+    assert_same_step(
+        step(&model, &x, &labels, false),
+        step(&model, &x, &labels, true),
+    );
 }

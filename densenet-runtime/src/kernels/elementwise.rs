@@ -293,88 +293,13 @@ fn masked<const RELU: bool>(v: f32, d: f32, s: f32, t: f32) -> f32 {
     }
 }
 
-/// One row of a BatchNorm-ReLU backward pass that needs no sums yet: with
-/// `g = dy[j]` masked by the ReLU if `RELU`, `sum_g[j] += g`,
+/// The first pass of a BatchNorm-ReLU backward, the one that needs no sums yet, over
+/// every row of `x`, `dy` and `dx` (adjacent columns): with `g = dy[j]` where the
+/// forward's `y = x[j]·scale[j] + shift[j]` is positive (0 elsewhere), `sum_g[j] += g`,
 /// `sum_gd[j] += g·(x[j] − mean[j])` and `dx[j] += a[j]·g` (the input gradient's term
-/// that does not depend on the sums; the others are added later).
-///
-/// # Panics
-///
-/// If `x`, `dy`, a constant, `a` or `sum_gd` is shorter than `sum_g`, or `dx` is.
-pub fn bn_backward_sums_and_scaled<const RELU: bool>(
-    x: &[f32],
-    dy: &[f32],
-    k: BnBackwardRow<'_>,
-    a: &[f32],
-    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
-    dx: &mut [f32],
-) {
-    let len = sum_g.len();
-    let (x, dy, a) = (&x[..len], &dy[..len], &a[..len]);
-    let (sum_gd, dx) = (&mut sum_gd[..len], &mut dx[..len]);
-    let k = BnBackwardRow {
-        scale: &k.scale[..len],
-        shift: &k.shift[..len],
-        mean: &k.mean[..len],
-    };
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    if super::cpu::avx512f() {
-        // SAFETY: the CPU supports AVX-512F (checked just above), the only requirement
-        // of a `#[target_feature]` function; the body is safe code.
-        unsafe { bn_backward_sums_and_scaled_avx512::<RELU>(x, dy, k, a, (sum_g, sum_gd), dx) };
-        return;
-    }
-    bn_backward_sums_and_scaled_body::<RELU>(x, dy, k, a, (sum_g, sum_gd), dx);
-}
-
-/// [`bn_backward_sums_and_scaled_body`] compiled with AVX-512F enabled.
-///
-/// # Safety
-///
-/// The CPU must support AVX-512F.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-#[target_feature(enable = "avx512f")]
-unsafe fn bn_backward_sums_and_scaled_avx512<const RELU: bool>(
-    x: &[f32],
-    dy: &[f32],
-    k: BnBackwardRow<'_>,
-    a: &[f32],
-    sums: (&mut [f32], &mut [f32]),
-    dx: &mut [f32],
-) {
-    bn_backward_sums_and_scaled_body::<RELU>(x, dy, k, a, sums, dx);
-}
-
-#[inline(always)]
-fn bn_backward_sums_and_scaled_body<const RELU: bool>(
-    x: &[f32],
-    dy: &[f32],
-    k: BnBackwardRow<'_>,
-    a: &[f32],
-    (sum_g, sum_gd): (&mut [f32], &mut [f32]),
-    dx: &mut [f32],
-) {
-    let it = x
-        .iter()
-        .zip(dy)
-        .zip(k.scale)
-        .zip(k.shift)
-        .zip(k.mean)
-        .zip(a);
-    for (((((((&v, &d), &s), &t), &m), &a), sg), (sgd, o)) in
-        it.zip(sum_g).zip(sum_gd.iter_mut().zip(dx))
-    {
-        let g = masked::<RELU>(v, d, s, t);
-        *sg += g;
-        *sgd += g * (v - m);
-        *o += a * g;
-    }
-}
-
-/// [`bn_backward_sums_and_scaled`] with the ReLU over every row of `x`, `dy` and `dx`
-/// (adjacent columns), and in the same pass over `x` the forward's output recomputed
-/// into the contiguous rows of `normed`: `relu(x·scale + shift)`, the value whose sign
-/// also masks `g`. For a 1x1 convolution's backward, whose weight gradient needs
+/// that does not depend on the sums; the others are added later). In the same pass
+/// over `x`, the forward's output `relu(y)` is recomputed into the contiguous rows of
+/// `normed`. For a 1x1 convolution's backward, whose weight gradient needs
 /// `normed` and whose input gradient `dy` needs only the weight: one read of `x` serves
 /// both. One call for all the rows (a few dozen between the caller's `f64` flushes).
 ///
@@ -1020,32 +945,31 @@ mod tests {
         assert_eq!((acc[2].to_bits(), acc[3]), (0.0f32.to_bits(), 2.0));
     }
 
-    #[test]
-    fn dispatched_batch_norm_backward_row_matches_the_portable_body() {
-        let len = 1000;
-        let f = |i: usize, a: usize| ((i * a) % 97) as f32 / 13.0 - 3.5;
-        let v = |a: usize| -> Vec<f32> { (0..len).map(|i| f(i, a)).collect() };
-        let (x, dy, scale, shift, mean, a) = (v(7), v(11), v(5), v(3), v(13), v(17));
-        let k = BnBackwardRow {
-            scale: &scale,
-            shift: &shift,
-            mean: &mean,
-        };
-        for n in [0, 1, 15, 16, 17, 999, 1000] {
-            let cut = BnBackwardRow {
-                scale: &scale[..n],
-                shift: &shift[..n],
-                mean: &mean[..n],
-            };
-            let start = |m: usize| -> Vec<f32> { (0..n).map(|i| f(i, m)).collect() };
-            let mut fast = (start(29), start(31), start(37));
-            let mut slow = fast.clone();
-            let sums = (&mut fast.0[..], &mut fast.1[..]);
-            bn_backward_sums_and_scaled::<true>(&x, &dy, k, &a, sums, &mut fast.2);
-            let sums = (&mut slow.0[..], &mut slow.1[..]);
-            let (x, dy, a) = (&x[..n], &dy[..n], &a[..n]);
-            bn_backward_sums_and_scaled_body::<true>(x, dy, cut, a, sums, &mut slow.2);
-            assert_eq!(fast, slow, "length {n}");
+    /// The backward row the merged pass replaced (after the forward's BN-ReLU): with `g =
+    /// dy[j]` masked by the ReLU if `RELU`, `sum_g[j] += g`, `sum_gd[j] += g·(x[j] −
+    /// mean[j])` and `dx[j] += a[j]·g`.
+    fn bn_backward_sums_and_scaled_body<const RELU: bool>(
+        x: &[f32],
+        dy: &[f32],
+        k: BnBackwardRow<'_>,
+        a: &[f32],
+        (sum_g, sum_gd): (&mut [f32], &mut [f32]),
+        dx: &mut [f32],
+    ) {
+        let it = x
+            .iter()
+            .zip(dy)
+            .zip(k.scale)
+            .zip(k.shift)
+            .zip(k.mean)
+            .zip(a);
+        for (((((((&v, &d), &s), &t), &m), &a), sg), (sgd, o)) in
+            it.zip(sum_g).zip(sum_gd.iter_mut().zip(dx))
+        {
+            let g = masked::<RELU>(v, d, s, t);
+            *sg += g;
+            *sgd += g * (v - m);
+            *o += a * g;
         }
     }
 

@@ -813,43 +813,9 @@ impl BackwardCoef {
     /// `acc[..c]` gains `Σ g`, `acc[c..]` gains `Σ g·(x − mean)`, `g` being `dy` masked
     /// to where the BN-ReLU output is positive; and, in the same pass, `dx += a·g` (`a`
     /// from [`input_gradient_scale`]): the part of the input gradient that needs no
-    /// sums, added while `x` and `dy` are in cache. `part` is `f32` scratch as long as
-    /// `acc`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn add_sums_and_scaled(
-        &self,
-        x: ArrayView2<'_, f32>,
-        dy: ArrayView2<'_, f32>,
-        a: &[f32],
-        acc: &mut [f64],
-        part: &mut [f32],
-        mut dx: ArrayViewMut2<'_, f32>,
-    ) {
-        let c = x.ncols();
-        let k = self.coef();
-        blocked_rows(
-            x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()),
-            acc,
-            part,
-            |((xr, dr), mut o), part| {
-                let o = o.as_slice_mut().expect("unit column stride");
-                let sums = part.split_at_mut(c);
-                elementwise::bn_backward_sums_and_scaled::<true>(
-                    row(xr),
-                    row(dr),
-                    k.row(),
-                    a,
-                    sums,
-                    o,
-                );
-            },
-        );
-    }
-}
-
-impl BackwardCoef {
-    /// [`add_sums_and_scaled`](Self::add_sums_and_scaled), and in the same pass the
-    /// forward's BN-ReLU output of `x` written to `normed` (`x`'s shape, contiguous).
+    /// sums, added while `x` and `dy` are in cache; and the forward's BN-ReLU output of
+    /// `x` written to `normed` (`x`'s shape, contiguous). `part` is `f32` scratch as
+    /// long as `acc`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn recompute_and_add_sums_and_scaled(
         &self,

@@ -1679,16 +1679,14 @@ fn bottleneck_input_backward(
             )
             .expect("r rows of c_out ≥ c columns");
             let d_chunk = matrix(d_chunk, r, c);
-            if !need_dw {
-                coef.add_sums_and_scaled(x, d_chunk, &a, sums, part, g);
-                continue;
-            }
             // One pass over the chunk of `x` forms BN1-ReLU for the weight gradient and
             // BN1's backward terms from the input gradient.
             let normed = &mut normed[..r * c];
             coef.recompute_and_add_sums_and_scaled(x, d_chunk, &a, sums, part, normed, g);
-            let normed = MatRef::row_major(normed, r, c).t();
-            gemm_unpacked(normed, dz_chunk, MatMut::row_major(dw, c, width), i > 0);
+            if need_dw {
+                let normed = MatRef::row_major(normed, r, c).t();
+                gemm_unpacked(normed, dz_chunk, MatMut::row_major(dw, c, width), i > 0);
+            }
         }
     };
     let jobs = grad[..rows * c_out]
