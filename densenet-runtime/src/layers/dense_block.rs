@@ -97,12 +97,20 @@ pub fn dense_block_scratch(layers: &[DenseLayer], n: usize, h: usize, w: usize) 
     sizes
 }
 
+/// Image tasks' scratch, BatchNorm parameters and fallback matrix
+/// ([`images_in_parallel`]): one shared list, topped up to one set per thread before the
+/// tasks start, not a set per thread, which grew when a thread first ran an image task
+/// of a shape, so that whether a pass allocated depended on where its tasks had landed
+/// before (`tests/train_allocations.rs` caught it under load).
 #[cfg(feature = "parallel")]
-std::thread_local! {
-    /// An image task's scratch, BatchNorm parameters and fallback matrix
-    /// ([`images_in_parallel`]).
-    static IMAGE_SCRATCH: core::cell::RefCell<[Vec<f32>; 3]> =
-        const { core::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+static IMAGE_SCRATCH: std::sync::Mutex<Vec<[Vec<f32>; 3]>> = std::sync::Mutex::new(Vec::new());
+
+/// [`IMAGE_SCRATCH`], locked (tasks only pop and push whole sets).
+#[cfg(feature = "parallel")]
+fn image_scratch() -> std::sync::MutexGuard<'static, Vec<[Vec<f32>; 3]>> {
+    IMAGE_SCRATCH
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// [`dense_block_forward_into`] of a batch split over the pool's threads
@@ -132,14 +140,24 @@ fn images_in_parallel(
             }
         });
     };
+    {
+        let mut sets = image_scratch();
+        let threads = crate::parallel::current_num_threads();
+        if sets.len() < threads {
+            sets.resize_with(threads, Default::default);
+        }
+        for [scratch, bn, _] in sets.iter_mut() {
+            scratch.resize(scratch.len().max(scratch_len), 0.0);
+            bn.resize(bn.len().max(bn_len), 0.0);
+        }
+    }
     buf.par_chunks_mut(per_task * h * w * c_out)
         .for_each(|images| {
-            IMAGE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-                Ok(mut buffers) => run(images, &mut buffers),
-                // Held further up this thread's stack (rayon ran this task while an
-                // outer one waited).
-                Err(_) => run(images, &mut Default::default()),
-            })
+            // (A new set only if every one is in use, as when rayon runs this task
+            // while an outer one waits.)
+            let mut buffers = image_scratch().pop().unwrap_or_default();
+            run(images, &mut buffers);
+            image_scratch().push(buffers);
         });
     scratch_len
 }

@@ -576,26 +576,27 @@ pub(crate) fn batch_norm_backward_pooled_write(
         shift: &shift,
         mean: &stats.mean,
     };
-    // Row `r`'s `dy`: `0 + v/4` (as the pool's backward adds into zeros) of its window.
-    let dy_row = |r: usize, out: &mut [f32]| {
+    // The gradient each input pixel gets from the pool, `0 + v/4` (as the pool's
+    // backward adds into zeros), formed once for the pooled map: row `r`'s `dy` is then
+    // its window's row of it. (Not a vector per task: tasks a thread picks up while
+    // another waits would each take one, and after the first step the pool of the
+    // step's small vectors could come up short.)
+    let quarter: Recycled<f32> = dp.iter().map(|&v| 0.0 + v * 0.25).collect();
+    let dy_row = |r: usize| {
         let (b, y, xx) = (r / (h * w), r / w % h, r % w);
         let q = (b * (h / 2) + y / 2) * (w / 2) + xx / 2;
-        for (o, &v) in out.iter_mut().zip(&dp[q * c..][..c]) {
-            *o = 0.0 + v * 0.25;
-        }
+        &quarter[q * c..][..c]
     };
     let per_task = task_rows(c);
     let sums = sum_tasks(task_count(&xv), 2 * c, |t, acc, part| {
         let first = t * per_task;
-        let mut dy = Recycled::<f32>::zeros(c);
         blocked_rows(
             chunk(&xv, t).rows().into_iter().enumerate(),
             acc,
             part,
             |(i, xr), part| {
-                dy_row(first + i, &mut dy);
                 let (sum_g, sum_gd) = part.split_at_mut(c);
-                backward_sums_row::<true>(row(xr), &dy, &k, sum_g, sum_gd);
+                backward_sums_row::<true>(row(xr), dy_row(first + i), &k, sum_g, sum_gd);
             },
         );
     });
@@ -604,11 +605,9 @@ pub(crate) fn batch_norm_backward_pooled_write(
     dx.par_chunks_mut((per_task * c).max(1))
         .enumerate()
         .for_each(|(t, out)| {
-            let mut dy = Recycled::<f32>::zeros(c);
             for (i, o) in out.chunks_exact_mut(c.max(1)).enumerate() {
                 let r = t * per_task + i;
-                dy_row(r, &mut dy);
-                backward_dx_row::<true, false>(&xs[r * c..][..c], &dy, &k, abc, o);
+                backward_dx_row::<true, false>(&xs[r * c..][..c], dy_row(r), &k, abc, o);
             }
         });
     (terms.gamma, terms.beta)

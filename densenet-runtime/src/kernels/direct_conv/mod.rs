@@ -599,7 +599,7 @@ pub fn winograd_conv(
 pub fn winograd_reserve(shape: &ConvShape, threads: usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if isa() == Some(Isa::Avx512) && !DIRECT_ONLY.load(Ordering::Relaxed) && winograd::fits(shape) {
-        winograd::reserve(shape, threads);
+        winograd::reserve_calls(shape, threads);
     }
     let _ = (shape, threads);
 }

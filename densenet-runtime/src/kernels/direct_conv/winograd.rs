@@ -23,8 +23,6 @@
 //! step's input gradients, 32 → 128 channels.
 
 use core::arch::x86_64::*;
-#[cfg(feature = "std")]
-use core::cell::RefCell;
 
 use crate::parallel::prelude::*;
 use crate::prelude::*;
@@ -51,19 +49,13 @@ const MIN_WIDTH: usize = 14;
 /// is `16·28·(128 + 32)` = 71,680.
 const MAX_TILE_FLOATS: usize = 1 << 24;
 
+/// The transformed weights of the calls running: a shared list as [`TILES`] is, for the
+/// same reason. A buffer per thread grew when a thread first ran a call of a shape, so
+/// after the first training step a chunk of a 3x3's input gradient landing on the other
+/// thread allocated (`tests/train_allocations.rs` caught it under load).
+/// [`reserve_calls`] tops it up to one buffer per call that may run at once.
 #[cfg(feature = "std")]
-std::thread_local! {
-    /// The transformed weight of the call this thread makes.
-    static WEIGHT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A thread's reusable buffer; without `std` (no thread-locals) each call allocates.
-#[cfg(feature = "std")]
-pub(super) type Buffer = &'static std::thread::LocalKey<RefCell<Vec<f32>>>;
-#[cfg(not(feature = "std"))]
-pub(super) type Buffer = &'static ();
-#[cfg(not(feature = "std"))]
-const WEIGHT: () = ();
+static WEIGHTS: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
 
 /// `V` and `M` of the tasks running, the bf16 path's too: one shared list, not a buffer
 /// per thread, which grew when a thread first ran a task of a larger shape, so that
@@ -79,6 +71,14 @@ static TILES: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new()
 #[cfg(feature = "std")]
 fn tiles() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
     TILES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`WEIGHTS`], locked (as [`tiles`]).
+#[cfg(feature = "std")]
+fn weights() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
+    WEIGHTS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -108,18 +108,36 @@ pub(super) fn run_tasks(s: &ConvShape, parallel: bool, task: impl Fn(usize) + Sy
 /// one for each task of calls of `s` that may run at once.
 pub(super) fn reserve(s: &ConvShape, threads: usize) {
     #[cfg(feature = "std")]
-    {
-        let len = tile_floats(s).expect("`fits` bounded a task's floats");
-        let mut list = tiles();
-        if list.len() < threads {
-            list.resize_with(threads, Vec::new);
-        }
-        for buffer in list.iter_mut().filter(|b| b.len() < len) {
-            buffer.resize(len, 0.0);
-        }
-    }
+    top_up(
+        &mut tiles(),
+        threads,
+        tile_floats(s).expect("`fits` bounded a task's floats"),
+    );
     #[cfg(not(feature = "std"))]
     let _ = (s, threads);
+}
+
+/// [`reserve`], and [`WEIGHTS`] `calls` buffers of `s`'s transformed weight: for
+/// `calls` calls of `s` that run at once, each on one thread.
+pub(super) fn reserve_calls(s: &ConvShape, calls: usize) {
+    reserve(s, calls);
+    #[cfg(feature = "std")]
+    top_up(
+        &mut weights(),
+        calls,
+        weight_floats(s).expect("`fits` bounded the weight"),
+    );
+}
+
+/// At least `count` buffers in `list`, each at least `len` floats.
+#[cfg(feature = "std")]
+fn top_up(list: &mut Vec<Vec<f32>>, count: usize, len: usize) {
+    if list.len() < count {
+        list.resize_with(count, Vec::new);
+    }
+    for buffer in list.iter_mut().filter(|b| b.len() < len) {
+        buffer.resize(len, 0.0);
+    }
 }
 
 /// Runs `f` on `len` floats of a task buffer from [`TILES`] (a new one if all are in
@@ -139,25 +157,21 @@ pub(super) fn with_tiles<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     f(&mut vec![0.0; len])
 }
 
-/// Runs `f` on the first `len` floats of this thread's `buffer` (grown as needed), or of
-/// a zeroed buffer of its own if that one is in use further up this thread's stack
-/// (rayon ran this call while an outer one waited) or there are no thread-locals.
-fn with_buffer<R>(buffer: Buffer, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+/// Runs `f` on `len` floats of a weight buffer from [`WEIGHTS`] (a new one if all are
+/// in use; without `std`, always).
+fn with_weight_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     #[cfg(feature = "std")]
-    return buffer.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => {
-            if scratch.len() < len {
-                scratch.resize(len, 0.0);
-            }
-            f(&mut scratch[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    });
-    #[cfg(not(feature = "std"))]
     {
-        let _ = buffer;
-        f(&mut vec![0.0; len])
+        let mut buffer = weights().pop().unwrap_or_default();
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        let result = f(&mut buffer[..len]);
+        weights().push(buffer);
+        result
     }
+    #[cfg(not(feature = "std"))]
+    f(&mut vec![0.0; len])
 }
 
 /// Whether `direct_conv` runs a convolution of `shape` with no prologue or epilogue
@@ -297,7 +311,7 @@ pub(super) fn run(
         run_tasks(&s, parallel, |t| job.task(t));
     };
     let floats = weight_floats(&s).expect("`fits` bounded the transformed weight");
-    with_buffer(&WEIGHT, floats, |u| {
+    with_weight_buffer(floats, |u| {
         for (panel, u) in u.chunks_exact_mut(16 * s.c_in * PANEL).enumerate() {
             // SAFETY: AVX-512F asserted above; `check` verified that `weight` holds the
             // 9·c_in·c_out values read, and `u`'s chunk holds the 16·c_in·32 written.
