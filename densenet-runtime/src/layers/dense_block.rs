@@ -115,8 +115,9 @@ fn image_scratch() -> std::sync::MutexGuard<'static, Vec<[Vec<f32>; 3]>> {
 
 /// [`dense_block_forward_into`] of a batch split over the pool's threads
 /// ([`image_tasks`](crate::parallel::image_tasks)): each task takes its images
-/// through the block on single-threaded kernels, in its worker thread's own scratch
-/// (kept between passes: outside the planned arena, as the Winograd kernel's), so the
+/// through the block on single-threaded kernels, in a scratch set of
+/// [`IMAGE_SCRATCH`] (kept between passes: outside the planned arena, as the Winograd
+/// kernel's), so the
 /// threads meet once per block instead of once per convolution. The same values as
 /// the images in turn. Returns the scratch floats one image uses, as that path does.
 #[cfg(feature = "parallel")]

@@ -594,8 +594,9 @@ pub fn winograd_conv(
 
 /// Prepares [`winograd_conv`] calls of `shape` to run on up to `threads` threads at
 /// once, each call on one thread (`parallel` false), without allocating: their
-/// per-task buffers come from one shared list, which this tops up. (A call that runs
-/// on the threads itself tops it up for them.) Nothing where Winograd does not run.
+/// per-task buffers and transformed weights come from shared lists, which this tops
+/// up. (A call that runs on the threads itself tops up its tasks' buffers.) Nothing
+/// where Winograd does not run.
 pub fn winograd_reserve(shape: &ConvShape, threads: usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if isa() == Some(Isa::Avx512) && !DIRECT_ONLY.load(Ordering::Relaxed) && winograd::fits(shape) {
