@@ -144,34 +144,34 @@ fn top_up(list: &mut Vec<Vec<f32>>, count: usize, len: usize) {
 /// use, as when tasks of two calls run at once; without `std`, always).
 pub(super) fn with_tiles<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     #[cfg(feature = "std")]
-    {
-        let mut buffer = tiles().pop().unwrap_or_default();
-        if buffer.len() < len {
-            buffer.resize(len, 0.0);
-        }
-        let result = f(&mut buffer[..len]);
-        tiles().push(buffer);
-        result
-    }
+    return with_listed(tiles, len, f);
     #[cfg(not(feature = "std"))]
     f(&mut vec![0.0; len])
 }
 
-/// Runs `f` on `len` floats of a weight buffer from [`WEIGHTS`] (a new one if all are
-/// in use; without `std`, always).
+/// Runs `f` on `len` floats of a weight buffer from [`WEIGHTS`] (as [`with_tiles`]).
 fn with_weight_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     #[cfg(feature = "std")]
-    {
-        let mut buffer = weights().pop().unwrap_or_default();
-        if buffer.len() < len {
-            buffer.resize(len, 0.0);
-        }
-        let result = f(&mut buffer[..len]);
-        weights().push(buffer);
-        result
-    }
+    return with_listed(weights, len, f);
     #[cfg(not(feature = "std"))]
     f(&mut vec![0.0; len])
+}
+
+/// Runs `f` on `len` floats of a buffer taken from the list `lock` guards (grown if
+/// short; a new one if the list is empty), and gives the buffer back.
+#[cfg(feature = "std")]
+fn with_listed<R>(
+    lock: fn() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buffer = lock().pop().unwrap_or_default();
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    let result = f(&mut buffer[..len]);
+    lock().push(buffer);
+    result
 }
 
 /// Whether `direct_conv` runs a convolution of `shape` with no prologue or epilogue
