@@ -5,9 +5,9 @@
 //!
 //! The direct kernel runs 48 outputs as a 32- and a 16-column panel, the narrow panel
 //! re-reading the inputs for a third of the work; at 32x32 the buffer comes from memory
-//! and that costs. One layer of DenseNet-BC-100's first block (120 → 48 channels, batch
-//! 64) took 0.8x the direct kernel's time this way (alternating calls, 2 threads, Zen
-//! 5). DenseNet-121's 128 outputs stay on the direct kernel, which was faster there.
+//! and that costs. DenseNet-BC-100's layers (batch 64) took 0.84–0.95x the direct
+//! kernel's time this way (alternating calls, 2 threads, Zen 5). DenseNet-121's 128
+//! outputs stay on the direct kernel, which was faster there.
 
 use ndarray::{ArrayView2, ShapeBuilder};
 

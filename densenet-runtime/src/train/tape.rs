@@ -1608,9 +1608,9 @@ enum Dz<'a> {
 /// the sums, from which the rest of the input gradient follows (`backward_terms`, added
 /// later by `Deferred`): the block buffer's `c` columns are read once here, and the
 /// block gradient's read and written once. (Recomputing in a pass of its own, before
-/// the products, read each chunk of the buffer twice: a DenseNet-BC k=12 layer at
-/// 32x32, batch 64, took 0.85x the time this way, a DenseNet-121 one at 28x28, batch 16,
-/// 0.92–0.95x; alternating calls, 2 threads, Zen 5.)
+/// the products, read each chunk of the buffer twice: DenseNet-BC k=12 layers at
+/// 32x32, batch 64, took 0.85–0.94x the time this way, DenseNet-121 ones at batch 16
+/// 0.92–0.98x; alternating calls, 2 threads, Zen 5.)
 #[allow(clippy::too_many_arguments)]
 fn bottleneck_input_backward(
     norm1: &BatchNorm2d,
