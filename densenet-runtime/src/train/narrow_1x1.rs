@@ -15,19 +15,15 @@ use crate::kernels::elementwise::scale_shift_relu_rows;
 use crate::kernels::gemm::{gemm_unpacked, whole_width_tiles, MatMut, MatRef};
 use crate::layers::Conv2d;
 use crate::parallel::prelude::*;
+// The bottleneck backward's tasks: the same split of the rows for the same maps (for the
+// forward it does not change the result, each output row being one row's product).
+use crate::train::tape::task_rows;
 
 /// Whether [`conv1x1_by_chunks`] runs `conv` (a 1x1) on this CPU.
 pub(crate) fn takes(conv: &Conv2d) -> bool {
     let win = conv.window();
     (win.kernel_h, win.kernel_w, win.stride, win.padding) == (1, 1, 1, 0)
         && whole_width_tiles(conv.c_out())
-}
-
-/// Rows of one task over `rows` rows: an eighth of them, 512 to 8,192, a multiple of 64
-/// (enough tasks for the threads on small maps; the split does not change the result,
-/// each output row being one row's product).
-fn task_rows(rows: usize) -> usize {
-    rows.div_ceil(8).next_multiple_of(64).clamp(512, 8192)
 }
 
 /// Rows of a chunk with `c` inputs: its BN1-ReLU rows within ~256 KiB, 64 to 1,024.

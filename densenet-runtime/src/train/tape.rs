@@ -1572,8 +1572,9 @@ impl Deferred {
 /// them, 512 to 8,192, a multiple of 64. Fixed by the shape, so the partial sums, added
 /// in task order, do not depend on the thread count; small maps (DenseNet-BC's 8x8,
 /// DenseNet-121's 14x14 and 7x7 at their usual batches: 4,096 rows or fewer) still make
-/// several tasks for the threads, where a fixed 8,192 ran them as one.
-fn task_rows(rows: usize) -> usize {
+/// several tasks for the threads, where a fixed 8,192 ran them as one. (The narrow 1x1
+/// forward, `narrow_1x1`, splits its rows the same way.)
+pub(super) fn task_rows(rows: usize) -> usize {
     rows.div_ceil(8).next_multiple_of(64).clamp(512, 8192)
 }
 
