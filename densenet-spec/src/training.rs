@@ -144,8 +144,8 @@ impl Plan {
             r.give(next);
             held.push((buffer, zs));
             if let Some(t) = self.transitions.get(i) {
-                let pooled =
-                    transition_pooled(&mut r, rows * t.c_in, n * t.height * t.width * t.c_in);
+                // BN-ReLU and the pool in one pass: no full-size map.
+                let pooled = r.take(n * t.height * t.width * t.c_in);
                 next = r.take(n * t.height * t.width * t.c_out);
                 r.give(pooled);
             }
@@ -206,7 +206,7 @@ impl Plan {
                 let t = &self.transitions[i - 1];
                 let before = &self.blocks[i - 1];
                 let x_len = n * before.height * before.width * t.c_in;
-                let pooled = transition_pooled(&mut r, x_len, n * t.height * t.width * t.c_in);
+                let pooled = r.take(n * t.height * t.width * t.c_in);
                 let d_pooled = r.take(n * t.height * t.width * t.c_in);
                 r.give(grad);
                 r.give(pooled);
@@ -235,15 +235,6 @@ impl Plan {
         }
         r.requests
     }
-}
-
-/// A transition's BN-ReLU (of `x_len` floats) pooled 2x2 (`pooled_len`): the pooled map,
-/// the full-size one given back.
-fn transition_pooled(r: &mut Recorder, x_len: usize, pooled_len: usize) -> Option<usize> {
-    let normed = r.take(x_len);
-    let pooled = r.take(pooled_len);
-    r.give(normed);
-    pooled
 }
 
 /// Assigns requests to slots greedily by size (TFLite's "greedy by size" for shared

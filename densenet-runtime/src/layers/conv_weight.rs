@@ -96,20 +96,12 @@ impl StoredWeight {
         match self {
             Self::Hwio(w) => {
                 let w = w.as_slice().expect("stored contiguous");
-                for (r, row) in w.chunks_exact(c_out.max(1)).take(rows).enumerate() {
-                    for (c, &v) in row.iter().enumerate() {
-                        dst[c * rows + r] = v;
-                    }
-                }
+                transpose_columns(w, (rows, c_out, c_out), 0, dst);
             }
             Self::Packed { packed, .. } => {
                 for (p, panel) in packed.as_slice().chunks_exact(rows * PACK).enumerate() {
                     let width = PACK.min(c_out - p * PACK);
-                    for (r, row) in panel.chunks_exact(PACK).enumerate() {
-                        for (j, &v) in row[..width].iter().enumerate() {
-                            dst[(p * PACK + j) * rows + r] = v;
-                        }
-                    }
+                    transpose_columns(panel, (rows, width, PACK), p * PACK, dst);
                 }
             }
         }
@@ -232,6 +224,31 @@ impl core::fmt::Debug for WeightMut<'_> {
     }
 }
 
+/// Writes the `rows × width` matrix `src` (row stride `stride`) transposed into `dst`'s
+/// rows `first..first + width` (each `rows` long), 16 source rows at a time: each
+/// destination row gets a whole cache line per block, where writing a column at a time
+/// sent every store of a row to another destination row (`rows` floats apart, the same
+/// L1 set when `rows` is a multiple of 1,024: DenseNet-121's last transition
+/// transposed its 2 MiB weight in 2.9 ms).
+#[cfg_attr(not(feature = "std"), allow(dead_code))] // training's
+fn transpose_columns(
+    src: &[f32],
+    (rows, width, stride): (usize, usize, usize),
+    first: usize,
+    dst: &mut [f32],
+) {
+    const BLOCK: usize = 16;
+    for r0 in (0..rows).step_by(BLOCK) {
+        let r1 = (r0 + BLOCK).min(rows);
+        for j in 0..width {
+            let out = &mut dst[(first + j) * rows..][r0..r1];
+            for (r, o) in (r0..r1).zip(out) {
+                *o = src[r * stride + j];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,7 +280,15 @@ mod tests {
     #[test]
     fn the_transpose_reads_either_layout() {
         let mut rng = Rng::new(4);
-        for shape in [[3, 3, 5, 12], [1, 1, 7, 48], [1, 1, 3, 64]] {
+        // Rows below, across and not a multiple of the 16-row blocks; packed panels
+        // whole and partial.
+        for shape in [
+            [3, 3, 5, 12],
+            [1, 1, 7, 48],
+            [1, 1, 3, 64],
+            [1, 1, 37, 70],
+            [3, 3, 5, 40],
+        ] {
             let hwio = Array4::from_shape_simple_fn(shape, || rng.normal());
             let rows = shape[0] * shape[1] * shape[2];
             let matrix = hwio.to_shape((rows, shape[3])).unwrap();

@@ -32,4 +32,6 @@ pub use linear::Linear;
 pub use pool::{avg_pool2d, global_avg_pool, global_max_pool, max_pool2d};
 pub(crate) use pool::{global_pool_into, pool2d_into};
 pub(crate) use stem::{stem_conv, stem_forward_into};
+#[cfg(feature = "std")]
+pub(crate) use transition::bn_relu_pool_into;
 pub(crate) use transition::transition_forward_into;

@@ -808,9 +808,11 @@ fn sum_partials_len(rows: usize, m: usize, n: usize) -> usize {
 
 /// `dst ← aᵀ·b` (or `dst += aᵀ·b` with `accumulate`) for row-major `a` (`rows × m`)
 /// and `b` (`rows × n`), `dst` row-major `m × n`: a weight gradient, summed over the
-/// batch's pixels. The rows split into [`TAP_ROWS`]-row tasks run in parallel, each
-/// task's product in `partials` ([`sum_partials_len`] floats), added in task order:
-/// the same sums on any number of threads.
+/// batch's pixels. The rows split into [`TAP_ROWS`]-row tasks, each task's product in
+/// `partials` ([`sum_partials_len`] floats), added in task order: the same sums on any
+/// number of threads. Each task's product is itself split into blocks of `dst` rows
+/// ([`dst_block_rows`]), so that a transition's few pixels (DenseNet-121's 14x14 at
+/// batch 16: one task) still keep both threads busy; a block changes no element's sum.
 fn sum_over_rows(
     a: &[f32],
     b: &[f32],
@@ -819,14 +821,22 @@ fn sum_over_rows(
     accumulate: bool,
     partials: &mut [f32],
 ) {
-    let product = |r0: usize, len: usize, dst: &mut [f32], accumulate: bool| {
-        let a = MatRef::row_major(&a[r0 * m..][..len * m], len, m).t();
-        let b = MatRef::row_major(&b[r0 * n..][..len * n], len, n);
-        gemm_unpacked(a, b, MatMut::row_major(dst, m, n), accumulate);
-    };
     let tasks = rows.div_ceil(TAP_ROWS);
+    let block = dst_block_rows(tasks, m);
+    // Rows `r0..r0 + len` of the product, its `dst` rows from `i0` (as many as `dst` has).
+    let product = |r0: usize, len: usize, i0: usize, dst: &mut [f32], accumulate: bool| {
+        let rows_out = dst.len() / n.max(1);
+        let a = MatRef::new(&a[r0 * m + i0..], len, rows_out, m, 1).t();
+        let b = MatRef::row_major(&b[r0 * n..][..len * n], len, n);
+        gemm_unpacked(a, b, MatMut::row_major(dst, rows_out, n), accumulate);
+    };
+    let blocks = |dst: &mut [f32], r0: usize, len: usize, accumulate: bool| {
+        dst.par_chunks_mut((block * n).max(1))
+            .enumerate()
+            .for_each(|(j, dst)| product(r0, len, j * block, dst, accumulate));
+    };
     if tasks <= 1 {
-        return product(0, rows, &mut dst[..m * n], accumulate);
+        return blocks(&mut dst[..m * n], 0, rows, accumulate);
     }
     let partials = &mut partials[..tasks * m * n];
     partials
@@ -834,7 +844,7 @@ fn sum_over_rows(
         .enumerate()
         .for_each(|(t, partial)| {
             let r0 = t * TAP_ROWS;
-            product(r0, TAP_ROWS.min(rows - r0), partial, false);
+            blocks(partial, r0, TAP_ROWS.min(rows - r0), false);
         });
     let dst = &mut dst[..m * n];
     if !accumulate {
@@ -845,21 +855,32 @@ fn sum_over_rows(
     }
 }
 
-/// Rows of `c` one task of [`product_by_rows`] computes.
+/// Rows of `dst` one job of [`sum_over_rows`] computes when its `rows` make `tasks`
+/// tasks: enough blocks for about eight jobs, none under 64 rows, a multiple of 16.
+fn dst_block_rows(tasks: usize, m: usize) -> usize {
+    let blocks = (8 / tasks.max(1)).clamp(1, (m / 64).max(1));
+    m.div_ceil(blocks).next_multiple_of(16)
+}
+
+/// Most rows of `c` one task of [`product_by_rows`] computes.
 const PRODUCT_ROWS: usize = 512;
 
 /// `c ← a·b` for row-major `a` (`rows × k`) and `c` (`rows × n`), `b` a `k × n` view
-/// with unit-stride rows: an input gradient `dY·Wᵀ`, its rows split into tasks run in
-/// parallel (each row's value does not depend on the split).
+/// with unit-stride rows: an input gradient `dY·Wᵀ`, its rows split into tasks of equal
+/// size (up to [`PRODUCT_ROWS`], a multiple of 8) run in parallel (each row's value does
+/// not depend on the split).
 fn product_by_rows(a: &[f32], b: MatRef<'_>, c: &mut [f32]) {
     let (k, n) = (b.rows(), b.cols());
     let rows = c.len().checked_div(n).unwrap_or(0);
+    let per_task = rows
+        .div_ceil(rows.div_ceil(PRODUCT_ROWS).max(1))
+        .next_multiple_of(8);
     c[..rows * n]
-        .par_chunks_mut((PRODUCT_ROWS * n).max(1))
+        .par_chunks_mut((per_task * n).max(1))
         .enumerate()
         .for_each(|(t, c)| {
             let len = c.len() / n;
-            let a = MatRef::row_major(&a[t * PRODUCT_ROWS * k..][..len * k], len, k);
+            let a = MatRef::row_major(&a[t * per_task * k..][..len * k], len, k);
             gemm_unpacked(a, b, MatMut::row_major(c, len, n), false);
         });
 }
@@ -911,6 +932,62 @@ mod tests {
     /// The 3x3 paths (flipped-kernel input gradient, per-tap weight gradient over
     /// several row tasks) against plain loops in `f64`, on a batch whose padded grid is
     /// larger than one task.
+    /// The products of a weight gradient and an input gradient, split into blocks of
+    /// rows for the threads: against an `f64` product, and bit for bit against one
+    /// unsplit product per row task (the blocks change no element's sum).
+    #[test]
+    fn split_products_match_unsplit_ones() {
+        // One row task with blocks of `dst` rows (a 14x14 transition), two tasks with
+        // partials and a partial block, and rows fewer than a block.
+        for (rows, m, n) in [(784, 1024, 48), (TAP_ROWS + 700, 150, 33), (40, 70, 20)] {
+            let (a, b) = (values(rows * m, 1), values(rows * n, 2));
+            let tasks = rows.div_ceil(TAP_ROWS);
+            let mut partials = vec![0.0; sum_partials_len(rows, m, n)];
+            let mut dw = vec![f32::NAN; m * n];
+            sum_over_rows(&a, &b, (rows, m, n), &mut dw, false, &mut partials);
+            let mut unsplit = vec![0.0f32; m * n];
+            for t in 0..tasks {
+                let (r0, len) = (t * TAP_ROWS, TAP_ROWS.min(rows - t * TAP_ROWS));
+                let mut part = vec![0.0f32; m * n];
+                gemm_unpacked(
+                    MatRef::row_major(&a[r0 * m..][..len * m], len, m).t(),
+                    MatRef::row_major(&b[r0 * n..][..len * n], len, n),
+                    MatMut::row_major(&mut part, m, n),
+                    false,
+                );
+                if tasks == 1 {
+                    unsplit = part;
+                } else {
+                    unsplit.iter_mut().zip(&part).for_each(|(u, &p)| *u += p);
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dw), bits(&unsplit), "({rows}, {m}, {n}): dW");
+            for i in (0..m).step_by(7) {
+                for j in (0..n).step_by(5) {
+                    let exact: f64 = (0..rows)
+                        .map(|r| f64::from(a[r * m + i]) * f64::from(b[r * n + j]))
+                        .sum();
+                    let tol = 1e-4 * (rows as f64).sqrt();
+                    let got = f64::from(dw[i * n + j]);
+                    assert!((got - exact).abs() < tol, "({rows}, {m}, {n}) [{i}][{j}]");
+                }
+            }
+            // The input gradient's product, in row tasks, against one call.
+            let w = values(n * m, 3);
+            let mut dx = vec![f32::NAN; rows * m];
+            product_by_rows(&b, MatRef::row_major(&w, n, m), &mut dx);
+            let mut whole = vec![0.0; rows * m];
+            gemm_unpacked(
+                MatRef::row_major(&b, rows, n),
+                MatRef::row_major(&w, n, m),
+                MatMut::row_major(&mut whole, rows, m),
+                false,
+            );
+            assert_eq!(bits(&dx), bits(&whole), "({rows}, {m}, {n}): dX");
+        }
+    }
+
     #[test]
     fn same_convolutions_match_plain_loops_across_row_tasks() {
         let (n, h, w, c_in, c_out) = (2, 70, 66, 5, 3);

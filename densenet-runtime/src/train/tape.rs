@@ -21,8 +21,8 @@ use ndarray::{s, Array1, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2};
 use crate::kernels::direct_conv::{self, ConvShape, Epilogue, ImageLayout, WinogradInput};
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
 use crate::layers::{
-    conv1x1_into_padded, conv2d_into, global_pool_into, pool2d_into, relu_padded_into, BatchNorm2d,
-    Conv2d, DenseLayer, Linear,
+    bn_relu_pool_into, conv1x1_into_padded, conv2d_into, global_pool_into, relu_padded_into,
+    BatchNorm2d, Conv2d, DenseLayer, Linear,
 };
 use crate::model::check_input;
 use crate::parallel::prelude::*;
@@ -833,27 +833,23 @@ fn bn_relu(
 
 /// The 2x2 average pool of `x`'s BN-ReLU output under `stats` (a transition's conv
 /// input: pooling before the 1x1 conv, as inference does, since both are linear per
-/// pixel).
+/// pixel), in one pass with inference's kernel: the full-size BN-ReLU map is never
+/// stored.
 fn bn_relu_pooled(
     norm: &BatchNorm2d,
     stats: &BatchStats,
     x: ArrayView4<'_, f32>,
     b: &mut Buffers,
 ) -> Array4<f32> {
-    let normed = bn_relu(norm, stats, x, b);
-    let (n, h, w, c) = normed.dim();
+    let (n, h, w, c) = x.dim();
+    let (scale, shift) = scale_shift(norm, stats);
     let mut pooled = b.overwritten4((n, h / 2, w / 2, c));
-    pool2d_into(
-        normed.as_slice().expect("contiguous"),
+    bn_relu_pool_into(
+        x.as_slice().expect("a block buffer is contiguous"),
         (n, h, w, c),
-        2,
-        2,
-        0,
-        false,
+        (&scale, &shift),
         pooled.as_slice_mut().expect("contiguous"),
-        c,
     );
-    b.give4(normed);
     pooled
 }
 
