@@ -172,7 +172,9 @@ impl Buffers {
         v
     }
 
-    /// A zeroed vector of `len` floats.
+    /// A zeroed vector of `len` floats (the steps' buffers are all written whole now:
+    /// [`Buffers::overwritten`]).
+    #[cfg(test)]
     pub(crate) fn zeros(&mut self, len: usize) -> Vec<f32> {
         let mut v = self.request(len);
         v.clear();
@@ -192,13 +194,6 @@ impl Buffers {
             v.resize(len, 0.0);
         }
         v
-    }
-
-    /// A zeroed NHWC array of shape `dim`.
-    pub(crate) fn array4(&mut self, dim: (usize, usize, usize, usize)) -> Array4<f32> {
-        let (n, h, w, c) = dim;
-        let v = self.zeros(n * h * w * c);
-        Array4::from_shape_vec(dim, v).expect("n·h·w·c elements")
     }
 
     /// [`Buffers::overwritten`] as an NHWC array of shape `dim`.

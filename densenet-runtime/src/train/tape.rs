@@ -1057,8 +1057,10 @@ fn stem_backward(
             ctx.b.give4(dy);
             ctx.clock.lap(t, Pass::Backward, stage, Part::PoolBackward);
             let t = ctx.clock.start();
-            let mut d_conv = ctx.b.array4(y.dim());
-            let (gamma, beta) = batch_norm_backward(
+            // Written whole by the BN backward: no zeroing (the stem's is the step's
+            // largest map).
+            let mut d_conv = ctx.b.overwritten4(y.dim());
+            let (gamma, beta) = batch_norm_backward_write(
                 norm,
                 stats,
                 pixels(y.view()),
@@ -1759,7 +1761,8 @@ fn transition_backward(
     let pooled = bn_relu_pooled(norm, &tape.stats, x, &mut ctx.b);
     let norm_name = LayerName::new(site, "norm");
     let need_norm = need_dx || !ctx.freeze.contains(norm_name);
-    let mut d_pooled = ctx.b.array4(if need_norm {
+    // Written whole by the conv's input gradient.
+    let mut d_pooled = ctx.b.overwritten4(if need_norm {
         pooled.dim()
     } else {
         (0, 0, 0, 0)
@@ -1811,8 +1814,8 @@ fn transition_backward(
         d_relu.as_slice_mut().expect("contiguous"),
     );
     ctx.b.give4(d_pooled);
-    let mut dx = ctx.b.array4(x.dim());
-    let (gamma, beta) = batch_norm_backward(
+    let mut dx = ctx.b.overwritten4(x.dim());
+    let (gamma, beta) = batch_norm_backward_write(
         norm,
         &tape.stats,
         pixels(x),
@@ -1885,8 +1888,8 @@ fn head_backward(
         d_relu.as_slice_mut().expect("contiguous"),
     );
     recycled::give(d_features.into_raw_vec_and_offset().0);
-    let mut dx = b.array4(x.dim());
-    let (gamma, beta) = batch_norm_backward(
+    let mut dx = b.overwritten4(x.dim());
+    let (gamma, beta) = batch_norm_backward_write(
         norm,
         &tape.stats,
         pixels(x),
