@@ -530,6 +530,10 @@ fn backward(
     grad.parameter_gradients()
 }
 
+/// Floats of the pooled gradient one task of [`batch_norm_backward_pooled_write`]
+/// scales into its quarter, on the threads (a DenseNet-BC-100 transition's is 3.5 M).
+const QUARTER_TASK: usize = 1 << 15;
+
 /// [`batch_norm_backward_write`] with ReLU for a BatchNorm-ReLU followed by a 2x2,
 /// stride-2 average pool (a transition's, pooled before its 1x1 conv), given the
 /// pool's output gradient `d_pooled` (`(n, h/2, w/2, c)` for the `(n, h, w, c)` input
@@ -541,10 +545,6 @@ fn backward(
 ///
 /// If the shapes do not match as above, `dx` is not `n·h·w·c` long, or as
 /// [`batch_norm_backward`].
-/// Floats of the pooled gradient one task of [`batch_norm_backward_pooled_write`]
-/// scales (on the threads: a DenseNet-BC-100 transition's 3.5 M took ~1 ms on one).
-const QUARTER_TASK: usize = 1 << 15;
-
 pub(crate) fn batch_norm_backward_pooled_write(
     bn: &BatchNorm2d,
     stats: &BatchStats,

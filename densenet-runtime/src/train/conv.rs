@@ -929,9 +929,6 @@ mod tests {
         Conv2d::new(weight, Conv2dConfig { stride, padding }).unwrap()
     }
 
-    /// The 3x3 paths (flipped-kernel input gradient, per-tap weight gradient over
-    /// several row tasks) against plain loops in `f64`, on a batch whose padded grid is
-    /// larger than one task.
     /// The products of a weight gradient and an input gradient, split into blocks of
     /// rows for the threads: against an `f64` product, and bit for bit against one
     /// unsplit product per row task (the blocks change no element's sum).
@@ -988,6 +985,9 @@ mod tests {
         }
     }
 
+    /// The 3x3 paths (flipped-kernel input gradient, per-tap weight gradient over
+    /// several row tasks) against plain loops in `f64`, on a batch whose padded grid is
+    /// larger than one task.
     #[test]
     fn same_convolutions_match_plain_loops_across_row_tasks() {
         let (n, h, w, c_in, c_out) = (2, 70, 66, 5, 3);
