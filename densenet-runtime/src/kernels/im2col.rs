@@ -155,6 +155,49 @@ pub fn im2col(input: &[f32], n: usize, h: usize, w: usize, c: usize, win: Window
     }
 }
 
+/// The im2col rows of output rows `rows` of one image (`image`: `h × w × c`,
+/// contiguous NHWC) into `out` (`rows.len()·ow` rows of `kh·kw·c`), on the calling
+/// thread: a band of [`im2col`]'s matrix, for a caller that multiplies each band while
+/// it is in cache.
+///
+/// # Panics
+///
+/// If `image` is not `h·w·c` long, `rows` reaches past the output's rows, `out` is not
+/// the band's size, `win.stride == 0`, or a size overflows `usize` (caller bugs).
+#[track_caller]
+pub fn im2col_rows(
+    image: &[f32],
+    (h, w, c): (usize, usize, usize),
+    win: Window,
+    rows: core::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let (oh, ow) = win.output_size(h, w);
+    let Some(image_len) = product(&[h, w, c]) else {
+        size_overflow("input")
+    };
+    if image.len() != image_len {
+        length_mismatch("input", image_len, image.len());
+    }
+    assert!(
+        rows.start <= rows.end && rows.end <= oh,
+        "im2col: output rows {rows:?} of {oh}"
+    );
+    let Some(out_len) = product(&[rows.len(), ow, win.kernel_h, win.kernel_w, c]) else {
+        size_overflow("output")
+    };
+    if out.len() != out_len {
+        length_mismatch("output", out_len, out.len());
+    }
+    if out.is_empty() {
+        return;
+    }
+    let out_row_len = out_len / rows.len();
+    for (oy, dst) in rows.zip(out.chunks_exact_mut(out_row_len)) {
+        fill_output_row(image, oy, h, w, c, win, dst);
+    }
+}
+
 /// Fills the `ow` windows of output row `oy` of one image (`image` is `h × w × c`).
 fn fill_output_row(
     image: &[f32],
@@ -337,5 +380,38 @@ mod tests {
             padding: 1,
         };
         im2col(&[0.0; 4], 1, 2, 2, 1, win, &mut [0.0; 4]);
+    }
+
+    #[test]
+    fn bands_of_rows_are_the_matrix_rows() {
+        let (h, w, c) = (11, 9, 3);
+        let image: Vec<f32> = (0..h * w * c).map(|i| i as f32 * 0.5 - 7.0).collect();
+        for win in [
+            Window {
+                kernel_h: 7,
+                kernel_w: 7,
+                stride: 2,
+                padding: 3,
+            },
+            Window {
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                padding: 1,
+            },
+        ] {
+            let (oh, ow) = win.output_size(h, w);
+            let k_len = win.kernel_h * win.kernel_w * c;
+            let whole = im2col_naive(&image, 1, h, w, c, win);
+            for rows in [0..oh, 0..1, 2..oh - 1, oh - 1..oh, 3..3] {
+                let mut band = vec![f32::NAN; rows.len() * ow * k_len];
+                im2col_rows(&image, (h, w, c), win, rows.clone(), &mut band);
+                assert_eq!(
+                    band,
+                    whole[rows.start * ow * k_len..rows.end * ow * k_len],
+                    "{rows:?}"
+                );
+            }
+        }
     }
 }

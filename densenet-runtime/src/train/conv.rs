@@ -16,7 +16,7 @@ use crate::kernels::direct_conv::{
     self, ConvShape, ConvWeight, Epilogue, ImageLayout, WinogradInput,
 };
 use crate::kernels::gemm::{gemm_unpacked, MatMut, MatRef};
-use crate::kernels::im2col::im2col;
+use crate::kernels::im2col::{im2col, im2col_rows};
 use crate::layers::{conv2d_into, relu_padded_into, zero_border, Conv2d};
 use crate::parallel::prelude::*;
 use crate::train::col2im;
@@ -369,6 +369,12 @@ fn backward(
     }
     let x = batch();
     let x = x.as_slice().expect("standard layout is contiguous");
+    if weights && dx.is_none() {
+        // The weight gradient alone (the ImageNet stem's, whose input needs none): im2col
+        // a band of rows at a time, each multiplied while it is in cache.
+        weight_gradient_by_bands(conv, x, (n, h, w), dy, dw_slice, scratch);
+        return Some(dw);
+    }
 
     let image_in = h * w * c_in;
     let image_rows = oh * ow;
@@ -426,6 +432,81 @@ fn backward(
         after.run_over(dx, dims);
     }
     weights.then_some(dw)
+}
+
+/// Output pixels of one task of [`weight_gradient_by_bands`], about: an image's rows
+/// split evenly into tasks of at most this many (the ImageNet stem's 112x112: four).
+const BAND_TASK_PIXELS: usize = 4096;
+
+/// Output pixels of one band of [`weight_gradient_by_bands`], about: its im2col rows and
+/// their product in cache (~130 KiB of the stem's 147-float windows, in L2).
+const BAND_PIXELS: usize = 256;
+
+/// `dw ← Σ im2col(x)ᵀ·dY` for any convolution, a band of output rows at a time: each
+/// task takes a fixed share of one image's output rows (fixed by the shape, so the
+/// partials, added in task order, give the same sums on any thread count) and walks it
+/// in bands whose im2col rows stay in cache for their product. (The whole batch's
+/// im2col, two images at a time, had been written out and read back: the ImageNet
+/// stem's 147 floats a pixel.)
+fn weight_gradient_by_bands(
+    conv: &Conv2d,
+    x: &[f32],
+    (n, h, w): (usize, usize, usize),
+    dy: &[f32],
+    dw: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let win = conv.window();
+    let (c_in, c_out) = (conv.c_in(), conv.c_out());
+    let (oh, ow) = conv.output_size(h, w);
+    let k_len = win.kernel_h * win.kernel_w * c_in;
+    let dw = &mut dw[..k_len * c_out];
+    if n == 0 || oh == 0 || ow == 0 {
+        dw.fill(0.0);
+        return;
+    }
+    let per_image = (oh * ow).div_ceil(BAND_TASK_PIXELS).clamp(1, oh);
+    let task_rows = oh.div_ceil(per_image);
+    let per_image = oh.div_ceil(task_rows);
+    let band_rows = (BAND_PIXELS / ow).clamp(1, task_rows);
+    let part_len = k_len * c_out;
+    let task_len = band_rows * ow * k_len + part_len;
+    let tasks = n * per_image;
+    let image_in = h * w * c_in;
+    let floats = take(scratch, tasks * task_len);
+    floats
+        .par_chunks_mut(task_len)
+        .enumerate()
+        .for_each(|(t, floats)| {
+            let (b, first) = (t / per_image, t % per_image * task_rows);
+            let last = (first + task_rows).min(oh);
+            let (cols, part) = floats.split_at_mut(task_len - part_len);
+            let image = &x[b * image_in..][..image_in];
+            for (i, r0) in (first..last).step_by(band_rows).enumerate() {
+                let r1 = (r0 + band_rows).min(last);
+                let pixels = (r1 - r0) * ow;
+                let cols = &mut cols[..pixels * k_len];
+                im2col_rows(image, (h, w, c_in), win, r0..r1, cols);
+                let dy_rows = &dy[((b * oh + r0) * ow) * c_out..][..pixels * c_out];
+                gemm_unpacked(
+                    MatRef::row_major(cols, pixels, k_len).t(),
+                    MatRef::row_major(dy_rows, pixels, c_out),
+                    MatMut::row_major(part, k_len, c_out),
+                    i > 0,
+                );
+            }
+        });
+    // The tasks' partials added in task order, a slice of elements per job.
+    let floats = &*floats;
+    dw.par_chunks_mut(4096).enumerate().for_each(|(j, dst)| {
+        let at = task_len - part_len + j * 4096;
+        dst.fill(0.0);
+        for task in floats.chunks_exact(task_len) {
+            for (d, &p) in dst.iter_mut().zip(&task[at..]) {
+                *d += p;
+            }
+        }
+    });
 }
 
 /// `dx ← conv(pad(dy, q), W′)` with `q = k − 1 − padding` and `W′[a][b][o][i] =
@@ -982,6 +1063,49 @@ mod tests {
                 false,
             );
             assert_eq!(bits(&dx), bits(&whole), "({rows}, {m}, {n}): dX");
+        }
+    }
+
+    /// The weight gradient alone (the ImageNet stem's: 7x7, stride 2) by bands of
+    /// output rows, several tasks an image and several bands a task, against plain
+    /// loops in `f64`.
+    #[test]
+    fn the_weight_gradient_alone_by_bands_matches_plain_loops() {
+        let layer = conv(7, 7, 3, 10, 2, 3);
+        let (n, h, w) = (2, 140, 137);
+        let (oh, ow) = layer.output_size(h, w);
+        assert!(oh * ow > BAND_TASK_PIXELS && ow < BAND_PIXELS);
+        let x = values(n * h * w * 3, 8);
+        let dy = values(n * oh * ow * 10, 9);
+        let x4 = ArrayView4::from_shape((n, h, w, 3), &x).unwrap();
+        let dw = conv2d_backward_from(
+            &layer,
+            x4.into(),
+            &dy,
+            None,
+            &mut Vec::new(),
+            Some(Vec::new()),
+        )
+        .unwrap();
+        for (ky, kx, ci, co) in [(0, 0, 0, 0), (3, 3, 1, 4), (6, 2, 2, 9), (1, 6, 0, 7)] {
+            let mut want = 0.0f64;
+            for b in 0..n {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (iy, ix) = ((oy * 2 + ky) as isize - 3, (ox * 2 + kx) as isize - 3);
+                        if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                            let xv = x[((b * h + iy as usize) * w + ix as usize) * 3 + ci];
+                            let g = dy[((b * oh + oy) * ow + ox) * 10 + co];
+                            want += f64::from(xv) * f64::from(g);
+                        }
+                    }
+                }
+            }
+            let got = f64::from(dw[[ky, kx, ci, co]]);
+            assert!(
+                (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                "[{ky}][{kx}][{ci}][{co}]: {got} vs {want}"
+            );
         }
     }
 
