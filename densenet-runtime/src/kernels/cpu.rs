@@ -23,3 +23,31 @@ pub(crate) fn avx2_fma() -> bool {
     #[cfg(not(feature = "std"))]
     cfg!(all(target_feature = "avx2", target_feature = "fma"))
 }
+
+/// Whether the CPU has AVX-512F but runs a 512-bit multiply-add as two 256-bit halves
+/// (AMD's Zen 4, family 19h: no CPUID flag says so, its family does): half the
+/// multiply-adds a cycle of a core with full-width units (Zen 5, Intel's server
+/// cores), so work that trades multiply-adds for passes over memory (Winograd's
+/// transforms) pays on smaller shapes there. Read once: CPUID traps to the hypervisor
+/// in a virtual machine.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", feature = "std"))]
+pub(crate) fn avx512_half_width() -> bool {
+    static HALF_WIDTH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HALF_WIDTH.get_or_init(|| {
+        use std::arch::x86_64::__cpuid;
+        if !avx512f() {
+            return false;
+        }
+        let vendor = __cpuid(0);
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        // Family: the base field, plus the extended one where the base is 0xF.
+        let eax = __cpuid(1).eax;
+        let base = (eax >> 8) & 0xF;
+        let family = if base == 0xF {
+            base + ((eax >> 20) & 0xFF)
+        } else {
+            base
+        };
+        amd && family == 0x19
+    })
+}

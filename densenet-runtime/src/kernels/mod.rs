@@ -2,6 +2,8 @@
 //! safe reference implementation that tests compare it against.
 
 mod cpu;
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", feature = "std"))]
+pub(crate) use cpu::avx512_half_width;
 pub mod direct_conv;
 pub mod elementwise;
 pub mod gemm;

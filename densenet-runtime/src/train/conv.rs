@@ -670,15 +670,28 @@ fn same_shape(conv: &Conv2d, (n, h, w): (usize, usize, usize)) -> ConvShape {
 }
 
 /// The scratch of the Winograd weight gradient, where it takes `conv` (a 3x3 with
-/// padding 1 on an even map) and pays: at least 32 outputs, two full vectors of its
-/// GEMMs' columns. DenseNet-121's 3x3s but its 7x7 block; not DenseNet-BC-100's 48 → 12,
-/// whose GEMMs are too small for the transforms (its weight gradients took 80 against
-/// 67 ms a step by the taps, alternating in one run).
+/// padding 1 on an even map) and pays ([`winograd_min_outputs`]).
 fn winograd_scratch(conv: &Conv2d, dims: (usize, usize, usize)) -> Option<usize> {
-    if conv.window().padding != 1 || conv.c_out() < 32 {
+    if conv.window().padding != 1 || conv.c_out() < winograd_min_outputs() {
         return None;
     }
     direct_conv::winograd_weight_gradient_scratch(&same_shape(conv, dims))
+}
+
+/// Fewest outputs for which the Winograd weight gradient pays. Where AVX-512 runs at
+/// full width, 32 (two full vectors of its GEMMs' columns): DenseNet-121's 3x3s but
+/// its 7x7 block, not DenseNet-BC-100's 48 → 12, whose GEMMs are too small for the
+/// transforms (its weight gradients took 80 against 67 ms a step by the taps,
+/// alternating in one run, Zen 5). Where it runs at half width
+/// ([`crate::kernels::avx512_half_width`], Zen 4), the taps' multiply-adds cost twice
+/// the cycles and Winograd pays on any: BC's 3x3 backward, in the step's chunks of
+/// images, took 0.80–0.89x the time at 32x32, 16x16 and 8x8 (alternating calls).
+fn winograd_min_outputs() -> usize {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if crate::kernels::avx512_half_width() {
+        return 1;
+    }
+    32
 }
 
 /// `dW[a][b] = Σ_p x_pad[p + off(a, b)]ᵀ · dy_grid[p]` for a stride-1 "same"
@@ -1156,6 +1169,61 @@ mod tests {
         };
         close(dw.as_slice().unwrap(), &want_dw, "dW");
         close(&dx, &want_dx, "dX");
+    }
+
+    /// DenseNet-BC's 3x3 (48 → 12) given its input before BN-ReLU, against plain loops
+    /// in `f64`: through the per-tap products where AVX-512 runs at full width, through
+    /// the Winograd weight gradient where it runs at half width (Zen 4), the portable
+    /// path elsewhere.
+    #[test]
+    fn a_bc_3x3_before_bn_relu_matches_plain_loops() {
+        let (n, h, w, c_in, c_out) = (3, 8, 8, 48, 12);
+        let layer = conv(3, 3, c_in, c_out, 1, 1);
+        let z = values(n * h * w * c_in, 11);
+        let (scale, shift) = (values(c_in, 12), values(c_in, 13));
+        let dy = values(n * h * w * c_out, 14);
+        let mut dx = vec![f32::NAN; n * h * w * c_in];
+        let input = ConvInput::BnRelu {
+            z: &z,
+            dims: [n, h, w, c_in],
+            scale: &scale,
+            shift: &shift,
+        };
+        let storage = Some(Vec::new());
+        let dw = conv2d_backward_from(&layer, input, &dy, Some(&mut dx), &mut Vec::new(), storage)
+            .unwrap();
+        // The normed input as the runtime forms it (multiply, then add, in `f32`).
+        let normed: Vec<f64> = z
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| f64::from((v * scale[i % c_in] + shift[i % c_in]).max(0.0)))
+            .collect();
+        assert!(normed.contains(&0.0) && normed.iter().any(|&v| v > 0.0));
+        let mut want = vec![0.0f64; 9 * c_in * c_out];
+        for (b, y, x) in
+            (0..n).flat_map(|b| (0..h).flat_map(move |y| (0..w).map(move |x| (b, y, x))))
+        {
+            for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
+                let (iy, ix) = ((y + ky) as isize - 1, (x + kx) as isize - 1);
+                if !((0..h as isize).contains(&iy) && (0..w as isize).contains(&ix)) {
+                    continue;
+                }
+                let at = ((b * h + iy as usize) * w + ix as usize) * c_in;
+                for ci in 0..c_in {
+                    for co in 0..c_out {
+                        let g = f64::from(dy[((b * h + y) * w + x) * c_out + co]);
+                        want[((ky * 3 + kx) * c_in + ci) * c_out + co] += normed[at + ci] * g;
+                    }
+                }
+            }
+        }
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (i, (g, e)) in dw.as_slice().unwrap().iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(*g) - e).abs() <= 1e-5 * scale,
+                "dW[{i}]: {g} vs {e}"
+            );
+        }
     }
 
     /// The input gradient alone (a frozen convolution's) is the full backward's, bit
