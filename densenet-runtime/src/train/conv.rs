@@ -670,13 +670,27 @@ fn same_shape(conv: &Conv2d, (n, h, w): (usize, usize, usize)) -> ConvShape {
 }
 
 /// The scratch of the Winograd weight gradient, where it takes `conv` (a 3x3 with
-/// padding 1 on an even map) and pays ([`winograd_min_outputs`]).
+/// padding 1 on an even map) and pays ([`winograd_min_outputs`]), on maps at least
+/// [`WINOGRAD_MIN_SIDE`] wide and high.
 fn winograd_scratch(conv: &Conv2d, dims: (usize, usize, usize)) -> Option<usize> {
-    if conv.window().padding != 1 || conv.c_out() < winograd_min_outputs() {
+    let (_, h, w) = dims;
+    if conv.window().padding != 1
+        || conv.c_out() < winograd_min_outputs()
+        || h.min(w) < WINOGRAD_MIN_SIDE
+    {
         return None;
     }
     direct_conv::winograd_weight_gradient_scratch(&same_shape(conv, dims))
 }
+
+/// Smallest map side on which the weight gradient takes Winograd. On a 2x2 map a tap's
+/// sum has a term or two, often all zero (the ReLU's zeros, the padding), and the
+/// per-tap products give the exact zero torch does; Winograd's transforms, which
+/// subtract pixels, leave ±1e-9 there, and Adam, which divides by the gradient's scale,
+/// moved those weights by its full step (521 of the small torchvision fixture's 42,058
+/// parameters after three steps, all on its 2x2 block). On the maps it was measured to
+/// pay on (8x8 up) a tap sums a hundred terms or more.
+const WINOGRAD_MIN_SIDE: usize = 8;
 
 /// Fewest outputs for which the Winograd weight gradient pays. Where AVX-512 runs at
 /// full width, 32 (two full vectors of its GEMMs' columns): DenseNet-121's 3x3s but
