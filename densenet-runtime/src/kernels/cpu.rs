@@ -39,6 +39,7 @@ pub(crate) fn avx512_half_width() -> bool {
             return false;
         }
         let vendor = __cpuid(0);
+        // "AuthenticAMD", four bytes a register, in the order EBX, EDX, ECX.
         let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
         // Family: the base field, plus the extended one where the base is 0xF.
         let eax = __cpuid(1).eax;

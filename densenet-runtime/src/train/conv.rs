@@ -1240,6 +1240,27 @@ mod tests {
         }
     }
 
+    /// On a 2x2 map a tap whose every term is zero (the input's channel zero, as after
+    /// a ReLU, at the one pixel the tap reads in each image) gets exactly zero, as in
+    /// torch: the per-tap products, not Winograd's transforms, on maps this small.
+    #[test]
+    fn a_tap_with_only_zero_terms_on_a_tiny_map_gets_exactly_zero() {
+        let (n, c_in, c_out) = (2, 32, 32);
+        let layer = conv(3, 3, c_in, c_out, 1, 1);
+        let mut x = Array4::from_shape_vec((n, 2, 2, c_in), values(n * 4 * c_in, 21)).unwrap();
+        // Channel 0 zero at pixel (0, 0): the top-left tap reads it alone (for the
+        // output at (1, 1)); the other pixels are all that the other taps see there.
+        for b in 0..n {
+            x[[b, 0, 0, 0]] = 0.0;
+        }
+        let dy = values(n * 4 * c_out, 22);
+        let dw = conv2d_backward(&layer, x.view(), &dy, None, &mut Vec::new());
+        for co in 0..c_out {
+            assert_eq!(dw[[0, 0, 0, co]].to_bits(), 0, "dW[0][0][0][{co}]");
+        }
+        assert!(dw.iter().filter(|&&v| v != 0.0).count() > dw.len() / 2);
+    }
+
     /// The input gradient alone (a frozen convolution's) is the full backward's, bit
     /// for bit, for a 1x1 and a strided, padded 3x3.
     /// The batch given already in the padded grid (as the training step's BN2-ReLU
