@@ -14,7 +14,11 @@ densenet! {
     /// added in task order) and many 256-row chunks.
     Bc<growth: 12, blocks: [3, 3, 3], stem: cifar, theta: 0.5, input: [3, 32, 32], classes: 10, dropout: 0.1>;
     /// An ImageNet stem (7x7 conv, max pool), plain layers.
-    Plain<growth: 8, blocks: [2, 2], init_features: 16, bottleneck: false, theta: 0.5, input: [3, 48, 48], classes: 5>
+    Plain<growth: 8, blocks: [2, 2], init_features: 16, bottleneck: false, theta: 0.5, input: [3, 48, 48], classes: 5>;
+    /// A block on a 14x14 map (DenseNet-121's third block's width), its 3x3s 32 → 8:
+    /// narrow enough that the forward's choice of Winograd or the direct kernel for
+    /// them must not follow the thread count.
+    Narrow<growth: 8, blocks: [2], init_features: 16, input: [3, 56, 56], classes: 5>
 }
 
 /// Loss, gradients and the updated model of one step on `threads` threads.
@@ -90,4 +94,9 @@ fn bottleneck_step_is_the_same_on_any_thread_count() {
 #[test]
 fn plain_step_is_the_same_on_any_thread_count() {
     same_bits_on_any_thread_count(Plain::init(4), 12);
+}
+
+#[test]
+fn narrow_map_step_is_the_same_on_any_thread_count() {
+    same_bits_on_any_thread_count(Narrow::init(5), 8);
 }

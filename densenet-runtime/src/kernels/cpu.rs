@@ -29,9 +29,19 @@ pub(crate) fn avx2_fma() -> bool {
 /// multiply-adds a cycle of a core with full-width units (Zen 5, Intel's server
 /// cores), so work that trades multiply-adds for passes over memory (Winograd's
 /// transforms) pays on smaller shapes there. Read once: CPUID traps to the hypervisor
-/// in a virtual machine.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2", feature = "std"))]
+/// in a virtual machine. (Without `std`, false: bare-metal builds run inference only,
+/// which does not ask.)
+#[cfg(any(feature = "std", all(target_arch = "x86_64", target_feature = "sse2")))]
 pub(crate) fn avx512_half_width() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2", feature = "std"))]
+    return half_width_by_cpuid();
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2", feature = "std")))]
+    false
+}
+
+/// [`avx512_half_width`], read from CPUID once.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", feature = "std"))]
+fn half_width_by_cpuid() -> bool {
     static HALF_WIDTH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HALF_WIDTH.get_or_init(|| {
         use std::arch::x86_64::__cpuid;

@@ -2,7 +2,7 @@
 //! safe reference implementation that tests compare it against.
 
 mod cpu;
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2", feature = "std"))]
+#[cfg(any(feature = "std", all(target_arch = "x86_64", target_feature = "sse2")))]
 pub(crate) use cpu::avx512_half_width;
 pub mod direct_conv;
 pub mod elementwise;

@@ -701,7 +701,6 @@ const WINOGRAD_MIN_SIDE: usize = 8;
 /// the cycles and Winograd pays on any: BC's 3x3 backward, in the step's chunks of
 /// images, took 0.80–0.89x the time at 32x32, 16x16 and 8x8 (alternating calls).
 fn winograd_min_outputs() -> usize {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     if crate::kernels::avx512_half_width() {
         return 1;
     }

@@ -1208,7 +1208,7 @@ fn record_block(
                 let hwio = weight.as_slice().filter(|_| weight.is_view());
                 let pad = conv2.window().padding;
                 match hwio {
-                    Some(hwio) if pad == 1 && direct_conv::winograd_applies(&shape, true) => {
+                    Some(hwio) if pad == 1 && direct_conv::winograd_applies(&shape) => {
                         let input = WinogradInput::BnRelu {
                             data: &z,
                             layout: ImageLayout::dense(h, w, width),

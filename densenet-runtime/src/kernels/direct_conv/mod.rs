@@ -609,16 +609,17 @@ pub fn winograd_reserve(shape: &ConvShape, threads: usize) {
 /// [`winograd_conv`] with [`WinogradInput::BnRelu`] than by writing the BN-ReLU map and
 /// running [`direct_conv`] over it (on AVX-512F, [`force_direct`] off): DenseNet's
 /// 3x3s of at most 32 outputs, at least 32 inputs (a multiple of 16), on an even map at
-/// least 14 wide, or 16 where the call splits over threads. (Wherever `direct_conv`
-/// itself takes Winograd, this does too.)
-pub fn winograd_applies(shape: &ConvShape, parallel: bool) -> bool {
+/// least 16 wide, or 14 where the CPU's AVX-512 runs at half width and the call has
+/// enough tasks. By the shape and the CPU only, never the thread count, so that a
+/// training step that asks computes the same bits on any number of threads.
+pub fn winograd_applies(shape: &ConvShape) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     return isa() == Some(Isa::Avx512)
         && !DIRECT_ONLY.load(Ordering::Relaxed)
-        && winograd::takes_before_bn_relu(shape, parallel);
+        && winograd::takes_before_bn_relu(shape);
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
     {
-        let _ = (shape, parallel);
+        let _ = shape;
         false
     }
 }

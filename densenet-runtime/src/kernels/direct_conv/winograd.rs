@@ -219,17 +219,27 @@ pub(super) fn takes(s: &ConvShape, parallel: bool) -> bool {
 
 /// Whether a caller with a BN-ReLU before the conv ([`super::WinogradInput::BnRelu`])
 /// does better here than through the direct kernel over the BN-ReLU map written padded
-/// first: wherever it [`fits`] with at most 32 outputs, so beyond [`takes`] with fewer
-/// than [`MIN_C_IN`] inputs, and split over threads on maps down to 16 wide (a task is
-/// then one row of 8 tiles, even work for each). Saving the map's write and read pays
-/// for the transforms there: DenseNet-BC-100's 48 → 12 3x3s (k = 12) at batch 64 on
-/// its 32x32 and 16x16 blocks went from 67-75 ms of a step's forward (the map, then
-/// the direct kernel) to ~59 ms (phase timer, two threads, Zen 5). DenseNet-121's
-/// 14x14 maps stay direct: two rows of 7 tiles a task split unevenly over two threads
-/// there, and Winograd measured 15-25% slower (batch 16).
-pub(super) fn takes_before_bn_relu(s: &ConvShape, parallel: bool) -> bool {
-    let split = parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1;
-    s.c_out <= PANEL && fits(s) && (s.out_w >= 16 || !split)
+/// first: wherever it [`fits`] with at most 32 outputs, on maps at least 16 wide, and
+/// on narrower ones (down to [`MIN_WIDTH`]) where [`narrow_pays`]. By the shape and the
+/// CPU only, never the thread count: the training step's forward takes it, and its
+/// bits must not depend on how many threads ran it. Saving the map's write and read
+/// pays for the transforms: DenseNet-BC-100's 48 → 12 3x3s (k = 12) at batch 64 on its
+/// 32x32 and 16x16 blocks went from 67-75 ms of a step's forward (the map, then the
+/// direct kernel) to ~59 ms (phase timer, two threads, Zen 5).
+pub(super) fn takes_before_bn_relu(s: &ConvShape) -> bool {
+    s.c_out <= PANEL && fits(s) && (s.out_w >= 16 || narrow_pays(s))
+}
+
+/// Whether Winograd pays on a map narrower than 16 (DenseNet-121's 14x14), where a
+/// task takes two rows of 7 tiles: not where AVX-512 runs at full width (Zen 5: 15-25%
+/// slower than the direct kernel at batch 16, split over two threads), but where it
+/// runs at half width ([`crate::kernels::avx512_half_width`], Zen 4), whose direct
+/// kernel is the slower by as much, given enough tasks (16, four images) that a split
+/// over the threads stays even: DenseNet-121's third block's 3x3s at batch 16 took
+/// 17-18 against 30-32 ms of a step's forward (phase timer, two threads). (At batch 1,
+/// four uneven tasks, the inference 3x3s took 2.7 against 2.0 ms split over two.)
+fn narrow_pays(s: &ConvShape) -> bool {
+    crate::kernels::avx512_half_width() && tasks(s) >= 16
 }
 
 /// Floats of a task's `V` (`16·tiles·c_in`) and `M` (`16·tiles·32`), `None` on
