@@ -15,10 +15,10 @@ densenet! {
     Bc<growth: 12, blocks: [3, 3, 3], stem: cifar, theta: 0.5, input: [3, 32, 32], classes: 10, dropout: 0.1>;
     /// An ImageNet stem (7x7 conv, max pool), plain layers.
     Plain<growth: 8, blocks: [2, 2], init_features: 16, bottleneck: false, theta: 0.5, input: [3, 48, 48], classes: 5>;
-    /// A block on a 14x14 map (DenseNet-121's third block's width), its 3x3s 32 → 8:
+    /// A block on a 14x14 map (DenseNet-121's third block's width), its 3x3s 64 → 16:
     /// narrow enough that the forward's choice of Winograd or the direct kernel for
     /// them must not follow the thread count.
-    Narrow<growth: 8, blocks: [2], init_features: 16, input: [3, 56, 56], classes: 5>
+    Narrow<growth: 16, blocks: [2], init_features: 16, input: [3, 56, 56], classes: 5>
 }
 
 /// Loss, gradients and the updated model of one step on `threads` threads.
@@ -98,5 +98,10 @@ fn plain_step_is_the_same_on_any_thread_count() {
 
 #[test]
 fn narrow_map_step_is_the_same_on_any_thread_count() {
-    same_bits_on_any_thread_count(Narrow::init(5), 8);
+    // Batches of 8 and 2: 32 and 8 Winograd tasks, on either side of where the
+    // forward's BN-ReLU-reading Winograd takes a 14-wide map on Zen 4 (the smaller
+    // batch then runs the 3x3 from the padded map).
+    for n in [8, 2] {
+        same_bits_on_any_thread_count(Narrow::init(5), n);
+    }
 }

@@ -208,12 +208,15 @@ fn weight_floats(s: &ConvShape) -> Option<usize> {
 }
 
 /// Whether `direct_conv` takes this path for `shape`: where it [`applies`], but on maps
-/// narrower than 28 columns only for a call that runs on one thread. There a task takes
-/// two rows of tiles, so a 14x14 map makes 4 uneven tasks an image, which split over two
-/// threads measured 40% slower than the direct kernel's 14 rows (one thread: 8-12%
-/// faster; the bf16 path, whose direct kernel is relatively slower, gains either way).
+/// narrower than 28 columns only for a call that runs alone (not `parallel`, or too
+/// small to split). There a task takes two rows of tiles, so a 14x14 map makes 4 uneven
+/// tasks an image, which split over two threads measured 40% slower than the direct
+/// kernel's 14 rows (the bf16 path, whose direct kernel is relatively slower, gains
+/// either way). A call that may split decides so on one thread too (where Winograd was
+/// 8-12% faster): the path, and so the bits, must not depend on the thread count (a
+/// training step's must not).
 pub(super) fn takes(s: &ConvShape, parallel: bool) -> bool {
-    let split = parallel && s.macs() >= PARALLEL_MACS && crate::parallel::current_num_threads() > 1;
+    let split = parallel && s.macs() >= PARALLEL_MACS;
     applies(s) && (s.out_w >= 2 * Avx512::TILE || !split)
 }
 
