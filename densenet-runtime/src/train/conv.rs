@@ -1147,8 +1147,22 @@ mod tests {
         let dy = values(n * h * w * c_out, 5);
         let mut dx = vec![f32::NAN; n * h * w * c_in];
         let dw = conv2d_backward(&layer, x.view(), &dy, Some(&mut dx), &mut Vec::new());
-        let wt = layer.weight();
-        let (mut want_dw, mut want_dx) = (vec![0.0f64; 9 * c_in * c_out], vec![0.0f64; dx.len()]);
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let (want_dw, want_dx) = plain_same_3x3_gradients(&layer, &x64, &dy, (n, h, w));
+        assert_close(dw.as_slice().unwrap(), &want_dw, "dW");
+        assert_close(&dx, &want_dx, "dX");
+    }
+
+    /// A stride-1, padding-1 3x3's weight and input gradients by plain loops in `f64`:
+    /// `x` is `(n, h, w, c_in)` NHWC, `dy` `(n, h, w, c_out)`.
+    fn plain_same_3x3_gradients(
+        layer: &Conv2d,
+        x: &[f64],
+        dy: &[f32],
+        (n, h, w): (usize, usize, usize),
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (c_in, c_out, wt) = (layer.c_in(), layer.c_out(), layer.weight());
+        let (mut want_dw, mut want_dx) = (vec![0.0f64; 9 * c_in * c_out], vec![0.0f64; x.len()]);
         for b in 0..n {
             for y in 0..h {
                 for xx in 0..w {
@@ -1162,8 +1176,7 @@ mod tests {
                             for co in 0..c_out {
                                 let g = f64::from(dy[((b * h + y) * w + xx) * c_out + co]);
                                 let xi = ((b * h + iy) * w + ix) * c_in + ci;
-                                want_dw[((ky * 3 + kx) * c_in + ci) * c_out + co] +=
-                                    f64::from(x.as_slice().unwrap()[xi]) * g;
+                                want_dw[((ky * 3 + kx) * c_in + ci) * c_out + co] += x[xi] * g;
                                 want_dx[xi] += f64::from(wt[[ky, kx, ci, co]]) * g;
                             }
                         }
@@ -1171,17 +1184,18 @@ mod tests {
                 }
             }
         }
-        let close = |got: &[f32], want: &[f64], what: &str| {
-            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            for (i, (g, e)) in got.iter().zip(want).enumerate() {
-                assert!(
-                    (f64::from(*g) - e).abs() <= 1e-5 * scale,
-                    "{what}[{i}]: {g} vs {e}"
-                );
-            }
-        };
-        close(dw.as_slice().unwrap(), &want_dw, "dW");
-        close(&dx, &want_dx, "dX");
+        (want_dw, want_dx)
+    }
+
+    /// Every value within `1e-5` of the largest reference magnitude (at least 1).
+    fn assert_close(got: &[f32], want: &[f64], what: &str) {
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (i, (g, e)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(*g) - e).abs() <= 1e-5 * scale,
+                "{what}[{i}]: {g} vs {e}"
+            );
+        }
     }
 
     /// DenseNet-BC's 3x3 (48 → 12) given its input before BN-ReLU, against plain loops
@@ -1212,31 +1226,8 @@ mod tests {
             .map(|(i, &v)| f64::from((v * scale[i % c_in] + shift[i % c_in]).max(0.0)))
             .collect();
         assert!(normed.contains(&0.0) && normed.iter().any(|&v| v > 0.0));
-        let mut want = vec![0.0f64; 9 * c_in * c_out];
-        for (b, y, x) in
-            (0..n).flat_map(|b| (0..h).flat_map(move |y| (0..w).map(move |x| (b, y, x))))
-        {
-            for (ky, kx) in (0..3).flat_map(|ky| (0..3).map(move |kx| (ky, kx))) {
-                let (iy, ix) = ((y + ky) as isize - 1, (x + kx) as isize - 1);
-                if !((0..h as isize).contains(&iy) && (0..w as isize).contains(&ix)) {
-                    continue;
-                }
-                let at = ((b * h + iy as usize) * w + ix as usize) * c_in;
-                for ci in 0..c_in {
-                    for co in 0..c_out {
-                        let g = f64::from(dy[((b * h + y) * w + x) * c_out + co]);
-                        want[((ky * 3 + kx) * c_in + ci) * c_out + co] += normed[at + ci] * g;
-                    }
-                }
-            }
-        }
-        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        for (i, (g, e)) in dw.as_slice().unwrap().iter().zip(&want).enumerate() {
-            assert!(
-                (f64::from(*g) - e).abs() <= 1e-5 * scale,
-                "dW[{i}]: {g} vs {e}"
-            );
-        }
+        let (want_dw, _) = plain_same_3x3_gradients(&layer, &normed, &dy, (n, h, w));
+        assert_close(dw.as_slice().unwrap(), &want_dw, "dW");
     }
 
     /// On a 2x2 map a tap whose every term is zero (the input's channel zero, as after
